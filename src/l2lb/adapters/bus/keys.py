@@ -1,0 +1,62 @@
+"""Every Redis key and stream l2lb uses, in one place.
+
+All names live under a prefix (default ``l2lb``; settable with ``--redis-prefix`` /
+``L2LB_REDIS_PREFIX``) so several clusters can share one Redis. Nothing else in the code base may
+spell a Redis key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "l2lb"
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = DEFAULT_PREFIX
+
+    # -- streams ---------------------------------------------------------------------------------
+    @property
+    def allocations(self) -> str:
+        """allocator -> leases: Allocation and AllocationSnapshot messages."""
+        return f"{self.prefix}:stream:allocations"
+
+    @property
+    def heartbeats(self) -> str:
+        """announcers -> leases: Heartbeat and Conflict messages."""
+        return f"{self.prefix}:stream:heartbeats"
+
+    @property
+    def assignments(self) -> str:
+        """leases -> announcers: NodeAssignments messages (every announcer reads all, keeps its own)."""
+        return f"{self.prefix}:stream:assignments"
+
+    @property
+    def control(self) -> str:
+        """anyone -> producers: SnapshotRequest messages."""
+        return f"{self.prefix}:stream:control"
+
+    @property
+    def deadletter(self) -> str:
+        """entries no consumer could read (unsupported version, malformed), with the reason."""
+        return f"{self.prefix}:stream:deadletter"
+
+    # -- plain keys ------------------------------------------------------------------------------
+    @property
+    def epochs(self) -> str:
+        """hash ip -> last epoch handed out (fencing tokens; also re-seeded from wall time)."""
+        return f"{self.prefix}:epochs"
+
+    @property
+    def incarnation(self) -> str:
+        """a random id written once per Redis dataset: if it vanishes, Redis lost its data."""
+        return f"{self.prefix}:incarnation"
+
+    def snapshot(self, topic: str) -> str:
+        """latest full snapshot of a topic ("allocations", "assignments") as one value."""
+        return f"{self.prefix}:snapshot:{topic}"
+
+    def all_patterns(self) -> list[str]:
+        """Key patterns for ACLs (``~pattern``)."""
+        return [f"{self.prefix}:*"]

@@ -1,0 +1,376 @@
+"""Versioned message schemas carried on the Redis bus (pure: no I/O).
+
+Every message is a JSON object with a kind (``k``) and a schema version (``v``).
+Encoding: compact JSON (``separators=(",", ":")``), UTF-8, stored in the single field
+``m`` of a stream entry. Decoding rules:
+
+* unknown *newer* fields are ignored (forward compatibility within a major version);
+* a version newer than this code knows is accepted when its major part matches, i.e. every
+  ``v`` in ``SUPPORTED[kind]`` or higher with the same major; here versions are plain ints and a
+  version greater than the current one is read with the current reader (unknown fields ignored);
+* an *older* version that is no longer supported (``v < MIN_VERSION[kind]``) or a malformed
+  message raises :class:`MessageError`; the consumer logs it and dead-letters the entry.
+
+The schemas are documented in ``docs/bus.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+__all__ = [
+    "Allocation",
+    "AllocationSnapshot",
+    "Conflict",
+    "Heartbeat",
+    "InterfaceInfo",
+    "MessageError",
+    "NodeAssignments",
+    "PortSpec",
+    "SnapshotRequest",
+    "VipAssignment",
+    "decode",
+    "encode",
+]
+
+
+class MessageError(ValueError):
+    """A bus message that cannot be read: malformed, wrong kind, or unsupported version."""
+
+
+def _req(d: dict[str, Any], key: str, typ: type | tuple[type, ...]) -> Any:
+    if key not in d:
+        raise MessageError(f"missing field {key!r}")
+    val = d[key]
+    if not isinstance(val, typ) or (isinstance(val, bool) and typ in (int, float, (int, float))):
+        raise MessageError(f"field {key!r} has type {type(val).__name__}")
+    return val
+
+
+def _opt(d: dict[str, Any], key: str, typ: type | tuple[type, ...], default: Any) -> Any:
+    if key not in d or d[key] is None:
+        return default
+    val = d[key]
+    if not isinstance(val, typ):
+        raise MessageError(f"field {key!r} has type {type(val).__name__}")
+    return val
+
+
+def _str_list(d: dict[str, Any], key: str) -> tuple[str, ...]:
+    val = _opt(d, key, list, [])
+    if not all(isinstance(x, str) for x in val):
+        raise MessageError(f"field {key!r} must be a list of strings")
+    return tuple(val)
+
+
+def _str_dict(d: dict[str, Any], key: str) -> dict[str, str]:
+    val = _opt(d, key, dict, {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in val.items()):
+        raise MessageError(f"field {key!r} must map strings to strings")
+    return dict(val)
+
+
+@dataclass(frozen=True, slots=True)
+class PortSpec:
+    protocol: str  # "TCP" | "UDP" | "SCTP"
+    port: int
+
+    @staticmethod
+    def from_obj(o: Any) -> PortSpec:
+        if not isinstance(o, dict):
+            raise MessageError("port must be an object")
+        return PortSpec(protocol=_req(o, "protocol", str), port=_req(o, "port", int))
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """allocator -> leases: the current allocation of one Service (or its removal)."""
+
+    KIND: ClassVar[str] = "allocation"
+    VERSION: ClassVar[int] = 1
+    MIN_VERSION: ClassVar[int] = 1
+
+    key: str  # "namespace/name"
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    seq: int  # allocator's monotonically increasing sequence (per allocator term)
+    term: int  # allocator leader term (fencing of an old leader)
+    deleted: bool = False
+    ips: tuple[str, ...] = ()  # allocated LoadBalancer IPs (status.loadBalancer.ingress)
+    external_ips: tuple[str, ...] = ()  # spec.externalIPs
+    ports: tuple[PortSpec, ...] = ()
+    external_traffic_policy: str = "Cluster"
+    labels: dict[str, str] = field(default_factory=dict)
+    ip_pools: dict[str, str] = field(default_factory=dict)  # ip -> pool name
+    pool_labels: dict[str, dict[str, str]] = field(default_factory=dict)  # pool -> labels
+    load_balancer_class: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ips"] = list(self.ips)
+        d["external_ips"] = list(self.external_ips)
+        d["ports"] = [{"protocol": p.protocol, "port": p.port} for p in self.ports]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Allocation:
+        ports = _opt(d, "ports", list, [])
+        pool_labels = _opt(d, "pool_labels", dict, {})
+        if not all(isinstance(v, dict) for v in pool_labels.values()):
+            raise MessageError("field 'pool_labels' must map pool names to label maps")
+        return cls(
+            key=_req(d, "key", str),
+            namespace=_req(d, "namespace", str),
+            name=_req(d, "name", str),
+            uid=_opt(d, "uid", str, ""),
+            generation=_opt(d, "generation", int, 0),
+            seq=_req(d, "seq", int),
+            term=_opt(d, "term", int, 0),
+            deleted=_opt(d, "deleted", bool, False),
+            ips=_str_list(d, "ips"),
+            external_ips=_str_list(d, "external_ips"),
+            ports=tuple(PortSpec.from_obj(p) for p in ports),
+            external_traffic_policy=_opt(d, "external_traffic_policy", str, "Cluster"),
+            labels=_str_dict(d, "labels"),
+            ip_pools=_str_dict(d, "ip_pools"),
+            pool_labels={k: _str_dict(pool_labels, k) for k in pool_labels},
+            load_balancer_class=_opt(d, "load_balancer_class", str, ""),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationSnapshot:
+    """allocator -> leases: the full set of current allocations (resync)."""
+
+    KIND: ClassVar[str] = "allocation_snapshot"
+    VERSION: ClassVar[int] = 1
+    MIN_VERSION: ClassVar[int] = 1
+
+    term: int
+    seq: int
+    allocations: tuple[Allocation, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"term": self.term, "seq": self.seq, "allocations": [a.to_dict() for a in self.allocations]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AllocationSnapshot:
+        items = _opt(d, "allocations", list, [])
+        allocs = []
+        for it in items:
+            if not isinstance(it, dict):
+                raise MessageError("snapshot allocations must be objects")
+            allocs.append(Allocation.from_dict(it))
+        return cls(term=_req(d, "term", int), seq=_req(d, "seq", int), allocations=tuple(allocs))
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRequest:
+    """any consumer -> a producer: please republish a full snapshot (reason for the logs)."""
+
+    KIND: ClassVar[str] = "snapshot_request"
+    VERSION: ClassVar[int] = 1
+    MIN_VERSION: ClassVar[int] = 1
+
+    topic: str  # "allocations" | "assignments"
+    requester: str
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SnapshotRequest:
+        return cls(
+            topic=_req(d, "topic", str), requester=_req(d, "requester", str), reason=_opt(d, "reason", str, "")
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceInfo:
+    name: str
+    mac: str  # "aa:bb:cc:dd:ee:ff"
+    up: bool
+    addresses: tuple[str, ...] = ()  # "198.51.100.2/24", "2001:db8::2/64"
+    ifindex: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "mac": self.mac, "up": self.up, "addresses": list(self.addresses),
+                "ifindex": self.ifindex}
+
+    @staticmethod
+    def from_obj(o: Any) -> InterfaceInfo:
+        if not isinstance(o, dict):
+            raise MessageError("interface must be an object")
+        return InterfaceInfo(
+            name=_req(o, "name", str), mac=_req(o, "mac", str), up=_req(o, "up", bool),
+            addresses=_str_list(o, "addresses"), ifindex=_opt(o, "ifindex", int, 0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """announcer -> leases: I am alive, these are my labels and interfaces."""
+
+    KIND: ClassVar[str] = "heartbeat"
+    VERSION: ClassVar[int] = 1
+    MIN_VERSION: ClassVar[int] = 1
+
+    node: str
+    instance: str  # random id of this announcer process (a restart is a new instance)
+    seq: int  # strictly increasing per instance
+    sent_at: float  # wall clock (seconds), for lag metrics only; liveness uses receipt time
+    interval_ms: int
+    labels: dict[str, str] = field(default_factory=dict)
+    interfaces: tuple[InterfaceInfo, ...] = ()
+    # VIPs this announcer is currently answering for, with their epochs: lets leases detect
+    # dual announcement and resume after its own restart without moving anything.
+    serving: dict[str, int] = field(default_factory=dict)
+    stopping: bool = False  # graceful shutdown: hand over at once
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "node": self.node, "instance": self.instance, "seq": self.seq, "sent_at": self.sent_at,
+            "interval_ms": self.interval_ms, "labels": dict(self.labels),
+            "interfaces": [i.to_dict() for i in self.interfaces], "serving": dict(self.serving),
+            "stopping": self.stopping,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Heartbeat:
+        serving = _opt(d, "serving", dict, {})
+        if not all(isinstance(k, str) and isinstance(v, int) for k, v in serving.items()):
+            raise MessageError("field 'serving' must map IPs to epochs")
+        return cls(
+            node=_req(d, "node", str), instance=_req(d, "instance", str), seq=_req(d, "seq", int),
+            sent_at=float(_req(d, "sent_at", (int, float))), interval_ms=_req(d, "interval_ms", int),
+            labels=_str_dict(d, "labels"),
+            interfaces=tuple(InterfaceInfo.from_obj(i) for i in _opt(d, "interfaces", list, [])),
+            serving=dict(serving), stopping=_opt(d, "stopping", bool, False),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class VipAssignment:
+    ip: str
+    epoch: int  # fencing token, strictly increasing per IP
+    interfaces: tuple[str, ...] = ()  # interface names on this node allowed to answer
+    services: tuple[str, ...] = ()  # "ns/name" keys using this IP (for status and logs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ip": self.ip, "epoch": self.epoch, "interfaces": list(self.interfaces),
+                "services": list(self.services)}
+
+    @staticmethod
+    def from_obj(o: Any) -> VipAssignment:
+        if not isinstance(o, dict):
+            raise MessageError("vip must be an object")
+        return VipAssignment(ip=_req(o, "ip", str), epoch=_req(o, "epoch", int),
+                             interfaces=_str_list(o, "interfaces"), services=_str_list(o, "services"))
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAssignments:
+    """leases -> announcer of ``node``: the complete set of VIPs it must answer for.
+
+    State-based and idempotent: each message replaces the previous set. Re-sent every renew
+    interval (one message per node, not per IP); ``ttl_ms`` is counted from receipt on the
+    announcer's monotonic clock, so clock skew between nodes does not matter.
+    """
+
+    KIND: ClassVar[str] = "node_assignments"
+    VERSION: ClassVar[int] = 1
+    MIN_VERSION: ClassVar[int] = 1
+
+    node: str
+    term: int  # leases leader term; a message from a lower term than seen is stale
+    seq: int  # strictly increasing within a term
+    ttl_ms: int
+    sent_at: float
+    vips: tuple[VipAssignment, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "term": self.term, "seq": self.seq, "ttl_ms": self.ttl_ms,
+                "sent_at": self.sent_at, "vips": [v.to_dict() for v in self.vips]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NodeAssignments:
+        return cls(
+            node=_req(d, "node", str), term=_req(d, "term", int), seq=_req(d, "seq", int),
+            ttl_ms=_req(d, "ttl_ms", int), sent_at=float(_req(d, "sent_at", (int, float))),
+            vips=tuple(VipAssignment.from_obj(v) for v in _opt(d, "vips", list, [])),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """announcer -> leases/status: another MAC claims a VIP this node owns (RFC 5227)."""
+
+    KIND: ClassVar[str] = "conflict"
+    VERSION: ClassVar[int] = 1
+    MIN_VERSION: ClassVar[int] = 1
+
+    node: str
+    ip: str
+    our_mac: str
+    their_mac: str
+    interface: str
+    at: float
+    defended: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Conflict:
+        return cls(
+            node=_req(d, "node", str), ip=_req(d, "ip", str), our_mac=_req(d, "our_mac", str),
+            their_mac=_req(d, "their_mac", str), interface=_req(d, "interface", str),
+            at=float(_req(d, "at", (int, float))), defended=_opt(d, "defended", bool, False),
+        )
+
+
+Message = Allocation | AllocationSnapshot | SnapshotRequest | Heartbeat | NodeAssignments | Conflict
+_KINDS: dict[str, type[Any]] = {
+    c.KIND: c for c in (Allocation, AllocationSnapshot, SnapshotRequest, Heartbeat, NodeAssignments, Conflict)
+}
+M = TypeVar("M")
+
+
+def encode(msg: Message) -> bytes:
+    body = msg.to_dict()
+    body["k"] = msg.KIND
+    body["v"] = msg.VERSION
+    return json.dumps(body, separators=(",", ":"), sort_keys=False).encode()
+
+
+def decode(raw: bytes | str, expect: type[M] | None = None) -> M | Message:
+    """Decode one message. Raises MessageError on anything unreadable (never other exceptions)."""
+    try:
+        d = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise MessageError(f"not JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise MessageError("message is not an object")
+    kind = d.get("k")
+    ver = d.get("v")
+    if not isinstance(kind, str) or kind not in _KINDS:
+        raise MessageError(f"unknown message kind {kind!r}")
+    if not isinstance(ver, int) or isinstance(ver, bool):
+        raise MessageError("missing or non-integer version 'v'")
+    cls = _KINDS[kind]
+    if ver < cls.MIN_VERSION:
+        raise MessageError(f"{kind} version {ver} is no longer supported (minimum {cls.MIN_VERSION})")
+    if expect is not None and cls is not expect:
+        raise MessageError(f"expected {expect.KIND} message, got {kind}")  # type: ignore[attr-defined]
+    try:
+        result: Message = cls.from_dict(d)
+    except MessageError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError) as e:
+        raise MessageError(f"malformed {kind}: {e}") from None
+    return result

@@ -1,0 +1,54 @@
+"""Process runner shared by the service entry points: logging, uvloop, signals, clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from l2lb.obs.log import get_logger, setup_logging
+
+log = get_logger("l2lb.run")
+
+
+def run_service(
+    name: str,
+    main: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
+    *,
+    log_level: str = "info",
+    log_format: str = "text",
+    use_uvloop: bool = True,
+) -> int:
+    """Run ``main(stop_event)`` until it returns or SIGINT/SIGTERM sets ``stop_event``.
+
+    uvloop is installed here, at the entry point only, never by library code.
+    """
+    setup_logging(log_level, log_format, service=name)
+    if use_uvloop:
+        import uvloop
+
+        runner: Callable[..., Any] = uvloop.run
+    else:
+        runner = asyncio.run
+
+    async def _wrapped() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    try:
+        runner(_wrapped())
+    except KeyboardInterrupt:
+        return 130
+    except SystemExit as e:
+        return int(e.code or 0)
+    except Exception:
+        log.exception(f"{name} crashed; this is a bug, please report it with the log above")
+        return 1
+    finally:
+        sys.stderr.flush()
+    return 0
