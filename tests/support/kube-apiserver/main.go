@@ -1,0 +1,335 @@
+// Command l2lb-kube-apiserver runs a real Kubernetes API server (k8s.io/kubernetes
+// cmd/kube-apiserver/app, the same code as the released binary) together with an embedded etcd,
+// both on 127.0.0.1 only, for l2lb's test suite (the "envtest" approach).
+//
+// It generates a CA and a serving certificate, a service-account key pair, a static token file
+// (one user in system:masters) and a kubeconfig, starts etcd on free loopback ports in
+// <data-dir>/etcd and then kube-apiserver. Every argument after "--" goes to kube-apiserver
+// unchanged (and wins over the defaults set here, since the last value of a flag counts).
+//
+//	l2lb-kube-apiserver --data-dir DIR --port N --kubeconfig-out PATH [--token T] [--audit-log PATH] [-- kube-apiserver flags]
+package main
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/pem"
+	"flag"
+	"fmt"
+	"math/big"
+	"net"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+	"k8s.io/component-base/cli"
+	_ "k8s.io/component-base/logs/json/register"
+	_ "k8s.io/component-base/metrics/prometheus/clientgo"
+	_ "k8s.io/component-base/metrics/prometheus/version"
+	"k8s.io/kubernetes/cmd/kube-apiserver/app"
+)
+
+const auditPolicy = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: None
+  users: ["system:apiserver"]
+- level: None
+  nonResourceURLs: ["/readyz*", "/healthz*", "/livez*"]
+- level: Metadata
+`
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	fs := flag.NewFlagSet("l2lb-kube-apiserver", flag.ContinueOnError)
+	dataDir := fs.String("data-dir", "", "directory for etcd data, certificates and generated files (required)")
+	port := fs.Int("port", 0, "secure port of kube-apiserver on 127.0.0.1 (0: pick a free one)")
+	kubeconfigOut := fs.String("kubeconfig-out", "", "where to write the kubeconfig (default <data-dir>/kubeconfig)")
+	token := fs.String("token", "", "bearer token of the test user (default: random)")
+	auditLog := fs.String("audit-log", "", "write a JSON audit log (level Metadata) of every request to this path")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		return 2
+	}
+	if *dataDir == "" {
+		fmt.Fprintln(os.Stderr, "l2lb-kube-apiserver: --data-dir is required")
+		return 2
+	}
+	extra := fs.Args()
+	if err := os.MkdirAll(*dataDir, 0o700); err != nil {
+		fmt.Fprintln(os.Stderr, "l2lb-kube-apiserver:", err)
+		return 1
+	}
+	if *kubeconfigOut == "" {
+		*kubeconfigOut = filepath.Join(*dataDir, "kubeconfig")
+	}
+	if *token == "" {
+		b := make([]byte, 24)
+		if _, err := rand.Read(b); err != nil {
+			fmt.Fprintln(os.Stderr, "l2lb-kube-apiserver:", err)
+			return 1
+		}
+		*token = hex.EncodeToString(b)
+	}
+	if *port == 0 {
+		p, err := freePort()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "l2lb-kube-apiserver:", err)
+			return 1
+		}
+		*port = p
+	}
+
+	files, err := writeFiles(*dataDir, *token)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "l2lb-kube-apiserver: generating certificates:", err)
+		return 1
+	}
+	serverURL := "https://127.0.0.1:" + strconv.Itoa(*port)
+	if err := writeKubeconfig(*kubeconfigOut, serverURL, files.caPEM, *token); err != nil {
+		fmt.Fprintln(os.Stderr, "l2lb-kube-apiserver: writing kubeconfig:", err)
+		return 1
+	}
+
+	etcd, etcdURL, err := startEtcd(filepath.Join(*dataDir, "etcd"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "l2lb-kube-apiserver: starting etcd:", err)
+		return 1
+	}
+	defer etcd.Close()
+
+	args := []string{
+		"--etcd-servers=" + etcdURL,
+		"--bind-address=127.0.0.1",
+		"--advertise-address=127.0.0.1",
+		"--secure-port=" + strconv.Itoa(*port),
+		"--tls-cert-file=" + files.certFile,
+		"--tls-private-key-file=" + files.keyFile,
+		"--token-auth-file=" + files.tokenFile,
+		"--authorization-mode=RBAC",
+		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+		"--service-account-key-file=" + files.saPubFile,
+		"--service-account-signing-key-file=" + files.saKeyFile,
+		"--service-cluster-ip-range=10.96.0.0/16",
+		// No controller-manager runs: nothing would create the default ServiceAccount that this
+		// plugin waits for when Pods are created.
+		"--disable-admission-plugins=ServiceAccount",
+		// The "kubernetes" Service endpoints would name 127.0.0.1, which Endpoints validation
+		// rejects; nothing in the tests needs them.
+		"--endpoint-reconciler-type=none",
+		"--allow-privileged=true",
+		"--profiling=false",
+		"--cert-dir=" + filepath.Join(*dataDir, "certs"),
+	}
+	if *auditLog != "" {
+		policy := filepath.Join(*dataDir, "audit-policy.yaml")
+		if err := os.WriteFile(policy, []byte(auditPolicy), 0o600); err != nil {
+			fmt.Fprintln(os.Stderr, "l2lb-kube-apiserver:", err)
+			return 1
+		}
+		args = append(args,
+			"--audit-policy-file="+policy,
+			"--audit-log-path="+*auditLog,
+			"--audit-log-format=json",
+			"--audit-log-mode=blocking",
+			"--audit-log-maxsize=0",
+		)
+	}
+	args = append(args, extra...)
+
+	fmt.Printf("l2lb-kube-apiserver: etcd %s, kube-apiserver %s, kubeconfig %s\n", etcdURL, serverURL, *kubeconfigOut)
+
+	// kube-apiserver handles SIGTERM/SIGINT itself (graceful shutdown, then Run returns); make sure
+	// the process ends even when that shutdown hangs.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		<-sigs
+		time.Sleep(20 * time.Second)
+		fmt.Fprintln(os.Stderr, "l2lb-kube-apiserver: shutdown took over 20 s, exiting")
+		os.Exit(1)
+	}()
+
+	cmd := app.NewAPIServerCommand()
+	cmd.SetArgs(args)
+	return cli.Run(cmd)
+}
+
+type generated struct {
+	caPEM                                              []byte
+	certFile, keyFile, tokenFile, saKeyFile, saPubFile string
+}
+
+func writeFiles(dir, token string) (*generated, error) {
+	g := &generated{
+		certFile:  filepath.Join(dir, "serving.crt"),
+		keyFile:   filepath.Join(dir, "serving.key"),
+		tokenFile: filepath.Join(dir, "tokens.csv"),
+		saKeyFile: filepath.Join(dir, "sa.key"),
+		saPubFile: filepath.Join(dir, "sa.pub"),
+	}
+	now := time.Now()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "l2lb-test-ca"},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(7 * 24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return nil, err
+	}
+	caCert, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		return nil, err
+	}
+	srvKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	srvTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2),
+		Subject:      pkix.Name{CommonName: "kube-apiserver"},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(7 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		DNSNames:     []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"},
+	}
+	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, caCert, &srvKey.PublicKey, caKey)
+	if err != nil {
+		return nil, err
+	}
+	g.caPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})
+	chain := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srvDER}), g.caPEM...)
+	if err := os.WriteFile(g.certFile, chain, 0o600); err != nil {
+		return nil, err
+	}
+	if err := writeECKey(g.keyFile, srvKey); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ca.crt"), g.caPEM, 0o600); err != nil {
+		return nil, err
+	}
+	saKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeECKey(g.saKeyFile, saKey); err != nil {
+		return nil, err
+	}
+	pubDER, err := x509.MarshalPKIXPublicKey(&saKey.PublicKey)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(g.saPubFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), 0o600); err != nil {
+		return nil, err
+	}
+	line := fmt.Sprintf("%s,l2lb-test,l2lb-test,\"system:masters\"\n", token)
+	if err := os.WriteFile(g.tokenFile, []byte(line), 0o600); err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+func writeECKey(path string, key *ecdsa.PrivateKey) error {
+	der, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600)
+}
+
+func writeKubeconfig(path, server string, caPEM []byte, token string) error {
+	text := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: l2lb-real
+  cluster:
+    server: %s
+    certificate-authority-data: %s
+users:
+- name: l2lb-test
+  user:
+    token: %s
+contexts:
+- name: l2lb-real
+  context:
+    cluster: l2lb-real
+    user: l2lb-test
+    namespace: default
+current-context: l2lb-real
+`, server, base64.StdEncoding.EncodeToString(caPEM), token)
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(text), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func startEtcd(dir string) (*embed.Etcd, string, error) {
+	clientPort, err := freePort()
+	if err != nil {
+		return nil, "", err
+	}
+	peerPort, err := freePort()
+	if err != nil {
+		return nil, "", err
+	}
+	clientURL := url.URL{Scheme: "http", Host: "127.0.0.1:" + strconv.Itoa(clientPort)}
+	peerURL := url.URL{Scheme: "http", Host: "127.0.0.1:" + strconv.Itoa(peerPort)}
+	cfg := embed.NewConfig()
+	cfg.Name = "l2lb-test"
+	cfg.Dir = dir
+	cfg.ListenClientUrls = []url.URL{clientURL}
+	cfg.AdvertiseClientUrls = []url.URL{clientURL}
+	cfg.ListenPeerUrls = []url.URL{peerURL}
+	cfg.AdvertisePeerUrls = []url.URL{peerURL}
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	cfg.LogLevel = "error"
+	cfg.UnsafeNoFsync = true // test data only: a crash loses nothing that matters
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, "", err
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		e.Close()
+		return nil, "", err
+	case <-time.After(60 * time.Second):
+		e.Close()
+		return nil, "", fmt.Errorf("etcd not ready after 60 s")
+	}
+	return e, clientURL.String(), nil
+}
