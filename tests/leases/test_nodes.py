@@ -1,0 +1,65 @@
+"""Node liveness tracker (pure, caller's clock)."""
+
+from __future__ import annotations
+
+import pytest
+
+from l2lb.core.nodes import NodeTracker
+from tests.leases.helpers import hb
+
+
+def test_dead_after_missed_intervals() -> None:
+    t = NodeTracker(missed=3)
+    assert t.observe(hb("a", seq=1, interval_ms=100), now=10.0)
+    assert t.is_alive("a")
+    assert t.tick(10.29) == set()
+    assert t.next_deadline() == pytest.approx(10.3)
+    assert t.tick(10.31) == {"a"}
+    assert not t.is_alive("a") and t.nodes["a"].reason == "timeout"
+    assert t.tick(10.5) == set()  # reported once
+    assert t.observe(hb("a", seq=2), now=10.6)  # comes back
+    assert t.is_alive("a") and t.alive().keys() == {"a"}
+
+
+def test_stale_and_duplicate_heartbeats_ignored() -> None:
+    t = NodeTracker()
+    t.observe(hb("a", seq=5), now=1.0)
+    assert not t.observe(hb("a", seq=5, stopping=True), now=1.1)
+    assert not t.observe(hb("a", seq=4, stopping=True), now=1.1)
+    assert t.is_alive("a") and t.nodes["a"].last_seen == 1.0
+    # a restarted announcer (new instance) starts at seq 1 and is accepted; the old one is then ignored
+    assert not t.observe(hb("a", seq=1, instance="i2"), now=1.2)
+    assert t.nodes["a"].last_seen == 1.2
+    assert not t.observe(hb("a", seq=6, instance="i1", stopping=True), now=1.3)
+    assert t.is_alive("a")
+
+
+def test_stopping_and_interfaces_down_are_immediate() -> None:
+    t = NodeTracker()
+    t.observe(hb("a", seq=1), now=0.0)
+    t.observe(hb("b", seq=1, ifaces=(("eth0", True), ("eth1", True))), now=0.0)
+    assert t.observe(hb("a", seq=2, stopping=True), now=0.01)
+    assert not t.is_alive("a") and t.nodes["a"].reason == "stopping"
+    assert t.observe(hb("b", seq=2, ifaces=(("eth0", False), ("eth1", True))), now=0.01)  # link change
+    assert t.is_alive("b")
+    assert t.observe(hb("b", seq=3, ifaces=(("eth0", False), ("eth1", False))), now=0.02)
+    assert not t.is_alive("b") and t.nodes["b"].reason == "interfaces_down"
+    assert set(t.alive()) == set()
+
+
+def test_label_change_is_relevant_seq_only_is_not() -> None:
+    t = NodeTracker()
+    t.observe(hb("a", seq=1, labels={"z": "1"}), now=0.0)
+    assert not t.observe(hb("a", seq=2, labels={"z": "1"}), now=0.1)
+    assert t.observe(hb("a", seq=3, labels={"z": "2"}), now=0.2)
+
+
+def test_prune_and_status() -> None:
+    t = NodeTracker(missed=2)
+    t.observe(hb("a", seq=1, interval_ms=100), now=0.0)
+    t.tick(1.0)
+    assert t.status(1.0)[0]["alive"] is False and t.status(1.0)[0]["heartbeat_age_ms"] == 1000.0
+    assert t.prune(1.5, after_s=10) == []
+    assert t.prune(20.0, after_s=10) == ["a"] and t.nodes == {}
+    with pytest.raises(ValueError):
+        NodeTracker(missed=0)
