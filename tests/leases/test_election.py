@@ -47,7 +47,8 @@ def test_sticky_and_epoch_kept() -> None:
 
 def test_holder_dead_moves_with_higher_epoch() -> None:
     cur = {"198.51.100.1": Holder("a", NOW + 10)}  # epoch ahead of the clock: still increases
-    r = elect([alloc("ns/a", "198.51.100.1")], ALL, nodes("b"), cur, now_ms=NOW, last_epochs={"198.51.100.1": 3})
+    r = elect([alloc("ns/a", "198.51.100.1")], ALL, nodes("b"), cur, now_ms=NOW,
+              last_epochs={"198.51.100.1": 3})
     a = r.assignments["198.51.100.1"]
     assert a.node == "b" and a.epoch == NOW + 11
     assert r.moves[0].reason == "holder_dead" and r.moves[0].old == "a"
@@ -135,8 +136,8 @@ def test_node_without_interface_info_only_for_unrestricted_policies() -> None:
     ns = {"a": hb("a", ifaces=())}
     r = elect([alloc("ns/a", "198.51.100.1")], ALL, ns, {}, now_ms=NOW)
     assert r.assignments["198.51.100.1"].interfaces == ()
-    r2 = elect([alloc("ns/a", "198.51.100.1")], [pol({"interfaces": ["eth0"], "loadBalancerIPs": True})], ns, {},
-               now_ms=NOW)
+    eth0 = pol({"interfaces": ["eth0"], "loadBalancerIPs": True})
+    r2 = elect([alloc("ns/a", "198.51.100.1")], [eth0], ns, {}, now_ms=NOW)
     assert r2.unassigned == {"198.51.100.1": "no_eligible_node"}
 
 
@@ -182,8 +183,8 @@ def scenarios(draw: st.DrawFn) -> tuple[list[Allocation], dict[str, Heartbeat], 
             current[ip] = Holder(draw(st.sampled_from(NODE_NAMES)), draw(st.integers(1, 10)))
     policies = draw(st.lists(st.sampled_from([
         pol({"loadBalancerIPs": True}, "all"),
-        pol({"interfaces": ["eth0"], "loadBalancerIPs": True, "serviceSelector": {"matchLabels": {"tier": "db"}}},
-            "db-eth0"),
+        pol({"interfaces": ["eth0"], "loadBalancerIPs": True,
+             "serviceSelector": {"matchLabels": {"tier": "db"}}}, "db-eth0"),
         pol({"nodeSelector": {"matchLabels": {"zone": "a"}}, "loadBalancerIPs": True,
              "serviceSelector": {"matchLabels": {"tier": "web"}}}, "web-a"),
     ]), max_size=3, unique_by=lambda p: p.name))

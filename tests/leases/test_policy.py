@@ -50,7 +50,8 @@ def test_metallb_pool_selectors_node_selectors_interfaces() -> None:
                  "interfaces": ["eth0"]},
     })
     assert p.selects_pool("p1", {"tier": "dmz"}) and not p.selects_pool("p1", {"tier": "lan"})
-    assert p.selects_node({"zone": "a"}) and p.selects_node({"zone": "b"}) and not p.selects_node({"zone": "c"})
+    assert p.selects_node({"zone": "a"}) and p.selects_node({"zone": "b"})
+    assert not p.selects_node({"zone": "c"})
     assert p.interface_allowed("eth0") and not p.interface_allowed("eth")  # exact names
     assert not p.interface_allowed("eth01")
 
@@ -60,7 +61,8 @@ def test_cilium_selectors_and_meta_labels() -> None:
         "apiVersion": "cilium.io/v2alpha1", "kind": "CiliumL2AnnouncementPolicy", "metadata": {"name": "p"},
         "spec": {
             "serviceSelector": {"matchLabels": {"io.kubernetes.service.namespace": "pihole"},
-                                "matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["dev"]}]},
+                                "matchExpressions": [
+                                    {"key": "tier", "operator": "NotIn", "values": ["dev"]}]},
             "nodeSelector": {"matchExpressions": [{"key": "node-role.kubernetes.io/control-plane",
                                                    "operator": "DoesNotExist"}]},
             "interfaces": ["^eth[0-9]+", "bond.*"],
