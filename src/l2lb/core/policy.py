@@ -26,6 +26,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from l2lb.core.models import ParseError
+from l2lb.core.selectors import LabelSelector, service_labels
+from l2lb.core.selectors import parse_selector as _parse_selector
+
 __all__ = [
     "CILIUM",
     "KIND_KEYS",
@@ -51,82 +55,19 @@ KIND_KEYS: dict[tuple[str, str], str] = {
     ("l2lb.io/v1alpha1", "L2AnnouncementPolicy"): L2LB,
 }
 
-SERVICE_NAMESPACE_LABEL = "io.kubernetes.service.namespace"
-SERVICE_NAME_LABEL = "io.kubernetes.service.name"
-
-_OPS = {"In", "NotIn", "Exists", "DoesNotExist"}
-
 
 class PolicyError(ValueError):
     """An announcement policy (or one of its selectors) that cannot be used."""
 
 
-# -- label selectors -------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class LabelSelector:
-    """A Kubernetes ``metav1.LabelSelector``; the empty selector matches everything."""
-
-    match_labels: tuple[tuple[str, str], ...] = ()
-    match_expressions: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        for k, v in self.match_labels:
-            if labels.get(k) != v:
-                return False
-        for key, op, values in self.match_expressions:
-            present = key in labels
-            if op == "In":
-                if not present or labels[key] not in values:
-                    return False
-            elif op == "NotIn":
-                if present and labels[key] in values:
-                    return False
-            elif op == "Exists":
-                if not present:
-                    return False
-            elif not present:  # DoesNotExist
-                continue
-            else:
-                return False
-        return True
-
-
 def parse_selector(obj: Any, where: str) -> LabelSelector:
-    """Parse a ``metav1.LabelSelector`` object (``{}`` matches everything)."""
-    if not isinstance(obj, dict):
+    """Parse a ``metav1.LabelSelector`` (the core's implementation); errors as :class:`PolicyError`."""
+    if obj is not None and not isinstance(obj, dict):
         raise PolicyError(f"{where} must be an object, got {type(obj).__name__}")
-    ml = obj.get("matchLabels") or {}
-    if not isinstance(ml, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in ml.items()):
-        raise PolicyError(f"{where}.matchLabels must map strings to strings")
-    exprs: list[tuple[str, str, tuple[str, ...]]] = []
-    raw_exprs = obj.get("matchExpressions") or []
-    if not isinstance(raw_exprs, list):
-        raise PolicyError(f"{where}.matchExpressions must be a list")
-    for i, e in enumerate(raw_exprs):
-        w = f"{where}.matchExpressions[{i}]"
-        if not isinstance(e, dict):
-            raise PolicyError(f"{w} must be an object")
-        key, op, values = e.get("key"), e.get("operator"), e.get("values") or []
-        if not isinstance(key, str) or not key:
-            raise PolicyError(f"{w}.key must be a non-empty string")
-        if op not in _OPS:
-            raise PolicyError(f"{w}.operator {op!r} is not one of In, NotIn, Exists, DoesNotExist")
-        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-            raise PolicyError(f"{w}.values must be a list of strings")
-        if op in ("In", "NotIn") and not values:
-            raise PolicyError(f"{w}: operator {op} needs at least one value")
-        if op in ("Exists", "DoesNotExist") and values:
-            raise PolicyError(f"{w}: operator {op} takes no values")
-        exprs.append((key, str(op), tuple(sorted(values))))
-    return LabelSelector(tuple(sorted(ml.items())), tuple(sorted(exprs)))
-
-
-def service_labels(namespace: str, name: str, labels: Mapping[str, str]) -> dict[str, str]:
-    """The labels a serviceSelector sees: the Service's own plus Cilium's meta labels."""
-    out = dict(labels)
-    out[SERVICE_NAMESPACE_LABEL] = namespace
-    out[SERVICE_NAME_LABEL] = name
-    return out
+    try:
+        return _parse_selector(obj, where)
+    except ParseError as e:
+        raise PolicyError(str(e)) from None
 
 
 # -- the policy model ------------------------------------------------------------------------------
