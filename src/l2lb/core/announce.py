@@ -1,0 +1,365 @@
+"""The announcer's state machine (pure: the caller gives frames, interfaces and a monotonic clock).
+
+* :meth:`AnnouncerState.apply` takes a :class:`~l2lb.core.messages.NodeAssignments`; a message is
+  used only when it is for this node and newer in (term, seq) than the last one used. It replaces
+  the whole VIP set; the set is valid until ``now + ttl_ms`` (receipt time on the caller's
+  monotonic clock) and is dropped entirely at that deadline unless a newer message renews it.
+* :meth:`AnnouncerState.handle` decides what to do with one received frame: a reply (ARP reply /
+  solicited NA), a defence (gratuitous ARP / unsolicited NA after a conflict, at most once per
+  ``defend_interval`` per VIP), or a drop with a reason (the metrics label).
+* Gratuitous announcements are scheduled on every takeover (VIP added or epoch changed) and when
+  an interface comes back up: ``garp_count`` rounds, ``garp_interval`` apart.
+* Replies are limited per source MAC with a token bucket (``reply_rate``/s, ``reply_burst``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from l2lb.core import codec
+from l2lb.core.codec import ArpFrame, DropReason, NaFrame, NsFrame
+from l2lb.core.messages import NodeAssignments
+
+__all__ = ["AnnouncerState", "ConflictSeen", "Iface", "Outcome", "Verdict", "Vip"]
+
+
+@dataclass(frozen=True, slots=True)
+class Iface:
+    """An interface the announcer serves (name, ifindex, MAC)."""
+
+    name: str
+    index: int
+    mac: bytes
+
+
+@dataclass(slots=True)
+class Vip:
+    ip: str
+    addr: bytes  # packed, 4 or 16 bytes
+    epoch: int
+    interfaces: frozenset[str]  # empty: every interface the announcer serves
+    services: tuple[str, ...]
+    since: float  # monotonic time it was (re)taken
+
+    @property
+    def v6(self) -> bool:
+        return len(self.addr) == 16
+
+    def allowed_on(self, ifname: str) -> bool:
+        return not self.interfaces or ifname in self.interfaces
+
+
+@dataclass(frozen=True, slots=True)
+class ConflictSeen:
+    ip: str
+    interface: str
+    our_mac: str
+    their_mac: str
+    defended: bool
+
+
+class Outcome:
+    """Reasons :meth:`AnnouncerState.handle` gives besides the codec's :class:`DropReason`."""
+
+    ANSWERED = "answered"  # a reply was built
+    NOT_OWNED = "not_owned"  # the target is not a VIP of this node
+    EXPIRED = "expired"  # the VIP set's validity ran out
+    WRONG_INTERFACE = "wrong_interface"  # VIP not allowed on the interface it was asked on
+    RATE_LIMITED = "rate_limited"  # the asker exceeded its token bucket
+    NOT_REQUEST = "not_request"  # ARP reply / NA about an address we do not own
+    OWN_FRAME = "own_frame"  # our own MAC as sender (looped back)
+    CONFLICT = "conflict"  # another MAC claims a VIP we own (defended or within the hold-off)
+    GRATUITOUS = "gratuitous"  # someone announcing an address we do not own
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    reason: str
+    frames: tuple[bytes, ...] = ()
+    conflict: ConflictSeen | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    accepted: bool
+    reason: str  # "applied", "other_node", "stale", "bad_ttl"
+    added: tuple[Vip, ...] = ()
+    removed: tuple[Vip, ...] = ()
+    invalid: tuple[str, ...] = ()  # IPs in the message that are not IP addresses
+
+
+@dataclass(slots=True)
+class _Garp:
+    remaining: int
+    next_at: float
+    only: str | None = None  # a single interface (link came back) or None for all
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    last: float
+
+
+@dataclass
+class AnnouncerState:
+    node: str
+    garp_count: int = 5
+    garp_interval: float = 1.0
+    reply_rate: float = 100.0  # replies per second per source MAC
+    reply_burst: float = 50.0
+    defend_interval: float = 10.0
+    max_sources: int = 65536
+    vips: dict[bytes, Vip] = field(default_factory=dict)
+    deadline: float | None = None  # monotonic; None until the first accepted message
+    last_order: tuple[int, int] | None = None
+    last_applied_at: float | None = None
+    stats: dict[str, int] = field(default_factory=dict)
+    _garps: dict[bytes, _Garp] = field(default_factory=dict)
+    _buckets: dict[bytes, _Bucket] = field(default_factory=dict)
+    _defended: dict[bytes, float] = field(default_factory=dict)
+
+    # -- assignments -------------------------------------------------------------------------
+    def apply(self, msg: NodeAssignments, now: float) -> Change:
+        if msg.node != self.node:
+            return Change(False, "other_node")
+        order = (msg.term, msg.seq)
+        if self.last_order is not None and order <= self.last_order:
+            return Change(False, "stale")
+        if msg.ttl_ms <= 0:
+            return Change(False, "bad_ttl")
+        self.last_order = order
+        self.last_applied_at = now
+        expired = self.deadline is not None and now >= self.deadline
+        self.deadline = now + msg.ttl_ms / 1000.0
+        new: dict[bytes, Vip] = {}
+        invalid: list[str] = []
+        for va in msg.vips:
+            try:
+                addr = ipaddress.ip_address(va.ip).packed
+            except ValueError:
+                invalid.append(va.ip)
+                continue
+            if addr[0] == 0xFF or (len(addr) == 4 and addr[0] >= 224) or addr in (b"\x00" * 4, b"\x00" * 16):
+                invalid.append(va.ip)
+                continue
+            new[addr] = Vip(ip=str(ipaddress.ip_address(addr)), addr=addr, epoch=va.epoch,
+                            interfaces=frozenset(va.interfaces), services=tuple(va.services), since=now)
+        added: list[Vip] = []
+        removed: list[Vip] = []
+        old = {} if expired else self.vips
+        for addr, vip in new.items():
+            prev = old.get(addr)
+            if prev is None or prev.epoch != vip.epoch:
+                added.append(vip)
+                self._garps[addr] = _Garp(self.garp_count, now)
+            else:
+                vip.since = prev.since
+                if prev.interfaces != vip.interfaces and vip.interfaces - prev.interfaces:
+                    self._garps[addr] = _Garp(self.garp_count, now)
+        for addr, vip in self.vips.items():
+            if addr not in new or new[addr].epoch != vip.epoch:
+                removed.append(vip)
+        for addr in list(self._garps):
+            if addr not in new:
+                del self._garps[addr]
+        for addr in list(self._defended):
+            if addr not in new:
+                del self._defended[addr]
+        self.vips = new
+        return Change(True, "applied", tuple(added), tuple(removed), tuple(invalid))
+
+    def expire(self, now: float) -> tuple[Vip, ...]:
+        """Drop every VIP when the validity deadline has passed; returns what was dropped."""
+        if self.deadline is None or now < self.deadline or not self.vips:
+            return ()
+        gone = tuple(self.vips.values())
+        self.vips = {}
+        self._garps.clear()
+        self._defended.clear()
+        return gone
+
+    def valid(self, now: float) -> bool:
+        return self.deadline is not None and now < self.deadline
+
+    def serving(self, now: float) -> dict[str, int]:
+        """VIP -> epoch currently answered for (empty once expired)."""
+        if not self.valid(now):
+            return {}
+        return {v.ip: v.epoch for v in self.vips.values()}
+
+    def multicast_macs(self, ifname: str) -> set[bytes]:
+        """Solicited-node multicast MACs the socket on ``ifname`` must receive."""
+        return {codec.solicited_node_mac(v.addr) for v in self.vips.values() if v.v6 and v.allowed_on(ifname)}
+
+    def status(self, now: float) -> dict[str, object]:
+        remaining = None if self.deadline is None else max(0.0, self.deadline - now)
+        return {
+            "node": self.node,
+            "valid": self.valid(now),
+            "remaining_s": None if remaining is None else round(remaining, 3),
+            "term": None if self.last_order is None else self.last_order[0],
+            "seq": None if self.last_order is None else self.last_order[1],
+            "vips": [
+                {"ip": v.ip, "epoch": v.epoch, "interfaces": sorted(v.interfaces),
+                 "services": list(v.services),
+                 "since_s": round(now - v.since, 3),
+                 "remaining_s": None if remaining is None else round(remaining, 3),
+                 "announcing": v.addr in self._garps}
+                for v in sorted(self.vips.values(), key=lambda v: (len(v.addr), v.addr))
+            ],
+        }
+
+    # -- gratuitous announcements ----------------------------------------------------------------
+    def announce_frames(self, vip: Vip, iface: Iface) -> list[bytes]:
+        if vip.v6:
+            return [codec.build_unsolicited_na(iface.mac, vip.addr)]
+        return [codec.build_garp_request(iface.mac, vip.addr), codec.build_garp_reply(iface.mac, vip.addr)]
+
+    def kick(self, ifname: str, now: float) -> None:
+        """An interface came (back) up: announce every VIP allowed on it again."""
+        for addr, vip in self.vips.items():
+            if vip.allowed_on(ifname) and addr not in self._garps:
+                self._garps[addr] = _Garp(self.garp_count, now, only=ifname)
+
+    def announcements_due(self, now: float, ifaces: Iterable[Iface]) -> list[tuple[str, bytes]]:
+        """(interface name, frame) pairs to send now; advances the schedule."""
+        if not self._garps or not self.valid(now):
+            return []
+        out: list[tuple[str, bytes]] = []
+        ifl = list(ifaces)
+        for addr, g in list(self._garps.items()):
+            if g.next_at > now:
+                continue
+            vip = self.vips.get(addr)
+            if vip is None:
+                del self._garps[addr]
+                continue
+            for iface in ifl:
+                if vip.allowed_on(iface.name) and (g.only is None or g.only == iface.name):
+                    out.extend((iface.name, f) for f in self.announce_frames(vip, iface))
+            g.remaining -= 1
+            if g.remaining <= 0:
+                del self._garps[addr]
+            else:
+                g.next_at = now + self.garp_interval
+        self._count("garp_frames", len(out))
+        return out
+
+    def next_event(self, now: float) -> float | None:
+        """Monotonic time of the next GARP round or expiry, if any."""
+        times = [g.next_at for g in self._garps.values()]
+        if self.deadline is not None and self.vips:
+            times.append(self.deadline)
+        return min(times) if times else None
+
+    # -- frames ----------------------------------------------------------------------------------
+    def _count(self, key: str, n: int = 1) -> None:
+        self.stats[key] = self.stats.get(key, 0) + n
+
+    def _allow(self, src: bytes, now: float) -> bool:
+        b = self._buckets.get(src)
+        if b is None:
+            if len(self._buckets) >= self.max_sources:
+                self._prune(now)
+            self._buckets[src] = _Bucket(self.reply_burst - 1.0, now)
+            return True
+        b.tokens = min(self.reply_burst, b.tokens + (now - b.last) * self.reply_rate)
+        b.last = now
+        if b.tokens >= 1.0:
+            b.tokens -= 1.0
+            return True
+        return False
+
+    def _prune(self, now: float) -> None:
+        full = self.reply_burst / self.reply_rate if self.reply_rate > 0 else float("inf")
+        for k in [k for k, b in self._buckets.items() if now - b.last >= full]:
+            del self._buckets[k]
+        if len(self._buckets) >= self.max_sources:  # still full: forget the oldest half
+            for k, _ in sorted(self._buckets.items(), key=lambda kv: kv[1].last)[: len(self._buckets) // 2]:
+                del self._buckets[k]
+
+    def _defend(self, vip: Vip, iface: Iface, their: bytes, now: float) -> Verdict:
+        last = self._defended.get(vip.addr)
+        if last is not None and now - last < self.defend_interval:
+            return Verdict(Outcome.CONFLICT)
+        self._defended[vip.addr] = now
+        c = ConflictSeen(vip.ip, iface.name, codec.mac_text(iface.mac), codec.mac_text(their), True)
+        self._count("conflicts_defended")
+        return Verdict(Outcome.CONFLICT, tuple(self.announce_frames(vip, iface)), c)
+
+    def _owned(self, addr: bytes, iface: Iface, now: float) -> Vip | str:
+        vip = self.vips.get(addr)
+        if vip is None:
+            return Outcome.NOT_OWNED
+        if self.deadline is None or now >= self.deadline:
+            return Outcome.EXPIRED
+        if not vip.allowed_on(iface.name):
+            return Outcome.WRONG_INTERFACE
+        return vip
+
+    def handle(self, frame: bytes, iface: Iface, now: float) -> Verdict:
+        """Decide about one frame received on ``iface``. Never raises."""
+        parsed = codec.parse(frame)
+        if isinstance(parsed, DropReason):
+            v = Verdict(parsed.value)
+        elif isinstance(parsed, ArpFrame):
+            v = self._arp(parsed, iface, now)
+        elif isinstance(parsed, NsFrame):
+            v = self._ns(parsed, iface, now)
+        else:
+            v = self._na(parsed, iface, now)
+        self.stats[v.reason] = self.stats.get(v.reason, 0) + 1
+        return v
+
+    def _arp(self, p: ArpFrame, iface: Iface, now: float) -> Verdict:
+        if iface.mac in (p.sha, p.eth_src):
+            return Verdict(Outcome.OWN_FRAME)
+        sender = self.vips.get(p.spa)
+        if sender is not None:  # someone else uses one of our VIPs as its address
+            owned = self._owned(p.spa, iface, now)
+            if isinstance(owned, Vip):
+                return self._defend(owned, iface, p.sha, now)
+        if p.op != codec.ARP_REQUEST:
+            return Verdict(Outcome.NOT_REQUEST)
+        if p.spa == p.tpa:
+            return Verdict(Outcome.GRATUITOUS)
+        owned = self._owned(p.tpa, iface, now)
+        if not isinstance(owned, Vip):
+            return Verdict(owned)
+        if not self._allow(p.sha, now):
+            return Verdict(Outcome.RATE_LIMITED)
+        return Verdict(Outcome.ANSWERED, (codec.build_arp_reply(p, iface.mac),))
+
+    def _ns(self, p: NsFrame, iface: Iface, now: float) -> Verdict:
+        if p.eth_src == iface.mac:
+            return Verdict(Outcome.OWN_FRAME)
+        if p.src in self.vips:  # someone else sends from one of our VIPs
+            owned = self._owned(p.src, iface, now)
+            if isinstance(owned, Vip):
+                return self._defend(owned, iface, p.slla or p.eth_src, now)
+        owned = self._owned(p.target, iface, now)
+        if not isinstance(owned, Vip):
+            return Verdict(owned)
+        asker = p.slla or p.eth_src
+        if not self._allow(asker, now):
+            return Verdict(Outcome.RATE_LIMITED)
+        if p.src == codec.UNSPECIFIED_IP6:  # DAD probe for our VIP: defend on all-nodes (RFC 4861 7.2.4)
+            na = codec.build_na(eth_dst=codec.ALL_NODES_MAC, eth_src=iface.mac, src=p.target,
+                                dst=codec.ALL_NODES_IP6, target=p.target, solicited=False, override=True,
+                                tlla=iface.mac, vlan=p.vlan)
+        else:
+            na = codec.build_na(eth_dst=asker, eth_src=iface.mac, src=p.target, dst=p.src, target=p.target,
+                                solicited=True, override=True, tlla=iface.mac, vlan=p.vlan)
+        return Verdict(Outcome.ANSWERED, (na,))
+
+    def _na(self, p: NaFrame, iface: Iface, now: float) -> Verdict:
+        their = p.tlla or p.eth_src
+        if iface.mac in (their, p.eth_src):
+            return Verdict(Outcome.OWN_FRAME)
+        owned = self._owned(p.target, iface, now)
+        if isinstance(owned, Vip):
+            return self._defend(owned, iface, their, now)
+        return Verdict(Outcome.NOT_REQUEST)
