@@ -20,7 +20,7 @@ import contextvars
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -567,7 +567,7 @@ class KubeClient:
         resource_version: str,
         label_selector: str | None = None,
         timeout_s: int = 300,
-    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    ) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
         """Stream ``(type, object)`` from ``resource_version`` with bookmarks, until the server
         ends the watch (``timeout_s``). A 410 Gone (start or in-stream ERROR) raises
         ``KubeError(status=410)``; use ``contextlib.aclosing`` when leaving early."""
