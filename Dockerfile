@@ -36,7 +36,8 @@ LABEL org.opencontainers.image.title="l2lb" \
       org.opencontainers.image.licenses="Apache-2.0"
 RUN groupadd --system --gid 65532 l2lb \
  && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
-            --shell /usr/sbin/nologin l2lb
+            --shell /usr/sbin/nologin l2lb \
+ && install -d -o 65532 -g 65532 -m 0750 /var/lib/l2lb
 COPY --from=build /opt/l2lb /opt/l2lb
 ENV PATH=/opt/l2lb/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -58,6 +59,6 @@ CMD ["--help"]
 # Kubernetes `capabilities: {drop: [ALL], add: [NET_RAW]}`. It is never privileged.
 FROM runtime AS announcer
 USER 0:0
-ENV L2LB_HEALTH_URL=http://127.0.0.1:9103/healthz
-EXPOSE 9103
+ENV L2LB_HEALTH_URL=http://127.0.0.1:9473/healthz
+EXPOSE 9473
 CMD ["announcer", "--help"]
