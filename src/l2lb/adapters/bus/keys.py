@@ -57,6 +57,20 @@ class Keys:
         """latest full snapshot of a topic ("allocations", "assignments") as one value."""
         return f"{self.prefix}:snapshot:{topic}"
 
+    def snapshot_pattern(self) -> str:
+        """glob matching every snapshot key (for ACLs)."""
+        return f"{self.prefix}:snapshot:*"
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def streams(self) -> list[str]:
+        """Every stream, in a stable order."""
+        return [self.allocations, self.heartbeats, self.assignments, self.control, self.deadletter]
+
+    def short(self, stream: str) -> str:
+        """Stream name without prefix (``allocations``), used as the ``stream`` metric label."""
+        head = f"{self.prefix}:stream:"
+        return stream[len(head):] if stream.startswith(head) else stream
+
     def all_patterns(self) -> list[str]:
         """Key patterns for ACLs (``~pattern``)."""
         return [f"{self.prefix}:*"]
