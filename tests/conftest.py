@@ -1,1 +1,6 @@
-pytest_plugins = ["tests.support.redis_server", "tests.support.netns", "tests.support.kube", "tests.support.kube_real"]
+pytest_plugins = [
+    "tests.support.redis_server",
+    "tests.support.netns",
+    "tests.support.kube",
+    "tests.support.kube_real",
+]
