@@ -1,0 +1,195 @@
+"""``l2lb leases``: which node answers for which IP (active/standby, sub-second failover)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from l2lb.obs.log import get_logger
+from l2lb.runtime.run import run_service
+from services.leases.service import POLICY_RESOURCES, LeasesConfig, LeasesService
+
+log = get_logger("l2lb.leases")
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        return default
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from l2lb.adapters.bus.client import add_redis_args
+    from l2lb.adapters.kube.client import add_kube_args
+
+    p = argparse.ArgumentParser(prog="l2lb leases", description=__doc__)
+    p.add_argument(
+        "--instance",
+        default=os.environ.get("L2LB_INSTANCE") or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}",
+        help="identity of this process (leader election, consumer groups); default hostname-random",
+    )
+    p.add_argument(
+        "--namespace",
+        default=os.environ.get("L2LB_NAMESPACE", "l2lb-system"),
+        help="namespace of the leader-election Lease and of mirror Leases (default l2lb-system)",
+    )
+    p.add_argument(
+        "--tick-ms",
+        type=int,
+        default=_env_int("L2LB_LEASES_TICK_MS", 50),
+        help="liveness check / election period (default 50)",
+    )
+    p.add_argument(
+        "--renew-ms",
+        type=int,
+        default=_env_int("L2LB_LEASES_RENEW_MS", 250),
+        help="re-send every node's full assignment set this often (default 250)",
+    )
+    p.add_argument(
+        "--ttl-ms",
+        type=int,
+        default=_env_int("L2LB_LEASES_TTL_MS", 1000),
+        help="validity of an assignment without renewal, counted by the announcer (default 1000)",
+    )
+    p.add_argument(
+        "--missed",
+        type=int,
+        default=_env_int("L2LB_LEASES_MISSED", 3),
+        help="a node is dead after this many missed heartbeat intervals (default 3)",
+    )
+    p.add_argument(
+        "--startup-grace-ms",
+        type=int,
+        default=500,
+        help="collect heartbeats this long after start before the first election (default 500)",
+    )
+    p.add_argument(
+        "--policy-kinds",
+        default=os.environ.get("L2LB_POLICY_KINDS", "cilium,metallb,l2lb"),
+        help="comma list of announcement policy kinds to watch: cilium, metallb, l2lb",
+    )
+    p.add_argument(
+        "--policy-file",
+        action="append",
+        default=[],
+        help="YAML file of policies to use besides the watched ones (repeatable)",
+    )
+    p.add_argument(
+        "--mirror-leases",
+        action="store_true",
+        help="mirror each Service's holder into a coordination.k8s.io Lease (on change only)",
+    )
+    p.add_argument(
+        "--no-conditions", action="store_true", help="do not write the l2lb.io/Announced condition"
+    )
+    p.add_argument("--no-events", action="store_true", help="do not record Events on moves")
+    p.add_argument(
+        "--no-leader-election",
+        action="store_true",
+        help="act as the only instance (no Kubernetes Lease); never run two like this",
+    )
+    p.add_argument(
+        "--no-kube",
+        action="store_true",
+        help="run without a Kubernetes API (policies from --policy-file only; no ETP Local)",
+    )
+    p.add_argument("--le-lease-duration", type=float, default=15.0)
+    p.add_argument("--le-renew-deadline", type=float, default=10.0)
+    p.add_argument("--le-retry-period", type=float, default=2.0)
+    p.add_argument("--http-host", default=os.environ.get("L2LB_HTTP_HOST", "127.0.0.1"))
+    p.add_argument("--http-port", type=int, default=_env_int("L2LB_HTTP_PORT", 9402))
+    p.add_argument("--http-token-file", default=os.environ.get("L2LB_HTTP_TOKEN_FILE") or None)
+    p.add_argument(
+        "--log-format", choices=("text", "json"), default=os.environ.get("L2LB_LOG_FORMAT", "text")
+    )
+    p.add_argument("--log-level", default=os.environ.get("L2LB_LOG_LEVEL", "info"))
+    add_redis_args(p)
+    add_kube_args(p)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> LeasesConfig:
+    kinds = tuple(k.strip() for k in args.policy_kinds.split(",") if k.strip())
+    bad = [k for k in kinds if k not in POLICY_RESOURCES]
+    if bad:
+        raise ValueError(f"--policy-kinds: unknown kind(s) {bad}; choose from {sorted(POLICY_RESOURCES)}")
+    for name, v in (
+        ("--tick-ms", args.tick_ms),
+        ("--renew-ms", args.renew_ms),
+        ("--ttl-ms", args.ttl_ms),
+        ("--missed", args.missed),
+    ):
+        if v < 1:
+            raise ValueError(f"{name} must be >= 1, got {v}")
+    if args.ttl_ms <= args.renew_ms:
+        raise ValueError(f"--ttl-ms ({args.ttl_ms}) must be larger than --renew-ms ({args.renew_ms})")
+    static: list[dict[str, Any]] = []
+    for path in args.policy_file:
+        try:
+            docs = list(yaml.safe_load_all(Path(path).read_text()))
+        except (OSError, yaml.YAMLError) as e:
+            raise ValueError(f"--policy-file {path}: {e}") from None
+        static.extend(d for d in docs if isinstance(d, dict))
+    return LeasesConfig(
+        instance=args.instance,
+        namespace=args.namespace,
+        tick_ms=args.tick_ms,
+        renew_ms=args.renew_ms,
+        ttl_ms=args.ttl_ms,
+        missed=args.missed,
+        startup_grace_ms=args.startup_grace_ms,
+        policy_kinds=() if args.no_kube else kinds,
+        leader_election=not (args.no_leader_election or args.no_kube),
+        lease_duration=args.le_lease_duration,
+        renew_deadline=args.le_renew_deadline,
+        retry_period=args.le_retry_period,
+        mirror_leases=args.mirror_leases and not args.no_kube,
+        conditions=not args.no_conditions,
+        events=not args.no_events,
+        static_policies=static,
+    )
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as e:
+        print(f"l2lb leases: {e}", file=sys.stderr)
+        return 2
+
+    async def amain(stop: asyncio.Event) -> None:
+        from l2lb.adapters.bus.client import bus_from_args
+        from l2lb.adapters.http.server import StatusServer
+
+        bus = await bus_from_args(args)
+        kube = None
+        if not args.no_kube:
+            from l2lb.adapters.kube.client import client_from_args
+
+            kube = await client_from_args(args, user_agent="l2lb-leases")
+        svc = LeasesService(cfg, bus, kube)
+        http = StatusServer("leases", args.http_host, args.http_port, args.http_token_file)
+        http.add_ready_check("leases", svc.readiness)
+        http.add_status("leases", svc.status)
+        await http.start()
+        try:
+            await svc.run(stop)
+        finally:
+            await http.stop()
+            if kube is not None:
+                await kube.close()
+            await bus.close()
+
+    return run_service("leases", amain, log_level=args.log_level, log_format=args.log_format)

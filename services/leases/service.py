@@ -1,0 +1,844 @@
+"""The leases service: consumes allocations, heartbeats, policies and EndpointSlices, runs the pure
+election and publishes one NodeAssignments per node (state-based, renewed every --renew-ms).
+
+Active/standby: every instance consumes everything (warm); only the leader publishes. On becoming
+leader an instance first adopts the holders the announcers report in their heartbeats' ``serving``
+maps, so a leases failover moves no IP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from l2lb.adapters.bus.client import Bus
+from l2lb.core.election import ElectionResult, Holder, Move, ServiceState, elect, holders_from_serving
+from l2lb.core.messages import (
+    Allocation,
+    AllocationSnapshot,
+    Conflict,
+    Heartbeat,
+    Message,
+    NodeAssignments,
+    VipAssignment,
+)
+from l2lb.core.nodes import NodeTracker
+from l2lb.core.policy import L2Policy, parse_policies
+from l2lb.obs import metrics
+from l2lb.obs.log import get_logger
+
+log = get_logger("l2lb.leases")
+
+MOVES = metrics.counter("l2lb_leases_moves_total", "IP holder changes, by reason", ("reason",))
+ELECTION_SECONDS = metrics.histogram(
+    "l2lb_leases_election_seconds",
+    "Time one election run takes",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+NODES_ALIVE = metrics.gauge("l2lb_leases_nodes_alive", "Nodes with live heartbeats")
+ASSIGNMENTS = metrics.gauge("l2lb_leases_assignments", "IPs assigned per node", ("node",))
+PUBLISHED = metrics.counter("l2lb_leases_published_total", "NodeAssignments messages published", ("why",))
+IS_LEADER = metrics.gauge("l2lb_leases_leader", "1 while this instance is the active leases leader")
+UNASSIGNED = metrics.gauge(
+    "l2lb_leases_unassigned_ips", "IPs that cannot be announced, by reason", ("reason",)
+)
+KUBE_WRITES = metrics.counter(
+    "l2lb_leases_kube_writes_total",
+    "Kubernetes writes made by leases (mirrors, conditions, events)",
+    ("what",),
+)
+POLICY_ERRORS = metrics.gauge("l2lb_leases_policy_errors", "Announcement policies that cannot be used")
+
+POLICY_RESOURCES = {"cilium": "cilium_l2policies", "metallb": "metallb_l2ads", "l2lb": "l2lb_l2policies"}
+CONDITION = "l2lb.io/Announced"
+MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "l2lb-leases"
+
+
+@dataclass
+class LeasesConfig:
+    instance: str
+    namespace: str = "l2lb-system"
+    tick_ms: int = 50
+    renew_ms: int = 250
+    ttl_ms: int = 1000
+    missed: int = 3
+    startup_grace_ms: int = 500
+    policy_kinds: tuple[str, ...] = ("cilium", "metallb", "l2lb")
+    leader_election: bool = True
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+    mirror_leases: bool = False
+    conditions: bool = True
+    events: bool = True
+    sync_timeout_s: float = 30.0
+    static_policies: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _ep_nodes(slice_obj: dict[str, Any]) -> set[str]:
+    """Nodes with a ready endpoint in one EndpointSlice (ready unset counts as ready)."""
+    out: set[str] = set()
+    for ep in slice_obj.get("endpoints") or []:
+        if not isinstance(ep, dict):
+            continue
+        cond = ep.get("conditions") or {}
+        ready = cond.get("ready") if isinstance(cond, dict) else None
+        node = ep.get("nodeName")
+        if isinstance(node, str) and node and ready is not False:
+            out.add(node)
+    return out
+
+
+class LeasesService:
+    def __init__(
+        self,
+        cfg: LeasesConfig,
+        bus: Bus,
+        kube: Any | None = None,  # KubeClient; Any keeps this importable for kube-less runs
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ):
+        self.cfg = cfg
+        self.bus = bus
+        self.kube = kube
+        self.mono = monotonic
+        self.wall = wall
+        self.tracker = NodeTracker(missed=cfg.missed)
+        self.allocations: dict[str, Allocation] = {}
+        self.alloc_order: dict[str, tuple[int, int]] = {}  # key -> (term, seq) applied
+        self.policies: list[L2Policy] = []
+        self.policy_errors: list[tuple[str, str]] = []
+        self.endpoints: dict[str, set[str]] = {}  # service key -> nodes with ready endpoints
+        self._slices: dict[str, tuple[str, set[str]]] = {}  # slice key -> (service key, nodes)
+        self.holders: dict[str, Holder] = {}
+        self.orphans: dict[str, Holder] = {}  # IPs without an eligible node: last holder, for stickiness
+        self.last_epochs: dict[str, int] = {}
+        self.result: ElectionResult | None = None
+        self.published: dict[str, tuple[VipAssignment, ...]] = {}
+        self.is_leader = False
+        self.term = 0
+        self.seq = int(wall() * 1000)
+        self.leader_known = not cfg.leader_election
+        self.leader_since = 0.0
+        self.started = monotonic()
+        self.snapshot_loaded = False
+        self.dirty = True
+        self.adopt_pending = False
+        self.next_renew = 0.0
+        self.recent_moves: deque[dict[str, Any]] = deque(maxlen=100)
+        self.moves_total = 0
+        self.elections = 0
+        self.conflicts: deque[dict[str, Any]] = deque(maxlen=20)
+        self.last_hb_any = 0.0
+        self._stalled = False
+        self.informers: dict[str, Any] = {}
+        self.elector: Any | None = None
+        self.recorder: Any | None = None
+        self._kube_queue: dict[tuple[str, str], Callable[[], Coroutine[Any, Any, None]]] = {}
+        self._kube_wake = asyncio.Event()
+        self._service_state: dict[str, ServiceState] = {}
+        self._mirror_holder: dict[str, str] = {}
+        self.hb_consumer: Any | None = None
+        self.alloc_consumer: Any | None = None
+        if cfg.static_policies:
+            self.policies, self.policy_errors = parse_policies(cfg.static_policies)
+        if not cfg.leader_election:
+            self.is_leader = True
+            self.term = int(wall())  # no elector: a restart still gets a higher term
+            self.leader_since = monotonic()
+
+    # -- bus handlers ------------------------------------------------------------------------------
+    def apply_allocation(self, a: Allocation) -> bool:
+        order = (a.term, a.seq)
+        if order < self.alloc_order.get(a.key, (-1, -1)):
+            return False  # an older allocator leader or a replayed entry
+        self.alloc_order[a.key] = order
+        if a.deleted:
+            changed = self.allocations.pop(a.key, None) is not None
+        else:
+            changed = self.allocations.get(a.key) != a
+            self.allocations[a.key] = a
+        if changed:
+            self.dirty = True
+        return changed
+
+    def apply_snapshot(self, snap: AllocationSnapshot) -> None:
+        new = {a.key: a for a in snap.allocations if not a.deleted}
+        if new != self.allocations:
+            self.dirty = True
+        self.allocations = new
+        self.alloc_order = {a.key: (a.term, a.seq) for a in snap.allocations}
+        self.snapshot_loaded = True
+        log.info(
+            "allocation snapshot applied", extra={"services": len(new), "term": snap.term, "seq": snap.seq}
+        )
+
+    async def _on_allocation(self, msg: Message, _id: str) -> None:
+        if isinstance(msg, Allocation):
+            self.apply_allocation(msg)
+        elif isinstance(msg, AllocationSnapshot):
+            self.apply_snapshot(msg)
+
+    def apply_heartbeat(self, hb: Heartbeat) -> None:
+        now = self.mono()
+        self.last_hb_any = now
+        if self.tracker.observe(hb, now):
+            self.dirty = True
+
+    async def _on_heartbeat(self, msg: Message, _id: str) -> None:
+        if isinstance(msg, Heartbeat):
+            self.apply_heartbeat(msg)
+        elif isinstance(msg, Conflict):
+            self.conflicts.append(
+                {
+                    "node": msg.node,
+                    "ip": msg.ip,
+                    "their_mac": msg.their_mac,
+                    "interface": msg.interface,
+                    "at": msg.at,
+                    "defended": msg.defended,
+                }
+            )
+            log.warning(
+                "announcer reports an address conflict",
+                extra={"node": msg.node, "ip": msg.ip, "their_mac": msg.their_mac},
+            )
+
+    async def _on_alloc_resync(self, reason: str) -> None:
+        log.info("allocations stream resync", extra={"reason": reason})
+        await self.load_allocations(reason)
+        await self._restore_epochs()
+
+    async def _on_hb_resync(self, reason: str) -> None:
+        log.info("heartbeats stream resync", extra={"reason": reason})
+        self._refresh_liveness()
+
+    async def load_allocations(self, reason: str) -> None:
+        try:
+            snap = await self.bus.load_snapshot("allocations")
+        except Exception as e:
+            log.warning("cannot load the allocations snapshot", extra={"error": repr(e)})
+            snap = None
+        if isinstance(snap, AllocationSnapshot):
+            self.apply_snapshot(snap)
+        try:
+            await self.bus.request_snapshot("allocations", f"leases:{self.cfg.instance}", reason)
+        except Exception as e:
+            log.warning("cannot request an allocations snapshot", extra={"error": repr(e)})
+        if snap is None:
+            self.snapshot_loaded = True  # nothing stored: go on with what the stream brings
+
+    # -- epochs in Redis ---------------------------------------------------------------------------
+    def _redis(self) -> Any:
+        return getattr(self.bus, "redis", None)
+
+    async def _load_epochs(self) -> None:
+        r = self._redis()
+        if r is None:
+            return
+        try:
+            raw = await r.hgetall(self.bus.keys.epochs)
+        except Exception as e:
+            log.warning("cannot read stored epochs", extra={"error": repr(e)})
+            return
+        for k, v in raw.items():
+            ip = k.decode() if isinstance(k, bytes) else str(k)
+            try:
+                ep = int(v)
+            except (TypeError, ValueError):
+                continue
+            self.last_epochs[ip] = max(self.last_epochs.get(ip, 0), ep)
+
+    async def _store_epochs(self, epochs: dict[str, int]) -> None:
+        r = self._redis()
+        if r is None or not epochs:
+            return
+        try:
+            await r.hset(self.bus.keys.epochs, mapping={k: str(v) for k, v in epochs.items()})
+        except Exception as e:  # the wall-clock part keeps epochs increasing without Redis
+            log.warning("cannot store epochs", extra={"error": repr(e), "ips": len(epochs)})
+
+    async def _restore_epochs(self) -> None:
+        """After Redis lost its data: put back what we know."""
+        await self._load_epochs()
+        known = dict(self.last_epochs)
+        for ip, h in self.holders.items():
+            known[ip] = max(known.get(ip, 0), h.epoch)
+        await self._store_epochs(known)
+
+    # -- kube side ---------------------------------------------------------------------------------
+    def _reparse_policies(self) -> None:
+        objs: list[dict[str, Any]] = list(self.cfg.static_policies)
+        for kind in self.cfg.policy_kinds:
+            inf = self.informers.get(f"policy:{kind}")
+            if inf is not None:
+                objs.extend(inf.cache.values())
+        pols, bad = parse_policies(objs)
+        for name, err in bad:
+            if (name, err) not in self.policy_errors:
+                log.warning("announcement policy ignored", extra={"policy": name, "error": err})
+        POLICY_ERRORS.set(len(bad))
+        if pols != self.policies:
+            self.dirty = True
+            log.info("announcement policies changed", extra={"policies": [p.name for p in pols]})
+        self.policies, self.policy_errors = pols, bad
+
+    async def _on_policy(self, _ev: str, _obj: dict[str, Any], _old: dict[str, Any] | None) -> None:
+        self._reparse_policies()
+
+    async def _on_slice(self, ev: str, obj: dict[str, Any], _old: dict[str, Any] | None) -> None:
+        meta = obj.get("metadata") or {}
+        ns = meta.get("namespace") or ""
+        skey = f"{ns}/{meta.get('name')}"
+        svc_name = (meta.get("labels") or {}).get("kubernetes.io/service-name")
+        affected: set[str] = set()
+        prev = self._slices.pop(skey, None)
+        if prev is not None:
+            affected.add(prev[0])
+        if ev != "DELETED" and isinstance(svc_name, str) and svc_name:
+            svc = f"{ns}/{svc_name}"
+            self._slices[skey] = (svc, _ep_nodes(obj))
+            affected.add(svc)
+        for svc in affected:
+            nodes: set[str] = set()
+            for s, ns_ in self._slices.values():
+                if s == svc:
+                    nodes |= ns_
+            old = self.endpoints.get(svc)
+            if nodes:
+                self.endpoints[svc] = nodes
+            else:
+                self.endpoints.pop(svc, None)
+            if old != self.endpoints.get(svc):
+                a = self.allocations.get(svc)
+                if a is None or a.external_traffic_policy == "Local":
+                    self.dirty = True
+
+    def _setup_kube(self) -> None:
+        from l2lb.adapters.kube.client import RESOURCES
+        from l2lb.adapters.kube.informer import Informer
+
+        assert self.kube is not None
+        for kind in self.cfg.policy_kinds:
+            inf = Informer(self.kube, RESOURCES[POLICY_RESOURCES[kind]], name=f"leases-policy-{kind}")
+            inf.add_handler(self._on_policy)
+            self.informers[f"policy:{kind}"] = inf
+        eps = Informer(
+            self.kube,
+            RESOURCES["endpointslices"],
+            label_selector="kubernetes.io/service-name",
+            name="leases-endpointslices",
+        )
+        eps.add_handler(self._on_slice)
+        self.informers["endpointslices"] = eps
+        if self.cfg.conditions:
+            self.informers["services"] = Informer(self.kube, RESOURCES["services"], name="leases-services")
+        if self.cfg.mirror_leases:
+            self.informers["leases"] = Informer(
+                self.kube,
+                RESOURCES["leases"],
+                self.cfg.namespace,
+                label_selector=f"{MANAGED_BY}={MANAGER}",
+                name="leases-mirrors",
+            )
+        if self.cfg.events:
+            from l2lb.adapters.kube.events import EventRecorder
+
+            self.recorder = EventRecorder(self.kube, "l2lb-leases")
+        if self.cfg.leader_election:
+            from l2lb.adapters.kube.leader import LeaderElector
+
+            self.elector = LeaderElector(
+                self.kube,
+                namespace=self.cfg.namespace,
+                name="l2lb-leases",
+                identity=self.cfg.instance,
+                lease_duration=self.cfg.lease_duration,
+                renew_deadline=self.cfg.renew_deadline,
+                retry_period=self.cfg.retry_period,
+            )
+            self.elector.on_change(self._on_leader_change)
+
+    async def _on_leader_change(self, leader: bool) -> None:
+        self.leader_known = True
+        if leader and not self.is_leader:
+            self.term = int(getattr(self.elector, "term", 0) or 0)
+            self.is_leader = True
+            self.leader_since = self.mono()
+            self.adopt_pending = True
+            self.dirty = True
+            self.next_renew = 0.0
+            log.info("became the leases leader", extra={"term": self.term, "instance": self.cfg.instance})
+        elif not leader and self.is_leader:
+            self.is_leader = False
+            self.published.clear()
+            log.warning(
+                "lost the leases leadership: publishing nothing", extra={"instance": self.cfg.instance}
+            )
+        IS_LEADER.set(1 if self.is_leader else 0)
+
+    def informers_synced(self) -> bool:
+        return all(inf.synced for inf in self.informers.values())
+
+    # -- the tick ----------------------------------------------------------------------------------
+    def _refresh_liveness(self) -> None:
+        """Give every live node a fresh timeout (after we could not read heartbeats for a while)."""
+        now = self.mono()
+        for st in self.tracker.nodes.values():
+            if st.alive:
+                st.last_seen = max(st.last_seen, now)
+
+    def _liveness_tick(self) -> None:
+        now = self.mono()
+        ok, _ = self.bus.readiness()
+        if not ok:
+            if not self._stalled:
+                log.warning("bus not ready: node timeouts suspended")
+            self._stalled = True
+            return
+        if self._stalled:
+            self._stalled = False
+            self._refresh_liveness()
+            log.info("bus ready again: node timeouts resumed")
+        alive = [st for st in self.tracker.nodes.values() if st.alive]
+        if len(alive) >= 2:
+            expiring = [st for st in alive if now - st.last_seen > self.tracker.timeout_s(st.heartbeat)]
+            if len(expiring) == len(alive):
+                # Every node silent at once: far likelier our heartbeat reader stalled than the whole
+                # cluster died (and with every node dead there is nowhere to move IPs to anyway).
+                if not self._stalled:
+                    log.warning(
+                        "no heartbeat from any node: suspecting the bus, not the nodes",
+                        extra={"nodes": len(alive)},
+                    )
+                self._stalled = True
+                return
+        changed = self.tracker.tick(now)
+        if changed:
+            self.dirty = True
+            for n in sorted(changed):
+                log.warning("node is dead", extra={"node": n, "reason": self.tracker.nodes[n].reason})
+        NODES_ALIVE.set(sum(1 for st in self.tracker.nodes.values() if st.alive))
+        self.tracker.prune(now, after_s=3600)
+
+    def ready_to_elect(self) -> bool:
+        if not self.is_leader or not self.snapshot_loaded:
+            return False
+        if not self.informers_synced() and self.mono() - self.started < self.cfg.sync_timeout_s:
+            return False
+        return self.mono() - self.started >= self.cfg.startup_grace_ms / 1000.0
+
+    def _adopt(self) -> None:
+        reported = holders_from_serving(self.tracker.alive().values())
+        merged = dict(self.orphans)
+        merged.update(self.holders)
+        for ip, h in reported.items():
+            cur = merged.get(ip)
+            if cur is None or h.epoch > cur.epoch:
+                merged[ip] = h
+        self.holders = merged
+        self.orphans = {}
+        self.published.clear()
+        for ip, h in merged.items():
+            self.last_epochs[ip] = max(self.last_epochs.get(ip, 0), h.epoch)
+        log.info("adopted current holders", extra={"ips": len(merged), "reported": len(reported)})
+
+    async def run_election(self) -> ElectionResult:
+        current = dict(self.orphans)
+        current.update(self.holders)
+        t0 = time.perf_counter()
+        res = elect(
+            self.allocations.values(),
+            self.policies,
+            self.tracker.alive(),
+            current,
+            now_ms=int(self.wall() * 1000),
+            endpoints=self.endpoints,
+            last_epochs=self.last_epochs,
+        )
+        ELECTION_SECONDS.observe(time.perf_counter() - t0)
+        self.elections += 1
+        if res.epochs:
+            self.last_epochs.update(res.epochs)
+            await self._store_epochs(res.epochs)
+        orphans: dict[str, Holder] = {}
+        for m in res.moves:
+            if m.new is None and m.reason == "no_eligible_node" and m.old is not None:
+                orphans[m.ip] = current[m.ip]
+        for ip, h in current.items():  # still unassignable, still remembered
+            if res.unassigned.get(ip) == "no_eligible_node" and ip not in orphans:
+                orphans[ip] = h
+        moves = [m for m in res.moves if not (m.new is None and m.ip in self.orphans)]
+        self.orphans = orphans
+        self.holders = res.holders()
+        self.result = res
+        for m in moves:
+            self._record_move(m)
+        reasons: dict[str, int] = {}
+        for r in res.unassigned.values():
+            reasons[r] = reasons.get(r, 0) + 1
+        for r in ("no_policy", "no_eligible_node", "invalid_ip"):
+            UNASSIGNED.labels(r).set(reasons.get(r, 0))
+        self._queue_kube_updates(res, moves)
+        return res
+
+    def _record_move(self, m: Move) -> None:
+        MOVES.labels(m.reason).inc()
+        self.moves_total += 1
+        entry = {
+            "ip": m.ip,
+            "from": m.old,
+            "to": m.new,
+            "epoch": m.epoch,
+            "reason": m.reason,
+            "services": list(m.services),
+            "at": round(self.wall(), 3),
+        }
+        self.recent_moves.append(entry)
+        log.info("ip holder changed", extra=entry)
+
+    def node_sets(self) -> dict[str, tuple[VipAssignment, ...]]:
+        sets: dict[str, tuple[VipAssignment, ...]] = dict.fromkeys(self.tracker.alive(), ())
+        if self.result is not None:
+            for node, assigns in self.result.by_node().items():
+                sets[node] = tuple(a.vip() for a in assigns)
+        return sets
+
+    async def _publish(self, node: str, vips: tuple[VipAssignment, ...], why: str) -> None:
+        self.seq += 1
+        msg = NodeAssignments(
+            node=node, term=self.term, seq=self.seq, ttl_ms=self.cfg.ttl_ms, sent_at=self.wall(), vips=vips
+        )
+        await self.bus.publish(self.bus.keys.assignments, msg)
+        PUBLISHED.labels(why).inc()
+
+    async def publish_changes(self) -> None:
+        new = self.node_sets()
+        for node, old in self.published.items():
+            if old and node not in new:
+                new[node] = ()  # lost every VIP (dead or gone): say so once
+        changed = [n for n in sorted(new) if self.published.get(n) != new[n]]
+
+        # move ordering: nodes that lose a VIP first, then nodes that gain
+        def loses(n: str) -> bool:
+            have = {v.ip for v in new[n]}
+            return any(v.ip not in have for v in self.published.get(n, ()))
+
+        for n in sorted(changed, key=lambda n: (not loses(n), n)):
+            await self._publish(n, new[n], "change")
+            self.published[n] = new[n]
+        for n in [
+            n for n in self.published if n not in new or (not new[n] and n not in self.tracker.alive())
+        ]:
+            self.published.pop(n, None)
+        ASSIGNMENTS.clear()
+        for n, vips in new.items():
+            ASSIGNMENTS.labels(n).set(len(vips))
+
+    async def renew(self) -> None:
+        for n, vips in sorted(self.node_sets().items()):
+            await self._publish(n, vips, "renew")
+            self.published[n] = vips
+
+    async def tick(self) -> None:
+        self._liveness_tick()
+        if not self.ready_to_elect():
+            return
+        if self.adopt_pending:
+            self._adopt()
+            self.adopt_pending = False
+            self.dirty = True
+        now = self.mono()
+        if self.dirty:
+            self.dirty = False
+            await self.run_election()
+            await self.publish_changes()
+        if now >= self.next_renew:
+            self.next_renew = now + self.cfg.renew_ms / 1000.0
+            await self.renew()
+
+    async def _tick_loop(self, stop: asyncio.Event) -> None:
+        interval = self.cfg.tick_ms / 1000.0
+        while not stop.is_set():
+            try:
+                await self.tick()
+            except Exception as e:  # Redis hiccup while publishing: retry next tick
+                self.dirty = True
+                log.warning("leases tick failed; retrying", extra={"error": repr(e)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+    # -- kube writes (mirrors, conditions, events): coalesced, one at a time ------------------------
+    def _queue(self, kind: str, key: str, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        if self.kube is None:
+            return
+        self._kube_queue[(kind, key)] = fn
+        self._kube_wake.set()
+
+    def _queue_kube_updates(self, res: ElectionResult, moves: Iterable[Move]) -> None:
+        if self.kube is None or not self.is_leader:
+            return
+        for key, st in res.services.items():
+            if self.cfg.conditions and self._service_state.get(key) != st:
+                self._queue("condition", key, self._condition_writer(key, st))
+            if self.cfg.mirror_leases:
+                holder = st.nodes[0] if st.announced and st.nodes else ""
+                if self._mirror_holder.get(key) != holder:
+                    self._queue("lease", key, self._lease_writer(key, holder))
+        for key in list(self._service_state):
+            if key not in res.services:
+                self._service_state.pop(key, None)
+                if self.cfg.mirror_leases:
+                    self._queue("lease", key, self._lease_writer(key, ""))
+        if self.cfg.events and self.recorder is not None:
+            for m in moves:
+                if m.old is None and m.new is None:
+                    continue
+                for svc in m.services:
+                    self._queue(f"event:{m.ip}:{m.epoch}:{m.new}", svc, self._event_writer(svc, m))
+
+    def _condition_writer(self, key: str, st: ServiceState) -> Callable[[], Coroutine[Any, Any, None]]:
+        async def write() -> None:
+            from l2lb.adapters.kube.client import RESOURCES
+
+            ns, name = key.split("/", 1)
+            inf = self.informers.get("services")
+            obj = inf.cache.get(key) if inf is not None else None
+            if inf is not None and inf.synced and obj is None:
+                self._service_state[key] = st
+                return  # the Service is gone
+            status = "True" if st.announced else "False"
+            reason = "Announced" if st.announced else st.reason
+            if obj is not None:
+                for c in (obj.get("status") or {}).get("conditions") or []:
+                    if (
+                        c.get("type") == CONDITION
+                        and c.get("status") == status
+                        and c.get("reason") == reason
+                        and c.get("message") == st.message
+                    ):
+                        self._service_state[key] = st
+                        return  # already says so: no write
+            from l2lb.adapters.kube.writes import set_condition
+
+            prev = ((obj or {}).get("status") or {}).get("conditions") or []
+            gen = int(((obj or {}).get("metadata") or {}).get("generation") or 0)
+            conds = set_condition(prev, CONDITION, status, reason, st.message[:1000], observed_generation=gen)
+            cond = next(c for c in conds if c.get("type") == CONDITION)
+            assert self.kube is not None
+            await self.kube.patch(
+                RESOURCES["services"],
+                name,
+                {"status": {"conditions": [cond]}},
+                ns,
+                subresource="status",
+                patch_type="strategic",
+            )
+            KUBE_WRITES.labels("condition").inc()
+            self._service_state[key] = st
+
+        return write
+
+    def _lease_writer(self, key: str, holder: str) -> Callable[[], Coroutine[Any, Any, None]]:
+        async def write() -> None:
+            from l2lb.adapters.kube.client import RESOURCES, KubeError
+
+            ns, name = key.split("/", 1)
+            lname = f"l2lb-announce-{ns}-{name}"[:253]
+            res = RESOURCES["leases"]
+            inf = self.informers.get("leases")
+            cur = inf.cache.get(f"{self.cfg.namespace}/{lname}") if inf is not None else None
+            assert self.kube is not None
+            if not holder:
+                if cur is not None or inf is None:
+                    try:
+                        await self.kube.delete(res, lname, self.cfg.namespace)
+                        KUBE_WRITES.labels("lease").inc()
+                    except KubeError as e:
+                        if e.status != 404:
+                            raise
+                self._mirror_holder.pop(key, None)
+                return
+            if cur is not None and (cur.get("spec") or {}).get("holderIdentity") == holder:
+                self._mirror_holder[key] = holder
+                return
+            now = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(self.wall()))
+            spec = {
+                "holderIdentity": holder,
+                "leaseDurationSeconds": max(1, self.cfg.ttl_ms // 1000),
+                "acquireTime": now,
+                "renewTime": now,
+            }
+            meta: dict[str, Any] = {
+                "name": lname,
+                "namespace": self.cfg.namespace,
+                "labels": {MANAGED_BY: MANAGER},
+                "annotations": {"l2lb.io/service": key},
+            }
+            if cur is None:
+                try:
+                    await self.kube.create_object(res, {"metadata": meta, "spec": spec}, self.cfg.namespace)
+                    KUBE_WRITES.labels("lease").inc()
+                    self._mirror_holder[key] = holder
+                    return
+                except KubeError as e:
+                    if e.status != 409:
+                        raise
+                    cur = await self.kube.get(res, lname, self.cfg.namespace)
+            spec["leaseTransitions"] = int((cur.get("spec") or {}).get("leaseTransitions") or 0) + 1
+            meta["resourceVersion"] = (cur.get("metadata") or {}).get("resourceVersion")
+            await self.kube.replace(res, {"metadata": meta, "spec": spec}, self.cfg.namespace)
+            KUBE_WRITES.labels("lease").inc()
+            self._mirror_holder[key] = holder
+
+        return write
+
+    def _event_writer(self, svc: str, m: Move) -> Callable[[], Coroutine[Any, Any, None]]:
+        async def write() -> None:
+            a = self.allocations.get(svc)
+            ns, name = svc.split("/", 1)
+            ref = {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"namespace": ns, "name": name, "uid": a.uid if a else ""},
+            }
+            if m.new is None:
+                msg, typ, reason = (
+                    f"{m.ip} no longer announced ({m.reason})",
+                    "Warning",
+                    "AnnouncementStopped",
+                )
+            elif m.old is None:
+                msg, typ, reason = f"{m.ip} announced by node {m.new}", "Normal", "Announced"
+            else:
+                msg, typ, reason = (
+                    f"{m.ip} moved from node {m.old} to {m.new} ({m.reason})",
+                    "Normal",
+                    "AnnouncerMoved",
+                )
+            assert self.recorder is not None
+            await self.recorder.event(ref, typ, reason, msg)
+            KUBE_WRITES.labels("event").inc()
+
+        return write
+
+    async def _kube_writer(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            if not self._kube_queue:
+                self._kube_wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._kube_wake.wait(), 1.0)
+                continue
+            if not self.is_leader:
+                self._kube_queue.clear()
+                continue
+            (kind, key), fn = next(iter(self._kube_queue.items()))
+            del self._kube_queue[(kind, key)]
+            try:
+                await fn()
+            except Exception as e:
+                log.warning(
+                    "kubernetes write failed; will retry",
+                    extra={"what": kind, "service": key, "error": repr(e)},
+                )
+                self._kube_queue.setdefault((kind, key), fn)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+
+    # -- status ------------------------------------------------------------------------------------
+    def readiness(self) -> tuple[bool, str]:
+        ok, why = self.bus.readiness()
+        if not ok:
+            return False, f"bus: {why}"
+        if not self.leader_known:
+            return False, "leader/standby not known yet"
+        role = "leader" if self.is_leader else "standby"
+        return True, f"{role}; bus: {why}"
+
+    def status(self) -> dict[str, Any]:
+        now = self.mono()
+        res = self.result
+        assignments = []
+        if res is not None and self.is_leader:
+            assignments = [
+                {
+                    "ip": a.ip,
+                    "node": a.node,
+                    "epoch": a.epoch,
+                    "interfaces": list(a.interfaces),
+                    "services": list(a.services),
+                }
+                for a in res.assignments.values()
+            ]
+        return {
+            "instance": self.cfg.instance,
+            "role": "leader" if self.is_leader else ("standby" if self.leader_known else "unknown"),
+            "term": self.term,
+            "assignments": assignments,
+            "unassigned": dict(res.unassigned) if res is not None else {},
+            "services": {
+                k: {"announced": s.announced, "reason": s.reason, "message": s.message}
+                for k, s in (res.services.items() if res is not None else ())
+            },
+            "nodes": self.tracker.status(now),
+            "recent_moves": list(self.recent_moves),
+            "moves_total": self.moves_total,
+            "elections": self.elections,
+            "policies": [p.name for p in self.policies],
+            "policy_errors": [{"policy": n, "error": e} for n, e in self.policy_errors],
+            "allocations": len(self.allocations),
+            "conflicts": list(self.conflicts),
+            "informers": {k: inf.readiness()[1] for k, inf in self.informers.items()},
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        group = f"leases:{self.cfg.instance}"
+        self.hb_consumer = self.bus.consumer(
+            self.bus.keys.heartbeats,
+            group,
+            self.cfg.instance,
+            self._on_heartbeat,
+            on_resync=self._on_hb_resync,
+        )
+        self.alloc_consumer = self.bus.consumer(
+            self.bus.keys.allocations,
+            group,
+            self.cfg.instance,
+            self._on_allocation,
+            on_resync=self._on_alloc_resync,
+        )
+        if self.kube is not None:
+            self._setup_kube()
+        await self.load_allocations("startup")
+        await self._load_epochs()
+        self.started = self.mono()
+        IS_LEADER.set(1 if self.is_leader else 0)
+        tasks = [
+            asyncio.create_task(self.hb_consumer.run(stop), name="leases-heartbeats"),
+            asyncio.create_task(self.alloc_consumer.run(stop), name="leases-allocations"),
+            asyncio.create_task(self._tick_loop(stop), name="leases-tick"),
+        ]
+        for name, inf in self.informers.items():
+            tasks.append(asyncio.create_task(inf.run(stop), name=f"leases-informer-{name}"))
+        if self.kube is not None:
+            tasks.append(asyncio.create_task(self._kube_writer(stop), name="leases-kube-writer"))
+        if self.elector is not None:
+            tasks.append(asyncio.create_task(self.elector.run(stop), name="leases-elector"))
+        try:
+            await stop.wait()
+        finally:
+            for t in tasks:
+                if not t.done():
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(t), 5.0)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
