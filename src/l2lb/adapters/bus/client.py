@@ -520,7 +520,7 @@ class Consumer:
                         self.backoff.reset()
                     now = time.monotonic()
                     if self._last_full or now >= self._next_check:
-                        await self._check()
+                        await self.check()
                     if now >= self._next_claim:
                         await self._claim()
                         self._next_claim = time.monotonic() + self.claim_interval
@@ -634,7 +634,7 @@ class Consumer:
         except Exception as e:
             log.error("on_resync handler failed", extra=self._x(reason=reason, error=repr(e)), exc_info=True)
 
-    async def _check(self) -> None:
+    async def check(self) -> None:
         """Incarnation, group existence, trimming past our position, lag and pending metrics."""
         self._next_check = time.monotonic() + self.check_interval
         async with self._r.pipeline(transaction=False) as p:

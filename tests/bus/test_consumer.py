@@ -1,0 +1,244 @@
+"""Delivery, acks, redelivery, duplicates, dead letters, group/trim resync against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from l2lb.adapters.bus.client import Bus
+from l2lb.adapters.bus.seq import SeqFilter
+from l2lb.core.messages import Heartbeat, Message, NodeAssignments
+from l2lb.obs.metrics import REGISTRY
+
+from .conftest import Recorder, Running, hb, na, wait_until
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_delivery_in_order_with_acks(bus: Bus, running: Running) -> None:
+    s = bus.keys.heartbeats
+    rec = Recorder()
+    c = bus.consumer(s, "g-ack", "c1", rec, block_ms=200)
+    running.start(c)
+    await wait_until(lambda: c.running and c._incarnation is not None, what="consumer set up")
+    await asyncio.sleep(0.05)
+    before = metric("l2lb_bus_consumed_total", stream="heartbeats", group="g-ack")
+    ids = [await bus.publish(s, hb(seq=i)) for i in range(1, 21)]
+    await wait_until(lambda: len(rec.seen) == 20, what="20 messages")
+    assert [m.seq for m, _ in rec.seen if isinstance(m, Heartbeat)] == list(range(1, 21))
+    assert [eid for _, eid in rec.seen] == ids
+    await wait_until(lambda: metric("l2lb_bus_consumed_total", stream="heartbeats", group="g-ack") - before == 20,
+                     what="consumed metric")
+    pend = await bus.redis.xpending(s, "g-ack")
+    assert pend["pending"] == 0
+    # a second group sees every message too (broadcast by group)
+    rec2 = Recorder()
+    c2 = bus.consumer(s, "g-other", "c1", rec2, from_start=True, block_ms=200)
+    running.start(c2)
+    await wait_until(lambda: len(rec2.seen) == 20, what="second group reads history")
+
+
+async def test_redelivery_to_another_consumer_after_kill(bus: Bus, running: Running) -> None:
+    s = bus.keys.allocations
+    got_first = asyncio.Event()
+
+    async def stuck(msg: Message, eid: str) -> None:
+        got_first.set()
+        await asyncio.Event().wait()  # never returns: the consumer dies holding the entries
+
+    await bus.redis.xgroup_create(s, "workers", "$", mkstream=True)
+    for i in range(5):
+        await bus.publish(s, hb(seq=i))
+    a = bus.consumer(s, "workers", "a", stuck, block_ms=200, batch=10)
+    _, task_a = running.start(a)
+    await asyncio.wait_for(got_first.wait(), 5)
+    task_a.cancel()  # kill -9 of consumer "a"
+    await asyncio.gather(task_a, return_exceptions=True)
+    pend = await bus.redis.xpending(s, "workers")
+    assert pend["pending"] == 5
+
+    rec = Recorder()
+    b = bus.consumer(s, "workers", "b", rec, block_ms=200, min_idle_ms=300, claim_interval=0.1)
+    running.start(b)
+    await wait_until(lambda: len(rec.seen) == 5, timeout=5, what="b handles a's pending entries")
+    assert sorted(m.seq for m, _ in rec.seen if isinstance(m, Heartbeat)) == [0, 1, 2, 3, 4]
+    assert b.claimed == 5
+    await wait_until(lambda: b.handled == 5, what="handled")
+    assert (await bus.redis.xpending(s, "workers"))["pending"] == 0
+
+
+async def test_duplicate_delivery_is_harmless(bus: Bus, running: Running) -> None:
+    """A handler applies a message, then dies before the ack: the entry is delivered again (claimed
+    by another consumer) and applying it twice leaves the same state; stale ones are dropped."""
+    s = bus.keys.assignments
+    state: dict[str, tuple[str, ...]] = {}
+    flt = SeqFilter()
+    applied: list[tuple[int, int]] = []
+    crash_once = {"armed": True}
+
+    async def handler(msg: Message, eid: str) -> None:
+        assert isinstance(msg, NodeAssignments)
+        if flt.accept(msg.node, msg.term, msg.seq):
+            state[msg.node] = tuple(v.ip for v in msg.vips)
+            applied.append((msg.term, msg.seq))
+        if crash_once["armed"] and msg.seq == 2:
+            crash_once["armed"] = False
+            raise RuntimeError("crash after applying, before ack")
+
+    c1 = bus.consumer(s, "ann", "x", handler, block_ms=200, min_idle_ms=200, claim_interval=0.05)
+    running.start(c1)
+    await wait_until(lambda: c1._incarnation is not None, what="set up")
+    await asyncio.sleep(0.05)
+    await bus.publish(s, na("n1", 1, 1, "198.51.100.10"))
+    await bus.publish(s, na("n1", 1, 2, "198.51.100.10", "198.51.100.11"))
+    await bus.publish(s, na("n1", 1, 1, "198.51.100.10"))  # stale duplicate published again
+    await wait_until(lambda: c1.handled == 2, what="two handled")
+    # the failed entry (seq 2) is redelivered after min_idle and handled again: no state change
+    await wait_until(lambda: c1.handled == 3, timeout=5, what="redelivery of seq 2")
+    assert state == {"n1": ("198.51.100.10", "198.51.100.11")}
+    assert applied == [(1, 1), (1, 2)]
+    assert flt.dropped == 2  # the stale seq 1 and the redelivered seq 2
+    assert (await bus.redis.xpending(s, "ann"))["pending"] == 0
+
+
+async def test_bad_messages_are_dead_lettered(bus: Bus, running: Running) -> None:
+    s = bus.keys.heartbeats
+    rec = Recorder()
+    c = bus.consumer(s, "dl", "c", rec, block_ms=200)
+    running.start(c)
+    await wait_until(lambda: c._incarnation is not None, what="set up")
+    await asyncio.sleep(0.05)
+    before = metric("l2lb_bus_deadletter_total", stream="heartbeats", reason="unsupported_version")
+    old = json.loads(json.dumps(hb(seq=1).to_dict()))
+    old.update(k="heartbeat", v=0)
+    await bus.publish_raw(s, json.dumps(old).encode())
+    await bus.publish_raw(s, b"\xff not json")
+    await bus.publish_raw(s, b'{"k":"martian","v":1}')
+    await bus.publish_raw(s, b'{"k":"heartbeat","v":1,"node":5}')
+    await bus.redis.xadd(s, {"other": "field"})
+    await bus.publish(s, hb(seq=2))
+    await wait_until(lambda: len(rec.seen) == 1 and c.deadlettered == 5, what="1 good + 5 dead")
+    assert isinstance(rec.seen[0][0], Heartbeat) and rec.seen[0][0].seq == 2
+    dead = await bus.redis.xrange(bus.keys.deadletter)
+    reasons = [f[b"reason"].decode() for _, f in dead]
+    assert reasons == ["unsupported_version", "not_json", "unknown_kind", "malformed", "no_payload"]
+    assert dead[0][1][b"stream"].decode() == s and b"no longer supported" in dead[0][1][b"error"]
+    assert dead[0][1][b"m"] == json.dumps(old).encode()
+    after = metric("l2lb_bus_deadletter_total", stream="heartbeats", reason="unsupported_version")
+    assert after - before == 1
+    assert (await bus.redis.xpending(s, "dl"))["pending"] == 0
+
+
+async def test_handler_failing_forever_ends_in_dead_letter(bus: Bus, running: Running) -> None:
+    s = bus.keys.heartbeats
+    calls: list[int] = []
+
+    async def bad(msg: Message, eid: str) -> None:
+        assert isinstance(msg, Heartbeat)
+        calls.append(msg.seq)
+        if msg.seq == 13:
+            raise ValueError("cannot handle 13")
+
+    c = bus.consumer(s, "poison", "c", bad, block_ms=100, min_idle_ms=100, claim_interval=0.05,
+                     max_deliveries=3)
+    running.start(c)
+    await wait_until(lambda: c._incarnation is not None, what="set up")
+    await asyncio.sleep(0.05)
+    await bus.publish(s, hb(seq=13))
+    await bus.publish(s, hb(seq=14))
+    await wait_until(lambda: c.deadlettered == 1, timeout=5, what="poison message dead-lettered")
+    assert calls.count(13) == 3 and calls.count(14) == 1
+    dead = await bus.redis.xrange(bus.keys.deadletter)
+    assert dead[-1][1][b"reason"] == b"handler_failed"
+    assert (await bus.redis.xpending(s, "poison"))["pending"] == 0
+
+
+async def test_group_deleted_resyncs(bus: Bus, running: Running) -> None:
+    s = bus.keys.assignments
+    rec = Recorder()
+    c = bus.consumer(s, "gm", "c", rec, on_resync=rec.on_resync, block_ms=100)
+    running.start(c)
+    await wait_until(lambda: c._incarnation is not None, what="set up")
+    await asyncio.sleep(0.05)
+    await bus.redis.xgroup_destroy(s, "gm")
+    await wait_until(lambda: len(rec.resyncs) == 1, timeout=3, what="resync after group deletion")
+    assert rec.resyncs[0][0] == "group_missing"
+    await bus.publish(s, na("n1", 1, 1))
+    await wait_until(lambda: len(rec.seen) == 1, what="delivery after group recreated")
+
+
+async def test_stream_trimmed_past_position_resyncs_once(bus: Bus, running: Running) -> None:
+    s = bus.keys.heartbeats
+    bus.set_maxlen(s, 10)
+    rec = Recorder()
+    c = bus.consumer(s, "slow", "c", rec, on_resync=rec.on_resync, block_ms=100, check_interval=0.1)
+    stop, task = running.start(c)
+    await wait_until(lambda: c._incarnation is not None, what="set up")
+    await asyncio.sleep(0.05)
+    stop.set()
+    await task
+    for i in range(600):  # ~ trimming works per macro node (100 entries by default)
+        await bus.publish(s, hb(seq=i))
+    assert await bus.redis.xlen(s) < 600
+    c2 = bus.consumer(s, "slow", "c", rec, on_resync=rec.on_resync, block_ms=100, check_interval=0.1)
+    running.start(c2)
+    await wait_until(lambda: [r for r, _ in rec.resyncs] == ["stream_trimmed"], what="trim resync")
+    await wait_until(lambda: bool(rec.seen) and getattr(rec.seen[-1][0], "seq", None) == 599,
+                     what="reads the remaining entries")
+    assert len(rec.seen) < 600  # the trimmed ones are gone for good
+    await asyncio.sleep(0.4)  # several checks later: reported once, lag back to 0
+    assert [r for r, _ in rec.resyncs] == ["stream_trimmed"]
+    await c2.check()
+    assert c2.lag == 0 and c2.pending == 0
+
+
+async def test_lag_and_pending_metrics(bus: Bus, running: Running) -> None:
+    s = bus.keys.allocations
+    rec = Recorder()
+    c = bus.consumer(s, "lagg", "c", rec, block_ms=100, check_interval=0.1)
+    stop, task = running.start(c)
+    await wait_until(lambda: c._incarnation is not None, what="set up")
+    await asyncio.sleep(0.05)
+    stop.set()
+    await task
+    for i in range(7):
+        await bus.publish(s, hb(seq=i))
+    await c.check()
+    assert c.lag == 7
+    assert metric("l2lb_bus_consumer_lag", stream="allocations", group="lagg") == 7
+    running.start(c)
+    await wait_until(lambda: len(rec.seen) == 7, what="catch up")
+    await wait_until(lambda: metric("l2lb_bus_consumer_lag", stream="allocations", group="lagg") == 0,
+                     what="lag metric 0")
+    assert metric("l2lb_bus_pending", stream="allocations", group="lagg") == 0
+    hist = REGISTRY.get_sample_value("l2lb_bus_handler_seconds_count", {"stream": "allocations", "group": "lagg"})
+    assert hist is not None and hist >= 7
+
+
+async def test_snapshots_roundtrip_and_requests(bus: Bus, running: Running) -> None:
+    from l2lb.core.messages import Allocation, AllocationSnapshot, SnapshotRequest
+
+    assert await bus.load_snapshot("allocations") is None
+    snap = AllocationSnapshot(term=3, seq=9, allocations=(
+        Allocation(key="default/web", namespace="default", name="web", uid="u", generation=1, seq=9, term=3,
+                   ips=("198.51.100.20",)),))
+    await bus.store_snapshot("allocations", snap)
+    assert await bus.load_snapshot("allocations") == snap
+    await bus.redis.set(bus.keys.snapshot("allocations"), b'{"k":"allocation_snapshot","v":0}')
+    assert await bus.load_snapshot("allocations") is None  # unreadable -> None (logged)
+
+    served: list[SnapshotRequest] = []
+
+    async def serve(req: SnapshotRequest) -> None:
+        served.append(req)
+
+    c = bus.serve_snapshots("allocations", "alloc-0", serve)
+    running.start(c)
+    await wait_until(lambda: c._incarnation is not None, what="set up")
+    await asyncio.sleep(0.05)
+    await bus.request_snapshot("assignments", "ann-1", "other topic")
+    await bus.request_snapshot("allocations", "leases-1", "group_missing")
+    await wait_until(lambda: c.handled == 2, what="requests handled")
+    assert [(r.topic, r.requester, r.reason) for r in served] == [("allocations", "leases-1", "group_missing")]
