@@ -154,11 +154,11 @@ class AnnouncerState:
             prev = old.get(addr)
             if prev is None or prev.epoch != vip.epoch:
                 added.append(vip)
-                self._garps[addr] = _Garp(self.garp_count, now)
+                self._schedule(addr, now)
             else:
                 vip.since = prev.since
                 if prev.interfaces != vip.interfaces and vip.interfaces - prev.interfaces:
-                    self._garps[addr] = _Garp(self.garp_count, now)
+                    self._schedule(addr, now)
         for addr, vip in self.vips.items():
             if addr not in new or new[addr].epoch != vip.epoch:
                 removed.append(vip)
@@ -218,11 +218,15 @@ class AnnouncerState:
             return [codec.build_unsolicited_na(iface.mac, vip.addr)]
         return [codec.build_garp_request(iface.mac, vip.addr), codec.build_garp_reply(iface.mac, vip.addr)]
 
+    def _schedule(self, addr: bytes, now: float, only: str | None = None) -> None:
+        if self.garp_count > 0:
+            self._garps[addr] = _Garp(self.garp_count, now, only)
+
     def kick(self, ifname: str, now: float) -> None:
         """An interface came (back) up: announce every VIP allowed on it again."""
         for addr, vip in self.vips.items():
             if vip.allowed_on(ifname) and addr not in self._garps:
-                self._garps[addr] = _Garp(self.garp_count, now, only=ifname)
+                self._schedule(addr, now, ifname)
 
     def announcements_due(self, now: float, ifaces: Iterable[Iface]) -> list[tuple[str, bytes]]:
         """(interface name, frame) pairs to send now; advances the schedule."""

@@ -1,0 +1,641 @@
+"""``l2lb announcer``: answers ARP / NDP for the VIPs assigned to this node, from raw sockets.
+
+Wiring (see ``docs/announcer.md``):
+
+* reads ``NodeAssignments`` from the assignments stream in its own consumer group
+  ``announcer:<node>`` and keeps only the messages for its node; each newer (term, seq) message
+  replaces the VIP set, which is valid for ``ttl_ms`` from receipt and dropped at expiry;
+* one AF_PACKET socket per allowed interface (``--interfaces``), driven by the event loop
+  (uvloop, installed by ``run_service``);
+* publishes a ``Heartbeat`` every ``--heartbeat-interval-ms`` and at once on a link change or a
+  change of what it serves, and a ``Conflict`` whenever it defends a VIP;
+* keeps answering through Redis / leases / Kubernetes outages until the validity deadline.
+
+Test/dev input without the leases service: ``--static-assignments FILE`` with
+``{"vips": [{"ip": "198.51.100.10", "epoch": 1, "interfaces": ["eth0"]}], "ttl_ms": 5000}``, read at
+start and on SIGHUP (``ttl_ms`` counts from each load; omitted = no expiry). It uses term 0, so any
+message from a leases leader supersedes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import time
+from typing import Any
+
+from l2lb.adapters.bus.client import Bus, BusError, add_redis_args, bus_from_args
+from l2lb.adapters.http.server import StatusServer
+from l2lb.adapters.kube.client import RESOURCES, KubeClient, KubeError, add_kube_args, client_from_args
+from l2lb.adapters.net.links import Link, LinkMonitor, read_links, vips_configured
+from l2lb.adapters.net.rawsock import RawPort, RawSocketError
+from l2lb.core import codec
+from l2lb.core.announce import AnnouncerState, ConflictSeen, Iface
+from l2lb.core.messages import (
+    Conflict,
+    Heartbeat,
+    InterfaceInfo,
+    Message,
+    MessageError,
+    NodeAssignments,
+    VipAssignment,
+)
+from l2lb.obs import metrics
+from l2lb.obs.log import get_logger
+from l2lb.runtime.run import run_service
+
+log = get_logger("l2lb.announcer")
+
+# Virtual interfaces that must never answer for LoadBalancer IPs (CNI, bridges, kube-proxy's dummy).
+DEFAULT_EXCLUDE = (
+    "lxc",
+    "veth",
+    "cali",
+    "cilium",
+    "docker",
+    "cni",
+    "flannel",
+    "kube-",
+    "vxlan",
+    "genev",
+    "tunl",
+    "weave",
+    "br-",
+    "virbr",
+    "nodelocaldns",
+    "dummy",
+    "nerdctl",
+    "podman",
+)
+
+_frames = metrics.counter(
+    "l2lb_announcer_frames_total",
+    "Frames seen by the announcer's raw sockets, by outcome (answered or drop reason)",
+    ("reason",),
+)
+_requests = metrics.counter(
+    "l2lb_announcer_requests_total", "ARP requests and NDP solicitations/adverts seen"
+)
+_replies = metrics.counter("l2lb_announcer_replies_total", "ARP replies / solicited NAs sent")
+_garps = metrics.counter("l2lb_announcer_garps_total", "Gratuitous ARP / unsolicited NA frames sent")
+_conflicts = metrics.counter(
+    "l2lb_announcer_conflicts_total", "Frames from another MAC claiming an owned VIP"
+)
+_defences = metrics.counter("l2lb_announcer_defences_total", "Conflicts answered with a defence")
+_send_errors = metrics.counter("l2lb_announcer_send_errors_total", "Frames the kernel refused to send")
+_kernel_drops = metrics.counter(
+    "l2lb_announcer_kernel_drops_total",
+    "Frames dropped by the kernel before the announcer read them (socket buffer full)",
+)
+_assign = metrics.counter(
+    "l2lb_announcer_assignments_total", "NodeAssignments messages for this node by result", ("result",)
+)
+_expiries = metrics.counter("l2lb_announcer_expiries_total", "Times the VIP set expired without renewal")
+_heartbeats = metrics.counter("l2lb_announcer_heartbeats_total", "Heartbeats published")
+_vips = metrics.gauge("l2lb_announcer_vips", "VIPs currently answered for")
+_valid = metrics.gauge("l2lb_announcer_assignment_remaining_seconds", "Validity left of the current VIP set")
+_links_up = metrics.gauge(
+    "l2lb_announcer_interfaces_up", "Allowed interfaces that are up with an open socket"
+)
+
+
+def _parse_labels(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if "=" not in part:
+            raise ValueError(f"--node-labels: {part!r} is not key=value")
+        k, v = part.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def interface_pattern(specs: list[str] | None) -> re.Pattern[str]:
+    """Regexes (each a full match) -> one pattern; default: every interface not named like a virtual one."""
+    regs = [r for r in (specs or []) if r.strip()]
+    if not regs:
+        return re.compile(r"(?!(" + "|".join(re.escape(p) for p in DEFAULT_EXCLUDE) + r")).+")
+    for r in regs:
+        re.compile(r)  # raises re.error with the culprit
+    return re.compile("|".join(f"(?:{r})" for r in regs))
+
+
+def load_static(path: str, node: str, seq: int) -> NodeAssignments:
+    """Read a ``--static-assignments`` file; ValueError with a clear message when it is wrong."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not JSON: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("vips", []), list):
+        raise ValueError(f"{path}: expected an object with a 'vips' list")
+    ttl = data.get("ttl_ms") or 10 * 365 * 86400 * 1000
+    if not isinstance(ttl, int) or ttl <= 0:
+        raise ValueError(f"{path}: ttl_ms must be a positive integer")
+    vips = []
+    for i, v in enumerate(data.get("vips", [])):
+        if not isinstance(v, dict):
+            raise ValueError(f"{path}: vips[{i}] must be an object")
+        try:
+            vips.append(VipAssignment.from_obj({"epoch": 1, **v}))
+        except MessageError as e:
+            raise ValueError(f"{path}: vips[{i}]: {e}") from None
+    return NodeAssignments(node=node, term=0, seq=seq, ttl_ms=ttl, sent_at=time.time(), vips=tuple(vips))
+
+
+class AnnouncerService:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.node: str = args.node
+        self.allow = interface_pattern(args.interfaces)
+        self.state = AnnouncerState(
+            args.node,
+            garp_count=args.garp_count,
+            garp_interval=args.garp_interval_ms / 1000.0,
+            reply_rate=args.reply_rate,
+            reply_burst=args.reply_burst,
+            defend_interval=args.defend_interval_ms / 1000.0,
+        )
+        self.instance = secrets.token_hex(6)
+        self.labels: dict[str, str] = _parse_labels(args.node_labels or "")
+        self.kube_labels: dict[str, str] = {}
+        self.ports: dict[str, RawPort] = {}
+        self.ifaces: dict[str, Iface] = {}  # up interfaces with an open socket
+        self.port_errors: dict[str, str] = {}
+        self.bus: Bus | None = None
+        self.hb_seq = 0
+        self.static_seq = 0
+        self.last_static_error = ""
+        self.recent_conflicts: list[dict[str, Any]] = []
+        self._pending_conflicts: list[Conflict] = []
+        self._wake = asyncio.Event()
+        self._hb_now = asyncio.Event()
+        self._synced: dict[str, int] = {}
+        self.monitor = LinkMonitor(
+            self.allow,
+            self._on_links,
+            poll_interval=args.link_poll_ms / 1000.0,
+            use_netlink=not args.no_netlink,
+        )
+        self.server = StatusServer(
+            "announcer", args.http_host, args.http_port, token_file=args.http_token_file
+        )
+        self.server.add_ready_check("interfaces", self._ready_ifaces)
+        self.server.add_status("announcer", self.status)
+
+    # -- readiness / status ----------------------------------------------------------------------
+    def _ready_ifaces(self) -> tuple[bool, str]:
+        if self.ifaces:
+            return True, f"answering on {', '.join(sorted(self.ifaces))}"
+        if self.port_errors:
+            return False, "; ".join(f"{k}: {v}" for k, v in sorted(self.port_errors.items()))
+        return False, f"no interface matching {self.allow.pattern!r} is up"
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        st = self.state.status(now)
+        st["instance"] = self.instance
+        st["labels"] = self.effective_labels()
+        st["interfaces"] = [
+            {
+                "name": link.name,
+                "mac": link.mac,
+                "up": link.up,
+                "oper": link.oper,
+                "addresses": list(link.addresses),
+                "socket": link.name in self.ports,
+                "answering": link.name in self.ifaces,
+                "multicast_groups": sorted(codec.mac_text(m) for m in self.ports[link.name].groups)
+                if link.name in self.ports
+                else [],
+                "error": self.port_errors.get(link.name),
+            }
+            for link in self.monitor.links.values()
+        ]
+        st["link_monitor"] = self.monitor.mode
+        st["counters"] = dict(sorted(self.state.stats.items()))
+        st["conflicts"] = list(self.recent_conflicts)
+        st["bus"] = "disabled" if self.bus is None else self.bus.readiness()[1]
+        if self.args.static_assignments:
+            st["static_assignments"] = {
+                "file": self.args.static_assignments,
+                "loads": self.static_seq,
+                "error": self.last_static_error or None,
+            }
+        return st
+
+    def effective_labels(self) -> dict[str, str]:
+        return {**self.kube_labels, **self.labels}
+
+    # -- frames (hot path) -----------------------------------------------------------------------
+    def _on_frame(self, port: RawPort, frame: bytes) -> None:
+        iface = self.ifaces.get(port.ifname)
+        if iface is None:
+            return
+        v = self.state.handle(frame, iface, time.monotonic())
+        for f in v.frames:
+            port.send(f)
+        if v.conflict is not None:
+            self._conflict(v.conflict)
+
+    def _conflict(self, c: ConflictSeen) -> None:
+        log.warning(
+            "another MAC claims a VIP we announce; defended",
+            extra={"ip": c.ip, "interface": c.interface, "their_mac": c.their_mac, "our_mac": c.our_mac},
+        )
+        msg = Conflict(
+            node=self.node,
+            ip=c.ip,
+            our_mac=c.our_mac,
+            their_mac=c.their_mac,
+            interface=c.interface,
+            at=time.time(),
+            defended=c.defended,
+        )
+        self._pending_conflicts.append(msg)
+        self.recent_conflicts = ([msg.to_dict(), *self.recent_conflicts])[:20]
+        self._hb_now.set()
+
+    # -- interfaces ------------------------------------------------------------------------------
+    def _on_links(self, old: dict[str, Link], new: dict[str, Link]) -> None:
+        now = time.monotonic()
+        for name in list(self.ports):
+            if name not in new:
+                log.warning("interface disappeared", extra={"interface": name})
+                self._close_port(name)
+        for name, link in new.items():
+            prev = old.get(name)
+            if name not in self.ports:
+                self._open_port(link)
+            if name not in self.ports:
+                continue
+            if link.up:
+                was = self.ifaces.get(name)
+                self.ifaces[name] = Iface(name, link.index, link.mac_bytes)
+                if was is None or was.mac != link.mac_bytes:
+                    if prev is not None:
+                        log.info("interface up: announcing again", extra={"interface": name, "mac": link.mac})
+                    self.state.kick(name, now)
+                    self._wake.set()
+            elif name in self.ifaces:
+                del self.ifaces[name]
+                log.warning(
+                    "interface down: not answering on it", extra={"interface": name, "oper": link.oper}
+                )
+        _links_up.set(len(self.ifaces))
+        self._hb_now.set()
+
+    def _open_port(self, link: Link) -> None:
+        try:
+            port = RawPort(link.name, rcvbuf=self.args.rcvbuf)
+        except RawSocketError as e:
+            if self.port_errors.get(link.name) != str(e):
+                log.error("cannot open raw socket", extra={"interface": link.name, "error": str(e)})
+            self.port_errors[link.name] = str(e)
+            return
+        self.port_errors.pop(link.name, None)
+        self.ports[link.name] = port
+        port.set_multicast(self.state.multicast_macs(link.name))
+        port.start(asyncio.get_running_loop(), self._on_frame)
+        log.info(
+            "listening",
+            extra={"interface": link.name, "ifindex": port.ifindex, "mac": link.mac, "rcvbuf": port.rcvbuf},
+        )
+
+    def _close_port(self, name: str) -> None:
+        port = self.ports.pop(name, None)
+        self.ifaces.pop(name, None)
+        if port is not None:
+            port.close()
+
+    def _sync_groups(self) -> None:
+        for name, port in self.ports.items():
+            port.set_multicast(self.state.multicast_macs(name))
+
+    # -- assignments -----------------------------------------------------------------------------
+    def apply(self, msg: NodeAssignments, source: str) -> None:
+        ch = self.state.apply(msg, time.monotonic())
+        _assign.labels(ch.reason).inc()
+        if not ch.accepted:
+            if ch.reason not in ("other_node", "stale"):
+                log.warning(
+                    "assignments rejected", extra={"reason": ch.reason, "term": msg.term, "seq": msg.seq}
+                )
+            return
+        for ip in ch.invalid:
+            log.warning("ignoring an assigned VIP that is not a usable unicast IP", extra={"ip": ip})
+        if ch.added or ch.removed:
+            log.info(
+                "VIP set changed",
+                extra={
+                    "source": source,
+                    "term": msg.term,
+                    "seq": msg.seq,
+                    "ttl_ms": msg.ttl_ms,
+                    "added": [f"{v.ip}@{v.epoch}" for v in ch.added],
+                    "removed": [v.ip for v in ch.removed],
+                    "total": len(self.state.vips),
+                },
+            )
+            self._sync_groups()
+            self._hb_now.set()
+            self._wake.set()
+        if ch.added:
+            self._check_kernel_owned([v.ip for v in ch.added])
+        _vips.set(len(self.state.vips))
+
+    def _check_kernel_owned(self, ips: list[str]) -> None:
+        for ip, ifname in vips_configured(read_links(None).values(), ips):
+            log.warning(
+                "VIP is configured as an address on this host: the kernel answers ARP/NDP for it too "
+                "(remove it; with kube-proxy IPVS set strictARP so kube-ipvs0 does not answer)",
+                extra={"ip": ip, "interface": ifname},
+            )
+
+    async def _on_message(self, msg: Message, _eid: str) -> None:
+        if isinstance(msg, NodeAssignments) and msg.node == self.node:
+            self.apply(msg, "bus")
+
+    async def _on_resync(self, reason: str) -> None:
+        log.info("assignments stream resync; asking leases for a snapshot", extra={"reason": reason})
+        if self.bus is not None:
+            with contextlib.suppress(BusError):
+                await self.bus.request_snapshot("assignments", f"announcer:{self.node}", reason)
+
+    def reload_static(self) -> None:
+        path = self.args.static_assignments
+        self.static_seq += 1
+        try:
+            msg = load_static(path, self.node, self.static_seq)
+        except ValueError as e:
+            self.last_static_error = str(e)
+            log.error("static assignments not loaded; keeping the current set", extra={"error": str(e)})
+            return
+        self.last_static_error = ""
+        self.apply(msg, f"file:{path}")
+
+    # -- loops -----------------------------------------------------------------------------------
+    async def _housekeeping(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            now = time.monotonic()
+            gone = self.state.expire(now)
+            if gone:
+                _expiries.inc()
+                log.warning(
+                    "assignments expired without renewal: stopped answering",
+                    extra={"vips": [v.ip for v in gone]},
+                )
+                self._sync_groups()
+                self._hb_now.set()
+                _vips.set(0)
+            for ifname, frame in self.state.announcements_due(now, list(self.ifaces.values())):
+                port = self.ports.get(ifname)
+                if port is not None:
+                    port.send(frame)
+            nxt = self.state.next_event(now)
+            timeout = 1.0 if nxt is None else min(1.0, max(0.0, nxt - time.monotonic()))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+
+    def heartbeat(self, stopping: bool = False) -> Heartbeat:
+        self.hb_seq += 1
+        ifs = tuple(
+            InterfaceInfo(
+                name=link.name,
+                mac=link.mac,
+                up=link.up and link.name in self.ifaces,
+                addresses=link.addresses,
+                ifindex=link.index,
+            )
+            for link in self.monitor.links.values()
+        )
+        return Heartbeat(
+            node=self.node,
+            instance=self.instance,
+            seq=self.hb_seq,
+            sent_at=time.time(),
+            interval_ms=self.args.heartbeat_interval_ms,
+            labels=self.effective_labels(),
+            interfaces=ifs,
+            serving={} if stopping else self.state.serving(time.monotonic()),
+            stopping=stopping,
+        )
+
+    async def _publish(self, msg: Heartbeat | Conflict) -> bool:
+        if self.bus is None:
+            return False
+        try:
+            await self.bus.publish(self.bus.keys.heartbeats, msg)
+            return True
+        except BusError as e:
+            log.debug("publish failed", extra={"error": str(e)})
+            return False
+
+    async def _heartbeats(self, stop: asyncio.Event) -> None:
+        interval = self.args.heartbeat_interval_ms / 1000.0
+        next_metrics = 0.0
+        while not stop.is_set():
+            self._hb_now.clear()
+            while self._pending_conflicts:
+                c = self._pending_conflicts[0]
+                if not await self._publish(c):
+                    break
+                self._pending_conflicts.pop(0)
+            del self._pending_conflicts[:-100]  # bounded while the bus is down
+            if await self._publish(self.heartbeat()):
+                _heartbeats.inc()
+            if time.monotonic() >= next_metrics:
+                self.sync_metrics()
+                next_metrics = time.monotonic() + 1.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hb_now.wait(), timeout=interval)
+
+    def sync_metrics(self) -> None:
+        stats = dict(self.state.stats)
+        for port in self.ports.values():
+            with contextlib.suppress(OSError):
+                _, drops = port.kernel_stats()
+                if drops:
+                    _kernel_drops.inc(drops)
+            stats["_send_errors"] = stats.get("_send_errors", 0) + port.send_errors
+        for key, val in stats.items():
+            delta = val - self._synced.get(key, 0)
+            if delta <= 0:
+                continue
+            self._synced[key] = val
+            if key == "garp_frames":
+                _garps.inc(delta)
+            elif key == "conflicts_defended":
+                _defences.inc(delta)
+            elif key == "_send_errors":
+                _send_errors.inc(delta)
+            else:
+                _frames.labels(key).inc(delta)
+                _requests.inc(delta)
+                if key == "answered":
+                    _replies.inc(delta)
+                elif key == "conflict":
+                    _conflicts.inc(delta)
+        now = time.monotonic()
+        _valid.set(max(0.0, self.state.deadline - now) if self.state.deadline is not None else 0.0)
+        _vips.set(len(self.state.serving(now)))
+
+    async def _kube_labels(self, stop: asyncio.Event) -> None:
+        client: KubeClient | None = None
+        try:
+            while not stop.is_set():
+                try:
+                    if client is None:
+                        client = await client_from_args(self.args, user_agent="l2lb-announcer")
+                    node = await client.get(RESOURCES["nodes"], self.node)
+                    labels = node.get("metadata", {}).get("labels") or {}
+                    new = {str(k): str(v) for k, v in labels.items()}
+                    if new != self.kube_labels:
+                        self.kube_labels = new
+                        self._hb_now.set()
+                except (TimeoutError, KubeError, OSError) as e:
+                    log.warning(
+                        "cannot read this node's labels from Kubernetes; keeping the last ones",
+                        extra={"node": self.node, "error": str(e)},
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=60.0)
+        finally:
+            if client is not None:
+                await client.close()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        await self.server.start()
+        self._on_links({}, self.monitor.links)
+        if not self.monitor.links:
+            log.warning("no interface matches --interfaces", extra={"pattern": self.allow.pattern})
+        if self.args.static_assignments:
+            self.reload_static()
+            loop.add_signal_handler(signal.SIGHUP, self.reload_static)
+        tasks = [
+            asyncio.create_task(self.monitor.run(stop), name="links"),
+            asyncio.create_task(self._housekeeping(stop), name="housekeeping"),
+        ]
+        consumer = None
+        if not self.args.no_bus:
+            self.bus = await bus_from_args(self.args, client_name=f"l2lb-announcer-{self.node}")
+            self.server.add_ready_check("bus", self.bus.readiness)
+            consumer = self.bus.consumer(
+                self.bus.keys.assignments,
+                f"announcer:{self.node}",
+                self.instance,
+                self._on_message,
+                on_resync=self._on_resync,
+                block_ms=500,
+            )
+            tasks.append(asyncio.create_task(consumer.run(stop), name="assignments"))
+        tasks.append(asyncio.create_task(self._heartbeats(stop), name="heartbeats"))
+        if self.args.kubeconfig:
+            tasks.append(asyncio.create_task(self._kube_labels(stop), name="kube-labels"))
+        log.info(
+            "announcer running",
+            extra={
+                "node": self.node,
+                "instance": self.instance,
+                "interfaces": sorted(self.ports),
+                "bus": not self.args.no_bus,
+            },
+        )
+        try:
+            await stop.wait()
+        finally:
+            log.info("stopping: no longer answering, telling leases to hand over")
+            for name in list(self.ports):
+                self._close_port(name)
+            self._wake.set()
+            self._hb_now.set()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(t, timeout=3.0)
+            if self.bus is not None:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._publish(self.heartbeat(stopping=True)), timeout=1.0)
+                await self.bus.close()
+            await self.server.stop()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="l2lb announcer", description="Answer ARP/NDP for this node's LoadBalancer IPs."
+    )
+    env = os.environ.get
+    p.add_argument(
+        "--node",
+        default=env("L2LB_NODE") or env("NODE_NAME") or socket.gethostname(),
+        help="this node's name (env L2LB_NODE / NODE_NAME; default: hostname)",
+    )
+    p.add_argument(
+        "--interfaces",
+        action="extend",
+        nargs="+",
+        metavar="REGEX",
+        help="interfaces allowed to answer (full-match regexes; default: all Ethernet interfaces except "
+        "CNI/bridge/virtual ones)",
+    )
+    p.add_argument(
+        "--node-labels",
+        default=env("L2LB_NODE_LABELS", ""),
+        help="labels to report, k=v,k2=v2 (merged over the Node's labels when --kubeconfig is given)",
+    )
+    p.add_argument("--heartbeat-interval-ms", type=int, default=100)
+    p.add_argument("--garp-count", type=int, default=5, help="gratuitous announcements per takeover")
+    p.add_argument("--garp-interval-ms", type=int, default=1000)
+    p.add_argument("--reply-rate", type=float, default=100.0, help="replies per second per source MAC")
+    p.add_argument("--reply-burst", type=float, default=50.0, help="token bucket size per source MAC")
+    p.add_argument(
+        "--defend-interval-ms", type=int, default=10_000, help="at most one defence per VIP per interval"
+    )
+    p.add_argument("--rcvbuf", type=int, default=4 << 20, help="raw socket receive buffer (bytes)")
+    p.add_argument("--link-poll-ms", type=int, default=50, help="/sys polling interval without rtnetlink")
+    p.add_argument("--no-netlink", action="store_true", help="poll /sys for link state instead of rtnetlink")
+    p.add_argument(
+        "--static-assignments",
+        metavar="FILE",
+        help="test/dev: JSON {vips:[{ip,epoch,interfaces}], ttl_ms} read at start and on SIGHUP",
+    )
+    p.add_argument(
+        "--no-bus", action="store_true", help="test/dev: run without Redis (static assignments only)"
+    )
+    p.add_argument("--http-host", default=env("L2LB_HTTP_HOST", "127.0.0.1"))
+    p.add_argument("--http-port", type=int, default=int(env("L2LB_HTTP_PORT", "9473")))
+    p.add_argument("--http-token-file", default=env("L2LB_HTTP_TOKEN_FILE") or None)
+    p.add_argument("--log-format", choices=("text", "json"), default=env("L2LB_LOG_FORMAT", "text"))
+    p.add_argument("--log-level", default=env("L2LB_LOG_LEVEL", "info"))
+    add_redis_args(p)
+    add_kube_args(p)
+    return p
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        interface_pattern(args.interfaces)
+        _parse_labels(args.node_labels or "")
+    except (re.error, ValueError) as e:
+        parser.error(str(e))
+    for name in ("heartbeat_interval_ms", "garp_interval_ms", "link_poll_ms", "defend_interval_ms"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.garp_count < 0 or args.reply_rate <= 0 or args.reply_burst < 1:
+        parser.error("--garp-count must be >= 0, --reply-rate > 0 and --reply-burst >= 1")
+
+    async def _main(stop: asyncio.Event) -> None:
+        await AnnouncerService(args).run(stop)
+
+    return run_service("announcer", _main, log_level=args.log_level, log_format=args.log_format)
