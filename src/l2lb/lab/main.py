@@ -1,0 +1,444 @@
+"""``l2lb lab``: a whole l2lb cluster on one machine, real ARP from a client, a measured failover.
+
+Topology (all in network namespaces the lab creates; nothing is added to the root namespace):
+
+    <prefix>sw   a bridge ("the LAN switch")
+    <prefix>ctl  198.51.100.2    control plane: redis-server, API server, allocator, leases
+    <prefix>n1.. 198.51.100.11+  nodes: one announcer each, LAN interface named enp0s25 (the seed's)
+    <prefix>cli  198.51.100.100  a LAN client that resolves the VIPs
+
+Every service is the same process production runs (``l2lb allocator|leases|announcer``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from l2lb.adapters.kube.client import RESOURCES, KubeClient
+from l2lb.lab import manifests, netns
+from l2lb.lab.probe import ArpProber
+from l2lb.lab.procs import Supervisor, python_cli, wait_http_ready
+
+CTL_IP = "198.51.100.2"
+CLIENT_IP = "198.51.100.100"
+LAN_IF = "enp0s25"
+API_PORT = 6443
+REDIS_PORT = 6379
+ALLOC_HTTP = 9101
+LEASES_HTTP = 9102
+ANN_HTTP = 9103
+
+
+def repo_root() -> Path | None:
+    for p in Path(__file__).resolve().parents:
+        if (p / "k8s" / "crds").is_dir() and (p / "tests" / "fixtures").is_dir():
+            return p
+    return None
+
+
+def node_ip(i: int) -> str:
+    return f"198.51.100.{10 + i}"
+
+
+def node_ip6(i: int) -> str:
+    return f"2001:db8::{10 + i:x}"
+
+
+class Progress:
+    def __init__(self, quiet: bool = False) -> None:
+        self.t0 = time.monotonic()
+        self.quiet = quiet
+
+    def say(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"[{time.monotonic() - self.t0:6.1f}s] {msg}", flush=True)
+
+    @contextlib.contextmanager
+    def step(self, msg: str) -> Any:
+        t = time.monotonic()
+        self.say(f"{msg} ...")
+        yield
+        self.say(f"{msg}: done in {time.monotonic() - t:.1f}s")
+
+
+@dataclass
+class Lab:
+    args: argparse.Namespace
+    workdir: Path
+    topo: netns.Topology
+    sup: Supervisor
+    progress: Progress
+    kubeconfig: Path = field(init=False)
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.kubeconfig = self.workdir / "kubeconfig"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{CTL_IP}:{REDIS_PORT}/0"
+
+    def node_names(self) -> list[str]:
+        return [f"node-{i}" for i in range(1, self.args.nodes + 1)]
+
+    def mac_to_node(self) -> dict[str, str]:
+        return {h.mac: name for name, h in self.topo.hosts.items() if name.startswith("node-")}
+
+    # -- building -------------------------------------------------------------------------------
+    def build_network(self) -> None:
+        self.topo.add_host("ctl", ifname="eth0", addrs=[f"{CTL_IP}/24", "2001:db8::2/64"])
+        for i, name in enumerate(self.node_names(), start=1):
+            self.topo.add_host(name, ifname=LAN_IF, addrs=[f"{node_ip(i)}/24", f"{node_ip6(i)}/64"])
+        self.topo.add_host("client", ifname="eth0", addrs=[f"{CLIENT_IP}/24", "2001:db8::100/64"])
+
+    async def start_control_plane(self) -> None:
+        ctl = self.topo.hosts["ctl"].ns
+        redis = shutil.which("redis-server") or "redis-server"
+        await self.sup.start("redis", [redis, "--bind", CTL_IP, "127.0.0.1", "--port", str(REDIS_PORT),
+                                       "--save", "", "--appendonly", "no", "--dir", str(self.workdir)], ns=ctl)
+        cli = python_cli()
+        api = await self.sup.start("apiserver", [*cli, "apiserver", "--host", CTL_IP, "--port", str(API_PORT),
+                                                 "--kubeconfig-out", str(self.kubeconfig)], ns=ctl)
+        await wait_http_ready(f"http://{CTL_IP}:{API_PORT}/readyz", api, timeout=30)
+
+    def common(self, http_port: int, host: str) -> list[str]:
+        return ["--redis", self.redis_url, "--http-host", host, "--http-port", str(http_port),
+                "--log-format", "json" if self.args.json_logs else "text"]
+
+    async def start_services(self) -> None:
+        ctl = self.topo.hosts["ctl"].ns
+        cli = python_cli()
+        kube = ["--kubeconfig", str(self.kubeconfig), "--namespace", "l2lb-system"]
+        alloc = await self.sup.start("allocator", [*cli, "allocator", *kube, *self.common(ALLOC_HTTP, CTL_IP)],
+                                     ns=ctl)
+        leases = await self.sup.start("leases", [*cli, "leases", *kube, *self.common(LEASES_HTTP, CTL_IP)], ns=ctl)
+        anns = []
+        for i, name in enumerate(self.node_names(), start=1):
+            anns.append((name, i, await self.start_announcer(name, i)))
+        await wait_http_ready(f"http://{CTL_IP}:{ALLOC_HTTP}/readyz", alloc)
+        await wait_http_ready(f"http://{CTL_IP}:{LEASES_HTTP}/readyz", leases)
+        for _name, i, p in anns:
+            await wait_http_ready(f"http://{node_ip(i)}:{ANN_HTTP}/readyz", p)
+
+    async def start_announcer(self, name: str, i: int) -> Any:
+        ns = self.topo.hosts[name].ns
+        return await self.sup.start(
+            f"announcer-{name}",
+            [*python_cli(), "announcer", "--node", name, "--interfaces", LAN_IF,
+             "--node-labels", f"kubernetes.io/hostname={name}", *self.common(ANN_HTTP, node_ip(i))],
+            ns=ns,
+        )
+
+    async def apply_manifests(self, client: KubeClient) -> list[str]:
+        root = repo_root()
+        crd_dir = root / "k8s" / "crds" if root else None
+        paths: list[Path] = []
+        if crd_dir and crd_dir.is_dir():
+            paths.append(crd_dir)
+        docs = manifests.load_documents(paths)
+        done = await manifests.apply(client, docs)
+        await asyncio.sleep(0.2)  # CRDs become served
+        ns_doc = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "l2lb-system"}}
+        node_docs = [{"apiVersion": "v1", "kind": "Node",
+                      "metadata": {"name": n, "labels": {"kubernetes.io/hostname": n}}} for n in self.node_names()]
+        done += await manifests.apply(client, [ns_doc, *node_docs])
+        user = [Path(p) for p in self.args.manifests] if self.args.manifests else [self.default_manifests()]
+        done += await manifests.apply(client, manifests.load_documents(user))
+        return done
+
+    def default_manifests(self) -> Path:
+        root = repo_root()
+        if root is None:
+            raise SystemExit("l2lb lab: run it from an l2lb checkout (needs tests/fixtures/lab and k8s/crds), "
+                             "or pass --manifests DIR")
+        return root / "tests" / "fixtures" / "lab"
+
+    async def wait_for_ips(self, client: KubeClient, timeout: float) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            lst = await client.list(RESOURCES["services"])
+            svcs = [s for s in lst.get("items", []) if (s.get("spec") or {}).get("type") == "LoadBalancer"]
+            pending = [s for s in svcs if not ((s.get("status") or {}).get("loadBalancer") or {}).get("ingress")]
+            if svcs and not pending:
+                return svcs
+            if time.monotonic() > deadline:
+                names = ", ".join(f"{s['metadata']['namespace']}/{s['metadata']['name']}" for s in pending)
+                conds = {f"{s['metadata']['name']}": (s.get("status") or {}).get("conditions") for s in pending}
+                raise RuntimeError(f"Services without an IP after {timeout:.0f} s: {names or 'none found'}; "
+                                   f"conditions: {json.dumps(conds)}; see {self.sup.logdir}/allocator.log")
+            self.sup.check_alive()
+            await asyncio.sleep(0.2)
+
+    # -- observing from the client -------------------------------------------------------------
+    async def who_answers(self, vip: str, seconds: float = 0.3) -> list[str]:
+        prober = ArpProber(self.topo.hosts["client"].ns, "eth0", CLIENT_IP, vip, interval_s=0.02)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(seconds, stop.set)
+        try:
+            tl = await prober.run(stop, max_seconds=seconds + 1)
+        finally:
+            prober.close()
+        return tl.macs()
+
+    async def wait_announced(self, vip: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            macs = await self.who_answers(vip)
+            if len(macs) == 1:
+                return macs[0]
+            self.sup.check_alive()
+        raise RuntimeError(f"no single node answers ARP for {vip} after {timeout:.0f} s "
+                           f"(see {self.sup.logdir}/leases.log and announcer-*.log)")
+
+    def client_kernel_view(self, vip: str) -> dict[str, str]:
+        client = self.topo.hosts["client"]
+        fam = ["-6"] if ":" in vip else []
+        client.exec(["ip", *fam, "neigh", "flush", "to", vip], check=False)
+        ping = client.exec(["ping", "-c", "1", "-W", "1", vip], check=False)
+        neigh = client.exec(["ip", *fam, "neigh", "show", vip], check=False).stdout.strip()
+        out = {"neigh": neigh, "ping_rc": str(ping.returncode)}
+        if ":" not in vip and shutil.which("arping"):
+            ar = client.exec(["arping", "-c", "2", "-w", "3", "-I", "eth0", vip], check=False, timeout=10)
+            out["arping"] = " / ".join(line.strip() for line in ar.stdout.splitlines() if "reply" in line.lower()
+                                       or "bytes from" in line.lower())
+        return out
+
+    # -- failover ------------------------------------------------------------------------------
+    async def failover_round(self, vip: str, how: str) -> dict[str, Any]:
+        macs = self.mac_to_node()
+        old_mac = await self.wait_announced(vip, 15)
+        old_node = macs.get(old_mac, "?")
+        prober = ArpProber(self.topo.hosts["client"].ns, "eth0", CLIENT_IP, vip,
+                           interval_s=self.args.probe_ms / 1000)
+        stop = asyncio.Event()
+        task = asyncio.create_task(prober.run(stop, max_seconds=self.args.round_timeout + 5))
+        await asyncio.sleep(0.5)  # baseline answers from the old node
+        t_fault = time.monotonic()
+        if how == "kill":
+            await self.sup.kill(f"announcer-{old_node}")
+        else:
+            self.topo.hosts[old_node].link(False)
+        # wait for a new MAC (bounded), then keep probing a little to catch any dual answering
+        deadline = t_fault + self.args.round_timeout
+        while time.monotonic() < deadline:
+            if any(a.mac != old_mac and a.kind == "reply" and a.t > t_fault for a in prober.timeline.answers):
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(1.0)
+        stop.set()
+        tl = await task
+        prober.close()
+        res: dict[str, Any] = dict(tl.failover(old_mac, t_fault))
+        res.update({"how": how, "old_node": old_node, "new_node": macs.get(str(res["new_mac"]), None),
+                    "probes_sent": tl.sent, "probe_interval_ms": self.args.probe_ms})
+        res["neigh_after"] = self.topo.hosts["client"].exec(["ip", "neigh", "show", vip], check=False).stdout.strip()
+        # heal, then check the IP does not flap back
+        if how == "kill":
+            i = self.node_names().index(old_node) + 1
+            p = await self.start_announcer(old_node, i)
+            await wait_http_ready(f"http://{node_ip(i)}:{ANN_HTTP}/readyz", p)
+        else:
+            self.topo.hosts[old_node].link(True)
+        await asyncio.sleep(1.0)
+        after = await self.who_answers(vip, 0.5)
+        res["after_heal"] = [macs.get(m, m) for m in after]
+        res["flapped_back"] = bool(after) and after[0] == old_mac
+        return res
+
+
+def print_table(rows: list[list[str]], headers: list[str]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    print("  " + "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+    for r in rows:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+
+
+async def run(args: argparse.Namespace) -> int:
+    ok, why = netns.have_privileges()
+    if not ok:
+        print(f"l2lb lab: {why}", file=sys.stderr)
+        return 2
+    for tool, pkg in (("redis-server", "redis-server"), ("arping", "iputils-arping"), ("ping", "iputils-ping")):
+        if shutil.which(tool) is None:
+            print(f"l2lb lab: '{tool}' is missing: apt-get install {pkg} (or run: bash scripts/dev l2lb lab)",
+                  file=sys.stderr)
+            return 2
+    if repo_root() is None and not args.manifests:
+        print("l2lb lab: run it from an l2lb checkout or pass --manifests DIR", file=sys.stderr)
+        return 2
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="l2lb-lab-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    progress = Progress(args.quiet)
+    swept = netns.sweep(args.prefix)
+    if swept:
+        progress.say(f"removed leftovers of an earlier lab: {', '.join(swept)}")
+    lab = Lab(args, workdir, netns.Topology(args.prefix), Supervisor(workdir / "logs"), progress)
+    rc = 1
+    try:
+        rc = await _run(lab)
+    finally:
+        if not args.keep or rc != 0:
+            with progress.step("cleaning up (processes, namespaces)"):
+                forced = await lab.sup.stop_all()
+                lab.topo.destroy()
+                leftovers = [n for n in netns.list_namespaces() if n.startswith(args.prefix)]
+                lab.report["cleanup"] = {"forced_kill": forced, "leftover_namespaces": leftovers}
+                if leftovers:
+                    print(f"l2lb lab: namespaces left behind: {leftovers}", file=sys.stderr)
+                    rc = rc or 1
+        if args.json_report:
+            Path(args.json_report).write_text(json.dumps(lab.report, indent=2, default=str))
+    return rc
+
+
+async def _run(lab: Lab) -> int:
+    args, progress = lab.args, lab.progress
+    lab.report["workdir"] = str(lab.workdir)
+    with progress.step(f"building the network: bridge, control plane, {args.nodes} nodes, a client"):
+        lab.build_network()
+    ctl_ns = lab.topo.hosts["ctl"].ns
+    with netns.entered(ctl_ns):  # the orchestrator talks to the cluster from the control-plane namespace
+        with progress.step("starting redis-server and the API server"):
+            await lab.start_control_plane()
+        client = await KubeClient.create(str(lab.kubeconfig), qps=50, burst=100, user_agent="l2lb-lab")
+        try:
+            with progress.step("applying CRDs, nodes and manifests"):
+                applied = await lab.apply_manifests(client)
+                for line in applied:
+                    progress.say(f"  {line}")
+            with progress.step("starting allocator, leases and one announcer per node"):
+                await lab.start_services()
+            with progress.step("waiting for every LoadBalancer Service to get an IP"):
+                svcs = await lab.wait_for_ips(client, args.timeout)
+        finally:
+            await client.close()
+        vips: dict[str, list[str]] = {}
+        rows_src: list[tuple[str, str, str]] = []
+        for s in svcs:
+            key = f"{s['metadata']['namespace']}/{s['metadata']['name']}"
+            ports = ",".join(f"{p.get('protocol', 'TCP')}/{p['port']}" for p in s["spec"].get("ports", []))
+            for ing in s["status"]["loadBalancer"]["ingress"]:
+                vips.setdefault(ing["ip"], []).append(key)
+                rows_src.append((key, ing["ip"], ports))
+        holders: dict[str, str] = {}
+        with progress.step("asking the LAN (ARP from the client) who answers for each IP"):
+            macs = lab.mac_to_node()
+            for vip in vips:
+                if ":" in vip:
+                    continue
+                mac = await lab.wait_announced(vip, args.timeout)
+                holders[vip] = macs.get(mac, mac)
+        print()
+        print_table([[k, ip, holders.get(ip, "(IPv6)" if ":" in ip else "?"), ports] for k, ip, ports in rows_src],
+                    ["SERVICE", "IP", "ANNOUNCED BY", "PORTS"])
+        print()
+        lab.report["services"] = [{"service": k, "ip": ip, "node": holders.get(ip), "ports": p}
+                                  for k, ip, p in rows_src]
+        views = {}
+        for vip in vips:
+            views[vip] = lab.client_kernel_view(vip)
+            progress.say(f"client kernel: {views[vip]['neigh'] or '(no neighbour entry)'}"
+                         + (f"; arping: {views[vip].get('arping')}" if views[vip].get("arping") else ""))
+        lab.report["client_view"] = views
+        v4 = [v for v in vips if ":" not in v]
+        if not v4:
+            raise RuntimeError("no IPv4 VIP to fail over")
+        vip = next((v for v in v4 if len(vips[v]) > 1), v4[0])  # prefer the shared Pi-hole IP
+        rounds = []
+        for how in args.rounds.split(","):
+            with progress.step(f"failover by {'SIGKILL of the announcer' if how == 'kill' else 'link down'} "
+                               f"for {vip}, client probing every {args.probe_ms} ms"):
+                r = await lab.failover_round(vip, how)
+            rounds.append(r)
+            out = r["outage_ms"]
+            progress.say(
+                f"  {r['old_node']} -> {r['new_node']}: last answer from old MAC at "
+                f"{_ms(r['last_old_answer_ms'])}, first from new MAC at {_ms(r['first_new_answer_ms'])}, "
+                f"client-observed outage {_ms(out)}, dual answering {_ms(r['dual_ms'])}; "
+                f"after heal: {r['after_heal']} (flapped back: {r['flapped_back']})")
+            progress.say(f"  client neighbour entry now: {r['neigh_after']}")
+        lab.report["failovers"] = rounds
+        print()
+        print_table([[r["how"], str(r["old_node"]), str(r["new_node"]), _ms(r["outage_ms"]), _ms(r["dual_ms"])]
+                     for r in rounds], ["FAULT", "FROM", "TO", "OUTAGE", "DUAL"])
+        print()
+        failed = [r for r in rounds if r["outage_ms"] is None or r["new_node"] is None]
+        if args.keep:
+            print(f"The lab keeps running. Logs: {lab.sup.logdir}. Look at it with:\n"
+                  f"  sudo ip netns exec {ctl_ns} l2lb status --allocator http://{CTL_IP}:{ALLOC_HTTP} "
+                  f"--leases http://{CTL_IP}:{LEASES_HTTP}\n"
+                  f"  status page: sudo ip netns exec {ctl_ns} curl http://{CTL_IP}:{LEASES_HTTP}/\n"
+                  f"  sudo ip netns exec {ctl_ns} kubectl --kubeconfig {lab.kubeconfig} get svc -A\n"
+                  f"Remove it with: sudo l2lb lab --cleanup --prefix {args.prefix}")
+        return 1 if failed else 0
+
+
+def _ms(v: Any) -> str:
+    return "n/a" if v is None else f"{float(v):.0f} ms"
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="l2lb lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--nodes", type=int, default=3, help="number of node namespaces (default 3)")
+    p.add_argument("--manifests", action="append", help="YAML file or directory to apply (default: the seed's, "
+                   "with the LAN range mapped to TEST-NET); repeatable")
+    p.add_argument("--rounds", default="kill,linkdown", help="failover rounds to run: kill, linkdown (comma list)")
+    p.add_argument("--probe-ms", type=float, default=10.0, help="client ARP probe interval (default 10 ms)")
+    p.add_argument("--round-timeout", type=float, default=10.0, help="give up on a failover after this many s")
+    p.add_argument("--timeout", type=float, default=60.0, help="bound for each wait (default 60 s)")
+    p.add_argument("--prefix", default="l2lab", help="name prefix for namespaces (<= 6 chars; default l2lab)")
+    p.add_argument("--workdir", help="where logs and the kubeconfig go (default: a new temp dir)")
+    p.add_argument("--keep", action="store_true", help="leave the lab running at the end")
+    p.add_argument("--cleanup", action="store_true", help="only remove a lab left running by --keep")
+    p.add_argument("--json-report", help="write the measured results as JSON to this file")
+    p.add_argument("--json-logs", action="store_true", help="services log JSON lines")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    if args.nodes < 2:
+        p.error("--nodes must be at least 2 (a failover needs somewhere to go)")
+    if args.cleanup:
+        _kill_lab_processes(args.prefix)
+        gone = netns.sweep(args.prefix)
+        print(f"removed: {', '.join(gone) or 'nothing'}")
+        return 0
+    main_task: asyncio.Task[int] | None = None
+
+    async def runner() -> int:
+        nonlocal main_task
+        main_task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: main_task.cancel() if main_task else None)
+        try:
+            return await run(args)
+        except asyncio.CancelledError:
+            print("l2lb lab: interrupted; cleaned up", file=sys.stderr)
+            return 130
+
+    try:
+        return asyncio.run(runner())
+    except (RuntimeError, manifests.ManifestError) as e:
+        print(f"l2lb lab: {e}", file=sys.stderr)
+        return 1
+
+
+def _kill_lab_processes(prefix: str) -> None:
+    """Processes started by a kept lab run inside its namespaces: kill what is left in them."""
+    for ns in netns.list_namespaces():
+        if ns.startswith(prefix):
+            pids = netns.run(["ip", "netns", "pids", ns], check=False).stdout.split()
+            for pid in pids:
+                netns.run(["kill", "-9", pid], check=False)

@@ -1,0 +1,132 @@
+"""A client-side ARP prober: asks who-has VIP every few milliseconds and records who answers.
+
+It is what a LAN client sees, measured from a raw socket in the client namespace: the failover
+timeline (last answer from the old MAC, first answer from the new MAC), dual announcements (two
+MACs answering in the same window), and gratuitous ARPs seen. Bounded in time and count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from dataclasses import dataclass, field
+
+from l2lb.core import codec
+from l2lb.lab.netns import entered
+
+ETH_P_ARP = 0x0806
+
+
+@dataclass(frozen=True)
+class Answer:
+    t: float  # monotonic seconds
+    mac: str
+    kind: str  # "reply" (answer to our probe) | "garp"
+
+
+@dataclass
+class Timeline:
+    vip: str
+    interval_s: float
+    sent: int = 0
+    answers: list[Answer] = field(default_factory=list)
+
+    def replies(self) -> list[Answer]:
+        return [a for a in self.answers if a.kind == "reply"]
+
+    def macs(self) -> list[str]:
+        seen: list[str] = []
+        for a in self.replies():
+            if a.mac not in seen:
+                seen.append(a.mac)
+        return seen
+
+    def failover(self, old_mac: str, fault_at: float) -> dict[str, float | str | None]:
+        """Outage as the client saw it around a fault injected at ``fault_at`` (monotonic)."""
+        reps = self.replies()
+        before = [a for a in reps if a.mac == old_mac and a.t <= fault_at]
+        new = [a for a in reps if a.mac != old_mac and a.t >= fault_at]
+        last_old = max((a.t for a in reps if a.mac == old_mac), default=None)
+        last_old_before = before[-1].t if before else None
+        first_new = new[0].t if new else None
+        # replies from the old MAC after the new one started answering: a dual announcement
+        dual_end = max((a.t for a in reps if a.mac == old_mac and first_new is not None and a.t > first_new),
+                       default=None)
+        out: dict[str, float | str | None] = {
+            "vip": self.vip,
+            "old_mac": old_mac,
+            "new_mac": new[0].mac if new else None,
+            "last_old_answer_ms": None if last_old_before is None else (last_old_before - fault_at) * 1000,
+            "last_old_answer_any_ms": None if last_old is None else (last_old - fault_at) * 1000,
+            "first_new_answer_ms": None if first_new is None else (first_new - fault_at) * 1000,
+            "outage_ms": None,
+            "dual_ms": 0.0 if dual_end is None or first_new is None else (dual_end - first_new) * 1000,
+            "first_garp_ms": None,
+        }
+        if first_new is not None and last_old_before is not None:
+            out["outage_ms"] = (first_new - last_old_before) * 1000
+        garps = [a.t for a in self.answers if a.kind == "garp" and a.mac != old_mac and a.t >= fault_at]
+        if garps:
+            out["first_garp_ms"] = (garps[0] - fault_at) * 1000
+        return out
+
+
+class ArpProber:
+    """Raw-socket ARP prober living in namespace ``ns`` on ``ifname``."""
+
+    def __init__(self, ns: str | None, ifname: str, src_ip: str, vip: str, *, interval_s: float = 0.01):
+        self.vip = vip
+        self.interval_s = interval_s
+        self._vip_b = codec.ip_bytes(vip)
+        self._src_b = codec.ip_bytes(src_ip)
+        ctx = entered(ns) if ns else contextlib.nullcontext()
+        with ctx:
+            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+            self.sock.bind((ifname, ETH_P_ARP))
+            mac = open(f"/sys/class/net/{ifname}/address").read().strip()  # noqa: SIM115 (same ns)
+        self.sock.setblocking(False)
+        self.mac = codec.mac_bytes(mac)
+        self.request = codec.build_arp(
+            1, eth_dst=codec.BROADCAST_MAC, eth_src=self.mac, sha=self.mac, spa=self._src_b,
+            tha=codec.ZERO_MAC, tpa=self._vip_b,
+        )
+        self.timeline = Timeline(vip=vip, interval_s=interval_s)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            t = time.monotonic()
+            fr = codec.parse(data)
+            if not isinstance(fr, codec.ArpFrame) or fr.spa != self._vip_b or fr.sha == self.mac:
+                continue
+            if fr.op == 2 and fr.tha == self.mac and fr.tpa == self._src_b:
+                self.timeline.answers.append(Answer(t, codec.mac_text(fr.sha), "reply"))
+            elif fr.tpa == self._vip_b:  # gratuitous (request or reply with SPA = TPA = VIP)
+                self.timeline.answers.append(Answer(t, codec.mac_text(fr.sha), "garp"))
+
+    async def run(self, stop: asyncio.Event, *, max_seconds: float = 30.0, max_probes: int = 5000) -> Timeline:
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.sock.fileno(), self._drain)
+        deadline = time.monotonic() + max_seconds
+        try:
+            nxt = time.monotonic()
+            while not stop.is_set() and time.monotonic() < deadline and self.timeline.sent < max_probes:
+                with contextlib.suppress(BlockingIOError):
+                    self.sock.send(self.request)
+                    self.timeline.sent += 1
+                nxt += self.interval_s
+                with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), max(0.0, nxt - time.monotonic()))
+            await asyncio.sleep(self.interval_s * 3)  # late answers to the last probes
+            self._drain()
+        finally:
+            loop.remove_reader(self.sock.fileno())
+        return self.timeline
+
+    def close(self) -> None:
+        self.sock.close()
