@@ -138,6 +138,7 @@ class LeasesService:
         self.conflicts: deque[dict[str, Any]] = deque(maxlen=20)
         self.last_hb_any = 0.0
         self._stalled = False
+        self._silent = False
         self.informers: dict[str, Any] = {}
         self.elector: Any | None = None
         self.recorder: Any | None = None
@@ -153,6 +154,7 @@ class LeasesService:
             self.is_leader = True
             self.term = int(wall())  # no elector: a restart still gets a higher term
             self.leader_since = monotonic()
+            self.adopt_pending = True
 
     # -- bus handlers ------------------------------------------------------------------------------
     def apply_allocation(self, a: Allocation) -> bool:
@@ -408,18 +410,22 @@ class LeasesService:
             self._refresh_liveness()
             log.info("bus ready again: node timeouts resumed")
         alive = [st for st in self.tracker.nodes.values() if st.alive]
-        if len(alive) >= 2:
-            expiring = [st for st in alive if now - st.last_seen > self.tracker.timeout_s(st.heartbeat)]
-            if len(expiring) == len(alive):
-                # Every node silent at once: far likelier our heartbeat reader stalled than the whole
-                # cluster died (and with every node dead there is nowhere to move IPs to anyway).
-                if not self._stalled:
-                    log.warning(
-                        "no heartbeat from any node: suspecting the bus, not the nodes",
-                        extra={"nodes": len(alive)},
-                    )
-                self._stalled = True
-                return
+        expiring = [st for st in alive if now - st.last_seen > self.tracker.timeout_s(st.heartbeat)]
+        if len(alive) >= 2 and len(expiring) == len(alive):
+            # Every node silent at once: far likelier our heartbeat reader stalled than the whole
+            # cluster died (and with every node dead there is nowhere to move IPs to anyway).
+            if not self._silent:
+                log.warning(
+                    "no heartbeat from any node: suspecting the bus, not the nodes",
+                    extra={"nodes": len(alive)},
+                )
+            self._silent = True
+            return
+        if self._silent:
+            self._silent = False
+            self._refresh_liveness()  # heartbeats flow again: every node gets a fresh timeout
+            log.info("heartbeats flow again: node timeouts resumed")
+            return
         changed = self.tracker.tick(now)
         if changed:
             self.dirty = True
@@ -814,6 +820,7 @@ class LeasesService:
             self.cfg.instance,
             self._on_allocation,
             on_resync=self._on_alloc_resync,
+            from_start=True,  # a new group replays the (bounded) stream: allocations are idempotent
         )
         if self.kube is not None:
             self._setup_kube()

@@ -1,0 +1,97 @@
+"""Fake announcers for the leases integration tests and the API-traffic bench.
+
+A :class:`FakeAnnouncer` speaks the real bus protocol: it publishes Heartbeat messages at its
+interval (with the VIPs it currently serves) and consumes NodeAssignments from its own group,
+keeping the newest (term, seq) set until its ttl runs out -- the announcer's contract, minus ARP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+
+from l2lb.adapters.bus.client import Bus
+from l2lb.core.messages import Heartbeat, InterfaceInfo, Message, NodeAssignments
+
+
+class FakeAnnouncer:
+    def __init__(self, bus: Bus, node: str, *, labels: dict[str, str] | None = None,
+                 ifaces: tuple[tuple[str, bool], ...] = (("eth0", True),), interval_ms: int = 100):
+        self.bus = bus
+        self.node = node
+        self.labels = labels if labels is not None else {"kubernetes.io/hostname": node}
+        self.ifaces = dict(ifaces)
+        self.interval_ms = interval_ms
+        self.instance = uuid.uuid4().hex[:8]
+        self.seq = 0
+        self.vips: dict[str, int] = {}
+        self.last: tuple[int, int] = (0, 0)
+        self.expires = 0.0
+        self.heartbeating = True
+        self.stopping = False
+        self.dead = False
+        self.received = 0
+        self.changes: list[tuple[float, frozenset[str]]] = []  # (monotonic, serving set) on change
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- the announcer's view ---------------------------------------------------------------------
+    def serving(self) -> dict[str, int]:
+        if time.monotonic() > self.expires:
+            if self.vips:
+                self.vips = {}
+                self.changes.append((time.monotonic(), frozenset()))
+            return {}
+        return dict(self.vips)
+
+    async def _on_assignments(self, msg: Message, _id: str) -> None:
+        if not isinstance(msg, NodeAssignments) or msg.node != self.node or self.dead:
+            return
+        if (msg.term, msg.seq) <= self.last:
+            return
+        self.last = (msg.term, msg.seq)
+        self.received += 1
+        self.expires = time.monotonic() + msg.ttl_ms / 1000.0
+        new = {v.ip: v.epoch for v in msg.vips}
+        if set(new) != set(self.vips):
+            self.changes.append((time.monotonic(), frozenset(new)))
+        self.vips = new
+
+    async def _heartbeat_loop(self) -> None:
+        while not self._stop.is_set():
+            if self.heartbeating:
+                self.seq += 1
+                hb = Heartbeat(
+                    node=self.node, instance=self.instance, seq=self.seq, sent_at=time.time(),
+                    interval_ms=self.interval_ms, labels=dict(self.labels),
+                    interfaces=tuple(InterfaceInfo(name=n, mac="02:00:00:00:00:01", up=up)
+                                     for n, up in sorted(self.ifaces.items())),
+                    serving=self.serving(), stopping=self.stopping,
+                )
+                with contextlib.suppress(Exception):  # Redis restarting: try again next interval
+                    await self.bus.publish(self.bus.keys.heartbeats, hb)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.interval_ms / 1000.0)
+
+    async def start(self) -> None:
+        c = self.bus.consumer(self.bus.keys.assignments, f"announcer:{self.node}", self.node,
+                              self._on_assignments)
+        self._tasks = [asyncio.create_task(c.run(self._stop)), asyncio.create_task(self._heartbeat_loop())]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def revive(self) -> None:
+        self.heartbeating = True
+        self.dead = False
+
+    def die(self) -> float:
+        """Stop heartbeating and stop serving (a crashed node); returns the monotonic time."""
+        self.heartbeating = False
+        self.dead = True
+        self.vips = {}
+        self.expires = 0.0
+        return time.monotonic()
