@@ -96,14 +96,6 @@ class _Range:
         return None
 
 
-class _Use:
-    __slots__ = ("rng", "users")
-
-    def __init__(self, rng: _Range, users: list[str]):
-        self.rng = rng
-        self.users = users
-
-
 class _PoolState:
     __slots__ = ("conflict", "families", "name", "pool", "ranges")
 
@@ -175,9 +167,13 @@ class Allocator:
         self._starts: list[int] = []  # lo of every range of non-conflicting pools, sorted
         self._ranges: list[_Range] = []  # same order
         self._auto_order: list[_PoolState] = []  # non-conflicting, enabled pools in auto-assign order
-        self._used: dict[int, _Use] = {}
+        # address key -> first user; further users of shared IPs in _more. Plain str values keep
+        # these dicts out of the garbage collector's way (100k Services = 100k entries).
+        self._used: dict[int, str] = {}
+        self._more: dict[int, list[str]] = {}
         self._svcs: dict[str, _Svc] = {}
         self._share: dict[str, set[str]] = {}
+        self._selective = False  # some pool selects Services (labels with meta-labels needed)
 
     # ------------------------------------------------------------------------------------------
     # pools
@@ -250,6 +246,8 @@ class Allocator:
             if conflict is None:
                 accepted.extend((lo, hi, p.name, text) for lo, hi, text in exts)
             self._ps[p.name] = _PoolState(p, conflict)
+        self._selective = any(p.service_selector is not None or p.allocation is not None
+                              for p in self._pools.values())
         ranges = sorted((r for ps in self._ps.values() if ps.conflict is None for r in ps.ranges),
                         key=lambda r: r.lo)
         self._ranges = ranges
@@ -265,6 +263,7 @@ class Allocator:
         self._auto_order = sorted(enabled, key=auto_key)
         # the old ranges are gone: usage is rebuilt by _reconcile from the Services' IPs
         self._used = {}
+        self._more = {}
 
     def _find(self, k: int) -> _Range | None:
         i = bisect_right(self._starts, k) - 1
@@ -368,10 +367,17 @@ class Allocator:
 
     def users_of(self, ip: str) -> tuple[str, ...]:
         try:
-            use = self._used.get(key_of(ip))
+            k = key_of(ip)
         except ValueError:
             return ()
-        return tuple(use.users) if use else ()
+        return self._users(k)
+
+    def _users(self, k: int) -> tuple[str, ...]:
+        first = self._used.get(k)
+        if first is None:
+            return ()
+        more = self._more.get(k)
+        return (first, *more) if more else (first,)
 
     # ------------------------------------------------------------------------------------------
     # internals
@@ -407,21 +413,31 @@ class Allocator:
         return AllocationResult(key, reason, message, changed=bool(released), released=tuple(released))
 
     def _attach(self, k: int, key: str, rng: _Range) -> None:
-        use = self._used.get(k)
-        if use is None:
-            self._used[k] = _Use(rng, [key])
+        if k not in self._used:
+            self._used[k] = key
             rng.used += 1
         else:
-            use.users.append(key)
+            self._more.setdefault(k, []).append(key)
 
     def _detach(self, k: int, key: str) -> None:
-        use = self._used.get(k)
-        if use is None or key not in use.users:
+        first = self._used.get(k)
+        if first is None:
             return
-        use.users.remove(key)
-        if not use.users:
-            del self._used[k]
-            rng = use.rng
+        more = self._more.get(k)
+        if first != key:
+            if more and key in more:
+                more.remove(key)
+                if not more:
+                    del self._more[k]
+            return
+        if more:
+            self._used[k] = more.pop(0)
+            if not more:
+                del self._more[k]
+            return
+        del self._used[k]
+        rng = self._find(k)
+        if rng is not None:
             rng.used -= 1
             if k < rng.frontier:
                 heapq.heappush(rng.free, k)
@@ -512,11 +528,10 @@ class Allocator:
         return None
 
     def _share_problem(self, req: ServiceRequest, k: int) -> tuple[Reason, str] | None:
-        use = self._used.get(k)
-        if use is None:
+        if k not in self._used:
             return None
         same_key = False
-        for u in use.users:
+        for u in self._users(k):
             other = self._svcs[u].req
             why = incompatibility(req, other)
             if why is not None:
@@ -580,21 +595,21 @@ class Allocator:
             for k in sorted(set(cands)):
                 if k in chosen:
                     continue
-                use = self._used.get(k)
-                if use is None:
+                rng = self._find(k) if k in self._used else None
+                if rng is None:
                     continue
-                ps = self._ps[use.rng.pool]
+                ps = self._ps[rng.pool]
                 if ps.pool.disabled or self._mismatch(ps, req, labels) is not None:
                     continue
                 if self._share_problem(req, k) is None:
-                    return k, use.rng
+                    return k, rng
         if req.pool is not None and req.pool not in self._pools:
             raise _Fail(Reason.NO_POOL, f"pool {req.pool!r} (metallb.io/address-pool) does not exist")
         matched = False
         for ps in self._auto_order:
             if f not in ps.families:
                 continue
-            if self._mismatch(ps, req, labels) is not None:
+            if (self._selective or req.pool is not None) and self._mismatch(ps, req, labels) is not None:
                 continue
             if not ps.pool.auto_assign and req.pool != ps.name:
                 continue
@@ -631,15 +646,16 @@ class Allocator:
         try:
             if req.problems:
                 raise _Fail(Reason.INVALID_REQUEST, "; ".join(req.problems))
-            labels = service_labels(req.namespace, req.name, req.labels)
-            requested = self._requested(req)
+            labels = (service_labels(req.namespace, req.name, req.labels) if self._selective
+                      else req.labels)
+            requested = self._requested(req) if req.requested_ips else []
             fams, need = self._families(req, requested)
             for k in requested:
                 if family_of(k) not in fams:
                     raise _Fail(Reason.INVALID_REQUEST,
                                 f"requested IP {str_of(k)} is {_FAM[family_of(k)]} but the Service's "
                                 f"ipFamilies/ipFamilyPolicy allow {'+'.join(_FAM[x] for x in fams)}")
-            req_set = set(requested)
+            req_set = set(requested) if requested else set()
             for k in keep:
                 why, rng = self._check_keep(req, labels, k, fams=fams, req_set=req_set, chosen=chosen)
                 if why is not None or rng is None:
@@ -656,7 +672,7 @@ class Allocator:
                     raise _Fail(*prob)
                 self._attach(k, key, rng)
                 chosen.append(k)
-            have = {family_of(k) for k in chosen}
+            have = [family_of(k) for k in chosen] if chosen else []
             first_fail: _Fail | None = None
             for f in fams:
                 if f in have:
@@ -667,24 +683,33 @@ class Allocator:
                     first_fail = first_fail or e
                     notes.append(f"no {_FAM[f]} address: {e.message}")
                     continue
-                self._attach(k, key, rng)
+                if k in self._used:
+                    self._more.setdefault(k, []).append(key)
+                else:
+                    self._used[k] = key
+                    rng.used += 1
                 chosen.append(k)
-                have.add(f)
-            if len(have) < need and first_fail is not None:
+                have.append(f)
+            if first_fail is not None and len(set(have)) < need:
                 raise first_fail
         except _Fail as e:
             for k in chosen:
                 self._detach(k, key)
             chosen.clear()
             reason, message = e.reason, e.message
-        if reason is Reason.SATISFIED:
+        if notes and reason is Reason.SATISFIED:
             message = "; ".join(notes)
-        chosen.sort()
-        ips = tuple(str_of(k) for k in chosen)
-        pools = {str_of(k): self._used[k].rng.pool for k in chosen}
-        released = tuple(str_of(k) for k in old if k not in chosen)
-        res = AllocationResult(key, reason, message, ips, pools, changed=set(old) != set(chosen),
-                               released=released, invalid_existing=tuple(invalid))
+        if len(chosen) > 1:
+            chosen.sort()
+        find = self._find
+        pools = {str_of(k): find(k).pool for k in chosen}  # type: ignore[union-attr]
+        if old:
+            released = tuple(str_of(k) for k in old if k not in chosen)
+            changed = set(old) != set(chosen)
+        else:
+            released, changed = (), bool(chosen)
+        res = AllocationResult(key, reason, message, tuple(pools), pools, changed,
+                               released, tuple(invalid))
         st.result = res
         st.invalid = invalid
         return res

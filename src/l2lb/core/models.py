@@ -60,7 +60,25 @@ def family_of(key: int) -> int:
 def str_of(key: int) -> str:
     if key < V6:
         return f"{key >> 24}.{(key >> 16) & 255}.{(key >> 8) & 255}.{key & 255}"
-    return str(ipaddress.IPv6Address(key - V6))
+    n = key - V6
+    h = [(n >> s) & 0xFFFF for s in range(112, -16, -16)]
+    # RFC 5952: the longest run (>= 2) of zero groups becomes "::", the first one on ties
+    best, best_len, i = -1, 1, 0
+    while i < 8:
+        if h[i] == 0:
+            j = i
+            while j < 8 and h[j] == 0:
+                j += 1
+            if j - i > best_len:
+                best, best_len = i, j - i
+            i = j
+        else:
+            i += 1
+    if best < 0:
+        return ":".join(f"{x:x}" for x in h)
+    head = ":".join(f"{x:x}" for x in h[:best])
+    tail = ":".join(f"{x:x}" for x in h[best + best_len:])
+    return f"{head}::{tail}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,10 +180,10 @@ class ServiceRequest:
     handled: bool = True  # False: not type LoadBalancer or another class -> released, ignored
     problems: tuple[str, ...] = ()  # invalid annotations etc. -> invalid_request
     namespace_labels: Mapping[str, str] | None = None  # for MetalLB namespaceSelectors
+    key: str = field(init=False, compare=False, repr=False)  # "namespace/name"
 
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.namespace}/{self.name}")
 
 
 class Reason(StrEnum):
