@@ -118,6 +118,7 @@ class LeasesService:
         self.endpoints: dict[str, set[str]] = {}  # service key -> nodes with ready endpoints
         self._slices: dict[str, tuple[str, set[str]]] = {}  # slice key -> (service key, nodes)
         self.holders: dict[str, Holder] = {}
+        self.seen_serving: dict[str, Holder] = {}  # ip -> highest-epoch holder reported in heartbeats
         self.orphans: dict[str, Holder] = {}  # IPs without an eligible node: last holder, for stickiness
         self.last_epochs: dict[str, int] = {}
         self.result: ElectionResult | None = None
@@ -193,6 +194,12 @@ class LeasesService:
         self.last_hb_any = now
         if self.tracker.observe(hb, now):
             self.dirty = True
+        st = self.tracker.nodes.get(hb.node)
+        if st is not None and st.heartbeat is hb:
+            for ip, h in holders_from_serving([hb]).items():
+                cur = self.seen_serving.get(ip)
+                if cur is None or h.epoch >= cur.epoch:
+                    self.seen_serving[ip] = h
 
     async def _on_heartbeat(self, msg: Message, _id: str) -> None:
         if isinstance(msg, Heartbeat):
@@ -442,7 +449,14 @@ class LeasesService:
         return self.mono() - self.started >= self.cfg.startup_grace_ms / 1000.0
 
     def _adopt(self) -> None:
-        reported = holders_from_serving(self.tracker.alive().values())
+        alive = self.tracker.alive()
+        reported = holders_from_serving(alive.values())
+        # what announcers served recently, even if their assignments ran out while we took over
+        for ip, h in self.seen_serving.items():
+            cur = reported.get(ip)
+            if h.node in alive and (cur is None or h.epoch > cur.epoch):
+                reported[ip] = h
+        self.seen_serving = {}
         merged = dict(self.orphans)
         merged.update(self.holders)
         for ip, h in reported.items():
