@@ -1,0 +1,186 @@
+"""CRUD, resourceVersion/generation bookkeeping, conflicts, namespaces, finalizers."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.kube_api.helpers import SVC, assert_status, namespace, rv, service
+
+pytestmark = pytest.mark.kube
+
+
+def test_discovery_serves_core_and_groups(kube):
+    code, api, _ = kube.http("GET", "/api")
+    assert code == 200 and "v1" in api["versions"]
+    code, v1, _ = kube.http("GET", "/api/v1")
+    names = {r["name"]: r for r in v1["resources"]}
+    for res in ("namespaces", "services", "services/status", "nodes", "events"):
+        assert res in names, res
+    assert names["services"]["namespaced"] is True and names["nodes"]["namespaced"] is False
+    code, apis, _ = kube.http("GET", "/apis")
+    groups = {g["name"] for g in apis["groups"]}
+    assert {"coordination.k8s.io", "discovery.k8s.io", "apiextensions.k8s.io"} <= groups
+    code, lease, _ = kube.http("GET", "/apis/coordination.k8s.io/v1")
+    assert code == 200 and any(r["name"] == "leases" for r in lease["resources"])
+    code, ver, _ = kube.http("GET", "/version")
+    assert code == 200 and ver["major"] == "1"
+
+
+def test_create_get_list_update_delete(kube):
+    code, created, _ = kube.http("POST", SVC.format(ns="default"), service("web"))
+    assert code == 201
+    md = created["metadata"]
+    assert md["uid"] and md["creationTimestamp"] and md["generation"] == 1 and md["namespace"] == "default"
+    code, got, _ = kube.http("GET", SVC.format(ns="default") + "/web")
+    assert code == 200 and got["metadata"]["uid"] == md["uid"] and rv(got) == rv(created)
+    code, lst, _ = kube.http("GET", SVC.format(ns="default"))
+    assert code == 200 and lst["kind"] == "ServiceList"
+    assert [i["metadata"]["name"] for i in lst["items"]] == ["web"]
+    assert int(lst["metadata"]["resourceVersion"]) >= rv(created)
+
+    got["spec"]["ports"][0]["port"] = 8080
+    code, upd, _ = kube.http("PUT", SVC.format(ns="default") + "/web", got)
+    assert code == 200 and rv(upd) > rv(created)
+    assert upd["metadata"]["generation"] == 2, "a spec change bumps generation"
+    assert upd["metadata"]["uid"] == md["uid"] and upd["metadata"]["creationTimestamp"] == md["creationTimestamp"]
+
+    upd["metadata"]["labels"] = {"tier": "front"}
+    code, upd2, _ = kube.http("PUT", SVC.format(ns="default") + "/web", upd)
+    assert code == 200 and upd2["metadata"]["generation"] == 2, "metadata changes do not bump generation"
+    assert rv(upd2) > rv(upd)
+
+    code, _, _ = kube.http("DELETE", SVC.format(ns="default") + "/web")
+    assert code == 200
+    code, body, _ = kube.http("GET", SVC.format(ns="default") + "/web")
+    assert code == 404
+    assert_status(body, 404, "NotFound")
+
+
+def test_already_exists_and_stale_update_conflict(kube):
+    path = SVC.format(ns="default")
+    code, first, _ = kube.http("POST", path, service("dup"))
+    assert code == 201
+    code, body, _ = kube.http("POST", path, service("dup"))
+    assert code == 409
+    assert_status(body, 409, "AlreadyExists")
+
+    stale = dict(first)
+    code, newer, _ = kube.http("PATCH", path + "/dup", {"metadata": {"labels": {"x": "1"}}},
+                               content_type="application/merge-patch+json")
+    assert code == 200 and rv(newer) > rv(first)
+    stale["metadata"] = {**first["metadata"], "labels": {"x": "2"}}
+    code, body, _ = kube.http("PUT", path + "/dup", stale)
+    assert code == 409
+    assert_status(body, 409, "Conflict")
+    code, cur, _ = kube.http("GET", path + "/dup")
+    assert cur["metadata"]["labels"] == {"x": "1"}, "a rejected update changes nothing"
+
+
+def test_resource_versions_are_global_and_increasing(kube):
+    seen = []
+    for i in range(3):
+        _, o, _ = kube.http("POST", SVC.format(ns="default"), service(f"s{i}"))
+        seen.append(rv(o))
+        _, n, _ = kube.http("POST", "/api/v1/nodes", {"metadata": {"name": f"node-{i}"}})
+        seen.append(rv(n))
+    assert seen == sorted(seen) and len(set(seen)) == len(seen)
+
+
+def test_namespace_defaulting_and_mismatch(kube):
+    body = service("nsd")
+    del body["metadata"]["namespace"]
+    code, o, _ = kube.http("POST", SVC.format(ns="default"), body)
+    assert code == 201 and o["metadata"]["namespace"] == "default"
+    body = service("other", ns="kube-system")
+    code, err, _ = kube.http("POST", SVC.format(ns="default"), body)
+    assert code == 400
+    assert_status(err, 400, "BadRequest")
+
+
+def test_create_in_missing_namespace_is_404(kube):
+    code, err, _ = kube.http("POST", SVC.format(ns="nope"), service("x", ns="nope"))
+    assert code == 404
+    assert_status(err, 404, "NotFound")
+
+
+def test_namespace_deletion_removes_contents(kube):
+    kube.http("POST", "/api/v1/namespaces", namespace("team-a"))
+    for n in ("a1", "a2"):
+        code, _, _ = kube.http("POST", SVC.format(ns="team-a"), service(n, ns="team-a"))
+        assert code == 201
+    kube.http("POST", SVC.format(ns="default"), service("keep"))
+    code, _, _ = kube.http("DELETE", "/api/v1/namespaces/team-a")
+    assert code == 200
+    # a real server finalizes the namespace asynchronously: allow it a little time
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        _, lst, _ = kube.http("GET", "/api/v1/services")
+        names = sorted(i["metadata"]["name"] for i in lst["items"] if i["metadata"]["namespace"] != "default"
+                       or i["metadata"]["name"] == "keep")
+        if names == ["keep"]:
+            break
+        time.sleep(0.2)
+    assert names == ["keep"]
+
+
+def test_cluster_scoped_nodes_and_generate_name(kube):
+    code, n, _ = kube.http("POST", "/api/v1/nodes", {"metadata": {"generateName": "worker-", "labels": {"a": "b"}}})
+    assert code == 201
+    assert n["metadata"]["name"].startswith("worker-") and len(n["metadata"]["name"]) > len("worker-")
+    assert "namespace" not in n["metadata"]
+    code, got, _ = kube.http("GET", "/api/v1/nodes/" + n["metadata"]["name"])
+    assert code == 200 and got["metadata"]["labels"] == {"a": "b"}
+
+
+def test_finalizers_keep_object_until_removed(kube):
+    path = SVC.format(ns="default")
+    body = service("fin")
+    body["metadata"]["finalizers"] = ["l2lb.io/test"]
+    kube.http("POST", path, body)
+    code, o, _ = kube.http("DELETE", path + "/fin")
+    assert code in (200, 202)
+    code, o, _ = kube.http("GET", path + "/fin")
+    assert code == 200 and o["metadata"].get("deletionTimestamp")
+    code, _, _ = kube.http("PATCH", path + "/fin", {"metadata": {"finalizers": None}},
+                           content_type="application/merge-patch+json")
+    assert code == 200
+    code, _, _ = kube.http("GET", path + "/fin")
+    assert code == 404
+
+
+def test_delete_precondition_on_resource_version(kube):
+    path = SVC.format(ns="default")
+    _, o, _ = kube.http("POST", path, service("pre"))
+    code, err, _ = kube.http("DELETE", path + "/pre",
+                             {"kind": "DeleteOptions", "apiVersion": "v1",
+                              "preconditions": {"resourceVersion": str(rv(o) - 1)}})
+    assert code == 409
+    assert_status(err, 409, "Conflict")
+    code, _, _ = kube.http("DELETE", path + "/pre", {"preconditions": {"resourceVersion": str(rv(o))}})
+    assert code == 200
+
+
+def test_leases_and_endpointslices_round_trip(kube):
+    lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+             "metadata": {"name": "l2lb-allocator", "namespace": "default"},
+             "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15,
+                      "renewTime": "2026-01-01T00:00:00.000000Z", "leaseTransitions": 0}}
+    code, lo, _ = kube.http("POST", "/apis/coordination.k8s.io/v1/namespaces/default/leases", lease)
+    assert code == 201 and lo["spec"]["holderIdentity"] == "a"
+    lo["spec"]["holderIdentity"] = "b"
+    lo["spec"]["leaseTransitions"] = 1
+    code, lo2, _ = kube.http("PUT", "/apis/coordination.k8s.io/v1/namespaces/default/leases/l2lb-allocator", lo)
+    assert code == 200 and lo2["spec"]["holderIdentity"] == "b"
+    eps = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"name": "web-abc", "namespace": "default",
+                        "labels": {"kubernetes.io/service-name": "web"}},
+           "addressType": "IPv4",
+           "endpoints": [{"addresses": ["10.0.0.5"], "nodeName": "n1", "conditions": {"ready": True}}],
+           "ports": [{"name": "p", "port": 80, "protocol": "TCP"}]}
+    code, e, _ = kube.http("POST", "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices", eps)
+    assert code == 201 and e["endpoints"][0]["nodeName"] == "n1"
+    code, lst, _ = kube.http("GET", "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+                             query={"labelSelector": "kubernetes.io/service-name=web"})
+    assert [i["metadata"]["name"] for i in lst["items"]] == ["web-abc"]
