@@ -79,9 +79,7 @@ class _Module:
         self.loop_vars: dict[str, set[str]] = {}
         for n in ast.walk(self.tree):
             pairs: list[tuple[ast.AST, ast.AST]] = []
-            if isinstance(n, (ast.For, ast.AsyncFor)):
-                pairs.append((n.target, n.iter))
-            elif isinstance(n, ast.comprehension):
+            if isinstance(n, (ast.For, ast.AsyncFor, ast.comprehension)):
                 pairs.append((n.target, n.iter))
             for target, it in pairs:
                 if isinstance(target, ast.Name) and isinstance(it, (ast.Tuple, ast.List, ast.Set)):
