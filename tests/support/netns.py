@@ -18,20 +18,36 @@ from l2lb.lab import netns
 
 _counter = itertools.count()
 PREFIX_ROOT = "t"
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _b36(n: int, width: int) -> str:
+    out = ""
+    while n:
+        n, r = divmod(n, 36)
+        out = _DIGITS[r] + out
+    return out.rjust(width, "0")
 
 
 def _prefix() -> str:
-    return f"{PREFIX_ROOT}{os.getpid() % 1000:03d}{next(_counter) % 100:02d}"[:6]
+    # "t" + owner pid (5 base-36 digits) + a counter: several pytest runs may share the machine,
+    # and the sweep below only removes namespaces whose owner process is gone.
+    return f"{PREFIX_ROOT}{_b36(os.getpid(), 5)}{_b36(next(_counter) % 1296, 2)}"
+
+
+def _owner_pid(ns: str) -> int | None:
+    if len(ns) < 8 or ns[0] != PREFIX_ROOT or not all(c in _DIGITS for c in ns[1:8]):
+        return None
+    return int(ns[1:6], 36)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _sweep_stale_namespaces() -> Iterator[None]:
     ok, _ = netns.have_privileges()
     if ok:
-        mine = f"{PREFIX_ROOT}{os.getpid() % 1000:03d}"
         for ns in netns.list_namespaces():
-            # our names: 't' + 3 digits + 2 digits + host; leave anything else alone
-            if len(ns) > 6 and ns[0] == PREFIX_ROOT and ns[1:6].isdigit() and not ns.startswith(mine):
+            pid = _owner_pid(ns)
+            if pid is not None and not os.path.exists(f"/proc/{pid}"):
                 netns.run(["ip", "netns", "del", ns], check=False)
     yield
 

@@ -124,8 +124,8 @@ class Topology:
     """
 
     def __init__(self, prefix: str):
-        if len(prefix) > 6:
-            raise NetnsError("prefix must be at most 6 characters (interface names are limited to 15)")
+        if len(prefix) > 10:
+            raise NetnsError("prefix must be at most 10 characters (interface names are limited to 15)")
         self.prefix = prefix
         self.switch = f"{prefix}sw"
         self.hosts: dict[str, Host] = {}

@@ -85,9 +85,9 @@ class ArpProber:
         with ctx:
             self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
             self.sock.bind((ifname, ETH_P_ARP))
-            mac = open(f"/sys/class/net/{ifname}/address").read().strip()  # noqa: SIM115 (same ns)
+        # the bound packet socket knows its interface's MAC (sysfs would show the root namespace's)
+        self.mac = bytes(self.sock.getsockname()[4][:6])
         self.sock.setblocking(False)
-        self.mac = codec.mac_bytes(mac)
         self.request = codec.build_arp(
             1, eth_dst=codec.BROADCAST_MAC, eth_src=self.mac, sha=self.mac, spa=self._src_b,
             tha=codec.ZERO_MAC, tpa=self._vip_b,
