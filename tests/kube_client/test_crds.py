@@ -233,7 +233,4 @@ def test_metallb_schema() -> None:
     del bad["spec"]["addresses"]
     assert any("'addresses' is a required property" in e for e in errors(bad))
     # an L2Advertisement without any spec is valid (MetalLB's documented minimal form)
-    assert (
-        errors({"apiVersion": "metallb.io/v1beta1", "kind": "L2Advertisement", "metadata": {"name": "a"}})
-        == []
-    )
+    assert errors({"apiVersion": "metallb.io/v1beta1", "kind": "L2Advertisement", "metadata": {"name": "a"}}) == []

@@ -212,8 +212,10 @@ class Informer:
         return n
 
     async def run(self, stop: asyncio.Event) -> None:
-        """List + watch until ``stop`` is set; 410 -> relist, other errors -> backoff + resume."""
-        need_list = True
+        """List + watch until ``stop`` is set; 410 -> relist, other errors -> backoff + resume.
+
+        Calling ``run`` again after a stop resumes the watch from the cache's resourceVersion."""
+        need_list = not (self.synced and self.resource_version)
         reason = "initial"
         while not stop.is_set():
             try:

@@ -9,7 +9,8 @@
 * The leader renews every ``retry_period``; if it cannot renew within ``renew_deadline`` (which
   is shorter than ``lease_duration``) it steps down *before* anyone else may take over.
 * On stop the leader releases the Lease (empty holder, 1 s duration) so a standby takes over
-  at its next retry instead of waiting for expiry.
+  at its next retry instead of waiting for expiry (``release_on_stop=False``: it just stops
+  renewing, and the others wait for the lease to expire -- what a crash looks like).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class LeaderElector:
         lease_duration: float = 15.0,
         renew_deadline: float = 10.0,
         retry_period: float = 2.0,
+        release_on_stop: bool = True,
     ):
         if not identity:
             raise ValueError("leader election needs a non-empty identity")
@@ -74,6 +76,7 @@ class LeaderElector:
         self.lease_duration = lease_duration
         self.renew_deadline = renew_deadline
         self.retry_period = retry_period
+        self.release_on_stop = release_on_stop
         self.is_leader = False
         self.term = -1  # leaseTransitions of our current/last leadership; -1 = never led
         self.holder: str = ""  # last observed holder
@@ -273,7 +276,8 @@ class LeaderElector:
         finally:
             if self.is_leader:
                 try:
-                    with KubeClient.deadline(min(self.renew_deadline, 5.0)):
-                        await self.release()
+                    if self.release_on_stop:
+                        with KubeClient.deadline(min(self.renew_deadline, 5.0)):
+                            await self.release()
                 finally:
                     await self._set(False)
