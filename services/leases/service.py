@@ -773,13 +773,20 @@ class LeasesService:
                     await asyncio.wait_for(stop.wait(), 1.0)
 
     # -- status ------------------------------------------------------------------------------------
+    def role(self) -> str:
+        if self.is_leader:
+            return "leader"
+        if self.leader_known or (self.elector is not None and bool(getattr(self.elector, "holder", ""))):
+            return "standby"
+        return "unknown"
+
     def readiness(self) -> tuple[bool, str]:
         ok, why = self.bus.readiness()
         if not ok:
             return False, f"bus: {why}"
-        if not self.leader_known:
+        if self.role() == "unknown":
             return False, "leader/standby not known yet"
-        role = "leader" if self.is_leader else "standby"
+        role = self.role()
         return True, f"{role}; bus: {why}"
 
     def status(self) -> dict[str, Any]:
@@ -799,7 +806,7 @@ class LeasesService:
             ]
         return {
             "instance": self.cfg.instance,
-            "role": "leader" if self.is_leader else ("standby" if self.leader_known else "unknown"),
+            "role": self.role(),
             "term": self.term,
             "assignments": assignments,
             "unassigned": dict(res.unassigned) if res is not None else {},

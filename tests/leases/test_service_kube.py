@@ -1,0 +1,174 @@
+"""Leases service with the embedded API server: policies, EndpointSlices, conditions, Events, mirror
+Leases and active/standby leader election."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from l2lb.adapters.bus.client import Bus
+from l2lb.adapters.kube.client import KubeClient
+from tests.leases.harness import Harness, wait_for
+from tests.support.kube import KubeHandle
+
+pytestmark = pytest.mark.kube
+
+CRDS = Path(__file__).resolve().parents[2] / "k8s" / "crds"
+NS = "web"
+
+
+@pytest.fixture
+async def env(redis_url: str, kube: KubeHandle) -> AsyncIterator[tuple[Harness, KubeHandle, list[KubeClient]]]:
+    kube.apply(CRDS)
+    kube.apply(f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n---\n"
+               "apiVersion: v1\nkind: Namespace\nmetadata: {name: l2lb-system}\n")
+    bus = await Bus.connect(redis_url, prefix="t")
+    h = Harness(bus)
+    clients: list[KubeClient] = []
+    try:
+        yield h, kube, clients
+    finally:
+        await h.close()
+        for c in clients:
+            await c.close()
+        await bus.close()
+
+
+async def _client(kube: KubeHandle, clients: list[KubeClient]) -> KubeClient:
+    c = await KubeClient.create(kube.kubeconfig, qps=50, burst=100)
+    clients.append(c)
+    return c
+
+
+def _service(name: str, etp: str = "Cluster", labels: dict[str, str] | None = None) -> str:
+    lbl = "".join(f"\n    {k}: {v}" for k, v in (labels or {}).items())
+    return (f"apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {NS}\n"
+            f"  labels:\n    app: {name}{lbl}\n"
+            f"spec:\n  type: LoadBalancer\n  externalTrafficPolicy: {etp}\n  selector: {{app: {name}}}\n"
+            "  ports:\n  - {port: 80, protocol: TCP}\n")
+
+
+def _policy(zone: str) -> str:
+    return ("apiVersion: cilium.io/v2alpha1\nkind: CiliumL2AnnouncementPolicy\nmetadata: {name: zoned}\n"
+            f"spec:\n  nodeSelector: {{matchLabels: {{zone: {zone}}}}}\n  interfaces: [eth0]\n"
+            "  loadBalancerIPs: true\n")
+
+
+def _slice(svc: str, node: str, ready: bool = True) -> str:
+    return (f"apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {svc}-abc\n"
+            f"  namespace: {NS}\n  labels: {{kubernetes.io/service-name: {svc}}}\naddressType: IPv4\n"
+            f"endpoints:\n- addresses: [203.0.113.50]\n  nodeName: {node}\n"
+            f"  conditions: {{ready: {str(ready).lower()}}}\nports:\n- {{port: 80, protocol: TCP}}\n")
+
+
+def _condition(kube: KubeHandle, name: str) -> dict[str, Any] | None:
+    code, obj, _ = kube.http("GET", f"/api/v1/namespaces/{NS}/services/{name}")
+    assert code == 200
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "l2lb.io/Announced":
+            return dict(c)
+    return None
+
+
+async def _nodes(h: Harness) -> None:
+    await h.add_node("node-a", labels={"zone": "a"})
+    await h.add_node("node-b", labels={"zone": "b"})
+
+
+async def test_policy_change_moves_ip_and_condition_follows(env: Any) -> None:
+    h, kube, clients = env
+    await _nodes(h)
+    kube.apply(_service("shop"))
+    kube.apply(_policy("a"))
+    h.start_leases(await _client(kube, clients), static_policies=[], leader_election=False)
+    await h.allocate(f"{NS}/shop", "198.51.100.80")
+    await wait_for(lambda: h.holder("198.51.100.80") == "node-a", 10)
+    await wait_for(lambda: (_condition(kube, "shop") or {}).get("status") == "True", 10, step=0.1)
+    t0 = time.monotonic()
+    kube.apply(_policy("b"))
+    t1 = await wait_for(lambda: h.holder("198.51.100.80") == "node-b", 5)
+    print(f"policy change -> move: {(t1 - t0) * 1000:.0f} ms")
+    kube.apply(_policy("nowhere"))
+    await wait_for(lambda: "198.51.100.80" not in h.serving(), 5)
+    await wait_for(lambda: (_condition(kube, "shop") or {}).get("reason") == "no_eligible_node", 10, step=0.1)
+    cond = _condition(kube, "shop")
+    assert cond is not None and cond["status"] == "False"
+    evs = kube.http("GET", f"/api/v1/namespaces/{NS}/events")[1]["items"]
+    assert any(e.get("reason") == "AnnouncerMoved" and "node-a to node-b" in e.get("message", "") for e in evs)
+
+
+async def test_etp_local_follows_ready_endpoint(env: Any) -> None:
+    h, kube, clients = env
+    await _nodes(h)
+    kube.apply(_service("api", etp="Local"))
+    kube.apply(_policy("a").replace("nodeSelector: {matchLabels: {zone: a}}", "nodeSelector: {}"))
+    kube.apply(_slice("api", "node-b"))
+    h.start_leases(await _client(kube, clients), static_policies=[], leader_election=False)
+    await h.allocate(f"{NS}/api", "198.51.100.81", external_traffic_policy="Local")
+    await wait_for(lambda: h.holder("198.51.100.81") == "node-b", 10)
+    t0 = time.monotonic()
+    kube.apply(_slice("api", "node-a"))
+    t1 = await wait_for(lambda: h.holder("198.51.100.81") == "node-a", 5)
+    print(f"ETP Local endpoint move -> IP move: {(t1 - t0) * 1000:.0f} ms")
+    kube.apply(_slice("api", "node-a", ready=False))
+    await wait_for(lambda: "198.51.100.81" not in h.serving(), 5)
+
+
+async def test_standby_takes_over_with_zero_moves(env: Any) -> None:
+    h, kube, clients = env
+    await _nodes(h)
+    kube.apply(_policy("a").replace("nodeSelector: {matchLabels: {zone: a}}", "nodeSelector: {}"))
+    ips = [f"198.51.100.{100 + i}" for i in range(8)]
+    for i in range(len(ips)):
+        kube.apply(_service(f"s{i}"))
+    le = {"lease_duration": 3.0, "renew_deadline": 2.0, "retry_period": 0.3, "mirror_leases": True}
+    first = h.start_leases(await _client(kube, clients), static_policies=[], instance="leases-a", **le)
+    await wait_for(lambda: first.svc.is_leader, 10)
+    second = h.start_leases(await _client(kube, clients), static_policies=[], instance="leases-b", **le)
+    for i, ip in enumerate(ips):
+        await h.allocate(f"{NS}/s{i}", ip)
+    await wait_for(lambda: all(h.holder(ip) for ip in ips), 10)
+    await wait_for(lambda: len([r for r in kube.http("GET", "/apis/coordination.k8s.io/v1/namespaces/l2lb-system/"
+                                                             "leases")[1]["items"]
+                                if r["metadata"]["name"].startswith("l2lb-announce-")]) == len(ips), 10, step=0.1)
+    await asyncio.sleep(0.5)
+    assert not second.svc.is_leader and second.svc.status()["role"] == "standby"
+    before = {ip: h.holder(ip) for ip in ips}
+    epochs = {ip: e for a in h.announcers.values() for ip, e in a.serving().items()}
+    kube.clear_requests()
+    t0 = time.monotonic()
+    await first.kill()  # graceful: releases the Lease
+    t1 = await wait_for(lambda: second.svc.is_leader, 10)
+    print(f"leases failover: standby leader after {(t1 - t0) * 1000:.0f} ms")
+    await wait_for(lambda: all(a.received > 0 and a.last[0] == second.svc.term for a in h.announcers.values()), 5)
+    await asyncio.sleep(0.5)
+    assert {ip: h.holder(ip) for ip in ips} == before
+    assert {ip: e for a in h.announcers.values() for ip, e in a.serving().items()} == epochs
+    assert second.svc.moves_total == 0
+    writes = [r for r in kube.requests() if "l2lb-announce-" in r.get("path", "")
+              and r.get("verb") not in ("get", "list", "watch")]
+    assert writes == []  # mirrors already right: the new leader writes nothing
+
+
+async def test_api_requests_at_rest_do_not_grow_with_services(env: Any) -> None:
+    h, kube, clients = env
+    await _nodes(h)
+    kube.apply(_policy("a").replace("nodeSelector: {matchLabels: {zone: a}}", "nodeSelector: {}"))
+    running = h.start_leases(await _client(kube, clients), static_policies=[], leader_election=True,
+                             retry_period=2.0)
+    for i in range(50):
+        await h.allocate(f"{NS}/bulk{i}", f"203.0.113.{i + 1}")
+    await wait_for(lambda: len(h.serving()) == 50, 10)
+    await wait_for(lambda: running.svc.is_leader, 5)
+    await asyncio.sleep(1.0)
+    kube.clear_requests()
+    await asyncio.sleep(4.0)
+    reqs = [r for r in kube.requests() if r.get("verb") != "watch"]
+    rate = len(reqs) / 4.0
+    print(f"API requests at rest with 50 Services: {rate:.2f}/s")
+    assert rate <= 1.0, reqs
