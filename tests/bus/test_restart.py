@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from l2lb.adapters.bus.client import Bus, BusUnavailableError
+from l2lb.adapters.bus.client import BusUnavailableError
 from l2lb.core.messages import Heartbeat
 from tests.support.redis_server import RedisProcess
 
@@ -41,7 +41,7 @@ async def test_restart_without_persistence_resyncs_every_consumer(
 
     redis_server.stop(kill=True)
     await wait_until(lambda: not bus.readiness()[0], timeout=3, what="readiness shows the outage")
-    ok, why = bus.readiness()
+    why = bus.readiness()[1]
     assert "unreachable" in why and "127.0.0.1" in why
     with pytest.raises(BusUnavailableError):
         await bus.publish(bus.keys.heartbeats, hb())

@@ -210,6 +210,7 @@ class Bus:
         self._closed = False
         self._health_task: asyncio.Task[None] | None = None
         self.incarnation_id: str | None = None
+        self._sentinel: Sentinel | None = None
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
@@ -229,14 +230,14 @@ class Bus:
         up not-ready (see :meth:`readiness`) and keeps retrying in the background.
         """
         d = parse_dsn(dsn)
-        bus = cls(
-            _make_client(d, client_name), d, Keys(prefix), client_name=client_name, maxlen=maxlen,
-            health_interval=health_interval,
-        )
+        client, sentinel = _make_client(d, client_name)
+        bus = cls(client, d, Keys(prefix), client_name=client_name, maxlen=maxlen,
+                  health_interval=health_interval)
+        bus._sentinel = sentinel
         try:
             await bus._probe()
         except (BusAuthError, BusPermissionError):
-            await bus._r.aclose()
+            await bus._close_clients()
             raise
         except BusUnavailableError as e:
             log.warning("redis not reachable yet; will keep retrying",
@@ -251,7 +252,14 @@ class Bus:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
             self._health_task = None
+        await self._close_clients()
+
+    async def _close_clients(self) -> None:
         await self._r.aclose()
+        if self._sentinel is not None:
+            for s in self._sentinel.sentinels:
+                await s.aclose()
+            self._sentinel = None
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -796,7 +804,7 @@ class Consumer:
             log.error("cannot write the dead-letter stream", extra=self._x(error=str(err)))
 
 
-def _make_client(d: RedisDSN, client_name: str) -> aioredis.Redis:
+def _make_client(d: RedisDSN, client_name: str) -> tuple[aioredis.Redis, Sentinel | None]:
     common: dict[str, Any] = {
         "db": d.db,
         "username": d.username,
@@ -823,8 +831,8 @@ def _make_client(d: RedisDSN, client_name: str) -> aioredis.Redis:
             skw["password"] = d.sentinel_password
         sentinel = Sentinel(list(d.hosts), sentinel_kwargs=skw, **common)  # type: ignore[no-untyped-call]
         client: aioredis.Redis = sentinel.master_for(d.sentinel_service, redis_class=aioredis.Redis, **common)
-        return client
-    return aioredis.Redis(host=d.host, port=d.port, **common)
+        return client, sentinel
+    return aioredis.Redis(host=d.host, port=d.port, **common), None
 
 
 # -- CLI helpers ---------------------------------------------------------------------------------
