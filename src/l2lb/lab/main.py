@@ -180,6 +180,23 @@ class Lab:
             self.sup.check_alive()
             await asyncio.sleep(0.2)
 
+    async def bring_up(self) -> list[dict[str, Any]]:
+        """Start everything (call inside the control-plane namespace); returns the LB Services."""
+        progress = self.progress
+        with progress.step("starting redis-server and the API server"):
+            await self.start_control_plane()
+        client = await KubeClient.create(str(self.kubeconfig), qps=50, burst=100, user_agent="l2lb-lab")
+        try:
+            with progress.step("applying CRDs, nodes and manifests"):
+                for line in await self.apply_manifests(client):
+                    progress.say(f"  {line}")
+            with progress.step("starting allocator, leases and one announcer per node"):
+                await self.start_services()
+            with progress.step("waiting for every LoadBalancer Service to get an IP"):
+                return await self.wait_for_ips(client, self.args.timeout)
+        finally:
+            await client.close()
+
     # -- observing from the client -------------------------------------------------------------
     async def who_answers(self, vip: str, seconds: float = 0.3) -> list[str]:
         prober = ArpProber(self.topo.hosts["client"].ns, "eth0", CLIENT_IP, vip, interval_s=0.02)
@@ -309,20 +326,7 @@ async def _run(lab: Lab) -> int:
         lab.build_network()
     ctl_ns = lab.topo.hosts["ctl"].ns
     with netns.entered(ctl_ns):  # the orchestrator talks to the cluster from the control-plane namespace
-        with progress.step("starting redis-server and the API server"):
-            await lab.start_control_plane()
-        client = await KubeClient.create(str(lab.kubeconfig), qps=50, burst=100, user_agent="l2lb-lab")
-        try:
-            with progress.step("applying CRDs, nodes and manifests"):
-                applied = await lab.apply_manifests(client)
-                for line in applied:
-                    progress.say(f"  {line}")
-            with progress.step("starting allocator, leases and one announcer per node"):
-                await lab.start_services()
-            with progress.step("waiting for every LoadBalancer Service to get an IP"):
-                svcs = await lab.wait_for_ips(client, args.timeout)
-        finally:
-            await client.close()
+        svcs = await lab.bring_up()
         vips: dict[str, list[str]] = {}
         rows_src: list[tuple[str, str, str]] = []
         for s in svcs:

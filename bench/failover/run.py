@@ -1,0 +1,231 @@
+"""Failover benchmark: client-observed outage of l2lb vs Cilium's Lease-based election model.
+
+l2lb: the lab topology (netns nodes, real redis-server, API server, allocator, leases, one announcer
+per node); N failovers each by SIGKILL of the announcing node's announcer and by taking its link
+down, while a client namespace probes the VIP with ARP every 10 ms. Prints p50/p99/max outage and
+the longest dual announcement.
+
+Cilium model: the same API server; K "node" processes each run one client-go-style leader election
+per Service Lease with Cilium's defaults (15 s duration / 5 s renew deadline / 2 s retry) through a
+rate-limited client (qps 10 / burst 20); the holder of the Leases is SIGKILLed and the time until
+another node holds each Lease is measured from a watch. That time is a lower bound of Cilium's
+client-observed outage (its GARP/ARP path comes on top, as l2lb's does in its own figures).
+
+    sudo python bench/failover/run.py               # 20 + 20 l2lb failovers, 2 Cilium-model kills
+    sudo python bench/failover/run.py --quick       # a few rounds (CI smoke)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from l2lb.adapters.kube.client import RESOURCES, KubeClient
+from l2lb.lab import netns
+from l2lb.lab.main import Lab, Progress
+from l2lb.lab.procs import Supervisor, python_cli, wait_http_ready
+
+HERE = Path(__file__).resolve().parent
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))
+    return s[k]
+
+
+def summary(values: list[float]) -> dict[str, float | int]:
+    return {"n": len(values), "p50": pct(values, 50), "p99": pct(values, 99),
+            "max": max(values) if values else float("nan"),
+            "mean": statistics.fmean(values) if values else float("nan")}
+
+
+async def run_l2lb(a: argparse.Namespace, workdir: Path, progress: Progress) -> dict[str, Any]:
+    lab_args = argparse.Namespace(nodes=a.nodes, manifests=None, probe_ms=a.probe_ms, round_timeout=10.0,
+                                  timeout=60.0, json_logs=False, keep=False)
+    lab = Lab(lab_args, workdir / "l2lb", netns.Topology(a.prefix), Supervisor(workdir / "l2lb" / "logs"), progress)
+    results: dict[str, list[dict[str, Any]]] = {"kill": [], "linkdown": []}
+    try:
+        lab.build_network()
+        with netns.entered(lab.topo.hosts["ctl"].ns):
+            svcs = await lab.bring_up()
+            vip = next(ing["ip"] for s in svcs for ing in s["status"]["loadBalancer"]["ingress"]
+                       if ":" not in ing["ip"])
+            for i in range(a.rounds):
+                for how in ("kill", "linkdown"):
+                    r = await lab.failover_round(vip, how)
+                    results[how].append(r)
+                    progress.say(f"l2lb {how:8s} #{i + 1:2d}: {r['old_node']} -> {r['new_node']} outage "
+                                 f"{r['outage_ms'] if r['outage_ms'] is None else round(r['outage_ms'])} ms, "
+                                 f"dual {round(r['dual_ms'])} ms")
+    finally:
+        await lab.sup.stop_all()
+        lab.topo.destroy()
+    out: dict[str, Any] = {}
+    for how, rs in results.items():
+        outages = [float(r["outage_ms"]) for r in rs if r["outage_ms"] is not None]
+        out[how] = summary(outages) | {
+            "failed": sum(1 for r in rs if r["outage_ms"] is None),
+            "dual_max_ms": max((float(r["dual_ms"]) for r in rs), default=0.0),
+            "dual_over_1s": sum(1 for r in rs if float(r["dual_ms"]) > 1000),
+            "flapped_back": sum(1 for r in rs if r["flapped_back"]),
+        }
+    out["raw"] = results
+    return out
+
+
+async def run_cilium_model(a: argparse.Namespace, workdir: Path, progress: Progress) -> dict[str, Any]:
+    sup = Supervisor(workdir / "cilium" / "logs")
+    kubeconfig = workdir / "cilium" / "kubeconfig"
+    try:
+        api = await sup.start("apiserver", [*python_cli(), "apiserver", "--host", "127.0.0.1", "--port", "0",
+                                            "--kubeconfig-out", str(kubeconfig)])
+        for _ in range(100):
+            if kubeconfig.exists():
+                break
+            await asyncio.sleep(0.1)
+        client = await KubeClient.create(str(kubeconfig), qps=100, burst=200, user_agent="bench-observer")
+        server = client_server_url(kubeconfig)
+        await wait_http_ready(f"{server}/readyz", api)
+        ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system"}}
+        try:
+            await client.create_object(RESOURCES["namespaces"], ns)
+        except Exception:  # exists already
+            pass
+        holders: dict[str, str] = {}
+        changes: list[tuple[float, str, str]] = []
+        stop_watch = asyncio.Event()
+
+        async def watch() -> None:
+            lst = await client.list(RESOURCES["leases"], "kube-system")
+            for it in lst.get("items", []):
+                holders[it["metadata"]["name"]] = (it.get("spec") or {}).get("holderIdentity") or ""
+            rv = lst["metadata"]["resourceVersion"]
+            while not stop_watch.is_set():
+                async for typ, obj in client.watch(RESOURCES["leases"], "kube-system", resource_version=rv,
+                                                   timeout_s=30):
+                    rv = obj.get("metadata", {}).get("resourceVersion", rv)
+                    if typ in ("ADDED", "MODIFIED"):
+                        name = obj["metadata"]["name"]
+                        h = (obj.get("spec") or {}).get("holderIdentity") or ""
+                        if holders.get(name) != h:
+                            holders[name] = h
+                            changes.append((time.monotonic(), name, h))
+                    if stop_watch.is_set():
+                        break
+
+        wtask = asyncio.create_task(watch())
+        names = [f"cnode-{i}" for i in range(1, a.nodes + 1)]
+        for n in names:
+            await sup.start(n, [sys.executable, str(HERE / "lease_node.py"), "--kubeconfig", str(kubeconfig),
+                                "--identity", n, "--leases", str(a.cilium_leases), "--qps", str(a.cilium_qps),
+                                "--burst", str(a.cilium_burst)])
+            await asyncio.sleep(0.5)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (len(holders) < a.cilium_leases or not all(holders.values())):
+            await asyncio.sleep(0.2)
+        samples: list[float] = []
+        for k in range(a.cilium_kills):
+            counts: dict[str, int] = {}
+            for h in holders.values():
+                counts[h] = counts.get(h, 0) + 1
+            victim = max(counts, key=lambda n: counts[n])
+            owned = [n for n, h in holders.items() if h == victim]
+            t0 = time.monotonic()
+            await sup.kill(victim)
+            progress.say(f"cilium model kill #{k + 1}: {victim} held {len(owned)} leases; waiting for takeover")
+            wait_until = t0 + 60
+            while time.monotonic() < wait_until and any(holders[n] == victim for n in owned):
+                await asyncio.sleep(0.05)
+            for n in owned:
+                t_new = next((t for t, name, h in changes if name == n and t >= t0 and h not in ("", victim)), None)
+                if t_new is not None:
+                    samples.append((t_new - t0) * 1000)
+            await sup.restart(victim)
+            await asyncio.sleep(2)
+        stop_watch.set()
+        wtask.cancel()
+        await asyncio.gather(wtask, return_exceptions=True)
+        await client.close()
+        return summary(samples) | {"samples_ms": samples, "leases": a.cilium_leases,
+                                   "timings": "15 s duration / 5 s renew deadline / 2 s retry",
+                                   "client_limit": f"qps {a.cilium_qps} / burst {a.cilium_burst}"}
+    finally:
+        await sup.stop_all()
+
+
+def client_server_url(kubeconfig: Path) -> str:
+    import yaml
+
+    cfg = yaml.safe_load(kubeconfig.read_text())
+    return str(cfg["clusters"][0]["cluster"]["server"])
+
+
+def fmt(v: float) -> str:
+    return "n/a" if v != v else f"{v:,.0f} ms"
+
+
+async def main_async(a: argparse.Namespace) -> int:
+    ok, why = netns.have_privileges()
+    if not ok:
+        print(f"bench/failover: {why}", file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="l2lb-bench-failover-"))
+    progress = Progress()
+    netns.sweep(a.prefix)
+    res: dict[str, Any] = {"l2lb": await run_l2lb(a, workdir, progress)}
+    if not a.skip_cilium:
+        res["cilium_model"] = await run_cilium_model(a, workdir, progress)
+    print()
+    print(f"Client-observed outage, {a.nodes} nodes, ARP probe every {a.probe_ms:.0f} ms")
+    print(f"  {'':34s} {'n':>4s} {'p50':>10s} {'p99':>10s} {'max':>10s}  dual>1s  failed")
+    for how in ("kill", "linkdown"):
+        r = res["l2lb"][how]
+        label = "l2lb " + ("SIGKILL announcer" if how == "kill" else "node link down")
+        print(f"  {label:34s}{r['n']:4d} {fmt(r['p50']):>10s} {fmt(r['p99']):>10s} {fmt(r['max']):>10s}"
+              f"  {r['dual_over_1s']:7d}  {r['failed']:6d}")
+    if "cilium_model" in res:
+        c = res["cilium_model"]
+        print(f"  {'Cilium model (lease takeover only)':34s}{c['n']:4d} {fmt(c['p50']):>10s} {fmt(c['p99']):>10s} "
+              f"{fmt(c['max']):>10s}")
+        r = res["l2lb"]["kill"]
+        if r["p50"] == r["p50"] and c["p50"] == c["p50"] and r["p50"] > 0:
+            print(f"  ratio Cilium model / l2lb (p50, SIGKILL): {c['p50'] / r['p50']:.0f}x")
+    goals = res["l2lb"]["kill"]["p50"] <= 300 and max(res["l2lb"][h]["p99"] for h in ("kill", "linkdown")) <= 1000
+    print(f"  goals (p50 <= 300 ms, p99 <= 1 s, no dual > 1 s): "
+          f"{'met' if goals and not any(res['l2lb'][h]['dual_over_1s'] for h in ('kill', 'linkdown')) else 'NOT met'}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=2, default=str))
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=20, help="failovers of each kind (default 20)")
+    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--probe-ms", type=float, default=10.0)
+    p.add_argument("--prefix", default="l2bfo")
+    p.add_argument("--cilium-leases", type=int, default=10, help="Services (= Leases) in the Cilium model")
+    p.add_argument("--cilium-kills", type=int, default=2)
+    p.add_argument("--cilium-qps", type=float, default=10.0)
+    p.add_argument("--cilium-burst", type=int, default=20)
+    p.add_argument("--skip-cilium", action="store_true")
+    p.add_argument("--quick", action="store_true", help="3 rounds, 1 Cilium-model kill")
+    p.add_argument("--json", help="write all results here")
+    a = p.parse_args()
+    if a.quick:
+        a.rounds, a.cilium_kills = 3, 1
+    return asyncio.run(main_async(a))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
