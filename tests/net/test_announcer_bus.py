@@ -87,7 +87,9 @@ def _arping_ok(client: Host, ip: str, mac: str) -> bool:
 
 async def _heartbeats(bus: Bus, node: str, since: str = "-") -> list[tuple[str, Heartbeat]]:
     out = []
-    for eid, fields in await bus.redis.xrange(bus.keys.heartbeats, min=since):
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = await bus.redis.xrange(  # type: ignore[assignment]
+        bus.keys.heartbeats, min=since)
+    for eid, fields in entries:
         msg = decode(fields[b"m"])
         if isinstance(msg, Heartbeat) and msg.node == node:
             out.append((eid.decode() if isinstance(eid, bytes) else str(eid), msg))
