@@ -108,7 +108,7 @@ class Informer:
     def add_handler(self, fn: Handler) -> None:
         self._handlers.append(fn)
 
-    async def wait_synced(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (agreed API)
+    async def wait_synced(self, timeout: float | None = None) -> None:
         """Wait until the first list has been loaded (raises TimeoutError after ``timeout``)."""
         async with asyncio.timeout(timeout):
             await self._synced_event.wait()
