@@ -86,6 +86,23 @@ class _Module:
                     vals = {e.value for e in it.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
                     if vals and len(vals) == len(it.elts):
                         self.loop_vars.setdefault(target.id, set()).update(vals)
+        # NAME = {"a": "key1", ...} / ("key1", "key2"): RESOURCES[NAME[x]] and `for x in NAME`
+        self.literals: dict[str, set[str]] = {}
+        for n in ast.walk(self.tree):
+            if isinstance(n, (ast.Assign, ast.AnnAssign)) and n.value is not None:
+                vals = _literal_strings(n.value)
+                if vals is None:
+                    continue
+                tgts = n.targets if isinstance(n, ast.Assign) else [n.target]
+                for t in tgts:
+                    name = _terminal(t)
+                    if name:
+                        self.literals.setdefault(name, set()).update(vals)
+        for n in ast.walk(self.tree):
+            if isinstance(n, (ast.For, ast.AsyncFor, ast.comprehension)) and isinstance(n.target, ast.Name):
+                src = _terminal(n.iter)
+                if src in self.literals:
+                    self.loop_vars.setdefault(n.target.id, set()).update(self.literals[src])
         self.bound: dict[str, set[str]] = {}
         for n in ast.walk(self.tree):
             targets: list[ast.AST] = []
@@ -113,6 +130,8 @@ class _Module:
                 out.add(sl.value)
             elif isinstance(sl, ast.Name) and sl.id in self.loop_vars:
                 out |= self.loop_vars[sl.id] & self.known
+            elif isinstance(sl, ast.Subscript) and _terminal(sl.value) in self.literals:
+                out |= self.literals[_terminal(sl.value) or ""] & self.known
             else:  # RESOURCES[k]: any key the module spells
                 out |= self.known & self.strings
         return out
@@ -125,6 +144,19 @@ class _Module:
         if name and name in self.bound:
             return set(self.bound[name])
         return set()
+
+
+def _literal_strings(node: ast.AST) -> set[str] | None:
+    """The strings of a literal dict's values or a literal tuple/list/set; None otherwise."""
+    elts: list[ast.expr | None]
+    if isinstance(node, ast.Dict):
+        elts = list(node.values)
+    elif isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        elts = list(node.elts)
+    else:
+        return None
+    vals = {e.value for e in elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+    return vals if vals and len(vals) == len(elts) else None
 
 
 def _subresource(call: ast.Call) -> str:
