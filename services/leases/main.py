@@ -89,9 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="mirror each Service's holder into a coordination.k8s.io Lease (on change only)",
     )
-    p.add_argument(
-        "--no-conditions", action="store_true", help="do not write the l2lb.io/Announced condition"
-    )
+    p.add_argument("--no-conditions", action="store_true", help="do not write the l2lb.io/Announced condition")
     p.add_argument("--no-events", action="store_true", help="do not record Events on moves")
     p.add_argument(
         "--no-leader-election",
@@ -109,9 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-host", default=os.environ.get("L2LB_HTTP_HOST", "127.0.0.1"))
     p.add_argument("--http-port", type=int, default=_env_int("L2LB_HTTP_PORT", 9402))
     p.add_argument("--http-token-file", default=os.environ.get("L2LB_HTTP_TOKEN_FILE") or None)
-    p.add_argument(
-        "--log-format", choices=("text", "json"), default=os.environ.get("L2LB_LOG_FORMAT", "text")
-    )
+    p.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("L2LB_LOG_FORMAT", "text"))
     p.add_argument("--log-level", default=os.environ.get("L2LB_LOG_LEVEL", "info"))
     add_redis_args(p)
     add_kube_args(p)

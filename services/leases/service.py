@@ -44,9 +44,7 @@ NODES_ALIVE = metrics.gauge("l2lb_leases_nodes_alive", "Nodes with live heartbea
 ASSIGNMENTS = metrics.gauge("l2lb_leases_assignments", "IPs assigned per node", ("node",))
 PUBLISHED = metrics.counter("l2lb_leases_published_total", "NodeAssignments messages published", ("why",))
 IS_LEADER = metrics.gauge("l2lb_leases_leader", "1 while this instance is the active leases leader")
-UNASSIGNED = metrics.gauge(
-    "l2lb_leases_unassigned_ips", "IPs that cannot be announced, by reason", ("reason",)
-)
+UNASSIGNED = metrics.gauge("l2lb_leases_unassigned_ips", "IPs that cannot be announced, by reason", ("reason",))
 KUBE_WRITES = metrics.counter(
     "l2lb_leases_kube_writes_total",
     "Kubernetes writes made by leases (mirrors, conditions, events)",
@@ -179,9 +177,7 @@ class LeasesService:
         self.allocations = new
         self.alloc_order = {a.key: (a.term, a.seq) for a in snap.allocations}
         self.snapshot_loaded = True
-        log.info(
-            "allocation snapshot applied", extra={"services": len(new), "term": snap.term, "seq": snap.seq}
-        )
+        log.info("allocation snapshot applied", extra={"services": len(new), "term": snap.term, "seq": snap.seq})
 
     async def _on_allocation(self, msg: Message, _id: str) -> None:
         if isinstance(msg, Allocation):
@@ -388,9 +384,7 @@ class LeasesService:
         elif not leader and self.is_leader:
             self.is_leader = False
             self.published.clear()
-            log.warning(
-                "lost the leases leadership: publishing nothing", extra={"instance": self.cfg.instance}
-            )
+            log.warning("lost the leases leadership: publishing nothing", extra={"instance": self.cfg.instance})
         IS_LEADER.set(1 if self.is_leader else 0)
 
     def informers_synced(self) -> bool:
@@ -554,9 +548,7 @@ class LeasesService:
         for n in sorted(changed, key=lambda n: (not loses(n), n)):
             await self._publish(n, new[n], "change")
             self.published[n] = new[n]
-        for n in [
-            n for n in self.published if n not in new or (not new[n] and n not in self.tracker.alive())
-        ]:
+        for n in [n for n in self.published if n not in new or (not new[n] and n not in self.tracker.alive())]:
             self.published.pop(n, None)
         ASSIGNMENTS.clear()
         for n, vips in new.items():
@@ -606,7 +598,10 @@ class LeasesService:
         if self.kube is None or not self.is_leader:
             return
         for key, st in res.services.items():
-            if self.cfg.conditions and self._service_state.get(key) != st:
+            prev = self._service_state.get(key)
+            if self.cfg.conditions and (
+                prev is None or prev.announced != st.announced or prev.reason != st.reason or prev.message != st.message
+            ):
                 self._queue("condition", key, self._condition_writer(key, st))
             if self.cfg.mirror_leases:
                 holder = st.nodes[0] if st.announced and st.nodes else ""

@@ -304,7 +304,7 @@ def elect(
         considered = [ip for ip in ips if ip not in alloc_ext or states[ip] != NO_POLICY]
         held = sorted({res.assignments[ip].node for ip in considered if ip in res.assignments})
         if considered and all(states[ip] == "assigned" for ip in considered):
-            msg = ", ".join(f"{ip} on {res.assignments[ip].node}" for ip in considered)
+            msg = f"announced: {', '.join(considered)}"  # no node names: a move is not a condition change
             res.services[key] = ServiceState(key, True, "announced", msg, tuple(held))
         elif any(states[ip] == NO_ELIGIBLE_NODE for ip in considered):
             bad = [ip for ip in considered if states[ip] == NO_ELIGIBLE_NODE]
