@@ -47,16 +47,17 @@ def assert_status(body: Any, code: int, reason: str | None = None) -> None:
 class WatchStream:
     """An open watch: ``await next_event()`` returns (type, object) or None when the server ended it."""
 
-    def __init__(self, url: str, params: dict[str, str]):
+    def __init__(self, url: str, params: dict[str, str], extra: dict[str, Any] | None = None):
         self.url = url
         self.params = params
+        self.extra = extra or {}
         self.status = 0
         self._session: aiohttp.ClientSession | None = None
         self._resp: aiohttp.ClientResponse | None = None
 
     async def __aenter__(self) -> WatchStream:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_read=None))
-        self._resp = await self._session.get(self.url, params={"watch": "true", **self.params})
+        self._resp = await self._session.get(self.url, params={"watch": "true", **self.params}, **self.extra)
         self.status = self._resp.status
         return self
 
@@ -94,4 +95,4 @@ class WatchStream:
 
 
 def watch(kube: Any, path: str, **params: str) -> WatchStream:
-    return WatchStream(kube.url + path, params)
+    return WatchStream(kube.url + path, params, kube.aiohttp_kwargs())

@@ -89,6 +89,10 @@ class KubeHandle:
             raise KubeHTTPError(code, out)
         return out
 
+    def aiohttp_kwargs(self) -> dict[str, Any]:
+        """Extra keyword arguments for ``aiohttp.ClientSession.get`` (TLS, auth) to reach this server."""
+        return {}
+
     # -- debug hooks ------------------------------------------------------------------------------
     def require_debug(self) -> None:
         if not self.embedded:
@@ -296,16 +300,21 @@ def apiserver(apiserver_process: ApiServerProcess) -> KubeHandle:
     return apiserver_process.handle
 
 
-@pytest.fixture
-def kube(apiserver_process: ApiServerProcess) -> Iterator[KubeHandle]:
-    if not apiserver_process.alive():
-        apiserver_process.start()
-    h = apiserver_process.handle
+def fresh_handle(proc: ApiServerProcess) -> KubeHandle:
+    """The embedded server's handle, restarted if a test killed it, with no objects, faults or log."""
+    if not proc.alive():
+        proc.start()
+    h = proc.handle
     h.clear_faults()
     h.reset()
-    h.configure(bookmark_interval=apiserver_process.bookmark_interval,
-                watch_window=apiserver_process.watch_window)
+    h.configure(bookmark_interval=proc.bookmark_interval, watch_window=proc.watch_window)
     h.clear_requests()
+    return h
+
+
+@pytest.fixture
+def kube(apiserver_process: ApiServerProcess) -> Iterator[KubeHandle]:
+    h = fresh_handle(apiserver_process)
     yield h
     if apiserver_process.alive():
         h.clear_faults()
