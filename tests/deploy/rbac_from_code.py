@@ -90,14 +90,14 @@ class _Module:
         self.literals: dict[str, set[str]] = {}
         for n in ast.walk(self.tree):
             if isinstance(n, (ast.Assign, ast.AnnAssign)) and n.value is not None:
-                vals = _literal_strings(n.value)
-                if vals is None:
+                lit = _literal_strings(n.value)
+                if lit is None:
                     continue
                 tgts = n.targets if isinstance(n, ast.Assign) else [n.target]
                 for t in tgts:
                     name = _terminal(t)
                     if name:
-                        self.literals.setdefault(name, set()).update(vals)
+                        self.literals.setdefault(name, set()).update(lit)
         for n in ast.walk(self.tree):
             if isinstance(n, (ast.For, ast.AsyncFor, ast.comprehension)) and isinstance(n.target, ast.Name):
                 src = _terminal(n.iter)
@@ -105,8 +105,8 @@ class _Module:
                     self.loop_vars.setdefault(n.target.id, set()).update(self.literals[src])
         self.bound: dict[str, set[str]] = {}
         for n in ast.walk(self.tree):
-            targets: list[ast.AST] = []
-            value: ast.AST | None = None
+            targets: list[ast.expr] = []
+            value: ast.expr | None = None
             if isinstance(n, ast.Assign):
                 targets, value = list(n.targets), n.value
             elif isinstance(n, ast.AnnAssign) and n.value is not None:
