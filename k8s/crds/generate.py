@@ -226,7 +226,7 @@ POLICY_STATUS = {"type": "object", "properties": {"conditions": CONDITIONS}}
 
 
 def metallb_pool() -> dict[str, Any]:
-    spec = {
+    spec: dict[str, Any] = {
         "type": "object",
         "required": ["addresses"],
         "properties": {
@@ -268,7 +268,7 @@ def metallb_pool() -> dict[str, Any]:
             for k in ("assignedIPv4", "assignedIPv6", "availableIPv4", "availableIPv6")
         },
     }
-    cols = [
+    cols: list[dict[str, Any]] = [
         {"name": "Auto Assign", "type": "boolean", "jsonPath": ".spec.autoAssign"},
         {"name": "Avoid Buggy IPs", "type": "boolean", "jsonPath": ".spec.avoidBuggyIPs"},
         {"name": "Addresses", "type": "string", "jsonPath": ".spec.addresses"},
@@ -283,7 +283,7 @@ def metallb_pool() -> dict[str, Any]:
 
 
 def metallb_l2ad() -> dict[str, Any]:
-    spec = {
+    spec: dict[str, Any] = {
         "type": "object",
         "properties": {
             "ipAddressPools": {
@@ -300,19 +300,18 @@ def metallb_l2ad() -> dict[str, Any]:
             "interfaces": {"type": "array", "maxItems": 64, "items": {"type": "string", "maxLength": 15}},
         },
     }
-    cols = [
+    cols: list[dict[str, Any]] = [
         {"name": "IPAddressPools", "type": "string", "jsonPath": ".spec.ipAddressPools"},
         {"name": "IPAddressPool Selectors", "type": "string", "jsonPath": ".spec.ipAddressPoolSelectors"},
         {"name": "Interfaces", "type": "string", "jsonPath": ".spec.interfaces"},
         {"name": "Node Selectors", "type": "string", "jsonPath": ".spec.nodeSelectors", "priority": 10},
     ]
-    spec_t = {**spec}
     return crd(
         "metallb.io",
         "L2Advertisement",
         "l2advertisements",
         "Namespaced",
-        [("v1beta1", spec_t, None, cols, True, False)],
+        [("v1beta1", spec, None, cols, True, False)],
     )
 
 

@@ -220,3 +220,28 @@ async def test_connection_errors_retry_until_the_deadline() -> None:
     assert ei.value.status == 0 and ei.value.reason in ("ConnectionError", "Timeout")
     assert elapsed <= 1.0
     assert metric("l2lb_kube_requests_total", verb="get", resource="namespaces", code="error") - before >= 3
+
+
+async def test_kube_args_flags_env_and_config_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    import argparse
+
+    from l2lb.adapters.kube.client import add_kube_args, client_from_args
+
+    monkeypatch.setenv("L2LB_KUBE_QPS", "7.5")
+    monkeypatch.setenv("L2LB_KUBE_BURST", "9")
+    monkeypatch.setenv("L2LB_KUBECONFIG", str(tmp_path / "missing"))
+    p = argparse.ArgumentParser()
+    add_kube_args(p)
+    a = p.parse_args([])
+    assert (a.kube_qps, a.kube_burst, a.kubeconfig) == (7.5, 9, str(tmp_path / "missing"))
+    b = p.parse_args(["--kube-qps", "3", "--kube-burst", "4", "--kubeconfig", "/x"])
+    assert (b.kube_qps, b.kube_burst, b.kubeconfig) == (3.0, 4, "/x")
+    with pytest.raises(KubeError) as ei:
+        await client_from_args(a)
+    assert ei.value.reason == "ConfigError" and "missing" in ei.value.message
+    (tmp_path / "bad").write_text("not: [a kubeconfig")
+    with pytest.raises(KubeError, match="ConfigError"):
+        await KubeClient.create(str(tmp_path / "bad"))
+    b.kube_burst = 0
+    with pytest.raises(KubeError, match="burst"):
+        await client_from_args(b)

@@ -48,7 +48,7 @@ def to_jsonschema(node: Any) -> Any:
 FORMATS = jsonschema.FormatChecker()
 
 
-@FORMATS.checks("cidr", raises=ValueError)
+@FORMATS.checks("cidr", raises=ValueError)  # type: ignore[untyped-decorator]
 def _cidr(value: object) -> bool:
     if isinstance(value, str):
         ipaddress.ip_network(value, strict=False)
@@ -171,7 +171,7 @@ def _pool(kind: str = "LoadBalancerIPPool", api: str = "l2lb.io/v1alpha1", **spe
 
 
 def test_own_pool_mirrors_cilium_schema() -> None:
-    spec = {
+    spec: dict[str, Any] = {
         "blocks": [
             {"cidr": "198.51.100.0/24"},
             {"start": "203.0.113.10", "stop": "203.0.113.20"},
@@ -214,7 +214,7 @@ def test_bad_pools_are_rejected(spec: dict[str, Any], needle: str) -> None:
 
 
 def test_metallb_schema() -> None:
-    good = {
+    good: dict[str, Any] = {
         "apiVersion": "metallb.io/v1beta1",
         "kind": "IPAddressPool",
         "metadata": {"name": "x"},

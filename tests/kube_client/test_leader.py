@@ -46,7 +46,7 @@ async def test_handover_on_release_and_takeover_after_expiry(kube: Any) -> None:
         a = Candidate(ca, "node-a", release_on_stop=False)
         await wait_until(lambda: a.el.is_leader, 3)
         b = Candidate(cb, "node-b")
-        mon_stop, both = asyncio.Event(), []
+        mon_stop, both = asyncio.Event(), list[float]()
         mon = asyncio.create_task(monitor([a, b], mon_stop, both))
         await asyncio.sleep(1.0)
         assert a.el.is_leader and not b.el.is_leader and b.el.holder == "node-a"

@@ -258,8 +258,9 @@ class KubeClient:
                 try:
                     load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
                 except ConfigException:
-                    await load_kube_config(client_configuration=cfg, persist_config=False)
-        except (ConfigException, OSError, ValueError, TypeError) as e:
+                    path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+                    await load_kube_config(config_file=path, client_configuration=cfg, persist_config=False)
+        except Exception as e:  # any malformed kubeconfig (YAML, keys, certs) is a config error
             where = (
                 kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config (no in-cluster config either)"
             )
