@@ -246,6 +246,8 @@ class ApiServer:
                 return await handler(request)
             except ApiError as e:
                 return _status_response(e)
+            except (TypeError, ValueError, KeyError) as e:
+                return _status_response(bad_request(f"bad debug request: {e}"))
         entry = self._classify(request)
         request["entry"] = entry
         for f in self.faults:
@@ -494,6 +496,10 @@ class ApiServer:
         except (ValueError, yaml.YAMLError) as e:
             raise bad_request(f"couldn't get version/kind; json parse error: {e}") from None
 
+    async def _opt_body(self, request: web.Request) -> Any:
+        raw = await request.read()
+        return await self._body(request) if raw.strip() else None
+
     async def _resource(self, request: web.Request, t: _Target) -> web.StreamResponse:
         q = request.query
         st = self.store
@@ -734,15 +740,12 @@ class ApiServer:
                 return web.json_response(self._add_fault(await self._body(request)), status=201)
         elif what == "compact" and m == "POST":
             upto = None
-            raw = await request.read()
-            if raw.strip():
-                body = json.loads(raw)
-                if isinstance(body, dict) and body.get("rv") is not None:
-                    upto = int(body["rv"])
+            body = await self._opt_body(request)
+            if isinstance(body, dict) and body.get("rv") is not None:
+                upto = int(body["rv"])
             return web.json_response({"compacted_rv": self.store.compact(upto), "rv": self.store.rv})
         elif what == "reset" and m == "POST":
-            raw = await request.read()
-            body = json.loads(raw) if raw.strip() else {}
+            body = await self._opt_body(request)
             keep = not (isinstance(body, dict) and body.get("keep_crds") is False)
             n = self.store.reset(keep_crds=keep)
             return web.json_response({"deleted": n, "rv": self.store.rv})
