@@ -1,6 +1,6 @@
 """``l2lb announcer``: answers ARP / NDP for the VIPs assigned to this node, from raw sockets.
 
-Wiring (see ``docs/announcer.md``):
+Wiring:
 
 * reads ``NodeAssignments`` from the assignments stream in its own consumer group
   ``announcer:<node>`` and keeps only the messages for its node; each newer (term, seq) message
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import re
@@ -29,11 +30,10 @@ import secrets
 import signal
 import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from l2lb.adapters.bus.client import Bus, BusError, add_redis_args, bus_from_args
 from l2lb.adapters.http.server import StatusServer
-from l2lb.adapters.kube.client import RESOURCES, KubeClient, KubeError, add_kube_args, client_from_args
 from l2lb.adapters.net.links import Link, LinkMonitor, read_links, vips_configured
 from l2lb.adapters.net.rawsock import RawPort, RawSocketError
 from l2lb.core import codec
@@ -50,6 +50,9 @@ from l2lb.core.messages import (
 from l2lb.obs import metrics
 from l2lb.obs.log import get_logger
 from l2lb.runtime.run import run_service
+
+if TYPE_CHECKING:
+    from l2lb.adapters.kube.client import KubeClient
 
 log = get_logger("l2lb.announcer")
 
@@ -350,6 +353,8 @@ class AnnouncerService:
             self._wake.set()
         if ch.added:
             self._check_kernel_owned([v.ip for v in ch.added])
+            # the VIP set is long-lived: keep it out of the cyclic GC's full collections (tail latency)
+            gc.freeze()
         _vips.set(len(self.state.vips))
 
     def _check_kernel_owned(self, ips: list[str]) -> None:
@@ -490,6 +495,9 @@ class AnnouncerService:
         _vips.set(len(self.state.serving(now)))
 
     async def _kube_labels(self, stop: asyncio.Event) -> None:
+        # imported here: the Kubernetes client costs ~40 MiB of RSS and is optional for the announcer
+        from l2lb.adapters.kube.client import RESOURCES, KubeError, client_from_args
+
         client: KubeClient | None = None
         try:
             while not stop.is_set():
@@ -569,6 +577,17 @@ class AnnouncerService:
             await self.server.stop()
 
 
+def _add_kube_args(p: argparse.ArgumentParser) -> None:
+    """The flags of ``l2lb.adapters.kube.client.add_kube_args`` (same names, envs and defaults), declared
+    here so the announcer does not import the Kubernetes client unless ``--kubeconfig`` is given."""
+    env = os.environ.get
+    g = p.add_argument_group("Kubernetes API (optional: only to read this node's labels)")
+    g.add_argument("--kubeconfig", default=env("L2LB_KUBECONFIG") or None,
+                   help="kubeconfig path (env L2LB_KUBECONFIG); when set, the Node's labels are reported")
+    g.add_argument("--kube-qps", type=float, default=env("L2LB_KUBE_QPS", "20"))
+    g.add_argument("--kube-burst", type=int, default=env("L2LB_KUBE_BURST", "40"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="l2lb announcer", description="Answer ARP/NDP for this node's LoadBalancer IPs."
@@ -617,7 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=("text", "json"), default=env("L2LB_LOG_FORMAT", "text"))
     p.add_argument("--log-level", default=env("L2LB_LOG_LEVEL", "info"))
     add_redis_args(p)
-    add_kube_args(p)
+    _add_kube_args(p)
     return p
 
 
@@ -636,6 +655,8 @@ def main(argv: list[str]) -> int:
         parser.error("--garp-count must be >= 0, --reply-rate > 0 and --reply-burst >= 1")
 
     async def _main(stop: asyncio.Event) -> None:
+        # the hot path allocates short-lived objects only: collect young generations less often
+        gc.set_threshold(20_000, 20, 20)
         await AnnouncerService(args).run(stop)
 
     return run_service("announcer", _main, log_level=args.log_level, log_format=args.log_format)

@@ -1,0 +1,283 @@
+"""ARP responder benchmark: the Linux kernel vs the l2lb announcer, same veth, same load generator.
+
+    sudo python bench/arp/run.py [--seconds-per-step 1.0] [--vips 10000] [--max-rate 200000]
+
+Two namespaces ("node" with interface enp0s25, "client") on a lab bridge. Target 198.51.100.50:
+
+1. kernel: the address is configured on the node's interface and the kernel answers;
+2. announcer: the address is removed, ``l2lb announcer`` answers for it among ``--vips`` VIPs
+   (TEST-NET only: the IPv4 ones from 198.51.100.0/24 and 203.0.113.0/24, the rest from 2001:db8::/64,
+   each joining its solicited-node group), per-source limit lifted for the single load source.
+
+The load generator (Python, raw AF_PACKET socket in the client namespace) sends ARP requests in bursts
+at increasing rates for a fixed time per step and matches replies by the asker's IP (128 rotating sender
+addresses, FIFO per sender); receive times are kernel timestamps (SO_TIMESTAMPNS). It reports the
+highest rate with 0 loss, latency p50/p99 at a low fixed rate (1000/s) and at that highest rate, the
+ratio announcer/kernel, and the announcer's RSS. A Python generator on a shared 2-core machine is itself
+a bottleneck: its own ceiling is printed as "generator send ceiling" so the figures can be judged.
+Bounded: every step has a frame count and a time limit; the whole run takes about a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from l2lb.core import codec
+from l2lb.lab.netns import Host, Topology, entered, list_namespaces, run
+
+TARGET = "198.51.100.50"
+NODE_IP = "198.51.100.2/24"
+CLIENT_IP = "198.51.100.3/24"
+ETH_P_ARP = 0x0806
+SO_TIMESTAMPNS = 35
+SCM_TIMESTAMPNS = SO_TIMESTAMPNS
+PACKET_IGNORE_OUTGOING = 23
+SOL_PACKET = 263
+N_SENDERS = 128
+RATES = (1_000, 5_000, 10_000, 20_000, 40_000, 60_000, 80_000, 100_000, 150_000, 200_000)
+
+
+class Generator:
+    def __init__(self, client: Host):
+        with entered(client.ns):
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+            s.bind((client.ifname, ETH_P_ARP))
+        s.setsockopt(socket.SOL_SOCKET, 33, 32 << 20)  # SO_RCVBUFFORCE
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        s.setblocking(False)
+        self.sock = s
+        mac = codec.mac_bytes(client.mac)
+        self.mac = mac
+        tpa = codec.ip_bytes(TARGET)
+        self.senders = [codec.ip_bytes(f"198.51.100.{100 + i}") for i in range(N_SENDERS)]
+        self.frames = [
+            codec.build_arp(1, eth_dst=codec.BROADCAST_MAC, eth_src=mac, sha=mac, spa=spa, tha=codec.ZERO_MAC,
+                            tpa=tpa)
+            for spa in self.senders
+        ]
+        self.index = {spa: i for i, spa in enumerate(self.senders)}
+
+    def drain(self, pending: list[collections.deque[int]], lat: list[int], want_mac: bytes) -> int:
+        got = 0
+        while True:
+            try:
+                data, anc, _flags, _addr = self.sock.recvmsg(128, 64)
+            except BlockingIOError:
+                return got
+            if len(data) < 42 or data[20:22] != b"\x00\x02" or data[22:28] != want_mac:
+                continue
+            i = self.index.get(data[38:42])
+            if i is None or not pending[i]:
+                continue
+            sent = pending[i].popleft()
+            ts = None
+            for level, typ, cdata in anc:
+                if level == socket.SOL_SOCKET and typ == SCM_TIMESTAMPNS:
+                    sec, nsec = struct.unpack("qq", cdata[:16])
+                    ts = sec * 1_000_000_000 + nsec
+            lat.append((ts if ts is not None else time.time_ns()) - sent)
+            got += 1
+
+    def step(self, rate: int, seconds: float, want_mac: bytes) -> dict[str, float]:
+        """Send ``rate * seconds`` requests paced in bursts; return sent/received/loss/latency."""
+        self.drain([collections.deque() for _ in self.senders], [], want_mac)
+        total = max(1, int(rate * seconds))
+        burst = max(1, min(64, rate // 1000))
+        gap = burst / rate
+        pending: list[collections.deque[int]] = [collections.deque() for _ in self.senders]
+        lat: list[int] = []
+        sent = got = 0
+        send = self.sock.send
+        frames = self.frames
+        t0 = time.perf_counter()
+        deadline = t0 + seconds * 3 + 2
+        while sent < total and time.perf_counter() < deadline:
+            due = t0 + (sent // burst) * gap
+            now = time.perf_counter()
+            if now < due:
+                got += self.drain(pending, lat, want_mac)
+                left = due - time.perf_counter()
+                if left > 0.0002:
+                    time.sleep(left - 0.0001)
+                continue
+            for _ in range(min(burst, total - sent)):
+                i = sent % N_SENDERS
+                pending[i].append(time.time_ns())
+                try:
+                    send(frames[i])
+                except BlockingIOError:
+                    pending[i].pop()
+                    continue
+                sent += 1
+            got += self.drain(pending, lat, want_mac)
+        elapsed = time.perf_counter() - t0
+        end = time.perf_counter() + 0.5
+        while time.perf_counter() < end and got < sent:
+            got += self.drain(pending, lat, want_mac)
+            time.sleep(0.002)
+        lat.sort()
+        return {
+            "rate": rate, "achieved_rate": round(sent / elapsed) if elapsed > 0 else 0, "sent": sent,
+            "received": got, "lost": sent - got,
+            "p50_us": round(lat[len(lat) // 2] / 1000, 1) if lat else float("nan"),
+            "p99_us": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] / 1000, 1) if lat else float("nan"),
+        }
+
+    def ceiling(self, seconds: float = 0.5) -> int:
+        """Frames/s this process can push with nothing else to do (the generator's own limit)."""
+        n = 0
+        t0 = time.perf_counter()
+        f = self.frames[0]
+        while time.perf_counter() - t0 < seconds:
+            for _ in range(256):
+                try:
+                    self.sock.send(f)
+                    n += 1
+                except BlockingIOError:
+                    pass
+        return int(n / (time.perf_counter() - t0))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def measure(gen: Generator, mac: str, seconds: float, max_rate: int, label: str) -> dict[str, object]:
+    want = codec.mac_bytes(mac)
+    low = gen.step(1000, min(seconds, 1.0), want)
+    print(f"  {label}: latency @1000/s: p50 {low['p50_us']} us, p99 {low['p99_us']} us "
+          f"(lost {low['lost']}/{low['sent']})", flush=True)
+    best: dict[str, float] | None = None
+    steps = []
+    for rate in RATES:
+        if rate > max_rate:
+            break
+        r = gen.step(rate, seconds, want)
+        steps.append(r)
+        print(f"  {label}: {rate:>7}/s asked, {r['achieved_rate']:>7}/s sent, lost {r['lost']:>6}, "
+              f"p50 {r['p50_us']} us, p99 {r['p99_us']} us", flush=True)
+        if r["lost"] > 0 or r["achieved_rate"] < rate * 0.9:
+            break
+        best = r
+        time.sleep(0.2)
+    return {"low": low, "best": best, "steps": steps}
+
+
+def vip_file(path: Path, n: int) -> None:
+    # not 198.51.100.100-227: the generator's sender addresses (a sender using an owned VIP is a conflict)
+    v4 = [f"198.51.100.{i}" for i in range(10, 100) if i != 50] + [f"203.0.113.{i}" for i in range(1, 255)]
+    vips = [TARGET, *v4[: max(0, n - 1)]]
+    i = 0
+    while len(vips) < n:
+        i += 1
+        vips.append(f"2001:db8::1:{i:x}")
+    path.write_text(json.dumps({"vips": [{"ip": ip, "epoch": 1} for ip in vips]}))
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds-per-step", type=float, default=1.0)
+    ap.add_argument("--vips", type=int, default=10_000)
+    ap.add_argument("--max-rate", type=int, default=200_000)
+    ap.add_argument("--json", help="also write the results as JSON to this file")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench/arp needs root (network namespaces, raw sockets)", file=sys.stderr)
+        return 2
+    for ns in list_namespaces():
+        if ns.startswith("barp"):
+            run(["ip", "netns", "del", ns], check=False)
+    results: dict[str, object] = {}
+    with Topology("barp") as topo, tempfile.TemporaryDirectory() as tmp:
+        node = topo.add_host("node", ifname="enp0s25", addrs=[NODE_IP])
+        client = topo.add_host("cli", addrs=[CLIENT_IP])
+        gen = Generator(client)
+        try:
+            ceiling = gen.ceiling()
+            print(f"generator send ceiling (Python, raw socket, nothing else): {ceiling}/s", flush=True)
+            results["generator_ceiling"] = ceiling
+            # -- kernel ------------------------------------------------------------------------
+            node.exec(["ip", "addr", "add", f"{TARGET}/24", "dev", node.ifname])
+            print("kernel answering for", TARGET, flush=True)
+            results["kernel"] = measure(gen, node.mac, args.seconds_per_step, args.max_rate, "kernel")
+            node.exec(["ip", "addr", "del", f"{TARGET}/24", "dev", node.ifname])
+            client.exec(["ip", "neigh", "flush", "all"], check=False)
+            # -- announcer ---------------------------------------------------------------------
+            static = Path(tmp) / "vips.json"
+            vip_file(static, args.vips)
+            logf = open(Path(tmp) / "announcer.log", "wb")  # noqa: SIM115
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", node.ns, sys.executable, "-m", "l2lb.cli", "announcer", "--node", "bench",
+                 "--interfaces", node.ifname, "--no-bus", "--static-assignments", str(static), "--http-port", "0",
+                 "--garp-count", "0", "--reply-rate", "1e9", "--reply-burst", "1e9", "--log-level", "warning"],
+                stdout=logf, stderr=subprocess.STDOUT)
+            try:
+                t0 = time.monotonic()
+                ok = False
+                while time.monotonic() - t0 < 30 and proc.poll() is None:
+                    out = client.exec(["arping", "-c", "1", "-w", "1", "-I", client.ifname, TARGET], check=False)
+                    if node.mac.upper() in out.stdout:
+                        ok = True
+                        break
+                if not ok:
+                    print("announcer did not answer:", (Path(tmp) / "announcer.log").read_text()[-3000:])
+                    return 1
+                print(f"announcer answering for {TARGET} among {args.vips} VIPs "
+                      f"(ready after {time.monotonic() - t0:.1f} s)", flush=True)
+                rss_idle = rss_kib(proc.pid)
+                results["announcer"] = measure(gen, node.mac, args.seconds_per_step, args.max_rate, "announcer")
+                results["announcer_rss_kib"] = max(rss_idle, rss_kib(proc.pid))
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                logf.close()
+        finally:
+            gen.close()
+    k = results["kernel"]
+    a = results["announcer"]
+    assert isinstance(k, dict) and isinstance(a, dict)
+    kb, ab = k["best"] or {}, a["best"] or {}
+    kr, ar = kb.get("rate", 0), ab.get("rate", 0)
+    print("\n== bench/arp ==")
+    print(f"generator ceiling:             {results['generator_ceiling']}/s (Python; above it figures are the "
+          "generator's, not the responder's)")
+    print(f"max rate with 0 loss: kernel   {kr}/s   announcer {ar}/s   ratio {ar / kr if kr else float('nan'):.2f}")
+    kl, al = k["low"], a["low"]
+    print(f"latency @1000/s p50:  kernel   {kl['p50_us']} us   announcer {al['p50_us']} us   "
+          f"added {al['p50_us'] - kl['p50_us']:.1f} us")
+    print(f"latency @1000/s p99:  kernel   {kl['p99_us']} us   announcer {al['p99_us']} us   "
+          f"added {al['p99_us'] - kl['p99_us']:.1f} us")
+    if kb and ab:
+        print(f"latency @max p50/p99: kernel   {kb['p50_us']}/{kb['p99_us']} us   "
+              f"announcer {ab['p50_us']}/{ab['p99_us']} us")
+    rss = results["announcer_rss_kib"]
+    assert isinstance(rss, int)
+    print(f"announcer RSS with {args.vips} VIPs: {rss / 1024:.1f} MiB")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
