@@ -197,7 +197,7 @@ async def test_stream_trimmed_past_position_resyncs_once(bus: Bus, running: Runn
 async def test_lag_and_pending_metrics(bus: Bus, running: Running) -> None:
     s = bus.keys.allocations
     rec = Recorder()
-    c = bus.consumer(s, "lagg", "c", rec, block_ms=100, check_interval=0.1)
+    c = bus.consumer(s, "lagg", "c", rec, block_ms=100, check_interval=0.1, stats_interval=0.2)
     stop, task = running.start(c)
     await wait_until(lambda: c._incarnation is not None, what="set up")
     await asyncio.sleep(0.05)

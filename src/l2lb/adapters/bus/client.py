@@ -458,7 +458,8 @@ class Consumer:
     Options: ``batch`` (XREADGROUP COUNT, 100), ``block_ms`` (1000), ``min_idle_ms`` (pending entries
     idle longer are claimed from other consumers, 10000), ``claim_interval`` (s, min_idle/2),
     ``max_deliveries`` (handler failures before dead-lettering, 5), ``check_interval`` (s between
-    incarnation/trim/lag checks, 1.0), ``backoff`` (:class:`Backoff`).
+    incarnation/trim checks, 1.0), ``stats_interval`` (s between full checks with lag/pending, 5.0),
+    ``backoff`` (:class:`Backoff`). ``check()`` runs the checks at once (tests, status pages).
     """
 
     def __init__(
@@ -477,6 +478,7 @@ class Consumer:
         claim_interval: float | None = None,
         max_deliveries: int = 5,
         check_interval: float = 1.0,
+        stats_interval: float = 5.0,
         backoff: Backoff | None = None,
     ) -> None:
         if block_ms >= bus.dsn.socket_timeout * 1000:
@@ -496,12 +498,15 @@ class Consumer:
         self.claim_interval = claim_interval if claim_interval is not None else min_idle_ms / 2000
         self.max_deliveries = max_deliveries
         self.check_interval = check_interval
+        self.stats_interval = stats_interval
         self.backoff = backoff or Backoff()
         self._r = bus.redis
         self._labels = (bus.keys.short(stream), group)
         self._incarnation: str | None = None
         self._failures: dict[str, int] = {}
         self._next_check = 0.0
+        self._next_stats = 0.0
+        self._pos: tuple[int, int] = (0, 0)  # newest stream position known to be delivered to the group
         self._next_claim = 0.0
         self._last_full = False
         # observable state (status pages, tests)
@@ -527,8 +532,10 @@ class Consumer:
                         need_setup = first = False
                         self.backoff.reset()
                     now = time.monotonic()
-                    if self._last_full or now >= self._next_check:
-                        await self.check()
+                    if now >= self._next_stats:
+                        await self.check(full=True)
+                    elif self._last_full or now >= self._next_check:
+                        await self.check(full=False)
                     if now >= self._next_claim:
                         await self._claim()
                         self._next_claim = time.monotonic() + self.claim_interval
@@ -536,6 +543,8 @@ class Consumer:
                     if got is None:
                         break
                     self._last_full = len(got) >= self.batch
+                    if got:
+                        self._pos = max(self._pos, _id_tuple(got[-1][0]))
                     await self._process(got)
                     self.backoff.reset()
                 except ResponseError as e:
@@ -606,7 +615,7 @@ class Consumer:
                 break
             await self._process(entries)
             start = _s(entries[-1][0])
-        self._next_check = 0.0
+        self._next_check = self._next_stats = 0.0
 
     async def _create_group(self, start: str) -> bool:
         try:
@@ -642,27 +651,47 @@ class Consumer:
         except Exception as e:
             log.error("on_resync handler failed", extra=self._x(reason=reason, error=repr(e)), exc_info=True)
 
-    async def check(self) -> None:
-        """Incarnation, group existence, trimming past our position, lag and pending metrics."""
-        self._next_check = time.monotonic() + self.check_interval
+    async def check(self, full: bool = True) -> None:
+        """Incarnation, group existence, trimming past our position, lag and pending metrics.
+
+        The cheap form (``full=False``, every ``check_interval``) reads only the incarnation and
+        XINFO STREAM, and escalates to the full form when the stream's first entry lies beyond the
+        newest position this consumer knows of; the full form (every ``stats_interval``) adds
+        XINFO GROUPS (one record per group of the stream: costly with 100 groups).
+        """
+        now = time.monotonic()
+        self._next_check = now + self.check_interval
+        if full:
+            self._next_stats = now + self.stats_interval
         async with self._r.pipeline(transaction=False) as p:
             p.get(self.bus.keys.incarnation)
-            p.xinfo_groups(self.stream)
             p.xinfo_stream(self.stream)
-            inc_raw, groups, info = await p.execute(raise_on_error=False)
-        for res in (inc_raw, groups, info):
-            if isinstance(res, NoPermissionError):
-                raise res
-            if isinstance(res, (RedisConnectionError, RedisTimeoutError)):
-                raise res
+            if full:
+                p.xinfo_groups(self.stream)
+            res = await p.execute(raise_on_error=False)
+        inc_raw, info = res[0], res[1]
+        groups = res[2] if full else []
+        for r in res:
+            if isinstance(r, (NoPermissionError, RedisConnectionError, RedisTimeoutError)):
+                raise r
         if not isinstance(inc_raw, Exception) and (inc_raw is None or _s(inc_raw) != self._incarnation):
             await self._group_missing()
             return
-        if isinstance(groups, Exception) or isinstance(info, Exception):
-            if "no such key" in str(groups).lower() or "no such key" in str(info).lower():
-                await self._group_missing()
-                return
-            raise groups if isinstance(groups, Exception) else info
+        for r in (info, groups):
+            if isinstance(r, Exception):
+                if "no such key" in str(r).lower():
+                    await self._group_missing()
+                    return
+                raise r
+        length = int(info.get("length") or 0)
+        added = int(info.get("entries-added") or 0)
+        removed = added - length
+        first_raw = info.get("recorded-first-entry-id") or (info.get("first-entry") or [b"0-0"])[0]
+        first = _id_tuple(first_raw)
+        if not full:
+            if length > 0 and removed > 0 and first > self._pos:
+                await self.check(full=True)
+            return
         mine = next((g for g in groups if _s(g.get("name")) == self.group), None)
         if mine is None:
             await self._group_missing()
@@ -673,13 +702,10 @@ class Consumer:
         self.lag = int(lag) if lag is not None else None
         if self.lag is not None:
             _lag.labels(*self._labels).set(self.lag)
-        length = int(info.get("length") or 0)
-        added = int(info.get("entries-added") or 0)
-        removed = added - length
+        last_delivered = _id_tuple(mine.get("last-delivered-id"))
+        self._pos = max(self._pos, last_delivered)
         if removed <= 0 or length == 0:
             return
-        first = _id_tuple(info.get("recorded-first-entry-id") or (info.get("first-entry") or [b"0-0"])[0])
-        last_delivered = _id_tuple(mine.get("last-delivered-id"))
         read = mine.get("entries-read")
         if last_delivered < first and (read is None or int(read) < removed):
             log.warning("stream trimmed past the group's position: entries were lost",
