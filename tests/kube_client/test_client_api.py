@@ -107,7 +107,9 @@ async def test_server_sees_at_most_qps_after_burst(kube: Any, caplog: pytest.Log
     tail = log[burst:]
     for i, start in enumerate(tail):
         in_window = sum(1 for t in tail[i:] if t < start + 1.0)
-        assert in_window <= qps + 1, f"{in_window} requests in 1 s starting at #{i + burst}"
+        # +2: one for the window edge, one for arrival jitter on a loaded machine (no limiter: ~48)
+        assert in_window <= qps + 2, f"{in_window} requests in 1 s starting at #{i + burst}"
+    assert (len(tail) - 1) / (tail[-1] - tail[0]) <= qps * 1.05  # mean rate after the burst
     span = log[-1] - log[0]
     ideal = (n - burst) / qps
     assert ideal * 0.9 <= span <= ideal + 1.0
