@@ -179,3 +179,24 @@ async def test_kubernetes_asyncio_client_works(kube):
                 got.append((ev["type"], ev["object"].status.load_balancer.ingress[0].ip))
                 break
         assert got == [("MODIFIED", "203.0.113.7")]
+
+
+def test_kubectl_get_shows_external_ip_and_printer_columns(kube, crds):
+    kube.kubectl("apply", "-k", str(SEED))
+    code, _, _ = kube.http("PATCH", "/api/v1/namespaces/pihole/services/pihole-web/status",
+                           {"status": {"loadBalancer": {"ingress": [{"ip": "192.168.1.130"}]}}},
+                           content_type="application/merge-patch+json")
+    assert code == 200
+    out = kube.kubectl("get", "svc", "-n", "pihole").stdout
+    lines = {ln.split()[0]: ln.split() for ln in out.splitlines()[1:]}
+    assert "EXTERNAL-IP" in out.splitlines()[0]
+    assert "192.168.1.130" in lines["pihole-web"] and "<pending>" in lines["pihole-dns-tcp"]
+    assert "53:" in out and "/UDP" in lines["pihole-dns-udp"][4]
+    crd = kube.http("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
+                           "ciliumloadbalancerippools.cilium.io")[1]
+    cols = [c["name"].upper() for v in crd["spec"]["versions"] for c in v.get("additionalPrinterColumns", [])]
+    out = kube.kubectl("get", "ciliumloadbalancerippools.cilium.io").stdout
+    header = out.splitlines()[0].split()
+    for c in cols:
+        assert c.replace(" ", "") in [h.replace(" ", "") for h in header] or c in out.splitlines()[0], (c, out)
+    assert "default-pool" in out

@@ -23,6 +23,7 @@ import yaml
 from aiohttp import web
 
 from l2lb.apiserver.store import ApiError, Event, Store, bad_request
+from l2lb.apiserver.table import TABLE_CONTENT_TYPE, table, wants_table
 from l2lb.apiserver.types import ResourceType
 from l2lb.obs import metrics
 from l2lb.obs.log import get_logger
@@ -513,6 +514,8 @@ class ApiServer:
                 if watch:
                     return await self._watch(request, t)
                 items = st.list_objects(rt, t.ns, q.get("labelSelector"), q.get("fieldSelector"))
+                if wants_table(request.headers.get("Accept", "")):
+                    return self._table([st.view(rt, o) for o in items], t, request)
                 return web.json_response(
                     {
                         "kind": rt.list_kind,
@@ -546,7 +549,10 @@ class ApiServer:
         if m == "GET":
             if watch:
                 return await self._watch(request, t)
-            return web.json_response(st.view(rt, st.get(rt, t.ns, name)))
+            got = st.view(rt, st.get(rt, t.ns, name))
+            if wants_table(request.headers.get("Accept", "")) and t.sub is None:
+                return self._table([got], t, request)
+            return web.json_response(got)
         if m == "PUT":
             obj = st.update(
                 rt, t.ns, name, await self._body(request), subresource=t.sub, strict=strict, dry_run=dry
@@ -590,6 +596,13 @@ class ApiServer:
             obj = st.delete(rt, t.ns, name, pre, dry_run=dry)
             return web.json_response(st.view(rt, obj))
         raise ApiError(405, "MethodNotAllowed", f"{m} is not supported")
+
+    def _table(self, objs: list[Obj], t: _Target, request: web.Request) -> web.Response:
+        tab = table(t.rt, objs, str(self.store.rv), request.query.get("includeObject", "Metadata"))
+        resp = web.json_response(tab)
+        resp.content_type = "application/json"
+        resp.headers["Content-Type"] = TABLE_CONTENT_TYPE
+        return resp
 
     # -- watch ----------------------------------------------------------------------------------
     def _translate(self, t: _Target, ev: Event, lreqs: Any, freqs: Any) -> tuple[str, Obj] | None:
@@ -662,7 +675,12 @@ class ApiServer:
             await resp.prepare(request)
             self._log(request["entry"], 200)
 
+            as_table = wants_table(request.headers.get("Accept", ""))
+            include = q.get("includeObject", "Metadata")
+
             async def send(type_: str, obj: Obj) -> None:
+                if as_table and type_ in ("ADDED", "MODIFIED", "DELETED"):
+                    obj = table(rt, [obj], obj["metadata"].get("resourceVersion", ""), include)
                 line = json.dumps({"type": type_, "object": obj}, separators=(",", ":")) + "\n"
                 await resp.write(line.encode())
 
