@@ -292,6 +292,11 @@ class Allocator:
                               "not handled: not type LoadBalancer or another loadBalancerClass")
         if st is not None and st.req == svc and st.result is not None and st.result.ok:
             return replace(st.result, changed=False, released=(), invalid_existing=())
+        if (st is None and not existing and not svc.problems and not svc.requested_ips
+                and not svc.sharing_key and svc.pool is None and not self._selective):
+            fast = self._fast_new(svc)
+            if fast is not None:
+                return fast
         invalid: list[str] = []
         if st is None:
             st = _Svc(svc)
@@ -301,6 +306,41 @@ class Allocator:
         old = list(st.ips)
         self._record(st, svc)
         res = self._run(st, keep, old, invalid)
+        return res
+
+    def _fast_new(self, svc: ServiceRequest) -> AllocationResult | None:
+        """The common case (new Service, nothing requested, no sharing, no selective pools) without
+        the general machinery; same outcome as ``_run``. None: take the general path."""
+        fams, _ = self._families(svc, [])
+        used = self._used
+        key = svc.key
+        got: list[tuple[int, _Range]] = []
+        for f in fams:
+            for ps in self._auto_order:
+                if f in ps.families and ps.pool.auto_assign:
+                    for rng in ps.ranges:
+                        if rng.family == f:
+                            k = rng.take_lowest(used)
+                            if k is not None:
+                                used[k] = key
+                                rng.used += 1
+                                got.append((k, rng))
+                                break
+                    else:
+                        continue
+                    break
+        if len(got) < len(fams):  # something missing: undo, let _run explain
+            for k, _rng in got:
+                self._detach(k, key)
+            return None
+        if len(got) > 1:
+            got.sort(key=lambda t: t[0])
+        st = _Svc(svc)
+        st.ips = [k for k, _ in got]
+        self._svcs[key] = st
+        pools = {str_of(k): rng.pool for k, rng in got}
+        res = AllocationResult(key, Reason.SATISFIED, "", tuple(pools), pools, True, (), ())
+        st.result = res
         return res
 
     def release(self, key: str) -> list[str]:
