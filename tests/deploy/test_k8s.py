@@ -310,8 +310,11 @@ def test_overlays_do_what_they_say() -> None:
     groups = {g for r in one(cil, "ClusterRole", "l2lb-allocator")["rules"] for g in r["apiGroups"]}
     assert "cilium.io" in groups and "metallb.io" not in groups
     mig = built("metallb-migration")
-    sel = one(mig, "DaemonSet", "l2lb-announcer")["spec"]["template"]["spec"]["nodeSelector"]
-    assert sel == {"l2lb.io/announcer": "true"}
+    # migrations: announcers wait for a node label (never two answerers for one IP)
+    for overlay in ("cilium", "metallb-migration"):
+        sel = one(built(overlay), "DaemonSet", "l2lb-announcer")["spec"]["template"]["spec"]["nodeSelector"]
+        assert sel == {"l2lb.io/announcer": "true"}, overlay
+    assert "nodeSelector" not in one(built("base"), "DaemonSet", "l2lb-announcer")["spec"]["template"]["spec"]
     groups = {g for r in one(mig, "ClusterRole", "l2lb-allocator")["rules"] for g in r["apiGroups"]}
     assert "metallb.io" in groups and "cilium.io" not in groups
     ext = built("external-redis")
