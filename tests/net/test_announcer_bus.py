@@ -18,10 +18,11 @@ from urllib.parse import urlparse
 import pytest
 
 from l2lb.adapters.bus.client import Bus
-from l2lb.core.messages import Heartbeat, NodeAssignments, VipAssignment, decode
+from l2lb.core import codec
+from l2lb.core.messages import Conflict, Heartbeat, NodeAssignments, VipAssignment, decode
 from l2lb.lab.netns import Host, Topology, entered
 
-from .announcer_helpers import AnnouncerProc, private_topology
+from .announcer_helpers import AnnouncerProc, RawClient, private_topology
 
 pytestmark = pytest.mark.net
 
@@ -96,6 +97,12 @@ async def _heartbeats(bus: Bus, node: str, since: str = "-") -> list[tuple[str, 
     return out
 
 
+async def _conflicts(bus: Bus) -> list[Conflict]:
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = await bus.redis.xrange(  # type: ignore[assignment]
+        bus.keys.heartbeats)
+    return [m for m in (decode(f[b"m"]) for _, f in entries) if isinstance(m, Conflict)]
+
+
 async def test_bus_assignments_heartbeats_link_and_outage(topology: Topology, tmp_path: Path,
                                                           redis_url: str) -> None:
     node = topology.add_host("n1", ifname="enp0s25", addrs=["198.51.100.2/24", "2001:db8::2/64"])
@@ -133,6 +140,23 @@ async def test_bus_assignments_heartbeats_link_and_outage(topology: Topology, tm
         st = await asyncio.to_thread(ann.status)
         assert {v["ip"]: v["epoch"] for v in st["vips"]} == {VIP4: 7, VIP6: 8}
         assert st["term"] == 3 and 0 < st["remaining_s"] <= 2.5
+
+        # a conflicting GARP from the client: a Conflict message on the heartbeats stream
+        raw = RawClient(client)
+        try:
+            cmac = codec.mac_bytes(client.mac)
+            raw.send(codec.build_garp_reply(cmac, codec.ip_bytes(VIP4)))
+        finally:
+            raw.close()
+        conflicts: list[Conflict] = []
+        deadline = time.monotonic() + 3
+        while not conflicts and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            conflicts = await _conflicts(bus)
+        assert conflicts, ann.log()
+        c = conflicts[0]
+        assert (c.node, c.ip, c.their_mac, c.our_mac, c.interface, c.defended) == \
+            ("n1", VIP4, client.mac, node.mac, "enp0s25", True)
 
         # heartbeats: every ~100 ms, with labels, interfaces and what it serves
         await asyncio.sleep(1.0)

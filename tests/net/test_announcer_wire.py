@@ -5,6 +5,7 @@ Addresses: TEST-NET-2 198.51.100.0/24 and 2001:db8::/64 only, inside namespaces 
 
 from __future__ import annotations
 
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -72,6 +73,8 @@ def test_kernel_resolves_vip_arping_and_ndp(topology: Topology, tmp_path: Path) 
         assert iface["multicast_groups"] == ["33:33:ff:00:00:10"]
         st_counters = st["counters"]
         assert st_counters["answered"] >= 4 and st_counters["not_owned"] >= 2
+        # the BPF filter kept the pings (IPv4 ICMP, ICMPv6 echo) out of user space
+        assert not {"unsupported_ethertype", "unsupported_icmp_type", "unsupported_next_header"} & set(st_counters)
         time.sleep(1.1)  # metrics are synced every second
         m = ann.metrics()
         assert metric_value(m, "l2lb_announcer_frames_total", 'reason="answered"') >= 4
@@ -217,7 +220,9 @@ def test_per_source_rate_limit(topology: Topology, tmp_path: Path) -> None:
 def test_link_down_stops_answering_and_link_up_reannounces(topology: Topology, tmp_path: Path) -> None:
     node = _node(topology, "n1", 2)
     client = _client(topology)
-    with announcer(node, "n1", tmp_path, static=STATIC, extra=["--garp-count", "1"]) as ann:
+    # --no-netlink: the /sys polling fallback (the bus test covers rtnetlink)
+    with announcer(node, "n1", tmp_path, static=STATIC, extra=["--garp-count", "1", "--no-netlink"]) as ann:
+        assert ann.status()["link_monitor"] == "poll"
         topology.cut("n1", up=False)
         deadline = time.monotonic() + 2
         while ann.status()["interfaces"][0]["answering"] and time.monotonic() < deadline:
@@ -237,16 +242,24 @@ def test_link_down_stops_answering_and_link_up_reannounces(topology: Topology, t
             raw.close()
 
 
-def test_refuses_bad_static_file_without_crashing(topology: Topology, tmp_path: Path) -> None:
+def test_bad_static_file_and_vip_configured_locally_are_reported(topology: Topology, tmp_path: Path) -> None:
     node = _node(topology, "n1", 2)
     with announcer(node, "n1", tmp_path, static=STATIC) as ann:
         ann.static_path.write_text("{not json")
-        ann.proc.send_signal(__import__("signal").SIGHUP)
+        ann.proc.send_signal(signal.SIGHUP)
         time.sleep(0.5)
         st = ann.status()
         assert ann.proc.poll() is None
         assert "not JSON" in st["static_assignments"]["error"]
         assert {v["ip"] for v in st["vips"]} == {VIP4, VIP6}  # kept the previous set
+        # a VIP that is also an address of the host: the kernel would answer too -> warned
+        node.exec(["ip", "addr", "add", "198.51.100.20/32", "dev", node.ifname])
+        ann.reload({"vips": [{"ip": "198.51.100.20", "epoch": 1}]})
+        deadline = time.monotonic() + 3
+        while "configured as an address" not in ann.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "configured as an address" in ann.log()
+        assert "interface=enp0s25" in ann.log()
 
 
 def test_socket_helpers_sanity() -> None:
