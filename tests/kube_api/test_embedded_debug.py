@@ -113,7 +113,7 @@ def test_state_file_survives_restart_and_rvs_stay_monotonic(tmp_path):
         time.sleep(0.6)  # let the debounced writer flush
         p.stop(kill=True)  # unclean: resourceVersions jump so none is reused
         p.start()
-        code, b2, _ = h.http("GET", P + "/after")
+        code, _, _ = h.http("GET", P + "/after")
         assert code == 200
         code, c, _ = h.http("POST", P, service("third"))
         assert rv(c) > rv(b)

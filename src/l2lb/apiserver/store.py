@@ -121,8 +121,9 @@ def _meta(o: Obj) -> Obj:
     return m if isinstance(m, dict) else {}
 
 
-def _spec_part(o: Obj) -> Obj:
-    return {k: v for k, v in o.items() if k not in ("metadata", "status", "apiVersion", "kind")}
+def _spec_part(o: Obj, status_counts: bool = False) -> Obj:
+    skip = ("metadata", "apiVersion", "kind") if status_counts else ("metadata", "status", "apiVersion", "kind")
+    return {k: v for k, v in o.items() if k not in skip}
 
 
 def _strip_rv(o: Obj) -> Obj:
@@ -392,7 +393,9 @@ class Store:
         meta["name"] = name
         if nsv is not None:
             meta["namespace"] = nsv
-        meta.update(uid=str(uuid.uuid4()), creationTimestamp=now(), generation=1)
+        meta.update(uid=str(uuid.uuid4()), creationTimestamp=now())
+        if rt.generation:
+            meta["generation"] = 1
         obj: Obj = {"apiVersion": rt.api_version, "kind": rt.kind, "metadata": meta}
         obj.update({k: copy.deepcopy(v) for k, v in body.items() if k != "metadata"})
         if rt.status_subresource and not rt.keep_status_on_create:
@@ -534,7 +537,8 @@ class Store:
                 else:
                     new.pop("status", None)
             self._defaults(rt, new, old)
-            if _spec_part(new) != _spec_part(old):
+            counts = rt.crd is not None and not rt.status_subresource
+            if rt.generation and _spec_part(new, counts) != _spec_part(old, counts):
                 meta["generation"] = int(ometa.get("generation", 1)) + 1
         if _strip_rv(new) == _strip_rv(old):
             return old  # a no-op write does not change the resourceVersion
@@ -605,6 +609,8 @@ class Store:
                 return old
             new = copy.deepcopy(old)
             new["metadata"]["deletionTimestamp"] = now()
+            if int(ometa.get("generation") or 0) > 0:
+                new["metadata"]["generation"] = int(ometa["generation"]) + 1
             new["metadata"]["deletionGracePeriodSeconds"] = 0
             new["metadata"]["resourceVersion"] = self._next_rv()
             self.objects[rt.gk][key] = new

@@ -257,6 +257,8 @@ class ResourceType:
     short_names: tuple[str, ...] = ()
     status_subresource: bool = False
     keep_status_on_create: bool = False
+    # metadata.generation kept (1 on create, +1 per spec change) as the real server does for this type
+    generation: bool = False
     # dotted path -> patchMergeKey ("" = set of scalars); None: strategic merge patch not supported (CRDs)
     merge_keys: dict[str, str] | None = field(default=None, hash=False, compare=False)
     schema: dict[str, Any] | None = field(default=None, hash=False, compare=False)
@@ -293,6 +295,7 @@ def _b(
     keep_status: bool = False,
     keys: dict[str, str] | None = None,
     schema: dict[str, Any] | None = None,
+    generation: bool = False,
 ) -> ResourceType:
     return ResourceType(
         group,
@@ -306,6 +309,7 @@ def _b(
         keep_status_on_create=keep_status,
         merge_keys={**_COMMON_KEYS, **(keys or {})},
         schema=schema,
+        generation=generation,
     )
 
 
@@ -359,7 +363,7 @@ BUILTINS: list[ResourceType] = [
     _b("", "v1", "configmaps", "ConfigMap", True, short=("cm",)),
     _b("", "v1", "secrets", "Secret", True),
     _b("", "v1", "serviceaccounts", "ServiceAccount", True, short=("sa",), keys={"secrets": "name"}),
-    _b("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True, schema=_EPSLICE),
+    _b("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True, schema=_EPSLICE, generation=True),
     _b("coordination.k8s.io", "v1", "leases", "Lease", True, schema=_LEASE),
     _b("events.k8s.io", "v1", "events", "Event", True, short=("ev",)),
     _b(
@@ -371,6 +375,7 @@ BUILTINS: list[ResourceType] = [
         short=("deploy",),
         status=True,
         keys={**_template_keys(), "status.conditions": "type"},
+        generation=True,
     ),
     _b(
         "apps",
@@ -381,6 +386,7 @@ BUILTINS: list[ResourceType] = [
         short=("ds",),
         status=True,
         keys={**_template_keys(), "status.conditions": "type"},
+        generation=True,
     ),
     _b("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False),
     _b("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", False),
@@ -395,6 +401,7 @@ BUILTINS: list[ResourceType] = [
         short=("crd", "crds"),
         status=True,
         keys={"status.conditions": "type"},
+        generation=True,
     ),
 ]
 
@@ -462,6 +469,7 @@ def crd_types(crd: dict[str, Any]) -> list[ResourceType]:
                 merge_keys=None,
                 schema=sch if isinstance(sch, dict) else None,
                 crd=str(name),
+                generation=True,
                 categories=tuple(names.get("categories") or ()),
                 printer_columns=cols,
             )
