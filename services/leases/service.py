@@ -614,8 +614,8 @@ class LeasesService:
                     self._queue("lease", key, self._lease_writer(key, ""))
         if self.cfg.events and self.recorder is not None:
             for m in moves:
-                if m.old is None and m.new is None:
-                    continue
+                if m.old is None:
+                    continue  # first placement is not a move (and would flood Events at startup)
                 for svc in m.services:
                     self._queue(f"event:{m.ip}:{m.epoch}:{m.new}", svc, self._event_writer(svc, m))
 
