@@ -73,3 +73,35 @@ def test_mutated_frames_never_raise(seed: bytes, flips: list[tuple[int, int]], c
 
 _STATE = _state()
 _STATE.reply_burst = 1e9
+
+
+def _pair() -> tuple[AnnouncerState, AnnouncerState]:
+    out = []
+    for _ in range(2):
+        s = AnnouncerState("n1", reply_rate=5.0, reply_burst=3.0)
+        s.apply(NodeAssignments(node="n1", term=1, seq=1, ttl_ms=10_000, sent_at=0.0,
+                                vips=(VipAssignment("198.51.100.10", 1), VipAssignment("198.51.100.2", 1),
+                                      VipAssignment("198.51.100.12", 1, ("eth9",)))), 0.0)
+        out.append(s)
+    return out[0], out[1]
+
+
+_FAST, _FULL = _pair()
+_ARP_IPS = [codec.ip_bytes(f"198.51.100.{i}") for i in (2, 3, 10, 12)] + [b"\x00" * 4, b"\xe0\x00\x00\x01",
+                                                                            b"\x7f\x00\x00\x01"]
+_MACS = [ASKER, MAC, codec.ZERO_MAC, codec.BROADCAST_MAC, bytes.fromhex("010000000003")]
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(_MACS), st.sampled_from(_MACS), st.sampled_from(_ARP_IPS), st.sampled_from(_ARP_IPS),
+       st.sampled_from([0.5, 2.0, 11.0]), st.lists(st.tuples(st.integers(12, 41), st.integers(0, 255)), max_size=2),
+       st.booleans())
+def test_arp_fast_path_agrees_with_full_path(esrc: bytes, sha: bytes, spa: bytes, tpa: bytes, now: float,
+                                             flips: list[tuple[int, int]], vlan: bool) -> None:
+    frame = bytearray(codec.build_arp(1, eth_dst=codec.BROADCAST_MAC, eth_src=esrc, sha=sha, spa=spa,
+                                      tha=codec.ZERO_MAC, tpa=tpa, vlan=5 if vlan else None))
+    for pos, val in flips:
+        frame[pos] = val
+    a = _FAST.handle(bytes(frame), IFACE, now)
+    b = _FULL.handle_full(bytes(frame), IFACE, now)
+    assert (a.reason, a.frames, a.conflict) == (b.reason, b.frames, b.conflict)
