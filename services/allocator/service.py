@@ -1,0 +1,566 @@
+"""The allocator service: Services and pools in (informers), IPs, conditions, Events and bus
+messages out, around the pure :class:`l2lb.core.allocator.Allocator`.
+
+Active/standby: every instance keeps its informer caches warm; only the leader allocates and
+writes. On becoming leader (or at start without leader election) an instance builds a fresh
+allocator from its caches -- pools first, then ``restore`` with every Service's status IPs, so no
+Service changes IP across a restart or a leader change -- writes what differs, and publishes a full
+AllocationSnapshot. After that it reacts to changes only: at rest it sends no request besides
+watches and leader-election renewals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from l2lb.adapters.bus.client import Bus
+from l2lb.adapters.kube.client import RESOURCES, KubeClient, KubeError, Resource
+from l2lb.adapters.kube.events import EventRecorder
+from l2lb.adapters.kube.informer import Informer
+from l2lb.adapters.kube.leader import LeaderElector
+from l2lb.adapters.kube.writes import set_condition
+from l2lb.core.allocator import Allocator
+from l2lb.core.messages import Allocation, AllocationSnapshot, PortSpec, SnapshotRequest
+from l2lb.core.models import AllocationResult, ParseError, Pool, Reason, ServiceRequest
+from l2lb.core.parse import CILIUM_L2_CLASS, DEFAULT_CLASSES, parse_pool, parse_service, status_ips
+from l2lb.obs import metrics
+from l2lb.obs.log import get_logger
+
+log = get_logger("l2lb.allocator")
+
+CONDITION = "l2lb.io/IPAllocated"
+POOL_RESOURCES = {
+    "l2lb": "l2lb_pools",
+    "cilium": "cilium_pools_v2alpha1",
+    "cilium-v2": "cilium_pools_v2",
+    "metallb": "metallb_pools",
+}
+# pool kinds whose status carries Cilium-style counters and the conflict condition
+_STATUS_KINDS = {"CiliumLoadBalancerIPPool": "cilium.io", "LoadBalancerIPPool": "l2lb.io"}
+
+ALLOCATIONS = metrics.counter("l2lb_allocator_results_total", "Allocation outcomes by reason", ("reason",))
+FAILING = metrics.gauge("l2lb_allocator_unsatisfied_services", "Services without the IPs they need, by reason",
+                        ("reason",))
+POOL_IPS = metrics.gauge("l2lb_allocator_pool_ips", "Pool addresses by state (total, used, available)",
+                         ("pool", "state"))
+RECONCILE = metrics.histogram("l2lb_allocator_reconcile_seconds", "Time to handle one Service change",
+                              buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0))
+WRITES = metrics.counter("l2lb_allocator_kube_writes_total", "Kubernetes writes by the allocator", ("what",))
+PUBLISHED = metrics.counter("l2lb_allocator_published_total", "Bus messages published", ("kind",))
+IS_LEADER = metrics.gauge("l2lb_allocator_leader", "1 while this instance is the active allocator")
+RESTORE_SECONDS = metrics.gauge("l2lb_allocator_restore_seconds", "Duration of the last restore")
+
+
+@dataclass
+class AllocatorConfig:
+    instance: str
+    namespace: str = "l2lb-system"
+    pool_kinds: tuple[str, ...] = ("l2lb", "cilium", "metallb")
+    cilium_compat: bool = False
+    leader_election: bool = True
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+    events: bool = True
+    pool_status: bool = True
+    pool_status_interval: float = 1.0
+    sync_timeout_s: float = 60.0
+
+
+def _ns_name(key: str) -> tuple[str, str]:
+    ns, _, name = key.partition("/")
+    return ns, name
+
+
+class AllocatorService:
+    def __init__(self, cfg: AllocatorConfig, bus: Bus, kube: KubeClient,
+                 *, clock: Callable[[], float] = time.monotonic):
+        self.cfg = cfg
+        self.bus = bus
+        self.kube = kube
+        self.clock = clock
+        self.classes = DEFAULT_CLASSES | {CILIUM_L2_CLASS} if cfg.cilium_compat else DEFAULT_CLASSES
+        self.alloc = Allocator()
+        self.services = Informer(kube, RESOURCES["services"], name="allocator-services")
+        self.namespaces = Informer(kube, RESOURCES["namespaces"], name="allocator-namespaces")
+        self.pool_informers = {k: Informer(kube, RESOURCES[POOL_RESOURCES[k]], name=f"allocator-pools-{k}")
+                               for k in cfg.pool_kinds}
+        self.recorder = EventRecorder(kube, "l2lb-allocator") if cfg.events else None
+        self.elector: LeaderElector | None = None
+        self.is_leader = not cfg.leader_election
+        self.leader_known = not cfg.leader_election
+        self.term = 0
+        self.seq = int(time.time() * 1000)
+        self.published: dict[str, Allocation] = {}
+        self.pool_errors: dict[str, str] = {}  # "kind/name" -> error
+        self.pool_sources: dict[str, str] = {}  # pool name -> "kind/name" it came from
+        self.pool_status_written: dict[str, tuple[int, int, int, str]] = {}
+        self._dirty: set[str] = set()
+        self._pools_dirty = True
+        self._takeover = self.is_leader
+        self._wake = asyncio.Event()
+        self.restores = 0
+        self.last_restore_s = 0.0
+        self.ready_since: float | None = None
+
+        self.services.add_handler(self._on_service)
+        self.namespaces.add_handler(self._on_namespace)
+        for inf in self.pool_informers.values():
+            inf.add_handler(self._on_pool)
+
+    # -- informer handlers: only mark work ---------------------------------------------------------
+    def _kick(self) -> None:
+        self._wake.set()
+
+    async def _on_service(self, _ev: str, obj: dict[str, Any], _old: dict[str, Any] | None) -> None:
+        meta = obj.get("metadata") or {}
+        self._dirty.add(f"{meta.get('namespace')}/{meta.get('name')}")
+        self._kick()
+
+    async def _on_pool(self, _ev: str, _obj: dict[str, Any], _old: dict[str, Any] | None) -> None:
+        self._pools_dirty = True
+        self._kick()
+
+    async def _on_namespace(self, ev: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+        # namespace labels matter for MetalLB namespaceSelectors only: re-check its Services
+        if ev == "MODIFIED" and old is not None and (obj.get("metadata") or {}).get("labels") == (
+                old.get("metadata") or {}).get("labels"):
+            return
+        ns = (obj.get("metadata") or {}).get("name")
+        for key in self.services.cache:
+            if key.startswith(f"{ns}/"):
+                self._dirty.add(key)
+        self._kick()
+
+    # -- leadership --------------------------------------------------------------------------------
+    async def _on_leader_change(self, leader: bool) -> None:
+        self.leader_known = True
+        if leader and not self.is_leader:
+            self.term = int(getattr(self.elector, "term", 0) or 0)
+            self.is_leader = True
+            self._takeover = True
+            log.info("became the allocator leader", extra={"term": self.term, "instance": self.cfg.instance})
+            self._kick()
+        elif not leader and self.is_leader:
+            self.is_leader = False
+            log.warning("lost the allocator leadership: writing nothing", extra={"instance": self.cfg.instance})
+        IS_LEADER.set(1 if self.is_leader else 0)
+
+    # -- building blocks ---------------------------------------------------------------------------
+    def _request(self, obj: dict[str, Any]) -> ServiceRequest:
+        ns = str((obj.get("metadata") or {}).get("namespace") or "default")
+        nso = self.namespaces.cache.get(ns)
+        labels = ((nso or {}).get("metadata") or {}).get("labels") or {}
+        return parse_service(obj, classes=self.classes, namespace_labels={str(k): str(v) for k, v in labels.items()})
+
+    def _desired_pools(self) -> dict[str, tuple[Pool, dict[str, Any]]]:
+        out: dict[str, tuple[Pool, dict[str, Any]]] = {}
+        errors: dict[str, str] = {}
+        for kind in self.cfg.pool_kinds:
+            for obj in self.pool_informers[kind].cache.values():
+                meta = obj.get("metadata") or {}
+                src = f"{obj.get('kind')}/{meta.get('name')}"
+                try:
+                    pool = parse_pool(obj)
+                except ParseError as e:
+                    errors[src] = str(e)
+                    continue
+                if pool.name in out:
+                    errors[src] = f"pool name {pool.name!r} is already used by {self.pool_sources.get(pool.name)}"
+                    continue
+                out[pool.name] = (pool, obj)
+                self.pool_sources[pool.name] = src
+        new_errors = {k: v for k, v in errors.items() if self.pool_errors.get(k) != v}
+        for src, err in new_errors.items():
+            log.warning("pool cannot be used", extra={"pool": src, "error": err})
+        self.pool_errors = errors
+        return out
+
+    async def _sync_pools(self) -> list[AllocationResult]:
+        desired = self._desired_pools()
+        results: dict[str, AllocationResult] = {}
+        for name in set(self.alloc.pools()) - set(desired):
+            upd = self.alloc.remove_pool(name)
+            results.update((r.key, r) for r in upd.results)
+        for name, (pool, obj) in sorted(desired.items()):
+            upd = self.alloc.upsert_pool(pool)
+            results.update((r.key, r) for r in upd.results)
+            for ev in upd.events:
+                if ev.kind == "conflict" and self.recorder is not None and self.is_leader:
+                    await self._event(obj, "Warning", "PoolConflict", ev.message)
+        for src, err in self.pool_errors.items():
+            kind, _, name = src.partition("/")
+            bad = [o for inf in self.pool_informers.values() for o in inf.cache.values()
+                   if o.get("kind") == kind and (o.get("metadata") or {}).get("name") == name]
+            if bad and self.is_leader:
+                await self._event(bad[0], "Warning", "InvalidPool", err)
+        return list(results.values())
+
+    def _allocation(self, key: str, req: ServiceRequest | None, res: AllocationResult | None,
+                    obj: dict[str, Any] | None) -> Allocation:
+        ns, name = _ns_name(key)
+        meta = (obj or {}).get("metadata") or {}
+        if req is None or res is None or not res.ips:
+            return Allocation(key=key, namespace=ns, name=name, uid=str(meta.get("uid") or ""),
+                              generation=int(meta.get("generation") or 0), seq=0, term=self.term, deleted=True)
+        pools = self.alloc.pools()
+        return Allocation(
+            key=key, namespace=ns, name=name, uid=req.uid, generation=req.generation, seq=0, term=self.term,
+            ips=res.ips, external_ips=req.external_ips,
+            ports=tuple(PortSpec(p, n) for p, n in req.ports),
+            external_traffic_policy=req.external_traffic_policy, labels=dict(req.labels),
+            ip_pools=dict(res.pools),
+            pool_labels={p: dict(pools[p].labels) for p in set(res.pools.values()) if p in pools},
+            load_balancer_class=req.load_balancer_class,
+        )
+
+    @staticmethod
+    def _same(a: Allocation, b: Allocation) -> bool:
+        return a.to_dict() | {"seq": 0, "term": 0} == b.to_dict() | {"seq": 0, "term": 0}
+
+    async def _publish(self, alloc: Allocation) -> None:
+        prev = self.published.get(alloc.key)
+        if prev is not None and self._same(prev, alloc):
+            return
+        if prev is None and alloc.deleted:
+            return
+        self.seq += 1
+        msg = replace(alloc, seq=self.seq, term=self.term)
+        await self.bus.publish(self.bus.keys.allocations, msg)
+        PUBLISHED.labels("allocation").inc()
+        if msg.deleted:
+            self.published.pop(alloc.key, None)
+        else:
+            self.published[alloc.key] = msg
+
+    async def publish_snapshot(self, reason: str) -> None:
+        self.seq += 1
+        snap = AllocationSnapshot(term=self.term, seq=self.seq,
+                                  allocations=tuple(self.published[k] for k in sorted(self.published)))
+        await self.bus.publish(self.bus.keys.allocations, snap)
+        await self.bus.store_snapshot("allocations", snap)
+        PUBLISHED.labels("snapshot").inc()
+        log.info("allocation snapshot published", extra={"services": len(snap.allocations), "reason": reason})
+
+    async def _on_snapshot_request(self, req: SnapshotRequest) -> None:
+        if self.is_leader and not self._takeover:
+            await self.publish_snapshot(f"requested by {req.requester}: {req.reason}")
+
+    async def _event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        if self.recorder is None:
+            return
+        try:
+            await self.recorder.event(obj, type_, reason, message[:1000])
+            WRITES.labels("event").inc()
+        except KubeError as e:
+            log.warning("cannot record an Event", extra={"reason": reason, "error": str(e)})
+
+    async def _write_status(self, obj: dict[str, Any], req: ServiceRequest, res: AllocationResult) -> bool:
+        """Make the Service's ingress and IPAllocated condition match ``res``; no request when they
+        already do. Returns True when a patch was sent."""
+        status = obj.get("status") or {}
+        cur_ing = ((status.get("loadBalancer") or {}).get("ingress")) or []
+        want_ing = [{"ip": ip, "ipMode": "VIP"} for ip in res.ips]
+        cond_status = "True" if res.ok else "False"
+        msg = res.message or ("allocated " + ", ".join(res.ips) if res.ok else res.reason.value)
+        if res.invalid_existing:
+            msg += "; not kept: " + "; ".join(res.invalid_existing)
+        msg = msg[:1000]
+        cur_cond = next((c for c in status.get("conditions") or [] if c.get("type") == CONDITION), None)
+        same_cond = cur_cond is not None and (cur_cond.get("status"), cur_cond.get("reason"),
+                                               cur_cond.get("message")) == (cond_status, res.reason.value, msg)
+        same_ing = [(i.get("ip"), i.get("ipMode", "VIP")) for i in cur_ing] == [(i["ip"], "VIP") for i in want_ing]
+        if same_cond and same_ing:
+            return False
+        conds = set_condition(status.get("conditions") or [], CONDITION, cond_status, res.reason.value, msg,
+                              observed_generation=req.generation)
+        cond = next(c for c in conds if c.get("type") == CONDITION)
+        patch: dict[str, Any] = {"status": {"conditions": [cond]}}
+        if not same_ing:
+            patch["status"]["loadBalancer"] = {"ingress": want_ing}
+        ns, name = req.namespace, req.name
+        out = await self.kube.patch(RESOURCES["services"], name, patch, ns, subresource="status",
+                                    patch_type="strategic")
+        WRITES.labels("status").inc()
+        # keep the cache's view current so a repeat is a no-op until the watch catches up
+        if isinstance(out, dict) and out.get("status") is not None:
+            obj["status"] = out["status"]
+        return True
+
+    async def _clear_status(self, obj: dict[str, Any]) -> None:
+        """A Service we no longer handle: drop our condition and the ingress we wrote."""
+        status = obj.get("status") or {}
+        conds = status.get("conditions") or []
+        if not any(c.get("type") == CONDITION for c in conds):
+            return
+        meta = obj.get("metadata") or {}
+        patch = {"status": {"conditions": [c for c in conds if c.get("type") != CONDITION],
+                            "loadBalancer": {"ingress": None}}}
+        with contextlib.suppress(KubeError):
+            await self.kube.patch(RESOURCES["services"], str(meta.get("name")), patch, meta.get("namespace"),
+                                  subresource="status", patch_type="merge")
+            WRITES.labels("status").inc()
+
+    async def _apply(self, key: str, res: AllocationResult, *, restored: bool = False) -> None:
+        """Write status, Events and the bus message for one result."""
+        obj = self.services.cache.get(key)
+        req = self.alloc.request(key)
+        if obj is None or req is None:
+            await self._publish(self._allocation(key, None, None, None))
+            return
+        ALLOCATIONS.labels(res.reason.value).inc()
+        if res.reason is Reason.NOT_HANDLED:
+            await self._clear_status(obj)
+            await self._publish(self._allocation(key, None, None, obj))
+            if res.released:
+                await self._event(obj, "Normal", "IPReleased", "released " + ", ".join(res.released))
+            return
+        prev_cond = next((c for c in (obj.get("status") or {}).get("conditions") or []
+                          if c.get("type") == CONDITION), None)
+        wrote = await self._write_status(obj, req, res)
+        if wrote and res.ok and (res.changed or prev_cond is None or prev_cond.get("status") != "True"):
+            if not (restored and not res.changed):
+                await self._event(obj, "Normal", "IPAllocated", "allocated " + ", ".join(res.ips))
+        if wrote and not res.ok:
+            await self._event(obj, "Warning", "AllocationFailed", f"{res.reason.value}: {res.message}")
+        if res.released and not res.ok:
+            await self._event(obj, "Normal", "IPReleased", "released " + ", ".join(res.released))
+        await self._publish(self._allocation(key, req, res, obj))
+
+    # -- the work loop -------------------------------------------------------------------------------
+    async def takeover(self) -> None:
+        """Fresh allocator from the caches: pools, then restore every Service, then write diffs."""
+        t0 = time.perf_counter()
+        self.alloc = Allocator()
+        self.pool_status_written.clear()
+        self._pools_dirty = False
+        await self._sync_pools()
+        items = []
+        for obj in list(self.services.cache.values()):
+            try:
+                req = self._request(obj)
+            except ParseError as e:
+                log.warning("Service cannot be read", extra={"error": str(e)})
+                continue
+            if req.handled:
+                items.append((req, status_ips(obj)))
+        results = self.alloc.restore(items)
+        self._dirty.clear()
+        # the last published state is unknown after a leader change: republish everything
+        self.published.clear()
+        for res in results:
+            try:
+                await self._apply(res.key, res, restored=True)
+            except KubeError as e:
+                log.warning("status write failed; will retry", extra={"service": res.key, "error": str(e)})
+                self._dirty.add(res.key)
+        await self.publish_snapshot("leadership" if self.cfg.leader_election else "startup")
+        self._takeover = False
+        self.restores += 1
+        self.last_restore_s = time.perf_counter() - t0
+        RESTORE_SECONDS.set(self.last_restore_s)
+        if self.ready_since is None:
+            self.ready_since = self.clock()
+        log.info("restored allocations", extra={"services": len(results), "seconds": round(self.last_restore_s, 3),
+                                                "unsatisfied": sum(1 for r in results if not r.ok)})
+
+    async def reconcile_once(self) -> None:
+        if self._takeover:
+            await self.takeover()
+            return
+        changed: dict[str, AllocationResult] = {}
+        if self._pools_dirty:
+            self._pools_dirty = False
+            for r in await self._sync_pools():
+                changed[r.key] = r
+        keys, self._dirty = sorted(self._dirty), set()
+        released_any = False
+        for key in keys:
+            t0 = time.perf_counter()
+            obj = self.services.cache.get(key)
+            if obj is None:
+                if self.alloc.release(key):
+                    released_any = True
+                await self._publish(self._allocation(key, None, None, None))
+                changed.pop(key, None)
+                continue
+            try:
+                req = self._request(obj)
+            except ParseError as e:
+                log.warning("Service cannot be read", extra={"service": key, "error": str(e)})
+                continue
+            if not req.handled and self.alloc.request(key) is None:
+                continue  # never ours
+            res = self.alloc.allocate(req, status_ips(obj))
+            if res.released:
+                released_any = True
+            changed[key] = res
+            RECONCILE.observe(time.perf_counter() - t0)
+        if released_any:
+            for r in self.alloc.retry():
+                changed[r.key] = r
+        for key, res in sorted(changed.items()):
+            try:
+                await self._apply(key, res)
+            except KubeError as e:
+                if e.status != 404:
+                    log.warning("status write failed; will retry", extra={"service": key, "error": str(e)})
+                    self._dirty.add(key)
+        self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        fails: dict[str, int] = {}
+        for r in self.alloc.results().values():
+            if not r.ok and r.reason is not Reason.NOT_HANDLED:
+                fails[r.reason.value] = fails.get(r.reason.value, 0) + 1
+        for reason in Reason:
+            if reason not in (Reason.SATISFIED, Reason.NOT_HANDLED):
+                FAILING.labels(reason.value).set(fails.get(reason.value, 0))
+        for name, u in self.alloc.pool_usage().items():
+            POOL_IPS.labels(name, "total").set(float(u.total))
+            POOL_IPS.labels(name, "used").set(u.used)
+            POOL_IPS.labels(name, "available").set(float(u.available))
+
+    async def _pool_status_loop(self, stop: asyncio.Event) -> None:
+        """Cilium-style pool counters and conflict condition, written when they change (coalesced)."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.cfg.pool_status_interval)
+            if stop.is_set() or not self.is_leader or self._takeover:
+                continue
+            usage = self.alloc.pool_usage()
+            for name, u in usage.items():
+                src = self.pool_sources.get(name, "")
+                kind, _, oname = src.partition("/")
+                prefix = _STATUS_KINDS.get(kind)
+                if prefix is None:
+                    continue
+                state = (u.total, u.used, u.available, u.conflict_message)
+                if self.pool_status_written.get(name) == state:
+                    continue
+                try:
+                    await self._write_pool_status(kind, oname, prefix, u.total, u.used, u.available,
+                                                  u.conflict_message)
+                    self.pool_status_written[name] = state
+                except KubeError as e:
+                    log.warning("pool status write failed", extra={"pool": name, "error": str(e)})
+
+    async def _write_pool_status(self, kind: str, name: str, prefix: str, total: int, used: int,
+                                 available: int, conflict: str) -> None:
+        res: Resource | None = None
+        obj: dict[str, Any] | None = None
+        for k, inf in self.pool_informers.items():
+            r = RESOURCES[POOL_RESOURCES[k]]
+            if r.kind == kind and name in inf.cache:
+                res, obj = r, inf.cache[name]
+                break
+        if res is None or obj is None:
+            return
+        conds = (obj.get("status") or {}).get("conditions") or []
+        gen = int((obj.get("metadata") or {}).get("generation") or 0)
+        for typ, val in (("IPsTotal", total), ("IPsAvailable", available), ("IPsUsed", used)):
+            conds = set_condition(conds, f"{prefix}/{typ}", "Unknown", "noreason", str(val), observed_generation=gen)
+        conds = set_condition(conds, f"{prefix}/PoolConflict", "True" if conflict else "False",
+                              "cidr_overlap" if conflict else "resolved" if any(
+                                  c.get("type") == f"{prefix}/PoolConflict" for c in conds) else "noreason",
+                              conflict, observed_generation=gen)
+        if conds == ((obj.get("status") or {}).get("conditions") or []):
+            return
+        await self.kube.patch(res, name, {"status": {"conditions": conds}}, subresource="status",
+                              patch_type="merge")
+        WRITES.labels("pool_status").inc()
+
+    async def _work_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            if not (self._dirty or self._pools_dirty or self._takeover):
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 1.0)
+                continue
+            if not self.is_leader or not self.synced():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.1)
+                continue
+            try:
+                await self.reconcile_once()
+            except Exception:
+                log.exception("reconcile failed; retrying in 1 s")
+                self._takeover = self._takeover or not self.published
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+
+    # -- status ----------------------------------------------------------------------------------------
+    def synced(self) -> bool:
+        return self.services.synced and self.namespaces.synced and all(
+            i.synced for i in self.pool_informers.values())
+
+    def role(self) -> str:
+        if self.is_leader:
+            return "leader"
+        return "standby" if self.leader_known else "unknown"
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self.synced():
+            missing = [i.name for i in (self.services, self.namespaces, *self.pool_informers.values()) if not i.synced]
+            return False, "caches not synced: " + ", ".join(missing)
+        ok, why = self.bus.readiness()
+        if not ok:
+            return False, f"bus: {why}"
+        if self.role() == "unknown":
+            return False, "leader/standby not known yet"
+        if self.is_leader and self._takeover:
+            return False, "leader: restoring allocations"
+        return True, f"{self.role()}; bus: {why}"
+
+    def status(self) -> dict[str, Any]:
+        results = self.alloc.results() if self.is_leader else {}
+        return {
+            "instance": self.cfg.instance,
+            "role": self.role(),
+            "term": self.term,
+            "restores": self.restores,
+            "last_restore_seconds": round(self.last_restore_s, 4),
+            "services": {k: {"ips": list(r.ips), "pools": dict(r.pools), "reason": r.reason.value,
+                             "message": r.message} for k, r in sorted(results.items())
+                         if r.reason is not Reason.NOT_HANDLED},
+            "pools": {n: {"total": u.total, "used": u.used, "available": u.available, "disabled": u.disabled,
+                          "conflict": u.conflict_message} for n, u in self.alloc.pool_usage().items()},
+            "pool_errors": dict(self.pool_errors),
+            "informers": {i.name: i.readiness()[1] for i in (self.services, self.namespaces,
+                                                              *self.pool_informers.values())},
+        }
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        IS_LEADER.set(1 if self.is_leader else 0)
+        snapshots = self.bus.serve_snapshots("allocations", f"allocator:{self.cfg.instance}",
+                                             self._on_snapshot_request)
+        tasks = [asyncio.create_task(i.run(stop), name=f"allocator-informer-{i.name}")
+                 for i in (self.services, self.namespaces, *self.pool_informers.values())]
+        tasks.append(asyncio.create_task(snapshots.run(stop), name="allocator-snapshots"))
+        tasks.append(asyncio.create_task(self._work_loop(stop), name="allocator-work"))
+        if self.cfg.pool_status:
+            tasks.append(asyncio.create_task(self._pool_status_loop(stop), name="allocator-pool-status"))
+        if self.cfg.leader_election:
+            self.elector = LeaderElector(
+                self.kube, namespace=self.cfg.namespace, name="l2lb-allocator", identity=self.cfg.instance,
+                lease_duration=self.cfg.lease_duration, renew_deadline=self.cfg.renew_deadline,
+                retry_period=self.cfg.retry_period,
+            )
+            self.elector.on_change(self._on_leader_change)
+            tasks.append(asyncio.create_task(self.elector.run(stop), name="allocator-elector"))
+        try:
+            await stop.wait()
+        finally:
+            for t in tasks:
+                if not t.done():
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(t), 5.0)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
