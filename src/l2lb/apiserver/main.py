@@ -96,14 +96,24 @@ def main(argv: list[str]) -> int:
         runner = web.AppRunner(srv.app, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         site = web.TCPSite(runner, args.host, args.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as e:
+            await runner.cleanup()
+            log.error("cannot listen", extra={"addr": f"{args.host}:{args.port}", "error": str(e)})
+            raise SystemExit(1) from None
         server = site._server
         socks = getattr(server, "sockets", None) or []
         port = socks[0].getsockname()[1] if socks else args.port
         host = f"[{args.host}]" if ":" in args.host else args.host
         url = f"http://{host}:{port}"
         if args.kubeconfig_out:
-            write_kubeconfig(args.kubeconfig_out, url)
+            try:
+                write_kubeconfig(args.kubeconfig_out, url)
+            except OSError as e:
+                await runner.cleanup()
+                log.error("cannot write the kubeconfig", extra={"path": args.kubeconfig_out, "error": str(e)})
+                raise SystemExit(1) from None
         log.info(
             "API server listening",
             extra={"url": url, "kubeconfig": args.kubeconfig_out, "state_file": args.state_file},

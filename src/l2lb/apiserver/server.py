@@ -150,10 +150,14 @@ class ApiServer:
                 try:
                     self.store.load(json.loads(self.state_file.read_text()))
                     log.info("state loaded", extra={"file": str(self.state_file), "rv": self.store.rv})
-                except (OSError, ValueError) as e:
+                except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+                    aside = self.state_file.with_name(f"{self.state_file.name}.corrupt-{int(time.time())}")
+                    with contextlib.suppress(OSError):
+                        os.replace(self.state_file, aside)
+                    self.store = Store(window=self.store.window)
                     log.error(
-                        "state file unreadable; starting empty",
-                        extra={"file": str(self.state_file), "error": str(e)},
+                        "state file unreadable; moved aside, starting empty",
+                        extra={"file": str(self.state_file), "moved_to": str(aside), "error": str(e)},
                     )
             self._write_state(clean=False)
             self.store.on_change = self._mark_dirty
