@@ -119,3 +119,26 @@ def test_state_file_survives_restart_and_rvs_stay_monotonic(tmp_path):
         assert rv(c) > rv(b)
     finally:
         p.stop()
+
+
+def test_corrupt_state_file_is_moved_aside(tmp_path):
+    state = tmp_path / "state.json"
+    state.write_text('{"objects": {"|services": [1, 2]}')
+    p = ApiServerProcess(tmp_path / "c", state_file=state)
+    p.start()
+    try:
+        code, lst, _ = p.handle.http("GET", "/api/v1/namespaces")
+        assert code == 200 and "default" in [i["metadata"]["name"] for i in lst["items"]]
+        assert list(tmp_path.glob("state.json.corrupt-*")), "the unreadable file is kept for inspection"
+    finally:
+        p.stop()
+
+
+def test_busy_port_is_a_clear_error(tmp_path, apiserver_process):
+    import subprocess
+    import sys
+
+    cp = subprocess.run([sys.executable, "-m", "l2lb.cli", "apiserver", "--port", str(apiserver_process.port)],
+                        capture_output=True, text=True, timeout=30, check=False)
+    assert cp.returncode == 1
+    assert "cannot listen" in cp.stderr and "Traceback" not in cp.stderr
