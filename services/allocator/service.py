@@ -26,7 +26,7 @@ from l2lb.adapters.kube.leader import LeaderElector
 from l2lb.adapters.kube.writes import set_condition
 from l2lb.core.allocator import Allocator
 from l2lb.core.messages import Allocation, AllocationSnapshot, PortSpec, SnapshotRequest
-from l2lb.core.models import AllocationResult, ParseError, Pool, Reason, ServiceRequest
+from l2lb.core.models import AllocationResult, ParseError, Pool, PoolUsage, Reason, ServiceRequest
 from l2lb.core.parse import CILIUM_L2_CLASS, DEFAULT_CLASSES, parse_pool, parse_service, status_ips
 from l2lb.obs import metrics
 from l2lb.obs.log import get_logger
@@ -187,7 +187,7 @@ class AllocatorService:
         for name in set(self.alloc.pools()) - set(desired):
             upd = self.alloc.remove_pool(name)
             results.update((r.key, r) for r in upd.results)
-        for name, (pool, obj) in sorted(desired.items()):
+        for _name, (pool, obj) in sorted(desired.items()):
             upd = self.alloc.upsert_pool(pool)
             results.update((r.key, r) for r in upd.results)
             for ev in upd.events:
@@ -323,9 +323,9 @@ class AllocatorService:
         prev_cond = next((c for c in (obj.get("status") or {}).get("conditions") or []
                           if c.get("type") == CONDITION), None)
         wrote = await self._write_status(obj, req, res)
-        if wrote and res.ok and (res.changed or prev_cond is None or prev_cond.get("status") != "True"):
-            if not (restored and not res.changed):
-                await self._event(obj, "Normal", "IPAllocated", "allocated " + ", ".join(res.ips))
+        first_ok = prev_cond is None or prev_cond.get("status") != "True"
+        if wrote and res.ok and (res.changed or first_ok) and not (restored and not res.changed):
+            await self._event(obj, "Normal", "IPAllocated", "allocated " + ", ".join(res.ips))
         if wrote and not res.ok:
             await self._event(obj, "Warning", "AllocationFailed", f"{res.reason.value}: {res.message}")
         if res.released and not res.ok:
@@ -444,14 +444,13 @@ class AllocatorService:
                 if self.pool_status_written.get(name) == state:
                     continue
                 try:
-                    await self._write_pool_status(kind, oname, prefix, u.total, u.used, u.available,
-                                                  u.conflict_message)
+                    await self._write_pool_status(kind, oname, prefix, u)
                     self.pool_status_written[name] = state
                 except KubeError as e:
                     log.warning("pool status write failed", extra={"pool": name, "error": str(e)})
 
-    async def _write_pool_status(self, kind: str, name: str, prefix: str, total: int, used: int,
-                                 available: int, conflict: str) -> None:
+    async def _write_pool_status(self, kind: str, name: str, prefix: str, u: PoolUsage) -> None:
+        total, used, available, conflict = u.total, u.used, u.available, u.conflict_message
         res: Resource | None = None
         obj: dict[str, Any] | None = None
         for k, inf in self.pool_informers.items():

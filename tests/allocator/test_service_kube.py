@@ -1,0 +1,194 @@
+"""The allocator service end to end: embedded API server (or real one) + real Redis + the seed's YAML."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from l2lb.adapters.bus.client import Bus
+from l2lb.adapters.kube.client import KubeClient
+from l2lb.core.messages import Allocation, AllocationSnapshot, decode
+from services.allocator.service import AllocatorConfig, AllocatorService
+from tests.support.kube import KubeHandle
+
+pytestmark = pytest.mark.kube
+
+ROOT = Path(__file__).resolve().parents[2]
+CRDS = ROOT / "k8s" / "crds"
+SEED = ROOT / "tests" / "fixtures" / "seed"
+
+
+async def wait_for(cond: Callable[[], bool], within: float, step: float = 0.05) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        await asyncio.sleep(step)
+    raise AssertionError(f"condition not met within {within}s")
+
+
+class Running:
+    def __init__(self, svc: AllocatorService):
+        self.svc = svc
+        self.stop = asyncio.Event()
+        self.task = asyncio.create_task(svc.run(self.stop))
+
+    async def kill(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 15)
+
+
+class Env:
+    def __init__(self, kube: KubeHandle, bus: Bus):
+        self.kube = kube
+        self.bus = bus
+        self.clients: list[KubeClient] = []
+        self.running: list[Running] = []
+
+    async def start(self, instance: str = "a", **cfg: Any) -> Running:
+        client = await KubeClient.create(self.kube.kubeconfig, qps=50, burst=100)
+        self.clients.append(client)
+        cfg.setdefault("pool_status_interval", 0.2)
+        svc = AllocatorService(AllocatorConfig(instance=instance, **cfg), self.bus, client)
+        r = Running(svc)
+        self.running.append(r)
+        return r
+
+    def svc(self, ns: str, name: str) -> dict[str, Any]:
+        code, obj, _ = self.kube.http("GET", f"/api/v1/namespaces/{ns}/services/{name}")
+        assert code == 200, obj
+        return dict(obj)
+
+    def ips(self, ns: str, name: str) -> list[str]:
+        ing = ((self.svc(ns, name).get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+        return [i["ip"] for i in ing]
+
+    def cond(self, ns: str, name: str) -> dict[str, Any] | None:
+        for c in (self.svc(ns, name).get("status") or {}).get("conditions") or []:
+            if c.get("type") == "l2lb.io/IPAllocated":
+                return dict(c)
+        return None
+
+    def events(self, ns: str) -> list[dict[str, Any]]:
+        code, obj, _ = self.kube.http("GET", f"/api/v1/namespaces/{ns}/events")
+        assert code == 200
+        return list(obj.get("items") or [])
+
+    async def messages(self) -> list[Any]:
+        entries = await self.bus.redis.xrange(self.bus.keys.allocations)
+        return [decode(fields[b"m"] if b"m" in fields else fields["m"]) for _, fields in entries]
+
+
+@pytest.fixture
+async def env(redis_url: str, kube: KubeHandle) -> AsyncIterator[Env]:
+    kube.apply(CRDS)
+    kube.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: l2lb-system}\n")
+    bus = await Bus.connect(redis_url, prefix=f"alloc{time.monotonic_ns()}")
+    e = Env(kube, bus)
+    try:
+        yield e
+    finally:
+        for r in e.running:
+            if not r.task.done():
+                await r.kill()
+        for c in e.clients:
+            await c.close()
+        await bus.close()
+
+
+def _service(name: str, ns: str = "pihole", *, ips: str | None = None, key: str | None = None,
+             port: int = 80, proto: str = "TCP") -> str:
+    ann = ""
+    if ips or key:
+        ann = "  annotations:\n"
+        if ips:
+            ann += f"    io.cilium/lb-ipam-ips: \"{ips}\"\n"
+        if key:
+            ann += f"    io.cilium/lb-ipam-sharing-key: {key}\n"
+    return (f"apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}\n{ann}"
+            f"spec:\n  type: LoadBalancer\n  selector: {{app: {name}}}\n"
+            f"  ports:\n  - {{port: {port}, protocol: {proto}}}\n")
+
+
+async def test_seed_end_to_end(env: Env) -> None:
+    env.kube.apply(SEED)  # the seed's YAML, unchanged (pool with metadata.namespace, policy, Pi-hole)
+    a = await env.start("a", leader_election=True, retry_period=0.5)
+    await wait_for(lambda: env.ips("pihole", "pihole-dns-udp") == ["192.168.1.153"]
+                   and env.ips("pihole", "pihole-web") != [], 20)
+    assert env.ips("pihole", "pihole-dns-tcp") == ["192.168.1.153"]
+    assert env.ips("pihole", "pihole-web") == ["192.168.1.129"]
+    ing = env.svc("pihole", "pihole-dns-tcp")["status"]["loadBalancer"]["ingress"]
+    assert ing == [{"ip": "192.168.1.153", "ipMode": "VIP"}]
+    c = env.cond("pihole", "pihole-dns-udp")
+    assert c is not None and c["status"] == "True" and c["reason"] == "satisfied"
+    await wait_for(lambda: any(e.get("reason") == "IPAllocated" for e in env.events("pihole")), 5)
+
+    msgs = await env.messages()
+    allocs = {m.key: m for m in msgs if isinstance(m, Allocation)}
+    assert allocs["pihole/pihole-dns-tcp"].ips == ("192.168.1.153",)
+    assert allocs["pihole/pihole-dns-udp"].ports[0].protocol == "UDP"
+    assert allocs["pihole/pihole-dns-udp"].ip_pools == {"192.168.1.153": "default-pool"}
+    assert any(isinstance(m, AllocationSnapshot) and len(m.allocations) == 3 for m in msgs)
+    stored = await env.bus.load_snapshot("allocations")
+    assert isinstance(stored, AllocationSnapshot) and {x.key for x in stored.allocations} == set(allocs)
+
+    # pool status: Cilium-style counters
+    def pool_cond(typ: str) -> str | None:
+        _, obj, _ = env.kube.http("GET", "/apis/cilium.io/v2alpha1/ciliumloadbalancerippools/default-pool")
+        for cond in (obj.get("status") or {}).get("conditions") or []:
+            if cond["type"] == typ:
+                return str(cond["message"])
+        return None
+    await wait_for(lambda: pool_cond("cilium.io/IPsUsed") == "2", 5)
+    assert pool_cond("cilium.io/IPsTotal") == "126" and pool_cond("cilium.io/IPsAvailable") == "124"
+
+    # at rest: nothing but watches and leader-election renewals
+    await asyncio.sleep(0.5)
+    env.kube.clear_requests()
+    await asyncio.sleep(2.5)
+    busy = [r for r in env.kube.requests() if r.get("verb") != "watch" and "/leases/" not in r.get("path", "")]
+    assert busy == []
+
+    # an incompatible request for the shared IP: condition + Event, no IP, others untouched
+    env.kube.apply(_service("dns-dup", ips="192.168.1.153", key="pi-hole", port=53, proto="TCP"))
+    await wait_for(lambda: env.cond("pihole", "dns-dup") is not None, 10)
+    c = env.cond("pihole", "dns-dup")
+    assert c is not None and c["status"] == "False"
+    assert c["reason"] == "already_allocated_incompatible_service" and "TCP/53" in c["message"]
+    assert env.ips("pihole", "dns-dup") == []
+    await wait_for(lambda: any(e.get("reason") == "AllocationFailed" for e in env.events("pihole")), 5)
+    assert env.ips("pihole", "pihole-dns-tcp") == ["192.168.1.153"]
+
+    # delete: the IP is freed and reusable
+    code, _, _ = env.kube.http("DELETE", "/api/v1/namespaces/pihole/services/pihole-web")
+    assert code == 200
+    env.kube.apply(_service("web2", ips="192.168.1.129"))
+    await wait_for(lambda: env.ips("pihole", "web2") == ["192.168.1.129"], 10)
+    msgs = await env.messages()
+    assert any(isinstance(m, Allocation) and m.key == "pihole/pihole-web" and m.deleted for m in msgs)
+
+    # malformed pool: Event, no crash, others keep working
+    env.kube.apply("apiVersion: cilium.io/v2alpha1\nkind: CiliumLoadBalancerIPPool\nmetadata: {name: broken}\n"
+                   "spec:\n  blocks:\n  - {start: 198.51.100.9, stop: 198.51.100.1}\n")
+    env.kube.apply(_service("after-broken"))
+    await wait_for(lambda: env.ips("pihole", "after-broken") == ["192.168.1.130"], 10)
+    await wait_for(lambda: any(e.get("reason") == "InvalidPool" for e in env.events("default")
+                               + env.events("kube-system")), 5)
+    err = a.svc.status()["pool_errors"]["CiliumLoadBalancerIPPool/broken"]
+    assert err.startswith("spec.blocks[0].start:") and "is after stop" in err
+
+    # restart: 0 IP changes, no status writes
+    before = {n: env.ips("pihole", n) for n in ("pihole-dns-tcp", "pihole-dns-udp", "web2", "after-broken")}
+    await a.kill()
+    env.kube.clear_requests()
+    b = await env.start("b", leader_election=True, retry_period=0.5)
+    await wait_for(lambda: b.svc.restores == 1, 20)
+    await asyncio.sleep(0.5)
+    assert {n: env.ips("pihole", n) for n in before} == before
+    writes = [r for r in env.kube.requests() if "/services/" in r.get("path", "") and r.get("verb") == "patch"]
+    assert writes == []
