@@ -456,7 +456,7 @@ class AnnouncerService:
                     break
                 self._pending_conflicts.pop(0)
             del self._pending_conflicts[:-100]  # bounded while the bus is down
-            if await self._publish(self.heartbeat()):
+            if self.bus is not None and await self._publish(self.heartbeat()):
                 _heartbeats.inc()
             if time.monotonic() >= next_metrics:
                 self.sync_metrics()
@@ -492,7 +492,7 @@ class AnnouncerService:
                     _conflicts.inc(delta)
         now = time.monotonic()
         _valid.set(max(0.0, self.state.deadline - now) if self.state.deadline is not None else 0.0)
-        _vips.set(len(self.state.serving(now)))
+        _vips.set(self.state.serving_count(now))
 
     async def _kube_labels(self, stop: asyncio.Event) -> None:
         # imported here: the Kubernetes client costs ~40 MiB of RSS and is optional for the announcer

@@ -163,3 +163,15 @@ def test_invalid_ips_reported_not_fatal() -> None:
     s = AnnouncerState("n1")
     ch = s.apply(msg(1, [("not-an-ip", 1), ("224.0.0.1", 1), (V4, 1)]), 0.0)
     assert ch.accepted and set(ch.invalid) == {"not-an-ip", "224.0.0.1"} and s.serving(0.0) == {V4: 1}
+
+
+def test_serving_map_cached_but_follows_changes() -> None:
+    s = AnnouncerState("n1")
+    s.apply(msg(1, ttl_ms=1000), 0.0)
+    first = s.serving(0.1)
+    assert first == {V4: 1, V6: 1}
+    s.apply(msg(2, ttl_ms=1000), 0.2)  # same set renewed
+    assert s.serving(0.3) is first
+    s.apply(msg(3, [(V4, 2)], ttl_ms=1000), 0.4)
+    assert s.serving(0.5) == {V4: 2} and s.serving_count(0.5) == 1
+    assert s.serving(1.5) == {} and s.serving_count(1.5) == 0

@@ -128,6 +128,8 @@ class AnnouncerState:
     _garps: dict[bytes, _Garp] = field(default_factory=dict)
     _buckets: dict[bytes, _Bucket] = field(default_factory=dict)
     _defended: dict[bytes, float] = field(default_factory=dict)
+    _serving: dict[str, int] | None = None
+    _serving_of: dict[bytes, Vip] | None = None
 
     # -- assignments -------------------------------------------------------------------------
     def apply(self, msg: NodeAssignments, now: float) -> Change:
@@ -176,6 +178,8 @@ class AnnouncerState:
         for addr in list(self._defended):
             if addr not in new:
                 del self._defended[addr]
+        if not added and not removed and self._serving_of is self.vips:
+            self._serving_of = new  # same (ip, epoch) set: the cached serving map stays right
         self.vips = new
         return Change(True, "applied", tuple(added), tuple(removed), tuple(invalid))
 
@@ -193,10 +197,17 @@ class AnnouncerState:
         return self.deadline is not None and now < self.deadline
 
     def serving(self, now: float) -> dict[str, int]:
-        """VIP -> epoch currently answered for (empty once expired)."""
+        """VIP -> epoch currently answered for (empty once expired). Built once per change of the set
+        (heartbeats ask every 100 ms); callers must not modify it."""
         if not self.valid(now):
             return {}
-        return {v.ip: v.epoch for v in self.vips.values()}
+        if self._serving is None or self._serving_of is not self.vips:
+            self._serving = {v.ip: v.epoch for v in self.vips.values()}
+            self._serving_of = self.vips
+        return self._serving
+
+    def serving_count(self, now: float) -> int:
+        return len(self.vips) if self.valid(now) else 0
 
     def multicast_macs(self, ifname: str) -> set[bytes]:
         """Solicited-node multicast MACs the socket on ``ifname`` must receive."""
