@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from l2lb.adapters.bus.client import BusUnavailableError
-from l2lb.core.messages import Heartbeat
+from l2lb.core.messages import AllocationSnapshot, Heartbeat, SnapshotRequest
 from tests.support.redis_server import RedisProcess
 
 from .conftest import Factory, Recorder, Running, hb, na, wait_until
@@ -30,6 +30,13 @@ async def test_restart_without_persistence_resyncs_every_consumer(
         bus.consumer(st, f"g{i}", "c", r, on_resync=r.on_resync, block_ms=200)
         for i, (st, r) in enumerate(zip(streams, recs, strict=True))
     ]
+    served: list[tuple[str, str]] = []
+
+    async def serve(req: SnapshotRequest) -> None:
+        served.append((req.requester, req.reason))
+        await bus.publish(bus.keys.allocations, AllocationSnapshot(term=1, seq=len(served)))
+
+    consumers.append(bus.serve_snapshots("allocations", "alloc-0", serve, block_ms=200))
     for c in consumers:
         running.start(c)
     await wait_until(lambda: all(c._incarnation for c in consumers), what="consumers set up")
@@ -51,20 +58,24 @@ async def test_restart_without_persistence_resyncs_every_consumer(
     t_back = time.monotonic()
     took = await wait_until(lambda: all(r.resyncs for r in recs), timeout=RESYNC_BOUND_S + 2,
                             what="every consumer resynced")
+    print(f"resync after restart took {took:.3f}s")
     assert took < RESYNC_BOUND_S, f"resync took {took:.2f}s"
     for r in recs:
         assert [x for x, _ in r.resyncs] == ["incarnation_changed"]
         assert r.resyncs[0][1] - t_back < RESYNC_BOUND_S
     assert bus.incarnation_id != old_inc
+    # the producer republished its snapshot on its own (its control consumer resynced too)
+    await wait_until(lambda: ("bus", "producer_incarnation_changed") in served, timeout=2, what="republish")
+    await wait_until(lambda: any(isinstance(m, AllocationSnapshot) for m, _ in recs[2].seen), timeout=2,
+                     what="snapshot reaches the allocations group")
     await wait_until(lambda: bus.readiness()[0], timeout=2, what="ready again")
     assert any(r.getMessage() == "redis reachable again" for r in caplog.records)
 
     # the new dataset's messages reach every group, including ones published before the groups came back
     await bus.publish(bus.keys.assignments, na("n1", 2, 1, "198.51.100.8"))
     await bus.publish(bus.keys.allocations, hb(seq=5))
-    await wait_until(lambda: len(recs[0].seen) == 2 and len(recs[1].seen) == 2 and len(recs[2].seen) == 1,
-                     what="delivery after restart")
-    assert isinstance(recs[2].seen[0][0], Heartbeat)
+    await wait_until(lambda: len(recs[0].seen) == 2 and len(recs[1].seen) == 2
+                     and any(isinstance(m, Heartbeat) for m, _ in recs[2].seen), what="delivery after restart")
 
 
 async def test_connect_while_redis_is_down_then_comes_up(tmp_path: Path, make_bus: Factory, running: Running) -> None:

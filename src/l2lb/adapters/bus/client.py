@@ -438,19 +438,33 @@ class Bus:
                         **options)
 
     def serve_snapshots(
-        self, topic: str, name: str, fn: Callable[[SnapshotRequest], Awaitable[None]]
+        self,
+        topic: str,
+        name: str,
+        fn: Callable[[SnapshotRequest], Awaitable[None]],
+        *,
+        republish_on_resync: bool = True,
+        **options: Any,
     ) -> Consumer:
         """Producer side of resync: call ``fn(request)`` for every SnapshotRequest of ``topic``.
 
         ``name`` identifies this producer instance (its own group, so leader and standby both see
-        every request; ``fn`` decides whether to answer).
+        every request; ``fn`` decides whether to answer). With ``republish_on_resync`` a resync of
+        this consumer (e.g. Redis lost its data) also calls ``fn`` with a request from
+        ``requester="bus"`` and reason ``"producer_<reason>"``, so the snapshot is republished
+        before anyone asks.
         """
 
         async def handle(msg: Message, _id: str) -> None:
             if isinstance(msg, SnapshotRequest) and msg.topic == topic:
                 await fn(msg)
 
-        return self.consumer(self.keys.control, f"snapshots:{topic}:{name}", name, handle)
+        async def resync(reason: str) -> None:
+            if republish_on_resync:
+                await fn(SnapshotRequest(topic=topic, requester="bus", reason=f"producer_{reason}"))
+
+        return self.consumer(self.keys.control, f"snapshots:{topic}:{name}", name, handle, on_resync=resync,
+                             **options)
 
 
 class Consumer:
