@@ -1,0 +1,32 @@
+"""The announcer's cached heartbeat encoding is byte-identical to messages.encode."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from l2lb.core.messages import Heartbeat, InterfaceInfo, decode, encode
+from services.announcer.main import HeartbeatEncoder
+
+_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=12) | st.sampled_from(
+    ['"serving":{}', '\\"serving\\":{}', "serving", "{}"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_text, _text, max_size=4), st.dictionaries(_text, st.integers(0, 2**40), max_size=5),
+       _text, st.booleans())
+def test_encoder_matches_encode(labels: dict[str, str], serving: dict[str, int], ifname: str, stopping: bool) -> None:
+    enc = HeartbeatEncoder()
+    hb = Heartbeat(node="n1", instance="abc", seq=3, sent_at=1.5, interval_ms=100, labels=labels,
+                   interfaces=(InterfaceInfo(ifname, "02:00:00:00:00:01", True, ("198.51.100.2/24",), 3),),
+                   serving=serving, stopping=stopping)
+    assert enc(hb) == encode(hb)
+    assert enc(hb) == encode(hb)  # cached path
+    assert decode(enc(hb)) == hb
+
+
+def test_encoder_follows_a_new_serving_map() -> None:
+    enc = HeartbeatEncoder()
+    a = Heartbeat(node="n", instance="i", seq=1, sent_at=0.0, interval_ms=100, serving={"198.51.100.10": 1})
+    b = Heartbeat(node="n", instance="i", seq=2, sent_at=0.1, interval_ms=100, serving={"198.51.100.10": 2})
+    assert decode(enc(a)) == a and decode(enc(b)) == b
