@@ -13,6 +13,7 @@ import pytest
 
 from l2lb.adapters.bus.client import Bus
 from l2lb.adapters.kube.client import KubeClient
+from l2lb.core.messages import NodeAssignments, decode
 from tests.leases.harness import Harness, wait_for
 from tests.support.kube import KubeHandle
 
@@ -93,6 +94,19 @@ async def test_policy_change_moves_ip_and_condition_follows(env: Any) -> None:
     kube.apply(_policy("b"))
     t1 = await wait_for(lambda: h.holder("198.51.100.80") == "node-b", 5)
     print(f"policy change -> move: {(t1 - t0) * 1000:.0f} ms")
+    # move ordering on the stream: node-a's set without the IP comes before node-b's set with it
+    entries = await h.bus.redis.xrange(h.bus.keys.assignments)
+    msgs = [(eid, decode(f[b"m"])) for eid, f in entries]
+    ip = "198.51.100.80"
+
+    def has(m: object, node: str, with_ip: bool) -> bool:
+        return (isinstance(m, NodeAssignments) and m.node == node
+                and any(v.ip == ip for v in m.vips) == with_ip)
+
+    gain = next(i for i, (_, m) in enumerate(msgs) if has(m, "node-b", True))
+    a_before = [m for _, m in msgs[:gain] if isinstance(m, NodeAssignments) and m.node == "node-a"]
+    assert any(has(m, "node-a", True) for m in a_before)  # node-a held it ...
+    assert has(a_before[-1], "node-a", False)  # ... and was told to drop it before node-b got it
     kube.apply(_policy("nowhere"))
     await wait_for(lambda: "198.51.100.80" not in h.serving(), 5)
     await wait_for(lambda: (_condition(kube, "shop") or {}).get("reason") == "no_eligible_node", 10, step=0.1)
