@@ -103,24 +103,36 @@ class _Module:
                 src = _terminal(n.iter)
                 if src in self.literals:
                     self.loop_vars.setdefault(n.target.id, set()).update(self.literals[src])
+        # names bound to resources: x = RESOURCES[...]; y = x; a, b = y, other  (to a fixpoint)
         self.bound: dict[str, set[str]] = {}
+        pairs: list[tuple[ast.expr, ast.expr]] = []
         for n in ast.walk(self.tree):
-            targets: list[ast.expr] = []
-            value: ast.expr | None = None
             if isinstance(n, ast.Assign):
-                targets, value = list(n.targets), n.value
+                for t in n.targets:
+                    pairs += _pairs(t, n.value)
             elif isinstance(n, ast.AnnAssign) and n.value is not None:
-                targets, value = [n.target], n.value
-            if value is None:
-                continue
-            keys = self.keys_in(value)
-            if not keys:
-                continue
-            for t in targets:
-                for sub in ast.walk(t):
-                    name = _terminal(sub)
-                    if name:
-                        self.bound.setdefault(name, set()).update(keys)
+                pairs += _pairs(n.target, n.value)
+        changed = True
+        while changed:
+            changed = False
+            for target, value in pairs:
+                keys = self.value_keys(value)
+                name = _terminal(target)
+                if keys and name and not keys <= self.bound.get(name, set()):
+                    self.bound.setdefault(name, set()).update(keys)
+                    changed = True
+
+    def value_keys(self, v: ast.expr) -> set[str]:
+        """Resource keys an expression evaluates to: RESOURCES[...], an alias, a choice of those."""
+        if isinstance(v, ast.Subscript) and _terminal(v.value) == "RESOURCES":
+            return self.keys_in(v)
+        if isinstance(v, (ast.Name, ast.Attribute)):
+            return set(self.bound.get(_terminal(v) or "", set()))
+        if isinstance(v, ast.IfExp):
+            return self.value_keys(v.body) | self.value_keys(v.orelse)
+        if isinstance(v, ast.BoolOp):
+            return set().union(*(self.value_keys(x) for x in v.values))
+        return set()
 
     def keys_in(self, node: ast.AST) -> set[str]:
         out: set[str] = set()
@@ -144,6 +156,17 @@ class _Module:
         if name and name in self.bound:
             return set(self.bound[name])
         return set()
+
+
+def _pairs(target: ast.expr, value: ast.expr) -> list[tuple[ast.expr, ast.expr]]:
+    """(target, value) pairs of an assignment, element-wise for `a, b = x, y`."""
+    if isinstance(target, (ast.Tuple, ast.List)) and isinstance(value, (ast.Tuple, ast.List)):
+        if len(target.elts) == len(value.elts):
+            return [p for t, v in zip(target.elts, value.elts, strict=True) for p in _pairs(t, v)]
+        return []
+    if isinstance(target, (ast.Name, ast.Attribute)):
+        return [(target, value)]
+    return []
 
 
 def _literal_strings(node: ast.AST) -> set[str] | None:

@@ -63,14 +63,15 @@ def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
 _INTERP = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
 
 
-def compose_interpolate(value: Any) -> Any:
-    """Compose variable interpolation with every variable unset: ``${X:-d}`` -> d, ``${X}`` -> ""."""
+def compose_interpolate(value: Any, env: dict[str, str] | None = None) -> Any:
+    """Compose variable interpolation: ``${X:-d}`` -> env X or d, ``${X}`` -> env X or ""."""
+    env = env or {}
     if isinstance(value, str):
-        return _INTERP.sub(lambda m: m.group(2) or "", value).replace("$$", "$")
+        return _INTERP.sub(lambda m: env.get(m.group(1)) or m.group(2) or "", value).replace("$$", "$")
     if isinstance(value, list):
-        return [compose_interpolate(v) for v in value]
+        return [compose_interpolate(v, env) for v in value]
     if isinstance(value, dict):
-        return {k: compose_interpolate(v) for k, v in value.items()}
+        return {k: compose_interpolate(v, env) for k, v in value.items()}
     return value
 
 
