@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from l2lb.core import codec
 from l2lb.core.codec import ArpFrame, DropReason, NaFrame, NsFrame
-from l2lb.core.messages import NodeAssignments
+from l2lb.core.messages import NodeAssignments, VipAssignment
 
 __all__ = ["AnnouncerState", "ConflictSeen", "Iface", "Outcome", "Verdict", "Vip"]
 
@@ -129,6 +129,7 @@ class AnnouncerState:
     _buckets: dict[bytes, _Bucket] = field(default_factory=dict)
     _defended: dict[bytes, float] = field(default_factory=dict)
     _serving: dict[str, int] | None = None
+    _by_text: dict[str, tuple[VipAssignment, Vip]] = field(default_factory=dict)
     _serving_of: dict[bytes, Vip] | None = None
 
     # -- assignments -------------------------------------------------------------------------
@@ -146,22 +147,36 @@ class AnnouncerState:
         self.deadline = now + msg.ttl_ms / 1000.0
         new: dict[bytes, Vip] = {}
         invalid: list[str] = []
+        # renewals repeat the same set every few hundred ms: reuse the parsed entries of unchanged VIPs
+        by_text = {} if expired else self._by_text
+        new_by_text: dict[str, tuple[VipAssignment, Vip]] = {}
         for va in msg.vips:
+            known = by_text.get(va.ip)
+            if known is not None and known[0] == va:
+                new[known[1].addr] = known[1]
+                new_by_text[va.ip] = known
+                continue
             try:
-                addr = ipaddress.ip_address(va.ip).packed
+                parsed = ipaddress.ip_address(va.ip)
             except ValueError:
                 invalid.append(va.ip)
                 continue
-            if addr[0] == 0xFF or (len(addr) == 4 and addr[0] >= 224) or addr in (b"\x00" * 4, b"\x00" * 16):
+            addr = parsed.packed
+            if parsed.is_multicast or parsed.is_unspecified or (len(addr) == 4 and addr == b"\xff" * 4):
                 invalid.append(va.ip)
                 continue
-            new[addr] = Vip(ip=str(ipaddress.ip_address(addr)), addr=addr, epoch=va.epoch,
-                            interfaces=frozenset(va.interfaces), services=tuple(va.services), since=now)
+            vip = Vip(ip=str(parsed), addr=addr, epoch=va.epoch, interfaces=frozenset(va.interfaces),
+                      services=tuple(va.services), since=now)
+            new[addr] = vip
+            new_by_text[va.ip] = (va, vip)
+        self._by_text = new_by_text
         added: list[Vip] = []
         removed: list[Vip] = []
         old = {} if expired else self.vips
         for addr, vip in new.items():
             prev = old.get(addr)
+            if prev is vip:
+                continue
             if prev is None or prev.epoch != vip.epoch:
                 added.append(vip)
                 self._schedule(addr, now)
@@ -189,6 +204,7 @@ class AnnouncerState:
             return ()
         gone = tuple(self.vips.values())
         self.vips = {}
+        self._by_text = {}
         self._garps.clear()
         self._defended.clear()
         return gone
