@@ -105,17 +105,17 @@ class _Module:
                     self.loop_vars.setdefault(n.target.id, set()).update(self.literals[src])
         # names bound to resources: x = RESOURCES[...]; y = x; a, b = y, other  (to a fixpoint)
         self.bound: dict[str, set[str]] = {}
-        pairs: list[tuple[ast.expr, ast.expr]] = []
+        assigned: list[tuple[ast.expr, ast.expr]] = []
         for n in ast.walk(self.tree):
             if isinstance(n, ast.Assign):
                 for t in n.targets:
-                    pairs += _pairs(t, n.value)
+                    assigned += _pairs(t, n.value)
             elif isinstance(n, ast.AnnAssign) and n.value is not None:
-                pairs += _pairs(n.target, n.value)
+                assigned += _pairs(n.target, n.value)
         changed = True
         while changed:
             changed = False
-            for target, value in pairs:
+            for target, value in assigned:
                 keys = self.value_keys(value)
                 name = _terminal(target)
                 if keys and name and not keys <= self.bound.get(name, set()):
