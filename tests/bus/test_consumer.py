@@ -242,3 +242,29 @@ async def test_snapshots_roundtrip_and_requests(bus: Bus, running: Running) -> N
     await bus.request_snapshot("allocations", "leases-1", "group_missing")
     await wait_until(lambda: c.handled == 2, what="requests handled")
     assert [(r.topic, r.requester, r.reason) for r in served] == [("allocations", "leases-1", "group_missing")]
+
+
+async def test_idle_consumers_without_pending_are_forgotten(bus: Bus, running: Running) -> None:
+    s = bus.keys.assignments
+    await bus.redis.xgroup_create(s, "announcer:n1", "$", mkstream=True)
+    await bus.publish(s, na("n1", 1, 1))
+    await bus.publish(s, na("n1", 1, 2))
+    # two earlier processes of this announcer: one acked everything, one died holding an entry
+    got = await bus.redis.xreadgroup("announcer:n1", "old-acked", {s: ">"}, count=1)
+    await bus.redis.xack(s, "announcer:n1", got[0][1][0][0])
+    await bus.redis.xreadgroup("announcer:n1", "old-pending", {s: ">"}, count=1)
+    await asyncio.sleep(0.3)
+    rec = Recorder()
+    c = bus.consumer(s, "announcer:n1", "new", rec, block_ms=100, forget_after=0.25, min_idle_ms=60_000,
+                     claim_interval=0.05)
+    running.start(c)
+
+    async def names() -> set[str]:
+        return {x["name"].decode() if isinstance(x["name"], bytes) else x["name"]
+                for x in await bus.redis.xinfo_consumers(s, "announcer:n1")}
+
+    t0 = asyncio.get_running_loop().time()
+    while "old-acked" in await names():
+        assert asyncio.get_running_loop().time() - t0 < 3, "old consumer not removed"
+        await asyncio.sleep(0.05)
+    assert await names() == {"new", "old-pending"}  # one with pending entries is kept (claimed later)

@@ -29,8 +29,8 @@ SERVICES = ("allocator", "leases", "announcer")
 DEV_PASSWORDS = {s: f"l2lb-{s}-dev" for s in SERVICES}
 
 # Commands a Consumer runs on the stream it reads.
-CONSUME = ("+xreadgroup", "+xack", "+xgroup|create", "+xgroup|setid", "+xautoclaim", "+xpending",
-           "+xinfo|groups", "+xinfo|stream")
+CONSUME = ("+xreadgroup", "+xack", "+xgroup|create", "+xgroup|setid", "+xgroup|delconsumer", "+xautoclaim",
+           "+xpending", "+xinfo|groups", "+xinfo|stream", "+xinfo|consumers")
 PUBLISH = ("+xadd",)
 BASE = ("+ping", "+select", "+client|setname")
 

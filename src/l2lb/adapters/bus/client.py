@@ -475,6 +475,7 @@ class Consumer:
     idle longer are claimed from other consumers, 10000), ``claim_interval`` (s, min_idle/2),
     ``max_deliveries`` (handler failures before dead-lettering, 5), ``check_interval`` (s between
     incarnation/trim checks, 1.0), ``stats_interval`` (s between full checks with lag/pending, 5.0),
+    ``forget_after`` (s: idle consumers of the group with nothing pending are deleted, 3600),
     ``backoff`` (:class:`Backoff`). ``check()`` runs the checks at once (tests, status pages).
     """
 
@@ -495,6 +496,7 @@ class Consumer:
         max_deliveries: int = 5,
         check_interval: float = 1.0,
         stats_interval: float = 5.0,
+        forget_after: float = 3600.0,
         backoff: Backoff | None = None,
     ) -> None:
         if block_ms >= bus.dsn.socket_timeout * 1000:
@@ -515,6 +517,8 @@ class Consumer:
         self.max_deliveries = max_deliveries
         self.check_interval = check_interval
         self.stats_interval = stats_interval
+        self.forget_after = forget_after
+        self._next_forget = 0.0
         self.backoff = backoff or Backoff()
         self._r = bus.redis
         self._labels = (bus.keys.short(stream), group)
@@ -539,14 +543,18 @@ class Consumer:
         stop_task: asyncio.Task[bool] = asyncio.create_task(stop.wait())
         need_setup = True
         first = True
+        group_missing = False
         self.running = True
         try:
             while not stop.is_set():
                 try:
                     if need_setup:
                         await self._setup(first)
-                        need_setup = first = False
+                        need_setup = first = group_missing = False
                         self.backoff.reset()
+                    if group_missing:
+                        await self._group_missing()
+                        group_missing = False
                     now = time.monotonic()
                     if now >= self._next_stats:
                         await self.check(full=True, fresh=False)
@@ -569,7 +577,8 @@ class Consumer:
                         log.error("consumer not allowed by redis ACL", extra=self._x(error=str(err)))
                         await _sleep_or_stop(max(self.backoff.next(), 1.0), stop)
                     elif "NOGROUP" in str(e):
-                        await self._group_missing()
+                        group_missing = True  # handled at the top of the loop, inside the try
+                        await _sleep_or_stop(0.01, stop)
                     elif isinstance(e, ReadOnlyError):
                         self.bus._note_down(e)
                         need_setup = True
@@ -595,6 +604,10 @@ class Consumer:
                     await _sleep_or_stop(delay, stop)
                 except BusError as e:
                     log.error("consumer error", extra=self._x(error=str(e)))
+                    await _sleep_or_stop(max(self.backoff.next(), 1.0), stop)
+                except Exception as e:  # a bug must not kill the consumer: log it, back off, go on
+                    log.error("unexpected error in consumer", extra=self._x(error=repr(e)), exc_info=True)
+                    need_setup = True
                     await _sleep_or_stop(max(self.backoff.next(), 1.0), stop)
         finally:
             self.running = False
@@ -766,7 +779,22 @@ class Consumer:
         entries: list[tuple[Any, Any]] = res[0][1]
         return entries
 
+    async def _forget_dead_consumers(self) -> None:
+        """XGROUP DELCONSUMER members idle longer than ``forget_after`` s with nothing pending
+        (restarted processes with a new consumer name would otherwise pile up in the group)."""
+        consumers = await self._r.xinfo_consumers(self.stream, self.group)
+        for c in consumers:
+            name = _s(c.get("name"))
+            if name == self.name or int(c.get("pending") or 0) > 0:
+                continue
+            if int(c.get("idle") or 0) >= self.forget_after * 1000:
+                await self._r.xgroup_delconsumer(self.stream, self.group, name)
+                log.info("removed dead consumer from group", extra=self._x(dead=name))
+
     async def _claim(self) -> None:
+        if time.monotonic() >= self._next_forget:
+            self._next_forget = time.monotonic() + max(self.forget_after / 4, self.claim_interval)
+            await self._forget_dead_consumers()
         start = "0-0"
         for _ in range(10):
             res = await self._r.xautoclaim(self.stream, self.group, self.name, self.min_idle_ms,
