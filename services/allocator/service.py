@@ -501,7 +501,8 @@ class AllocatorService:
     def role(self) -> str:
         if self.is_leader:
             return "leader"
-        return "standby" if self.leader_known else "unknown"
+        holder = self.elector.holder if self.elector is not None else ""
+        return "standby" if self.leader_known or (holder and holder != self.cfg.instance) else "unknown"
 
     def readiness(self) -> tuple[bool, str]:
         if not self.synced():
@@ -522,6 +523,7 @@ class AllocatorService:
             "instance": self.cfg.instance,
             "role": self.role(),
             "term": self.term,
+            "leader": self.elector.status() if self.elector is not None else None,
             "restores": self.restores,
             "last_restore_seconds": round(self.last_restore_s, 4),
             "services": {k: {"ips": list(r.ips), "pools": dict(r.pools), "reason": r.reason.value,

@@ -80,8 +80,12 @@ class Env:
         return list(obj.get("items") or [])
 
     async def messages(self) -> list[Any]:
-        entries = await self.bus.redis.xrange(self.bus.keys.allocations)
-        return [decode(fields[b"m"] if b"m" in fields else fields["m"]) for _, fields in entries]
+        entries: Any = await self.bus.redis.xrange(self.bus.keys.allocations)
+        out = []
+        for _, fields in entries:
+            raw = fields.get(b"m", fields.get("m"))
+            out.append(decode(raw))
+        return out
 
 
 @pytest.fixture
@@ -192,3 +196,77 @@ async def test_seed_end_to_end(env: Env) -> None:
     assert {n: env.ips("pihole", n) for n in before} == before
     writes = [r for r in env.kube.requests() if "/services/" in r.get("path", "") and r.get("verb") == "patch"]
     assert writes == []
+
+
+def _own_pool(name: str, blocks: str, selector: str = "") -> str:
+    return (f"apiVersion: l2lb.io/v1alpha1\nkind: LoadBalancerIPPool\nmetadata: {{name: {name}}}\n"
+            f"spec:\n  blocks:\n{blocks}{selector}")
+
+
+async def test_metallb_dualstack_exhaustion_conflict(env: Env) -> None:
+    env.kube.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: metallb-system}\n")
+    env.kube.apply(ROOT / "tests" / "fixtures" / "metallb")
+    env.kube.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: apps}\n")
+    env.kube.apply(_own_pool("duo", "  - {cidr: 203.0.113.0/29}\n  - {cidr: '2001:db8:7::/64'}\n",
+                             "  serviceSelector: {matchLabels: {want: duo}}\n"))
+    env.kube.apply(_own_pool("small", "  - {start: 198.51.100.1, stop: 198.51.100.1}\n",
+                             "  serviceSelector: {matchLabels: {want: small}}\n"))
+    dual = ("apiVersion: v1\nkind: Service\nmetadata: {name: dual, namespace: apps, labels: {want: duo}}\n"
+            "spec:\n  type: LoadBalancer\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n"
+            "  ports: [{port: 443, protocol: TCP}]\n")
+    env.kube.apply(dual)
+    for n in ("s1", "s2"):
+        env.kube.apply(f"apiVersion: v1\nkind: Service\nmetadata: {{name: {n}, namespace: apps, "
+                       "labels: {want: small}, annotations: {metallb.io/address-pool: small}}\n"
+                       "spec: {type: LoadBalancer, ports: [{port: 80}]}\n")
+    await env.start("solo", leader_election=False)
+    # MetalLB annotations and pool, unchanged
+    await wait_for(lambda: env.ips("pihole", "pihole-dns-udp") == ["192.168.1.153"], 20)
+    assert env.ips("pihole", "pihole-dns-tcp") == ["192.168.1.153"]
+    await wait_for(lambda: env.ips("apps", "dual") != [], 10)
+    assert env.ips("apps", "dual") == ["203.0.113.1", "2001:db8:7::1"]
+    await wait_for(lambda: env.cond("apps", "s2") is not None and env.cond("apps", "s1") is not None, 10)
+    conds = {n: env.cond("apps", n) for n in ("s1", "s2")}
+    failed = [n for n, c in conds.items() if c is not None and c["reason"] == "out_of_ips"]
+    assert len(failed) == 1 and env.ips("apps", failed[0]) == []
+    # grow the pool: the waiting Service gets the new address
+    env.kube.apply(_own_pool("small", "  - {start: 198.51.100.1, stop: 198.51.100.2}\n",
+                             "  serviceSelector: {matchLabels: {want: small}}\n"))
+    await wait_for(lambda: env.ips("apps", failed[0]) == ["198.51.100.2"], 10)
+    c = env.cond("apps", failed[0])
+    assert c is not None and c["status"] == "True"
+    # an overlapping pool created later is in conflict and allocates nothing
+    env.kube.apply(_own_pool("late", "  - {cidr: 203.0.113.0/30}\n"))
+
+    def conflict() -> str | None:
+        _, obj, _ = env.kube.http("GET", "/apis/l2lb.io/v1alpha1/loadbalancerippools/late")
+        for cond in (obj.get("status") or {}).get("conditions") or []:
+            if cond["type"] == "l2lb.io/PoolConflict" and cond["status"] == "True":
+                return str(cond["message"])
+        return None
+    await wait_for(lambda: conflict() is not None, 10)
+    assert "overlaps CIDR '203.0.113.0/29' from IP Pool 'duo'" in (conflict() or "")
+    assert env.ips("apps", "dual") == ["203.0.113.1", "2001:db8:7::1"]
+
+
+async def test_leader_failover_keeps_ips_and_writes_nothing(env: Env) -> None:
+    env.kube.apply(SEED)
+    a = await env.start("a", leader_election=True, retry_period=0.3, lease_duration=3.0, renew_deadline=2.0)
+    await wait_for(lambda: a.svc.is_leader and a.svc.restores == 1, 20)
+    b = await env.start("b", leader_election=True, retry_period=0.3, lease_duration=3.0, renew_deadline=2.0)
+    await wait_for(lambda: b.svc.synced() and b.svc.role() == "standby", 10)
+    assert b.svc.readiness()[0]
+    before = {n: env.ips("pihole", n) for n in ("pihole-dns-tcp", "pihole-dns-udp", "pihole-web")}
+    assert before["pihole-dns-tcp"] == ["192.168.1.153"]
+    env.kube.clear_requests()
+    t0 = time.monotonic()
+    await a.kill()  # graceful: releases the Lease
+    await wait_for(lambda: b.svc.is_leader and b.svc.restores == 1, 10)
+    took = time.monotonic() - t0
+    print(f"allocator failover: standby restored after {took * 1000:.0f} ms")
+    assert {n: env.ips("pihole", n) for n in before} == before
+    reqs = env.kube.requests()
+    assert [r for r in reqs if r.get("verb") == "list"] == []  # warm standby: no re-listing
+    assert [r for r in reqs if "/services/" in r.get("path", "") and r.get("verb") == "patch"] == []
+    snaps = [m for m in await env.messages() if isinstance(m, AllocationSnapshot)]
+    assert snaps and snaps[-1].term > snaps[0].term
