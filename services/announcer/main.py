@@ -551,7 +551,12 @@ class AnnouncerService:
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        await self.server.start()
+        try:
+            await self.server.start()
+        except OSError as e:
+            log.error("cannot serve the status API (another process on the port? use --http-port)",
+                      extra={"addr": f"{self.args.http_host}:{self.args.http_port}", "error": str(e)})
+            raise SystemExit(1) from None
         self._on_links({}, self.monitor.links)
         if not self.monitor.links:
             log.warning("no interface matches --interfaces", extra={"pattern": self.allow.pattern})
@@ -564,7 +569,12 @@ class AnnouncerService:
         ]
         consumer = None
         if not self.args.no_bus:
-            self.bus = await bus_from_args(self.args, client_name=f"l2lb-announcer-{self.node}")
+            try:
+                self.bus = await bus_from_args(self.args, client_name=f"l2lb-announcer-{self.node}")
+            except (BusError, ValueError) as e:  # bad DSN, refused credentials (unreachable is not an error)
+                log.error("cannot use the Redis bus", extra={"error": str(e)})
+                await self.server.stop()
+                raise SystemExit(2) from None
             self.server.add_ready_check("bus", self.bus.readiness)
             consumer = self.bus.consumer(
                 self.bus.keys.assignments,
