@@ -25,7 +25,9 @@ async def test_delivery_in_order_with_acks(bus: Bus, running: Running) -> None:
     await wait_until(lambda: c.running and c._incarnation is not None, what="consumer set up")
     await asyncio.sleep(0.05)
     before = metric("l2lb_bus_consumed_total", stream="heartbeats", group="g-ack")
+    pub_before = metric("l2lb_bus_published_total", stream="heartbeats")
     ids = [await bus.publish(s, hb(seq=i)) for i in range(1, 21)]
+    assert metric("l2lb_bus_published_total", stream="heartbeats") - pub_before == 20
     await wait_until(lambda: len(rec.seen) == 20, what="20 messages")
     assert [m.seq for m, _ in rec.seen if isinstance(m, Heartbeat)] == list(range(1, 21))
     assert [eid for _, eid in rec.seen] == ids
