@@ -358,6 +358,9 @@ class AnnouncerService:
                     "assignments rejected", extra={"reason": ch.reason, "term": msg.term, "seq": msg.seq}
                 )
             return
+        if ch.reason == "term_reset":
+            log.warning("the leases term went backwards (election Lease recreated?); accepting it after "
+                        "our set expired and nothing newer came", extra={"term": msg.term, "seq": msg.seq})
         for ip in ch.invalid:
             log.warning("ignoring an assigned VIP that is not a usable unicast IP", extra={"ip": ip})
         if ch.added or ch.removed:

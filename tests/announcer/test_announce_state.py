@@ -175,3 +175,17 @@ def test_serving_map_cached_but_follows_changes() -> None:
     s.apply(msg(3, [(V4, 2)], ttl_ms=1000), 0.4)
     assert s.serving(0.5) == {V4: 2} and s.serving_count(0.5) == 1
     assert s.serving(1.5) == {} and s.serving_count(1.5) == 0
+
+
+def test_lower_term_accepted_only_after_expiry_and_a_hold_off() -> None:
+    s = AnnouncerState("n1")
+    s.apply(msg(10, [(V4, 1)], term=5, ttl_ms=1000), 0.0)
+    # while the set is valid a lower term is always stale
+    assert s.apply(msg(1, [(V6, 1)], term=0, ttl_ms=1000), 0.5).reason == "stale"
+    assert s.serving(0.5) == {V4: 1}
+    # expired at 1.0; lower-term messages keep coming: accepted only after 2 x ttl of them
+    assert s.apply(msg(2, [(V6, 1)], term=0, ttl_ms=1000), 1.2).reason == "stale"
+    assert s.apply(msg(3, [(V6, 1)], term=0, ttl_ms=1000), 2.5).reason == "stale"
+    ch = s.apply(msg(4, [(V6, 1)], term=0, ttl_ms=1000), 3.3)
+    assert ch.accepted and ch.reason == "term_reset" and s.serving(3.3) == {V6: 1}
+    assert s.apply(msg(3, [], term=0, ttl_ms=1000), 3.4).reason == "stale"

@@ -92,7 +92,7 @@ _PAD18 = b"\x00" * 18  # 42-byte ARP frame padded to the 60-byte Ethernet minimu
 @dataclass(frozen=True, slots=True)
 class Change:
     accepted: bool
-    reason: str  # "applied", "other_node", "stale", "bad_ttl"
+    reason: str  # "applied", "term_reset", "other_node", "stale", "bad_ttl"
     added: tuple[Vip, ...] = ()
     removed: tuple[Vip, ...] = ()
     invalid: tuple[str, ...] = ()  # IPs in the message that are not IP addresses
@@ -129,6 +129,7 @@ class AnnouncerState:
     _buckets: dict[bytes, _Bucket] = field(default_factory=dict)
     _defended: dict[bytes, float] = field(default_factory=dict)
     _serving: dict[str, int] | None = None
+    _regress_since: float | None = None
     _by_text: dict[str, tuple[VipAssignment, Vip]] = field(default_factory=dict)
     _serving_of: dict[bytes, Vip] | None = None
 
@@ -137,10 +138,23 @@ class AnnouncerState:
         if msg.node != self.node:
             return Change(False, "other_node")
         order = (msg.term, msg.seq)
-        if self.last_order is not None and order <= self.last_order:
-            return Change(False, "stale")
         if msg.ttl_ms <= 0:
             return Change(False, "bad_ttl")
+        reason = "applied"
+        if self.last_order is not None and order <= self.last_order:
+            # Fencing: an older (term, seq) never overrides. One exception keeps a node from going
+            # deaf forever when the leases term really went backwards (its election Lease object was
+            # deleted and recreated): once our own set has expired and only lower-term messages have
+            # arrived for twice their ttl, the lower term is accepted.
+            if self.valid(now) or msg.term >= self.last_order[0]:
+                self._regress_since = None
+                return Change(False, "stale")
+            if self._regress_since is None:
+                self._regress_since = now
+            if now - self._regress_since < max(1.0, 2 * msg.ttl_ms / 1000.0):
+                return Change(False, "stale")
+            reason = "term_reset"
+        self._regress_since = None
         self.last_order = order
         self.last_applied_at = now
         expired = self.deadline is not None and now >= self.deadline
@@ -196,7 +210,7 @@ class AnnouncerState:
         if not added and not removed and self._serving_of is self.vips:
             self._serving_of = new  # same (ip, epoch) set: the cached serving map stays right
         self.vips = new
-        return Change(True, "applied", tuple(added), tuple(removed), tuple(invalid))
+        return Change(True, reason, tuple(added), tuple(removed), tuple(invalid))
 
     def expire(self, now: float) -> tuple[Vip, ...]:
         """Drop every VIP when the validity deadline has passed; returns what was dropped."""
