@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from l2lb.adapters.bus.client import Bus
 from l2lb.adapters.bus.seq import SeqFilter
 from l2lb.core.messages import Heartbeat, Message, NodeAssignments
@@ -270,3 +272,44 @@ async def test_idle_consumers_without_pending_are_forgotten(bus: Bus, running: R
         assert asyncio.get_running_loop().time() - t0 < 3, "old consumer not removed"
         await asyncio.sleep(0.05)
     assert await names() == {"new", "old-pending"}  # one with pending entries is kept (claimed later)
+
+
+async def test_stop_interrupts_a_blocked_read_promptly(bus: Bus) -> None:
+    c = bus.consumer(bus.keys.heartbeats, "stopper", "c", Recorder(), block_ms=3000)
+    stop = asyncio.Event()
+    task = asyncio.create_task(c.run(stop))
+    await wait_until(lambda: c._incarnation is not None, what="set up")
+    await asyncio.sleep(0.2)  # now blocked in XREADGROUP BLOCK 3000
+    t0 = asyncio.get_running_loop().time()
+    stop.set()
+    await asyncio.wait_for(task, 2)
+    assert asyncio.get_running_loop().time() - t0 < 0.5
+    assert not c.running
+    await bus.publish(bus.keys.heartbeats, hb())  # the pool is still healthy after the cancelled read
+    ok, why = bus.readiness()
+    assert ok, why
+
+
+async def test_cli_args_and_env(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from l2lb.adapters.bus.client import DSNError, add_redis_args, bus_from_args
+
+    monkeypatch.setenv("L2LB_REDIS", redis_url)
+    monkeypatch.setenv("L2LB_REDIS_PREFIX", "envpfx")
+    p = argparse.ArgumentParser()
+    add_redis_args(p)
+    args = p.parse_args([])
+    assert args.redis == redis_url and args.redis_prefix == "envpfx" and args.redis_maxlen == 10_000
+    b = await bus_from_args(args, client_name="cli-test")
+    try:
+        assert b.keys.prefix == "envpfx"
+        eid = await b.publish(b.keys.control, hb())
+        assert await b.redis.xlen("envpfx:stream:control") == 1 and "-" in eid
+    finally:
+        await b.close()
+    args = p.parse_args(["--redis", "redis://u:s3cret@h:nope/0", "--redis-prefix", "x", "--redis-maxlen", "50"])
+    assert args.redis_maxlen == 50
+    with pytest.raises(DSNError) as ei:
+        await bus_from_args(args)
+    assert "s3cret" not in str(ei.value) and "--redis redis://u:***@h:nope/0" in str(ei.value)
