@@ -53,7 +53,7 @@ def test_random_bytes_never_raise(data: bytes) -> None:
     assert isinstance(v.reason, str)
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(VALID),
        st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), min_size=1, max_size=6),
        st.integers(0, 120), st.binary(max_size=16))
@@ -92,7 +92,7 @@ _ARP_IPS = [codec.ip_bytes(f"198.51.100.{i}") for i in (2, 3, 10, 12)] + [b"\x00
 _MACS = [ASKER, MAC, codec.ZERO_MAC, codec.BROADCAST_MAC, bytes.fromhex("010000000003")]
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(_MACS), st.sampled_from(_MACS), st.sampled_from(_ARP_IPS), st.sampled_from(_ARP_IPS),
        st.sampled_from([0.5, 2.0, 11.0]), st.lists(st.tuples(st.integers(12, 41), st.integers(0, 255)), max_size=2),
        st.booleans())
