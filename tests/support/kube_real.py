@@ -111,6 +111,7 @@ def _free_port() -> int:
 class ResourceInfo:
     prefix: str  # "/api/v1" or "/apis/<group>/<version>"
     plural: str
+    kind: str
     namespaced: bool
     subresources: frozenset[str]
 
@@ -131,6 +132,7 @@ class RealApiServer:
         self.audit_log = workdir / "audit.log"
         self.log_path = workdir / "kube-apiserver.log"
         self.startup_s = 0.0
+        self.etcd_url = ""
         self._audit_offset = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._ssl = ssl.create_default_context()
@@ -162,6 +164,7 @@ class RealApiServer:
             self._wait_ready(t0)
             self._ssl = ssl.create_default_context(cafile=str(self.workdir / "data" / "ca.crt"))
             self.startup_s = time.monotonic() - t0
+            self.etcd_url = self._etcd_url_from_log()
             self.install_crds()
         except BaseException:
             self.stop()
@@ -191,9 +194,7 @@ class RealApiServer:
                 last = str(e)
             time.sleep(0.2)
         else:
-            raise RuntimeError(
-                f"kube-apiserver not ready after {START_TIMEOUT_S:.0f} s ({last}):\n{self.log_tail()}"
-            )
+            raise RuntimeError(f"kube-apiserver not ready after {START_TIMEOUT_S:.0f} s ({last}):\n{self.log_tail()}")
         # The "default" namespace is made by a post-start hook; wait for it too.
         while time.monotonic() - t0 < START_TIMEOUT_S:
             try:
@@ -206,6 +207,12 @@ class RealApiServer:
             except (OSError, urllib.error.URLError):
                 time.sleep(0.1)
         raise RuntimeError("namespace 'default' never appeared")
+
+    def _etcd_url_from_log(self) -> str:
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("l2lb-kube-apiserver: etcd "):
+                return line.split()[2].rstrip(",")
+        return ""
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -250,17 +257,24 @@ class RealApiServer:
         if body is not None:
             data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
             headers["Content-Type"] = content_type
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=30, context=self._ssl) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as e:
-            text = e.read().decode(errors="replace")
+        deadline = time.monotonic() + 30.0
+        while True:
+            req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
             try:
-                decoded: dict[str, Any] | str = json.loads(text)
-            except ValueError:
-                decoded = text
-            raise ApiError(e.code, decoded, method, path) from None
+                with urllib.request.urlopen(req, timeout=30, context=self._ssl) as resp:
+                    raw = resp.read()
+                break
+            except urllib.error.HTTPError as e:
+                text = e.read().decode(errors="replace")
+                # 429 "storage is (re)initializing": a new CRD's watch cache is still filling.
+                if e.code == 429 and time.monotonic() < deadline:
+                    time.sleep(min(float(e.headers.get("Retry-After") or 0.2), 1.0))
+                    continue
+                try:
+                    decoded: dict[str, Any] | str = json.loads(text)
+                except ValueError:
+                    decoded = text
+                raise ApiError(e.code, decoded, method, path) from None
         out: dict[str, Any] = json.loads(raw) if raw else {}
         return out
 
@@ -278,12 +292,12 @@ class RealApiServer:
                 base, sub = name.split("/", 1)
                 info = self._discovery.get((prefix, base))
                 if info is not None:
-                    self._discovery[(prefix, base)] = ResourceInfo(
-                        info.prefix, info.plural, info.namespaced, info.subresources | {sub}
-                    )
+                    info = ResourceInfo(info.prefix, info.plural, info.kind, info.namespaced, info.subresources | {sub})
+                    self._discovery[(prefix, base)] = info
+                    self._discovery[(prefix, info.kind)] = info
                 continue
             self._discovery[(prefix, str(r["kind"]))] = ResourceInfo(
-                prefix, name, bool(r["namespaced"]), frozenset()
+                prefix, name, str(r["kind"]), bool(r["namespaced"]), frozenset()
             )
             self._discovery[(prefix, name)] = self._discovery[(prefix, str(r["kind"]))]
         self._prefixes_loaded.add(prefix)
@@ -354,9 +368,7 @@ class RealApiServer:
             }
             if namespace is not None:
                 status_body["metadata"]["namespace"] = namespace
-            result = self.call(
-                "PATCH", path + "/status", json.dumps(status_body), content_type=ctype, query=query
-            )
+            result = self.call("PATCH", path + "/status", json.dumps(status_body), content_type=ctype, query=query)
         if kind == "CustomResourceDefinition":
             self._wait_crd(name)
         return result
@@ -374,7 +386,7 @@ class RealApiServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             crd = self.call("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
-            conds = {c["type"]: c["status"] for c in crd.get("status", {}).get("conditions", [])}
+            conds = {c["type"]: c["status"] for c in (crd.get("status") or {}).get("conditions") or []}
             if conds.get("Established") == "True":
                 group = crd["spec"]["group"]
                 versions = [v["name"] for v in crd["spec"]["versions"] if v.get("served")]
@@ -412,17 +424,14 @@ class RealApiServer:
     # ------------------------------------------------------------------- reset
     def _crd_resources(self) -> list[ResourceInfo]:
         out = []
-        for crd in self.call("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions").get(
-            "items", []
-        ):
+        for crd in self.call("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions").get("items", []):
             spec = crd["spec"]
-            storage = next(
-                (v["name"] for v in spec["versions"] if v.get("storage")), spec["versions"][0]["name"]
-            )
+            storage = next((v["name"] for v in spec["versions"] if v.get("storage")), spec["versions"][0]["name"])
             out.append(
                 ResourceInfo(
                     f"/apis/{spec['group']}/{storage}",
                     spec["names"]["plural"],
+                    spec["names"]["kind"],
                     spec["scope"] == "Namespaced",
                     frozenset(),
                 )
@@ -441,11 +450,7 @@ class RealApiServer:
             if keep is not None and keep(meta):
                 continue
             ns = meta.get("namespace")
-            path = (
-                f"{prefix}/namespaces/{ns}/{plural}/{meta['name']}"
-                if ns
-                else f"{prefix}/{plural}/{meta['name']}"
-            )
+            path = f"{prefix}/namespaces/{ns}/{plural}/{meta['name']}" if ns else f"{prefix}/{plural}/{meta['name']}"
             with contextlib.suppress(ApiError):
                 if meta.get("finalizers"):
                     self.call(
@@ -513,9 +518,7 @@ class RealApiServer:
                 continue
             verb = ev.get("verb", "")
             stage = ev.get("stage")
-            if (verb == "watch" and stage != "ResponseStarted") or (
-                verb != "watch" and stage != "ResponseComplete"
-            ):
+            if (verb == "watch" and stage != "ResponseStarted") or (verb != "watch" and stage != "ResponseComplete"):
                 continue
             uri = str(ev.get("requestURI", ""))
             ts = ev.get("requestReceivedTimestamp")
