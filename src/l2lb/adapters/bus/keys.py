@@ -38,6 +38,14 @@ class Keys:
         return f"{self.prefix}:stream:control"
 
     @property
+    def events(self) -> str:
+        """allocator/leases -> status readers: recent moves, conflicts, allocation failures (capped).
+
+        Entries carry one field ``e``: a JSON object (see ``l2lb.core.view.event``), not a bus Message.
+        """
+        return f"{self.prefix}:stream:events"
+
+    @property
     def deadletter(self) -> str:
         """entries no consumer could read (unsupported version, malformed), with the reason."""
         return f"{self.prefix}:stream:deadletter"
@@ -56,6 +64,14 @@ class Keys:
     def snapshot(self, topic: str) -> str:
         """latest full snapshot of a topic ("allocations", "assignments") as one value."""
         return f"{self.prefix}:snapshot:{topic}"
+
+    def status(self, part: str) -> str:
+        """one part of the cluster view as a JSON document ("services", "pools", "assignments", "nodes")."""
+        return f"{self.prefix}:status:{part}"
+
+    def status_pattern(self) -> str:
+        """glob matching every status part key (for ACLs)."""
+        return f"{self.prefix}:status:*"
 
     def snapshot_pattern(self) -> str:
         """glob matching every snapshot key (for ACLs)."""
