@@ -67,24 +67,18 @@ async def test_status_patched_only_when_changed(kube: Any) -> None:
 
 @pytest.mark.kube
 async def test_update_with_retry_survives_a_conflict(kube: Any) -> None:
-    c = await client_for(kube)
+    c, other = await client_for(kube), await client_for(kube)
     try:
         await ensure_namespace(c, "w-409")
         await c.create_object(SVC, service("web", "w-409"))
         calls = 0
 
-        def mutate(obj: dict[str, Any]) -> dict[str, Any]:
+        async def mutate(obj: dict[str, Any]) -> dict[str, Any]:
             nonlocal calls
             calls += 1
             obj["metadata"].setdefault("annotations", {})["count"] = str(calls)
             if calls == 1:  # another writer changes the Service between our GET and our PUT
-                code, _, _ = kube.http(
-                    "PATCH",
-                    SVC.api_path("w-409", "web"),
-                    {"metadata": {"labels": {"other": "writer"}}},
-                    content_type="application/merge-patch+json",
-                )
-                assert code == 200
+                await other.patch(SVC, "web", {"metadata": {"labels": {"other": "writer"}}}, "w-409")
             return obj
 
         kube.clear_requests()
@@ -99,6 +93,7 @@ async def test_update_with_retry_survives_a_conflict(kube: Any) -> None:
         assert await update_with_retry(c, SVC, "web", lambda o: o, "w-409") is None
     finally:
         await c.close()
+        await other.close()
 
 
 async def _events(c: Any, ns: str) -> list[dict[str, Any]]:

@@ -130,9 +130,7 @@ class Resource:
     def api_version(self) -> str:
         return f"{self.group}/{self.version}" if self.group else self.version
 
-    def api_path(
-        self, namespace: str | None = None, name: str | None = None, subresource: str | None = None
-    ) -> str:
+    def api_path(self, namespace: str | None = None, name: str | None = None, subresource: str | None = None) -> str:
         """URL path; ``namespace`` is ignored for cluster-scoped kinds (as Cilium ignores it)."""
         base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
         if self.namespaced and namespace:
@@ -155,18 +153,14 @@ RESOURCES: dict[str, Resource] = {
     "cilium_pools_v2alpha1": Resource(
         "cilium.io", "v2alpha1", "ciliumloadbalancerippools", "CiliumLoadBalancerIPPool", False
     ),
-    "cilium_pools_v2": Resource(
-        "cilium.io", "v2", "ciliumloadbalancerippools", "CiliumLoadBalancerIPPool", False
-    ),
+    "cilium_pools_v2": Resource("cilium.io", "v2", "ciliumloadbalancerippools", "CiliumLoadBalancerIPPool", False),
     "cilium_l2policies": Resource(
         "cilium.io", "v2alpha1", "ciliuml2announcementpolicies", "CiliumL2AnnouncementPolicy", False
     ),
     "metallb_pools": Resource("metallb.io", "v1beta1", "ipaddresspools", "IPAddressPool", True),
     "metallb_l2ads": Resource("metallb.io", "v1beta1", "l2advertisements", "L2Advertisement", True),
     "l2lb_pools": Resource("l2lb.io", "v1alpha1", "loadbalancerippools", "LoadBalancerIPPool", False),
-    "l2lb_l2policies": Resource(
-        "l2lb.io", "v1alpha1", "l2announcementpolicies", "L2AnnouncementPolicy", False
-    ),
+    "l2lb_l2policies": Resource("l2lb.io", "v1alpha1", "l2announcementpolicies", "L2AnnouncementPolicy", False),
 }
 
 
@@ -261,19 +255,13 @@ class KubeClient:
                     path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
                     await load_kube_config(config_file=path, client_configuration=cfg, persist_config=False)
         except Exception as e:  # any malformed kubeconfig (YAML, keys, certs) is a config error
-            where = (
-                kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config (no in-cluster config either)"
-            )
-            raise KubeError(
-                0, "ConfigError", f"cannot load Kubernetes client config from {where}: {e}"
-            ) from e
+            where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config (no in-cluster config either)"
+            raise KubeError(0, "ConfigError", f"cannot load Kubernetes client config from {where}: {e}") from e
         log.info(
             "kubernetes client configured",
             extra={"host": cfg.host, "qps": qps, "burst": burst, "kubeconfig": kubeconfig or "auto"},
         )
-        return cls(
-            cfg, qps=qps, burst=burst, user_agent=user_agent, limiter=limiter, request_timeout=request_timeout
-        )
+        return cls(cfg, qps=qps, burst=burst, user_agent=user_agent, limiter=limiter, request_timeout=request_timeout)
 
     async def close(self) -> None:
         await self.api.close()
@@ -348,9 +336,7 @@ class KubeClient:
             await self.api.update_params_for_auth(headers, q, ["BearerToken"])
             left = deadline - time.monotonic()
             if stream_read_timeout is not None:
-                rt = aiohttp.ClientTimeout(
-                    total=None, sock_connect=max(left, 0.001), sock_read=stream_read_timeout
-                )
+                rt = aiohttp.ClientTimeout(total=None, sock_connect=max(left, 0.001), sock_read=stream_read_timeout)
             else:
                 rt = aiohttp.ClientTimeout(total=max(left, 0.001))
             resp: aiohttp.ClientResponse | None = None
@@ -382,9 +368,7 @@ class KubeClient:
                 REQUESTS.labels(verb, resource, "error").inc()
                 timed_out = isinstance(e, asyncio.TimeoutError) and time.monotonic() >= deadline - 0.001
                 if timed_out:
-                    raise KubeError(
-                        0, "Timeout", f"{method}:{url}: no response before the deadline"
-                    ) from None
+                    raise KubeError(0, "Timeout", f"{method}:{url}: no response before the deadline") from None
                 cause = "connection"
                 err = KubeError(0, "ConnectionError", f"{method}:{url}: {type(e).__name__}: {e}")
                 retry_after: float | None = None
@@ -512,17 +496,11 @@ class KubeClient:
             raise KubeError(0, "BadRequest", f"a namespace is required to write a {res.kind}")
         return str(ns)
 
-    async def create_object(
-        self, res: Resource, obj: dict[str, Any], namespace: str | None = None
-    ) -> dict[str, Any]:
+    async def create_object(self, res: Resource, obj: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
         body = {"apiVersion": res.api_version, "kind": res.kind, **obj}
-        return await self._obj(
-            "POST", res, res.api_path(self._ns(res, obj, namespace)), None, None, body=body
-        )
+        return await self._obj("POST", res, res.api_path(self._ns(res, obj, namespace)), None, None, body=body)
 
-    async def replace(
-        self, res: Resource, obj: dict[str, Any], namespace: str | None = None
-    ) -> dict[str, Any]:
+    async def replace(self, res: Resource, obj: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
         name = (obj.get("metadata") or {}).get("name")
         if not name:
             raise KubeError(0, "BadRequest", f"replace of a {res.kind} needs metadata.name")
@@ -530,9 +508,7 @@ class KubeClient:
         path = res.api_path(self._ns(res, obj, namespace), str(name))
         return await self._obj("PUT", res, path, str(name), None, body=body)
 
-    async def replace_status(
-        self, res: Resource, obj: dict[str, Any], namespace: str | None = None
-    ) -> dict[str, Any]:
+    async def replace_status(self, res: Resource, obj: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
         """PUT to the status subresource (optimistic concurrency on metadata.resourceVersion)."""
         name = str((obj.get("metadata") or {}).get("name") or "")
         body = {"apiVersion": res.api_version, "kind": res.kind, **obj}
@@ -551,9 +527,7 @@ class KubeClient:
     ) -> dict[str, Any]:
         ct = PATCH_TYPES.get(patch_type)
         if ct is None:
-            raise KubeError(
-                0, "BadRequest", f"unknown patch_type {patch_type!r}: use one of {sorted(PATCH_TYPES)}"
-            )
+            raise KubeError(0, "BadRequest", f"unknown patch_type {patch_type!r}: use one of {sorted(PATCH_TYPES)}")
         path = res.api_path(namespace, name, subresource)
         return await self._obj("PATCH", res, path, name, subresource, body=patch, content_type=ct)
 
@@ -595,9 +569,7 @@ class KubeClient:
                 try:
                     line = await resp.content.readline()
                 except (TimeoutError, aiohttp.ClientError, ValueError) as e:
-                    raise KubeError(
-                        0, "WatchBroken", f"watch {res.plural}: {type(e).__name__}: {e}"
-                    ) from None
+                    raise KubeError(0, "WatchBroken", f"watch {res.plural}: {type(e).__name__}: {e}") from None
                 if not line:
                     return
                 line = line.strip()

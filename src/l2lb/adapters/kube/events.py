@@ -150,9 +150,7 @@ class EventRecorder:
                     extra={"object": "/".join(obj_key[1:3]), "reason": reason, "error": str(e)},
                 )
 
-    async def _write(
-        self, key: tuple[str, ...], ref: dict[str, Any], type_: str, reason: str, message: str
-    ) -> None:
+    async def _write(self, key: tuple[str, ...], ref: dict[str, Any], type_: str, reason: str, message: str) -> None:
         now = _ts()
         seen = self._seen.get(key)
         if seen is not None:

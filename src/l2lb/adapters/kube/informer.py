@@ -36,9 +36,7 @@ T = TypeVar("T")
 EVENTS = metrics.counter(
     "l2lb_kube_informer_events_total", "Events delivered to informer handlers", ("informer", "type")
 )
-RELISTS = metrics.counter(
-    "l2lb_kube_informer_lists_total", "Informer (re)lists by reason", ("informer", "reason")
-)
+RELISTS = metrics.counter("l2lb_kube_informer_lists_total", "Informer (re)lists by reason", ("informer", "reason"))
 WATCHES = metrics.counter(
     "l2lb_kube_informer_watch_ends_total", "Informer watch streams ended, by reason", ("informer", "reason")
 )
@@ -206,9 +204,7 @@ class Informer:
                     OBJECTS.labels(self.name).set(len(self.cache))
                     await self._emit("DELETED", obj, prev)
                 else:
-                    log.warning(
-                        "informer: unknown watch event type", extra={"informer": self.name, "type": typ}
-                    )
+                    log.warning("informer: unknown watch event type", extra={"informer": self.name, "type": typ})
         return n
 
     async def run(self, stop: asyncio.Event) -> None:

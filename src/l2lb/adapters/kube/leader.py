@@ -142,9 +142,7 @@ class LeaderElector:
         # fast path: renew from our own last write, no GET
         if self.is_leader and self._lease is not None:
             old = self._lease.get("spec") or {}
-            if old.get("holderIdentity") == self.identity and await self._write(
-                self._lease, self._new_spec(old)
-            ):
+            if old.get("holderIdentity") == self.identity and await self._write(self._lease, self._new_spec(old)):
                 return True
         try:
             lease = await self.client.get(LEASES, self.name, self.namespace)
@@ -263,9 +261,7 @@ class LeaderElector:
                     self._last_renew = time.monotonic()
                     continue
                 if self.holder and self.holder != self.identity:
-                    log.warning(
-                        "leader election: lease taken by another holder", extra={"holder": self.holder}
-                    )
+                    log.warning("leader election: lease taken by another holder", extra={"holder": self.holder})
                     await self._set(False)
                 elif time.monotonic() - self._last_renew >= self.renew_deadline:
                     log.warning(

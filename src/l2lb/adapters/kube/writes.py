@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import inspect
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -30,9 +31,7 @@ STATUS_WRITES = metrics.counter(
     "Status patches sent or skipped because nothing changed",
     ("resource", "result"),
 )
-CONFLICTS = metrics.counter(
-    "l2lb_kube_conflicts_total", "409 conflicts retried by read-modify-write", ("resource",)
-)
+CONFLICTS = metrics.counter("l2lb_kube_conflicts_total", "409 conflicts retried by read-modify-write", ("resource",))
 
 
 def _norm(v: Any) -> Any:
@@ -82,9 +81,7 @@ async def patch_status_if_changed(
     meta = obj.get("metadata") or {}
     name = str(meta.get("name") or "")
     patch = {"status": merge_patch_diff(old, new_status)}
-    out = await client.patch(
-        res, name, patch, meta.get("namespace"), subresource="status", patch_type="merge"
-    )
+    out = await client.patch(res, name, patch, meta.get("namespace"), subresource="status", patch_type="merge")
     STATUS_WRITES.labels(label, "patched").inc()
     # keep the caller's view current, so a repeat call with the same status is a no-op
     obj["status"] = copy.deepcopy(out.get("status", new_status))
@@ -113,7 +110,7 @@ async def update_with_retry(
     client: KubeClient,
     res: Resource,
     name: str,
-    mutate: Callable[[dict[str, Any]], dict[str, Any] | None],
+    mutate: Callable[[dict[str, Any]], dict[str, Any] | Awaitable[dict[str, Any] | None] | None],
     namespace: str | None = None,
     *,
     subresource: str | None = None,
@@ -121,15 +118,16 @@ async def update_with_retry(
 ) -> dict[str, Any] | None:
     """GET -> ``mutate(obj)`` -> PUT (optimistic, on ``resourceVersion``), redone on 409.
 
-    ``mutate`` edits the object in place or returns a new one; returning None means "no change
-    needed" (no PUT). ``subresource="status"`` PUTs the status subresource. Returns the written
+    ``mutate`` (sync or async) edits the object in place or returns a new one; returning None
+    means "no change needed" (no PUT). ``subresource="status"`` PUTs the status subresource. Returns the written
     object, or None when nothing was written.
     """
 
     async def once() -> dict[str, Any] | None:
         cur = await client.get(res, name, namespace)
         before = copy.deepcopy(cur)
-        out = mutate(cur)
+        res_ = mutate(cur)
+        out = await res_ if inspect.isawaitable(res_) else res_
         if out is None:
             return None
         if _norm(out) == _norm(before):
