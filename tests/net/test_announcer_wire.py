@@ -149,10 +149,11 @@ def test_takeover_garp_and_unsolicited_na_move_the_client(topology: Topology, tm
 def test_expiry_stops_replies(topology: Topology, tmp_path: Path) -> None:
     node = _node(topology, "n1", 2)
     client = _client(topology)
-    with announcer(node, "n1", tmp_path, static={**STATIC, "ttl_ms": 2500}) as ann:
+    with announcer(node, "n1", tmp_path, static={**STATIC, "ttl_ms": 4000}) as ann:
+        assert ann.status()["valid"]
         out = _arping(client, VIP4, count=1)
         assert f"[{node.mac.upper()}]" in out, out
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 8
         while ann.status()["valid"] and time.monotonic() < deadline:
             time.sleep(0.1)
         st = ann.status()
@@ -210,11 +211,12 @@ def test_per_source_rate_limit(topology: Topology, tmp_path: Path) -> None:
             replies = raw.collect(lambda f: f[12:14] == b"\x08\x06" and f[20:22] == b"\x00\x02", timeout=1.5)
             to_client = [f for f in replies if f[:6] == cmac]
             to_other = [f for f in replies if f[:6] == other]
-            assert 5 <= len(to_client) <= 6, len(to_client)
+            # burst 5, plus at most 2/s refill over the time the announcer took (loaded machine)
+            assert 5 <= len(to_client) <= 8, len(to_client)
             assert len(to_other) == 3
         finally:
             raw.close()
-        assert ann.status()["counters"]["rate_limited"] >= 24
+        assert ann.status()["counters"]["rate_limited"] >= 22
 
 
 def test_link_down_stops_answering_and_link_up_reannounces(topology: Topology, tmp_path: Path) -> None:
@@ -232,12 +234,14 @@ def test_link_down_stops_answering_and_link_up_reannounces(topology: Topology, t
         try:
             topology.cut("n1", up=True)
             nmac = codec.mac_bytes(node.mac)
-            got = raw.collect(lambda f: f[6:12] == nmac, timeout=3, want=3)
-            kinds = set()
+            def ours(f: bytes) -> bool:  # our GARPs / unsolicited NA, not the kernel's MLD or RS
+                return f[6:12] == nmac and (f[12:14] == b"\x08\x06" or (len(f) > 54 and f[54] == 136))
+            got = raw.collect(ours, timeout=3, want=3)
+            kinds: set[object] = set()
             for f in got:
                 p = Ether(f)
-                kinds.add(p[ARP].op if p.haslayer(ARP) else "na")
-            assert kinds == {1, 2, "na"}, got
+                kinds.add(("arp", p[ARP].op) if p.haslayer(ARP) else ("na", p[ICMPv6ND_NA].S, p[ICMPv6ND_NA].O))
+            assert kinds == {("arp", 1), ("arp", 2), ("na", 0, 1)}, got
         finally:
             raw.close()
 
