@@ -301,6 +301,9 @@ class AnnouncerService:
                 self._close_port(name)
         for name, link in new.items():
             prev = old.get(name)
+            if name in self.ports and self.ports[name].ifindex != link.index:
+                log.warning("interface was re-created: reopening its socket", extra={"interface": name})
+                self._close_port(name)
             if name not in self.ports:
                 self._open_port(link)
             if name not in self.ports:
