@@ -268,3 +268,32 @@ def test_bad_static_file_and_vip_configured_locally_are_reported(topology: Topol
 
 def test_socket_helpers_sanity() -> None:
     assert socket.htons(3) == 0x0300
+
+
+def test_vlan_subinterface_and_interface_restriction(topology: Topology, tmp_path: Path) -> None:
+    node = _node(topology, "n1", 2)
+    client = _client(topology)
+    for host, addr in ((node, "203.0.113.2/24"), (client, "203.0.113.3/24")):
+        vif = f"{host.ifname}.10"
+        made = host.exec(["ip", "link", "add", "link", host.ifname, "name", vif, "type", "vlan", "id", "10"],
+                         check=False)
+        if made.returncode != 0 and "Unknown device type" in made.stderr:
+            pytest.skip("this kernel has no 802.1Q support (8021q module)")
+        assert made.returncode == 0, made.stderr
+        host.exec(["ip", "addr", "add", addr, "dev", vif])
+        host.exec(["ip", "link", "set", vif, "up"])
+    static = {"vips": [{"ip": "203.0.113.10", "epoch": 1, "interfaces": ["enp0s25.10"]},
+                       {"ip": VIP4, "epoch": 1, "interfaces": ["enp0s25"]}], "ttl_ms": 60_000}
+    with announcer(node, "n1", tmp_path, static=static, extra=["--interfaces", "enp0s25", "enp0s25[.]10"]) as ann:
+        names = {i["name"]: i["answering"] for i in ann.status()["interfaces"]}
+        assert names == {"enp0s25": True, "enp0s25.10": True}
+        out = client.exec(["arping", "-c", "2", "-I", "eth0.10", "203.0.113.10"], check=False, timeout=10).stdout
+        assert out.count(f"[{node.mac.upper()}]") == 2, out
+        assert f"[{node.mac.upper()}]" in _arping(client, VIP4, count=1)
+        # VIP4 is allowed on the untagged interface only: not answered inside VLAN 10
+        client.exec(["ip", "addr", "add", "198.51.100.99/32", "dev", "eth0.10"])
+        out = client.exec(["arping", "-c", "2", "-w", "3", "-I", "eth0.10", VIP4], check=False, timeout=10).stdout
+        assert "Received 0 response" in out, out
+        # tagged frames never reach the untagged socket: nothing was seen as 'wrong_interface' there,
+        # the VLAN socket saw them and refused by policy
+        assert ann.status()["counters"].get("wrong_interface", 0) >= 2
