@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,3 +248,46 @@ def test_hadolint_clean(tmp_path: Path) -> None:
     bad.write_text("FROM python:latest\nRUN apt-get update && apt-get install curl\n")
     out = subprocess.run([exe, "--no-color", str(bad)], capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode != 0 and "DL3007" in out.stdout, out.stdout
+
+
+def third_party_imports(paths: list[Path], root: Path = ROOT) -> dict[str, set[str]]:
+    """top-level module -> files importing it, for modules that are neither stdlib nor l2lb's own."""
+    import ast
+
+    own = {"l2lb", "services", "tests", "__future__"}
+    out: dict[str, set[str]] = {}
+    for path in paths:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            mods: list[str] = []
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                mods = [node.module]
+            for m in mods:
+                top = m.split(".")[0]
+                if top not in own and top not in sys.stdlib_module_names:
+                    out.setdefault(top, set()).add(str(path.relative_to(root)))
+    return out
+
+
+def test_runtime_code_needs_only_locked_packages() -> None:
+    """What the image runs (src/l2lb, services) imports only distributions in requirements.lock."""
+    from importlib.metadata import packages_distributions
+
+    dists = packages_distributions()
+    lock = set(locked((ROOT / "requirements.lock").read_text()))
+    files = [p for d in ("src/l2lb", "services") for p in (ROOT / d).rglob("*.py")]
+    assert len(files) > 10
+    missing: dict[str, set[str]] = {}
+    for mod, users in third_party_imports(files).items():
+        names = {str(canonicalize_name(d)) for d in dists.get(mod, [mod])}
+        if not names & lock:
+            missing[mod] = users
+    assert not missing, f"imported by runtime code but not in requirements.lock (add to pyproject): {missing}"
+
+
+def test_import_scan_sees_third_party(tmp_path: Path) -> None:
+    f = tmp_path / "m.py"
+    f.write_text("import os\nimport yaml\nfrom redis.asyncio import Redis\nfrom . import x\nimport l2lb.core\n")
+    assert third_party_imports([f], tmp_path) == {"yaml": {"m.py"}, "redis": {"m.py"}}
