@@ -299,6 +299,7 @@ class KubeClient:
         timeout_s: float | None = None,
         stream_read_timeout: float | None = None,
         retry_5xx: bool = True,
+        accept: str = "application/json",
     ) -> aiohttp.ClientResponse | bytes:
         """Send one API request with throttling and retries. Returns the body, or for
         ``stream_read_timeout`` set (watch) the open 2xx response, which the caller must close."""
@@ -330,7 +331,7 @@ class KubeClient:
                     extra={"wait_s": round(waited, 3), "verb": verb, "resource": resource},
                 )
             headers: dict[str, str] = dict(self.api.default_headers)
-            headers["Accept"] = "application/json"
+            headers["Accept"] = accept
             headers["Content-Type"] = content_type
             q: list[tuple[str, str]] = list(query or [])
             await self.api.update_params_for_auth(headers, q, ["BearerToken"])
@@ -429,6 +430,7 @@ class KubeClient:
         resource: str = "raw",
         verb: str | None = None,
         timeout_s: float | None = None,
+        accept: str = "application/json",
     ) -> Any:
         """A raw API request (throttled, retried); returns the decoded JSON body (or None)."""
         data = await self._send(
@@ -440,6 +442,7 @@ class KubeClient:
             body=body,
             content_type=content_type,
             timeout_s=timeout_s,
+            accept=accept,
         )
         assert isinstance(data, bytes)
         if not data:
