@@ -297,3 +297,22 @@ def test_vlan_subinterface_and_interface_restriction(topology: Topology, tmp_pat
         # tagged frames never reach the untagged socket: nothing was seen as 'wrong_interface' there,
         # the VLAN socket saw them and refused by policy
         assert ann.status()["counters"].get("wrong_interface", 0) >= 2
+
+
+def test_vip_answered_only_on_its_interfaces_with_that_interfaces_mac(topology: Topology, tmp_path: Path) -> None:
+    node = _node(topology, "n1", 2)
+    client = _client(topology)
+    node.exec(["ip", "link", "add", "mv0", "link", node.ifname, "type", "macvlan", "mode", "bridge"])
+    node.exec(["ip", "link", "set", "mv0", "up"])
+    mv_mac = node.exec(["cat", "/sys/class/net/mv0/address"]).stdout.strip()
+    static = {"vips": [{"ip": VIP4, "epoch": 1, "interfaces": ["mv0"]},
+                       {"ip": "198.51.100.12", "epoch": 1, "interfaces": ["enp0s25"]}], "ttl_ms": 60_000}
+    with announcer(node, "n1", tmp_path, static=static, extra=["--interfaces", "enp0s25", "mv0"]) as ann:
+        assert {i["name"]: i["answering"] for i in ann.status()["interfaces"]} == {"enp0s25": True, "mv0": True}
+        out = _arping(client, VIP4, count=2)
+        assert out.count(f"[{mv_mac.upper()}]") == 2 and node.mac.upper() not in out, out
+        out = _arping(client, "198.51.100.12", count=2)
+        assert out.count(f"[{node.mac.upper()}]") == 2 and mv_mac.upper() not in out, out
+        # each broadcast request (the first probe of each arping) reached both sockets; the other one
+        # refused it by policy
+        assert ann.status()["counters"].get("wrong_interface", 0) >= 2
