@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.kube_api.helpers import NS
 from tests.support.kube import ApiServerProcess, KubeHandle, fresh_handle
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,6 +89,18 @@ def kube(request: pytest.FixtureRequest, apiserver_process: ApiServerProcess) ->
     server.reset()
     server.clear_requests()
     return RealHandle(server)
+
+
+@pytest.fixture(autouse=True)
+def _suite_namespace(request: pytest.FixtureRequest) -> None:
+    """Tests that use ``kube`` get the namespace ``kapi`` (``NS``), empty."""
+    if "kube" not in request.fixturenames:
+        return
+    kube: KubeHandle = request.getfixturevalue("kube")
+    code, body, _ = kube.http("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                                             "metadata": {"name": NS}})
+    assert code in (201, 409), body
+    kube.clear_requests()
 
 
 @pytest.fixture

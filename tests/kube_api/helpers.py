@@ -12,10 +12,11 @@ from typing import Any
 
 import aiohttp
 
+NS = "kapi"  # the suite's namespace (a real server has its own Service "kubernetes" in "default")
 SVC = "/api/v1/namespaces/{ns}/services"
 
 
-def service(name: str, ns: str = "default", *, labels: dict[str, str] | None = None, port: int = 80,
+def service(name: str, ns: str = NS, *, labels: dict[str, str] | None = None, port: int = 80,
             lb: bool = True) -> dict[str, Any]:
     return {
         "apiVersion": "v1", "kind": "Service",

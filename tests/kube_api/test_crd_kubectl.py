@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kube_api.helpers import assert_status, rv
+from tests.kube_api.helpers import NS, assert_status, rv
 
 pytestmark = pytest.mark.kube
 SEED = Path(__file__).resolve().parents[1] / "fixtures" / "seed"
@@ -161,20 +161,20 @@ def test_fixture_apply_accepts_dirs_and_text(kube, crds):
 async def test_kubernetes_asyncio_client_works(kube):
     from kubernetes_asyncio import client, config, watch
 
-    kube.http("POST", "/api/v1/namespaces/default/services",
+    kube.http("POST", f"/api/v1/namespaces/{NS}/services",
               {"metadata": {"name": "ka"}, "spec": {"ports": [{"port": 80}]}})
     cfg = client.Configuration()
     await config.load_kube_config(config_file=kube.kubeconfig, client_configuration=cfg)
     async with client.ApiClient(cfg) as api:
         v1 = client.CoreV1Api(api)
-        svcs = await v1.list_namespaced_service("default")
+        svcs = await v1.list_namespaced_service(NS)
         assert [s.metadata.name for s in svcs.items] == ["ka"]
         start = svcs.metadata.resource_version
         await v1.patch_namespaced_service_status(
-            "ka", "default", {"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}})
+            "ka", NS, {"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}})
         w = watch.Watch()
         got = []
-        async with w.stream(v1.list_namespaced_service, "default", resource_version=start, timeout_seconds=2) as s:
+        async with w.stream(v1.list_namespaced_service, NS, resource_version=start, timeout_seconds=2) as s:
             async for ev in s:
                 got.append((ev["type"], ev["object"].status.load_balancer.ingress[0].ip))
                 break

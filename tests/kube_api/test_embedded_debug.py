@@ -7,11 +7,12 @@ import time
 
 import pytest
 
-from tests.kube_api.helpers import SVC, assert_status, rv, service
+from tests.kube_api.helpers import NS, SVC, assert_status, rv, service
 from tests.support.kube import ApiServerProcess
 
 pytestmark = pytest.mark.kube
-P = SVC.format(ns="default")
+P = SVC.format(ns=NS)
+PD = SVC.format(ns="default")
 
 
 @pytest.fixture
@@ -101,21 +102,21 @@ def test_state_file_survives_restart_and_rvs_stay_monotonic(tmp_path):
     p.start()
     try:
         h = p.handle
-        code, a, _ = h.http("POST", P, service("persist"))
+        code, a, _ = h.http("POST", PD, service("persist", ns="default"))
         assert code == 201
         time.sleep(0.5)
         p.stop()  # clean stop: SIGTERM writes the final state
         p.start()
-        code, a2, _ = h.http("GET", P + "/persist")
+        code, a2, _ = h.http("GET", PD + "/persist")
         assert code == 200 and a2["metadata"]["uid"] == a["metadata"]["uid"] and rv(a2) == rv(a)
-        code, b, _ = h.http("POST", P, service("after"))
+        code, b, _ = h.http("POST", PD, service("after", ns="default"))
         assert rv(b) > rv(a)
         time.sleep(0.6)  # let the debounced writer flush
         p.stop(kill=True)  # unclean: resourceVersions jump so none is reused
         p.start()
-        code, _, _ = h.http("GET", P + "/after")
+        code, _, _ = h.http("GET", PD + "/after")
         assert code == 200
-        code, c, _ = h.http("POST", P, service("third"))
+        code, c, _ = h.http("POST", PD, service("third", ns="default"))
         assert rv(c) > rv(b)
     finally:
         p.stop()

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from tests.kube_api.helpers import SVC, assert_status, service
+from tests.kube_api.helpers import NS, SVC, assert_status, service
 
 pytestmark = pytest.mark.kube
-P = SVC.format(ns="default")
+P = SVC.format(ns=NS)
 KEYS = ["metadata", "spec", "status", "ports", "port", "name", "labels", "conditions", "type", "$patch",
         "$retainKeys", "$setElementOrder/ports", "finalizers", "protocol", "loadBalancer", "ingress",
         "namespace", "resourceVersion", "kind", "apiVersion", "generateName", "selector"]
@@ -49,6 +49,7 @@ def _check(code: int, body: Any, what: str) -> None:
 
 
 def test_random_bodies_never_5xx(kube):
+    kube.require_embedded("a real kube-apiserver answers 500 to some malformed patches (e.g. ports: [1.5])")
     r = random.Random(4)
     code, _, _ = kube.http("POST", P, service("target"))
     assert code == 201
@@ -73,6 +74,7 @@ def test_random_bodies_never_5xx(kube):
 
 
 def test_random_json_patches_never_5xx(kube):
+    kube.require_embedded("checks the embedded server's own robustness")
     r = random.Random(7)
     kube.http("POST", P, service("jp"))
     for _ in range(80):
@@ -94,6 +96,8 @@ def test_random_json_patches_never_5xx(kube):
     {"labelSelector": "a in (b"},
 ])
 def test_bad_query_parameters_are_400(kube, query):
+    if query.get("watch"):
+        kube.require_embedded("a real kube-apiserver answers 500 to a non-numeric watch resourceVersion")
     code, out, _ = kube.http("GET", P, query=query)
     assert code == 400, out
     assert_status(out, 400)

@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from tests.kube_api.helpers import SVC, assert_status, rv, service, watch
+from tests.kube_api.helpers import NS, SVC, assert_status, rv, service, watch
 
 pytestmark = pytest.mark.kube
-P = SVC.format(ns="default")
+P = SVC.format(ns=NS)
 MERGE = "application/merge-patch+json"
 
 
@@ -132,7 +132,7 @@ async def test_watch_field_selector_by_name_and_namespace_scope(kube):
         await asyncio.to_thread(kube.http, "POST", SVC.format(ns="other"), service("pick", ns="other"))
         await asyncio.to_thread(kube.http, "POST", P, service("pick"))
         evs = await w.collect(1)
-        assert [(o["metadata"]["namespace"], o["metadata"]["name"]) for _, o in evs] == [("default", "pick")]
+        assert [(o["metadata"]["namespace"], o["metadata"]["name"]) for _, o in evs] == [(NS, "pick")]
         with pytest.raises(TimeoutError):
             await w.next_event(timeout=0.3)
 

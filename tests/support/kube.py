@@ -98,6 +98,11 @@ class KubeHandle:
         if not self.embedded:
             pytest.skip("needs the embedded API server's debug endpoints")
 
+    def require_embedded(self, why: str) -> None:
+        """Skip on a real server: the test checks a behaviour only the embedded server has."""
+        if not self.embedded:
+            pytest.skip(f"embedded server only: {why}")
+
     def requests(self, since: float | None = None) -> list[dict[str, Any]]:
         q = {"since": str(since)} if since is not None else None
         out: list[dict[str, Any]] = self._ok("GET", "/l2lb-debug/requests", query=q)

@@ -126,6 +126,16 @@ def _spec_part(o: Obj, status_counts: bool = False) -> Obj:
     return {k: v for k, v in o.items() if k not in skip}
 
 
+def _default_ingress(svc: Obj) -> None:
+    """``status.loadBalancer.ingress[].ipMode`` defaults to VIP for IP entries (Kubernetes >= 1.30)."""
+    st = svc.get("status")
+    lb = st.get("loadBalancer") if isinstance(st, dict) else None
+    ing = lb.get("ingress") if isinstance(lb, dict) else None
+    for i in ing if isinstance(ing, list) else []:
+        if isinstance(i, dict) and i.get("ip") and not i.get("ipMode"):
+            i["ipMode"] = "VIP"
+
+
 def _strip_rv(o: Obj) -> Obj:
     c = dict(o)
     c["metadata"] = {k: v for k, v in _meta(o).items() if k != "resourceVersion"}
@@ -538,8 +548,13 @@ class Store:
                     new.pop("status", None)
             self._defaults(rt, new, old)
             counts = rt.crd is not None and not rt.status_subresource
-            if rt.generation and _spec_part(new, counts) != _spec_part(old, counts):
+            changed = _spec_part(new, counts) != _spec_part(old, counts)
+            if rt.gk == ("discovery.k8s.io", "endpointslices"):  # its labels count as content too
+                changed = changed or meta.get("labels") != ometa.get("labels")
+            if rt.generation and changed:
                 meta["generation"] = int(ometa.get("generation", 1)) + 1
+        if rt.group == "" and rt.kind == "Service":
+            _default_ingress(new)
         if _strip_rv(new) == _strip_rv(old):
             return old  # a no-op write does not change the resourceVersion
         if dry_run:
@@ -628,10 +643,18 @@ class Store:
         return gone
 
     def ensure_default_namespaces(self) -> None:
+        """The system namespaces and the ``default/kubernetes`` Service, as a fresh cluster has them."""
         rt = self.types[("", "v1", "namespaces")]
         for ns in DEFAULT_NAMESPACES:
             if ("", ns) not in self.objects[rt.gk]:
                 self.create(rt, None, {"metadata": {"name": ns}})
+        svc = self.types[("", "v1", "services")]
+        if ("default", "kubernetes") not in self.objects[svc.gk]:
+            self.create(svc, "default", {
+                "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+                "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.1", "sessionAffinity": "None",
+                         "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
+            })
 
     def reset(self, keep_crds: bool = True) -> int:
         """Delete every user object (keeping CRDs unless told otherwise); returns how many were deleted."""
@@ -641,6 +664,8 @@ class Store:
             if gk in (("", "namespaces"), crd_gk):
                 continue
             for key in list(self.objects[gk]):
+                if gk == ("", "services") and key == ("default", "kubernetes"):
+                    continue
                 self._remove(gk, key)
                 n += 1
         for key in [k for k in self.objects[("", "namespaces")] if k[1] not in DEFAULT_NAMESPACES]:
