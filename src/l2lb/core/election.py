@@ -27,6 +27,7 @@ Rules
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -107,6 +108,7 @@ class ElectionResult:
         return {ip: Holder(a.node, a.epoch) for ip, a in self.assignments.items()}
 
 
+@functools.lru_cache(maxsize=65536)
 def normalize_ip(ip: str) -> str | None:
     try:
         return ipaddress.ip_address(ip.strip()).compressed
@@ -114,6 +116,7 @@ def normalize_ip(ip: str) -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=65536)
 def _ip_sort_key(ip: str) -> tuple[int, int, str]:
     try:
         a = ipaddress.ip_address(ip)
@@ -205,7 +208,19 @@ def elect(
             for b in bad:
                 res.unassigned[b] = INVALID_IP
 
-    # 2. eligible nodes (with interfaces) per IP
+    # 2. eligible nodes (with interfaces) per IP; per-policy and per-Service work done once
+    node_pol: list[dict[str, _Ifaces]] = []  # policy index -> nodes it selects that can announce
+    for p in policies:
+        m: dict[str, _Ifaces] = {}
+        for name in sorted(nodes):
+            hb = nodes[name]
+            if p.selects_node(hb.labels):
+                ok, ifs = _node_ifaces(p, hb)
+                if ok:
+                    m[name] = ifs
+        node_pol.append(m)
+    svc_pol: dict[str, tuple[int, ...]] = {}  # service key -> policies selecting the Service
+    memo: dict[tuple[tuple[int, ...], frozenset[str] | None], dict[str, _Ifaces]] = {}
     eligible: dict[str, dict[str, _Ifaces]] = {}
     for ip, u in uses.items():
         ip_nodes: dict[str, _Ifaces] | None = None  # None: not constrained yet
@@ -213,28 +228,28 @@ def elect(
             external = u.external[alloc.key]
             pool = alloc.ip_pools.get(ip)
             pool_labels = alloc.pool_labels.get(pool) if pool is not None else None
-            pols = [
-                p for p in policies
-                if p.selects_ip_kind(external)
-                and p.selects_service(alloc.namespace, alloc.name, alloc.labels)
-                and p.selects_pool(pool, pool_labels)
-            ]
+            if alloc.key not in svc_pol:
+                svc_pol[alloc.key] = tuple(
+                    i for i, p in enumerate(policies) if p.selects_service(alloc.namespace, alloc.name, alloc.labels)
+                )
+            pols = tuple(
+                i for i in svc_pol[alloc.key]
+                if policies[i].selects_ip_kind(external) and policies[i].selects_pool(pool, pool_labels)
+            )
             if not pols:
                 continue
-            local: Collection[str] | None = None
+            local: frozenset[str] | None = None
             if alloc.external_traffic_policy == "Local":
-                local = endpoints.get(alloc.key, ())
-            svc_nodes: dict[str, _Ifaces] = {}
-            for name, hb in nodes.items():
-                if local is not None and name not in local:
-                    continue
-                for p in pols:
-                    if not p.selects_node(hb.labels):
-                        continue
-                    ok, ifs = _node_ifaces(p, hb)
-                    if not ok:
-                        continue
-                    svc_nodes[name] = _union(svc_nodes[name], ifs) if name in svc_nodes else ifs
+                local = frozenset(endpoints.get(alloc.key, ()))
+            svc_nodes = memo.get((pols, local))
+            if svc_nodes is None:
+                svc_nodes = {}
+                for i in pols:
+                    for name, ifs in node_pol[i].items():
+                        if local is not None and name not in local:
+                            continue
+                        svc_nodes[name] = _union(svc_nodes[name], ifs) if name in svc_nodes else ifs
+                memo[(pols, local)] = svc_nodes
             if ip_nodes is None:
                 ip_nodes = svc_nodes
             else:
