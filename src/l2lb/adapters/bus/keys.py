@@ -69,6 +69,11 @@ class Keys:
         """one part of the cluster view as a JSON document ("services", "pools", "assignments", "nodes")."""
         return f"{self.prefix}:status:{part}"
 
+    @property
+    def status_index(self) -> str:
+        """hash part -> etag of the stored part (readers poll this small hash, then GET changed parts)."""
+        return self.status("_index")
+
     def status_pattern(self) -> str:
         """glob matching every status part key (for ACLs)."""
         return f"{self.prefix}:status:*"

@@ -1,0 +1,304 @@
+"""Status parts in Redis: the writers' helper (:class:`StatusPublisher`, :func:`publish_event`) and the
+readers' cache (:class:`ClusterSource`) used by the HTTP cluster API and ``l2lb status --redis``.
+
+Layout (names from :class:`l2lb.adapters.bus.keys.Keys`):
+
+* ``keys.status(part)``: the part as one JSON document (``l2lb.core.view.part_doc``);
+* ``keys.status_index``: hash part -> etag of the part's items, written in the same pipeline, so a
+  reader polls one small hash and fetches only the parts that changed;
+* ``keys.events``: a capped stream (MAXLEN ~ ``EVENTS_MAXLEN``) of events (field ``e``, JSON).
+
+A publisher writes at most every ``min_interval`` (500 ms) and only when the items changed; a
+failed write (Redis down) is retried on the next update or after ``retry_after`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from l2lb.adapters.bus.client import Bus
+from l2lb.core.view import (
+    PARTS,
+    Part,
+    ServiceIndex,
+    decode_event,
+    encode_event,
+    make_event,
+    parse_part,
+    part_etag,
+)
+from l2lb.obs import metrics
+from l2lb.obs.log import get_logger
+
+__all__ = ["EVENTS_MAXLEN", "ClusterSource", "StatusPublisher", "publish_event"]
+
+log = get_logger("l2lb.status")
+
+EVENTS_MAXLEN = 1000
+EVENT_FIELD = b"e"
+
+_writes = metrics.counter("l2lb_status_part_writes_total", "Status parts written to Redis", ("part",))
+_write_errors = metrics.counter("l2lb_status_part_write_errors_total", "Failed status part writes", ("part",))
+_coalesced = metrics.counter(
+    "l2lb_status_part_updates_coalesced_total", "Status updates replaced by a newer one before being written",
+    ("part",))
+_events = metrics.counter("l2lb_status_events_total", "Events published on the status events stream", ("type",))
+_read_errors = metrics.counter("l2lb_status_read_errors_total", "Failed reads of status parts from Redis")
+
+
+def _b(v: Any) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+class StatusPublisher:
+    """Keeps one status part in Redis up to date: ``update(doc)`` is cheap and may be called often.
+
+    ``doc`` is ``{"items": [...]}`` (other top-level fields are ignored). Must be used inside a running
+    event loop; ``await close()`` writes the last pending update and stops.
+    """
+
+    def __init__(self, bus: Bus, part: str, *, min_interval: float = 0.5, retry_after: float = 2.0,
+                 clock: Callable[[], float] = time.time):
+        if part not in PARTS:
+            raise ValueError(f"unknown status part {part!r} (known: {', '.join(PARTS)})")
+        self.bus = bus
+        self.part = part
+        self.min_interval = min_interval
+        self.retry_after = retry_after
+        self._clock = clock
+        self._pending: list[Any] | None = None
+        self._written_etag: str | None = None
+        self._last_write = 0.0  # monotonic
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.writes = 0
+
+    def update(self, doc: dict[str, Any]) -> None:
+        items = doc.get("items")
+        if not isinstance(items, list):
+            raise ValueError("status part document needs an 'items' list")
+        if self._closed:
+            return
+        if self._pending is not None:
+            _coalesced.labels(self.part).inc()
+        self._pending = items
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"l2lb-status-{self.part}")
+
+    async def _run(self) -> None:
+        while self._pending is not None:
+            wait = self._last_write + self.min_interval - time.monotonic()
+            if wait > 0 and not self._closed:
+                await asyncio.sleep(wait)
+            if not await self._write_pending() and not self._closed:
+                await asyncio.sleep(self.retry_after)
+            elif self._closed:
+                return
+
+    async def _write_pending(self) -> bool:
+        items = self._pending
+        if items is None:
+            return True
+        body = json.dumps(items, separators=(",", ":"), sort_keys=True, default=str)
+        etag = part_etag(body.encode())
+        self._pending = None
+        if etag == self._written_etag:
+            return True
+        raw = ('{"v":1,"part":' + json.dumps(self.part) + ',"at":' + repr(round(self._clock(), 3))
+               + ',"items":' + body + "}")
+        keys = self.bus.keys
+        try:
+            async with self.bus.redis.pipeline(transaction=True) as p:
+                p.set(keys.status(self.part), raw)
+                p.hset(keys.status_index, self.part, etag)
+                await p.execute()
+        except (RedisError, OSError) as e:
+            _write_errors.labels(self.part).inc()
+            log.warning("could not write status part; will retry",
+                        extra={"part": self.part, "error": f"{type(e).__name__}: {e}"})
+            if self._pending is None:
+                self._pending = items
+            return False
+        self._written_etag = etag
+        self._last_write = time.monotonic()
+        self.writes += 1
+        _writes.labels(self.part).inc()
+        return True
+
+    async def flush(self) -> None:
+        """Write a pending update now (ignoring the interval)."""
+        await self._write_pending()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(Exception):
+            await self._write_pending()
+
+
+async def publish_event(bus: Bus, type_: str, **fields: Any) -> str | None:
+    """Append one event (move, conflict, allocation_failed, pool_conflict, unassigned) to ``keys.events``.
+
+    Never raises: a failure is logged and None returned (events are informational).
+    """
+    ev = make_event(type_, time.time(), **fields)
+    try:
+        eid = await bus.redis.xadd(bus.keys.events, {EVENT_FIELD: encode_event(ev)}, maxlen=EVENTS_MAXLEN,
+                                   approximate=True)
+    except (RedisError, OSError) as e:
+        log.warning("could not publish status event", extra={"type": type_, "error": f"{type(e).__name__}: {e}"})
+        return None
+    _events.labels(type_).inc()
+    return _b(eid)
+
+
+class ClusterSource:
+    """Reader side: the parts as last read from Redis, the joined Service index, events, and a change feed."""
+
+    def __init__(self, bus: Bus, *, poll_interval: float = 0.5, max_age: float = 0.25):
+        self.bus = bus
+        self.poll_interval = poll_interval
+        self.max_age = max_age
+        self.parts: dict[str, Part] = {p: Part(p) for p in PARTS}
+        self._index: ServiceIndex = ServiceIndex()
+        self._index_tag: tuple[str, str] = ("", "")
+        self._read_at = -1e9  # monotonic
+        self._lock = asyncio.Lock()
+        self._subs: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._poller: asyncio.Task[None] | None = None
+        self._last_event_id: str | None = None
+        self.error: str = ""
+
+    # -- reading ---------------------------------------------------------------------------------
+    async def refresh(self) -> list[str]:
+        """Re-read the index and the parts that changed; returns the names of changed parts."""
+        async with self._lock:
+            return await self._refresh()
+
+    async def _refresh(self) -> list[str]:
+        keys = self.bus.keys
+        r = self.bus.redis
+        try:
+            index = {_b(k): _b(v) for k, v in (await r.hgetall(keys.status_index)).items()}
+            want = [p for p in PARTS if p not in index or index[p] != self.parts[p].etag]
+            raws = await r.mget([keys.status(p) for p in want]) if want else []
+        except (RedisError, OSError) as e:
+            _read_errors.inc()
+            self.error = f"redis unavailable: {type(e).__name__}: {e}"
+            raise
+        self.error = ""
+        self._read_at = time.monotonic()
+        changed = []
+        for name, raw in zip(want, raws, strict=True):
+            part = parse_part(name, raw, index.get(name))
+            if part.etag != self.parts[name].etag:
+                changed.append(name)
+                for err in part.errors:
+                    log.warning("status part has errors", extra={"part": name, "error": err})
+            self.parts[name] = part
+        return changed
+
+    async def current(self) -> dict[str, Part]:
+        """The parts, re-read when older than ``max_age`` seconds (raises on a Redis error)."""
+        if time.monotonic() - self._read_at > self.max_age:
+            async with self._lock:
+                if time.monotonic() - self._read_at > self.max_age:
+                    await self._refresh()
+        return self.parts
+
+    def service_index(self) -> ServiceIndex:
+        tag = (self.parts["services"].etag, self.parts["assignments"].etag)
+        if tag != self._index_tag:
+            self._index = ServiceIndex.build(self.parts["services"], self.parts["assignments"])
+            self._index_tag = tag
+        return self._index
+
+    async def events(self, limit: int, type_: str | None = None) -> list[dict[str, Any]]:
+        """The newest events first."""
+        count = limit if type_ is None else 1000
+        raw = await self.bus.redis.xrevrange(self.bus.keys.events, "+", "-", count=count)
+        out = []
+        for eid, fields in raw or []:
+            ev = decode_event(_b(eid), (fields or {}).get(EVENT_FIELD))
+            if ev is not None and (type_ is None or ev["type"] == type_):
+                out.append(ev)
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def new_events(self) -> list[dict[str, Any]]:
+        """Events appended since the previous call (the first call only records the position)."""
+        r = self.bus.redis
+        k = self.bus.keys.events
+        if self._last_event_id is None:
+            last = await r.xrevrange(k, "+", "-", count=1)
+            self._last_event_id = _b(last[0][0]) if last else "0-0"
+            return []
+        raw = await r.xrange(k, "(" + self._last_event_id, "+", count=200)
+        out = []
+        for eid, fields in raw or []:
+            self._last_event_id = _b(eid)
+            ev = decode_event(_b(eid), (fields or {}).get(EVENT_FIELD))
+            if ev is not None:
+                out.append(ev)
+        return out
+
+    # -- change feed -----------------------------------------------------------------------------
+    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+        """A queue of changes: {"kind": "part", "part", "etag"} and {"kind": "event", "event": {...}}."""
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+        self._subs.add(q)
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.get_running_loop().create_task(self._poll(), name="l2lb-status-poll")
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue[dict[str, Any]]) -> None:
+        self._subs.discard(q)
+
+    def _fan_out(self, msg: dict[str, Any]) -> None:
+        for q in list(self._subs):
+            try:
+                q.put_nowait(msg)
+            except asyncio.QueueFull:  # a stalled reader: tell it to reload and drop it
+                self._subs.discard(q)
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    q.get_nowait()
+                q.put_nowait({"kind": "overflow"})
+
+    async def _poll(self) -> None:
+        failing = False
+        while self._subs:
+            try:
+                changed = await self.refresh()
+                evs = await self.new_events()
+            except (RedisError, OSError) as e:
+                if not failing:
+                    log.warning("status watch cannot read redis", extra={"error": f"{type(e).__name__}: {e}"})
+                    self._fan_out({"kind": "error", "message": self.error or str(e)})
+                failing = True
+            else:
+                if failing:
+                    self._fan_out({"kind": "error", "message": ""})
+                failing = False
+                for name in changed:
+                    self._fan_out({"kind": "part", "part": name, "etag": self.parts[name].etag})
+                for ev in evs:
+                    self._fan_out({"kind": "event", "event": ev})
+            await asyncio.sleep(self.poll_interval)
+
+    async def close(self) -> None:
+        self._subs.clear()
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller

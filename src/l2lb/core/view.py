@@ -1,0 +1,454 @@
+"""The cluster view (pure): parts -> Services/pools/nodes/summary, filtering, pagination, ETags.
+
+The view is assembled from *parts*, each one JSON document written by the service that owns the
+data (see ``l2lb.adapters.bus.status``)::
+
+    {"v": 1, "part": "<name>", "at": <unix seconds written>, "items": [ ... ]}
+
+=============  =========  ==========================================================================
+part           writer     item fields
+=============  =========  ==========================================================================
+services       allocator  key, namespace, name, ips[], pools{ip: pool}, ports[{protocol, port}],
+                          external_traffic_policy, reason, message
+pools          allocator  name, kind, cidrs[], total, used, available, conflict, disabled, message
+assignments    leases     ip, node ("" = nobody), epoch, since (unix s), moves, services[]
+nodes          leases     node, alive, heartbeat_at (unix s), interfaces[{name, mac, up,
+                          addresses[]}], assignments
+=============  =========  ==========================================================================
+
+Everything here is tolerant: a malformed part or item is dropped and counted (``Part.errors``),
+never an exception. Query parameters, in contrast, are strict: :func:`parse_query` raises
+:class:`QueryError` with a message meant for a 400 answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import bisect
+import hashlib
+import ipaddress
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "EVENT_TYPES",
+    "PARTS",
+    "Part",
+    "Query",
+    "QueryError",
+    "ServiceIndex",
+    "cluster_summary",
+    "decode_event",
+    "encode_event",
+    "etag_of",
+    "make_event",
+    "node_rows",
+    "parse_events_query",
+    "parse_part",
+    "parse_query",
+    "part_doc",
+    "part_etag",
+    "pool_rows",
+]
+
+PARTS = ("services", "pools", "assignments", "nodes")
+PART_VERSION = 1
+EVENT_TYPES = ("move", "conflict", "allocation_failed", "pool_conflict", "unassigned")
+
+DEFAULT_LIMIT = 500
+MAX_LIMIT = 5000
+DEFAULT_EVENTS = 100
+MAX_EVENTS = 1000
+
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+class QueryError(ValueError):
+    """A bad query parameter; the message says which and why (HTTP 400)."""
+
+
+# -- parts ------------------------------------------------------------------------------------------
+def part_doc(part: str, items: list[dict[str, Any]], at: float) -> dict[str, Any]:
+    """The document a publisher stores for ``part``."""
+    return {"v": PART_VERSION, "part": part, "at": at, "items": items}
+
+
+def part_etag(raw: bytes) -> str:
+    """Validator of one stored part (first 16 hex digits of its SHA-256)."""
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Part:
+    name: str
+    etag: str = ""  # "" = the part is missing
+    at: float | None = None  # when its writer stored it
+    items: tuple[dict[str, Any], ...] = ()
+    errors: tuple[str, ...] = ()
+
+
+def _s(d: Mapping[str, Any], k: str, default: str = "") -> str:
+    v = d.get(k, default)
+    return v if isinstance(v, str) else default
+
+
+def _i(d: Mapping[str, Any], k: str, default: int = 0) -> int:
+    v = d.get(k, default)
+    return v if isinstance(v, int) and not isinstance(v, bool) else default
+
+
+def _f(d: Mapping[str, Any], k: str) -> float | None:
+    v = d.get(k)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v)
+
+
+def _b(d: Mapping[str, Any], k: str, default: bool = False) -> bool:
+    v = d.get(k, default)
+    return v if isinstance(v, bool) else default
+
+
+def _strs(d: Mapping[str, Any], k: str) -> list[str]:
+    v = d.get(k)
+    return [x for x in v if isinstance(x, str)] if isinstance(v, list) else []
+
+
+def _norm_service(o: Mapping[str, Any]) -> dict[str, Any] | None:
+    key = _s(o, "key")
+    ns, name = _s(o, "namespace"), _s(o, "name")
+    if not key and ns and name:
+        key = f"{ns}/{name}"
+    if not key:
+        return None
+    if not ns or not name:
+        ns, _, name = key.partition("/")
+    pools_in = o.get("pools")
+    pools = {k: v for k, v in pools_in.items() if isinstance(k, str) and isinstance(v, str)} \
+        if isinstance(pools_in, dict) else {}
+    ports_in = o.get("ports")
+    ports = [{"protocol": _s(p, "protocol", "TCP"), "port": _i(p, "port")}
+             for p in (ports_in if isinstance(ports_in, list) else []) if isinstance(p, dict)]
+    return {
+        "key": key, "namespace": ns, "name": name, "ips": _strs(o, "ips"), "pools": pools, "ports": ports,
+        "external_traffic_policy": _s(o, "external_traffic_policy", "Cluster"),
+        "reason": _s(o, "reason"), "message": _s(o, "message"),
+    }
+
+
+def _norm_pool(o: Mapping[str, Any]) -> dict[str, Any] | None:
+    name = _s(o, "name")
+    if not name:
+        return None
+    total, used = max(0, _i(o, "total")), max(0, _i(o, "used"))
+    avail = _i(o, "available", max(0, total - used))
+    return {"name": name, "kind": _s(o, "kind"), "cidrs": _strs(o, "cidrs"), "total": total, "used": used,
+            "available": max(0, avail), "conflict": _b(o, "conflict"), "disabled": _b(o, "disabled"),
+            "message": _s(o, "message")}
+
+
+def _norm_assignment(o: Mapping[str, Any]) -> dict[str, Any] | None:
+    ip = _s(o, "ip")
+    if not ip:
+        return None
+    return {"ip": ip, "node": _s(o, "node"), "epoch": _i(o, "epoch"), "since": _f(o, "since"),
+            "moves": max(0, _i(o, "moves")), "services": _strs(o, "services")}
+
+
+def _norm_node(o: Mapping[str, Any]) -> dict[str, Any] | None:
+    node = _s(o, "node")
+    if not node:
+        return None
+    ifs_in = o.get("interfaces")
+    ifs = [{"name": _s(i, "name"), "mac": _s(i, "mac"), "up": _b(i, "up"), "addresses": _strs(i, "addresses")}
+           for i in (ifs_in if isinstance(ifs_in, list) else []) if isinstance(i, dict)]
+    return {"node": node, "alive": _b(o, "alive"), "heartbeat_at": _f(o, "heartbeat_at"), "interfaces": ifs,
+            "assignments": max(0, _i(o, "assignments"))}
+
+
+_NORM = {"services": _norm_service, "pools": _norm_pool, "assignments": _norm_assignment, "nodes": _norm_node}
+
+
+def parse_part(name: str, raw: bytes | str | None, etag: str | None = None) -> Part:
+    """Read one stored part; anything malformed becomes an error string, never an exception."""
+    if name not in _NORM:
+        return Part(name, errors=(f"unknown part {name!r}",))
+    if raw is None:
+        return Part(name)
+    data = raw.encode() if isinstance(raw, str) else raw
+    tag = etag or part_etag(data)
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        return Part(name, etag=tag, errors=(f"part {name}: not JSON: {e}",))
+    if not isinstance(doc, dict) or not isinstance(doc.get("items"), list):
+        return Part(name, etag=tag, errors=(f"part {name}: not an object with an 'items' list",))
+    v = doc.get("v")
+    if not isinstance(v, int) or v < 1:
+        return Part(name, etag=tag, errors=(f"part {name}: missing or bad version 'v'",))
+    norm = _NORM[name]
+    items: list[dict[str, Any]] = []
+    bad = 0
+    for it in doc["items"]:
+        n = norm(it) if isinstance(it, dict) else None
+        if n is None:
+            bad += 1
+        else:
+            items.append(n)
+    errors = (f"part {name}: {bad} malformed item(s) dropped",) if bad else ()
+    return Part(name, etag=tag, at=_f(doc, "at"), items=tuple(items), errors=errors)
+
+
+# -- query parameters ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Query:
+    namespace: str | None = None
+    node: str | None = None
+    pool: str | None = None
+    ip: str | None = None
+    limit: int = DEFAULT_LIMIT
+    after: str | None = None  # decoded continue token: last key of the previous page
+
+    def filters(self) -> dict[str, str]:
+        return {k: v for k, v in (("namespace", self.namespace), ("node", self.node), ("pool", self.pool),
+                                  ("ip", self.ip)) if v is not None}
+
+    def canonical(self) -> str:
+        f = self.filters()
+        return json.dumps({"f": f, "l": self.limit, "a": self.after}, sort_keys=True, separators=(",", ":"))
+
+
+def _filter_hash(filters: Mapping[str, str]) -> str:
+    return hashlib.sha256(json.dumps(dict(filters), sort_keys=True).encode()).hexdigest()[:8]
+
+
+def encode_continue(after: str, filters: Mapping[str, str]) -> str:
+    raw = json.dumps({"a": after, "f": _filter_hash(filters)}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_continue(token: str, filters: Mapping[str, str]) -> str:
+    if not token or len(token) > 1024 or not re.fullmatch(r"[A-Za-z0-9_-]+", token):
+        raise QueryError("continue: not a token this server issued (use the 'continue' value of a previous page)")
+    try:
+        d = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise QueryError("continue: not a token this server issued "
+                         "(use the 'continue' value of a previous page)") from None
+    if not isinstance(d, dict) or not isinstance(d.get("a"), str) or not isinstance(d.get("f"), str):
+        raise QueryError("continue: not a token this server issued (use the 'continue' value of a previous page)")
+    if d["f"] != _filter_hash(filters):
+        raise QueryError("continue: the token belongs to a query with other filters; repeat the same "
+                         "namespace/node/pool/ip parameters")
+    return str(d["a"])
+
+
+def _single(params: Mapping[str, Any] | Iterable[tuple[str, str]], allowed: Iterable[str]) -> dict[str, str]:
+    pairs = list(params.items()) if isinstance(params, Mapping) else list(params)
+    allow = tuple(allowed)
+    out: dict[str, str] = {}
+    for k, v in pairs:
+        if k not in allow:
+            raise QueryError(f"unknown query parameter {k!r} (allowed: {', '.join(allow)})")
+        if k in out:
+            raise QueryError(f"query parameter {k!r} given more than once")
+        out[k] = str(v)
+    return out
+
+
+def _limit(raw: str | None, default: int, maximum: int) -> int:
+    if raw is None:
+        return default
+    if not re.fullmatch(r"[0-9]{1,9}", raw):
+        raise QueryError(f"limit: {raw[:40]!r} is not a whole number (1..{maximum})")
+    n = int(raw)
+    if not 1 <= n <= maximum:
+        raise QueryError(f"limit: {n} is out of range (1..{maximum})")
+    return n
+
+
+def _name(param: str, raw: str | None, *, label: bool) -> str | None:
+    if raw is None:
+        return None
+    pat, maxlen, what = (_LABEL, 63, "a DNS label") if label else (_SUBDOMAIN, 253, "a DNS subdomain name")
+    if not raw or len(raw) > maxlen or not pat.fullmatch(raw):
+        raise QueryError(f"{param}: {raw[:80]!r} is not {what} (lower case letters, digits, '-'"
+                         f"{'' if label else ', .'}; at most {maxlen} characters)")
+    return raw
+
+
+SERVICE_PARAMS = ("namespace", "node", "pool", "ip", "limit", "continue")
+EVENT_PARAMS = ("limit", "type")
+
+
+def parse_query(params: Mapping[str, Any] | Iterable[tuple[str, str]]) -> Query:
+    """Validate the query of ``/v1/services``. Raises :class:`QueryError`."""
+    p = _single(params, SERVICE_PARAMS)
+    ip = p.get("ip")
+    if ip is not None:
+        try:
+            ip = str(ipaddress.ip_address(ip))
+        except ValueError:
+            raise QueryError(f"ip: {ip[:60]!r} is not an IPv4 or IPv6 address") from None
+    q = Query(namespace=_name("namespace", p.get("namespace"), label=True),
+              node=_name("node", p.get("node"), label=False),
+              pool=_name("pool", p.get("pool"), label=False), ip=ip,
+              limit=_limit(p.get("limit"), DEFAULT_LIMIT, MAX_LIMIT))
+    if "continue" in p:
+        q = Query(q.namespace, q.node, q.pool, q.ip, q.limit, _decode_continue(p["continue"], q.filters()))
+    return q
+
+
+def parse_events_query(params: Mapping[str, Any] | Iterable[tuple[str, str]]) -> tuple[int, str | None]:
+    """Validate the query of ``/v1/events``: (limit, type or None)."""
+    p = _single(params, EVENT_PARAMS)
+    typ = p.get("type")
+    if typ is not None and typ not in EVENT_TYPES:
+        raise QueryError(f"type: {typ[:40]!r} is not one of {', '.join(EVENT_TYPES)}")
+    return _limit(p.get("limit"), DEFAULT_EVENTS, MAX_EVENTS), typ
+
+
+# -- assembled views ----------------------------------------------------------------------------------
+@dataclass
+class ServiceIndex:
+    """Services joined with their IPs' assignments, sorted by key (built once per parts version)."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, services: Part, assignments: Part) -> ServiceIndex:
+        by_ip = {a["ip"]: a for a in assignments.items}
+        rows = []
+        for s in sorted(services.items, key=lambda x: str(x["key"])):
+            ips = []
+            for ip in s["ips"]:
+                a = by_ip.get(ip)
+                ips.append({"ip": ip, "pool": s["pools"].get(ip, ""), "node": a["node"] if a else "",
+                            "epoch": a["epoch"] if a else 0, "since": a["since"] if a else None,
+                            "moves": a["moves"] if a else 0})
+            nodes = sorted({i["node"] for i in ips if i["node"]})
+            rows.append({
+                "key": s["key"], "namespace": s["namespace"], "name": s["name"], "ips": ips, "nodes": nodes,
+                "ports": s["ports"], "external_traffic_policy": s["external_traffic_policy"],
+                "ready": bool(ips) and not s["reason"], "reason": s["reason"], "message": s["message"],
+            })
+        return cls(rows=rows, keys=[r["key"] for r in rows])
+
+    def page(self, q: Query) -> tuple[list[dict[str, Any]], str | None, int]:
+        """(items, continue token or None, number of matching Services)."""
+        start = bisect.bisect_right(self.keys, q.after) if q.after is not None else 0
+        filters = q.filters()
+        if not filters:
+            items = self.rows[start:start + q.limit]
+            more = start + q.limit < len(self.rows)
+            total = len(self.rows)
+        else:
+            def match(r: dict[str, Any]) -> bool:
+                if q.namespace is not None and r["namespace"] != q.namespace:
+                    return False
+                if q.node is not None and q.node not in r["nodes"]:
+                    return False
+                if q.pool is not None and all(i["pool"] != q.pool for i in r["ips"]):
+                    return False
+                return q.ip is None or any(_same_ip(i["ip"], q.ip) for i in r["ips"])
+
+            matching = [i for i, r in enumerate(self.rows) if match(r)]
+            total = len(matching)
+            pos = bisect.bisect_left(matching, start)
+            sel = matching[pos:pos + q.limit]
+            items = [self.rows[i] for i in sel]
+            more = pos + q.limit < len(matching)
+        token = encode_continue(items[-1]["key"], filters) if more and items else None
+        return items, token, total
+
+
+def _same_ip(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return False
+
+
+def pool_rows(pools: Part) -> list[dict[str, Any]]:
+    rows = []
+    for p in sorted(pools.items, key=lambda x: str(x["name"])):
+        r = dict(p)
+        r["usage"] = round(p["used"] / p["total"], 4) if p["total"] else 0.0
+        rows.append(r)
+    return rows
+
+
+def node_rows(nodes: Part, now: float) -> list[dict[str, Any]]:
+    """Nodes with ``heartbeat_age_s`` computed against ``now`` (unix seconds)."""
+    rows = []
+    for n in sorted(nodes.items, key=lambda x: str(x["node"])):
+        r = dict(n)
+        hb = n["heartbeat_at"]
+        r["heartbeat_age_s"] = round(max(0.0, now - hb), 3) if hb is not None else None
+        r["links_up"] = sum(1 for i in n["interfaces"] if i["up"])
+        rows.append(r)
+    return rows
+
+
+def cluster_summary(index: ServiceIndex, parts: Mapping[str, Part], now: float) -> dict[str, Any]:
+    pools = parts["pools"].items
+    nodes = parts["nodes"].items
+    assigned = [a for a in parts["assignments"].items if a["node"]]
+    ips = {i["ip"] for r in index.rows for i in r["ips"]}
+    return {
+        "services": {"total": len(index.rows), "ready": sum(1 for r in index.rows if r["ready"]),
+                     "failing": sum(1 for r in index.rows if not r["ready"])},
+        "ips": {"allocated": len(ips), "announced": sum(1 for r in index.rows for i in r["ips"] if i["node"]),
+                "moves": sum(a["moves"] for a in parts["assignments"].items)},
+        "pools": {"count": len(pools), "total": sum(p["total"] for p in pools),
+                  "used": sum(p["used"] for p in pools), "available": sum(p["available"] for p in pools),
+                  "conflicts": sum(1 for p in pools if p["conflict"])},
+        "nodes": {"total": len(nodes), "alive": sum(1 for n in nodes if n["alive"]),
+                  "announcing": len({a["node"] for a in assigned})},
+        "parts": {name: {"present": bool(p.etag), "etag": p.etag,
+                         "age_s": round(max(0.0, now - p.at), 3) if p.at is not None else None,
+                         "errors": list(p.errors)} for name, p in parts.items()},
+    }
+
+
+def etag_of(*tags: str) -> str:
+    """A weak HTTP validator over the part etags and the canonical query that produced an answer."""
+    return 'W/"' + hashlib.sha256("|".join(tags).encode()).hexdigest()[:20] + '"'
+
+
+# -- events --------------------------------------------------------------------------------------------
+def make_event(type_: str, at: float, **fields: Any) -> dict[str, Any]:
+    """An event document (``type`` one of EVENT_TYPES; fields: ip, service, node, from, to, reason, message)."""
+    ev: dict[str, Any] = {"type": type_, "at": at}
+    for k in ("ip", "service", "node", "from", "to", "reason", "message"):
+        v = fields.get(k)
+        ev[k] = v if isinstance(v, str) else ("" if v is None else str(v))
+    return ev
+
+
+def encode_event(ev: Mapping[str, Any]) -> bytes:
+    return json.dumps(dict(ev), separators=(",", ":")).encode()
+
+
+def decode_event(eid: str, raw: bytes | str | None) -> dict[str, Any] | None:
+    """One stored event with its stream id, or None when unreadable."""
+    if raw is None:
+        return None
+    try:
+        d = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(d, dict) or not isinstance(d.get("type"), str):
+        return None
+    at = _f(d, "at")
+    ev = make_event(d["type"], at if at is not None else 0.0, **{k: v for k, v in d.items() if k not in ("type", "at")})
+    ev["id"] = eid
+    return ev
