@@ -156,6 +156,11 @@ def load_static(path: str, node: str, seq: int) -> NodeAssignments:
     return NodeAssignments(node=node, term=0, seq=seq, ttl_ms=ttl, sent_at=time.time(), vips=tuple(vips))
 
 
+def is_backlog(msg: NodeAssignments, wall_now: float, skew_s: float) -> bool:
+    """Sent longer ago than its ttl plus the allowed clock skew (``skew_s`` <= 0: never)."""
+    return skew_s > 0 and wall_now - msg.sent_at > msg.ttl_ms / 1000.0 + skew_s
+
+
 class HeartbeatEncoder:
     """``encode(heartbeat)``, byte for byte, without re-encoding an unchanged ``serving`` map.
 
@@ -207,6 +212,7 @@ class AnnouncerService:
         self._hb_now = asyncio.Event()
         self._synced: dict[str, int] = {}
         self._encode_hb = HeartbeatEncoder()
+        self._last_old_warning = 0.0
         self.monitor = LinkMonitor(
             self.allow,
             self._on_links,
@@ -398,7 +404,24 @@ class AnnouncerService:
 
     async def _on_message(self, msg: Message, _eid: str) -> None:
         if isinstance(msg, NodeAssignments) and msg.node == self.node:
+            if self.too_old(msg, time.time()):
+                return
             self.apply(msg, "bus")
+
+    def too_old(self, msg: NodeAssignments, wall_now: float) -> bool:
+        """A backlog entry (announcer restarted behind its group position, Redis came back) must not
+        be applied -- it could name VIPs that moved meanwhile and trigger GARPs for them. An entry sent
+        longer ago than its ttl plus ``--max-clock-skew-ms`` is dropped (0 disables the check)."""
+        if not is_backlog(msg, wall_now, self.args.max_clock_skew_ms / 1000.0):
+            return False
+        age = wall_now - msg.sent_at
+        _assign.labels("too_old").inc()
+        if wall_now - self._last_old_warning > 30:
+            self._last_old_warning = wall_now
+            log.warning("ignoring assignments older than their validity (backlog, or clocks out of sync: "
+                        "check NTP or raise --max-clock-skew-ms)",
+                        extra={"age_s": round(age, 3), "ttl_ms": msg.ttl_ms, "seq": msg.seq})
+        return True
 
     async def _on_resync(self, reason: str) -> None:
         log.info("assignments stream resync; asking leases for a snapshot", extra={"reason": reason})
@@ -663,6 +686,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--defend-interval-ms", type=int, default=10_000, help="at most one defence per VIP per interval"
     )
+    p.add_argument("--max-clock-skew-ms", type=int, default=5000,
+                   help="bus assignments sent longer ago than ttl + this are backlog and ignored (0: never)")
     p.add_argument("--rcvbuf", type=int, default=4 << 20, help="raw socket receive buffer (bytes)")
     p.add_argument("--link-poll-ms", type=int, default=50, help="/sys polling interval without rtnetlink")
     p.add_argument("--no-netlink", action="store_true", help="poll /sys for link state instead of rtnetlink")

@@ -30,3 +30,15 @@ def test_encoder_follows_a_new_serving_map() -> None:
     a = Heartbeat(node="n", instance="i", seq=1, sent_at=0.0, interval_ms=100, serving={"198.51.100.10": 1})
     b = Heartbeat(node="n", instance="i", seq=2, sent_at=0.1, interval_ms=100, serving={"198.51.100.10": 2})
     assert decode(enc(a)) == a and decode(enc(b)) == b
+
+
+def test_backlog_detection() -> None:
+    from l2lb.core.messages import NodeAssignments
+    from services.announcer.main import is_backlog
+
+    m = NodeAssignments(node="n", term=1, seq=1, ttl_ms=1000, sent_at=100.0)
+    assert not is_backlog(m, 100.5, 5.0)
+    assert not is_backlog(m, 105.9, 5.0)  # within ttl + skew
+    assert is_backlog(m, 106.1, 5.0)
+    assert not is_backlog(m, 1000.0, 0.0)  # check disabled
+    assert not is_backlog(m, 90.0, 5.0)  # sender clock ahead: not backlog
