@@ -164,7 +164,7 @@ async def test_rate_limiter_refuses_to_wait_past_deadline(kube: Any) -> None:
         t0 = time.monotonic()
         with pytest.raises(KubeError) as ei, KubeClient.deadline(0.3):
             await c.get(RESOURCES["namespaces"], "kc-deadline")
-        assert time.monotonic() - t0 < 0.1  # refused up front, not after waiting
+        assert time.monotonic() - t0 < 0.25  # refused up front, not after waiting 1 s
         # without a caller deadline the per-request timeout applies the same way
         c.request_timeout = 0.2
         with pytest.raises(KubeError, match="client rate limiter Wait would exceed context deadline"):

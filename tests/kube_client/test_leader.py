@@ -59,7 +59,7 @@ async def test_handover_on_release_and_takeover_after_expiry(kube: Any) -> None:
         assert not a.el.is_leader and a.changes == [(True, 0), (False, 0)]
         await wait_until(lambda: b.el.is_leader, 5)
         took = time.monotonic() - t_stop
-        assert 1.5 <= took <= 2.0 + 3 * TIMING["retry_period"] + 0.3, took
+        assert 1.5 <= took <= 2.0 + 3 * TIMING["retry_period"] + 0.9, took
         assert b.el.term == 1
 
         # graceful stop: c takes over at its next retry, not after expiry
@@ -100,9 +100,8 @@ async def test_leader_steps_down_when_it_cannot_renew(kube: Any) -> None:
         t0 = time.monotonic()
         await wait_until(lambda: not a.el.is_leader, 4)
         took = time.monotonic() - t0
-        # steps down no later than renew_deadline (+ one retry), before the lease could expire for others
-        assert took <= TIMING["renew_deadline"] + TIMING["retry_period"] + 0.3, took
-        assert took < TIMING["lease_duration"]
+        # steps down after ~renew_deadline, before the lease could expire for the others
+        assert TIMING["renew_deadline"] - TIMING["retry_period"] <= took < TIMING["lease_duration"], took
         kube.clear_faults()
         await wait_until(lambda: a.el.is_leader, 4)  # and campaigns again
         assert a.el.term == 0  # same holder re-acquired its own lease: no transition

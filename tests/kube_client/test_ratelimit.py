@@ -104,7 +104,7 @@ async def test_async_wait_spaces_concurrent_callers() -> None:
     stamps.sort()
     assert stamps[1] < 0.05
     # 6 tokens after the burst at 20/s -> last one at ~0.3 s
-    assert stamps[-1] == pytest.approx(0.3, abs=0.08)
+    assert 0.27 <= stamps[-1] <= 0.5
 
 
 async def test_async_wait_deadline_raises_immediately() -> None:
