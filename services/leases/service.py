@@ -50,6 +50,7 @@ KUBE_WRITES = metrics.counter(
     "Kubernetes writes made by leases (mirrors, conditions, events)",
     ("what",),
 )
+DUAL = metrics.gauge("l2lb_leases_dual_announced_ips", "IPs that more than one live node reports serving (should be 0)")
 POLICY_ERRORS = metrics.gauge("l2lb_leases_policy_errors", "Announcement policies that cannot be used")
 
 POLICY_RESOURCES = {"cilium": "cilium_l2policies", "metallb": "metallb_l2ads", "l2lb": "l2lb_l2policies"}
@@ -138,6 +139,7 @@ class LeasesService:
         self.last_hb_any = 0.0
         self._stalled = False
         self._silent = False
+        self._dual: list[str] = []
         self.informers: dict[str, Any] = {}
         self.elector: Any | None = None
         self.recorder: Any | None = None
@@ -171,11 +173,31 @@ class LeasesService:
         return changed
 
     def apply_snapshot(self, snap: AllocationSnapshot) -> None:
-        new = {a.key: a for a in snap.allocations if not a.deleted}
+        """Merge a full snapshot: entries newer than the snapshot (applied from the stream after it
+        was taken) win; keys missing from it are dropped unless we saw them after it."""
+        at = (snap.term, snap.seq)
+        new: dict[str, Allocation] = {}
+        order: dict[str, tuple[int, int]] = {}
+        in_snap = {a.key for a in snap.allocations}
+        for a in snap.allocations:
+            mine = self.alloc_order.get(a.key)
+            if mine is not None and mine > (a.term, a.seq):
+                if a.key in self.allocations:
+                    new[a.key] = self.allocations[a.key]
+                order[a.key] = mine
+            else:
+                if not a.deleted:
+                    new[a.key] = a
+                order[a.key] = (a.term, a.seq)
+        for key, mine in self.alloc_order.items():
+            if key not in in_snap and mine > at:
+                order[key] = mine
+                if key in self.allocations:
+                    new[key] = self.allocations[key]
         if new != self.allocations:
             self.dirty = True
         self.allocations = new
-        self.alloc_order = {a.key: (a.term, a.seq) for a in snap.allocations}
+        self.alloc_order = order
         self.snapshot_loaded = True
         log.info("allocation snapshot applied", extra={"services": len(new), "term": snap.term, "seq": snap.seq})
 
@@ -433,6 +455,15 @@ class LeasesService:
             for n in sorted(changed):
                 log.warning("node is dead", extra={"node": n, "reason": self.tracker.nodes[n].reason})
         NODES_ALIVE.set(sum(1 for st in self.tracker.nodes.values() if st.alive))
+        claims: dict[str, int] = {}
+        for hb in self.tracker.alive().values():
+            for ip in hb.serving:
+                claims[ip] = claims.get(ip, 0) + 1
+        dual = sorted(ip for ip, n in claims.items() if n > 1)
+        DUAL.set(len(dual))
+        if dual and dual != self._dual:
+            log.warning("several nodes report serving the same IP", extra={"ips": dual[:20]})
+        self._dual = dual
         self.tracker.prune(now, after_s=3600)
 
     def ready_to_elect(self) -> bool:
