@@ -896,3 +896,7 @@ class LeasesService:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            # per-instance broadcast groups: remove ours so restarts do not pile them up in Redis
+            for stream in (self.bus.keys.heartbeats, self.bus.keys.allocations):
+                with contextlib.suppress(Exception):
+                    await self.bus.redis.xgroup_destroy(stream, group)
