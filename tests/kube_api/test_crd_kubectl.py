@@ -55,9 +55,11 @@ def test_crd_status_subresource(widgets):
                                              "metadata": {"name": "w2"}, "spec": {"size": 2},
                                              "status": {"used": 5}})
     assert not w.get("status"), "status is dropped on create when the subresource exists"
-    code, w2, _ = widgets.http("PATCH", WIDGETS + "/w2/status", {"status": {"used": 1}, "spec": {"size": 9}},
+    code, w2, _ = widgets.http("PATCH", WIDGETS + "/w2/status",
+                               {"status": {"used": 1}, "spec": {"size": 9}, "metadata": {"labels": {"x": "y"}}},
                                content_type="application/merge-patch+json")
     assert code == 200 and w2["status"] == {"used": 1} and w2["spec"]["size"] == 2
+    assert not w2["metadata"].get("labels"), "a custom resource's status write keeps its metadata"
     assert w2["metadata"]["generation"] == 1, "status writes keep generation"
     code, w3, _ = widgets.http("PATCH", WIDGETS + "/w2", {"spec": {"size": 3}, "status": {"used": 7}},
                                content_type="application/merge-patch+json")
@@ -162,7 +164,7 @@ async def test_kubernetes_asyncio_client_works(kube):
     from kubernetes_asyncio import client, config, watch
 
     kube.http("POST", f"/api/v1/namespaces/{NS}/services",
-              {"metadata": {"name": "ka"}, "spec": {"ports": [{"port": 80}]}})
+              {"metadata": {"name": "ka"}, "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}})
     cfg = client.Configuration()
     await config.load_kube_config(config_file=kube.kubeconfig, client_configuration=cfg)
     async with client.ApiClient(cfg) as api:

@@ -100,7 +100,7 @@ def test_status_subresource_isolation(kube):
     code, o3, _ = kube.http("PUT", P + "/st/status", o2)
     assert code == 200, o3
     assert [i["ip"] for i in o3["status"]["loadBalancer"]["ingress"]] == ["203.0.113.10"]
-    assert o3["metadata"]["labels"] == {"via": "main"} and o3["spec"]["ports"][0]["port"] == 80
+    assert o3["spec"]["ports"][0]["port"] == 80, "a status write keeps the spec"
     assert o3["metadata"].get("generation") == o2["metadata"].get("generation"), "status writes keep generation"
     # merge patch on /status
     code, o4, _ = kube.http("PATCH", P + "/st/status", {"status": {"loadBalancer": {"ingress": None}}},
@@ -110,6 +110,14 @@ def test_status_subresource_isolation(kube):
     code, err, _ = kube.http("PUT", P + "/st/status", o3)
     assert code == 409
     assert_status(err, 409, "Conflict")
+
+
+def test_ingress_only_on_load_balancer_services(kube):
+    _mk(kube, "cip", lb=False)
+    code, err, _ = kube.http("PATCH", P + "/cip/status",
+                             {"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.11"}]}}}, content_type=MERGE)
+    assert code == 422
+    assert_status(err, 422, "Invalid")
 
 
 def test_noop_update_keeps_resource_version(kube):

@@ -126,6 +126,17 @@ def _spec_part(o: Obj, status_counts: bool = False) -> Obj:
     return {k: v for k, v in o.items() if k not in skip}
 
 
+_USER_META = ("labels", "annotations", "finalizers", "ownerReferences")
+
+
+def _check_ingress(rt: ResourceType, svc: Obj) -> None:
+    st = svc.get("status")
+    lb = st.get("loadBalancer") if isinstance(st, dict) else None
+    if isinstance(lb, dict) and lb.get("ingress") and (svc.get("spec") or {}).get("type") != "LoadBalancer":
+        raise invalid(rt, svc["metadata"]["name"], [
+            ("status.loadBalancer.ingress", "Forbidden: may only be used when `spec.type` is 'LoadBalancer'")])
+
+
 def _default_ingress(svc: Obj) -> None:
     """``status.loadBalancer.ingress[].ipMode`` defaults to VIP for IP entries (Kubernetes >= 1.30)."""
     st = svc.get("status")
@@ -518,6 +529,17 @@ class Store:
                 new["status"] = copy.deepcopy(body["status"])
             else:
                 new.pop("status", None)
+            if rt.crd is None:
+                # built-in types (as kube-apiserver's status strategies): a status write keeps the spec
+                # but applies labels/annotations/finalizers/ownerReferences; custom resources keep them
+                bmd = body.get("metadata") or {}
+                for k in _USER_META:
+                    if bmd.get(k) is not None:
+                        new["metadata"][k] = copy.deepcopy(bmd[k])
+                    else:
+                        new["metadata"].pop(k, None)
+            if rt.group == "" and rt.kind == "Service":
+                _check_ingress(rt, new)
         else:
             md = body.get("metadata") or {}
             new = {"apiVersion": rt.api_version, "kind": rt.kind}
