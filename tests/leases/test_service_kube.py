@@ -186,3 +186,26 @@ async def test_api_requests_at_rest_do_not_grow_with_services(env: Any) -> None:
     rate = len(reqs) / 4.0
     print(f"API requests at rest with 50 Services: {rate:.2f}/s")
     assert rate <= 1.0, reqs
+
+
+async def test_missing_policy_crds_do_not_block_the_election(redis_url: str, tmp_path: Path) -> None:
+    from tests.support.kube import ApiServerProcess
+
+    api = ApiServerProcess(tmp_path / "bare")  # a fresh server: no CRD installed at all
+    await asyncio.to_thread(api.start)
+    bus = await Bus.connect(redis_url, prefix="t")
+    h = Harness(bus)
+    client = await KubeClient.create(api.kubeconfig)
+    try:
+        await h.add_node("node-a")
+        await h.allocate("ns/x", "198.51.100.90")
+        running = h.start_leases(client, leader_election=False, sync_timeout_s=30.0)  # static policy only
+        await wait_for(lambda: h.holder("198.51.100.90") == "node-a", 10)
+        assert running.svc.mono() - running.svc.started < 10  # not the 30 s sync timeout
+        st = running.svc.status()
+        assert any("not synced" in v for v in st["informers"].values())
+    finally:
+        await h.close()
+        await client.close()
+        await bus.close()
+        await asyncio.to_thread(api.stop)
