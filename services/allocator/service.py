@@ -70,6 +70,7 @@ class AllocatorConfig:
     pool_status: bool = True
     pool_status_interval: float = 1.0
     sync_timeout_s: float = 60.0
+    write_concurrency: int = 16
 
 
 def _ns_name(key: str) -> tuple[str, str]:
@@ -107,6 +108,7 @@ class AllocatorService:
         self.restores = 0
         self.last_restore_s = 0.0
         self.ready_since: float | None = None
+        self._result_counters: dict[Reason, Any] = {}
 
         self.services.add_handler(self._on_service)
         self.namespaces.add_handler(self._on_namespace)
@@ -313,7 +315,10 @@ class AllocatorService:
         if obj is None or req is None:
             await self._publish(self._allocation(key, None, None, None))
             return
-        ALLOCATIONS.labels(res.reason.value).inc()
+        child = self._result_counters.get(res.reason)
+        if child is None:
+            child = self._result_counters[res.reason] = ALLOCATIONS.labels(res.reason.value)
+        child.inc()
         if res.reason is Reason.NOT_HANDLED:
             await self._clear_status(obj)
             await self._publish(self._allocation(key, None, None, obj))
@@ -330,7 +335,14 @@ class AllocatorService:
             await self._event(obj, "Warning", "AllocationFailed", f"{res.reason.value}: {res.message}")
         if res.released and not res.ok:
             await self._event(obj, "Normal", "IPReleased", "released " + ", ".join(res.released))
-        await self._publish(self._allocation(key, req, res, obj))
+        alloc = self._allocation(key, req, res, obj)
+        if restored:
+            # takeover: the snapshot that follows carries everything (one message, not one per Service)
+            if not alloc.deleted:
+                self.seq += 1
+                self.published[key] = replace(alloc, seq=self.seq, term=self.term)
+            return
+        await self._publish(alloc)
 
     # -- the work loop -------------------------------------------------------------------------------
     async def takeover(self) -> None:
@@ -340,6 +352,7 @@ class AllocatorService:
         self.pool_status_written.clear()
         self._pools_dirty = False
         await self._sync_pools()
+        t_pools = time.perf_counter()
         items = []
         for obj in list(self.services.cache.values()):
             try:
@@ -350,15 +363,12 @@ class AllocatorService:
             if req.handled:
                 items.append((req, status_ips(obj)))
         results = self.alloc.restore(items)
+        t_restore = time.perf_counter()
         self._dirty.clear()
         # the last published state is unknown after a leader change: republish everything
         self.published.clear()
-        for res in results:
-            try:
-                await self._apply(res.key, res, restored=True)
-            except KubeError as e:
-                log.warning("status write failed; will retry", extra={"service": res.key, "error": str(e)})
-                self._dirty.add(res.key)
+        await self._apply_many([(r.key, r) for r in results], restored=True)
+        t_apply = time.perf_counter()
         await self.publish_snapshot("leadership" if self.cfg.leader_election else "startup")
         self._takeover = False
         self.restores += 1
@@ -366,8 +376,11 @@ class AllocatorService:
         RESTORE_SECONDS.set(self.last_restore_s)
         if self.ready_since is None:
             self.ready_since = self.clock()
-        log.info("restored allocations", extra={"services": len(results), "seconds": round(self.last_restore_s, 3),
-                                                "unsatisfied": sum(1 for r in results if not r.ok)})
+        log.info("restored allocations", extra={
+            "services": len(results), "seconds": round(self.last_restore_s, 3),
+            "unsatisfied": sum(1 for r in results if not r.ok), "pools_s": round(t_pools - t0, 3),
+            "restore_s": round(t_restore - t_pools, 3), "writes_s": round(t_apply - t_restore, 3),
+            "snapshot_s": round(t0 + self.last_restore_s - t_apply, 3)})
 
     async def reconcile_once(self) -> None:
         if self._takeover:
@@ -404,14 +417,25 @@ class AllocatorService:
         if released_any:
             for r in self.alloc.retry():
                 changed[r.key] = r
-        for key, res in sorted(changed.items()):
-            try:
-                await self._apply(key, res)
-            except KubeError as e:
-                if e.status != 404:
-                    log.warning("status write failed; will retry", extra={"service": key, "error": str(e)})
-                    self._dirty.add(key)
+        await self._apply_many(sorted(changed.items()))
         self._update_gauges()
+
+    async def _apply_many(self, items: list[tuple[str, AllocationResult]], *, restored: bool = False) -> None:
+        """``_apply`` for many Services, up to ``write_concurrency`` Kubernetes writes in flight (the
+        client's rate limiter still applies); failed writes are retried on the next round."""
+        sem = asyncio.Semaphore(self.cfg.write_concurrency)
+
+        async def one(key: str, res: AllocationResult) -> None:
+            async with sem:
+                try:
+                    await self._apply(key, res, restored=restored)
+                except KubeError as e:
+                    if e.status != 404:
+                        log.warning("status write failed; will retry", extra={"service": key, "error": str(e)})
+                        self._dirty.add(key)
+                        self._kick()
+
+        await asyncio.gather(*(one(k, r) for k, r in items))
 
     def _update_gauges(self) -> None:
         fails: dict[str, int] = {}
@@ -488,8 +512,9 @@ class AllocatorService:
             try:
                 await self.reconcile_once()
             except Exception:
-                log.exception("reconcile failed; retrying in 1 s")
-                self._takeover = self._takeover or not self.published
+                # e.g. Redis unreachable mid-way: rebuild from the caches and republish everything
+                log.exception("reconcile failed; full resync in 1 s")
+                self._takeover = True
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
 

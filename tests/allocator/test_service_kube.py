@@ -133,7 +133,8 @@ async def test_seed_end_to_end(env: Env) -> None:
     await wait_for(lambda: any(e.get("reason") == "IPAllocated" for e in env.events("pihole")), 5)
 
     msgs = await env.messages()
-    allocs = {m.key: m for m in msgs if isinstance(m, Allocation)}
+    # startup publishes one snapshot with every allocation (later changes: one Allocation each)
+    allocs = {x.key: x for m in msgs if isinstance(m, AllocationSnapshot) for x in m.allocations}
     assert allocs["pihole/pihole-dns-tcp"].ips == ("192.168.1.153",)
     assert allocs["pihole/pihole-dns-udp"].ports[0].protocol == "UDP"
     assert allocs["pihole/pihole-dns-udp"].ip_pools == {"192.168.1.153": "default-pool"}

@@ -47,6 +47,18 @@ class ParseError(ValueError):
 
 def key_of(ip: str) -> int:
     """Address key of an IP string; raises ValueError for anything that is not a plain IP."""
+    parts = ip.split(".")
+    if len(parts) == 4 and ":" not in ip:  # fast path for the common dotted quad
+        k = 0
+        for p in parts:
+            if not (p.isdigit() and p.isascii()) or len(p) > 3 or (len(p) > 1 and p[0] == "0"):
+                break
+            v = int(p)
+            if v > 255:
+                break
+            k = (k << 8) | v
+        else:
+            return k
     if "%" in ip or "/" in ip:
         raise ValueError(f"{ip!r} is not a plain IP address")
     a = ipaddress.ip_address(ip.strip())
