@@ -161,3 +161,38 @@ async def test_handler_errors_do_not_stop_the_informer(kube: Any) -> None:
         await c.create_object(SVC, service("a", "inf-err"))
         await wait_until(lambda: "a" in r.names("ADDED"))
         assert not r.task.done()  # type: ignore[union-attr]
+
+
+async def test_server_restart_without_state_relists_and_converges(tmp_path: Any) -> None:
+    """The API server comes back empty (no state file): the informer must not keep its old cache."""
+    from l2lb.adapters.kube.informer import Informer
+    from tests.support.kube import ApiServerProcess
+
+    srv = ApiServerProcess(tmp_path / "srv", bookmark_interval=0.3)
+    srv.start()
+    c = None
+    try:
+        c = await client_for(srv.handle)
+        c.retry_cap = 0.5
+        await ensure_namespace(c, "inf-restart")
+        for i in range(5):
+            await c.create_object(SVC, service(f"old{i}", "inf-restart"))
+        r = Running(Informer(c, SVC, "inf-restart", name="test-restart"))
+        r.inf.backoff.cap = 0.5
+        r.start()
+        await r.inf.wait_synced(5)
+        assert len(r.inf.cache) == 5
+        srv.stop(kill=True)
+        await asyncio.sleep(0.3)
+        srv.start()  # same port, no state: resourceVersions start again from 1
+        await ensure_namespace(c, "inf-restart")
+        await c.create_object(SVC, service("new", "inf-restart"))
+        await wait_until(lambda: set(r.inf.cache) == {"inf-restart/new"}, timeout=10)
+        assert r.names("DELETED") == {f"old{i}" for i in range(5)}
+        assert "new" in r.names("ADDED")
+        assert r.inf.lists >= 2
+        await r.halt()
+    finally:
+        if c is not None:
+            await c.close()
+        srv.stop()

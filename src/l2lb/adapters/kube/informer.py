@@ -1,10 +1,12 @@
 """Informer: a local cache of one resource kept current by list + watch, with event handlers.
 
 ``run(stop)`` lists, then watches from the list's resourceVersion with bookmarks, resuming every
-later watch from the last resourceVersion seen (event or bookmark). A 410 Gone (the server
-compacted past our version) triggers a relist whose result is diffed against the cache, so
-handlers see synthetic ADDED / MODIFIED / DELETED events for whatever changed while we were not
-watching. Other failures reconnect with jittered exponential backoff. There is no polling.
+later watch from the last resourceVersion seen (event or bookmark) when the server ends a watch
+normally. A 410 Gone (the server compacted past our version), a "too large resource version", a
+resourceVersion going backwards (server lost its data), or a connection failure (the server may
+have restarted) trigger a relist whose result is diffed against the cache, so handlers see
+synthetic ADDED / MODIFIED / DELETED events only for what really changed while we were not
+watching. Failures back off with jitter (0.5 s doubling to 30 s). There is no polling.
 
 Handlers get ``(event, obj, old_obj)``: ADDED ``(obj, None)``, MODIFIED ``(new, previous)``,
 DELETED ``(last known obj, previous cache entry or None)``. They run in event order, one at a
@@ -51,6 +53,16 @@ def object_key(obj: dict[str, Any]) -> str:
     ns = meta.get("namespace")
     name = str(meta.get("name") or "")
     return f"{ns}/{name}" if ns else name
+
+
+def _went_back(ours: str, theirs: str) -> bool:
+    """resourceVersions are opaque, but every known server uses increasing integers."""
+    return ours.isdigit() and theirs.isdigit() and int(theirs) < int(ours)
+
+
+def _too_large(e: KubeError) -> bool:
+    """kube-apiserver's answer to a watch from a version it has not reached (after a restore)."""
+    return e.status == 504 and "too large resource version" in e.message.lower()
 
 
 def _rv(obj: dict[str, Any]) -> str:
@@ -188,6 +200,12 @@ class Informer:
                 n += 1
                 rv = _rv(obj)
                 if rv:
+                    if _went_back(self.resource_version, rv):
+                        # a server never hands out smaller versions: it lost its data (restart
+                        # without state, etcd restore) -- our cache may be wrong, relist
+                        raise KubeError(
+                            410, "ResourceVersionWentBack", f"server at {rv}, we were at {self.resource_version}"
+                        )
                     self.resource_version = rv
                 if typ == "BOOKMARK":
                     continue
@@ -236,11 +254,11 @@ class Informer:
                 )
             except KubeError as e:
                 self.last_error = str(e)
-                if e.gone:
+                if e.gone or _too_large(e):
                     WATCHES.labels(self.name, "gone").inc()
                     log.info(
-                        "informer: resourceVersion too old (410 Gone), relisting",
-                        extra={"informer": self.name, "rv": self.resource_version},
+                        "informer: resourceVersion not servable, relisting",
+                        extra={"informer": self.name, "rv": self.resource_version, "why": e.reason},
                     )
                     need_list, reason = True, "gone"
                     continue
@@ -248,6 +266,10 @@ class Informer:
                 delay = self.backoff.next()
                 if need_list:
                     reason = "retry"
+                elif e.status == 0:
+                    # the server was unreachable or the stream broke: it may have restarted with other
+                    # data, so relist (diffed: handlers only see real changes) rather than resume
+                    need_list, reason = True, "reconnect"
                 log.warning(
                     "informer: list/watch failed, retrying",
                     extra={"informer": self.name, "error": str(e), "retry_in_s": round(delay, 2)},
@@ -256,6 +278,7 @@ class Informer:
                 self.last_error = repr(e)
                 WATCHES.labels(self.name, "error").inc()
                 delay = self.backoff.next()
+                need_list, reason = True, "reconnect"
                 log.warning(
                     "informer: list/watch failed, retrying",
                     extra={"informer": self.name, "error": repr(e), "retry_in_s": round(delay, 2)},
