@@ -13,11 +13,11 @@ Static, conservative (it over-approximates, never under-approximates what the co
   service calling one gets the helper's requests: those on fixed resources (the leader elector's
   Leases, the recorder's Events) and those on the resource the service passes in.
 
-The intended upgrade (documented in docs/install.md) is to replace this by the request log of the
-integration tests: the embedded API server records every request (verb, resource, code) and the
-client counts ``l2lb_kube_requests_total{verb,resource,code}``; a test of each service's
-end-to-end run can then assert that the set of (verb, resource) it made is a subset of its RBAC,
-and the RBAC a subset of the union over all end-to-end runs.
+The other direction is measured: tests/deploy/test_devstack.py runs the services against the
+embedded API server and checks that every request in its request log (verb, resource, attributed
+by User-Agent; the client also counts them as ``l2lb_kube_requests_total{verb,resource,code}``)
+is allowed by the service's RBAC. A wider run (the integration tests' logs) can replace this static
+reading once every verb a service can make is exercised there.
 """
 
 from __future__ import annotations

@@ -16,7 +16,9 @@ with each container's commands, environment and bind mounts as written in the fi
 The seed is the repository's (tests/fixtures/seed) with its LAN addresses moved to TEST-NET through
 the documented L2LB_SEED_DIR variable. Checked: every service becomes healthy, the seed is loaded,
 announcer heartbeats reach leases through Redis with the ACL users, and -- when the allocator
-exists -- the Pi-hole IP is allocated and answered by ARP on the test bridge.
+exists -- the Pi-hole IP is allocated and answered by ARP on the test bridge; and every Kubernetes request
+each service made (the embedded API server's request log, attributed by User-Agent) is one its
+ServiceAccount's RBAC in k8s/ allows.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ import pytest
 import yaml
 
 from l2lb.lab.netns import Topology
-from tests.deploy.support import ROOT, compose_interpolate
+from tests.deploy.support import OVERLAYS, ROOT, built, compose_interpolate, kustomize_cmd
+from tests.deploy.test_rbac import granted
 
 SEED_IP = "198.51.100.153"
 ENTRY = {"l2lb": [sys.executable, "-m", "l2lb.cli"], "kubectl": ["kubectl"], "redis": []}
@@ -200,7 +203,9 @@ class Runner:
     def http_json(self, name: str, path: str) -> Any:
         svc = self.compose["services"][name]
         port = next(a.split("=")[1] for a in svc["command"] if a.startswith("--http-port="))
-        port = PORT_REMAP.get((name, port), port)
+        return self.get_json(PORT_REMAP.get((name, port), port), path)
+
+    def get_json(self, port: str, path: str) -> Any:
         out = subprocess.run(
             ["ip", "netns", "exec", self.ns, sys.executable, "-c",
              f"import urllib.request,sys; sys.stdout.write(urllib.request.urlopen("
@@ -219,6 +224,31 @@ def test_runner_maps_paths(tmp_path: Path) -> None:
     assert r.map("allocator", "--http-port=9100") == "--http-port=9100"
     assert _order(compose["services"]).index("redis") < _order(compose["services"]).index("announcer")
     assert _entry("registry.k8s.io/kubectl:v1.32.4") == ["kubectl"]
+
+
+def observed_requests(log: list[dict[str, Any]]) -> dict[str, set[tuple[str, str, str]]]:
+    """service -> (apiGroup, resource[/subresource], verb) it was seen making, by User-Agent."""
+    out: dict[str, set[tuple[str, str, str]]] = {}
+    for e in log:
+        m = re.match(r"l2lb-(allocator|leases|announcer)\b", str(e.get("ua", "")))
+        if not m or not e.get("resource"):
+            continue
+        res = e["resource"] + (f"/{e['subresource']}" if e.get("subresource") else "")
+        out.setdefault(m.group(1), set()).add((str(e.get("group", "")), res, str(e["verb"])))
+    return out
+
+
+def test_observed_requests_by_user_agent() -> None:
+    log = [
+        {"ua": "l2lb-allocator", "group": "", "resource": "services", "subresource": "status", "verb": "patch"},
+        {"ua": "l2lb-leases/0.1", "group": "coordination.k8s.io", "resource": "leases", "verb": "update"},
+        {"ua": "kubectl/v1.32.4", "group": "", "resource": "namespaces", "verb": "create"},
+        {"ua": "l2lb-allocator", "resource": "", "verb": "get"},
+    ]
+    assert observed_requests(log) == {
+        "allocator": {("", "services/status", "patch")},
+        "leases": {("coordination.k8s.io", "leases", "update")},
+    }
 
 
 def _seed(tmp: Path) -> Path:
@@ -316,6 +346,18 @@ def test_dev_stack_comes_up(topology: Topology, tmp_path: Path) -> None:
                     answered = out.stdout
                     break
             assert answered, out.stdout + runner.log("leases")[-1500:] + runner.log("announcer")[-1500:]
+
+        # every request the services made (the API server's request log, by User-Agent) is allowed
+        # by their ServiceAccount's RBAC in the Kubernetes manifests
+        if kustomize_cmd() is not None:
+            observed = observed_requests(runner.get_json("6443", "/l2lb-debug/requests"))
+            print("observed requests:", {k: sorted(v) for k, v in observed.items()})
+            for svc_name in ("allocator", "leases"):
+                if svc_name in services:
+                    assert observed.get(svc_name), f"no requests from l2lb-{svc_name} in the log"
+            for svc_name, triples in observed.items():
+                allowed = set().union(*(granted(built(o), f"l2lb-{svc_name}") for o in OVERLAYS))
+                assert triples <= allowed, f"{svc_name} made requests its RBAC forbids: {sorted(triples - allowed)}"
     finally:
         runner.stop_all()
         shutil.rmtree(etc, ignore_errors=True)

@@ -11,8 +11,8 @@ l2lb.adapters.kube helpers it uses):
   watch them there), and where it switches them on only their reads are required.
 
 Until a service's code exists (services/<name>/main.py), its comparison is skipped.
-Upgrade path: the integration tests' request log (embedded API server /l2lb-debug/requests and
-`l2lb_kube_requests_total{verb,resource,code}`) gives the *observed* set; see rbac_from_code.
+The *observed* side (the embedded API server's request log during a real run of the services,
+by User-Agent) is checked against the same RBAC in test_devstack.py.
 """
 
 from __future__ import annotations
