@@ -312,6 +312,13 @@ class AllocatorService:
         """Write status, Events and the bus message for one result."""
         obj = self.services.cache.get(key)
         req = self.alloc.request(key)
+        if obj is not None and res.reason is Reason.NOT_HANDLED:
+            # no longer ours (type or class changed): the allocator already forgot it
+            await self._clear_status(obj)
+            await self._publish(self._allocation(key, None, None, obj))
+            if res.released:
+                await self._event(obj, "Normal", "IPReleased", "released " + ", ".join(res.released))
+            return
         if obj is None or req is None:
             await self._publish(self._allocation(key, None, None, None))
             return
@@ -319,12 +326,6 @@ class AllocatorService:
         if child is None:
             child = self._result_counters[res.reason] = ALLOCATIONS.labels(res.reason.value)
         child.inc()
-        if res.reason is Reason.NOT_HANDLED:
-            await self._clear_status(obj)
-            await self._publish(self._allocation(key, None, None, obj))
-            if res.released:
-                await self._event(obj, "Normal", "IPReleased", "released " + ", ".join(res.released))
-            return
         prev_cond = next((c for c in (obj.get("status") or {}).get("conditions") or []
                           if c.get("type") == CONDITION), None)
         wrote = await self._write_status(obj, req, res)

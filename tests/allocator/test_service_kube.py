@@ -236,6 +236,15 @@ async def test_metallb_dualstack_exhaustion_conflict(env: Env) -> None:
     await wait_for(lambda: env.ips("apps", failed[0]) == ["198.51.100.2"], 10)
     c = env.cond("apps", failed[0])
     assert c is not None and c["status"] == "True"
+    # a Service that stops being type LoadBalancer is released: ingress and condition removed
+    env.kube.apply(f"apiVersion: v1\nkind: Service\nmetadata: {{name: {failed[0]}, namespace: apps, "
+                   "labels: {want: small}, annotations: {metallb.io/address-pool: small}}\n"
+                   "spec: {type: ClusterIP, ports: [{port: 80}]}\n")
+    await wait_for(lambda: env.cond("apps", failed[0]) is None and env.ips("apps", failed[0]) == [], 10)
+    await wait_for(lambda: any(e.get("reason") == "IPReleased" for e in env.events("apps")), 5)
+    msgs = await env.messages()
+    assert any(isinstance(m, Allocation) and m.key == f"apps/{failed[0]}" and m.deleted for m in msgs)
+
     # an overlapping pool created later is in conflict and allocates nothing
     env.kube.apply(_own_pool("late", "  - {cidr: 203.0.113.0/30}\n"))
 
