@@ -167,7 +167,7 @@ class EventRecorder:
                 EVENTS.labels(type_, "counted").inc()
                 return
         namespace = ref.get("namespace") or "default"
-        name = f"{ref['name']}.{time.time_ns():x}"
+        name = f"{str(ref['name'])[:200]}.{time.time_ns():x}"
         body = {
             "metadata": {"name": name, "namespace": namespace},
             "involvedObject": ref,
