@@ -106,7 +106,8 @@ class Lab:
         ctl = self.topo.hosts["ctl"].ns
         redis = shutil.which("redis-server") or "redis-server"
         await self.sup.start("redis", [redis, "--bind", CTL_IP, "127.0.0.1", "--port", str(REDIS_PORT),
-                                       "--save", "", "--appendonly", "no", "--dir", str(self.workdir)], ns=ctl)
+                                       "--save", "", "--appendonly", "no", "--protected-mode", "no",
+                                       "--dir", str(self.workdir)], ns=ctl)
         cli = python_cli()
         api = await self.sup.start("apiserver", [*cli, "apiserver", "--host", CTL_IP, "--port", str(API_PORT),
                                                  "--kubeconfig-out", str(self.kubeconfig)], ns=ctl)
