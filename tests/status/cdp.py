@@ -39,11 +39,14 @@ class Browser:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._reader: asyncio.Task[None] | None = None
 
+    def _spawn(self, log: Path) -> subprocess.Popen[bytes]:
+        with open(log, "wb") as f:
+            return subprocess.Popen([self.exe, *FLAGS, f"--user-data-dir={self.tmp.name}/profile", "about:blank"],
+                                    stdout=subprocess.DEVNULL, stderr=f)
+
     async def start(self, timeout: float = 20.0) -> None:
         log = Path(self.tmp.name) / "stderr.log"
-        with open(log, "wb") as f:
-            self.proc = subprocess.Popen([self.exe, *FLAGS, f"--user-data-dir={self.tmp.name}/profile",
-                                          "about:blank"], stdout=subprocess.DEVNULL, stderr=f)
+        self.proc = self._spawn(log)
         deadline = time.monotonic() + timeout
         url = None
         while time.monotonic() < deadline and url is None:
@@ -120,9 +123,14 @@ class Browser:
         if self.session is not None:
             await self.session.close()
         if self.proc is not None:
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
+            for _ in range(50):  # up to 5 s for a clean exit
+                if self.proc.poll() is not None:
+                    break
+                await asyncio.sleep(0.1)
+            else:
                 self.proc.kill()
-                self.proc.wait(5)
+                for _ in range(50):
+                    if self.proc.poll() is not None:
+                        break
+                    await asyncio.sleep(0.1)
         self.tmp.cleanup()

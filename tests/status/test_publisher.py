@@ -20,7 +20,7 @@ async def test_updates_coalesce_to_at_most_one_write_per_interval(bus: Bus) -> N
     await asyncio.sleep(0.7)
     assert 1 <= pub.writes <= 3, pub.writes
     raw = await bus.redis.get(bus.keys.status("pools"))
-    assert json.loads(raw)["items"] == [{"name": "p49", "total": 49}]
+    assert json.loads(raw or b"{}")["items"] == [{"name": "p49", "total": 49}]
     assert (await bus.redis.hget(bus.keys.status_index, "pools")) is not None
     await pub.close()
 
@@ -79,5 +79,5 @@ async def test_write_retried_after_redis_outage(bus: Bus, redis_server: Any) -> 
         await asyncio.sleep(0.1)
     assert pub.writes == 1
     raw = await bus.redis.get(bus.keys.status("assignments"))
-    assert json.loads(raw)["items"][0]["node"] == "n2"
+    assert json.loads(raw or b"{}")["items"][0]["node"] == "n2"
     await pub.close()

@@ -39,7 +39,7 @@ def test_parse_part_is_tolerant() -> None:
     assert p.errors and p.items == ()
     p = parse_part("services", json.dumps({"items": []}))
     assert p.errors and "version" in p.errors[0]
-    doc = part_doc("services", [{"key": "a/b", "ips": ["198.51.100.1", 7]}, 3, {"name": "no-key"}], 5.0)
+    doc = part_doc("services", [{"key": "a/b", "ips": ["198.51.100.1", 7]}, 3, {"name": "no-key"}], 5.0)  # type: ignore[list-item]
     p = parse_part("services", json.dumps(doc))
     assert len(p.items) == 1 and p.items[0]["ips"] == ["198.51.100.1"] and p.items[0]["namespace"] == "a"
     assert p.errors == ("part services: 2 malformed item(s) dropped",) and p.at == 5.0
