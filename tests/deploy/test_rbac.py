@@ -17,6 +17,7 @@ by User-Agent) is checked against the same RBAC in test_devstack.py.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -54,14 +55,15 @@ def granted(docs: list[dict[str, Any]], sa: str) -> set[Triple]:
     return out
 
 
-def needed(service: str) -> set[Triple]:
+@functools.cache
+def needed(service: str) -> frozenset[Triple]:
     table = resources_table()
     calls = service_needs(ROOT / "services" / service, KUBE_PKG, table).calls
     out: set[Triple] = set()
     for key, sub, verb in calls:
         group, plural = table[key]
         out.add((group, f"{plural}/{sub}" if sub else plural, verb))
-    return out
+    return frozenset(out)
 
 
 # -- the analyser itself (runs whatever the services' state) -------------------------------------
