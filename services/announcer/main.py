@@ -51,6 +51,7 @@ from l2lb.core.messages import (
 )
 from l2lb.obs import metrics
 from l2lb.obs.log import get_logger
+from l2lb.runtime.config import parse_with_config
 from l2lb.runtime.run import run_service
 
 if TYPE_CHECKING:
@@ -711,7 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_with_config(parser, argv, "announcer")
     try:
         interface_pattern(args.interfaces)
         _parse_labels(args.node_labels or "")
