@@ -236,8 +236,12 @@ def _valid_leases(kube: KubeHandle) -> int:
 async def run_cilium(kube: KubeHandle, n_svc: int, n_nodes: int, duration: float, churn: bool,
                      warmup: float) -> dict[str, Any]:
     await asyncio.to_thread(_prepare, kube, n_svc, False)
-    clients = [await KubeClient.create(kube.kubeconfig, limiter=TokenBucket(5, 10), user_agent=f"cilium-node-{n}",
-                                       request_timeout=3600.0) for n in range(n_nodes)]
+    async def new_client(n: int) -> KubeClient:  # one client (own qps 5 / burst 10 bucket) per agent run
+        return await KubeClient.create(kube.kubeconfig, limiter=TokenBucket(5, 10), user_agent=f"cilium-node-{n}",
+                                       request_timeout=3600.0)
+
+    clients = [await new_client(n) for n in range(n_nodes)]
+    old_clients: list[KubeClient] = []
     stats: Counter[str] = Counter()
     stops = [asyncio.Event() for _ in range(n_nodes)]
     tasks: list[list[asyncio.Task[None]]] = [[] for _ in range(n_nodes)]
@@ -273,7 +277,10 @@ async def run_cilium(kube: KubeHandle, n_svc: int, n_nodes: int, duration: float
                     await stop_node(victim % n_nodes)
                     revive_at, next_churn = now + 3.0, now + 6.0
                 if revive_at and now >= revive_at:
-                    start_node(victim % n_nodes)
+                    n = victim % n_nodes
+                    old_clients.append(clients[n])
+                    clients[n] = await new_client(n)  # the restarted agent has a fresh rate limiter
+                    start_node(n)
                     revive_at, victim = 0.0, victim + 1
             await asyncio.sleep(0.1)
         reqs = [r for r in await asyncio.to_thread(kube.requests) if r.get("path", "").find("cilium-l2announce") >= 0]
@@ -293,7 +300,7 @@ async def run_cilium(kube: KubeHandle, n_svc: int, n_nodes: int, duration: float
         for n in range(n_nodes):
             with contextlib.suppress(Exception):
                 await stop_node(n)
-        for c in clients:
+        for c in clients + old_clients:
             await c.close()
 
 
