@@ -219,7 +219,8 @@ class Runner:
 def test_runner_maps_paths(tmp_path: Path) -> None:
     compose = compose_interpolate(yaml.safe_load((ROOT / "docker-compose.yml").read_text()))
     r = Runner(compose, "nsx", tmp_path)
-    assert r.map("crds", "--filename=/manifests/crds") == f"--filename={ROOT / 'k8s' / 'crds'}"
+    assert r.map("crds", "--filename=/manifests/crds/l2lb.io_loadbalancerippools.yaml") == \
+        f"--filename={ROOT / 'k8s' / 'crds' / 'l2lb.io_loadbalancerippools.yaml'}"
     assert r.map("leases", "--http-port=9100") == "--http-port=9101"
     assert r.map("allocator", "--http-port=9100") == "--http-port=9100"
     assert _order(compose["services"]).index("redis") < _order(compose["services"]).index("announcer")

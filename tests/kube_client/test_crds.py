@@ -31,7 +31,7 @@ def _gen() -> Any:
 
 def crds() -> dict[str, dict[str, Any]]:
     out = {}
-    for p in sorted(CRD_DIR.glob("*.yaml")):
+    for p in sorted(CRD_DIR.glob("*_*.yaml")):  # CRD files are <group>_<plural>.yaml
         doc = yaml.safe_load(p.read_text())
         out[doc["metadata"]["name"]] = doc
     return out
