@@ -121,7 +121,9 @@ def test_crd_deletion_removes_resources(kube):
 
 
 def test_kubectl_apply_seed(kube, crds):
-    out = kube.kubectl("apply", "-f", str(crds)).stdout
+    files = [f for f in sorted(Path(crds).glob("*.yaml")) if f.name != "kustomization.yaml"] if Path(crds).is_dir() \
+        else [Path(crds)]
+    out = kube.kubectl("apply", *[a for f in files for a in ("-f", str(f))]).stdout
     assert "customresourcedefinition" in out
     out = kube.kubectl("apply", "-k", str(SEED)).stdout
     for want in ("namespace/pihole", "service/pihole-dns-tcp", "service/pihole-dns-udp", "service/pihole-web",
@@ -202,3 +204,20 @@ def test_kubectl_get_shows_external_ip_and_printer_columns(kube, crds):
     for c in cols:
         assert c.replace(" ", "") in [h.replace(" ", "") for h in header] or c in out.splitlines()[0], (c, out)
     assert "default-pool" in out
+
+
+async def test_crd_deletion_ends_watches(kube):
+    import asyncio
+
+    from tests.kube_api.helpers import watch
+
+    kube.require_embedded("a real server ends such watches too, but only after its CRD finalizer has run")
+    kube.apply(json.dumps(WIDGET_CRD))
+    _, lst, _ = kube.http("GET", WIDGETS)
+    async with watch(kube, WIDGETS, resourceVersion=lst["metadata"]["resourceVersion"]) as w:
+        await asyncio.to_thread(kube.http, "POST", WIDGETS, {"apiVersion": "test.l2lb.io/v1", "kind": "Widget",
+                                                             "metadata": {"name": "x"}, "spec": {"size": 1}})
+        await asyncio.to_thread(
+            kube.http, "DELETE", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.test.l2lb.io")
+        evs = await w.collect(3, timeout=5)
+    assert [t for t, _ in evs] == ["ADDED", "DELETED"], "the stream ends after the objects' DELETED events"

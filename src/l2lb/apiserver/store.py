@@ -161,7 +161,7 @@ class Store:
         self.types: dict[tuple[str, str, str], ResourceType] = {}
         self.objects: dict[GK, dict[Key, Obj]] = {}
         self.history: deque[Event] = deque()
-        self.subs: dict[GK, set[Callable[[Event], None]]] = {}
+        self.subs: dict[GK, set[Callable[[Event | None], None]]] = {}
         self.on_change: Callable[[], None] | None = None
         self._next_ip = 10
         self._next_port = 30000
@@ -214,6 +214,8 @@ class Store:
         for gk in {rt.gk for rt in self.types.values() if rt.crd == name}:
             for key in list(self.objects.get(gk, {})):
                 self._remove(gk, key)
+            for cb in list(self.subs.pop(gk, ())):
+                cb(None)  # the resource is gone: end its watches
         for tkey in [k for k, rt in self.types.items() if rt.crd == name]:
             del self.types[tkey]
 
@@ -228,10 +230,10 @@ class Store:
         if self.on_change is not None:
             self.on_change()
 
-    def subscribe(self, gk: GK, cb: Callable[[Event], None]) -> None:
+    def subscribe(self, gk: GK, cb: Callable[[Event | None], None]) -> None:
         self.subs.setdefault(gk, set()).add(cb)
 
-    def unsubscribe(self, gk: GK, cb: Callable[[Event], None]) -> None:
+    def unsubscribe(self, gk: GK, cb: Callable[[Event | None], None]) -> None:
         self.subs.get(gk, set()).discard(cb)
 
     def events_since(self, gk: GK, rv: int) -> list[Event]:
