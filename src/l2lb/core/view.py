@@ -320,6 +320,9 @@ class ServiceIndex:
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
+    # filters (canonical JSON) -> positions of the matching rows; small LRU-ish cache
+    _matches: dict[str, list[int]] = field(default_factory=dict)
+    _summary: dict[str, Any] | None = None
 
     @classmethod
     def build(cls, services: Part, assignments: Part) -> ServiceIndex:
@@ -358,7 +361,14 @@ class ServiceIndex:
                     return False
                 return q.ip is None or any(_same_ip(i["ip"], q.ip) for i in r["ips"])
 
-            matching = [i for i, r in enumerate(self.rows) if match(r)]
+            fkey = json.dumps(filters, sort_keys=True)
+            matching_or_none = self._matches.get(fkey)
+            if matching_or_none is None:
+                matching_or_none = [i for i, r in enumerate(self.rows) if match(r)]
+                if len(self._matches) >= 64:
+                    self._matches.pop(next(iter(self._matches)))
+                self._matches[fkey] = matching_or_none
+            matching = matching_or_none
             total = len(matching)
             pos = bisect.bisect_left(matching, start)
             sel = matching[pos:pos + q.limit]
@@ -399,6 +409,20 @@ def node_rows(nodes: Part, now: float) -> list[dict[str, Any]]:
 
 
 def cluster_summary(index: ServiceIndex, parts: Mapping[str, Part], now: float) -> dict[str, Any]:
+    """Counts over the parts (cached per parts version) plus the freshness of each part at ``now``."""
+    tag = "|".join(parts[p].etag for p in PARTS if p in parts)
+    cached = index._summary
+    if cached is None or cached.get("_tag") != tag:
+        cached = {"_tag": tag, **_counts(index, parts)}
+        index._summary = cached
+    out = {k: v for k, v in cached.items() if k != "_tag"}
+    out["parts"] = {name: {"present": bool(p.etag), "etag": p.etag,
+                           "age_s": round(max(0.0, now - p.at), 3) if p.at is not None else None,
+                           "errors": list(p.errors)} for name, p in parts.items()}
+    return out
+
+
+def _counts(index: ServiceIndex, parts: Mapping[str, Part]) -> dict[str, Any]:
     pools = parts["pools"].items
     nodes = parts["nodes"].items
     assigned = [a for a in parts["assignments"].items if a["node"]]
@@ -413,9 +437,6 @@ def cluster_summary(index: ServiceIndex, parts: Mapping[str, Part], now: float) 
                   "conflicts": sum(1 for p in pools if p["conflict"])},
         "nodes": {"total": len(nodes), "alive": sum(1 for n in nodes if n["alive"]),
                   "announcing": len({a["node"] for a in assigned})},
-        "parts": {name: {"present": bool(p.etag), "etag": p.etag,
-                         "age_s": round(max(0.0, now - p.at), 3) if p.at is not None else None,
-                         "errors": list(p.errors)} for name, p in parts.items()},
     }
 
 

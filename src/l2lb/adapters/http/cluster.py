@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -226,12 +227,30 @@ def _dumps(o: Any) -> str:
     return json.dumps(o, separators=(",", ":"), default=str)
 
 
-def _conditional(request: web.Request, etag: str, body: Callable[[], Any]) -> web.Response:
+BODY_CACHE = 256
+
+
+def _conditional(request: web.Request, etag: str, body: Callable[[], Any],
+                 cache: OrderedDict[str, bytes] | None = None) -> web.Response:
+    """200 with ``body()`` as JSON, or 304 when If-None-Match names ``etag``.
+
+    With ``cache``, the encoded body is kept per etag (only for answers that depend on nothing but
+    the etag's inputs).
+    """
     inm = request.headers.get("If-None-Match", "")
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if inm and (inm.strip() == "*" or etag in [t.strip() for t in inm.split(",")]):
-        return web.Response(status=304, headers={"ETag": etag, "Cache-Control": "no-cache"})
-    return web.Response(text=_dumps(body()), content_type="application/json",
-                        headers={"ETag": etag, "Cache-Control": "no-cache"})
+        return web.Response(status=304, headers=headers)
+    data = cache.get(etag) if cache is not None else None
+    if data is None:
+        data = _dumps(body()).encode()
+        if cache is not None:
+            cache[etag] = data
+            if len(cache) > BODY_CACHE:
+                cache.popitem(last=False)
+    elif cache is not None:
+        cache.move_to_end(etag)
+    return web.Response(body=data, content_type="application/json", headers=headers)
 
 
 class ClusterAPI:
@@ -240,6 +259,7 @@ class ClusterAPI:
         self._clock = clock
         self._stopping = asyncio.Event()
         self._openapi_text = _dumps(OPENAPI)
+        self._bodies: OrderedDict[str, bytes] = OrderedDict()
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -279,13 +299,13 @@ class ClusterAPI:
         def body() -> dict[str, Any]:
             items, token, total = self.source.service_index().page(q)
             return {"items": items, "continue": token, "total": total, "limit": q.limit}
-        return _conditional(request, tag, body)
+        return _conditional(request, tag, body, self._bodies)
 
     async def pools(self, request: web.Request) -> web.StreamResponse:
         self._no_params(request)
         parts = await self.source.current()
         return _conditional(request, etag_of("pools", parts["pools"].etag),
-                            lambda: {"items": pool_rows(parts["pools"])})
+                            lambda: {"items": pool_rows(parts["pools"])}, self._bodies)
 
     async def nodes(self, request: web.Request) -> web.StreamResponse:
         self._no_params(request)
@@ -307,7 +327,7 @@ class ClusterAPI:
                             lambda: cluster_summary(self.source.service_index(), parts, self._clock()))
 
     async def openapi(self, request: web.Request) -> web.StreamResponse:
-        return _conditional(request, etag_of("openapi", self._openapi_text), lambda: OPENAPI)
+        return _conditional(request, etag_of("openapi", self._openapi_text), lambda: OPENAPI, self._bodies)
 
     async def watch(self, request: web.Request) -> web.StreamResponse:
         try:
