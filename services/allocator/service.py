@@ -109,6 +109,7 @@ class AllocatorService:
         self.last_restore_s = 0.0
         self.ready_since: float | None = None
         self._result_counters: dict[Reason, Any] = {}
+        self.missing_kinds: list[str] = []
 
         self.services.add_handler(self._on_service)
         self.namespaces.add_handler(self._on_namespace)
@@ -163,8 +164,8 @@ class AllocatorService:
     def _desired_pools(self) -> dict[str, tuple[Pool, dict[str, Any]]]:
         out: dict[str, tuple[Pool, dict[str, Any]]] = {}
         errors: dict[str, str] = {}
-        for kind in self.cfg.pool_kinds:
-            for obj in self.pool_informers[kind].cache.values():
+        for inf in self.pool_informers.values():
+            for obj in inf.cache.values():
                 meta = obj.get("metadata") or {}
                 src = f"{obj.get('kind')}/{meta.get('name')}"
                 try:
@@ -558,13 +559,29 @@ class AllocatorService:
             "pools": {n: {"total": u.total, "used": u.used, "available": u.available, "disabled": u.disabled,
                           "conflict": u.conflict_message} for n, u in self.alloc.pool_usage().items()},
             "pool_errors": dict(self.pool_errors),
+            "pool_kinds_not_served": list(self.missing_kinds),
             "informers": {i.name: i.readiness()[1] for i in (self.services, self.namespaces,
                                                               *self.pool_informers.values())},
         }
 
     # -- lifecycle -------------------------------------------------------------------------------------
+    async def _drop_missing_kinds(self) -> None:
+        """A pool kind whose CRD is not installed (404) is left out, so it cannot keep the allocator
+        unready forever; installing the CRD later needs a restart (logged)."""
+        for kind, inf in list(self.pool_informers.items()):
+            try:
+                await self.kube.list(inf.res)
+            except KubeError as e:
+                if e.status == 404:
+                    log.warning("pool kind not served by the API server (CRD not installed?): not watched",
+                                extra={"kind": kind, "resource": inf.res.api_path()})
+                    del self.pool_informers[kind]
+                    self.missing_kinds.append(kind)
+
     async def run(self, stop: asyncio.Event) -> None:
         IS_LEADER.set(1 if self.is_leader else 0)
+        with contextlib.suppress(KubeError, OSError):
+            await self._drop_missing_kinds()
         snapshots = self.bus.serve_snapshots("allocations", f"allocator:{self.cfg.instance}",
                                              self._on_snapshot_request)
         tasks = [asyncio.create_task(i.run(stop), name=f"allocator-informer-{i.name}")

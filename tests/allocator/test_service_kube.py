@@ -280,3 +280,18 @@ async def test_leader_failover_keeps_ips_and_writes_nothing(env: Env) -> None:
     assert [r for r in reqs if "/services/" in r.get("path", "") and r.get("verb") == "patch"] == []
     snaps = [m for m in await env.messages() if isinstance(m, AllocationSnapshot)]
     assert snaps and snaps[-1].term > snaps[0].term
+
+
+async def test_pool_kind_without_crd_does_not_block(env: Env) -> None:
+    crd = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/ipaddresspools.metallb.io"
+    code, _, _ = env.kube.http("DELETE", crd)
+    assert code in (200, 202)
+    try:
+        await wait_for(lambda: env.kube.http("GET", "/apis/metallb.io/v1beta1/ipaddresspools")[0] == 404, 10)
+        env.kube.apply(SEED)
+        r = await env.start("nocrd", leader_election=False, pool_kinds=("l2lb", "cilium", "metallb"))
+        await wait_for(lambda: env.ips("pihole", "pihole-dns-tcp") == ["192.168.1.153"], 20)
+        assert r.svc.status()["pool_kinds_not_served"] == ["metallb"]
+        await wait_for(lambda: r.svc.readiness()[0], 5)
+    finally:
+        env.kube.apply(CRDS / "metallb.io_ipaddresspools.yaml")
