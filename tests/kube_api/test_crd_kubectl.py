@@ -160,6 +160,13 @@ def test_fixture_apply_accepts_dirs_and_text(kube, crds):
                                               "Namespace", "Service", "Service", "Service"]
     again = kube.apply(SEED)
     assert [rv(a) for a in again] == [rv(o) for o in objs], "re-applying the same objects changes nothing"
+    text = (f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: a, namespace: {NS}}}\ndata: {{k: v}}\n---\n"
+            f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: b, namespace: {NS}}}\ndata: {{k: w}}\n---\n"
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: []\n")
+    made = kube.apply(text)
+    assert [(o["metadata"]["name"], o["data"]["k"]) for o in made] == [("a", "v"), ("b", "w")]
+    changed = kube.apply(text.replace("k: w", "k: z"))
+    assert changed[1]["data"]["k"] == "z" and rv(changed[1]) > rv(made[1]) and rv(changed[0]) == rv(made[0])
 
 
 async def test_kubernetes_asyncio_client_works(kube):

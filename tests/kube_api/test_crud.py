@@ -190,3 +190,59 @@ def test_leases_and_endpointslices_round_trip(kube):
     code, lst, _ = kube.http("GET", "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
                              query={"labelSelector": "kubernetes.io/service-name=web"})
     assert [i["metadata"]["name"] for i in lst["items"]] == ["web-abc"]
+
+
+def test_events_create_patch_and_field_selector(kube):
+    base = f"/api/v1/namespaces/{NS}/events"
+    ev = {"apiVersion": "v1", "kind": "Event", "metadata": {"name": "web.1", "namespace": NS},
+          "involvedObject": {"kind": "Service", "namespace": NS, "name": "web", "apiVersion": "v1"},
+          "reason": "IPAllocated", "message": "203.0.113.5", "type": "Normal", "count": 1,
+          "source": {"component": "l2lb-allocator"},
+          "firstTimestamp": "2026-01-01T00:00:00Z", "lastTimestamp": "2026-01-01T00:00:00Z"}
+    code, e, _ = kube.http("POST", base, ev)
+    assert code == 201, e
+    other = {**ev, "metadata": {"name": "db.1", "namespace": NS},
+             "involvedObject": {**ev["involvedObject"], "name": "db"}}
+    assert kube.http("POST", base, other)[0] == 201
+    code, e2, _ = kube.http("PATCH", base + "/web.1", {"count": 2, "lastTimestamp": "2026-01-01T00:00:05Z"},
+                            content_type="application/strategic-merge-patch+json")
+    assert code == 200 and e2["count"] == 2 and e2["reason"] == "IPAllocated"
+    code, lst, _ = kube.http("GET", base, query={"fieldSelector": "involvedObject.name=web"})
+    assert code == 200 and [i["metadata"]["name"] for i in lst["items"]] == ["web.1"]
+
+
+def test_node_status_conditions_merge_by_type(kube):
+    node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n-cond", "labels": {"zone": "a"}},
+            "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                                       "message": "ok", "lastHeartbeatTime": "2026-01-01T00:00:00Z",
+                                       "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+                       "addresses": [{"type": "InternalIP", "address": "198.51.100.10"}]}}
+    code, _, _ = kube.http("POST", "/api/v1/nodes", node)
+    assert code == 201
+    patch = {"status": {"conditions": [{"type": "NetworkUnavailable", "status": "False", "reason": "l2lb",
+                                        "message": "m", "lastHeartbeatTime": "2026-01-01T00:00:00Z",
+                                        "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}
+    code, n2, _ = kube.http("PATCH", "/api/v1/nodes/n-cond/status", patch,
+                            content_type="application/strategic-merge-patch+json")
+    assert code == 200, n2
+    assert sorted(c["type"] for c in n2["status"]["conditions"]) == ["NetworkUnavailable", "Ready"]
+    code, lst, _ = kube.http("GET", "/api/v1/nodes", query={"labelSelector": "zone=a"})
+    assert [i["metadata"]["name"] for i in lst["items"]] == ["n-cond"]
+
+
+def test_delete_collection_by_label(kube):
+    path = f"/api/v1/namespaces/{NS}/configmaps"
+    for name, team in (("dc1", "x"), ("dc2", "x"), ("dc3", "y")):
+        cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": {"team": team}},
+              "data": {"k": "v"}}
+        assert kube.http("POST", path, cm)[0] == 201
+    code, _, _ = kube.http("DELETE", path, query={"labelSelector": "team=x"})
+    assert code == 200
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        _, lst, _ = kube.http("GET", path)
+        names = sorted(i["metadata"]["name"] for i in lst["items"] if i["metadata"]["name"].startswith("dc"))
+        if names == ["dc3"]:
+            break
+        time.sleep(0.1)
+    assert names == ["dc3"]
