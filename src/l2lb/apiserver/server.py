@@ -113,9 +113,21 @@ def _new_queue() -> asyncio.Queue[Event | None]:
 class _Watch:
     path_qs: str
     queue: asyncio.Queue[Event | None] = field(default_factory=_new_queue)
+    dropped: bool = False
+    limit: int = 10000  # events queued for a client that does not read: then the watch is closed
 
     def drop(self) -> None:
-        self.queue.put_nowait(None)
+        if not self.dropped:
+            self.dropped = True
+            self.queue.put_nowait(None)
+
+    def push(self, ev: Event | None) -> None:
+        if ev is None or self.queue.qsize() >= self.limit:
+            if ev is not None:
+                log.warning("closing a watch whose client does not keep up", extra={"path": self.path_qs})
+            self.drop()
+        elif not self.dropped:
+            self.queue.put_nowait(ev)
 
 
 def _status_response(err: ApiError) -> web.Response:
@@ -668,7 +680,7 @@ class ApiServer:
                 drop_now = True
                 break
         if expired is None:
-            st.subscribe(rt.gk, w.queue.put_nowait)
+            st.subscribe(rt.gk, w.push)
             self.watches.add(w)
         _WATCHES.set(len(self.watches))
         resp = web.StreamResponse(
@@ -732,7 +744,7 @@ class ApiServer:
             if isinstance(e, asyncio.CancelledError):
                 raise
         finally:
-            st.unsubscribe(rt.gk, w.queue.put_nowait)
+            st.unsubscribe(rt.gk, w.push)
             self.watches.discard(w)
             _WATCHES.set(len(self.watches))
         with contextlib.suppress(ConnectionError):
