@@ -81,3 +81,16 @@ async def test_write_retried_after_redis_outage(bus: Bus, redis_server: Any) -> 
     raw = await bus.redis.get(bus.keys.status("assignments"))
     assert json.loads(raw or b"{}")["items"][0]["node"] == "n2"
     await pub.close()
+
+
+async def test_event_sink_from_sync_code(bus: Bus) -> None:
+    from l2lb.adapters.bus.status import EventSink
+
+    sink = EventSink(bus, max_pending=3)
+    for i in range(5):  # synchronous calls, as from leases' _record_move
+        sink.emit("move", ip=f"198.51.100.{i}", **{"from": "a", "to": "b"})
+    assert sink.dropped == 2
+    await sink.close()
+    src = ClusterSource(bus)
+    evs = await src.events(10)
+    assert [e["ip"] for e in evs] == ["198.51.100.2", "198.51.100.1", "198.51.100.0"]

@@ -12,7 +12,7 @@ services       allocator  key, namespace, name, ips[], pools{ip: pool}, ports[{p
                           external_traffic_policy, reason, message
 pools          allocator  name, kind, cidrs[], total, used, available, conflict, disabled, message
 assignments    leases     ip, node ("" = nobody), epoch, since (unix s), moves, services[]
-nodes          leases     node, alive, heartbeat_at (unix s), interfaces[{name, mac, up,
+nodes          leases     node, alive, reason, heartbeat_at (unix s), interfaces[{name, mac, up,
                           addresses[]}], assignments
 =============  =========  ==========================================================================
 
@@ -30,13 +30,18 @@ import hashlib
 import ipaddress
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from l2lb.core.election import ElectionResult
+from l2lb.core.models import AllocationResult, Pool, PoolUsage, Reason, ServiceRequest
+from l2lb.core.nodes import NodeState
 
 __all__ = [
     "EVENT_TYPES",
     "PARTS",
+    "AssignmentHistory",
     "Part",
     "Query",
     "QueryError",
@@ -47,12 +52,15 @@ __all__ = [
     "etag_of",
     "make_event",
     "node_rows",
+    "nodes_items",
     "parse_events_query",
     "parse_part",
     "parse_query",
     "part_doc",
     "part_etag",
     "pool_rows",
+    "pools_items",
+    "services_items",
 ]
 
 PARTS = ("services", "pools", "assignments", "nodes")
@@ -167,7 +175,8 @@ def _norm_node(o: Mapping[str, Any]) -> dict[str, Any] | None:
     ifs_in = o.get("interfaces")
     ifs = [{"name": _s(i, "name"), "mac": _s(i, "mac"), "up": _b(i, "up"), "addresses": _strs(i, "addresses")}
            for i in (ifs_in if isinstance(ifs_in, list) else []) if isinstance(i, dict)]
-    return {"node": node, "alive": _b(o, "alive"), "heartbeat_at": _f(o, "heartbeat_at"), "interfaces": ifs,
+    return {"node": node, "alive": _b(o, "alive"), "reason": _s(o, "reason"), "heartbeat_at": _f(o, "heartbeat_at"),
+            "interfaces": ifs,
             "assignments": max(0, _i(o, "assignments"))}
 
 
@@ -473,3 +482,90 @@ def decode_event(eid: str, raw: bytes | str | None) -> dict[str, Any] | None:
     ev = make_event(d["type"], at if at is not None else 0.0, **{k: v for k, v in d.items() if k not in ("type", "at")})
     ev["id"] = eid
     return ev
+
+
+# -- part builders for the writers (allocator, leases) ------------------------------------------------
+def services_items(results: Mapping[str, AllocationResult], request: Callable[[str], ServiceRequest | None]
+                   ) -> list[dict[str, Any]]:
+    """The allocator's "services" part from its results (Services it does not handle are left out)."""
+    out = []
+    for key in sorted(results):
+        r = results[key]
+        if r.reason is Reason.NOT_HANDLED:
+            continue
+        req = request(key)
+        ns, _, name = key.partition("/")
+        out.append({
+            "key": key, "namespace": req.namespace if req else ns, "name": req.name if req else name,
+            "ips": list(r.ips), "pools": dict(r.pools),
+            "ports": [{"protocol": p, "port": n} for p, n in (req.ports if req else ())],
+            "external_traffic_policy": req.external_traffic_policy if req else "Cluster",
+            "reason": "" if r.ok else r.reason.value, "message": "" if r.ok else r.message,
+        })
+    return out
+
+
+def pools_items(pools: Mapping[str, Pool], usage: Mapping[str, PoolUsage]) -> list[dict[str, Any]]:
+    """The allocator's "pools" part."""
+    out = []
+    for name in sorted(pools):
+        p, u = pools[name], usage.get(name)
+        out.append({
+            "name": name, "kind": p.kind, "cidrs": [b.text for b in p.blocks],
+            "total": u.total if u else 0, "used": u.used if u else 0, "available": u.available if u else 0,
+            "conflict": bool(u and u.conflict), "disabled": bool(p.disabled or (u and u.disabled)),
+            "message": u.conflict_message if u else "",
+        })
+    return out
+
+
+class AssignmentHistory:
+    """Remembers, per IP, since when its current node holds it and how often it moved between nodes
+    (as seen by this process), to build the leases' "assignments" part."""
+
+    def __init__(self) -> None:
+        self._state: dict[str, tuple[str, float, int]] = {}  # ip -> (node, since, moves)
+
+    def items(self, result: ElectionResult | None, now: float) -> list[dict[str, Any]]:
+        current: dict[str, tuple[str, int, tuple[str, ...]]] = {}
+        if result is not None:
+            for ip in result.unassigned:
+                current[ip] = ("", 0, ())
+            for ip, a in result.assignments.items():
+                current[ip] = (a.node, a.epoch, a.services)
+        state: dict[str, tuple[str, float, int]] = {}
+        out = []
+        for ip in sorted(current):
+            node, epoch, services = current[ip]
+            prev = self._state.get(ip)
+            if prev is None:
+                st = (node, now, 0)
+            elif prev[0] != node:
+                st = (node, now, prev[2] + (1 if prev[0] and node else 0))
+            else:
+                st = prev
+            state[ip] = st
+            out.append({"ip": ip, "node": node, "epoch": epoch, "since": round(st[1], 3), "moves": st[2],
+                        "services": list(services)})
+        self._state = state
+        return out
+
+
+def nodes_items(nodes: Mapping[str, NodeState], result: ElectionResult | None, mono_now: float,
+                wall_now: float) -> list[dict[str, Any]]:
+    """The leases' "nodes" part from its NodeTracker (``last_seen`` on the monotonic clock)."""
+    counts: dict[str, int] = {}
+    if result is not None:
+        for a in result.assignments.values():
+            counts[a.node] = counts.get(a.node, 0) + 1
+    out = []
+    for name in sorted(nodes):
+        st = nodes[name]
+        out.append({
+            "node": name, "alive": st.alive, "reason": st.reason,
+            "heartbeat_at": round(wall_now - max(0.0, mono_now - st.last_seen), 1),
+            "interfaces": [{"name": i.name, "mac": i.mac, "up": i.up, "addresses": list(i.addresses)}
+                           for i in st.heartbeat.interfaces],
+            "assignments": counts.get(name, 0),
+        })
+    return out

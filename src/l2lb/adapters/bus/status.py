@@ -37,7 +37,7 @@ from l2lb.core.view import (
 from l2lb.obs import metrics
 from l2lb.obs.log import get_logger
 
-__all__ = ["EVENTS_MAXLEN", "ClusterSource", "StatusPublisher", "publish_event"]
+__all__ = ["EVENTS_MAXLEN", "ClusterSource", "EventSink", "StatusPublisher", "publish_event"]
 
 log = get_logger("l2lb.status")
 
@@ -50,6 +50,8 @@ _coalesced = metrics.counter(
     "l2lb_status_part_updates_coalesced_total", "Status updates replaced by a newer one before being written",
     ("part",))
 _events = metrics.counter("l2lb_status_events_total", "Events published on the status events stream", ("type",))
+_events_dropped = metrics.counter("l2lb_status_events_dropped_total",
+                                 "Events dropped because too many were waiting to be sent")
 _read_errors = metrics.counter("l2lb_status_read_errors_total", "Failed reads of status parts from Redis")
 
 
@@ -164,6 +166,39 @@ async def publish_event(bus: Bus, type_: str, **fields: Any) -> str | None:
         return None
     _events.labels(type_).inc()
     return _b(eid)
+
+
+class EventSink:
+    """Fire-and-forget events from synchronous code: ``emit(type, **fields)`` queues, a task sends.
+
+    At most ``max_pending`` events wait (more are dropped and counted); must be used inside a running loop.
+    """
+
+    def __init__(self, bus: Bus, max_pending: int = 1000):
+        self.bus = bus
+        self.max_pending = max_pending
+        self._queue: list[tuple[str, dict[str, Any]]] = []
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+
+    def emit(self, type_: str, **fields: Any) -> None:
+        if len(self._queue) >= self.max_pending:
+            self.dropped += 1
+            _events_dropped.inc()
+            return
+        self._queue.append((type_, fields))
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._drain(), name="l2lb-status-events")
+
+    async def _drain(self) -> None:
+        while self._queue:
+            type_, fields = self._queue.pop(0)
+            await publish_event(self.bus, type_, **fields)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._task, 2.0)
 
 
 class ClusterSource:

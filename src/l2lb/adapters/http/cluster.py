@@ -123,6 +123,7 @@ _SCHEMAS: dict[str, Any] = {
                        "addresses": _STRS}),
     "Node": _obj({
         "node": _STR, "alive": {"type": "boolean", "description": "heartbeats arrive in time"},
+        "reason": {**_STR, "description": "why alive/dead: heartbeat, timeout, stopping, interfaces_down"},
         "heartbeat_at": _NUM_OR_NULL,
         "heartbeat_age_s": {**_NUM_OR_NULL, "description": "seconds since the last heartbeat (at response time)"},
         "interfaces": {"type": "array", "items": {"$ref": "#/components/schemas/Interface"}},
