@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate as validate_spec
 from referencing import Registry, Resource
 
 from l2lb.adapters.bus.client import Bus
@@ -39,6 +40,7 @@ async def test_responses_validate_against_served_openapi(bus: Bus, serve: Any) -
     async with srv.session() as s:
         code, doc, _ = await get_json(s, srv.url + "/v1/openapi.json")
         assert code == 200 and doc["openapi"].startswith("3.1")
+        validate_spec(doc)  # a valid OpenAPI 3.1 document
         Draft202012Validator.check_schema(doc["components"]["schemas"]["Service"])
         for path in ("/v1/services", "/v1/pools", "/v1/nodes", "/v1/events", "/v1/cluster"):
             code, body, _ = await get_json(s, srv.url + path)
