@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -205,20 +206,24 @@ class AllocatorService:
         return list(results.values())
 
     def _allocation(self, key: str, req: ServiceRequest | None, res: AllocationResult | None,
-                    obj: dict[str, Any] | None) -> Allocation:
+                    obj: dict[str, Any] | None, seq: int = 0) -> Allocation:
         ns, name = _ns_name(key)
         meta = (obj or {}).get("metadata") or {}
         if req is None or res is None or not res.ips:
             return Allocation(key=key, namespace=ns, name=name, uid=str(meta.get("uid") or ""),
-                              generation=int(meta.get("generation") or 0), seq=0, term=self.term, deleted=True)
-        pools = self.alloc.pools()
+                              generation=int(meta.get("generation") or 0), seq=seq, term=self.term, deleted=True)
+        pool_labels = {}
+        for pname in set(res.pools.values()):
+            pool = self.alloc.pool(pname)
+            if pool is not None:
+                pool_labels[pname] = dict(pool.labels)
         return Allocation(
-            key=key, namespace=ns, name=name, uid=req.uid, generation=req.generation, seq=0, term=self.term,
+            key=key, namespace=ns, name=name, uid=req.uid, generation=req.generation, seq=seq, term=self.term,
             ips=res.ips, external_ips=req.external_ips,
             ports=tuple(PortSpec(p, n) for p, n in req.ports),
             external_traffic_policy=req.external_traffic_policy, labels=dict(req.labels),
             ip_pools=dict(res.pools),
-            pool_labels={p: dict(pools[p].labels) for p in set(res.pools.values()) if p in pools},
+            pool_labels=pool_labels,
             load_balancer_class=req.load_balancer_class,
         )
 
@@ -337,19 +342,21 @@ class AllocatorService:
             await self._event(obj, "Warning", "AllocationFailed", f"{res.reason.value}: {res.message}")
         if res.released and not res.ok:
             await self._event(obj, "Normal", "IPReleased", "released " + ", ".join(res.released))
-        alloc = self._allocation(key, req, res, obj)
         if restored:
             # takeover: the snapshot that follows carries everything (one message, not one per Service)
-            if not alloc.deleted:
+            if res.ips:
                 self.seq += 1
-                self.published[key] = replace(alloc, seq=self.seq, term=self.term)
+                self.published[key] = self._allocation(key, req, res, obj, self.seq)
             return
-        await self._publish(alloc)
+        await self._publish(self._allocation(key, req, res, obj))
 
     # -- the work loop -------------------------------------------------------------------------------
     async def takeover(self) -> None:
         """Fresh allocator from the caches: pools, then restore every Service, then write diffs."""
         t0 = time.perf_counter()
+        # the informer caches are long-lived: keep them out of the collector's full passes, which
+        # otherwise dominate a 10k-Service restore
+        gc.freeze()
         self.alloc = Allocator()
         self.pool_status_written.clear()
         self._pools_dirty = False

@@ -193,6 +193,9 @@ class Allocator:
     def pools(self) -> dict[str, Pool]:
         return dict(self._pools)
 
+    def pool(self, name: str) -> Pool | None:
+        return self._pools.get(name)
+
     def pool_conflict(self, name: str) -> str | None:
         ps = self._ps.get(name)
         return ps.conflict if ps else None
