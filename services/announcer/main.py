@@ -311,23 +311,27 @@ class AnnouncerService:
             if name in self.ports and self.ports[name].ifindex != link.index:
                 log.warning("interface was re-created: reopening its socket", extra={"interface": name})
                 self._close_port(name)
+            if not link.up:
+                # A packet socket of an interface that goes down (or is bound while down) gets ENETDOWN;
+                # libuv (uvloop) then stops watching its fd for good and no frame is read after the link
+                # comes back. Close it now, open a fresh one when the link is up again.
+                if name in self.ifaces:
+                    log.warning(
+                        "interface down: not answering on it", extra={"interface": name, "oper": link.oper}
+                    )
+                self._close_port(name)
+                continue
             if name not in self.ports:
                 self._open_port(link)
             if name not in self.ports:
                 continue
-            if link.up:
-                was = self.ifaces.get(name)
-                self.ifaces[name] = Iface(name, link.index, link.mac_bytes)
-                if was is None or was.mac != link.mac_bytes:
-                    if prev is not None:
-                        log.info("interface up: announcing again", extra={"interface": name, "mac": link.mac})
-                    self.state.kick(name, now)
-                    self._wake.set()
-            elif name in self.ifaces:
-                del self.ifaces[name]
-                log.warning(
-                    "interface down: not answering on it", extra={"interface": name, "oper": link.oper}
-                )
+            was = self.ifaces.get(name)
+            self.ifaces[name] = Iface(name, link.index, link.mac_bytes)
+            if was is None or was.mac != link.mac_bytes:
+                if prev is not None:
+                    log.info("interface up: announcing again", extra={"interface": name, "mac": link.mac})
+                self.state.kick(name, now)
+                self._wake.set()
         _links_up.set(len(self.ifaces))
         self._hb_now.set()
 
