@@ -62,6 +62,11 @@ async def test_from_url_with_token(bus: Bus, serve: Any, tmp_path: Path) -> None
     (tmp_path / "tok").write_text("abc\n")
     rc, out, err = await run("--url", srv.url, "--token-file", str(tmp_path / "tok"), "--json")
     assert rc == 0, err
+    # as the lab prints it: --allocator URL --leases URL; an unreachable first one falls back to the next
+    rc, out2, err = await run("--allocator", "http://127.0.0.1:1", "--leases", srv.url,
+                              "--token-file", str(tmp_path / "tok"), "--json")
+    assert rc == 0, err
+    assert json.loads(out2)["services"] == json.loads(out)["services"]
     assert {s["key"] for s in json.loads(out)["services"]} >= {"pihole/pihole-dns-tcp", "pihole/pihole-web"}
 
 

@@ -146,6 +146,16 @@ def render_text(view: dict[str, Any], now: float | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
+async def _collect_any(session: aiohttp.ClientSession, urls: list[str], q: Query, events: int) -> dict[str, Any]:
+    errors = []
+    for url in urls:
+        try:
+            return await collect_from_url(session, url, q, events)
+        except StatusError as e:
+            errors.append(str(e))
+    raise StatusError("; ".join(errors))
+
+
 # -- command -----------------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="l2lb status", description=__doc__.split("\n\n")[0] if __doc__ else None)
@@ -157,7 +167,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="read the parts from this Redis DSN (env L2LB_REDIS; default %(default)s)")
     p.add_argument("--redis-prefix", default=os.environ.get("L2LB_REDIS_PREFIX", DEFAULT_PREFIX),
                    help="prefix of the Redis keys (env L2LB_REDIS_PREFIX)")
-    p.add_argument("--url", help="ask a service's cluster API instead of Redis, e.g. http://127.0.0.1:9402")
+    p.add_argument("--url", action="append", default=[],
+                   help="ask a service's cluster API instead of Redis, e.g. http://127.0.0.1:9402 (repeatable: "
+                        "the first that answers is used)")
+    p.add_argument("--allocator", action="append", default=[], dest="url", metavar="URL",
+                   help="the allocator's status URL (same as --url: every service serves the whole view)")
+    p.add_argument("--leases", action="append", default=[], dest="url", metavar="URL",
+                   help="the leases service's status URL (same as --url)")
     p.add_argument("--token-file", help="bearer token for --url")
     p.add_argument("--namespace", help="only Services of this namespace")
     p.add_argument("--node", help="only Services announced by this node")
@@ -188,7 +204,7 @@ async def _run(args: argparse.Namespace, q: Query) -> int:
         while True:
             try:
                 if session is not None:
-                    view = await collect_from_url(session, args.url, q, args.events)
+                    view = await _collect_any(session, args.url, q, args.events)
                 else:
                     assert source is not None
                     view = await collect_from_redis(source, q, args.events)
