@@ -105,7 +105,12 @@ class Browser:
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline:
-            last = await self.evaluate(sid, expr)
+            try:
+                last = await self.evaluate(sid, expr)
+            except RuntimeError as e:  # page still loading (element missing): keep polling
+                last = str(e)[:200]
+                await asyncio.sleep(0.1)
+                continue
             if last:
                 return last
             await asyncio.sleep(0.1)

@@ -439,7 +439,7 @@ def _counts(index: ServiceIndex, parts: Mapping[str, Part]) -> dict[str, Any]:
     return {
         "services": {"total": len(index.rows), "ready": sum(1 for r in index.rows if r["ready"]),
                      "failing": sum(1 for r in index.rows if not r["ready"])},
-        "ips": {"allocated": len(ips), "announced": sum(1 for r in index.rows for i in r["ips"] if i["node"]),
+        "ips": {"allocated": len(ips), "announced": len({i["ip"] for r in index.rows for i in r["ips"] if i["node"]}),
                 "moves": sum(a["moves"] for a in parts["assignments"].items)},
         "pools": {"count": len(pools), "total": sum(p["total"] for p in pools),
                   "used": sum(p["used"] for p in pools), "available": sum(p["available"] for p in pools),
