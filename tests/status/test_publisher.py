@@ -94,3 +94,19 @@ async def test_event_sink_from_sync_code(bus: Bus) -> None:
     src = ClusterSource(bus)
     evs = await src.events(10)
     assert [e["ip"] for e in evs] == ["198.51.100.2", "198.51.100.1", "198.51.100.0"]
+
+
+async def test_status_parts_facade(bus: Bus) -> None:
+    from l2lb.adapters.bus.status import StatusParts
+
+    sp = StatusParts(bus, ("assignments", "nodes"), min_interval=0.0)
+    sp.update("assignments", [{"ip": "198.51.100.153", "node": "node-a", "epoch": 1}])
+    sp.update("nodes", [{"node": "node-a", "alive": True}])
+    sp.emit("move", ip="198.51.100.153", **{"from": "node-b", "to": "node-a"})
+    await sp.close()
+    src = ClusterSource(bus)
+    assert sorted(await src.refresh()) == ["assignments", "nodes"]
+    assert src.parts["assignments"].items[0]["node"] == "node-a"
+    assert [e["to"] for e in await src.events(5)] == ["node-a"]
+    with pytest.raises(KeyError):
+        sp.update("services", [])  # not one of this service's parts

@@ -37,7 +37,7 @@ from l2lb.core.view import (
 from l2lb.obs import metrics
 from l2lb.obs.log import get_logger
 
-__all__ = ["EVENTS_MAXLEN", "ClusterSource", "EventSink", "StatusPublisher", "publish_event"]
+__all__ = ["EVENTS_MAXLEN", "ClusterSource", "EventSink", "StatusParts", "StatusPublisher", "publish_event"]
 
 log = get_logger("l2lb.status")
 
@@ -100,10 +100,16 @@ class StatusPublisher:
             wait = self._last_write + self._spacing - time.monotonic()
             if wait > 0 and not self._closed:
                 await asyncio.sleep(wait)
-            if not await self._write_pending() and not self._closed:
-                await asyncio.sleep(self.retry_after)
-            elif self._closed:
+            try:
+                ok = await self._write_pending()
+            except Exception as e:  # never let status publishing take a service down
+                log.error("status part write failed unexpectedly",
+                          extra={"part": self.part, "error": f"{type(e).__name__}: {e}"})
+                ok = False
+            if self._closed:
                 return
+            if not ok:
+                await asyncio.sleep(self.retry_after)
 
     async def _write_pending(self) -> bool:
         items = self._pending
@@ -193,12 +199,39 @@ class EventSink:
     async def _drain(self) -> None:
         while self._queue:
             type_, fields = self._queue.pop(0)
-            await publish_event(self.bus, type_, **fields)
+            try:
+                await publish_event(self.bus, type_, **fields)
+            except Exception as e:  # never let status events take a service down
+                log.error("status event failed unexpectedly",
+                          extra={"type": type_, "error": f"{type(e).__name__}: {e}"})
 
     async def close(self) -> None:
         if self._task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._task, 2.0)
+
+
+class StatusParts:
+    """Everything one service writes for the cluster view: some parts plus events, behind three calls.
+
+    ``update(part, items)`` and ``emit(type, **fields)`` are synchronous and cheap (coalesced / queued,
+    written by background tasks inside the running loop); ``await close()`` flushes and stops.
+    """
+
+    def __init__(self, bus: Bus, parts: tuple[str, ...], *, min_interval: float = 0.5):
+        self.publishers = {p: StatusPublisher(bus, p, min_interval=min_interval) for p in parts}
+        self.events = EventSink(bus)
+
+    def update(self, part: str, items: list[dict[str, Any]]) -> None:
+        self.publishers[part].update({"items": items})
+
+    def emit(self, type_: str, **fields: Any) -> None:
+        self.events.emit(type_, **fields)
+
+    async def close(self) -> None:
+        for p in self.publishers.values():
+            await p.close()
+        await self.events.close()
 
 
 class ClusterSource:
