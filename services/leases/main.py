@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a node is dead after this many missed heartbeat intervals (default 3)",
     )
     p.add_argument(
+        "--lag-tolerance-ms",
+        type=int,
+        default=2000,
+        help="liveness runs on heartbeat stream time; it may fall behind our clock this much (default 2000)",
+    )
+    p.add_argument(
         "--startup-grace-ms",
         type=int,
         default=500,
@@ -144,6 +150,7 @@ def config_from_args(args: argparse.Namespace) -> LeasesConfig:
         ttl_ms=args.ttl_ms,
         missed=args.missed,
         startup_grace_ms=args.startup_grace_ms,
+        lag_tolerance_ms=args.lag_tolerance_ms,
         policy_kinds=() if args.no_kube else kinds,
         leader_election=not (args.no_leader_election or args.no_kube),
         lease_duration=args.le_lease_duration,

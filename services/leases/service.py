@@ -77,6 +77,7 @@ class LeasesConfig:
     conditions: bool = True
     events: bool = True
     sync_timeout_s: float = 30.0
+    lag_tolerance_ms: int = 2000
     static_policies: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -137,6 +138,7 @@ class LeasesService:
         self.elections = 0
         self.conflicts: deque[dict[str, Any]] = deque(maxlen=20)
         self.last_hb_any = 0.0
+        self.hb_clock = 0.0
         self._stalled = False
         self._silent = False
         self._dual: list[str] = []
@@ -207,8 +209,16 @@ class LeasesService:
         elif isinstance(msg, AllocationSnapshot):
             self.apply_snapshot(msg)
 
-    def apply_heartbeat(self, hb: Heartbeat) -> None:
-        now = self.mono()
+    def hb_now(self) -> float:
+        """The liveness clock: the newest heartbeat time seen (Redis stream-entry time, so our own
+        processing lag ages every node alike), but never more than ``lag_tolerance_ms`` behind our
+        wall clock (a lone node that stops is still found dead)."""
+        return max(self.hb_clock, self.wall() - self.cfg.lag_tolerance_ms / 1000.0)
+
+    def apply_heartbeat(self, hb: Heartbeat, at: float | None = None) -> None:
+        """``at``: when Redis stored the heartbeat (stream entry id time, seconds); default now."""
+        now = self.wall() if at is None else at
+        self.hb_clock = max(self.hb_clock, now)
         self.last_hb_any = now
         if self.tracker.observe(hb, now):
             self.dirty = True
@@ -219,9 +229,13 @@ class LeasesService:
                 if cur is None or h.epoch >= cur.epoch:
                     self.seen_serving[ip] = h
 
-    async def _on_heartbeat(self, msg: Message, _id: str) -> None:
+    async def _on_heartbeat(self, msg: Message, eid: str) -> None:
         if isinstance(msg, Heartbeat):
-            self.apply_heartbeat(msg)
+            try:
+                at: float | None = int(eid.split("-", 1)[0]) / 1000.0
+            except ValueError:
+                at = None
+            self.apply_heartbeat(msg, at)
         elif isinstance(msg, Conflict):
             self.conflicts.append(
                 {
@@ -416,13 +430,13 @@ class LeasesService:
     # -- the tick ----------------------------------------------------------------------------------
     def _refresh_liveness(self) -> None:
         """Give every live node a fresh timeout (after we could not read heartbeats for a while)."""
-        now = self.mono()
+        now = self.hb_now()
         for st in self.tracker.nodes.values():
             if st.alive:
                 st.last_seen = max(st.last_seen, now)
 
     def _liveness_tick(self) -> None:
-        now = self.mono()
+        now = self.hb_now()
         ok, _ = self.bus.readiness()
         if not ok:
             if not self._stalled:
@@ -817,7 +831,7 @@ class LeasesService:
         return True, f"{role}; bus: {why}"
 
     def status(self) -> dict[str, Any]:
-        now = self.mono()
+        now = self.hb_now()
         res = self.result
         assignments = []
         if res is not None and self.is_leader:
