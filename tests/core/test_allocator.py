@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from l2lb.core.allocator import Allocator
-from l2lb.core.models import Reason
+from l2lb.core.models import PoolUpdate, Reason
 from l2lb.core.parse import is_pool, is_service, parse_pool, parse_service
 from tests.core.helpers import cpool, mpool, svc
 
@@ -311,3 +311,21 @@ def test_ipv6_64_counts() -> None:
     assert u["v6"].total == 2**64 - 2 and u["m6"].total == 2**64
     assert a.allocate(svc("a", ipFamilies=["IPv6"])).pools == {"2001:db8:1::": "m6"}  # by name
     assert a.pool_usage()["m6"].available == 2**64 - 1
+
+
+def test_pool_with_overlapping_blocks_is_in_conflict() -> None:
+    a = Allocator()
+    upd = a.upsert_pool(cpool("self", "198.51.100.0/24", "198.51.100.10-198.51.100.20"))
+    assert ("self", "conflict") in [(e.pool, e.kind) for e in upd.events]
+    assert "overlaps its own block" in a.pool_usage()["self"].conflict_message
+    assert a.allocate(svc("a")).reason is R.NO_POOL
+    assert a.upsert_pool(cpool("self", "198.51.100.0/24", "198.51.100.10-198.51.100.20")) == PoolUpdate()
+
+
+def test_restore_of_unhandled_service_releases_it() -> None:
+    a = alloc_with(POOL)
+    a.allocate(svc("a"))
+    (res,) = a.restore([(svc("a", type="NodePort"), ["198.51.100.1"])])
+    assert res.reason is R.NOT_HANDLED and res.ips == () and res.released == ("198.51.100.1",)
+    assert a.users_of("198.51.100.1") == () and a.result("default/a") is None
+    assert a.allocate(svc("b")).ips == ("198.51.100.1",)

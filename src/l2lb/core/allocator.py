@@ -503,11 +503,12 @@ class Allocator:
         out = []
         for st in order:
             key = st.req.key
-            if not st.req.handled:
+            if not st.req.handled:  # not ours: forgotten (its IPs were detached above)
                 res = AllocationResult(key, Reason.NOT_HANDLED, "not handled",
                                        released=tuple(str_of(k) for k in old_ips[key]),
                                        changed=bool(old_ips[key]))
-                st.result = res
+                self._unshare(st)
+                del self._svcs[key]
             else:
                 res = self._run(st, list(st.ips), old_ips[key], inv.get(key, []))
             if report_all or before[key] != (res.reason, res.ips):
