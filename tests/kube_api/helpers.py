@@ -64,6 +64,10 @@ class WatchStream:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._resp is not None:
+            conn = self._resp.connection
+            tr = conn.transport if conn is not None else None
+            if tr is not None:
+                tr.abort()  # a TLS transport would otherwise close asynchronously, after the test
             self._resp.close()
         if self._session is not None:
             await self._session.close()
