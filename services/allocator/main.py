@@ -88,6 +88,9 @@ def main(argv: list[str]) -> int:
         http = StatusServer("allocator", args.http_host, args.http_port, args.http_token_file)
         http.add_ready_check("allocator", svc.readiness)
         http.add_status("allocator", svc.status)
+        from l2lb.adapters.http.cluster import mount_cluster_api
+
+        mount_cluster_api(http, bus)  # the cluster view (Services, pools, nodes) and dashboard
         await http.start()
         try:
             await svc.run(stop)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from l2lb.adapters.bus.client import Bus
+from l2lb.adapters.bus.status import StatusParts
 from l2lb.adapters.kube.client import RESOURCES, KubeClient, KubeError, Resource
 from l2lb.adapters.kube.events import EventRecorder
 from l2lb.adapters.kube.informer import Informer
@@ -29,6 +30,7 @@ from l2lb.core.allocator import Allocator
 from l2lb.core.messages import Allocation, AllocationSnapshot, PortSpec, SnapshotRequest
 from l2lb.core.models import AllocationResult, ParseError, Pool, PoolUsage, Reason, ServiceRequest
 from l2lb.core.parse import CILIUM_L2_CLASS, DEFAULT_CLASSES, parse_pool, parse_service, status_ips
+from l2lb.core.view import pools_items, services_items
 from l2lb.obs import metrics
 from l2lb.obs.log import get_logger
 
@@ -111,6 +113,7 @@ class AllocatorService:
         self.ready_since: float | None = None
         self._result_counters: dict[Reason, Any] = {}
         self.missing_kinds: list[str] = []
+        self.parts: StatusParts | None = None  # cluster view parts in Redis (made in run())
 
         self.services.add_handler(self._on_service)
         self.namespaces.add_handler(self._on_namespace)
@@ -195,8 +198,10 @@ class AllocatorService:
             upd = self.alloc.upsert_pool(pool)
             results.update((r.key, r) for r in upd.results)
             for ev in upd.events:
-                if ev.kind == "conflict" and self.recorder is not None and self.is_leader:
+                if ev.kind == "conflict" and self.is_leader:
                     await self._event(obj, "Warning", "PoolConflict", ev.message)
+                    if self.parts is not None:
+                        self.parts.emit("pool_conflict", reason="cidr_overlap", message=f"{ev.pool}: {ev.message}")
         for src, err in self.pool_errors.items():
             kind, _, name = src.partition("/")
             bad = [o for inf in self.pool_informers.values() for o in inf.cache.values()
@@ -340,6 +345,8 @@ class AllocatorService:
             await self._event(obj, "Normal", "IPAllocated", "allocated " + ", ".join(res.ips))
         if wrote and not res.ok:
             await self._event(obj, "Warning", "AllocationFailed", f"{res.reason.value}: {res.message}")
+            if self.parts is not None:
+                self.parts.emit("allocation_failed", service=key, reason=res.reason.value, message=res.message)
         if res.released and not res.ok:
             await self._event(obj, "Normal", "IPReleased", "released " + ", ".join(res.released))
         if restored:
@@ -379,6 +386,7 @@ class AllocatorService:
         await self._apply_many([(r.key, r) for r in results], restored=True)
         t_apply = time.perf_counter()
         await self.publish_snapshot("leadership" if self.cfg.leader_election else "startup")
+        self._update_parts()
         self._takeover = False
         self.restores += 1
         self.last_restore_s = time.perf_counter() - t0
@@ -427,7 +435,17 @@ class AllocatorService:
             for r in self.alloc.retry():
                 changed[r.key] = r
         await self._apply_many(sorted(changed.items()))
-        self._update_gauges()
+        if changed or keys:
+            self._update_gauges()
+            if changed:
+                self._update_parts()
+
+    def _update_parts(self) -> None:
+        """The cluster view's "services" and "pools" parts (coalesced writes to Redis)."""
+        if self.parts is None or not self.is_leader:
+            return
+        self.parts.update("services", services_items(self.alloc.results(), self.alloc.request))
+        self.parts.update("pools", pools_items(self.alloc.pools(), self.alloc.pool_usage()))
 
     async def _apply_many(self, items: list[tuple[str, AllocationResult]], *, restored: bool = False) -> None:
         """``_apply`` for many Services, up to ``write_concurrency`` Kubernetes writes in flight (the
@@ -587,6 +605,7 @@ class AllocatorService:
 
     async def run(self, stop: asyncio.Event) -> None:
         IS_LEADER.set(1 if self.is_leader else 0)
+        self.parts = StatusParts(self.bus, ("services", "pools"))
         with contextlib.suppress(KubeError, OSError):
             await self._drop_missing_kinds()
         snapshots = self.bus.serve_snapshots("allocations", f"allocator:{self.cfg.instance}",
@@ -615,3 +634,5 @@ class AllocatorService:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.parts.close(), 5.0)

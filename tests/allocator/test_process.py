@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,6 +121,16 @@ def test_kill_9_and_restart(kube: KubeHandle, redis_url: str, tmp_path: Path, pr
     st = a.status()
     assert st["role"] == "leader" and len(st["services"]) == N + 3  # type: ignore[arg-type]
     assert st["pools"]["default-pool"]["used"] == 2  # type: ignore[index]
+
+    # the cluster view every service serves, fed by the allocator's status parts in Redis
+    def pools_view() -> dict[str, Any]:
+        code, body = _get(a.url("/v1/pools"))
+        return {p["name"]: p for p in json.loads(body)["items"]} if code == 200 else {}
+    _wait(lambda: pools_view().get("bulk", {}).get("used") == N, 10)
+    code, body = _get(a.url("/v1/services?namespace=pihole"))
+    assert code == 200, body
+    view = {s["name"]: s for s in json.loads(body)["items"]}
+    assert [(i["ip"], i["pool"]) for i in view["pihole-dns-udp"]["ips"]] == [("192.168.1.153", "default-pool")]
 
     a.stop(signal.SIGKILL)  # no Lease release: the next one waits for it to expire
     kube.clear_requests()
