@@ -81,6 +81,7 @@ class StatusPublisher:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._spacing = min_interval
+        self._last_error = ""
         self.writes = 0
 
     def update(self, doc: dict[str, Any]) -> None:
@@ -133,11 +134,17 @@ class StatusPublisher:
                 await p.execute()
         except (RedisError, OSError) as e:
             _write_errors.labels(self.part).inc()
-            log.warning("could not write status part; will retry",
-                        extra={"part": self.part, "error": f"{type(e).__name__}: {e}"})
+            err = f"{type(e).__name__}: {e}"
+            if err != self._last_error:  # once per distinct error, not every retry
+                hint = " (the Redis ACL user needs SET/HSET on the status keys)" if "NOPERM" in err.upper() else ""
+                log.warning("could not write status part; will retry" + hint, extra={"part": self.part, "error": err})
+                self._last_error = err
             if self._pending is None:
                 self._pending = items
             return False
+        if self._last_error:
+            log.info("status part written again", extra={"part": self.part})
+            self._last_error = ""
         self._written_etag = etag
         self._last_write = time.monotonic()
         self.writes += 1
