@@ -422,6 +422,11 @@ def extra_pool() -> dict[str, Any]:
                      "serviceSelector": {"matchLabels": {"chaos-pool": "extra"}}}}
 
 
+FAULT_KINDS = ["sigkill", "sigstop", "redis_restart", "api_429", "api_5xx", "api_latency", "api_drop_watches",
+               "api_compact", "link_down"]
+FAULT_WEIGHTS = [5, 3, 1, 1, 1, 1, 1, 1, 3]
+PROCESS_ROLES = ("allocator", "leases", "standby", "announcer")
+
 ALLOC_B_HTTP = 9111
 LEASES_B_HTTP = 9112
 ALLOC_HTTP_A = 9101
@@ -503,6 +508,10 @@ class ChaosRun:
         self.faults_on = True
         self.api_base = f"http://{CTL_IP}:{API_PORT}"
         self._n = 0
+        self._bag: list[str] = []
+        self._bag_done = False
+        self._proc_turn = 0
+        self.client: KubeClient | None = None
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -555,20 +564,21 @@ class ChaosRun:
 
     async def fault_once(self) -> None:
         lab, sup, rng = self.lab, self.lab.sup, self.rng
-        kinds = ["sigkill", "sigstop", "redis_restart", "api_429", "api_5xx", "api_latency",
-                 "api_drop_watches", "api_compact", "link_down"]
-        weights = [5, 3, 1, 1, 1, 1, 1, 1, 3]
-        kind = rng.choices(kinds, weights)[0]
-        procs = lab.control_procs() + lab.announcer_procs()
+        if not self._bag:  # every kind once (shuffled) first, then weighted at random
+            self._bag = rng.choices(FAULT_KINDS, FAULT_WEIGHTS, k=len(FAULT_KINDS)) if self._bag_done else \
+                rng.sample(FAULT_KINDS, len(FAULT_KINDS))
+            self._bag_done = True
+        kind = self._bag.pop()
         target = ""
+        label = ""
         t0 = self.now()
+        if kind in ("sigkill", "sigstop"):
+            target, label = await self.pick_process()
         if kind == "sigkill":
-            target = rng.choice(procs)
             await sup.kill(target)
             await self._hold(0.2, 2.0)
             await self._restart(target)
         elif kind == "sigstop":
-            target = rng.choice(procs)
             sup.signal(target, signal.SIGSTOP)
             try:
                 await self._hold(0.3, 3.0)
@@ -608,9 +618,39 @@ class ChaosRun:
                 await self._hold(0.5, 3.0)
             finally:
                 lab.topo.hosts[target].link(True)
-        self.report.faults.append(FaultRecord(kind, target, round(t0, 3), round(self.now(), 3)))
+        self.report.faults.append(FaultRecord(kind, label or target, round(t0, 3), round(self.now(), 3)))
         _FAULTS.labels(kind).inc()
         self.last_fault_end = self.now()
+
+    async def leader(self, lease: str) -> str | None:
+        """holderIdentity of the leader-election Lease (the instance name is the process name)."""
+        if self.client is None:
+            return None
+        try:
+            with KubeClient.deadline(3):
+                obj = await self.client.get(RESOURCES["leases"], lease, "l2lb-system")
+        except (KubeError, TimeoutError, aiohttp.ClientError, OSError):
+            return None
+        holder = (obj.get("spec") or {}).get("holderIdentity")
+        return holder if isinstance(holder, str) and holder in self.lab.sup.procs else None
+
+    async def pick_process(self) -> tuple[str, str]:
+        """Process faults take turns: allocator leader, leases leader, a standby, an announcer."""
+        lab, rng = self.lab, self.rng
+        role = PROCESS_ROLES[self._proc_turn % len(PROCESS_ROLES)]
+        self._proc_turn += 1
+        if role in ("allocator", "leases"):
+            lead = await self.leader(f"l2lb-{role}")
+            if lead:
+                return lead, f"{lead}(leader)"
+            role = "standby"
+        if role == "standby":
+            leads = {await self.leader("l2lb-allocator"), await self.leader("l2lb-leases")}
+            standbys = [n for n in lab.control_procs() if n not in leads]
+            name = rng.choice(standbys or lab.control_procs())
+            return name, f"{name}(standby)" if standbys else name
+        name = rng.choice(lab.announcer_procs())
+        return name, name
 
     async def fault_loop(self, end: float) -> None:
         while self.now() < end:
@@ -834,6 +874,7 @@ async def run_chaos(seed: int, duration: float, *, nodes: int = 3, prefix: str =
             run = ChaosRun(lab, seed, duration, churn_per_s=churn_per_s, probe_ms=probe_ms,
                            converge_bound=converge_bound)
             client = await KubeClient.create(str(lab.kubeconfig), qps=200, burst=400, user_agent="l2lb-chaos")
+            run.client = client
             stop = asyncio.Event()
             try:
                 observer = asyncio.create_task(run.observe_api(client, stop))
