@@ -526,24 +526,39 @@ class AllocatorService:
         WRITES.labels("pool_status").inc()
 
     async def _work_loop(self, stop: asyncio.Event) -> None:
+        failures = 0
         while not stop.is_set():
+            if not self.is_leader:
+                # a standby only keeps its caches: taking over rebuilds everything from them
+                self._dirty.clear()
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 1.0)
+                continue
             if not (self._dirty or self._pools_dirty or self._takeover):
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), 1.0)
                 continue
-            if not self.is_leader or not self.synced():
+            if not self.synced():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.1)
                 continue
             try:
                 await self.reconcile_once()
-            except Exception:
-                # e.g. Redis unreachable mid-way: rebuild from the caches and republish everything
-                log.exception("reconcile failed; full resync in 1 s")
+                failures = 0
+            except Exception as e:
+                # e.g. Redis unreachable mid-way: rebuild from the caches and republish everything,
+                # backing off while it keeps failing
+                failures += 1
+                delay = min(10.0, 0.5 * 2 ** failures)
+                if failures == 1:
+                    log.exception("reconcile failed; full resync soon")
+                else:
+                    log.warning("reconcile failed again", extra={"error": repr(e), "retry_in_s": delay})
                 self._takeover = True
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
+                    await asyncio.wait_for(stop.wait(), delay)
 
     # -- status ----------------------------------------------------------------------------------------
     def synced(self) -> bool:

@@ -295,3 +295,43 @@ async def test_pool_kind_without_crd_does_not_block(env: Env) -> None:
         await wait_for(lambda: r.svc.readiness()[0], 5)
     finally:
         env.kube.apply(CRDS / "metallb.io_ipaddresspools.yaml")
+
+
+async def test_redis_outage_and_data_loss(kube: KubeHandle, tmp_path: Path) -> None:
+    from tests.support.redis_server import RedisProcess
+
+    redis = RedisProcess(tmp_path / "redis")
+    redis.start()
+    bus = await Bus.connect(redis.url, prefix="outage")
+    e = Env(kube, bus)
+    try:
+        kube.apply(CRDS)
+        kube.apply(SEED)
+        await e.start("r", leader_election=False)
+        await wait_for(lambda: e.ips("pihole", "pihole-dns-tcp") == ["192.168.1.153"], 20)
+        redis.stop(kill=True)
+        # Kubernetes keeps being served while Redis is down
+        kube.apply(_service("during-outage"))
+        await wait_for(lambda: e.ips("pihole", "during-outage") == ["192.168.1.130"], 15)
+        redis.start()  # empty: the data is gone
+
+        async def stored() -> set[str]:
+            try:
+                snap = await bus.load_snapshot("allocations")
+            except Exception:
+                return set()
+            return {a.key for a in snap.allocations} if isinstance(snap, AllocationSnapshot) else set()
+
+        deadline = time.monotonic() + 20
+        while "pihole/during-outage" not in await stored():
+            assert time.monotonic() < deadline, "snapshot not republished after Redis came back"
+            await asyncio.sleep(0.2)
+        assert {"pihole/pihole-dns-tcp", "pihole/pihole-dns-udp", "pihole/pihole-web"} <= await stored()
+    finally:
+        for r in e.running:
+            if not r.task.done():
+                await r.kill()
+        for c in e.clients:
+            await c.close()
+        await bus.close()
+        redis.stop()
