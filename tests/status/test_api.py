@@ -12,6 +12,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_spec
 from referencing import Registry, Resource
+from yarl import URL
 
 from l2lb.adapters.bus.client import Bus
 from l2lb.adapters.bus.status import publish_event
@@ -152,6 +153,13 @@ async def test_token_required(bus: Bus, serve: Any) -> None:
                 assert r.status == 401, path
         async with s.get(srv.url + "/ui/") as r:  # the page itself has no data
             assert r.status == 200 and "l2lb" in await r.text()
+            assert "default-src 'self'" in r.headers["Content-Security-Policy"]
+        async with s.get(srv.url + "/ui/app.js") as r:
+            assert r.status == 200 and r.headers["Content-Type"].startswith("text/javascript")
+        async with s.get(URL(srv.url + "/ui/..%2Fserver.py", encoded=True)) as r:  # the three files, nothing else
+            assert r.status == 404
+        async with s.get(srv.url + "/ui/nothing.js") as r:
+            assert r.status == 404
     async with srv.session("wrong") as s, s.get(srv.url + "/v1/services") as r:
         assert r.status == 401
     async with srv.session("s3cret") as s, s.get(srv.url + "/v1/services") as r:

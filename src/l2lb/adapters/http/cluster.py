@@ -183,7 +183,9 @@ OPENAPI: dict[str, Any] = {
                                                   "description": "only when the server has a token file"}}},
     "security": [{}, {"bearer": []}],
     "paths": {
-        "/v1/services": _json_op("Services with IPs and announcing nodes, sorted by namespace/name", "ServiceList", [
+        "/v1/services": _json_op("Services with IPs and announcing nodes, sorted by namespace/name (pages are "
+                                 "keyset-based: a Service added or removed between two pages never makes another "
+                                 "one repeat or vanish)", "ServiceList", [
             _param("namespace", "only this namespace", {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
                                                         "maxLength": 63}),
             _param("node", "only Services with an IP announced by this node", _NAME),
@@ -376,6 +378,16 @@ class ClusterAPI:
         self._stopping.set()
 
 
+# the page loads nothing but itself and talks to nothing but this server
+_STATIC_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
+                               "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
 def _static_middleware() -> Any:
     files = {name: (STATIC_DIR / name) for name in _STATIC}
 
@@ -389,8 +401,7 @@ def _static_middleware() -> Any:
             f = files.get(name)
             if f is None or not f.is_file():
                 return web.Response(status=404, text="not found\n")
-            return web.Response(body=f.read_bytes(), content_type=_STATIC[name],
-                                headers={"Cache-Control": "no-cache"})
+            return web.Response(body=f.read_bytes(), content_type=_STATIC[name], headers=_STATIC_HEADERS)
         return await handler(request)
     return static_mw
 
