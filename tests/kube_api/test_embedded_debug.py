@@ -60,6 +60,15 @@ def test_latency_fault(dbg):
     assert code == 200 and slow >= 0.3 and fast < 0.3
 
 
+def test_metrics_count_requests(dbg):
+    dbg.http("GET", "/api/v1/nodes")
+    code, text, _ = dbg.http("GET", "/metrics")
+    assert code == 200 and isinstance(text, str)
+    line = next(ln for ln in text.splitlines()
+                if ln.startswith("l2lb_apiserver_requests_total{") and 'verb="list"' in ln and 'resource="nodes"' in ln)
+    assert float(line.rsplit(" ", 1)[1]) >= 1
+
+
 def test_bad_fault_is_400(dbg):
     code, err, _ = dbg.http("POST", "/l2lb-debug/faults", {"status": 200})
     assert code == 400

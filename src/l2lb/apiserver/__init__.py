@@ -43,6 +43,9 @@ Served
   * bad input (malformed JSON, wrong types, unknown kinds, bad names/labels/selectors, bad patches)
     -> a Kubernetes ``Status`` 4xx; an unexpected exception -> Status 500 and a log line.
 
+Also ``/healthz``, ``/readyz``, ``/livez`` and ``/metrics`` (``l2lb_apiserver_requests_total{verb,resource,code}``,
+``l2lb_apiserver_watches``).
+
 Debug endpoints (``/l2lb-debug/...``; not logged, no faults)
   GET/DELETE ``requests`` (``?since=t``): list of {verb, path, resource, subresource, namespace, name,
   group, code, t, ms, ua[, fault]}; a watch is logged when its stream starts.

@@ -364,6 +364,10 @@ class ApiServer:
             return web.json_response(VERSION)
         if request.path in ("/healthz", "/readyz", "/livez"):
             return web.Response(text="ok")
+        if request.path == "/metrics" and request.method == "GET":
+            resp = web.Response(body=metrics.render())
+            resp.headers["Content-Type"] = metrics.CONTENT_TYPE
+            return resp
         if parts[:2] == ["openapi", "v3"] and request.method == "GET":
             return web.json_response(self._openapi_v3("/".join(parts[2:])))
         tgt = self._target(parts)
