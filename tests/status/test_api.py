@@ -43,8 +43,9 @@ async def test_responses_validate_against_served_openapi(bus: Bus, serve: Any) -
         assert code == 200 and doc["openapi"].startswith("3.1")
         validate_spec(doc)  # a valid OpenAPI 3.1 document
         Draft202012Validator.check_schema(doc["components"]["schemas"]["Service"])
-        for path in ("/v1/services", "/v1/pools", "/v1/nodes", "/v1/events", "/v1/cluster"):
-            code, body, _ = await get_json(s, srv.url + path)
+        for path, url in (("/v1/services", ""), ("/v1/pools", ""), ("/v1/nodes", ""), ("/v1/events", ""),
+                          ("/v1/cluster", ""), ("/v1/services/{namespace}/{name}", "/v1/services/pihole/pihole-web")):
+            code, body, _ = await get_json(s, srv.url + (url or path))
             assert code == 200, (path, body)
             errors = list(validator_for(doc, path).iter_errors(body))
             assert not errors, (path, [e.message for e in errors])
@@ -73,6 +74,12 @@ async def test_services_join_assignments(bus: Bus, serve: Any) -> None:
         assert body["total"] == 2
         _, body, _ = await get_json(s, srv.url + "/v1/services?namespace=other")
         assert body["items"][0]["ready"] is False and body["items"][0]["reason"] == "no_pool"
+        code, one, _ = await get_json(s, srv.url + "/v1/services/pihole/pihole-dns-udp")
+        assert code == 200 and one["ports"] == [{"protocol": "UDP", "port": 53}] and one["nodes"] == ["node-a"]
+        code, body, _ = await get_json(s, srv.url + "/v1/services/pihole/nope")
+        assert code == 404 and "pihole/nope" in body["message"]
+        code, body, _ = await get_json(s, srv.url + "/v1/services/Bad_NS/x")
+        assert code == 400 and "namespace" in body["message"]
         _, c, _ = await get_json(s, srv.url + "/v1/cluster")
         assert c["services"] == {"total": 4, "ready": 3, "failing": 1}
         assert c["nodes"]["alive"] == 2 and c["ips"]["moves"] == 1

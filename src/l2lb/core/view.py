@@ -352,6 +352,10 @@ class ServiceIndex:
             })
         return cls(rows=rows, keys=[r["key"] for r in rows])
 
+    def get(self, key: str) -> dict[str, Any] | None:
+        i = bisect.bisect_left(self.keys, key)
+        return self.rows[i] if i < len(self.keys) and self.keys[i] == key else None
+
     def page(self, q: Query) -> tuple[list[dict[str, Any]], str | None, int]:
         """(items, continue token or None, number of matching Services)."""
         start = bisect.bisect_right(self.keys, q.after) if q.after is not None else 0

@@ -5,6 +5,7 @@
 =========================  ============================================================================
 ``GET /v1/services``       Services with IPs, pool, announcing node, epoch, since, moves; filters
                            ``namespace``, ``node``, ``pool``, ``ip``; pages with ``limit`` + ``continue``
+``GET /v1/services/NS/N``  one Service (404 when the view has none of that name)
 ``GET /v1/pools``          pools with total/used/available, usage ratio, conflict
 ``GET /v1/nodes``          nodes with liveness, heartbeat age, interfaces and link state
 ``GET /v1/events``         recent moves/conflicts/allocation failures, newest first (``limit``, ``type``)
@@ -171,6 +172,17 @@ def _json_op(summary: str, ref: str, params: list[dict[str, Any]] | None = None)
     return {"get": op}
 
 
+def _service_op() -> dict[str, Any]:
+    op = _json_op("One Service", "Service")
+    get = op["get"]
+    get["parameters"] = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                         for n in ("namespace", "name")]
+    err = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    get["responses"]["400"] = {"description": "malformed namespace or name", **err}
+    get["responses"]["404"] = {"description": "no such Service in the cluster view", **err}
+    return op
+
+
 _NAME = {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", "maxLength": 253}
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -195,6 +207,7 @@ OPENAPI: dict[str, Any] = {
                    {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}),
             _param("continue", "token from the previous page's 'continue'", {"type": "string"}),
         ]),
+        "/v1/services/{namespace}/{name}": _service_op(),
         "/v1/pools": _json_op("Pools with usage and conflicts", "PoolList"),
         "/v1/nodes": _json_op("Nodes with heartbeat age and link state", "NodeList"),
         "/v1/events": _json_op("Recent events, newest first", "EventList", [
@@ -267,6 +280,7 @@ class ClusterAPI:
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get("/v1/services", self._timed("services", self.services)),
+            web.get("/v1/services/{namespace}/{name}", self._timed("service", self.service)),
             web.get("/v1/pools", self._timed("pools", self.pools)),
             web.get("/v1/nodes", self._timed("nodes", self.nodes)),
             web.get("/v1/events", self._timed("events", self.events)),
@@ -303,6 +317,20 @@ class ClusterAPI:
             items, token, total = self.source.service_index().page(q)
             return {"items": items, "continue": token, "total": total, "limit": q.limit}
         return _conditional(request, tag, body, self._bodies)
+
+    async def service(self, request: web.Request) -> web.StreamResponse:
+        self._no_params(request)
+        ns, name = request.match_info["namespace"], request.match_info["name"]
+        parse_query({"namespace": ns})  # 400 for a malformed namespace
+        if not name or len(name) > 253:
+            raise QueryError("name: not a Kubernetes object name")
+        parts = await self.source.current()
+        row = self.source.service_index().get(f"{ns}/{name}")
+        if row is None:
+            return web.json_response({"error": "not_found", "message": f"no Service {ns}/{name} in the cluster view"},
+                                     status=404)
+        tag = etag_of("service", parts["services"].etag, parts["assignments"].etag, ns, name)
+        return _conditional(request, tag, lambda: row)
 
     async def pools(self, request: web.Request) -> web.StreamResponse:
         self._no_params(request)
