@@ -128,7 +128,9 @@ class StatusPublisher:
                + ',"items":' + body + "}")
         keys = self.bus.keys
         try:
-            async with self.bus.redis.pipeline(transaction=True) as p:
+            # no MULTI needed: Redis runs SET before HSET, so a reader that sees the new etag in the
+            # index always finds the new part (and one that sees the old etag re-reads later)
+            async with self.bus.redis.pipeline(transaction=False) as p:
                 p.set(keys.status(self.part), raw)
                 p.hset(keys.status_index, self.part, etag)
                 await p.execute()
