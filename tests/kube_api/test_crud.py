@@ -246,3 +246,18 @@ def test_delete_collection_by_label(kube):
             break
         time.sleep(0.1)
     assert names == ["dc3"]
+
+
+def test_dry_run_changes_nothing(kube):
+    path = SVC.format(ns=NS)
+    code, o, _ = kube.http("POST", path, service("dry"), query={"dryRun": "All"})
+    assert code == 201 and o["metadata"]["name"] == "dry"
+    assert kube.http("GET", path + "/dry")[0] == 404
+    _, real, _ = kube.http("POST", path, service("dry"))
+    code, o2, _ = kube.http("PATCH", path + "/dry", {"metadata": {"labels": {"x": "1"}}}, query={"dryRun": "All"},
+                            content_type="application/merge-patch+json")
+    assert code == 200 and o2["metadata"]["labels"] == {"x": "1"}
+    _, cur, _ = kube.http("GET", path + "/dry")
+    assert not cur["metadata"].get("labels") and rv(cur) == rv(real)
+    assert kube.http("DELETE", path + "/dry", query={"dryRun": "All"})[0] == 200
+    assert kube.http("GET", path + "/dry")[0] == 200
