@@ -7,6 +7,7 @@ import json
 import ssl
 import subprocess
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -160,3 +161,21 @@ def test_crds_for_every_configuration_kind_are_served(real_apiserver: RealApiSer
     ):
         info = real_apiserver.resource_for(api_version, kind)
         assert info.namespaced is namespaced, kind
+
+
+def test_namespace_controller_empties_and_removes_a_deleted_namespace(kube_real: RealApiServer) -> None:
+    kube_real.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: inside, namespace: doomed}\ndata: {a: b}\n")
+    kube_real.call("DELETE", "/api/v1/namespaces/doomed")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            ns = kube_real.call("GET", "/api/v1/namespaces/doomed")
+        except ApiError as e:
+            assert e.status == 404
+            break
+        assert ns["status"]["phase"] == "Terminating"
+        time.sleep(0.2)
+    else:
+        raise AssertionError("namespace 'doomed' still there after 30 s")
+    items = kube_real.call("GET", "/api/v1/configmaps")["items"]
+    assert [i["metadata"]["name"] for i in items if i["metadata"]["namespace"] == "doomed"] == []

@@ -11,12 +11,13 @@ The binary is built by ``tests/support/kube-apiserver/build.sh`` (cached per mac
 * ``kube_any`` (function, parametrized ``["embedded", "real"]``): the embedded server's ``apiserver``
   fixture or ``real_apiserver``, after ``.reset()`` and ``.clear_faults()``.
 
-What the real server does not do (no controller-manager, scheduler or kubelet runs): no namespace
-deletion (``reset()`` empties and finalizes namespaces itself), no garbage collection of
-ownerReferences, no EndpointSlices made for Services, no default ServiceAccount. Fault injection
-(``inject``) exists only in the embedded server: on the real one it skips the calling test.
-Request counting comes from the kube-apiserver audit log (level Metadata) and leaves out the
-harness's own requests (it uses a second token, user ``l2lb-harness``).
+Besides kube-apiserver, the binary runs only kube-controller-manager's namespace controller (a
+deleted namespace is emptied, then removed, within a few seconds). No other controller, scheduler
+or kubelet runs: no garbage collection of ownerReferences, no EndpointSlices made for Services, no
+default ServiceAccount, Pods stay Pending. Fault injection (``inject``) exists only in the embedded
+server: on the real one it skips the calling test. Request counting comes from the kube-apiserver
+audit log (level Metadata) and leaves out the harness's own requests (second token, user
+``l2lb-harness``) and the namespace controller's.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ REPO = Path(__file__).resolve().parents[2]
 SRC_DIR = Path(__file__).resolve().parent / "kube-apiserver"
 CRD_DIR = SRC_DIR / "crds"
 HARNESS_USER = "l2lb-harness"
+CONTROLLER_USER = "l2lb-controllers"  # the namespace controller inside the binary
 TEST_USER = "l2lb-test"
 SYSTEM_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
 # Kinds reset() empties besides every custom resource: (api prefix, plural).
@@ -131,7 +133,8 @@ class RealApiServer:
         self._harness_token = secrets.token_hex(24)
         self.audit_log = workdir / "audit.log"
         self.log_path = workdir / "kube-apiserver.log"
-        self.startup_s = 0.0
+        self.startup_s = 0.0  # process start -> /readyz ok and namespace "default" exists
+        self.crd_install_s = 0.0
         self.etcd_url = ""
         self._audit_offset = 0
         self._proc: subprocess.Popen[bytes] | None = None
@@ -141,21 +144,14 @@ class RealApiServer:
 
     # ----------------------------------------------------------------- process
     def start(self) -> None:
-        tokens = self.workdir / "tokens.csv"
-        tokens.write_text(
-            f'{self.token},{TEST_USER},{TEST_USER},"system:masters"\n'
-            f'{self._harness_token},{HARNESS_USER},{HARNESS_USER},"system:masters"\n'
-        )
-        tokens.chmod(0o600)
         cmd = [
             str(self.binary),
             f"--data-dir={self.workdir / 'data'}",
             f"--port={self.port}",
             f"--kubeconfig-out={self.kubeconfig}",
             f"--token={self.token}",
+            f"--user={HARNESS_USER}:{self._harness_token}",
             f"--audit-log={self.audit_log}",
-            "--",
-            f"--token-auth-file={tokens}",
         ]
         t0 = time.monotonic()
         with open(self.log_path, "wb") as log:
@@ -165,7 +161,9 @@ class RealApiServer:
             self._ssl = ssl.create_default_context(cafile=str(self.workdir / "data" / "ca.crt"))
             self.startup_s = time.monotonic() - t0
             self.etcd_url = self._etcd_url_from_log()
+            t1 = time.monotonic()
             self.install_crds()
+            self.crd_install_s = time.monotonic() - t1
         except BaseException:
             self.stop()
             raise
@@ -230,6 +228,11 @@ class RealApiServer:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        """Verifies the server against its generated CA (for aiohttp/urllib clients in tests)."""
+        return self._ssl
 
     @property
     def running(self) -> bool:
@@ -514,7 +517,7 @@ class RealApiServer:
                 ev = json.loads(line)
             except ValueError:
                 continue
-            if ev.get("user", {}).get("username") == HARNESS_USER:
+            if ev.get("user", {}).get("username") in (HARNESS_USER, CONTROLLER_USER):
                 continue
             verb = ev.get("verb", "")
             stage = ev.get("stage")

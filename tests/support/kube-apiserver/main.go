@@ -11,6 +11,7 @@
 package main
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -28,15 +29,22 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
+	"k8s.io/client-go/rest"
 	"k8s.io/component-base/cli"
 	_ "k8s.io/component-base/logs/json/register"
 	_ "k8s.io/component-base/metrics/prometheus/clientgo"
 	_ "k8s.io/component-base/metrics/prometheus/version"
 	"k8s.io/kubernetes/cmd/kube-apiserver/app"
+	namespacecontroller "k8s.io/kubernetes/pkg/controller/namespace"
 )
 
 const auditPolicy = `apiVersion: audit.k8s.io/v1
@@ -44,7 +52,7 @@ kind: Policy
 omitStages: ["RequestReceived"]
 rules:
 - level: None
-  users: ["system:apiserver"]
+  users: ["system:apiserver", "l2lb-controllers"]
 - level: None
   nonResourceURLs: ["/readyz*", "/healthz*", "/livez*"]
 - level: Metadata
@@ -61,6 +69,9 @@ func run() int {
 	kubeconfigOut := fs.String("kubeconfig-out", "", "where to write the kubeconfig (default <data-dir>/kubeconfig)")
 	token := fs.String("token", "", "bearer token of the test user (default: random)")
 	auditLog := fs.String("audit-log", "", "write a JSON audit log (level Metadata) of every request to this path")
+	var users userList
+	fs.Var(&users, "user", "another user NAME:TOKEN in system:masters (repeatable)")
+	controllers := fs.Bool("namespace-controller", true, "run the namespace controller (deletes a namespace's contents)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
 	}
@@ -77,12 +88,12 @@ func run() int {
 		*kubeconfigOut = filepath.Join(*dataDir, "kubeconfig")
 	}
 	if *token == "" {
-		b := make([]byte, 24)
-		if _, err := rand.Read(b); err != nil {
+		t, err := randomToken()
+		if err != nil {
 			fmt.Fprintln(os.Stderr, "l2lb-kube-apiserver:", err)
 			return 1
 		}
-		*token = hex.EncodeToString(b)
+		*token = t
 	}
 	if *port == 0 {
 		p, err := freePort()
@@ -93,7 +104,13 @@ func run() int {
 		*port = p
 	}
 
-	files, err := writeFiles(*dataDir, *token)
+	controllerToken, err := randomToken()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "l2lb-kube-apiserver:", err)
+		return 1
+	}
+	users = append(users, "l2lb-test:"+*token, "l2lb-controllers:"+controllerToken)
+	files, err := writeFiles(*dataDir, users)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "l2lb-kube-apiserver: generating certificates:", err)
 		return 1
@@ -154,27 +171,98 @@ func run() int {
 
 	// kube-apiserver handles SIGTERM/SIGINT itself (graceful shutdown, then Run returns); make sure
 	// the process ends even when that shutdown hangs.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	go func() {
 		<-sigs
+		cancel() // stop the controller first, so that no client of ours holds the server open
 		time.Sleep(20 * time.Second)
 		fmt.Fprintln(os.Stderr, "l2lb-kube-apiserver: shutdown took over 20 s, exiting")
 		os.Exit(1)
 	}()
+
+	if *controllers {
+		go runNamespaceController(ctx, serverURL, controllerToken, files.caFile)
+	}
 
 	cmd := app.NewAPIServerCommand()
 	cmd.SetArgs(args)
 	return cli.Run(cmd)
 }
 
+type userList []string
+
+func (u *userList) String() string { return fmt.Sprint(*u) }
+
+func (u *userList) Set(v string) error {
+	name, token, ok := strings.Cut(v, ":")
+	if !ok || name == "" || token == "" || strings.ContainsAny(v, ",\"\n") {
+		return fmt.Errorf("want NAME:TOKEN, got %q", v)
+	}
+	*u = append(*u, v)
+	return nil
+}
+
+func randomToken() (string, error) {
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b), nil
+}
+
+// runNamespaceController runs kube-controller-manager's namespace controller (the only controller
+// here): once kube-apiserver is ready, a deleted namespace gets its contents deleted and its
+// "kubernetes" finalizer removed, as in a cluster.
+func runNamespaceController(ctx context.Context, server, token, caFile string) {
+	cfg := &rest.Config{
+		Host:            server,
+		BearerToken:     token,
+		TLSClientConfig: rest.TLSClientConfig{CAFile: caFile},
+		QPS:             100,
+		Burst:           500,
+		UserAgent:       "l2lb-kube-apiserver/namespace-controller",
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "l2lb-kube-apiserver: namespace controller:", err)
+		return
+	}
+	meta, err := metadata.NewForConfig(cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "l2lb-kube-apiserver: namespace controller:", err)
+		return
+	}
+	for {
+		body, err := client.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
+		if err == nil && string(body) == "ok" {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	factory := informers.NewSharedInformerFactory(client, 0)
+	nc := namespacecontroller.NewNamespaceController(
+		ctx, client, meta, client.Discovery().ServerPreferredNamespacedResources,
+		factory.Core().V1().Namespaces(), 5*time.Minute, v1.FinalizerKubernetes)
+	factory.Start(ctx.Done())
+	nc.Run(ctx, 5)
+}
+
 type generated struct {
 	caPEM                                              []byte
+	caFile                                             string
 	certFile, keyFile, tokenFile, saKeyFile, saPubFile string
 }
 
-func writeFiles(dir, token string) (*generated, error) {
+func writeFiles(dir string, users []string) (*generated, error) {
 	g := &generated{
+		caFile:    filepath.Join(dir, "ca.crt"),
 		certFile:  filepath.Join(dir, "serving.crt"),
 		keyFile:   filepath.Join(dir, "serving.key"),
 		tokenFile: filepath.Join(dir, "tokens.csv"),
@@ -229,7 +317,7 @@ func writeFiles(dir, token string) (*generated, error) {
 	if err := writeECKey(g.keyFile, srvKey); err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "ca.crt"), g.caPEM, 0o600); err != nil {
+	if err := os.WriteFile(g.caFile, g.caPEM, 0o600); err != nil {
 		return nil, err
 	}
 	saKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -246,8 +334,12 @@ func writeFiles(dir, token string) (*generated, error) {
 	if err := os.WriteFile(g.saPubFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), 0o600); err != nil {
 		return nil, err
 	}
-	line := fmt.Sprintf("%s,l2lb-test,l2lb-test,\"system:masters\"\n", token)
-	if err := os.WriteFile(g.tokenFile, []byte(line), 0o600); err != nil {
+	var lines strings.Builder
+	for _, u := range users {
+		name, token, _ := strings.Cut(u, ":")
+		fmt.Fprintf(&lines, "%s,%s,%s,\"system:masters\"\n", token, name, name)
+	}
+	if err := os.WriteFile(g.tokenFile, []byte(lines.String()), 0o600); err != nil {
 		return nil, err
 	}
 	return g, nil
