@@ -21,9 +21,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import NoPermissionError, RedisError
 
 from l2lb.adapters.bus.client import Bus
+from l2lb.adapters.bus.keys import Keys
 from l2lb.core.view import (
     PARTS,
     Part,
@@ -37,7 +38,8 @@ from l2lb.core.view import (
 from l2lb.obs import metrics
 from l2lb.obs.log import get_logger
 
-__all__ = ["EVENTS_MAXLEN", "ClusterSource", "EventSink", "StatusParts", "StatusPublisher", "publish_event"]
+__all__ = ["EVENTS_MAXLEN", "ClusterSource", "EventSink", "StatusParts", "StatusPublisher", "publish_event",
+           "status_acl_selectors"]
 
 log = get_logger("l2lb.status")
 
@@ -53,6 +55,16 @@ _events = metrics.counter("l2lb_status_events_total", "Events published on the s
 _events_dropped = metrics.counter("l2lb_status_events_dropped_total",
                                  "Events dropped because too many were waiting to be sent")
 _read_errors = metrics.counter("l2lb_status_read_errors_total", "Failed reads of status parts from Redis")
+
+
+def status_acl_selectors(keys: Keys) -> list[str]:
+    """Redis ACL selectors a service needs to write and read the cluster view (status parts + events).
+
+    Meant to be appended to the allocator's and leases' rules in ``l2lb.adapters.bus.acl`` (and to any
+    user that only serves or reads the view, e.g. ``l2lb status --redis``).
+    """
+    return [f"(~{keys.status_pattern()} +get +mget +hgetall +set +hset)",
+            f"(~{keys.events} +xadd +xrange +xrevrange)"]
 
 
 def _b(v: Any) -> str:
@@ -136,11 +148,13 @@ class StatusPublisher:
                 await p.execute()
         except (RedisError, OSError) as e:
             _write_errors.labels(self.part).inc()
-            err = f"{type(e).__name__}: {e}"
-            if err != self._last_error:  # once per distinct error, not every retry
-                hint = " (the Redis ACL user needs SET/HSET on the status keys)" if "NOPERM" in err.upper() else ""
+            err = f"{type(e).__name__}: {str(e)[:300]}"
+            noperm = isinstance(e, NoPermissionError) or "NOPERM" in str(e).upper()
+            kind = type(e).__name__ + (":noperm" if noperm else "")  # messages carry the data: compare kinds
+            if kind != self._last_error:  # once per kind of error, not every retry
+                hint = " (the Redis ACL user needs SET/HSET on the status keys)" if noperm else ""
                 log.warning("could not write status part; will retry" + hint, extra={"part": self.part, "error": err})
-                self._last_error = err
+                self._last_error = kind
             if self._pending is None:
                 self._pending = items
             return False
