@@ -260,3 +260,15 @@ async def test_redis_down_is_503(bus: Bus, serve: Any, redis_server: Any) -> Non
                 assert "redis" in (await r.json())["message"]
         finally:
             redis_server.start()
+
+
+async def test_server_stops_promptly_with_an_open_watch(bus: Bus, serve: Any) -> None:
+    srv = await serve()
+    async with srv.session() as s, s.get(srv.url + "/v1/watch") as resp:
+        assert resp.status == 200
+        first = await asyncio.wait_for(resp.content.readline(), 5)
+        assert first.startswith(b"retry:")
+        t0 = time.monotonic()
+        await asyncio.wait_for(srv.server.stop(), 10)
+        took = time.monotonic() - t0
+        assert took < 3.0
