@@ -139,6 +139,8 @@ class LeasesService:
         self.conflicts: deque[dict[str, Any]] = deque(maxlen=20)
         self.last_hb_any = 0.0
         self.hb_clock = 0.0
+        self.hb_clock_mono = monotonic()
+        self._rebase = False
         self._stalled = False
         self._silent = False
         self._dual: list[str] = []
@@ -210,15 +212,27 @@ class LeasesService:
             self.apply_snapshot(msg)
 
     def hb_now(self) -> float:
-        """The liveness clock: the newest heartbeat time seen (Redis stream-entry time, so our own
-        processing lag ages every node alike), but never more than ``lag_tolerance_ms`` behind our
-        wall clock (a lone node that stops is still found dead)."""
-        return max(self.hb_clock, self.wall() - self.cfg.lag_tolerance_ms / 1000.0)
+        """The liveness clock: Redis stream time (heartbeat entry ids), so our own processing lag
+        ages every node alike and clocks of other hosts never matter. When no heartbeat arrives
+        at all it runs on with our monotonic clock after ``lag_tolerance_ms`` (a lone node that
+        stops is still found dead)."""
+        idle = self.mono() - self.hb_clock_mono - self.cfg.lag_tolerance_ms / 1000.0
+        return self.hb_clock + max(0.0, idle)
 
     def apply_heartbeat(self, hb: Heartbeat, at: float | None = None) -> None:
         """``at``: when Redis stored the heartbeat (stream entry id time, seconds); default now."""
         now = self.wall() if at is None else at
-        self.hb_clock = max(self.hb_clock, now)
+        if self._rebase:  # a new Redis dataset (maybe another host's clock): keep relative ages
+            delta = now - self.hb_now()
+            for ns in self.tracker.nodes.values():
+                ns.last_seen += delta
+                ns.since += delta
+            self.hb_clock = now
+            self.hb_clock_mono = self.mono()
+            self._rebase = False
+        if now > self.hb_clock:
+            self.hb_clock = now
+            self.hb_clock_mono = self.mono()
         self.last_hb_any = now
         if self.tracker.observe(hb, now):
             self.dirty = True
@@ -260,6 +274,8 @@ class LeasesService:
     async def _on_hb_resync(self, reason: str) -> None:
         log.info("heartbeats stream resync", extra={"reason": reason})
         self._refresh_liveness()
+        if self.hb_clock > 0:
+            self._rebase = True
 
     async def load_allocations(self, reason: str) -> None:
         try:

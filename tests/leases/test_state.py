@@ -50,3 +50,36 @@ async def test_dual_announcement_is_reported(svc: LeasesService) -> None:
     svc.apply_heartbeat(hb("a", seq=2, serving={}))
     svc._liveness_tick()
     assert svc._dual == []
+
+
+async def test_liveness_runs_on_stream_time_not_on_our_lag(redis_url: str) -> None:
+    clock = [1000.0]
+    bus = await Bus.connect(redis_url, prefix="t")
+    try:
+        svc = LeasesService(LeasesConfig(instance="x", leader_election=False, policy_kinds=(), missed=3,
+                                         lag_tolerance_ms=2000), bus, monotonic=lambda: clock[0])
+        t = 5000.0
+        for i in range(5):  # two nodes heartbeating every 100 ms (stream time)
+            svc.apply_heartbeat(hb("a", seq=i + 1), at=t + i * 0.1)
+            svc.apply_heartbeat(hb("b", seq=i + 1), at=t + i * 0.1)
+        clock[0] += 1.5  # we stall for 1.5 s, then read the backlog
+        for i in range(5, 20):
+            svc.apply_heartbeat(hb("a", seq=i + 1), at=t + i * 0.1)
+            svc.apply_heartbeat(hb("b", seq=i + 1), at=t + i * 0.1)
+            svc._liveness_tick()
+        assert svc.tracker.is_alive("a") and svc.tracker.is_alive("b")
+        for i in range(20, 24):  # only a goes on: b is 0.4 s behind in stream time
+            svc.apply_heartbeat(hb("a", seq=i + 1), at=t + i * 0.1)
+        svc._liveness_tick()
+        assert svc.tracker.is_alive("a") and not svc.tracker.is_alive("b")
+        # a lone node that stops: found dead once our clock passes the lag tolerance + timeout
+        svc._liveness_tick()
+        assert svc.tracker.is_alive("a")
+        clock[0] += 2.0 + 0.2
+        svc._liveness_tick()
+        assert svc.tracker.is_alive("a")
+        clock[0] += 0.2
+        svc._liveness_tick()
+        assert not svc.tracker.is_alive("a")
+    finally:
+        await bus.close()
