@@ -110,3 +110,32 @@ async def test_status_parts_facade(bus: Bus) -> None:
     assert [e["to"] for e in await src.events(5)] == ["node-a"]
     with pytest.raises(KeyError):
         sp.update("services", [])  # not one of this service's parts
+
+
+async def test_lazy_builder_runs_once_per_write(bus: Bus) -> None:
+    calls = 0
+    state = {"n": 0}
+
+    def build() -> list[dict[str, object]]:
+        nonlocal calls
+        calls += 1
+        return [{"name": "p", "total": state["n"]}]
+
+    pub = StatusPublisher(bus, "pools", min_interval=0.3)
+    for i in range(30):  # 30 changes within ~0.3 s
+        state["n"] = i
+        pub.update(build)
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.5)
+    assert calls == pub.writes and 1 <= calls <= 3
+    raw = await bus.redis.get(bus.keys.status("pools"))
+    assert json.loads(raw or b"{}")["items"] == [{"name": "p", "total": 29}]  # built from the latest state
+
+    def broken() -> list[dict[str, object]]:
+        raise RuntimeError("bug in a builder")
+    pub.update(broken)  # logged, nothing written, the publisher keeps working
+    await asyncio.sleep(0.5)
+    state["n"] = 99
+    pub.update(build)
+    await pub.close()
+    assert json.loads(await bus.redis.get(bus.keys.status("pools")) or b"{}")["items"][0]["total"] == 99

@@ -87,7 +87,7 @@ class StatusPublisher:
         self.min_interval = min_interval
         self.retry_after = retry_after
         self._clock = clock
-        self._pending: list[Any] | None = None
+        self._pending: list[Any] | Callable[[], list[dict[str, Any]]] | None = None
         self._written_etag: str | None = None
         self._last_write = 0.0  # monotonic
         self._task: asyncio.Task[None] | None = None
@@ -96,15 +96,22 @@ class StatusPublisher:
         self._last_error = ""
         self.writes = 0
 
-    def update(self, doc: dict[str, Any]) -> None:
-        items = doc.get("items")
-        if not isinstance(items, list):
-            raise ValueError("status part document needs an 'items' list")
+    def update(self, doc: dict[str, Any] | Callable[[], list[dict[str, Any]]]) -> None:
+        """Set the part's next content: ``{"items": [...]}``, or a function returning the items, called
+        only when a write is due (so a big part is built at most once per write interval)."""
+        pending: list[Any] | Callable[[], list[dict[str, Any]]]
+        if callable(doc):
+            pending = doc
+        else:
+            items = doc.get("items")
+            if not isinstance(items, list):
+                raise ValueError("status part document needs an 'items' list")
+            pending = items
         if self._closed:
             return
         if self._pending is not None:
             _coalesced.labels(self.part).inc()
-        self._pending = items
+        self._pending = pending
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"l2lb-status-{self.part}")
 
@@ -125,15 +132,20 @@ class StatusPublisher:
                 await asyncio.sleep(self.retry_after)
 
     async def _write_pending(self) -> bool:
-        items = self._pending
-        if items is None:
+        pending = self._pending
+        if pending is None:
             return True
+        self._pending = None
         t0 = time.monotonic()
+        try:
+            items = pending() if callable(pending) else pending
+        except Exception as e:  # a broken builder: log, write nothing, wait for the next update
+            log.error("status part builder failed", extra={"part": self.part, "error": f"{type(e).__name__}: {e}"})
+            return True
         body = json.dumps(items, separators=(",", ":"), sort_keys=True, default=str)
         etag = part_etag(body.encode())
-        # bound the CPU spent encoding a big part that changes all the time (~10% of a core)
+        # bound the CPU spent building + encoding a big part that changes all the time (~10% of a core)
         self._spacing = max(self.min_interval, 10 * (time.monotonic() - t0))
-        self._pending = None
         if etag == self._written_etag:
             return True
         raw = ('{"v":1,"part":' + json.dumps(self.part) + ',"at":' + repr(round(self._clock(), 3))
@@ -156,7 +168,7 @@ class StatusPublisher:
                 log.warning("could not write status part; will retry" + hint, extra={"part": self.part, "error": err})
                 self._last_error = kind
             if self._pending is None:
-                self._pending = items
+                self._pending = pending
             return False
         if self._last_error:
             log.info("status part written again", extra={"part": self.part})
@@ -245,8 +257,9 @@ class StatusParts:
         self.publishers = {p: StatusPublisher(bus, p, min_interval=min_interval) for p in parts}
         self.events = EventSink(bus)
 
-    def update(self, part: str, items: list[dict[str, Any]]) -> None:
-        self.publishers[part].update({"items": items})
+    def update(self, part: str, items: list[dict[str, Any]] | Callable[[], list[dict[str, Any]]]) -> None:
+        """New content of ``part``: the items, or a function building them (called only when a write is due)."""
+        self.publishers[part].update(items if callable(items) else {"items": items})
 
     def emit(self, type_: str, **fields: Any) -> None:
         self.events.emit(type_, **fields)
