@@ -24,7 +24,10 @@ def test_seed_cilium_policy_read_unchanged() -> None:
     assert p.name == "cilium/default-l2-announcement-policy"  # cluster-scoped: namespace ignored
     assert p.load_balancer_ips and p.external_ips
     assert p.interface_allowed("enp0s25")
-    assert not p.interface_allowed("enp0s25.10")  # whole-name match
+    assert p.interface_allowed("enp0s25.10")  # unanchored like Cilium (Go regexp MatchString)
+    anchored = parse_policy({"apiVersion": "cilium.io/v2alpha1", "kind": "CiliumL2AnnouncementPolicy",
+                             "metadata": {"name": "a"}, "spec": {"interfaces": ["^enp0s25$"]}})
+    assert anchored.interface_allowed("enp0s25") and not anchored.interface_allowed("enp0s25.10")
     assert not p.interface_allowed("eth0")
     assert p.selects_service("pihole", "dns", {})  # nil serviceSelector: every Service
     assert p.selects_node({"anything": "x"})

@@ -3,8 +3,9 @@
 Three resource kinds are read unchanged into one model, :class:`L2Policy`:
 
 * ``cilium.io/v2alpha1`` ``CiliumL2AnnouncementPolicy`` — ``serviceSelector`` (nil = all Services),
-  ``nodeSelector`` (nil = all nodes), ``interfaces`` (regular expressions that must match the whole
-  interface name; empty = all), ``externalIPs`` / ``loadBalancerIPs`` (both default ``false`` as in
+  ``nodeSelector`` (nil = all nodes), ``interfaces`` (regular expressions searched in the interface
+  name, unanchored exactly like Cilium's Go ``regexp.MatchString`` -- write ``^eth0$`` for one
+  exact name; empty = all), ``externalIPs`` / ``loadBalancerIPs`` (both default ``false`` as in
   Cilium: a policy with neither announces nothing).
 * ``metallb.io/v1beta1`` ``L2Advertisement`` — ``ipAddressPools`` (names) and
   ``ipAddressPoolSelectors`` (label selectors on pools; both empty = every pool), ``nodeSelectors``
@@ -130,7 +131,7 @@ class L2Policy:
         if not self.interfaces:
             return True
         if self.interfaces_regex:
-            return any(p.fullmatch(ifname) for p in self._compiled)
+            return any(p.search(ifname) for p in self._compiled)  # unanchored, as Cilium's MatchString
         return ifname in self.interfaces
 
 
