@@ -7,7 +7,8 @@ Writes the status parts of ``--services`` synthetic Services (one IPv6 TEST-NET 
 through StatusPublisher, serves them with a StatusServer + mount_cluster_api on loopback and issues
 ``--requests`` GETs per route with ``--concurrency`` clients: ``/v1/services?limit=500`` (pages
 walked with ``continue``), ``/v1/services?namespace=ns3&limit=500`` (filtered), ``/v1/cluster``, and
-``/v1/services?limit=500`` with ``If-None-Match`` (304). Also measures the first request after a
+``/v1/services?limit=500`` with ``If-None-Match`` (304), and ``/v1/services?limit=N`` with a distinct N per
+request (uncached: page built and encoded each time). Also measures the first request after a
 change of the services part (re-read + re-join of 10k Services). Bounded (~60 s max). Prints one JSON
 line with p50/p99/max milliseconds per route and the ratio against bench/status/baseline.json.
 """
@@ -127,6 +128,10 @@ async def main_async(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
             "services": args.services, "part_bytes": size, "write_all_parts_s": round(write_s, 3),
             "pages": len(paths),
             "services_limit500": summary(await hammer(url, paths, args.requests, args.concurrency, deadline)),
+            # every request a distinct query (limit 100..499): nothing comes from the body cache
+            "services_uncached": summary(await hammer(
+                url, [f"/v1/services?limit={100 + i}" for i in range(400)], args.requests, args.concurrency,
+                deadline)),
             "services_ns_filter": summary(await hammer(
                 url, ["/v1/services?namespace=ns3&limit=500"], args.requests, args.concurrency, deadline)),
             "cluster": summary(await hammer(url, ["/v1/cluster"], args.requests, args.concurrency, deadline)),
