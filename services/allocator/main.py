@@ -9,6 +9,7 @@ import socket
 import sys
 import uuid
 
+from l2lb.runtime.config import parse_with_config
 from l2lb.runtime.run import run_service
 from services.allocator.service import POOL_RESOURCES, AllocatorConfig
 
@@ -69,7 +70,7 @@ def config_from_args(args: argparse.Namespace) -> AllocatorConfig:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_with_config(build_parser(), argv, "allocator")
     try:
         cfg = config_from_args(args)
     except ValueError as e:

@@ -8,6 +8,9 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from l2lb.adapters.bus.client import BusAuthError, BusPermissionError
+from l2lb.adapters.bus.dsn import DSNError
+from l2lb.adapters.kube.client import KubeError
 from l2lb.obs.log import get_logger, setup_logging
 
 log = get_logger("l2lb.run")
@@ -46,6 +49,18 @@ def run_service(
         return 130
     except SystemExit as e:
         return int(e.code or 0)
+    except (DSNError, BusAuthError, BusPermissionError) as e:
+        log.error(f"{name}: Redis settings rejected: {e}; check --redis (DSN, user, password) and the ACL")
+        return 2
+    except KubeError as e:
+        if e.reason == "ConfigError":
+            log.error(f"{name}: Kubernetes client settings rejected: {e}; check --kubeconfig/--kube-qps/--kube-burst")
+            return 2
+        log.exception(f"{name} stopped on a Kubernetes API error it could not recover from")
+        return 1
+    except OSError as e:
+        log.error(f"{name}: {e} (is another process using the port? see --http-host/--http-port)")
+        return 1
     except Exception:
         log.exception(f"{name} crashed; this is a bug, please report it with the log above")
         return 1
