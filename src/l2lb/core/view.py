@@ -557,7 +557,8 @@ class AssignmentHistory:
 
 def nodes_items(nodes: Mapping[str, NodeState], result: ElectionResult | None, mono_now: float,
                 wall_now: float) -> list[dict[str, Any]]:
-    """The leases' "nodes" part from its NodeTracker (``last_seen`` on the monotonic clock)."""
+    """The leases' "nodes" part from its NodeTracker; ``mono_now`` is "now" on the clock of ``last_seen``
+    (whatever liveness clock the tracker is fed with), ``wall_now`` the local unix time."""
     counts: dict[str, int] = {}
     if result is not None:
         for a in result.assignments.values():
