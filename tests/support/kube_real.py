@@ -8,8 +8,8 @@ The binary is built by ``tests/support/kube-apiserver/build.sh`` (cached per mac
   Skipped with the reason when the binary is not built; in CI (``CI=true``) a missing binary FAILS
   with the tail of the build log.
 * ``kube_real`` (function): ``real_apiserver`` after ``.reset()``.
-* ``kube_any`` (function, parametrized ``["embedded", "real"]``): the embedded server's ``apiserver``
-  fixture or ``real_apiserver``, after ``.reset()`` and ``.clear_faults()``.
+* ``kube_any`` (function, parametrized ``["embedded", "real"]``): a ``tests.support.kube.KubeHandle``
+  on either server (:class:`RealKubeHandle` for the real one), after ``reset()``.
 
 Besides kube-apiserver, the binary runs only kube-controller-manager's namespace controller (a
 deleted namespace is emptied, then removed, within a few seconds). No other controller, scheduler
@@ -45,6 +45,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.support.kube import KubeHandle, fresh_handle
 
 REPO = Path(__file__).resolve().parents[2]
 SRC_DIR = Path(__file__).resolve().parent / "kube-apiserver"
@@ -588,10 +590,79 @@ def kube_real(real_apiserver: RealApiServer) -> RealApiServer:
     return real_apiserver
 
 
+class RealKubeHandle(KubeHandle):
+    """The embedded fixture's handle type (``tests.support.kube.KubeHandle``: ``http()``, ``apply()``,
+    ``kubectl()``, ``resource_path()``, ...) speaking HTTPS + bearer token to the real server; the
+    embedded-only hooks (faults, compaction, configuration) skip the calling test."""
+
+    embedded = False
+
+    def __init__(self, server: RealApiServer) -> None:
+        super().__init__(server.url, server.kubeconfig)
+        self.server = server
+
+    def http(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        content_type: str = "application/json",
+        query: dict[str, str] | None = None,
+        timeout: float = 30.0,
+        raw: bytes | None = None,
+    ) -> tuple[int, Any, dict[str, str]]:
+        url = self.url + path + (("?" + urllib.parse.urlencode(query)) if query else "")
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        headers = {"Authorization": f"Bearer {self.server.token}", "Accept": "application/json"}
+        req = urllib.request.Request(url, data=data, method=method, headers=headers)
+        if data is not None:
+            req.add_header("Content-Type", content_type)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout, context=self.server.ssl_context) as r:
+                code, text, hdrs = r.status, r.read(), dict(r.headers)
+        except urllib.error.HTTPError as e:
+            code, text, hdrs = e.code, e.read(), dict(e.headers)
+        try:
+            decoded: Any = json.loads(text) if text else None
+        except ValueError:
+            decoded = text.decode(errors="replace")
+        return code, decoded, hdrs
+
+    def aiohttp_kwargs(self) -> dict[str, Any]:
+        return {"ssl": self.server.ssl_context, "headers": {"Authorization": f"Bearer {self.server.token}"}}
+
+    def requests(self, since: float | None = None) -> list[dict[str, Any]]:
+        return [e for e in self.server.requests() if since is None or e["t"] >= since]
+
+    def clear_requests(self) -> None:
+        self.server.clear_requests()
+
+    def inject(self, **fault: Any) -> dict[str, Any]:
+        pytest.skip(f"fault injection ({sorted(fault)}) exists only in the embedded API server")
+
+    def clear_faults(self) -> None:
+        return None
+
+    def compact(self, rv: int | None = None) -> int:
+        pytest.skip("compaction on demand exists only in the embedded API server")
+
+    def configure(self, **cfg: Any) -> dict[str, Any]:
+        pytest.skip("server configuration exists only in the embedded API server")
+
+    def reset(self, keep_crds: bool = True) -> None:
+        self.server.reset()
+        self._disc = None
+
+
 @pytest.fixture(params=["embedded", "real"])
-def kube_any(request: pytest.FixtureRequest) -> Any:
-    server: Any = request.getfixturevalue("apiserver" if request.param == "embedded" else "real_apiserver")
-    server.reset()
-    server.clear_faults()
-    server.clear_requests()
-    return server
+def kube_any(request: pytest.FixtureRequest) -> KubeHandle:
+    """A :class:`KubeHandle` on the embedded server or on the real one (after reset, no faults, no
+    counted requests) -- the shape proposed for ``tests/support/kube.py``'s ``kube``."""
+    if request.param == "embedded":
+        proc = request.getfixturevalue("apiserver_process")
+        return fresh_handle(proc)
+    handle = RealKubeHandle(request.getfixturevalue("real_apiserver"))
+    handle.reset()
+    handle.clear_requests()
+    return handle
