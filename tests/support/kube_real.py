@@ -262,7 +262,7 @@ class RealApiServer:
         if body is not None:
             data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
             headers["Content-Type"] = content_type
-        deadline = time.monotonic() + 30.0
+        deadline = time.monotonic() + 60.0
         while True:
             req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
             try:
@@ -425,6 +425,10 @@ class RealApiServer:
                         docs.append(doc)
         for doc in docs:
             self.apply_object(doc)
+        # A new CRD's storage answers 429 "storage is (re)initializing" (Retry-After: 1) for a
+        # moment: list each kind once so tests start with every kind servable.
+        for info in self._crd_resources():
+            self.call("GET", f"{info.prefix}/{info.plural}", query={"limit": "1"})
 
     # ------------------------------------------------------------------- reset
     def _crd_resources(self) -> list[ResourceInfo]:
