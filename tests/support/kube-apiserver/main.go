@@ -144,8 +144,8 @@ func run() int {
 		// No controller-manager runs: nothing would create the default ServiceAccount that this
 		// plugin waits for when Pods are created.
 		"--disable-admission-plugins=ServiceAccount",
-		// The "kubernetes" Service endpoints would name 127.0.0.1, which Endpoints validation
-		// rejects; nothing in the tests needs them.
+		// No Endpoints for the "kubernetes" Service: one background writer less; nothing in the
+		// tests needs them.
 		"--endpoint-reconciler-type=none",
 		"--allow-privileged=true",
 		"--profiling=false",
