@@ -51,6 +51,8 @@ if [ $rc -ne 0 ]; then
   exit $rc
 fi
 mv -f "$tmp" "$bin"
+# Keep the three newest builds (other checkouts may pin other versions); drop older ones (~105 MiB each).
+ls -1t "$cache"/kube-apiserver-v* 2>/dev/null | grep -v '\.tmp\.' | tail -n +4 | xargs -r rm -f --
 size=$(stat -c %s "$bin")
 echo "build.sh: built in $((end - start)) s, $((size / 1048576)) MiB: $bin" | tee -a "$log" >&2
 echo "$bin"
