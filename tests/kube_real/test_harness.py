@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -179,3 +181,28 @@ def test_namespace_controller_empties_and_removes_a_deleted_namespace(kube_real:
         raise AssertionError("namespace 'doomed' still there after 30 s")
     items = kube_real.call("GET", "/api/v1/configmaps")["items"]
     assert [i["metadata"]["name"] for i in items if i["metadata"]["namespace"] == "doomed"] == []
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [("", "1 skipped"), ("true", "1 error")])
+def test_missing_binary_skips_outside_ci_and_fails_in_ci(ci: str, outcome: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_ADDOPTS")}
+    env |= {"L2LB_KUBE_APISERVER_BIN": str(tmp_path / "absent"), "CI": ci}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"{Path(__file__)}::test_it_is_the_real_kube_apiserver",
+        ],
+        cwd=SRC_DIR.parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert outcome in out.stdout, out.stdout[-2000:]
+    assert "real kube-apiserver not built" in out.stdout
