@@ -408,10 +408,10 @@ class RealApiServer:
         raise RuntimeError(f"CRD {name} not Established after {timeout} s")
 
     def install_crds(self) -> None:
-        """Install the project's CRDs from k8s/ and, for kinds it lacks, the stand-ins in crds/."""
+        """Install the project's CRDs from k8s/crds/ and, for any it lacks, the stand-ins in crds/."""
         have: set[str] = set()
         docs: list[dict[str, Any]] = []
-        project = sorted((REPO / "k8s").rglob("*.yaml")) if (REPO / "k8s").is_dir() else []
+        project = sorted((REPO / "k8s" / "crds").glob("*.yaml"))
         for path in [*project, *sorted(CRD_DIR.glob("*.yaml"))]:
             try:
                 loaded = list(yaml.safe_load_all(path.read_text()))
