@@ -664,7 +664,7 @@ class ChaosRun:
     # -- churn ----------------------------------------------------------------------------------
     def _svc_doc(self, c: ChurnSvc) -> dict[str, Any]:
         ann: dict[str, str] = {}
-        labels = {"app": "chaos"}
+        labels = {"app": "chaos", "chaos-kind": c.kind}
         if c.kind == "request" and c.ip:
             ann["io.cilium/lb-ipam-ips"] = c.ip
         elif c.kind == "conflict":
@@ -678,6 +678,9 @@ class ChaosRun:
 
     def _free_request_ip(self) -> str | None:
         used = {c.ip for c in self.churn.values() if c.ip}
+        for o in self.services:  # what the API shows too (a failed delete may have left a holder)
+            used.update(status_ips(o))
+            used.update(_split_ips(((o.get("metadata") or {}).get("annotations") or {}).get("io.cilium/lb-ipam-ips")))
         free = [ip for ip in REQUEST_IPS if ip not in used]
         return self.rng.choice(free) if free else None
 
@@ -698,7 +701,11 @@ class ChaosRun:
                     if kind == "request" and c.ip is None:
                         c.kind = "auto"
                     self.churn[c.name] = c
-                    await client.create_object(res, self._svc_doc(c), "chaos")
+                    try:
+                        await client.create_object(res, self._svc_doc(c), "chaos")
+                    except (KubeError, TimeoutError, aiohttp.ClientError, OSError):
+                        self.churn.pop(c.name, None)
+                        raise
                 elif op == "change":
                     cands = [c for c in self.churn.values() if c.kind == "request"]
                     ip = self._free_request_ip()
@@ -760,22 +767,23 @@ class ChaosRun:
         macs = self.lab.mac_to_node()
         want: list[str] = []
         for s in self.services:
+            # what is expected comes from the object itself: a churn call that failed on an API fault
+            # may or may not have been applied
             key = _key(s)
-            c = self.churn.get(key.split("/", 1)[1]) if key.startswith("chaos/") else None
-            if key.startswith("chaos/") and (c is None or not c.satisfiable):
-                continue
+            meta = s.get("metadata") or {}
+            if (meta.get("labels") or {}).get("chaos-kind") == "conflict":
+                continue  # asks for a taken IP without a sharing key: must stay without it
             ips = status_ips(s)
             if not ips:
                 want.append(f"{key}: no IP")
                 continue
-            if c is not None and c.kind == "request" and c.ip not in ips:
-                want.append(f"{key}: has {ips}, requested {c.ip}")
+            requested = (meta.get("annotations") or {}).get("io.cilium/lb-ipam-ips")
+            if requested and requested not in ips:
+                want.append(f"{key}: has {ips}, requested {requested}")
             for ip in ips:
                 got = self.prober.last_answer(ip, 0.5)
                 if got is None or len(got) != 1 or next(iter(got)) not in macs:
                     want.append(f"{key}: {ip} answered by {sorted(got) if got is not None else 'not probed'}")
-        names = {_key(s) for s in self.services}
-        want += [f"chaos/{n}: missing from the API" for n in self.churn if f"chaos/{n}" not in names]
         return want
 
     async def converge(self) -> None:
@@ -818,6 +826,10 @@ class ChaosRun:
     def _faults_at(self, a: float, b: float) -> list[str]:
         a, b = a - self.t0 - 3, b - self.t0
         return [f"{f.kind}:{f.target}@{f.start:.1f}" for f in self.report.faults if f.start <= b and f.end >= a][:4]
+
+
+def _split_ips(v: Any) -> list[str]:
+    return [x.strip() for x in v.split(",") if x.strip()] if isinstance(v, str) else []
 
 
 def _key(s: Mapping[str, Any]) -> str:
