@@ -209,3 +209,30 @@ async def test_missing_policy_crds_do_not_block_the_election(redis_url: str, tmp
         await client.close()
         await bus.close()
         await asyncio.to_thread(api.stop)
+
+
+async def test_leader_crash_standby_restores_same_holders(env: Any) -> None:
+    h, kube, clients = env
+    await _nodes(h)
+    kube.apply(_policy("a").replace("nodeSelector: {matchLabels: {zone: a}}", "nodeSelector: {}"))
+    ips = [f"198.51.100.{120 + i}" for i in range(4)]
+    le = {"lease_duration": 2.0, "renew_deadline": 1.5, "retry_period": 0.3, "conditions": False,
+          "events": False}
+    first = h.start_leases(await _client(kube, clients), static_policies=[], instance="crash-a", **le)
+    await wait_for(lambda: first.svc.is_leader, 10)
+    second = h.start_leases(await _client(kube, clients), static_policies=[], instance="crash-b", **le)
+    for i, ip in enumerate(ips):
+        await h.allocate(f"{NS}/c{i}", ip)
+    await wait_for(lambda: all(h.holder(ip) for ip in ips), 10)
+    await asyncio.sleep(0.5)
+    before = {ip: h.holder(ip) for ip in ips}
+    epochs = {ip: e for a in h.announcers.values() for ip, e in a.serving().items()}
+    assert first.svc.elector is not None
+    first.svc.elector.release_on_stop = False  # a crash: the Lease is left to expire
+    t0 = time.monotonic()
+    await first.kill()
+    await wait_for(lambda: not h.serving(), 5)  # assignments ran out (ttl 1 s) before the takeover
+    t1 = await wait_for(lambda: {ip: h.holder(ip) for ip in ips} == before, 15)
+    print(f"leases crash: announcements back after {(t1 - t0) * 1000:.0f} ms (Lease duration 2 s)")
+    assert second.svc.is_leader and second.svc.moves_total == 0
+    assert {ip: e for a in h.announcers.values() for ip, e in a.serving().items()} == epochs
