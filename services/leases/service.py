@@ -144,6 +144,7 @@ class LeasesService:
         self._stalled = False
         self._silent = False
         self._dual: list[str] = []
+        self._absent: set[str] = set()
         self.informers: dict[str, Any] = {}
         self.elector: Any | None = None
         self.recorder: Any | None = None
@@ -440,8 +441,20 @@ class LeasesService:
         IS_LEADER.set(1 if self.is_leader else 0)
 
     def informers_synced(self) -> bool:
-        """Every informer listed -- a policy kind whose CRD is not installed (404) counts as empty."""
-        return all(inf.synced or str(inf.last_error or "").startswith("404") for inf in self.informers.values())
+        """Every informer listed -- one whose kind is not installed (404) or not allowed (403) counts
+        as empty (logged once)."""
+        ok = True
+        for name, inf in self.informers.items():
+            err = str(inf.last_error or "")
+            if inf.synced:
+                continue
+            if err.startswith(("404", "403")):  # CRD not installed / not allowed: nothing to read
+                if name not in self._absent:
+                    self._absent.add(name)
+                    log.warning("informer cannot list; going on without it", extra={"informer": name, "error": err})
+                continue
+            ok = False
+        return ok
 
     # -- the tick ----------------------------------------------------------------------------------
     def _refresh_liveness(self) -> None:
