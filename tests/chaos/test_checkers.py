@@ -71,25 +71,55 @@ def test_sharing_without_key_or_same_port_is_a_violation() -> None:
 
 
 def test_ip_change_needs_a_cause() -> None:
-    st = IpStability()
-    assert st.observe([svc("a", "198.51.100.1")]) == []
-    assert st.observe([svc("a", None)]) == []  # losing the IP for a while is not a change
-    v = st.observe([svc("a", "198.51.100.2")])
+    st = IpStability(grace=5)
+    assert st.observe([svc("a", "198.51.100.1")], 100) == []
+    assert st.observe([svc("a", None)], 101) == []  # losing the IP for a while is not a change
+    v = st.observe([svc("a", "198.51.100.2")], 102)
     assert len(v) == 1 and "default/a" in v[0]
 
 
-def test_ip_change_after_request_change_deletion_or_pool_change_is_fine() -> None:
-    st = IpStability()
+def test_old_causes_do_not_excuse_later_moves() -> None:
+    st = IpStability(grace=5)
     ann = "io.cilium/lb-ipam-ips"
-    assert st.observe([svc("a", "198.51.100.1", ann={ann: "198.51.100.1"})]) == []
+    assert st.observe([svc("a", "198.51.100.1")], 0) == []
+    st.pools_changed(1)
+    assert st.observe([svc("a", "198.51.100.1", ann={ann: "198.51.100.1"})], 2) == []  # request changed at 2
+    assert st.observe([svc("a", "198.51.100.1", ann={ann: "198.51.100.1"})], 50) == []
+    assert st.observe([svc("b", "198.51.100.5")], 50) == []
+    # first seen at 0 and 50: the causes at 1 and 2 are older than 50 - grace
+    assert len(st.observe([svc("a", "198.51.100.9", ann={ann: "198.51.100.1"})], 60)) == 1
+    assert len(st.observe([svc("b", "198.51.100.6")], 60)) == 1
+
+
+def test_ip_change_after_request_change_deletion_or_pool_change_is_fine() -> None:
+    st = IpStability(grace=5)
+    ann = "io.cilium/lb-ipam-ips"
+    assert st.observe([svc("a", "198.51.100.1", ann={ann: "198.51.100.1"})], 0) == []
     # the request changes first, the status follows later: still caused
-    assert st.observe([svc("a", "198.51.100.1", ann={ann: "198.51.100.2"})]) == []
-    assert st.observe([svc("a", "198.51.100.2", ann={ann: "198.51.100.2"})]) == []
+    assert st.observe([svc("a", "198.51.100.1", ann={ann: "198.51.100.2"})], 1) == []
+    assert st.observe([svc("a", "198.51.100.2", ann={ann: "198.51.100.2"})], 2) == []
     # deleted and created again: a new uid
-    assert st.observe([svc("a", "198.51.100.3", uid="uid-2", ann={ann: "198.51.100.2"})]) == []
-    assert st.observe([svc("b", "198.51.100.7")]) == []
-    st.pools_changed()
-    assert st.observe([svc("b", "198.51.100.8")]) == []
+    assert st.observe([svc("a", "198.51.100.3", uid="uid-2", ann={ann: "198.51.100.2"})], 3) == []
+    assert st.observe([svc("b", "198.51.100.7")], 3) == []
+    st.pools_changed(4)
+    assert st.observe([svc("b", "198.51.100.8")], 5) == []
+
+
+def test_lagging_observations_of_two_quick_request_changes() -> None:
+    # requested .2 then .3 in quick succession; the observer first sees .2 with the request already .3
+    st = IpStability(grace=5)
+    ann = "io.cilium/lb-ipam-ips"
+    assert st.observe([svc("a", "198.51.100.1", ann={ann: "198.51.100.1"})], 0) == []
+    assert st.observe([svc("a", "198.51.100.2", ann={ann: "198.51.100.3"})], 30) == []
+    assert st.observe([svc("a", "198.51.100.3", ann={ann: "198.51.100.3"})], 30.3) == []
+
+
+def test_pool_changes_excuse_only_services_in_scope() -> None:
+    st = IpStability(grace=5, pool_scope=lambda _s, ips: "198.51.100.200" in ips)
+    assert st.observe([svc("in", "198.51.100.200"), svc("out", "198.51.100.1")], 0) == []
+    st.pools_changed(1)
+    v = st.observe([svc("in", "198.51.100.2"), svc("out", "198.51.100.3")], 2)
+    assert len(v) == 1 and "default/out" in v[0]
 
 
 def test_report_counts_and_text() -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import random
@@ -29,7 +30,7 @@ import socket
 import struct
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,37 +163,62 @@ def request_fingerprint(obj: Mapping[str, Any]) -> str:
 @dataclass
 class _Seen:
     ips: tuple[str, ...]
+    first_seen: float  # when these IPs were first observed
     fingerprint: str
-    pool_epoch: int
+    fp_changed_at: float  # last time the request was seen changing
 
 
 class IpStability:
-    """No Service changes IP unless it was deleted (new uid), its request changed, or pools changed."""
+    """No Service changes IP unless it was deleted (new uid), its request changed, or pools changed.
 
-    def __init__(self) -> None:
+    Observations lag the allocator (polling, API faults, leader failover), so a cause counts when it
+    was seen up to ``grace`` seconds before the old IPs were first observed, and for ``settle`` seconds;
+    a move away from IPs the current request does not name is always caused.
+    """
+
+    def __init__(self, grace: float = 10.0, settle: float = 30.0,
+                 pool_scope: Callable[[Mapping[str, Any], tuple[str, ...]], bool] | None = None) -> None:
+        self.grace = grace
+        self.settle = settle  # a cause older than this does not excuse a move any more
+        # which Services a pool change may move (default: any); the chaos run narrows it to the churned pool
+        self.pool_scope = pool_scope or (lambda _svc, _ips: True)
         self._last: dict[str, _Seen] = {}  # uid -> last non-empty IPs
-        self.pool_epoch = 0
+        self._fp: dict[str, tuple[str, float]] = {}  # uid -> (fingerprint, when it last changed)
+        self._pool_changes: list[float] = []
 
-    def pools_changed(self) -> None:
-        self.pool_epoch += 1
+    def pools_changed(self, now: float) -> None:
+        self._pool_changes.append(now)
 
-    def observe(self, services: Iterable[Mapping[str, Any]]) -> list[str]:
+    def observe(self, services: Iterable[Mapping[str, Any]], now: float) -> list[str]:
         out = []
         for s in services:
             meta = s.get("metadata") or {}
             uid = str(meta.get("uid") or f"{meta.get('namespace')}/{meta.get('name')}")
+            fp = request_fingerprint(s)
+            old_fp = self._fp.get(uid)
+            if old_fp is None or old_fp[0] != fp:
+                self._fp[uid] = (fp, now if old_fp is not None else -1e18)
+            fp_changed_at = self._fp[uid][1]
             ips = tuple(sorted(status_ips(s)))
             if not ips:
                 continue
-            fp = request_fingerprint(s)
             prev = self._last.get(uid)
             if prev is not None and prev.ips == ips:
-                continue  # keep the request and pool epoch of when these IPs were first seen
-            if prev is not None and prev.fingerprint == fp and prev.pool_epoch == self.pool_epoch:
+                continue
+            if prev is not None and not self._caused(s, prev, fp_changed_at, now):
                 out.append(f"{meta.get('namespace')}/{meta.get('name')} changed IP {list(prev.ips)} -> {list(ips)} "
                            "without a change of its request, pools, or a deletion")
-            self._last[uid] = _Seen(ips, fp, self.pool_epoch)
+            self._last[uid] = _Seen(ips, now, fp, fp_changed_at)
         return out
+
+    def _caused(self, svc: Mapping[str, Any], prev: _Seen, fp_changed_at: float, now: float) -> bool:
+        since = max(prev.first_seen - self.grace, now - self.settle)
+        if fp_changed_at >= since:
+            return True
+        if any(t >= since for t in self._pool_changes) and self.pool_scope(svc, prev.ips):
+            return True
+        req = _request(svc)
+        return bool(req and req.requested_ips and not set(prev.ips) <= set(req.requested_ips))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -496,7 +522,7 @@ class ChaosRun:
         self.converge_bound = converge_bound
         self.report = ChaosReport(seed=seed, duration_s=duration)
         self.t0 = time.monotonic()
-        self.stability = IpStability()
+        self.stability = IpStability(pool_scope=_extra_pool_scope)
         self.prober = MultiProber(lab.topo.hosts["client"].ns, "eth0", PROBE_SRC, interval_s=probe_ms / 1000,
                                   max_probes=int((duration + 120) * 1000 / probe_ms * len(PROBE_SRC)))
         self.services: list[dict[str, Any]] = []
@@ -531,7 +557,7 @@ class ChaosRun:
             t = self.now()
             for v in sharing_violations(svcs):
                 self.report.violation("ip_shared_by_incompatible_services", v, t)
-            for v in self.stability.observe(svcs):
+            for v in self.stability.observe(svcs, t):
                 self.report.violation("ip_changed_without_cause", v, t)
             mono = time.monotonic()
             for s in svcs:
@@ -720,7 +746,7 @@ class ChaosRun:
                     await client.delete(res, c.name, "chaos")
                 else:
                     pr = RESOURCES["cilium_pools_v2alpha1"]
-                    self.stability.pools_changed()
+                    self.stability.pools_changed(self.now())
                     if self.extra_pool:
                         op = "pool_delete"
                         self.extra_pool = False
@@ -729,7 +755,7 @@ class ChaosRun:
                         op = "pool_create"
                         self.extra_pool = True
                         await client.create_object(pr, extra_pool())
-                    self.stability.pools_changed()
+                    self.stability.pools_changed(self.now())
             counts[op] = counts.get(op, 0) + 1
         except (KubeError, TimeoutError, aiohttp.ClientError, OSError) as e:
             counts[f"{op}_failed"] = counts.get(f"{op}_failed", 0) + 1
@@ -826,6 +852,14 @@ class ChaosRun:
     def _faults_at(self, a: float, b: float) -> list[str]:
         a, b = a - self.t0 - 3, b - self.t0
         return [f"{f.kind}:{f.target}@{f.start:.1f}" for f in self.report.faults if f.start <= b and f.end >= a][:4]
+
+
+def _extra_pool_scope(svc: Mapping[str, Any], ips: tuple[str, ...]) -> bool:
+    """Only Services the churned selective pool selects, or that held its IPs, may move when it changes."""
+    lo, hi = (int(ipaddress.IPv4Address(x)) for x in EXTRA_POOL)
+    labels = (svc.get("metadata") or {}).get("labels") or {}
+    return labels.get("chaos-pool") == "extra" or any(
+        ":" not in ip and lo <= int(ipaddress.IPv4Address(ip)) <= hi for ip in ips)
 
 
 def _split_ips(v: Any) -> list[str]:
