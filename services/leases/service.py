@@ -28,7 +28,7 @@ from l2lb.core.messages import (
     VipAssignment,
 )
 from l2lb.core.nodes import NodeTracker
-from l2lb.core.policy import L2Policy, parse_policies
+from l2lb.core.policy import L2Policy, PolicyError, parse_policies, parse_policy
 from l2lb.obs import metrics
 from l2lb.obs.log import get_logger
 
@@ -348,8 +348,34 @@ class LeasesService:
             log.info("announcement policies changed", extra={"policies": [p.name for p in pols]})
         self.policies, self.policy_errors = pols, bad
 
-    async def _on_policy(self, _ev: str, _obj: dict[str, Any], _old: dict[str, Any] | None) -> None:
+    async def _on_policy(self, ev: str, obj: dict[str, Any], _old: dict[str, Any] | None) -> None:
         self._reparse_policies()
+        if ev != "DELETED":
+            self._policy_event(obj)
+
+    def _policy_event(self, obj: dict[str, Any]) -> None:
+        """A Warning Event on a policy we cannot use (as leader; the recorder de-duplicates)."""
+        if not self.is_leader or self.recorder is None:
+            return
+        try:
+            parse_policy(obj)
+        except PolicyError as e:
+            meta = obj.get("metadata") or {}
+            key = f"{obj.get('kind')}/{meta.get('namespace') or ''}/{meta.get('name')}"
+            msg = f"policy ignored: {e}"
+            recorder = self.recorder
+
+            async def write() -> None:
+                await recorder.event(obj, "Warning", "InvalidPolicy", msg[:1000])
+                KUBE_WRITES.labels("event").inc()
+
+            self._queue("policy-event", key, write)
+
+    def _policy_events_all(self) -> None:
+        for kind in self.cfg.policy_kinds:
+            inf = self.informers.get(f"policy:{kind}")
+            for obj in list(inf.cache.values()) if inf is not None else []:
+                self._policy_event(obj)
 
     async def _on_slice(self, ev: str, obj: dict[str, Any], _old: dict[str, Any] | None) -> None:
         meta = obj.get("metadata") or {}
@@ -434,6 +460,7 @@ class LeasesService:
             self.dirty = True
             self.next_renew = 0.0
             log.info("became the leases leader", extra={"term": self.term, "instance": self.cfg.instance})
+            self._policy_events_all()
         elif not leader and self.is_leader:
             self.is_leader = False
             self.published.clear()

@@ -236,3 +236,23 @@ async def test_leader_crash_standby_restores_same_holders(env: Any) -> None:
     print(f"leases crash: announcements back after {(t1 - t0) * 1000:.0f} ms (Lease duration 2 s)")
     assert second.svc.is_leader and second.svc.moves_total == 0
     assert {ip: e for a in h.announcers.values() for ip, e in a.serving().items()} == epochs
+
+
+async def test_invalid_policy_is_reported_not_fatal(env: Any) -> None:
+    h, kube, clients = env
+    await _nodes(h)
+    kube.apply(_policy("a"))
+    kube.apply("apiVersion: cilium.io/v2alpha1\nkind: CiliumL2AnnouncementPolicy\nmetadata: {name: broken}\n"
+               "spec:\n  interfaces: ['eth[0-']\n  loadBalancerIPs: true\n")
+    running = h.start_leases(await _client(kube, clients), static_policies=[], leader_election=False)
+    await h.allocate(f"{NS}/ok", "198.51.100.95")
+    await wait_for(lambda: h.holder("198.51.100.95") == "node-a", 10)  # the good policy still works
+
+    def warned() -> bool:
+        items = kube.http("GET", "/api/v1/events")[1].get("items", [])
+        return any(e.get("reason") == "InvalidPolicy" and (e.get("involvedObject") or {}).get("name") == "broken"
+                   for e in items)
+
+    await wait_for(warned, 10, step=0.1)
+    errs = running.svc.status()["policy_errors"]
+    assert [e["policy"] for e in errs] == ["broken"] and "not a valid regex" in errs[0]["error"]
