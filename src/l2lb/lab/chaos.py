@@ -515,7 +515,8 @@ class ChaosRun:
                  probe_ms: float = 50.0, fault_gap: tuple[float, float] = (0.5, 2.0),
                  converge_bound: float = CONVERGE_BOUND_S):
         self.lab = lab
-        self.rng = random.Random(seed)
+        self.rng = random.Random(seed)  # faults
+        self.crng = random.Random(seed + 1_000_003)  # churn: its own stream, so the two loops do not interleave draws
         self.duration = duration
         self.churn_per_s = churn_per_s
         self.fault_gap = fault_gap
@@ -708,10 +709,10 @@ class ChaosRun:
             used.update(status_ips(o))
             used.update(_split_ips(((o.get("metadata") or {}).get("annotations") or {}).get("io.cilium/lb-ipam-ips")))
         free = [ip for ip in REQUEST_IPS if ip not in used]
-        return self.rng.choice(free) if free else None
+        return self.crng.choice(free) if free else None
 
     async def churn_once(self, client: KubeClient) -> None:
-        rng, res = self.rng, RESOURCES["services"]
+        rng, res = self.crng, RESOURCES["services"]
         op = rng.choices(["create", "change", "delete", "pool"], [4, 2, 3, 1])[0]
         if op == "create" and len(self.churn) >= 10:
             op = "delete"
@@ -767,7 +768,7 @@ class ChaosRun:
             return
         while self.now() < end:
             await self.churn_once(client)
-            await asyncio.sleep(self.rng.expovariate(self.churn_per_s))
+            await asyncio.sleep(self.crng.expovariate(self.churn_per_s))
 
     # -- convergence ----------------------------------------------------------------------------
     async def heal(self) -> None:
