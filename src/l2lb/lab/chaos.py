@@ -505,12 +505,10 @@ class ChurnSvc:
     kind: str  # "auto" | "request" | "extra" | "conflict"
     ip: str | None = None
 
-    @property
-    def satisfiable(self) -> bool:
-        return self.kind != "conflict"
-
 
 class ChaosRun:
+    """One seeded run on a brought-up :class:`ChaosLab`: fault and churn loops, observers, convergence."""
+
     def __init__(self, lab: ChaosLab, seed: int, duration: float, *, churn_per_s: float = 1.0,
                  probe_ms: float = 50.0, fault_gap: tuple[float, float] = (0.5, 2.0),
                  converge_bound: float = CONVERGE_BOUND_S):
@@ -532,7 +530,6 @@ class ChaosRun:
         self.stable_vips: set[str] = set()
         self.recent_vips: dict[str, float] = {}  # vip -> last time seen in a status
         self.last_fault_end = 0.0
-        self.faults_on = True
         self.api_base = f"http://{CTL_IP}:{API_PORT}"
         self._n = 0
         self._bag: list[str] = []
