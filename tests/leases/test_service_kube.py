@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from l2lb.adapters.bus.client import Bus
-from l2lb.adapters.kube.client import KubeClient
+from l2lb.adapters.kube.client import RESOURCES, KubeClient
 from l2lb.core.messages import NodeAssignments, decode
 from tests.leases.harness import Harness, wait_for
 from tests.support.kube import KubeHandle
@@ -25,7 +25,8 @@ NS = "web"
 
 @pytest.fixture
 async def env(redis_url: str, kube: KubeHandle) -> AsyncIterator[tuple[Harness, KubeHandle, list[KubeClient]]]:
-    kube.apply(CRDS)
+    for crd in sorted(CRDS.glob("*_*.yaml")):  # the CRD files (not kustomization.yaml)
+        kube.apply(str(crd))
     kube.apply(f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n---\n"
                "apiVersion: v1\nkind: Namespace\nmetadata: {name: l2lb-system}\n")
     bus = await Bus.connect(redis_url, prefix="t")
@@ -67,13 +68,22 @@ def _slice(svc: str, node: str, ready: bool = True) -> str:
             f"  conditions: {{ready: {str(ready).lower()}}}\nports:\n- {{port: 80, protocol: TCP}}\n")
 
 
-def _condition(kube: KubeHandle, name: str) -> dict[str, Any] | None:
-    code, obj, _ = kube.http("GET", f"/api/v1/namespaces/{NS}/services/{name}")
-    assert code == 200
-    for c in (obj.get("status") or {}).get("conditions") or []:
-        if c.get("type") == "l2lb.io/Announced":
-            return dict(c)
-    return None
+async def _condition(c: KubeClient, name: str) -> dict[str, Any]:
+    obj = await c.get(RESOURCES["services"], name, NS)
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "l2lb.io/Announced":
+            return dict(cond)
+    return {}
+
+
+async def poll(fn: Callable[[], Awaitable[bool]], within: float, step: float = 0.1) -> None:
+    """Bounded polling of an async condition (reads through the test's own client)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await fn():
+            return
+        await asyncio.sleep(step)
+    raise AssertionError(f"condition not met within {within}s")
 
 
 async def _nodes(h: Harness) -> None:
@@ -89,7 +99,12 @@ async def test_policy_change_moves_ip_and_condition_follows(env: Any) -> None:
     h.start_leases(await _client(kube, clients), static_policies=[], leader_election=False)
     await h.allocate(f"{NS}/shop", "198.51.100.80")
     await wait_for(lambda: h.holder("198.51.100.80") == "node-a", 10)
-    await wait_for(lambda: (_condition(kube, "shop") or {}).get("status") == "True", 10, step=0.1)
+    tc = await _client(kube, clients)
+
+    async def cond_is(key: str, value: str) -> bool:
+        return (await _condition(tc, "shop")).get(key) == value
+
+    await poll(lambda: cond_is("status", "True"), 10)
     t0 = time.monotonic()
     kube.apply(_policy("b"))
     t1 = await wait_for(lambda: h.holder("198.51.100.80") == "node-b", 5)
@@ -109,10 +124,9 @@ async def test_policy_change_moves_ip_and_condition_follows(env: Any) -> None:
     assert has(a_before[-1], "node-a", False)  # ... and was told to drop it before node-b got it
     kube.apply(_policy("nowhere"))
     await wait_for(lambda: "198.51.100.80" not in h.serving(), 5)
-    await wait_for(lambda: (_condition(kube, "shop") or {}).get("reason") == "no_eligible_node", 10, step=0.1)
-    cond = _condition(kube, "shop")
-    assert cond is not None and cond["status"] == "False"
-    evs = kube.http("GET", f"/api/v1/namespaces/{NS}/events")[1]["items"]
+    await poll(lambda: cond_is("reason", "no_eligible_node"), 10)
+    assert (await _condition(tc, "shop"))["status"] == "False"
+    evs = (await tc.list(RESOURCES["events"], NS))["items"]
     assert any(e.get("reason") == "AnnouncerMoved" and "node-a to node-b" in e.get("message", "") for e in evs)
 
 
@@ -147,9 +161,13 @@ async def test_standby_takes_over_with_zero_moves(env: Any) -> None:
     for i, ip in enumerate(ips):
         await h.allocate(f"{NS}/s{i}", ip)
     await wait_for(lambda: all(h.holder(ip) for ip in ips), 10)
-    await wait_for(lambda: len([r for r in kube.http("GET", "/apis/coordination.k8s.io/v1/namespaces/l2lb-system/"
-                                                             "leases")[1]["items"]
-                                if r["metadata"]["name"].startswith("l2lb-announce-")]) == len(ips), 10, step=0.1)
+    tc = await _client(kube, clients)
+
+    async def mirrors() -> bool:
+        items = (await tc.list(RESOURCES["leases"], "l2lb-system"))["items"]
+        return len([r for r in items if r["metadata"]["name"].startswith("l2lb-announce-")]) == len(ips)
+
+    await poll(mirrors, 10)
     await asyncio.sleep(0.5)
     assert not second.svc.is_leader and second.svc.status()["role"] == "standby"
     before = {ip: h.holder(ip) for ip in ips}
@@ -248,11 +266,13 @@ async def test_invalid_policy_is_reported_not_fatal(env: Any) -> None:
     await h.allocate(f"{NS}/ok", "198.51.100.95")
     await wait_for(lambda: h.holder("198.51.100.95") == "node-a", 10)  # the good policy still works
 
-    def warned() -> bool:
-        items = kube.http("GET", "/api/v1/events")[1].get("items", [])
+    tc = await _client(kube, clients)
+
+    async def warned() -> bool:
+        items = (await tc.list(RESOURCES["events"]))["items"]
         return any(e.get("reason") == "InvalidPolicy" and (e.get("involvedObject") or {}).get("name") == "broken"
                    for e in items)
 
-    await wait_for(warned, 10, step=0.1)
+    await poll(warned, 10)
     errs = running.svc.status()["policy_errors"]
     assert [e["policy"] for e in errs] == ["broken"] and "not a valid regex" in errs[0]["error"]
