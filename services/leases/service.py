@@ -706,7 +706,7 @@ class LeasesService:
             ):
                 self._queue("condition", key, self._condition_writer(key, st))
             if self.cfg.mirror_leases:
-                holder = st.nodes[0] if st.announced and st.nodes else ""
+                holder = ",".join(st.nodes) if st.announced else ""  # dual-stack IPs may sit on two nodes
                 if self._mirror_holder.get(key) != holder:
                     self._queue("lease", key, self._lease_writer(key, holder))
         for key in list(self._service_state):
