@@ -175,6 +175,15 @@ func run() int {
 	defer cancel()
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	// A test run that dies without stopping us (SIGKILL, timeout) must not leave us behind: when
+	// our parent changes (we were re-parented), stop as if told to.
+	go func(parent int) {
+		for os.Getppid() == parent {
+			time.Sleep(time.Second)
+		}
+		fmt.Fprintln(os.Stderr, "l2lb-kube-apiserver: parent process gone, stopping")
+		_ = syscall.Kill(os.Getpid(), syscall.SIGTERM)
+	}(os.Getppid())
 	go func() {
 		<-sigs
 		cancel() // stop the controller first, so that no client of ours holds the server open
