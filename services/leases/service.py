@@ -150,6 +150,7 @@ class LeasesService:
         self.recorder: Any | None = None
         self._kube_queue: dict[tuple[str, str], Callable[[], Coroutine[Any, Any, None]]] = {}
         self._kube_wake = asyncio.Event()
+        self._kube_failures: dict[tuple[str, str], int] = {}
         self._service_state: dict[str, ServiceState] = {}
         self._mirror_holder: dict[str, str] = {}
         self.hb_consumer: Any | None = None
@@ -856,18 +857,30 @@ class LeasesService:
             if not self.is_leader:
                 self._kube_queue.clear()
                 continue
-            (kind, key), fn = next(iter(self._kube_queue.items()))
-            del self._kube_queue[(kind, key)]
+            k, fn = next(iter(self._kube_queue.items()))
+            del self._kube_queue[k]
             try:
                 await fn()
+                self._kube_failures.pop(k, None)
             except Exception as e:
-                log.warning(
-                    "kubernetes write failed; will retry",
-                    extra={"what": kind, "service": key, "error": repr(e)},
-                )
-                self._kube_queue.setdefault((kind, key), fn)
+                n = self._kube_failures.get(k, 0) + 1
+                status = int(getattr(e, "status", 0) or 0)
+                if n >= 8 or (status in (400, 403, 404, 422) and n >= 2):
+                    self._kube_failures.pop(k, None)
+                    KUBE_WRITES.labels("dropped").inc()
+                    log.error(
+                        "kubernetes write failed repeatedly; giving up on it",
+                        extra={"what": k[0], "key": k[1], "attempts": n, "error": repr(e)},
+                    )
+                else:
+                    self._kube_failures[k] = n
+                    log.warning(
+                        "kubernetes write failed; will retry",
+                        extra={"what": k[0], "key": k[1], "attempt": n, "error": repr(e)},
+                    )
+                    self._kube_queue.setdefault(k, fn)  # unless a newer write for it was queued meanwhile
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
+                    await asyncio.wait_for(stop.wait(), min(0.25 * 2**n, 5.0))
 
     # -- status ------------------------------------------------------------------------------------
     def role(self) -> str:

@@ -276,3 +276,31 @@ async def test_invalid_policy_is_reported_not_fatal(env: Any) -> None:
     await poll(warned, 10)
     errs = running.svc.status()["policy_errors"]
     assert [e["policy"] for e in errs] == ["broken"] and "not a valid regex" in errs[0]["error"]
+
+
+async def test_kube_writes_retry_then_give_up(env: Any) -> None:
+    h, kube, clients = env
+    await _nodes(h)
+    kube.apply(_service("flaky"))
+    kube.apply(_service("denied"))
+    kube.apply(_policy("a"))
+    kube.inject(status=500, match="/services/flaky/status", count=2)  # transient: retried
+    kube.inject(status=403, match="/services/denied/status")  # permanent: given up after 2 tries
+    running = h.start_leases(await _client(kube, clients), static_policies=[], leader_election=False)
+    await h.allocate(f"{NS}/flaky", "198.51.100.96")
+    await h.allocate(f"{NS}/denied", "198.51.100.97")
+    tc = await _client(kube, clients)
+
+    async def flaky_announced() -> bool:
+        return (await _condition(tc, "flaky")).get("status") == "True"
+
+    await poll(flaky_announced, 15)
+    await poll(lambda: _no_queue(running.svc), 15)
+    await asyncio.sleep(1.0)
+    denied = [r for r in kube.requests() if r.get("path", "").endswith("/services/denied/status")]
+    assert len(denied) == 2
+    assert (await _condition(tc, "denied")) == {}
+
+
+async def _no_queue(svc: Any) -> bool:
+    return not svc._kube_queue
