@@ -103,6 +103,10 @@ _kernel_drops = metrics.counter(
 _assign = metrics.counter(
     "l2lb_announcer_assignments_total", "NodeAssignments messages for this node by result", ("result",)
 )
+SAME_BURST_S = 0.1
+_grace = metrics.gauge(
+    "l2lb_announcer_leases_grace", "1 while VIPs are kept past their validity because the leases service is silent"
+)
 _expiries = metrics.counter("l2lb_announcer_expiries_total", "Times the VIP set expired without renewal")
 _heartbeats = metrics.counter("l2lb_announcer_heartbeats_total", "Heartbeats published")
 _vips = metrics.gauge("l2lb_announcer_vips", "VIPs currently answered for")
@@ -214,6 +218,10 @@ class AnnouncerService:
         self._synced: dict[str, int] = {}
         self._encode_hb = HeartbeatEncoder()
         self._last_old_warning = 0.0
+        # leases-outage grace: when the last NodeAssignments for *any* node arrived, and since when
+        # we have been keeping our set without renewal
+        self._last_any_assignments = time.monotonic()
+        self._grace_since: float | None = None
         self.monitor = LinkMonitor(
             self.allow,
             self._on_links,
@@ -408,10 +416,45 @@ class AnnouncerService:
             )
 
     async def _on_message(self, msg: Message, _eid: str) -> None:
-        if isinstance(msg, NodeAssignments) and msg.node == self.node:
+        if isinstance(msg, NodeAssignments):
             if self.too_old(msg, time.time()):
                 return
-            self.apply(msg, "bus")
+            self._last_any_assignments = time.monotonic()
+            if msg.node == self.node:
+                if self._grace_since is not None:
+                    log.info("leases service is back: assignments renewed after a grace period",
+                             extra={"grace_s": round(time.monotonic() - self._grace_since, 3)})
+                    self._grace_since = None
+                    _grace.set(0)
+                self.apply(msg, "bus")
+
+    def _maybe_grace(self, now: float) -> None:
+        """At the validity deadline, keep the set a little longer when the leases service is silent."""
+        deadline = self.state.deadline
+        if deadline is None or now < deadline or not self.leases_silent(now) or not self.state.extend(now + 0.1):
+            return
+        if self._grace_since is None:
+            self._grace_since = now
+            _grace.set(1)
+            log.warning("no assignments for any node since our last renewal while Redis is reachable: the leases "
+                        f"service is down; keeping our VIPs (grace up to {self.args.leases_outage_grace_ms} ms; "
+                        "see --leases-outage-grace-ms)", extra={"vips": len(self.state.vips)})
+
+    def leases_silent(self, now: float) -> bool:
+        """True when it is safe to keep serving past the validity deadline: grace is enabled and not
+        used up, our own Redis connection is healthy, and no assignments for *any* node arrived since
+        our last renewal -- the leases service is down, so no other node can have been given our VIPs.
+        A node cut off from Redis (bus not ready) never keeps its VIPs: that is the partition case."""
+        grace = float(self.args.leases_outage_grace_ms) / 1000.0
+        if grace <= 0 or self.bus is None or not self.bus.readiness()[0]:
+            return False
+        last = self.state.last_applied_at
+        # leases sends every node's set in one burst per renew interval: messages for other nodes within
+        # SAME_BURST_S of ours belong to that last burst; anything later means leases is alive
+        if last is None or self._last_any_assignments > last + SAME_BURST_S:
+            return False
+        started = self._grace_since if self._grace_since is not None else now
+        return now - started < grace
 
     def too_old(self, msg: NodeAssignments, wall_now: float) -> bool:
         """A backlog entry (announcer restarted behind its group position, Redis came back) must not
@@ -450,8 +493,11 @@ class AnnouncerService:
     async def _housekeeping(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             now = time.monotonic()
+            self._maybe_grace(now)
             gone = self.state.expire(now)
             if gone:
+                self._grace_since = None
+                _grace.set(0)
                 _expiries.inc()
                 log.warning(
                     "assignments expired without renewal: stopped answering",
@@ -693,6 +739,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-clock-skew-ms", type=int, default=5000,
                    help="bus assignments sent longer ago than ttl + this are backlog and ignored (0: never)")
+    p.add_argument(
+        "--leases-outage-grace-ms", type=int, default=int(env("L2LB_LEASES_OUTAGE_GRACE_MS", "60000")),
+        help="keep answering this long past the validity deadline when the leases service sends nothing "
+        "to any node while Redis stays reachable (a leases crash/failover); 0 = strict expiry (default 60000)",
+    )
     p.add_argument("--rcvbuf", type=int, default=4 << 20, help="raw socket receive buffer (bytes)")
     p.add_argument("--link-poll-ms", type=int, default=50, help="/sys polling interval without rtnetlink")
     p.add_argument("--no-netlink", action="store_true", help="poll /sys for link state instead of rtnetlink")

@@ -103,7 +103,8 @@ class AnnouncerProc:
         return http_get(self.host.ns, "/metrics")[1].decode()
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")[-6000:]
 
     def stop(self) -> None:

@@ -223,6 +223,17 @@ class AnnouncerState:
         self._defended.clear()
         return gone
 
+    def extend(self, until: float) -> bool:
+        """Keep the current set valid until ``until`` (monotonic) without a renewal message.
+
+        Used only for a *leases outage*: the caller has seen no assignments for any node since our
+        last renewal while its own Redis connection stayed healthy, so nobody can have been given
+        our VIPs. Returns False (and does nothing) when there is nothing to keep."""
+        if not self.vips or self.deadline is None:
+            return False
+        self.deadline = max(self.deadline, until)
+        return True
+
     def valid(self, now: float) -> bool:
         return self.deadline is not None and now < self.deadline
 
