@@ -24,7 +24,9 @@ NS = "web"
 
 
 @pytest.fixture
-async def env(redis_url: str, kube: KubeHandle) -> AsyncIterator[tuple[Harness, KubeHandle, list[KubeClient]]]:
+async def env(redis_url: str, kube_any: KubeHandle) -> AsyncIterator[tuple[Harness, KubeHandle, list[KubeClient]]]:
+    """Both API servers: the embedded one and the real kube-apiserver (when built)."""
+    kube = kube_any
     for crd in sorted(CRDS.glob("*_*.yaml")):  # the CRD files (not kustomization.yaml)
         kube.apply(str(crd))
     kube.apply(f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n---\n"
