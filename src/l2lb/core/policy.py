@@ -94,7 +94,7 @@ class L2Policy:
             for p in self.interfaces:
                 try:
                     pats.append(re.compile(p))
-                except re.error as e:
+                except (re.error, OverflowError, RecursionError) as e:  # huge repeat counts overflow
                     raise PolicyError(
                         f"{self.name}: interface pattern {p!r} is not a valid regex: {e}"
                     ) from None
