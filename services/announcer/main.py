@@ -132,7 +132,10 @@ def interface_pattern(specs: list[str] | None) -> re.Pattern[str]:
     if not regs:
         return re.compile(r"(?!(" + "|".join(re.escape(p) for p in DEFAULT_EXCLUDE) + r")).+")
     for r in regs:
-        re.compile(r)  # raises re.error with the culprit
+        try:
+            re.compile(r)  # raises re.error with the culprit
+        except (OverflowError, RecursionError) as e:  # huge repeat counts overflow
+            raise ValueError(f"--interfaces {r!r}: {e}") from None
     return re.compile("|".join(f"(?:{r})" for r in regs))
 
 
@@ -221,6 +224,8 @@ class AnnouncerService:
         # leases-outage grace: when the last NodeAssignments for *any* node arrived, and since when
         # we have been keeping our set without renewal
         self._last_any_assignments = time.monotonic()
+        self._last_publish_ok: float | None = None  # last Redis round trip that worked (a heartbeat)
+        self._link_down_at: float | None = None  # last time an answering interface went down
         self._grace_since: float | None = None
         self.monitor = LinkMonitor(
             self.allow,
@@ -324,6 +329,7 @@ class AnnouncerService:
                 # libuv (uvloop) then stops watching its fd for good and no frame is read after the link
                 # comes back. Close it now, open a fresh one when the link is up again.
                 if name in self.ifaces:
+                    self._link_down_at = now
                     log.warning(
                         "interface down: not answering on it", extra={"interface": name, "oper": link.oper}
                     )
@@ -448,7 +454,16 @@ class AnnouncerService:
         grace = float(self.args.leases_outage_grace_ms) / 1000.0
         if grace <= 0 or self.bus is None or not self.bus.readiness()[0]:
             return False
+        # bus readiness lags a partition (a dead TCP path looks healthy until something times out, e.g.
+        # our own link went down): require a Redis round trip -- a heartbeat -- that completed just now
+        fresh = max(0.3, 3 * self.args.heartbeat_interval_ms / 1000.0)
+        if self._last_publish_ok is None or now - self._last_publish_ok > fresh:
+            return False
         last = self.state.last_applied_at
+        # our link went down since the last renewal: we cannot know what we missed (a partition, not a
+        # leases outage), and assignments may still be on their way once it is back
+        if last is not None and self._link_down_at is not None and self._link_down_at >= last:
+            return False
         # leases sends every node's set in one burst per renew interval: messages for other nodes within
         # SAME_BURST_S of ours belong to that last burst; anything later means leases is alive
         if last is None or self._last_any_assignments > last + SAME_BURST_S:
@@ -548,6 +563,7 @@ class AnnouncerService:
                 await self.bus.publish_raw(self.bus.keys.heartbeats, self._encode_hb(msg))
             else:
                 await self.bus.publish(self.bus.keys.heartbeats, msg)
+            self._last_publish_ok = time.monotonic()
             return True
         except BusError as e:
             log.debug("publish failed", extra={"error": str(e)})
