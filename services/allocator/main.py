@@ -9,17 +9,10 @@ import socket
 import sys
 import uuid
 
+from l2lb.runtime.args import add_http_log_args, add_leader_election_args
 from l2lb.runtime.config import parse_with_config
 from l2lb.runtime.run import run_service
 from services.allocator.service import POOL_RESOURCES, AllocatorConfig
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    try:
-        return int(raw) if raw else default
-    except ValueError:
-        return default
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,16 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also handle Services of loadBalancerClass io.cilium/l2-announcer")
     p.add_argument("--no-events", action="store_true", help="do not record Events")
     p.add_argument("--no-pool-status", action="store_true", help="do not write pool status counters")
-    p.add_argument("--no-leader-election", action="store_true",
-                   help="act as the only instance (no Lease); never run two like this")
-    p.add_argument("--le-lease-duration", type=float, default=15.0)
-    p.add_argument("--le-renew-deadline", type=float, default=10.0)
-    p.add_argument("--le-retry-period", type=float, default=2.0)
-    p.add_argument("--http-host", default=os.environ.get("L2LB_HTTP_HOST", "127.0.0.1"))
-    p.add_argument("--http-port", type=int, default=_env_int("L2LB_HTTP_PORT", 9401))
-    p.add_argument("--http-token-file", default=os.environ.get("L2LB_HTTP_TOKEN_FILE") or None)
-    p.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("L2LB_LOG_FORMAT", "text"))
-    p.add_argument("--log-level", default=os.environ.get("L2LB_LOG_LEVEL", "info"))
+    add_leader_election_args(p, duration=15.0, renew=10.0, retry=2.0)
+    add_http_log_args(p, http_port=9401)
     add_redis_args(p)
     add_kube_args(p)
     return p

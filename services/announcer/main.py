@@ -51,6 +51,7 @@ from l2lb.core.messages import (
 )
 from l2lb.obs import metrics
 from l2lb.obs.log import get_logger
+from l2lb.runtime.args import add_http_log_args
 from l2lb.runtime.config import parse_with_config
 from l2lb.runtime.run import run_service
 
@@ -771,11 +772,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-bus", action="store_true", help="test/dev: run without Redis (static assignments only)"
     )
-    p.add_argument("--http-host", default=env("L2LB_HTTP_HOST", "127.0.0.1"))
-    p.add_argument("--http-port", type=int, default=int(env("L2LB_HTTP_PORT", "9473")))
-    p.add_argument("--http-token-file", default=env("L2LB_HTTP_TOKEN_FILE") or None)
-    p.add_argument("--log-format", choices=("text", "json"), default=env("L2LB_LOG_FORMAT", "text"))
-    p.add_argument("--log-level", default=env("L2LB_LOG_LEVEL", "info"))
+    add_http_log_args(p, http_port=9473)
     add_redis_args(p)
     _add_kube_args(p)
     return p

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from l2lb.obs.log import get_logger
+from l2lb.runtime.args import add_http_log_args, add_leader_election_args, env_int
 from l2lb.runtime.config import parse_with_config
 from l2lb.runtime.run import run_service
 from services.leases.service import POLICY_RESOURCES, LeasesConfig, LeasesService
@@ -21,12 +22,6 @@ from services.leases.service import POLICY_RESOURCES, LeasesConfig, LeasesServic
 log = get_logger("l2lb.leases")
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    try:
-        return int(raw) if raw else default
-    except ValueError:
-        return default
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,25 +42,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tick-ms",
         type=int,
-        default=_env_int("L2LB_LEASES_TICK_MS", 50),
+        default=env_int("L2LB_LEASES_TICK_MS", 50),
         help="liveness check / election period (default 50)",
     )
     p.add_argument(
         "--renew-ms",
         type=int,
-        default=_env_int("L2LB_LEASES_RENEW_MS", 250),
+        default=env_int("L2LB_LEASES_RENEW_MS", 250),
         help="re-send every node's full assignment set this often (default 250)",
     )
     p.add_argument(
         "--ttl-ms",
         type=int,
-        default=_env_int("L2LB_LEASES_TTL_MS", 1000),
+        default=env_int("L2LB_LEASES_TTL_MS", 1000),
         help="validity of an assignment without renewal, counted by the announcer (default 1000)",
     )
     p.add_argument(
         "--missed",
         type=int,
-        default=_env_int("L2LB_LEASES_MISSED", 3),
+        default=env_int("L2LB_LEASES_MISSED", 3),
         help="a node is dead after this many missed heartbeat intervals (default 3)",
     )
     p.add_argument(
@@ -99,11 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-conditions", action="store_true", help="do not write the l2lb.io/Announced condition")
     p.add_argument("--no-events", action="store_true", help="do not record Events on moves")
     p.add_argument(
-        "--no-leader-election",
-        action="store_true",
-        help="act as the only instance (no Kubernetes Lease); never run two like this",
-    )
-    p.add_argument(
         "--no-kube",
         action="store_true",
         help="run without a Kubernetes API (policies from --policy-file only; no ETP Local)",
@@ -111,14 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     # Shorter than client-go's 15/10/2: a standby takes over a crashed leader within ~6-8 s. The API
     # load is the same (one renewal per retry period); announcers keep their VIPs meanwhile
     # (--leases-outage-grace-ms on the announcer), so this bounds how long node failures wait.
-    p.add_argument("--le-lease-duration", type=float, default=6.0, help="leader Lease duration, s (default 6)")
-    p.add_argument("--le-renew-deadline", type=float, default=4.0, help="leader renew deadline, s (default 4)")
-    p.add_argument("--le-retry-period", type=float, default=2.0, help="leader retry period, s (default 2)")
-    p.add_argument("--http-host", default=os.environ.get("L2LB_HTTP_HOST", "127.0.0.1"))
-    p.add_argument("--http-port", type=int, default=_env_int("L2LB_HTTP_PORT", 9402))
-    p.add_argument("--http-token-file", default=os.environ.get("L2LB_HTTP_TOKEN_FILE") or None)
-    p.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("L2LB_LOG_FORMAT", "text"))
-    p.add_argument("--log-level", default=os.environ.get("L2LB_LOG_LEVEL", "info"))
+    add_leader_election_args(p, duration=6.0, renew=4.0, retry=2.0)
+    add_http_log_args(p, http_port=9402)
     add_redis_args(p)
     add_kube_args(p)
     return p
