@@ -38,7 +38,7 @@ from l2lb.adapters.http.server import StatusServer
 from l2lb.adapters.net.links import Link, LinkMonitor, read_links, vips_configured
 from l2lb.adapters.net.rawsock import RawPort, RawSocketError
 from l2lb.core import codec
-from l2lb.core.announce import AnnouncerState, ConflictSeen, Iface
+from l2lb.core.announce import AnnouncerState, ConflictSeen, Iface, stream_entry_age_ms
 from l2lb.core.messages import (
     Conflict,
     Heartbeat,
@@ -226,6 +226,7 @@ class AnnouncerService:
         # we have been keeping our set without renewal
         self._last_any_assignments = time.monotonic()
         self._last_publish_ok: float | None = None  # last Redis round trip that worked (a heartbeat)
+        self._redis_clock: tuple[int, float] | None = None  # (Redis id ms of our last entry, monotonic then)
         self._link_down_at: float | None = None  # last time an answering interface went down
         self._grace_since: float | None = None
         self.monitor = LinkMonitor(
@@ -422,9 +423,9 @@ class AnnouncerService:
                 extra={"ip": ip, "interface": ifname},
             )
 
-    async def _on_message(self, msg: Message, _eid: str) -> None:
+    async def _on_message(self, msg: Message, eid: str) -> None:
         if isinstance(msg, NodeAssignments):
-            if self.too_old(msg, time.time()):
+            if self.too_old(msg, time.time()) or self.backlog(msg, eid):
                 return
             self._last_any_assignments = time.monotonic()
             if msg.node == self.node:
@@ -471,6 +472,16 @@ class AnnouncerService:
             return False
         started = self._grace_since if self._grace_since is not None else now
         return now - started < grace
+
+    def backlog(self, msg: NodeAssignments, eid: str) -> bool:
+        """An entry Redis stored longer ago than its own ttl (measured on Redis's clock, so exact even
+        with skewed host clocks) is a backlog replay -- after a link flap or reconnect we read what we
+        missed, in order. Applying it could re-add a VIP that has moved meanwhile and GARP for it."""
+        age = stream_entry_age_ms(eid, self._redis_clock, time.monotonic())
+        if age is None or age <= msg.ttl_ms:
+            return False
+        _assign.labels("backlog").inc()
+        return True
 
     def too_old(self, msg: NodeAssignments, wall_now: float) -> bool:
         """A backlog entry (announcer restarted behind its group position, Redis came back) must not
@@ -561,10 +572,13 @@ class AnnouncerService:
             return False
         try:
             if isinstance(msg, Heartbeat):
-                await self.bus.publish_raw(self.bus.keys.heartbeats, self._encode_hb(msg))
+                eid = await self.bus.publish_raw(self.bus.keys.heartbeats, self._encode_hb(msg))
             else:
-                await self.bus.publish(self.bus.keys.heartbeats, msg)
+                eid = await self.bus.publish(self.bus.keys.heartbeats, msg)
             self._last_publish_ok = time.monotonic()
+            head = str(eid).partition("-")[0]
+            if head.isdigit():
+                self._redis_clock = (int(head), self._last_publish_ok)
             return True
         except BusError as e:
             log.debug("publish failed", extra={"error": str(e)})

@@ -454,3 +454,18 @@ class AnnouncerState:
         if isinstance(owned, Vip):
             return self._defend(owned, iface, their, now)
         return Verdict(Outcome.NOT_REQUEST)
+
+
+def stream_entry_age_ms(entry_id: str, redis_clock: tuple[int, float] | None, now: float) -> float | None:
+    """How long ago Redis stored a stream entry, on Redis's own clock (no host clock skew involved).
+
+    ``entry_id`` is the entry's id ("<ms>-<seq>": Redis's time when it was added); ``redis_clock`` is
+    ``(ms, monotonic)``: the id time of an entry *we* added (a heartbeat) and our monotonic time when
+    Redis answered. None when either is unknown or malformed."""
+    if redis_clock is None:
+        return None
+    head, _, _ = entry_id.partition("-")
+    if not head.isdigit():
+        return None
+    redis_now_ms = redis_clock[0] + (now - redis_clock[1]) * 1000.0
+    return redis_now_ms - int(head)
