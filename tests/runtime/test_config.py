@@ -70,3 +70,15 @@ def test_unreadable_or_invalid_file_exits_2(tmp_path: Path, capsys: pytest.Captu
     with pytest.raises(SystemExit):
         parse_with_config(parser(), ["--config", str(bad)], "leases")
     assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_empty_token_file_fails_closed(tmp_path: Path) -> None:
+    from l2lb.adapters.http.server import StatusConfigError, StatusServer
+
+    empty = tmp_path / "token"
+    empty.write_text("  \n")
+    with pytest.raises(StatusConfigError, match="empty"):
+        StatusServer("x", token_file=str(empty))
+    good = tmp_path / "token2"
+    good.write_text("s3cret\n")
+    assert StatusServer("x", token_file=str(good))._token == "s3cret"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -10,6 +11,7 @@ from typing import Any
 
 from l2lb.adapters.bus.client import BusAuthError, BusPermissionError
 from l2lb.adapters.bus.dsn import DSNError
+from l2lb.adapters.http.server import StatusConfigError
 from l2lb.adapters.kube.client import KubeError
 from l2lb.obs.log import get_logger, setup_logging
 
@@ -58,8 +60,13 @@ def run_service(
             return 2
         log.exception(f"{name} stopped on a Kubernetes API error it could not recover from")
         return 1
+    except StatusConfigError as e:
+        log.error(f"{name}: {e}")
+        return 2
     except OSError as e:
-        log.error(f"{name}: {e} (is another process using the port? see --http-host/--http-port)")
+        hint = " (is another process using the port? see --http-host/--http-port)" \
+            if e.errno == errno.EADDRINUSE else ""
+        log.error(f"{name}: {e}{hint}")
         return 1
     except Exception:
         log.exception(f"{name} crashed; this is a bug, please report it with the log above")

@@ -20,6 +20,11 @@ from l2lb.obs.log import get_logger
 log = get_logger("l2lb.http")
 
 ReadyCheck = Callable[[], tuple[bool, str]]
+
+
+class StatusConfigError(ValueError):
+    """The status API cannot be served as configured (e.g. an empty token file)."""
+
 StatusProvider = Callable[[], Awaitable[dict[str, Any]] | dict[str, Any]]
 
 
@@ -30,7 +35,10 @@ class StatusServer:
         self.port = port
         self._token: str | None = None
         if token_file:
-            self._token = Path(token_file).read_text().strip() or None
+            # fail closed: a token file that is empty (or unreadable) must not switch auth off
+            self._token = Path(token_file).read_text().strip()
+            if not self._token:
+                raise StatusConfigError(f"--http-token-file {token_file} is empty: refusing to serve without auth")
         self._ready_checks: dict[str, ReadyCheck] = {}
         self._status: dict[str, StatusProvider] = {}
         self.app = web.Application(middlewares=[self._auth_mw])
