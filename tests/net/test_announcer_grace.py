@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -16,11 +17,16 @@ from l2lb.adapters.bus.client import Bus
 from l2lb.core.messages import NodeAssignments, VipAssignment
 from l2lb.lab.netns import Topology
 
-from .announcer_helpers import AnnouncerProc, metric_value
-from .test_announcer_bus import PROXY_PORT, VIP4, Relay, _arping_ok, topology  # noqa: F401 (fixture)
+from .announcer_helpers import AnnouncerProc, metric_value, private_topology
+from .test_announcer_bus import PROXY_PORT, VIP4, Relay, _arping_ok
 
 pytestmark = pytest.mark.net
 TTL_MS = 600
+
+
+@pytest.fixture
+def topology() -> Iterator[Topology]:
+    yield from private_topology()
 
 
 async def _run(topology: Topology, tmp_path: Path, redis_url: str, *, keep_renewing_others: bool,
