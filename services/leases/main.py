@@ -172,6 +172,9 @@ def main(argv: list[str]) -> int:
             kube = await client_from_args(args, user_agent="l2lb-leases")
         svc = LeasesService(cfg, bus, kube)
         http = StatusServer("leases", args.http_host, args.http_port, args.http_token_file)
+        from l2lb.adapters.http.cluster import mount_cluster_api
+
+        mount_cluster_api(http, bus)  # /v1/services, /v1/nodes, ... and the dashboard (read from Redis)
         http.add_ready_check("leases", svc.readiness)
         http.add_status("leases", svc.status)
         await http.start()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from l2lb.adapters.bus.client import Bus
+from l2lb.adapters.bus.status import StatusParts
 from l2lb.core.election import ElectionResult, Holder, Move, ServiceState, elect, holders_from_serving
 from l2lb.core.messages import (
     Allocation,
@@ -29,6 +30,7 @@ from l2lb.core.messages import (
 )
 from l2lb.core.nodes import NodeTracker
 from l2lb.core.policy import L2Policy, PolicyError, parse_policies, parse_policy
+from l2lb.core.view import AssignmentHistory, nodes_items
 from l2lb.obs import metrics
 from l2lb.obs.log import get_logger
 
@@ -154,6 +156,8 @@ class LeasesService:
         self._service_state: dict[str, ServiceState] = {}
         self._mirror_holder: dict[str, str] = {}
         self.hb_consumer: Any | None = None
+        self.status_parts = StatusParts(bus, ("assignments", "nodes"))  # the cluster view's parts (leader only)
+        self.status_history = AssignmentHistory()
         self.alloc_consumer: Any | None = None
         if cfg.static_policies:
             self.policies, self.policy_errors = parse_policies(cfg.static_policies)
@@ -263,6 +267,9 @@ class LeasesService:
                     "defended": msg.defended,
                 }
             )
+            if self.is_leader:  # every instance reads heartbeats; one reports
+                self.status_parts.emit("conflict", ip=msg.ip, node=msg.node, reason="defended" if msg.defended else "",
+                                       message=f"MAC {msg.their_mac} on {msg.interface} claims it")
             log.warning(
                 "announcer reports an address conflict",
                 extra={"node": msg.node, "ip": msg.ip, "their_mac": msg.their_mac},
@@ -619,6 +626,9 @@ class LeasesService:
             "at": round(self.wall(), 3),
         }
         self.recent_moves.append(entry)
+        if m.old is not None and m.reason != "removed":  # first placement / deleted Service: not a move
+            self.status_parts.emit("move" if m.new else "unassigned", ip=m.ip, service=",".join(m.services),
+                                   reason=m.reason, **{"from": m.old, "to": m.new or ""})
         log.info("ip holder changed", extra=entry)
 
     def node_sets(self) -> dict[str, tuple[VipAssignment, ...]]:
@@ -675,9 +685,12 @@ class LeasesService:
             self.dirty = False
             await self.run_election()
             await self.publish_changes()
+            self.status_parts.update("assignments", lambda: self.status_history.items(self.result, self.wall()))
         if now >= self.next_renew:
             self.next_renew = now + self.cfg.renew_ms / 1000.0
             await self.renew()
+            self.status_parts.update(
+                "nodes", lambda: nodes_items(self.tracker.nodes, self.result, self.hb_now(), self.wall()))
 
     async def _tick_loop(self, stop: asyncio.Event) -> None:
         interval = self.cfg.tick_ms / 1000.0
@@ -980,6 +993,7 @@ class LeasesService:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self.status_parts.close()
             # per-instance broadcast groups: remove ours so restarts do not pile them up in Redis
             for stream in (self.bus.keys.heartbeats, self.bus.keys.allocations):
                 with contextlib.suppress(Exception):
