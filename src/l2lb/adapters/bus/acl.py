@@ -22,6 +22,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from l2lb.adapters.bus.keys import DEFAULT_PREFIX, Keys
+from l2lb.adapters.bus.status import status_acl_selectors
 
 __all__ = ["DEV_PASSWORDS", "SERVICES", "render_users_acl", "service_rules"]
 
@@ -61,6 +62,8 @@ def service_rules(keys: Keys, service: str) -> list[str]:
             _sel([keys.snapshot("assignments")], ("+get", "+set")),
             _sel([keys.epochs], ("+@hash", "+del", "+exists")),
         ]
+    if service in ("allocator", "leases"):
+        sel += status_acl_selectors(keys)  # both write and serve the cluster view (status parts, events)
     else:  # announcer
         sel += [
             _sel([keys.heartbeats], PUBLISH),
