@@ -33,6 +33,7 @@ from l2lb.core.parse import CILIUM_L2_CLASS, DEFAULT_CLASSES, parse_pool, parse_
 from l2lb.core.view import pools_items, services_items
 from l2lb.obs import metrics
 from l2lb.obs.log import get_logger
+from l2lb.runtime.run import run_until_stopped
 
 log = get_logger("l2lb.allocator")
 
@@ -640,14 +641,7 @@ class AllocatorService:
             self.elector.on_change(self._on_leader_change)
             tasks.append(asyncio.create_task(self.elector.run(stop), name="allocator-elector"))
         try:
-            await stop.wait()
+            await run_until_stopped(stop, tasks)
         finally:
-            for t in tasks:
-                if not t.done():
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(t), 5.0)
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.parts.close(), 5.0)

@@ -33,6 +33,7 @@ from l2lb.core.policy import L2Policy, PolicyError, parse_policies, parse_policy
 from l2lb.core.view import AssignmentHistory, nodes_items
 from l2lb.obs import metrics
 from l2lb.obs.log import get_logger
+from l2lb.runtime.run import run_until_stopped
 
 log = get_logger("l2lb.leases")
 
@@ -984,15 +985,8 @@ class LeasesService:
         if self.elector is not None:
             tasks.append(asyncio.create_task(self.elector.run(stop), name="leases-elector"))
         try:
-            await stop.wait()
+            await run_until_stopped(stop, tasks)
         finally:
-            for t in tasks:
-                if not t.done():
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(t), 5.0)
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             await self.status_parts.close()
             # per-instance broadcast groups: remove ours so restarts do not pile them up in Redis
             for stream in (self.bus.keys.heartbeats, self.bus.keys.allocations):

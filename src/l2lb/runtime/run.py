@@ -6,7 +6,7 @@ import asyncio
 import errno
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from l2lb.adapters.bus.client import BusAuthError, BusPermissionError
@@ -74,3 +74,17 @@ def run_service(
     finally:
         sys.stderr.flush()
     return 0
+
+
+async def run_until_stopped(stop: asyncio.Event, tasks: Sequence[asyncio.Task[Any]], *, grace: float = 5.0) -> None:
+    """Wait for ``stop``; then give the tasks ``grace`` seconds *in all* to finish on their own (a leader
+    releases its Lease, a consumer acks), cancel what is left and collect every result."""
+    try:
+        await stop.wait()
+    finally:
+        pending = [t for t in tasks if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=grace)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
