@@ -9,7 +9,7 @@ import socket
 import sys
 import uuid
 
-from l2lb.runtime.args import add_http_log_args, add_leader_election_args
+from l2lb.runtime.args import add_http_log_args, add_leader_election_args, parse_kinds
 from l2lb.runtime.config import parse_with_config
 from l2lb.runtime.run import run_service
 from services.allocator.service import POOL_RESOURCES, AllocatorConfig
@@ -40,10 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> AllocatorConfig:
-    kinds = tuple(k.strip() for k in args.pool_kinds.split(",") if k.strip())
-    bad = [k for k in kinds if k not in POOL_RESOURCES]
-    if bad:
-        raise ValueError(f"--pool-kinds: unknown kind(s) {bad}; choose from {sorted(POOL_RESOURCES)}")
+    kinds = parse_kinds("--pool-kinds", args.pool_kinds, POOL_RESOURCES)
     if "cilium" in kinds and "cilium-v2" in kinds:
         raise ValueError("--pool-kinds: cilium and cilium-v2 are the same objects; pick one")
     return AllocatorConfig(

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from l2lb.obs.log import get_logger
-from l2lb.runtime.args import add_http_log_args, add_leader_election_args, env_int
+from l2lb.runtime.args import add_http_log_args, add_leader_election_args, env_int, parse_kinds
 from l2lb.runtime.config import parse_with_config
 from l2lb.runtime.run import run_service
 from services.leases.service import POLICY_RESOURCES, LeasesConfig, LeasesService
@@ -109,10 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> LeasesConfig:
-    kinds = tuple(k.strip() for k in args.policy_kinds.split(",") if k.strip())
-    bad = [k for k in kinds if k not in POLICY_RESOURCES]
-    if bad:
-        raise ValueError(f"--policy-kinds: unknown kind(s) {bad}; choose from {sorted(POLICY_RESOURCES)}")
+    kinds = parse_kinds("--policy-kinds", args.policy_kinds, POLICY_RESOURCES)
     for name, v in (
         ("--tick-ms", args.tick_ms),
         ("--renew-ms", args.renew_ms),

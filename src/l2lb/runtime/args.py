@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Collection
 
 
 def env_int(name: str, default: int) -> int:
@@ -43,3 +44,12 @@ def add_leader_election_args(p: argparse.ArgumentParser, *, duration: float, ren
                    help=f"a leader that cannot renew for this long steps down, s (default {renew:g})")
     g.add_argument("--le-retry-period", type=float, default=retry,
                    help=f"renew / retry period, s (default {retry:g})")
+
+
+def parse_kinds(flag: str, value: str, known: Collection[str]) -> tuple[str, ...]:
+    """A comma list of resource kinds (``--pool-kinds``, ``--policy-kinds``), each one of ``known``."""
+    kinds = tuple(k.strip() for k in value.split(",") if k.strip())
+    bad = [k for k in kinds if k not in known]
+    if bad:
+        raise ValueError(f"{flag}: unknown kind(s) {bad}; choose from {sorted(known)}")
+    return kinds
