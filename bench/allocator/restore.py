@@ -16,8 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,17 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.support.kube import ApiServerProcess, free_port  # noqa: E402
+from tests.support.procs import http_get  # noqa: E402
 from tests.support.redis_server import RedisProcess  # noqa: E402
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except OSError as e:
-        return 0, str(e)
 
 
 def start_allocator(api: ApiServerProcess, redis_url: str, work: Path,
@@ -56,11 +45,11 @@ def start_allocator(api: ApiServerProcess, redis_url: str, work: Path,
 def wait_restored(port: int, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        code, body = _get(f"http://127.0.0.1:{port}/v1/status")
+        code, body = http_get(f"http://127.0.0.1:{port}/v1/status")
         if code == 200:
             st: dict[str, Any] = json.loads(body)["allocator"]
             if st["restores"] >= 1 and st["role"] == "leader":
-                code, _ = _get(f"http://127.0.0.1:{port}/readyz")
+                code, _ = http_get(f"http://127.0.0.1:{port}/readyz")
                 if code == 200:
                     return st
         time.sleep(0.02)

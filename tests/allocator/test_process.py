@@ -8,8 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.support.kube import KubeHandle, free_port
+from tests.support.procs import http_get
 
 pytestmark = pytest.mark.kube
 
@@ -24,14 +23,6 @@ ROOT = Path(__file__).resolve().parents[2]
 N = 150
 
 
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except OSError as e:
-        return 0, str(e)
 
 
 def _wait(cond: object, within: float, step: float = 0.1) -> float:
@@ -59,10 +50,10 @@ class Proc:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def ready(self) -> bool:
-        return _get(self.url("/readyz"))[0] == 200
+        return http_get(self.url("/readyz"))[0] == 200
 
     def status(self) -> dict[str, object]:
-        code, body = _get(self.url("/v1/status"))
+        code, body = http_get(self.url("/v1/status"))
         assert code == 200, body
         out: dict[str, object] = json.loads(body)["allocator"]
         return out
@@ -115,7 +106,7 @@ def test_kill_9_and_restart(kube: KubeHandle, redis_url: str, tmp_path: Path, pr
     assert before["pihole/pihole-dns-tcp"] == before["pihole/pihole-dns-udp"] == ["192.168.1.153"]
     assert len({v[0] for k, v in before.items() if not k.startswith("pihole/")}) == N
 
-    code, metrics = _get(a.url("/metrics"))
+    code, metrics = http_get(a.url("/metrics"))
     assert code == 200
     assert f'l2lb_allocator_pool_ips{{pool="bulk",state="used"}} {float(N)}' in metrics
     st = a.status()
@@ -124,10 +115,10 @@ def test_kill_9_and_restart(kube: KubeHandle, redis_url: str, tmp_path: Path, pr
 
     # the cluster view every service serves, fed by the allocator's status parts in Redis
     def pools_view() -> dict[str, Any]:
-        code, body = _get(a.url("/v1/pools"))
+        code, body = http_get(a.url("/v1/pools"))
         return {p["name"]: p for p in json.loads(body)["items"]} if code == 200 else {}
     _wait(lambda: pools_view().get("bulk", {}).get("used") == N, 10)
-    code, body = _get(a.url("/v1/services?namespace=pihole"))
+    code, body = http_get(a.url("/v1/services?namespace=pihole"))
     assert code == 200, body
     view = {s["name"]: s for s in json.loads(body)["items"]}
     assert [(i["ip"], i["pool"]) for i in view["pihole-dns-udp"]["ips"]] == [("192.168.1.153", "default-pool")]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.procs import stop_process
 from tests.support.redis_server import RedisProcess, free_port
 
 from .conftest import Factory, Recorder, Running, hb, wait_until
@@ -46,12 +47,7 @@ class SentinelProc:
         raise RuntimeError("sentinel did not start")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        stop_process(self.proc)
 
 
 @pytest.fixture

@@ -7,24 +7,14 @@ import json
 import signal
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 from l2lb.adapters.bus.client import Bus
 from services.leases.main import main
 from tests.leases.fakes import FakeAnnouncer
 from tests.leases.harness import wait_for
+from tests.support.procs import http_get
 from tests.support.redis_server import free_port
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except OSError:
-        return 0, ""
 
 
 def test_bad_flags_exit_2_with_a_clear_message(capsys: object) -> None:
@@ -56,14 +46,14 @@ async def test_process_serves_status_metrics_and_stops_cleanly(redis_url: str, t
                                                            generation=1, seq=1, term=1, ips=("203.0.113.9",)))
         await wait_for(lambda: "203.0.113.9" in ann.serving(), 15, step=0.05)
         base = f"http://127.0.0.1:{port}"
-        code, body = await asyncio.to_thread(_get, base + "/readyz")
+        code, body = await asyncio.to_thread(http_get, base + "/readyz", 2)
         assert code == 200, body
-        code, body = await asyncio.to_thread(_get, base + "/v1/status")
+        code, body = await asyncio.to_thread(http_get, base + "/v1/status", 2)
         st = json.loads(body)["leases"]
         assert st["role"] == "leader"
         assert st["assignments"][0]["ip"] == "203.0.113.9" and st["assignments"][0]["node"] == "node-x"
         assert st["nodes"][0]["node"] == "node-x" and st["nodes"][0]["alive"]
-        code, body = await asyncio.to_thread(_get, base + "/metrics")
+        code, body = await asyncio.to_thread(http_get, base + "/metrics", 2)
         assert 'l2lb_leases_assignments{node="node-x"} 1.0' in body
         assert 'l2lb_leases_moves_total{reason="new"} 1.0' in body
         assert "l2lb_leases_nodes_alive 1.0" in body and "l2lb_leases_election_seconds_count" in body

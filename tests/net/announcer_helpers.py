@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from l2lb.lab.netns import Host, Topology, entered, have_privileges, list_namespaces, run
+from tests.support.procs import stop_process
 
 HTTP_PORT = 19473
 ETH_P_ALL = 0x0003
@@ -108,13 +109,7 @@ class AnnouncerProc:
         return self.log_path.read_text(errors="replace")[-6000:]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, wait=10)
         self._log.close()
 
 

@@ -36,6 +36,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.procs import stop_process
+
 KUBECTL = shutil.which("kubectl")
 
 
@@ -274,16 +276,7 @@ class ApiServerProcess:
         raise RuntimeError(f"apiserver did not answer within {timeout}s")
 
     def stop(self, kill: bool = False) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            if kill:
-                self.proc.kill()
-            else:
-                self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, kill=kill, wait=10)
         self.proc = None
 
     def alive(self) -> bool:

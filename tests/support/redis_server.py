@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.procs import stop_process
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -62,16 +64,7 @@ class RedisProcess:
         raise RuntimeError("redis-server did not answer PING within 10 s")
 
     def stop(self, kill: bool = False) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            if kill:
-                self.proc.kill()
-            else:
-                self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, kill=kill)
         self.proc = None
 
     def restart(self) -> None:
