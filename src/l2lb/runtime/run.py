@@ -12,7 +12,7 @@ from typing import Any
 from l2lb.adapters.bus.client import BusAuthError, BusPermissionError
 from l2lb.adapters.bus.dsn import DSNError
 from l2lb.adapters.http.server import StatusConfigError
-from l2lb.adapters.kube.client import KubeError
+from l2lb.adapters.kube.errors import KubeError
 from l2lb.obs.log import get_logger, setup_logging
 
 log = get_logger("l2lb.run")

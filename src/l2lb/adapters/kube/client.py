@@ -29,6 +29,7 @@ import aiohttp
 from kubernetes_asyncio.client import ApiClient, Configuration
 from kubernetes_asyncio.config import ConfigException, load_incluster_config, load_kube_config
 
+from l2lb.adapters.kube.errors import KubeError
 from l2lb.adapters.kube.ratelimit import RateLimitDeadline, TokenBucket, backoff_delay
 from l2lb.obs import metrics
 from l2lb.obs.log import get_logger
@@ -65,57 +66,6 @@ PATCH_TYPES = {
     "strategic": "application/strategic-merge-patch+json",
     "json": "application/json-patch+json",
 }
-
-
-class KubeError(Exception):
-    """An API request that failed. ``status`` is the HTTP code, or 0 when there was no response
-    (connection failure, deadline, client-side rate limiter)."""
-
-    def __init__(self, status: int, reason: str, message: str, *, retry_after: float | None = None):
-        super().__init__(f"{status} {reason}: {message}")
-        self.status = status
-        self.reason = reason
-        self.message = message
-        self.retry_after = retry_after
-
-    @property
-    def not_found(self) -> bool:
-        return self.status == 404
-
-    @property
-    def conflict(self) -> bool:
-        return self.status == 409
-
-    @property
-    def gone(self) -> bool:
-        return self.status == 410
-
-    @classmethod
-    def from_response(cls, status: int, body: bytes, retry_after: float | None = None) -> KubeError:
-        reason, message = "", body.decode("utf-8", "replace").strip()[:500]
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            doc = None
-        if isinstance(doc, dict):
-            reason = str(doc.get("reason") or "")
-            message = str(doc.get("message") or message)
-        if not reason:
-            reason = {
-                400: "BadRequest",
-                401: "Unauthorized",
-                403: "Forbidden",
-                404: "NotFound",
-                405: "MethodNotAllowed",
-                409: "Conflict",
-                410: "Expired",
-                422: "Invalid",
-                429: "TooManyRequests",
-                500: "InternalError",
-                503: "ServiceUnavailable",
-                504: "Timeout",
-            }.get(status, "Unknown")
-        return cls(status, reason, message, retry_after=retry_after)
 
 
 @dataclass(frozen=True)
