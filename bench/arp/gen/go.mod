@@ -1,0 +1,3 @@
+module l2lb/bench/arp/gen
+
+go 1.22
