@@ -49,7 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--renew-ms",
         type=int,
         default=env_int("L2LB_LEASES_RENEW_MS", 250),
-        help="re-send every node's full assignment set this often (default 250)",
+        help="renew every node's assignment set this often: a small NodeRenewal (digest of the set) while the "
+        "set is unchanged, the full set otherwise (default 250)",
+    )
+    p.add_argument(
+        "--full-every-ms",
+        type=int,
+        default=env_int("L2LB_LEASES_FULL_EVERY_MS", 5000),
+        help="send each node its full set at least this often even when unchanged (safety net); 0 = every "
+        "renewal is the full set, the behaviour before NodeRenewal (use it while announcers older than "
+        "NodeRenewal still run) (default 5000)",
     )
     p.add_argument(
         "--ttl-ms",
@@ -118,6 +127,8 @@ def config_from_args(args: argparse.Namespace) -> LeasesConfig:
     ):
         if v < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
+    if args.full_every_ms < 0:
+        raise ValueError(f"--full-every-ms must be >= 0, got {args.full_every_ms}")
     if args.ttl_ms <= args.renew_ms:
         raise ValueError(f"--ttl-ms ({args.ttl_ms}) must be larger than --renew-ms ({args.renew_ms})")
     static: list[dict[str, Any]] = []
@@ -133,6 +144,7 @@ def config_from_args(args: argparse.Namespace) -> LeasesConfig:
         tick_ms=args.tick_ms,
         renew_ms=args.renew_ms,
         ttl_ms=args.ttl_ms,
+        full_every_ms=args.full_every_ms,
         missed=args.missed,
         startup_grace_ms=args.startup_grace_ms,
         lag_tolerance_ms=args.lag_tolerance_ms,

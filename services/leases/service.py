@@ -1,5 +1,8 @@
 """The leases service: consumes allocations, heartbeats, policies and EndpointSlices, runs the pure
-election and publishes one NodeAssignments per node (state-based, renewed every --renew-ms).
+election and publishes one NodeAssignments per node (state-based) whenever a node's set changes.
+Every --renew-ms each node's set is renewed: by a small NodeRenewal naming the digest of the last
+full set sent to it in this term, or by the full set again after a term change, on a SnapshotRequest
+("assignments") and at least every --full-every-ms (0: always full).
 
 Active/standby: every instance consumes everything (warm); only the leader publishes. On becoming
 leader an instance first adopts the holders the announcers report in their heartbeats' ``serving``
@@ -26,7 +29,10 @@ from l2lb.core.messages import (
     Heartbeat,
     Message,
     NodeAssignments,
+    NodeRenewal,
+    SnapshotRequest,
     VipAssignment,
+    assignments_digest,
 )
 from l2lb.core.nodes import NodeTracker
 from l2lb.core.policy import L2Policy, PolicyError, parse_policies, parse_policy
@@ -45,7 +51,12 @@ ELECTION_SECONDS = metrics.histogram(
 )
 NODES_ALIVE = metrics.gauge("l2lb_leases_nodes_alive", "Nodes with live heartbeats")
 ASSIGNMENTS = metrics.gauge("l2lb_leases_assignments", "IPs assigned per node", ("node",))
-PUBLISHED = metrics.counter("l2lb_leases_published_total", "NodeAssignments messages published", ("why",))
+PUBLISHED = metrics.counter(
+    "l2lb_leases_published_total",
+    "Assignment messages published: full NodeAssignments (why=change|renew|snapshot) or NodeRenewal "
+    "(why=renew_digest)",
+    ("why",),
+)
 IS_LEADER = metrics.gauge("l2lb_leases_leader", "1 while this instance is the active leases leader")
 UNASSIGNED = metrics.gauge("l2lb_leases_unassigned_ips", "IPs that cannot be announced, by reason", ("reason",))
 KUBE_WRITES = metrics.counter(
@@ -69,6 +80,7 @@ class LeasesConfig:
     tick_ms: int = 50
     renew_ms: int = 250
     ttl_ms: int = 1000
+    full_every_ms: int = 5000  # full set at least this often per node; 0 = every renewal is full
     missed: int = 3
     startup_grace_ms: int = 500
     policy_kinds: tuple[str, ...] = ("cilium", "metallb", "l2lb")
@@ -125,7 +137,12 @@ class LeasesService:
         self.orphans: dict[str, Holder] = {}  # IPs without an eligible node: last holder, for stickiness
         self.last_epochs: dict[str, int] = {}
         self.result: ElectionResult | None = None
-        self.published: dict[str, tuple[VipAssignment, ...]] = {}
+        self.published: dict[str, tuple[VipAssignment, ...]] = {}  # node -> last FULL set sent
+        self.full_sent: dict[str, tuple[str, int, float]] = {}  # node -> (digest, term, monotonic) of it
+        self.want_full: set[str] = set()  # nodes that asked for their full set (SnapshotRequest)
+        self._sets_cache: tuple[ElectionResult | None, frozenset[str], dict[str, tuple[VipAssignment, ...]]] | None \
+            = None
+        self.snap_consumer: Any | None = None
         self.is_leader = False
         self.term = 0
         self.seq = int(wall() * 1000)
@@ -473,6 +490,7 @@ class LeasesService:
         elif not leader and self.is_leader:
             self.is_leader = False
             self.published.clear()
+            self.full_sent.clear()
             log.warning("lost the leases leadership: publishing nothing", extra={"instance": self.cfg.instance})
         IS_LEADER.set(1 if self.is_leader else 0)
 
@@ -571,6 +589,7 @@ class LeasesService:
         self.holders = merged
         self.orphans = {}
         self.published.clear()
+        self.full_sent.clear()
         for ip, h in merged.items():
             self.last_epochs[ip] = max(self.last_epochs.get(ip, 0), h.epoch)
         log.info("adopted current holders", extra={"ips": len(merged), "reported": len(reported)})
@@ -633,19 +652,67 @@ class LeasesService:
         log.info("ip holder changed", extra=entry)
 
     def node_sets(self) -> dict[str, tuple[VipAssignment, ...]]:
-        sets: dict[str, tuple[VipAssignment, ...]] = dict.fromkeys(self.tracker.alive(), ())
+        """node -> its VIP set (every live node, possibly empty). Rebuilt only when the election result
+        or the set of live nodes changed: the same tuples come back, so "unchanged" is cheap to test."""
+        alive = frozenset(self.tracker.alive())
+        cached = self._sets_cache
+        if cached is not None and cached[0] is self.result and cached[1] == alive:
+            return dict(cached[2])
+        sets: dict[str, tuple[VipAssignment, ...]] = dict.fromkeys(sorted(alive), ())
         if self.result is not None:
             for node, assigns in self.result.by_node().items():
                 sets[node] = tuple(a.vip() for a in assigns)
-        return sets
+        self._sets_cache = (self.result, alive, sets)
+        return dict(sets)
 
     async def _publish(self, node: str, vips: tuple[VipAssignment, ...], why: str) -> None:
+        """Publish the full set of ``node`` (with its digest) and remember it as the set renewals name."""
         self.seq += 1
+        digest = assignments_digest(vips)
         msg = NodeAssignments(
-            node=node, term=self.term, seq=self.seq, ttl_ms=self.cfg.ttl_ms, sent_at=self.wall(), vips=vips
+            node=node, term=self.term, seq=self.seq, ttl_ms=self.cfg.ttl_ms, sent_at=self.wall(), vips=vips,
+            digest=digest,
         )
         await self.bus.publish(self.bus.keys.assignments, msg)
+        self.published[node] = vips
+        self.full_sent[node] = (digest, self.term, self.mono())
         PUBLISHED.labels(why).inc()
+
+    def _renewable(self, node: str, vips: tuple[VipAssignment, ...], now: float) -> str | None:
+        """The digest a NodeRenewal for ``node`` may name, or None when the full set must go out: the set
+        differs from the last full one sent, that was in another term, is older than --full-every-ms,
+        or the node asked for it."""
+        every = self.cfg.full_every_ms / 1000.0
+        sent = self.full_sent.get(node)
+        prev = self.published.get(node)
+        if every <= 0 or sent is None or prev is None or node in self.want_full:
+            return None
+        digest, term, at = sent
+        if term != self.term or now - at >= every:
+            return None
+        if prev is not vips and prev != vips:
+            return None
+        return digest
+
+    async def _renew_digest(self, node: str, digest: str) -> None:
+        self.seq += 1
+        msg = NodeRenewal(node=node, term=self.term, seq=self.seq, ttl_ms=self.cfg.ttl_ms, sent_at=self.wall(),
+                          digest=digest)
+        await self.bus.publish(self.bus.keys.assignments, msg)
+        PUBLISHED.labels("renew_digest").inc()
+
+    async def _on_snapshot_request(self, req: SnapshotRequest) -> None:
+        """An announcer (``announcer:<node>``) lost or could not match its set: send it the full set on the
+        next tick. Any other requester (Redis lost its data: ``bus``) gets every node's full set."""
+        if not self.is_leader:
+            return
+        who, _, node = req.requester.partition(":")
+        if who == "announcer" and node:
+            self.want_full.add(node)
+        else:
+            self.full_sent.clear()
+            self.next_renew = 0.0
+        log.info("assignments snapshot requested", extra={"requester": req.requester, "reason": req.reason})
 
     async def publish_changes(self) -> None:
         new = self.node_sets()
@@ -661,17 +728,38 @@ class LeasesService:
 
         for n in sorted(changed, key=lambda n: (not loses(n), n)):
             await self._publish(n, new[n], "change")
-            self.published[n] = new[n]
+            self.want_full.discard(n)
         for n in [n for n in self.published if n not in new or (not new[n] and n not in self.tracker.alive())]:
             self.published.pop(n, None)
+            self.full_sent.pop(n, None)
         ASSIGNMENTS.clear()
         for n, vips in new.items():
             ASSIGNMENTS.labels(n).set(len(vips))
 
     async def renew(self) -> None:
+        """One renewal round: a NodeRenewal per node whose set is unchanged since its last full message
+        (same term, within --full-every-ms), the full set for the others."""
+        now = self.mono()
         for n, vips in sorted(self.node_sets().items()):
-            await self._publish(n, vips, "renew")
-            self.published[n] = vips
+            digest = self._renewable(n, vips, now)
+            if digest is not None:
+                await self._renew_digest(n, digest)
+            else:
+                await self._publish(n, vips, "snapshot" if n in self.want_full else "renew")
+            self.want_full.discard(n)
+
+    async def send_requested(self) -> None:
+        """The full set, now, to every node that asked for it (SnapshotRequest) since the last tick."""
+        want, self.want_full = self.want_full, set()
+        sets = self.node_sets()
+        for i, n in enumerate(sorted(want)):
+            if n not in sets:
+                continue  # not a live node (yet): it gets its set when leases sees it alive
+            try:
+                await self._publish(n, sets[n], "snapshot")
+            except Exception:
+                self.want_full.update(sorted(want)[i:])
+                raise
 
     async def tick(self) -> None:
         self._liveness_tick()
@@ -692,6 +780,8 @@ class LeasesService:
             await self.renew()
             self.status_parts.update(
                 "nodes", lambda: nodes_items(self.tracker.nodes, self.result, self.hb_now(), self.wall()))
+        if self.want_full:
+            await self.send_requested()
 
     async def _tick_loop(self, stop: asyncio.Event) -> None:
         interval = self.cfg.tick_ms / 1000.0
@@ -967,6 +1057,9 @@ class LeasesService:
             on_resync=self._on_alloc_resync,
             from_start=True,  # a new group replays the (bounded) stream: allocations are idempotent
         )
+        self.snap_consumer = self.bus.serve_snapshots(
+            "assignments", f"leases:{self.cfg.instance}", self._on_snapshot_request, block_ms=500
+        )
         if self.kube is not None:
             self._setup_kube()
         await self.load_allocations("startup")
@@ -977,6 +1070,7 @@ class LeasesService:
             asyncio.create_task(self.hb_consumer.run(stop), name="leases-heartbeats"),
             asyncio.create_task(self.alloc_consumer.run(stop), name="leases-allocations"),
             asyncio.create_task(self._tick_loop(stop), name="leases-tick"),
+            asyncio.create_task(self.snap_consumer.run(stop), name="leases-snapshot-requests"),
         ]
         for name, inf in self.informers.items():
             tasks.append(asyncio.create_task(inf.run(stop), name=f"leases-informer-{name}"))
@@ -989,6 +1083,7 @@ class LeasesService:
         finally:
             await self.status_parts.close()
             # per-instance broadcast groups: remove ours so restarts do not pile them up in Redis
-            for stream in (self.bus.keys.heartbeats, self.bus.keys.allocations):
+            for stream, g in ((self.bus.keys.heartbeats, group), (self.bus.keys.allocations, group),
+                              (self.bus.keys.control, f"snapshots:assignments:leases:{self.cfg.instance}")):
                 with contextlib.suppress(Exception):
-                    await self.bus.redis.xgroup_destroy(stream, group)
+                    await self.bus.redis.xgroup_destroy(stream, g)

@@ -3,6 +3,8 @@
 A :class:`FakeAnnouncer` speaks the real bus protocol: it publishes Heartbeat messages at its
 interval (with the VIPs it currently serves) and consumes NodeAssignments from its own group,
 keeping the newest (term, seq) set until its ttl runs out -- the announcer's contract, minus ARP.
+A NodeRenewal extends the set only when its digest names the set held (and that set is still
+valid); otherwise the fake asks leases for its full set (SnapshotRequest, at most once per second).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import time
 import uuid
 
 from l2lb.adapters.bus.client import Bus
-from l2lb.core.messages import Heartbeat, InterfaceInfo, Message, NodeAssignments
+from l2lb.core.messages import Heartbeat, InterfaceInfo, Message, NodeAssignments, NodeRenewal
 
 
 class FakeAnnouncer:
@@ -33,6 +35,11 @@ class FakeAnnouncer:
         self.stopping = False
         self.dead = False
         self.received = 0
+        self.digest = ""
+        self.renewed = 0
+        self.mismatches = 0
+        self.snapshot_requests = 0
+        self._last_request = 0.0
         self.changes: list[tuple[float, frozenset[str]]] = []  # (monotonic, serving set) on change
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -47,17 +54,37 @@ class FakeAnnouncer:
         return dict(self.vips)
 
     async def _on_assignments(self, msg: Message, _id: str) -> None:
+        if isinstance(msg, NodeRenewal):
+            await self._on_renewal(msg)
+            return
         if not isinstance(msg, NodeAssignments) or msg.node != self.node or self.dead:
             return
         if (msg.term, msg.seq) <= self.last:
             return
         self.last = (msg.term, msg.seq)
         self.received += 1
+        self.digest = msg.digest
         self.expires = time.monotonic() + msg.ttl_ms / 1000.0
         new = {v.ip: v.epoch for v in msg.vips}
         if set(new) != set(self.vips):
             self.changes.append((time.monotonic(), frozenset(new)))
         self.vips = new
+
+    async def _on_renewal(self, msg: NodeRenewal) -> None:
+        if msg.node != self.node or self.dead or (msg.term, msg.seq) <= self.last:
+            return
+        now = time.monotonic()
+        if now <= self.expires and self.digest and msg.digest == self.digest:
+            self.last = (msg.term, msg.seq)
+            self.renewed += 1
+            self.expires = now + msg.ttl_ms / 1000.0
+            return
+        self.mismatches += 1
+        if now - self._last_request >= 1.0:
+            self._last_request = now
+            self.snapshot_requests += 1
+            with contextlib.suppress(Exception):
+                await self.bus.request_snapshot("assignments", f"announcer:{self.node}", "digest_mismatch")
 
     async def _heartbeat_loop(self) -> None:
         while not self._stop.is_set():
@@ -94,4 +121,5 @@ class FakeAnnouncer:
         self.dead = True
         self.vips = {}
         self.expires = 0.0
+        self.digest = ""
         return time.monotonic()

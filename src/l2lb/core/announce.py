@@ -4,6 +4,9 @@
   used only when it is for this node and newer in (term, seq) than the last one used. It replaces
   the whole VIP set; the set is valid until ``now + ttl_ms`` (receipt time on the caller's
   monotonic clock) and is dropped entirely at that deadline unless a newer message renews it.
+* :meth:`AnnouncerState.renew` takes a :class:`~l2lb.core.messages.NodeRenewal`: same fencing as
+  ``apply``; it moves the deadline only when its digest names the set currently applied and that
+  set has not expired. It never changes the set: a set it cannot match needs a full message.
 * :meth:`AnnouncerState.handle` decides what to do with one received frame: a reply (ARP reply /
   solicited NA), a defence (gratuitous ARP / unsolicited NA after a conflict, at most once per
   ``defend_interval`` per VIP), or a drop with a reason (the metrics label).
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 
 from l2lb.core import codec
 from l2lb.core.codec import ArpFrame, DropReason, NaFrame, NsFrame
-from l2lb.core.messages import NodeAssignments, VipAssignment
+from l2lb.core.messages import NodeAssignments, NodeRenewal, VipAssignment
 
 __all__ = ["AnnouncerState", "ConflictSeen", "Iface", "Outcome", "Verdict", "Vip"]
 
@@ -92,7 +95,9 @@ _PAD18 = b"\x00" * 18  # 42-byte ARP frame padded to the 60-byte Ethernet minimu
 @dataclass(frozen=True, slots=True)
 class Change:
     accepted: bool
-    reason: str  # "applied", "term_reset", "other_node", "stale", "bad_ttl"
+    # apply: "applied", "term_reset", "other_node", "stale", "bad_ttl";
+    # renew: "renewed", "other_node", "stale", "stale_term", "bad_ttl", "expired", "digest_mismatch"
+    reason: str
     added: tuple[Vip, ...] = ()
     removed: tuple[Vip, ...] = ()
     invalid: tuple[str, ...] = ()  # IPs in the message that are not IP addresses
@@ -123,7 +128,8 @@ class AnnouncerState:
     vips: dict[bytes, Vip] = field(default_factory=dict)
     deadline: float | None = None  # monotonic; None until the first accepted message
     last_order: tuple[int, int] | None = None
-    last_applied_at: float | None = None
+    last_applied_at: float | None = None  # last accepted NodeAssignments or NodeRenewal
+    digest: str = ""  # digest the leases service gave the current set ("" = none: renewals cannot match)
     stats: dict[str, int] = field(default_factory=dict)
     _garps: dict[bytes, _Garp] = field(default_factory=dict)
     _buckets: dict[bytes, _Bucket] = field(default_factory=dict)
@@ -157,6 +163,7 @@ class AnnouncerState:
         self._regress_since = None
         self.last_order = order
         self.last_applied_at = now
+        self.digest = msg.digest
         expired = self.deadline is not None and now >= self.deadline
         self.deadline = now + msg.ttl_ms / 1000.0
         new: dict[bytes, Vip] = {}
@@ -212,9 +219,42 @@ class AnnouncerState:
         self.vips = new
         return Change(True, reason, tuple(added), tuple(removed), tuple(invalid))
 
+    def renew(self, msg: NodeRenewal, now: float) -> Change:
+        """Keep the current set valid for ``msg.ttl_ms`` more from ``now``, when ``msg`` is newer in
+        (term, seq) than anything used so far and names the digest of the set applied last, which
+        must still be valid. Never adds, removes or changes a VIP.
+
+        Rejections: ``stale`` (not newer), ``stale_term`` (older term while our set has expired:
+        the leases term may have gone backwards, only full messages can reset it),
+        ``expired`` (our set ran out: only a full message re-establishes it), ``digest_mismatch``
+        (we hold another set, or none). The last three mean: ask for the full set."""
+        if msg.node != self.node:
+            return Change(False, "other_node")
+        if msg.ttl_ms <= 0:
+            return Change(False, "bad_ttl")
+        order = (msg.term, msg.seq)
+        if self.last_order is not None and order <= self.last_order:
+            if msg.term < self.last_order[0] and not self.valid(now):
+                return Change(False, "stale_term")
+            return Change(False, "stale")
+        if self.deadline is None:
+            return Change(False, "digest_mismatch")  # nothing applied yet
+        if now >= self.deadline:
+            return Change(False, "expired")
+        if not self.digest or msg.digest != self.digest:
+            return Change(False, "digest_mismatch")
+        self._regress_since = None
+        self.last_order = order
+        self.last_applied_at = now
+        self.deadline = now + msg.ttl_ms / 1000.0
+        return Change(True, "renewed")
+
     def expire(self, now: float) -> tuple[Vip, ...]:
         """Drop every VIP when the validity deadline has passed; returns what was dropped."""
-        if self.deadline is None or now < self.deadline or not self.vips:
+        if self.deadline is None or now < self.deadline:
+            return ()
+        self.digest = ""  # an expired set is re-established by a full message only
+        if not self.vips:
             return ()
         gone = tuple(self.vips.values())
         self.vips = {}

@@ -16,7 +16,9 @@ The schemas are documented in ``docs/bus.md``.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -28,9 +30,11 @@ __all__ = [
     "InterfaceInfo",
     "MessageError",
     "NodeAssignments",
+    "NodeRenewal",
     "PortSpec",
     "SnapshotRequest",
     "VipAssignment",
+    "assignments_digest",
     "decode",
     "encode",
 ]
@@ -278,13 +282,24 @@ class VipAssignment:
                              interfaces=_str_list(o, "interfaces"), services=_str_list(o, "services"))
 
 
+def assignments_digest(vips: Iterable[VipAssignment]) -> str:
+    """Digest of a VIP set (32 hex chars): SHA-256 over the compact JSON of the sorted
+    ``[ip, epoch, interfaces, services]`` entries. Order of the entries does not matter; order
+    inside ``interfaces``/``services`` does (it is part of what ``VipAssignment`` equality means)."""
+    rows = sorted((v.ip, v.epoch, tuple(v.interfaces), tuple(v.services)) for v in vips)
+    raw = json.dumps(rows, separators=(",", ":"), ensure_ascii=True).encode()
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
 @dataclass(frozen=True, slots=True)
 class NodeAssignments:
     """leases -> announcer of ``node``: the complete set of VIPs it must answer for.
 
-    State-based and idempotent: each message replaces the previous set. Re-sent every renew
-    interval (one message per node, not per IP); ``ttl_ms`` is counted from receipt on the
-    announcer's monotonic clock, so clock skew between nodes does not matter.
+    State-based and idempotent: each message replaces the previous set. ``ttl_ms`` is counted from
+    receipt on the announcer's monotonic clock, so clock skew between nodes does not matter. Sent on
+    every change of the set, on request, and as a periodic safety net; in between the set is kept
+    valid by small :class:`NodeRenewal` messages naming its ``digest``
+    (:func:`assignments_digest` of ``vips``; empty from senders that predate renewals).
     """
 
     KIND: ClassVar[str] = "node_assignments"
@@ -297,10 +312,14 @@ class NodeAssignments:
     ttl_ms: int
     sent_at: float
     vips: tuple[VipAssignment, ...] = ()
+    digest: str = ""  # optional (added within v1; older readers ignore it)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"node": self.node, "term": self.term, "seq": self.seq, "ttl_ms": self.ttl_ms,
-                "sent_at": self.sent_at, "vips": [v.to_dict() for v in self.vips]}
+        d: dict[str, Any] = {"node": self.node, "term": self.term, "seq": self.seq, "ttl_ms": self.ttl_ms,
+                             "sent_at": self.sent_at, "vips": [v.to_dict() for v in self.vips]}
+        if self.digest:
+            d["digest"] = self.digest
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NodeAssignments:
@@ -308,6 +327,40 @@ class NodeAssignments:
             node=_req(d, "node", str), term=_req(d, "term", int), seq=_req(d, "seq", int),
             ttl_ms=_req(d, "ttl_ms", int), sent_at=float(_req(d, "sent_at", (int, float))),
             vips=tuple(VipAssignment.from_obj(v) for v in _opt(d, "vips", list, [])),
+            digest=_opt(d, "digest", str, ""),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRenewal:
+    """leases -> announcer of ``node``: "your set is still the one with this ``digest``; keep it
+    valid for ``ttl_ms`` more". Fenced like NodeAssignments (same ``term``/``seq`` sequence). It never
+    adds or changes VIPs: an announcer whose current set has another digest, or has expired,
+    ignores it and asks for the full set (SnapshotRequest "assignments")."""
+
+    KIND: ClassVar[str] = "node_renewal"
+    VERSION: ClassVar[int] = 1
+    MIN_VERSION: ClassVar[int] = 1
+
+    node: str
+    term: int
+    seq: int
+    ttl_ms: int
+    sent_at: float
+    digest: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "term": self.term, "seq": self.seq, "ttl_ms": self.ttl_ms,
+                "sent_at": self.sent_at, "digest": self.digest}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NodeRenewal:
+        digest = _req(d, "digest", str)
+        if not digest:
+            raise MessageError("field 'digest' is empty")
+        return cls(
+            node=_req(d, "node", str), term=_req(d, "term", int), seq=_req(d, "seq", int),
+            ttl_ms=_req(d, "ttl_ms", int), sent_at=float(_req(d, "sent_at", (int, float))), digest=digest,
         )
 
 
@@ -339,9 +392,12 @@ class Conflict:
         )
 
 
-Message = Allocation | AllocationSnapshot | SnapshotRequest | Heartbeat | NodeAssignments | Conflict
+Message = (
+    Allocation | AllocationSnapshot | SnapshotRequest | Heartbeat | NodeAssignments | NodeRenewal | Conflict
+)
 _KINDS: dict[str, type[Any]] = {
-    c.KIND: c for c in (Allocation, AllocationSnapshot, SnapshotRequest, Heartbeat, NodeAssignments, Conflict)
+    c.KIND: c
+    for c in (Allocation, AllocationSnapshot, SnapshotRequest, Heartbeat, NodeAssignments, NodeRenewal, Conflict)
 }
 M = TypeVar("M")
 
