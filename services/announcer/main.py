@@ -5,6 +5,8 @@ Wiring:
 * reads ``NodeAssignments`` from the assignments stream in its own consumer group
   ``announcer:<node>`` and keeps only the messages for its node; each newer (term, seq) message
   replaces the VIP set, which is valid for ``ttl_ms`` from receipt and dropped at expiry;
+  a ``NodeRenewal`` naming the digest of the current set extends it; one it cannot match (another
+  set, none, or an expired one) makes it ask leases for the full set (at most once per second);
 * one AF_PACKET socket per allowed interface (``--interfaces``), driven by the event loop
   (uvloop, installed by ``run_service``);
 * publishes a ``Heartbeat`` every ``--heartbeat-interval-ms`` and at once on a link change or a
@@ -46,6 +48,7 @@ from l2lb.core.messages import (
     Message,
     MessageError,
     NodeAssignments,
+    NodeRenewal,
     VipAssignment,
     encode,
 )
@@ -102,8 +105,12 @@ _kernel_drops = metrics.counter(
     "Frames dropped by the kernel before the announcer read them (socket buffer full)",
 )
 _assign = metrics.counter(
-    "l2lb_announcer_assignments_total", "NodeAssignments messages for this node by result", ("result",)
+    "l2lb_announcer_assignments_total",
+    "NodeAssignments / NodeRenewal messages for this node by result (applied, renewed, digest_mismatch, "
+    "expired, stale, ...; snapshot_requested: full set asked for)",
+    ("result",),
 )
+SNAPSHOT_REQUEST_INTERVAL_S = 1.0  # at most one SnapshotRequest per this interval after unmatched renewals
 SAME_BURST_S = 0.1
 _grace = metrics.gauge(
     "l2lb_announcer_leases_grace", "1 while VIPs are kept past their validity because the leases service is silent"
@@ -165,7 +172,7 @@ def load_static(path: str, node: str, seq: int) -> NodeAssignments:
     return NodeAssignments(node=node, term=0, seq=seq, ttl_ms=ttl, sent_at=time.time(), vips=tuple(vips))
 
 
-def is_backlog(msg: NodeAssignments, wall_now: float, skew_s: float) -> bool:
+def is_backlog(msg: NodeAssignments | NodeRenewal, wall_now: float, skew_s: float) -> bool:
     """Sent longer ago than its ttl plus the allowed clock skew (``skew_s`` <= 0: never)."""
     return skew_s > 0 and wall_now - msg.sent_at > msg.ttl_ms / 1000.0 + skew_s
 
@@ -229,6 +236,7 @@ class AnnouncerService:
         self._redis_clock: tuple[int, float] | None = None  # (Redis id ms of our last entry, monotonic then)
         self._link_down_at: float | None = None  # last time an answering interface went down
         self._grace_since: float | None = None
+        self._last_snapshot_request: float | None = None  # monotonic; rate limit of unmatched renewals
         self.monitor = LinkMonitor(
             self.allow,
             self._on_links,
@@ -423,10 +431,35 @@ class AnnouncerService:
                 extra={"ip": ip, "interface": ifname},
             )
 
+    def renew(self, msg: NodeRenewal) -> str | None:
+        """Apply a renewal; returns why the full set should be asked for (we cannot match it), or None."""
+        ch = self.state.renew(msg, time.monotonic())
+        _assign.labels(ch.reason).inc()
+        if ch.accepted:
+            return None
+        if ch.reason in ("digest_mismatch", "expired", "stale_term"):
+            return ch.reason
+        if ch.reason not in ("other_node", "stale"):
+            log.warning("renewal rejected", extra={"reason": ch.reason, "term": msg.term, "seq": msg.seq})
+        return None
+
+    async def request_full_set(self, reason: str) -> None:
+        """Ask leases for our full set (rate-limited to one request per SNAPSHOT_REQUEST_INTERVAL_S)."""
+        now = time.monotonic()
+        last = self._last_snapshot_request
+        if self.bus is None or (last is not None and now - last < SNAPSHOT_REQUEST_INTERVAL_S):
+            return
+        self._last_snapshot_request = now
+        _assign.labels("snapshot_requested").inc()
+        log.info("cannot use a renewal: asking leases for our full set", extra={"reason": reason})
+        with contextlib.suppress(BusError):
+            await self.bus.request_snapshot("assignments", f"announcer:{self.node}", reason)
+
     async def _on_message(self, msg: Message, eid: str) -> None:
-        if isinstance(msg, NodeAssignments):
+        if isinstance(msg, NodeAssignments | NodeRenewal):
             if self.too_old(msg, time.time()) or self.backlog(msg, eid):
                 return
+            # leases is alive (the outage grace relies on this): renewals count as much as full sets
             self._last_any_assignments = time.monotonic()
             if msg.node == self.node:
                 if self._grace_since is not None:
@@ -434,7 +467,12 @@ class AnnouncerService:
                              extra={"grace_s": round(time.monotonic() - self._grace_since, 3)})
                     self._grace_since = None
                     _grace.set(0)
-                self.apply(msg, "bus")
+                if isinstance(msg, NodeAssignments):
+                    self.apply(msg, "bus")
+                else:
+                    why = self.renew(msg)
+                    if why is not None:
+                        await self.request_full_set(why)
 
     def _maybe_grace(self, now: float) -> None:
         """At the validity deadline, keep the set a little longer when the leases service is silent."""
@@ -473,7 +511,7 @@ class AnnouncerService:
         started = self._grace_since if self._grace_since is not None else now
         return now - started < grace
 
-    def backlog(self, msg: NodeAssignments, eid: str) -> bool:
+    def backlog(self, msg: NodeAssignments | NodeRenewal, eid: str) -> bool:
         """An entry Redis stored longer ago than its own ttl (measured on Redis's clock, so exact even
         with skewed host clocks) is a backlog replay -- after a link flap or reconnect we read what we
         missed, in order. Applying it could re-add a VIP that has moved meanwhile and GARP for it."""
@@ -483,7 +521,7 @@ class AnnouncerService:
         _assign.labels("backlog").inc()
         return True
 
-    def too_old(self, msg: NodeAssignments, wall_now: float) -> bool:
+    def too_old(self, msg: NodeAssignments | NodeRenewal, wall_now: float) -> bool:
         """A backlog entry (announcer restarted behind its group position, Redis came back) must not
         be applied -- it could name VIPs that moved meanwhile and trigger GARPs for them. An entry sent
         longer ago than its ttl plus ``--max-clock-skew-ms`` is dropped (0 disables the check)."""
