@@ -69,6 +69,7 @@ type config struct {
 	ceiling    bool
 	ceilingDur time.Duration
 	bypass     bool
+	write      bool
 }
 
 func fail(format string, args ...any) {
@@ -138,6 +139,7 @@ func buildRequest(src net.HardwareAddr, spa, tpa net.IP) []byte {
 // sender owns the send socket and a ring of 2*N prebuilt mmsghdrs (frame i and i+N both point to
 // request i), so a burst starting at any sequence number is one contiguous slice: no per-send work.
 type sender struct {
+	write  bool // one write(2) per frame instead of one sendmmsg(2) per burst (for comparison)
 	fd     int
 	frames [][]byte
 	iov    []syscall.Iovec
@@ -158,9 +160,24 @@ func newSender(fd int, frames [][]byte) *sender {
 	return s
 }
 
+func (s *sender) how() string {
+	if s.write {
+		return "write"
+	}
+	return "sendmmsg"
+}
+
 // send pushes count (<= n) frames starting at sequence seq; returns how many the kernel took.
 func (s *sender) send(seq, count int) (int, error) {
 	start := seq % s.n
+	if s.write {
+		for k := 0; k < count; k++ {
+			if _, err := syscall.Write(s.fd, s.frames[(start+k)%s.n]); err != nil {
+				return k, err
+			}
+		}
+		return count, nil
+	}
 	r, _, e := syscall.Syscall6(sysSendmmsg, uintptr(s.fd), uintptr(unsafe.Pointer(&s.msgs[start])),
 		uintptr(count), 0, 0, 0)
 	if e != 0 {
@@ -294,6 +311,7 @@ func sleepUntil(t0 time.Time, due time.Duration) {
 
 type result struct {
 	Mode          string  `json:"mode"`
+	Send          string  `json:"send"`
 	Rate          int     `json:"rate"`
 	AchievedRate  int     `json:"achieved_rate"`
 	Sent          int     `json:"sent"`
@@ -360,6 +378,7 @@ func parse() config {
 	flag.IntVar(&c.maxFrames, "max-frames", 5_000_000, "hard cap on frames sent")
 	flag.BoolVar(&c.ceiling, "ceiling", false, "send only, as fast as possible, for -ceiling-seconds; print the rate")
 	flag.DurationVar(&c.ceilingDur, "ceiling-seconds", 500*time.Millisecond, "duration of -ceiling")
+	flag.BoolVar(&c.write, "write", false, "send with one write(2) per frame instead of sendmmsg(2) per burst")
 	flag.BoolVar(&c.bypass, "qdisc-bypass", true, "PACKET_QDISC_BYPASS on the send socket")
 	flag.Parse()
 	if c.iface == "" || target == "" {
@@ -435,6 +454,7 @@ func main() {
 		_ = setsockoptInt(txfd, solPacket, packetQdiscBypass, 1)
 	}
 	tx := newSender(txfd, frames)
+	tx.write = c.write
 	_, _, _ = syscall.RawSyscall6(syscall.SYS_PRCTL, prSetTimerslack, 1, 0, 0, 0, 0)
 	if c.ceiling {
 		runCeiling(c, tx)
@@ -488,13 +508,12 @@ func runCeiling(c config, tx *sender) {
 		if err != nil {
 			errs++
 			lastErr = err
-			continue
 		}
 		seq += n
 		sent += int64(n)
 	}
 	el := time.Since(t0).Seconds()
-	r := result{Mode: "ceiling", Rate: 0, AchievedRate: int(float64(sent) / el), Sent: int(sent), SendErrors: errs,
+	r := result{Mode: "ceiling", Send: tx.how(), Rate: 0, AchievedRate: int(float64(sent) / el), Sent: int(sent), SendErrors: errs,
 		Burst: batch, SendSeconds: round3(el), P50us: math.NaN(), P99us: math.NaN(), P999us: math.NaN(),
 		MaxUs: math.NaN()}
 	if lastErr != nil {
@@ -560,7 +579,6 @@ func runStep(c config, tx *sender, rxfd int, senders []net.IP) {
 		if err != nil {
 			errs++
 			lastErr = err
-			n = 0
 			if !errors.Is(err, syscall.ENOBUFS) && !errors.Is(err, syscall.EAGAIN) && !errors.Is(err, syscall.EINTR) {
 				fail("sendmmsg: %v", err)
 			}
@@ -589,7 +607,7 @@ func runStep(c config, tx *sender, rxfd int, senders []net.IP) {
 	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	got := int64(len(lat))
-	r := result{Mode: "step", Rate: c.rate, Sent: sent, Received: got, Lost: int64(sent) - got, Stray: rx.stray,
+	r := result{Mode: "step", Send: tx.how(), Rate: c.rate, Sent: sent, Received: got, Lost: int64(sent) - got, Stray: rx.stray,
 		SendErrors: errs, NoTimestamp: rx.noTS, Burst: burst, SendSeconds: round3(sendEl), TimedOut: timedOut,
 		P50us: percentile(lat, 0.5), P99us: percentile(lat, 0.99), P999us: percentile(lat, 0.999),
 		MaxUs: math.NaN()}
