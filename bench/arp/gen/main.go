@@ -70,6 +70,7 @@ type config struct {
 	ceilingDur time.Duration
 	bypass     bool
 	write      bool
+	poll       time.Duration
 }
 
 func fail(format string, args ...any) {
@@ -246,9 +247,16 @@ func (r *receiver) timestamp(k int) int64 {
 	return 0
 }
 
-// run receives until stop is set (SO_RCVTIMEO bounds every wait).
-func (r *receiver) run() {
+// run receives until stop is set. It polls: drain what is queued (MSG_DONTWAIT), then sleep -poll.
+// Receive times are the kernel's timestamps, so a late read costs no accuracy, and a thread that is
+// not waiting in recv is not woken for every reply (those wake-ups were a quarter of the sending CPU's
+// time at 150k/s, the kernel doing the responder's work in the sender's system call).
+func (r *receiver) run(poll time.Duration) {
 	runtime.LockOSThread()
+	flags := uintptr(syscall.MSG_DONTWAIT)
+	if poll == 0 {
+		flags = msgWaitForOne // blocking, SO_RCVTIMEO bounds each wait
+	}
 	for !r.stop.Load() {
 		for k := 0; k < rxBatch; k++ {
 			r.msgs[k].hdr.Control = &r.ctl[k][0]
@@ -256,9 +264,13 @@ func (r *receiver) run() {
 			r.msgs[k].hdr.Flags = 0
 		}
 		got, _, e := syscall.Syscall6(sysRecvmmsg, uintptr(r.fd), uintptr(unsafe.Pointer(&r.msgs[0])),
-			rxBatch, msgWaitForOne, 0, 0)
+			rxBatch, flags, 0, 0)
 		if e != 0 {
 			if e == syscall.EAGAIN || e == syscall.EINTR {
+				if poll > 0 {
+					ts := syscall.NsecToTimespec(int64(poll))
+					_ = syscall.Nanosleep(&ts, nil)
+				}
 				continue
 			}
 			fmt.Fprintf(os.Stderr, "argen: recvmmsg: %v\n", e)
@@ -379,6 +391,7 @@ func parse() config {
 	flag.BoolVar(&c.ceiling, "ceiling", false, "send only, as fast as possible, for -ceiling-seconds; print the rate")
 	flag.DurationVar(&c.ceilingDur, "ceiling-seconds", 500*time.Millisecond, "duration of -ceiling")
 	flag.BoolVar(&c.write, "write", false, "send with one write(2) per frame instead of sendmmsg(2) per burst")
+	flag.DurationVar(&c.poll, "poll", 500*time.Microsecond, "receiver: sleep between drains (0: block in recvmmsg)")
 	flag.BoolVar(&c.bypass, "qdisc-bypass", true, "PACKET_QDISC_BYPASS on the send socket")
 	flag.Parse()
 	if c.iface == "" || target == "" {
@@ -411,6 +424,9 @@ func parse() config {
 	}
 	if c.period < 10*time.Microsecond || c.period > time.Second {
 		fail("-period %v out of range 10us..1s", c.period)
+	}
+	if c.poll < 0 || c.poll > 100*time.Millisecond {
+		fail("-poll %v out of range 0..100ms", c.poll)
 	}
 	if c.drain < 0 || c.drain > 10*time.Second {
 		fail("-drain %v out of range 0..10s", c.drain)
@@ -552,7 +568,7 @@ func runStep(c config, tx *sender, rxfd int, senders []net.IP) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		rx.run()
+		rx.run(c.poll)
 	}()
 
 	// the sender: this goroutine, on its own OS thread
