@@ -41,6 +41,7 @@ from l2lb.adapters.net.links import Link, LinkMonitor, read_links, vips_configur
 from l2lb.adapters.net.rawsock import RawPort, RawSocketError
 from l2lb.core import codec
 from l2lb.core.announce import AnnouncerState, ConflictSeen, Iface, stream_entry_age_ms
+from l2lb.core.fastpath import ReplyMemo
 from l2lb.core.messages import (
     Conflict,
     Heartbeat,
@@ -112,6 +113,7 @@ _assign = metrics.counter(
 )
 SNAPSHOT_REQUEST_INTERVAL_S = 1.0  # at most one SnapshotRequest per this interval after unmatched renewals
 SAME_BURST_S = 0.1
+LOG_VIPS = 20  # VIPs listed by name in a log line (the rest are counted)
 _grace = metrics.gauge(
     "l2lb_announcer_leases_grace", "1 while VIPs are kept past their validity because the leases service is silent"
 )
@@ -217,6 +219,7 @@ class AnnouncerService:
         self.kube_labels: dict[str, str] = {}
         self.ports: dict[str, RawPort] = {}
         self.ifaces: dict[str, Iface] = {}  # up interfaces with an open socket
+        self.memos: dict[str, ReplyMemo] = {}  # per interface: answers to repeated requests
         self.port_errors: dict[str, str] = {}
         self.bus: Bus | None = None
         self.hb_seq = 0
@@ -294,15 +297,18 @@ class AnnouncerService:
         return {**self.kube_labels, **self.labels}
 
     # -- frames (hot path) -----------------------------------------------------------------------
-    def _on_frame(self, port: RawPort, frame: bytes) -> None:
+    def _on_frames(self, port: RawPort, frames: list[bytes]) -> None:
         iface = self.ifaces.get(port.ifname)
-        if iface is None:
+        memo = self.memos.get(port.ifname)
+        if iface is None or memo is None:
             return
-        v = self.state.handle(frame, iface, time.monotonic())
-        for f in v.frames:
-            port.send(f)
-        if v.conflict is not None:
-            self._conflict(v.conflict)
+        # one clock read per batch (a batch of up to 256 frames is handled within a millisecond)
+        replies, conflicts = memo.handle_batch(frames, iface, time.monotonic())
+        send = port.send
+        for f in replies:
+            send(f)
+        for c in conflicts:
+            self._conflict(c)
 
     def _conflict(self, c: ConflictSeen) -> None:
         log.warning(
@@ -361,7 +367,7 @@ class AnnouncerService:
 
     def _open_port(self, link: Link) -> None:
         try:
-            port = RawPort(link.name, rcvbuf=self.args.rcvbuf)
+            port = RawPort(link.name, rcvbuf=self.args.rcvbuf, ring=not self.args.no_packet_ring)
         except RawSocketError as e:
             if self.port_errors.get(link.name) != str(e):
                 log.error("cannot open raw socket", extra={"interface": link.name, "error": str(e)})
@@ -369,16 +375,19 @@ class AnnouncerService:
             return
         self.port_errors.pop(link.name, None)
         self.ports[link.name] = port
+        self.memos[link.name] = ReplyMemo(self.state)
         port.set_multicast(self.state.multicast_macs(link.name))
-        port.start(asyncio.get_running_loop(), self._on_frame)
+        port.start(asyncio.get_running_loop(), self._on_frames)
         log.info(
             "listening",
-            extra={"interface": link.name, "ifindex": port.ifindex, "mac": link.mac, "rcvbuf": port.rcvbuf},
+            extra={"interface": link.name, "ifindex": port.ifindex, "mac": link.mac, "rcvbuf": port.rcvbuf,
+                   "io": port.mode},
         )
 
     def _close_port(self, name: str) -> None:
         port = self.ports.pop(name, None)
         self.ifaces.pop(name, None)
+        self.memos.pop(name, None)
         if port is not None:
             port.close()
 
@@ -409,8 +418,11 @@ class AnnouncerService:
                     "term": msg.term,
                     "seq": msg.seq,
                     "ttl_ms": msg.ttl_ms,
-                    "added": [f"{v.ip}@{v.epoch}" for v in ch.added],
-                    "removed": [v.ip for v in ch.removed],
+                    # a log line stays readable with 10k VIPs: the first few, then the counts
+                    "added": [f"{v.ip}@{v.epoch}" for v in ch.added[:LOG_VIPS]],
+                    "removed": [v.ip for v in ch.removed[:LOG_VIPS]],
+                    "added_count": len(ch.added),
+                    "removed_count": len(ch.removed),
                     "total": len(self.state.vips),
                 },
             )
@@ -566,7 +578,7 @@ class AnnouncerService:
                 _expiries.inc()
                 log.warning(
                     "assignments expired without renewal: stopped answering",
-                    extra={"vips": [v.ip for v in gone]},
+                    extra={"vips": [v.ip for v in gone[:LOG_VIPS]], "count": len(gone)},
                 )
                 self._sync_groups()
                 self._hb_now.set()
@@ -813,7 +825,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep answering this long past the validity deadline when the leases service sends nothing "
         "to any node while Redis stays reachable (a leases crash/failover); 0 = strict expiry (default 60000)",
     )
-    p.add_argument("--rcvbuf", type=int, default=4 << 20, help="raw socket receive buffer (bytes)")
+    p.add_argument("--rcvbuf", type=int, default=4 << 20,
+                   help="receive ring per interface in bytes (256-byte slots: 16384 frames for 4 MiB)")
+    p.add_argument("--no-packet-ring", action="store_true",
+                   help="recv/send one frame per system call instead of PACKET_MMAP rings (slower; for debugging)")
     p.add_argument("--link-poll-ms", type=int, default=50, help="/sys polling interval without rtnetlink")
     p.add_argument("--no-netlink", action="store_true", help="poll /sys for link state instead of rtnetlink")
     p.add_argument(

@@ -1,4 +1,4 @@
-"""Raw AF_PACKET sockets for the announcer: one per interface, BPF-filtered, drained in batches.
+"""Raw AF_PACKET sockets for the announcer: one per interface, BPF-filtered, memory-mapped rings.
 
 The socket is created with protocol 0 (it receives nothing), gets its classic BPF filter, and is
 only then bound to ``ETH_P_ALL`` on its interface, so no unfiltered frame is ever queued. The
@@ -8,9 +8,15 @@ VLAN tag and are:
 * ARP (any operation: requests are answered; replies and announcements reveal conflicts), or
 * IPv6 with next header ICMPv6 and type 135 (NS) or 136 (NA: conflicts),
 
-each optionally inside one in-line 802.1Q tag. The receive buffer is 4 MiB (SO_RCVBUFFORCE when
-allowed, else SO_RCVBUF). :meth:`RawPort.start` registers the socket with the running loop
-(``loop.add_reader``; uvloop in production) and drains up to ``batch`` frames per wake-up.
+each optionally inside one in-line 802.1Q tag.
+
+Frames move through ``PACKET_MMAP`` rings (TPACKET_V2) shared with the kernel: received frames are
+read straight from the RX ring (no ``recv`` system call per frame) and replies are written into the
+TX ring and handed to the kernel with one ``send`` per batch. The RX ring is the receive buffer
+(``rcvbuf`` bytes of 256-byte slots: 16384 frames for 4 MiB); the classic socket path
+(``recv``/``send`` per frame, ``SO_RCVBUF``) is used when the kernel refuses the rings, or with
+``ring=False``. :meth:`RawPort.start` registers the socket with the running loop (``loop.add_reader``;
+uvloop in production) and hands each wake-up's frames to the handler as one batch.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import mmap
 import socket
 import struct
 from collections.abc import Callable
@@ -100,30 +107,98 @@ class RawSocketError(OSError):
     pass
 
 
-FrameHandler = Callable[["RawPort", bytes], None]
+class _RingRefused(Exception):
+    pass
+
+
+BatchHandler = Callable[["RawPort", list[bytes]], None]
+
+# PACKET_MMAP (TPACKET_V2), see Documentation/networking/packet_mmap.rst
+PACKET_RX_RING = 5
+PACKET_VERSION = 10
+PACKET_TX_RING = 13
+PACKET_LOSS = 14
+PACKET_QDISC_BYPASS = 20
+TPACKET_V2 = 1
+TP_STATUS_KERNEL = 0
+TP_STATUS_USER = 1
+TP_STATUS_AVAILABLE = 0
+TP_STATUS_SEND_REQUEST = 1
+TP_STATUS_WRONG_FORMAT = 4
+_TX_DATA = 32  # TPACKET2_HDRLEN - sizeof(struct sockaddr_ll): where a TX frame's bytes start in its slot
+_PAGE = 4096
+_HDR = struct.Struct("=IIIHH")  # tp_status, tp_len, tp_snaplen, tp_mac, tp_net (struct tpacket2_hdr)
+_SEND_REQ = struct.Struct("=III")  # tp_status, tp_len, tp_snaplen
+
+
+class _Ring:
+    """The RX and TX rings of one socket, mapped into this process (RX first, then TX)."""
+
+    def __init__(self, sock: socket.socket, rx_bytes: int, tx_frames: int, frame: int):
+        per_block = _PAGE // frame
+        rx_blocks = max(1, rx_bytes // _PAGE)
+        tx_blocks = max(1, -(-tx_frames // per_block))
+        sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
+        sock.setsockopt(SOL_PACKET, PACKET_LOSS, 1)  # a frame the kernel cannot send is skipped, not retried forever
+        sock.setsockopt(SOL_PACKET, PACKET_RX_RING, struct.pack("IIII", _PAGE, rx_blocks, frame, rx_blocks * per_block))
+        sock.setsockopt(SOL_PACKET, PACKET_TX_RING, struct.pack("IIII", _PAGE, tx_blocks, frame, tx_blocks * per_block))
+        self.frame = frame
+        self.rx_n = rx_blocks * per_block
+        self.tx_n = tx_blocks * per_block
+        self.tx_base = rx_blocks * _PAGE
+        self.size = (rx_blocks + tx_blocks) * _PAGE
+        self.mm = mmap.mmap(sock.fileno(), self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.rx_i = 0
+        self.tx_i = 0
+
+    def close(self) -> None:
+        with contextlib.suppress(BufferError, ValueError):
+            self.mm.close()
 
 
 class RawPort:
-    """An AF_PACKET socket bound to one interface."""
+    """An AF_PACKET socket bound to one interface.
 
-    def __init__(self, ifname: str, *, rcvbuf: int = 4 << 20, batch: int = 256, snaplen: int = 2048):
+    ``rcvbuf`` sizes the RX ring (or the socket buffer without rings); ``tx_frames`` the TX ring.
+    ``ring=False`` forces the classic per-frame ``recv``/``send`` path."""
+
+    def __init__(self, ifname: str, *, rcvbuf: int = 4 << 20, batch: int = 256, snaplen: int = 2048,
+                 ring: bool = True, tx_frames: int = 1024, frame_size: int = 256):
         self.ifname = ifname
         self.batch = batch
         self.snaplen = snaplen
         self.sent = 0
         self.send_errors = 0
         self.received = 0
+        self.tx_full = 0
         self._groups: set[bytes] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._ring: _Ring | None = None
+        self._pending = 0
+        self._batching = False
         try:
             self.ifindex = socket.if_nametoindex(ifname)
         except OSError as e:
             raise RawSocketError(e.errno, f"no interface {ifname!r}: {e.strerror}") from None
+        if ring:
+            try:
+                self.sock, self._ring = self._open(rcvbuf, tx_frames, frame_size)
+            except _RingRefused as e:
+                log.warning("packet rings refused by the kernel; using recv/send per frame (slower)",
+                            extra={"interface": ifname, "error": str(e.__cause__)})
+        if self._ring is None:
+            self.sock, _ = self._open(rcvbuf, 0, 0)
+            self.rcvbuf = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        else:
+            self.rcvbuf = self._ring.rx_n * frame_size
+
+    def _open(self, rcvbuf: int, tx_frames: int, frame_size: int) -> tuple[socket.socket, _Ring | None]:
+        """A filtered socket bound to the interface; with rings when ``frame_size`` is non-zero."""
         try:
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         except PermissionError:
             raise RawSocketError(1, "opening an AF_PACKET socket needs CAP_NET_RAW") from None
-        self.sock = sock
+        ring: _Ring | None = None
         try:
             code = assemble_filter(BPF_PROGRAM)
             buf = ctypes.create_string_buffer(code)
@@ -131,16 +206,34 @@ class RawPort:
             sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
             with contextlib.suppress(OSError):  # Linux >= 4.20; the filter drops outgoing anyway
                 sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
-            except OSError:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            sock.bind((ifname, ETH_P_ALL))
+            with contextlib.suppress(OSError):  # replies skip the qdisc layer (Linux >= 3.14)
+                sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+            if frame_size:
+                try:
+                    ring = _Ring(sock, rcvbuf, tx_frames, frame_size)
+                except OSError as e:
+                    raise _RingRefused() from e
+            else:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+                except OSError:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.bind((self.ifname, ETH_P_ALL))
             sock.setblocking(False)
-        except OSError as e:
+        except _RingRefused:
             sock.close()
-            raise RawSocketError(e.errno or 0, f"raw socket on {ifname}: {e.strerror or e}") from None
-        self.rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            raise
+        except OSError as e:
+            if ring is not None:
+                ring.close()
+            sock.close()
+            raise RawSocketError(e.errno or 0, f"raw socket on {self.ifname}: {e.strerror or e}") from None
+        return sock, ring
+
+    @property
+    def mode(self) -> str:
+        """``"ring"`` (PACKET_MMAP) or ``"socket"`` (recv/send per frame)."""
+        return "ring" if self._ring is not None else "socket"
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -170,29 +263,91 @@ class RawPort:
 
     # -- I/O -------------------------------------------------------------------------------------
     def recv_batch(self, limit: int | None = None) -> list[bytes]:
+        """Up to ``limit`` (default ``batch``) frames waiting now; never blocks."""
         out: list[bytes] = []
-        recv = self.sock.recv
-        n = self.snaplen
-        for _ in range(limit or self.batch):
-            try:
-                out.append(recv(n))
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as e:  # e.g. ENETDOWN while the link flaps
-                log.debug("recv failed", extra={"interface": self.ifname, "error": str(e)})
-                break
+        n = limit or self.batch
+        r = self._ring
+        if r is not None:
+            mm = r.mm
+            unpack = _HDR.unpack_from
+            i = r.rx_i
+            size = r.frame
+            count = r.rx_n
+            while len(out) < n:
+                off = i * size
+                if not mm[off] & TP_STATUS_USER:
+                    break
+                _, _, snap, mac, _ = unpack(mm, off)
+                out.append(mm[off + mac:off + mac + snap])
+                mm[off:off + 4] = b"\0\0\0\0"  # TP_STATUS_KERNEL: the slot is the kernel's again
+                i = i + 1 if i + 1 < count else 0
+            r.rx_i = i
+        else:
+            recv = self.sock.recv
+            snaplen = self.snaplen
+            for _ in range(n):
+                try:
+                    out.append(recv(snaplen))
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as e:  # e.g. ENETDOWN while the link flaps
+                    log.debug("recv failed", extra={"interface": self.ifname, "error": str(e)})
+                    break
         self.received += len(out)
         return out
 
     def send(self, frame: bytes) -> bool:
-        try:
-            self.sock.send(frame)
-        except OSError as e:
+        """Transmit one frame. With rings it is queued in the TX ring and handed to the kernel at the end
+        of the current receive batch (or at once outside of one)."""
+        r = self._ring
+        if r is None:
+            try:
+                self.sock.send(frame)
+            except OSError as e:
+                self.send_errors += 1
+                log.debug("send failed", extra={"interface": self.ifname, "error": str(e)})
+                return False
+            self.sent += 1
+            return True
+        n = len(frame)
+        if n > r.frame - _TX_DATA:
             self.send_errors += 1
-            log.debug("send failed", extra={"interface": self.ifname, "error": str(e)})
+            log.debug("frame too long for the TX ring", extra={"interface": self.ifname, "length": n})
             return False
-        self.sent += 1
+        mm = r.mm
+        off = r.tx_base + r.tx_i * r.frame
+        status = mm[off]
+        if status & (TP_STATUS_SEND_REQUEST | 2):  # not yet sent, or still being sent (TP_STATUS_SENDING)
+            self.flush()
+            status = mm[off]
+            if status & (TP_STATUS_SEND_REQUEST | 2):
+                self.tx_full += 1
+                self.send_errors += 1
+                return False
+        if status & TP_STATUS_WRONG_FORMAT:
+            self.send_errors += 1
+        mm[off + _TX_DATA:off + _TX_DATA + n] = frame
+        _SEND_REQ.pack_into(mm, off, TP_STATUS_SEND_REQUEST, n, n)
+        r.tx_i = r.tx_i + 1 if r.tx_i + 1 < r.tx_n else 0
+        self._pending += 1
+        if not self._batching:
+            self.flush()
         return True
+
+    def flush(self) -> None:
+        """Hand every queued TX-ring frame to the kernel (one system call)."""
+        if not self._pending:
+            return
+        queued, self._pending = self._pending, 0
+        try:
+            self.sock.send(b"", socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            pass  # the kernel picks them up on the next flush
+        except OSError as e:
+            self.send_errors += queued
+            log.debug("send failed", extra={"interface": self.ifname, "error": str(e)})
+            return
+        self.sent += queued
 
     def kernel_stats(self) -> tuple[int, int]:
         """(packets, drops) counted by the kernel since the last call (PACKET_STATISTICS resets)."""
@@ -200,28 +355,22 @@ class RawPort:
         packets, drops = struct.unpack("II", raw)
         return packets, drops
 
-    def start(self, loop: asyncio.AbstractEventLoop, handler: FrameHandler) -> None:
-        """Call ``handler(port, frame)`` for every received frame, draining up to ``batch`` per wake-up."""
-        recv = self.sock.recv
-        n = self.snaplen
-        batch = self.batch
+    def start(self, loop: asyncio.AbstractEventLoop, handler: BatchHandler) -> None:
+        """Call ``handler(port, frames)`` with up to ``batch`` frames per call whenever frames wait; replies
+        sent from the handler leave in one TX-ring flush after it returns."""
 
         def on_readable() -> None:
-            got = 0
-            for _ in range(batch):
-                try:
-                    frame = recv(n)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as e:
-                    log.debug("recv failed", extra={"interface": self.ifname, "error": str(e)})
-                    break
-                got += 1
-                try:
-                    handler(self, frame)
-                except Exception:  # one bad frame must never stop the port
-                    log.exception("frame handler failed", extra={"interface": self.ifname})
-            self.received += got
+            frames = self.recv_batch()
+            if not frames:
+                return
+            self._batching = True
+            try:
+                handler(self, frames)
+            except Exception:  # one bad frame must never stop the port
+                log.exception("frame handler failed", extra={"interface": self.ifname})
+            finally:
+                self._batching = False
+                self.flush()
 
         self._loop = loop
         loop.add_reader(self.sock.fileno(), on_readable)
@@ -231,4 +380,6 @@ class RawPort:
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(self.sock.fileno())
             self._loop = None
+        if self._ring is not None:
+            self._ring.close()
         self.sock.close()
