@@ -32,6 +32,7 @@ import (
 
 const (
 	ethPArp              = 0x0806
+	ethPAll              = 0x0003
 	solPacket            = 263
 	packetIgnoreOutgoing = 23
 	packetQdiscBypass    = 20
@@ -70,6 +71,7 @@ type config struct {
 	ceilingDur time.Duration
 	bypass     bool
 	write      bool
+	txStamp    bool
 	poll       time.Duration
 }
 
@@ -101,13 +103,28 @@ func packetSocket(ifindex int, proto uint16) (int, error) {
 	return fd, nil
 }
 
-// attachReplyFilter lets only ARP replies (op 2) reach the receive queue.
-func attachReplyFilter(fd int) error {
+// attachFilter lets only ARP replies (op 2) reach the receive queue, and with outgoing, also the
+// requests this host sends (op 1, packet type PACKET_OUTGOING): their kernel timestamps are the send times.
+func attachFilter(fd int, outgoing bool) error {
 	prog := []syscall.SockFilter{
 		{Code: 0x28, K: 20},              // ldh [20]      ARP operation
 		{Code: 0x15, Jt: 0, Jf: 1, K: 2}, // jeq #2
 		{Code: 0x06, K: 0x40000},         // ret #262144 (whole frame)
 		{Code: 0x06, K: 0},               // ret #0
+	}
+	if outgoing {
+		// the socket is bound to ETH_P_ALL then (only those see outgoing frames): check the EtherType too
+		prog = []syscall.SockFilter{
+			{Code: 0x28, K: 12},                    // 0: ldh [12]         EtherType
+			{Code: 0x15, Jt: 0, Jf: 6, K: ethPArp}, // 1: jeq #0x806, else -> 8
+			{Code: 0x28, K: 20},                    // 2: ldh [20]         ARP operation
+			{Code: 0x15, Jt: 3, Jf: 0, K: 2},       // 3: jeq #2 -> 7
+			{Code: 0x15, Jt: 0, Jf: 3, K: 1},       // 4: jeq #1, else -> 8
+			{Code: 0x20, K: 0xfffff004},            // 5: ld #pkttype      (SKF_AD_OFF + SKF_AD_PKTTYPE)
+			{Code: 0x15, Jt: 0, Jf: 1, K: 4},       // 6: jeq #4 (PACKET_OUTGOING), else -> 8
+			{Code: 0x06, K: 0x40000},               // 7: ret #262144
+			{Code: 0x06, K: 0},                     // 8: ret #0
+		}
 	}
 	fp := syscall.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
 	_, _, e := syscall.Syscall6(syscall.SYS_SETSOCKOPT, uintptr(fd), syscall.SOL_SOCKET, soAttachFilter,
@@ -194,6 +211,9 @@ type receiver struct {
 	bufs    [][rxSnap]byte
 	ctl     [][ctlLen]byte
 	want    []byte
+	own     []byte
+	txCount []int   // outgoing requests seen so far per sender
+	tx      []int64 // kernel send timestamp per sequence number (0: not seen)
 	index   map[[4]byte]int
 	n       int
 	count   []int   // replies matched so far per sender
@@ -205,8 +225,10 @@ type receiver struct {
 	stop    atomic.Bool
 }
 
-func newReceiver(fd int, want net.HardwareAddr, senders []net.IP, maxFrames int, sentHi *atomic.Int64) *receiver {
-	r := &receiver{fd: fd, want: want, n: len(senders), count: make([]int, len(senders)),
+func newReceiver(fd int, want, own net.HardwareAddr, senders []net.IP, maxFrames int, sentHi *atomic.Int64,
+) *receiver {
+	r := &receiver{fd: fd, want: want, own: own, n: len(senders), count: make([]int, len(senders)),
+		txCount: make([]int, len(senders)), tx: make([]int64, maxFrames),
 		rx: make([]int64, maxFrames), index: make(map[[4]byte]int, len(senders)), sentHi: sentHi,
 		msgs: make([]mmsghdr, rxBatch), iov: make([]syscall.Iovec, rxBatch),
 		bufs: make([][rxSnap]byte, rxBatch), ctl: make([][ctlLen]byte, rxBatch)}
@@ -285,7 +307,14 @@ func (r *receiver) run(poll time.Duration) {
 func (r *receiver) handle(k int) {
 	n := int(r.msgs[k].n)
 	b := r.bufs[k][:min(n, rxSnap)]
-	if len(b) < frameLen || b[20] != 0 || b[21] != 2 || string(b[22:28]) != string(r.want) {
+	if len(b) < frameLen || b[20] != 0 {
+		return
+	}
+	if b[21] == 1 && string(b[22:28]) == string(r.own) {
+		r.outgoing(k, b)
+		return
+	}
+	if b[21] != 2 || string(b[22:28]) != string(r.want) {
 		return
 	}
 	var key [4]byte
@@ -308,6 +337,22 @@ func (r *receiver) handle(k int) {
 	}
 	r.rx[seq] = ts
 	r.matched.Add(1)
+}
+
+// outgoing records the kernel's timestamp of one of our requests leaving the interface.
+func (r *receiver) outgoing(k int, b []byte) {
+	var key [4]byte
+	copy(key[:], b[28:32])
+	i, ok := r.index[key]
+	if !ok {
+		return
+	}
+	seq := r.txCount[i]*r.n + i
+	if seq >= len(r.tx) {
+		return
+	}
+	r.txCount[i]++
+	r.tx[seq] = r.timestamp(k)
 }
 
 // pace sleeps until the absolute CLOCK_MONOTONIC-based deadline (ns since t0) with nanosleep;
@@ -333,10 +378,13 @@ type result struct {
 	P99us         float64 `json:"p99_us"`
 	P999us        float64 `json:"p999_us"`
 	MaxUs         float64 `json:"max_us"`
+	MinUs         float64 `json:"min_us"`
 	Stray         int64   `json:"stray"`
 	SendErrors    int64   `json:"send_errors"`
 	NoTimestamp   int64   `json:"no_timestamp"`
 	Burst         int     `json:"burst"`
+	TxStamp       string  `json:"tx_stamp"`
+	TxKernel      int64   `json:"tx_kernel_stamped"`
 	SendSeconds   float64 `json:"send_seconds"`
 	TimedOut      bool    `json:"timed_out"`
 	LastSendError string  `json:"last_send_error,omitempty"`
@@ -362,7 +410,8 @@ func nanToNull(r result) any {
 		P99us  any `json:"p99_us"`
 		P999us any `json:"p999_us"`
 		MaxUs  any `json:"max_us"`
-	}{r, finite(r.P50us), finite(r.P99us), finite(r.P999us), finite(r.MaxUs)})
+		MinUs  any `json:"min_us"`
+	}{r, finite(r.P50us), finite(r.P99us), finite(r.P999us), finite(r.MaxUs), finite(r.MinUs)})
 	_ = json.Unmarshal(b, &m)
 	return m
 }
@@ -392,7 +441,10 @@ func parse() config {
 	flag.DurationVar(&c.ceilingDur, "ceiling-seconds", 500*time.Millisecond, "duration of -ceiling")
 	flag.BoolVar(&c.write, "write", false, "send with one write(2) per frame instead of sendmmsg(2) per burst")
 	flag.DurationVar(&c.poll, "poll", 500*time.Microsecond, "receiver: sleep between drains (0: block in recvmmsg)")
-	flag.BoolVar(&c.bypass, "qdisc-bypass", true, "PACKET_QDISC_BYPASS on the send socket")
+	flag.BoolVar(&c.bypass, "qdisc-bypass", false,
+		"PACKET_QDISC_BYPASS on the send socket (packet taps then do not see the frames: needs -tx-stamp=false)")
+	flag.BoolVar(&c.txStamp, "tx-stamp", true, "send times from the kernel: the receive socket sees the requests "+
+		"leave the interface (false: each frame's share of the sendmmsg call, wrong if the call is preempted)")
 	flag.Parse()
 	if c.iface == "" || target == "" {
 		fail("-iface and -target are required")
@@ -424,6 +476,9 @@ func parse() config {
 	}
 	if c.period < 10*time.Microsecond || c.period > time.Second {
 		fail("-period %v out of range 10us..1s", c.period)
+	}
+	if c.bypass && c.txStamp {
+		fail("-qdisc-bypass needs -tx-stamp=false (frames sent past the qdisc layer are not seen by packet sockets)")
 	}
 	if c.poll < 0 || c.poll > 100*time.Millisecond {
 		fail("-poll %v out of range 0..100ms", c.poll)
@@ -476,7 +531,11 @@ func main() {
 		runCeiling(c, tx)
 		return
 	}
-	rxfd, err := packetSocket(ifc.Index, ethPArp)
+	rxProto := uint16(ethPArp)
+	if c.txStamp {
+		rxProto = ethPAll
+	}
+	rxfd, err := packetSocket(ifc.Index, rxProto)
 	if err != nil {
 		fail("receive socket on %s: %v", c.iface, err)
 	}
@@ -487,10 +546,12 @@ func main() {
 	if err := setsockoptInt(rxfd, syscall.SOL_SOCKET, soTimestampNS, 1); err != nil {
 		fail("SO_TIMESTAMPNS: %v", err)
 	}
-	if err := setsockoptInt(rxfd, solPacket, packetIgnoreOutgoing, 1); err != nil {
-		fail("PACKET_IGNORE_OUTGOING: %v (kernel >= 4.20 needed)", err)
+	if !c.txStamp {
+		if err := setsockoptInt(rxfd, solPacket, packetIgnoreOutgoing, 1); err != nil {
+			fail("PACKET_IGNORE_OUTGOING: %v (kernel >= 4.20 needed)", err)
+		}
 	}
-	if err := attachReplyFilter(rxfd); err != nil {
+	if err := attachFilter(rxfd, c.txStamp); err != nil {
 		fail("SO_ATTACH_FILTER: %v", err)
 	}
 	tv := syscall.NsecToTimeval(int64(20 * time.Millisecond))
@@ -498,7 +559,7 @@ func main() {
 		fail("SO_RCVTIMEO: %v", err)
 	}
 	drainQueue(rxfd)
-	runStep(c, tx, rxfd, senders)
+	runStep(c, tx, rxfd, ifc.HardwareAddr, senders)
 }
 
 // drainQueue drops whatever was queued before the filter was attached.
@@ -531,11 +592,18 @@ func runCeiling(c config, tx *sender) {
 	el := time.Since(t0).Seconds()
 	r := result{Mode: "ceiling", Send: tx.how(), Rate: 0, AchievedRate: int(float64(sent) / el), Sent: int(sent), SendErrors: errs,
 		Burst: batch, SendSeconds: round3(el), P50us: math.NaN(), P99us: math.NaN(), P999us: math.NaN(),
-		MaxUs: math.NaN()}
+		MaxUs: math.NaN(), MinUs: math.NaN()}
 	if lastErr != nil {
 		r.LastSendError = lastErr.Error()
 	}
 	emit(r)
+}
+
+func stampHow(kernel bool) string {
+	if kernel {
+		return "kernel (outgoing copy)"
+	}
+	return "sendmmsg share"
 }
 
 func round3(v float64) float64 { return math.Round(v*1000) / 1000 }
@@ -547,7 +615,7 @@ func emit(r result) {
 	}
 }
 
-func runStep(c config, tx *sender, rxfd int, senders []net.IP) {
+func runStep(c config, tx *sender, rxfd int, own net.HardwareAddr, senders []net.IP) {
 	total := int(math.Round(float64(c.rate) * c.seconds))
 	if total < 1 {
 		total = 1
@@ -562,7 +630,7 @@ func runStep(c config, tx *sender, rxfd int, senders []net.IP) {
 	}
 	gap := time.Duration(float64(burst) / float64(c.rate) * 1e9)
 	var sentHi atomic.Int64
-	rx := newReceiver(rxfd, c.wantMAC, senders, total, &sentHi)
+	rx := newReceiver(rxfd, c.wantMAC, own, senders, total, &sentHi)
 	txTimes := make([]int64, total)
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -616,22 +684,29 @@ func runStep(c config, tx *sender, rxfd int, senders []net.IP) {
 	wg.Wait()
 
 	lat := make([]int64, 0, rx.matched.Load())
+	var kernelStamped int64
 	for s := 0; s < sent; s++ {
 		if rx.rx[s] != 0 {
-			lat = append(lat, rx.rx[s]-txTimes[s])
+			t := txTimes[s]
+			if rx.tx[s] != 0 {
+				t = rx.tx[s]
+				kernelStamped++
+			}
+			lat = append(lat, rx.rx[s]-t)
 		}
 	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	got := int64(len(lat))
 	r := result{Mode: "step", Send: tx.how(), Rate: c.rate, Sent: sent, Received: got, Lost: int64(sent) - got, Stray: rx.stray,
-		SendErrors: errs, NoTimestamp: rx.noTS, Burst: burst, SendSeconds: round3(sendEl), TimedOut: timedOut,
+		SendErrors: errs, NoTimestamp: rx.noTS, Burst: burst, TxKernel: kernelStamped, TxStamp: stampHow(c.txStamp), SendSeconds: round3(sendEl), TimedOut: timedOut,
 		P50us: percentile(lat, 0.5), P99us: percentile(lat, 0.99), P999us: percentile(lat, 0.999),
-		MaxUs: math.NaN()}
+		MaxUs: math.NaN(), MinUs: math.NaN()}
 	if sendEl > 0 {
 		r.AchievedRate = int(math.Round(float64(sent) / sendEl))
 	}
 	if len(lat) > 0 {
 		r.MaxUs = math.Round(float64(lat[len(lat)-1])/100) / 10
+		r.MinUs = math.Round(float64(lat[0])/100) / 10
 	}
 	if lastErr != nil {
 		r.LastSendError = lastErr.Error()
