@@ -1,6 +1,6 @@
 """ARP responder benchmark: the Linux kernel vs the l2lb announcer, same veth, same load generator.
 
-    sudo python bench/arp/run.py [--seconds-per-step 1.0] [--vips 10000] [--max-rate 200000]
+    sudo python bench/arp/run.py [--seconds-per-step 1.0] [--vips 10000] [--max-rate 300000] [--generator auto]
 
 Two namespaces ("node" with interface enp0s25, "client") on a lab bridge. Target 198.51.100.50:
 
@@ -12,14 +12,16 @@ Two namespaces ("node" with interface enp0s25, "client") on a lab bridge. Target
 The load generator is ``bench/arp/gen`` (Go, "argen"; built once with ``go build`` and cached under
 ~/.cache/l2lb/argen-<source hash>), run in the client namespace for each step: ARP requests in bursts
 with sendmmsg(2) at increasing rates for a fixed time per step, replies received on a second AF_PACKET socket
-(BPF: ARP replies only, recvmmsg(2)) and matched by the asker's IP (128 rotating sender addresses, FIFO per
-sender); receive times are kernel timestamps (SO_TIMESTAMPNS). Without Go the older Python generator (class
-Generator, about 100k/s on a shared 2-core VM) is used and the run says so. It reports the highest rate with
-0 loss (stepwise, stopping at the first step with loss or a send rate below 90 % of the asked one), latency
-p50/p99/p99.9 at 1000/s, 50k/s and 150k/s and at that highest rate, the ratio announcer/kernel, and the
-announcer's RSS. The generator's own send ceiling (send only, nothing answering) is printed so the figures
-can be judged: on the test bridge the kernel does the whole bridge/veth/ARP path of every frame in the
-sender's system call, so that ceiling is a property of the lab, not only of the generator.
+(BPF: ARP replies and our own outgoing requests, recvmmsg(2)) and matched by the asker's IP (128 rotating
+sender addresses, FIFO per sender); latency = kernel timestamp of the reply arriving - kernel timestamp of
+the request leaving the client interface (SO_TIMESTAMPNS on both). Without Go the older Python generator
+(class Generator, about 100k/s on a shared 2-core VM, send times from user space) is used and the run says
+so. It reports the highest rate with 0 loss (stepwise, stopping at the first step with loss or a send rate
+below 90 % of the asked one), latency p50/p99/p99.9 at 1000/s, 50k/s and 150k/s and at that highest rate,
+the ratio announcer/kernel, and the announcer's RSS. The generator's own send ceiling (send only, nothing
+answering) is printed so the figures can be judged: on the lab's veth/bridge every frame crosses the bridge
+into the node (and, with the kernel answering, the reply comes back) inside the sender's system call, so
+what the sender reaches is a property of the whole lab on this machine, not only of the generator.
 Bounded: every step has a frame count and a time limit; the whole run takes about a minute.
 """
 

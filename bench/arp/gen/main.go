@@ -4,12 +4,15 @@
 //	argen -iface eth0 -target 198.51.100.50 -ceiling
 //
 // One OS thread sends ARP who-has TARGET from -senders rotating sender addresses (198.51.100.100+i,
-// the interface's MAC) in bursts with sendmmsg(2) on an AF_PACKET socket that receives nothing; another
-// OS thread receives on a second AF_PACKET socket (ETH_P_ARP, outgoing frames ignored, a classic BPF
-// filter passing ARP replies only, SO_TIMESTAMPNS) with recvmmsg(2). Replies (op 2 from -want-mac) are
-// matched to requests by the asker's address, FIFO per sender; latency = kernel receive timestamp -
-// send time (both CLOCK_REALTIME). Every loop is bounded by a frame count and a wall-time limit;
-// replies are drained for -drain after the last send. Output: one JSON object on stdout.
+// the interface's MAC) in bursts of about -period worth of frames with one sendmmsg(2) per burst, on an
+// AF_PACKET socket that receives nothing, paced with nanosleep (timer slack 1 ns). Another OS thread
+// reads a second AF_PACKET socket (ETH_P_ALL, SO_TIMESTAMPNS, 32 MiB buffer, a classic BPF filter passing
+// ARP replies and our own outgoing requests only) with recvmmsg(2), polling every -poll. The kernel
+// timestamps the outgoing copy of each request as it leaves the interface and each reply as it arrives
+// (same clock, same interface): latency = reply timestamp - request timestamp. Replies (op 2 from
+// -want-mac) are matched to requests by the asker's address, FIFO per sender. Every loop is bounded by
+// a frame count and a wall-time limit; replies are drained for -drain after the last send. Output: one
+// JSON object on stdout. -ceiling: send only, as fast as possible, for -ceiling-seconds.
 package main
 
 import (
