@@ -3,6 +3,8 @@ same counters, same rate limiting, no answer after the deadline or after the set
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -47,7 +49,7 @@ event = st.one_of(
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(event, max_size=25), st.floats(1.0, 50.0), st.floats(1.0, 5.0))
-def test_memo_decides_like_handle(events: list[tuple], rate: float, burst: float) -> None:
+def test_memo_decides_like_handle(events: list[tuple[Any, ...]], rate: float, burst: float) -> None:
     plain = AnnouncerState("n1", reply_rate=rate, reply_burst=burst)
     fast = AnnouncerState("n1", reply_rate=rate, reply_burst=burst)
     memo = ReplyMemo(fast, max_entries=4)  # tiny: the eviction path runs too
