@@ -203,3 +203,12 @@ async def test_renewal_bytes_are_a_fraction_of_the_full_set() -> None:
     ren = len(encode(NodeRenewal("worker-01", 4, 98766, 1000, time.time(), d)))
     print(f"1000 VIPs: full {full} B, renewal {ren} B")
     assert ren * 500 < full
+
+
+def test_full_every_ms_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    from services.leases.main import build_parser, config_from_args, main
+
+    assert main(["--no-kube", "--full-every-ms", "-1"]) == 2
+    assert "--full-every-ms must be >= 0, got -1" in capsys.readouterr().err
+    assert config_from_args(build_parser().parse_args(["--no-kube"])).full_every_ms == 5000
+    assert config_from_args(build_parser().parse_args(["--no-kube", "--full-every-ms", "0"])).full_every_ms == 0
