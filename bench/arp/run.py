@@ -198,6 +198,10 @@ def go_binary() -> Path | str:
     return out
 
 
+class GenError(RuntimeError):
+    """The Go generator failed (exit status, time-out or unreadable output)."""
+
+
 class GoGenerator:
     """bench/arp/gen (argen) run in the client namespace, one process per step."""
 
@@ -210,11 +214,18 @@ class GoGenerator:
     def _run(self, args: list[str], timeout: float) -> dict[str, float]:
         cmd = ["ip", "netns", "exec", self.client.ns, str(self.binary), "-iface", self.client.ifname,
                "-target", TARGET, *args]
-        r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
+        try:
+            r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise GenError(f"argen {' '.join(args)}: no result after {timeout:.0f} s") from None
         if r.returncode != 0:
-            raise RuntimeError(f"argen failed ({r.returncode}): {r.stderr.strip()[-1000:]}")
-        out = json.loads(r.stdout)
-        assert isinstance(out, dict)
+            raise GenError(f"argen {' '.join(args)}: exit {r.returncode}: {r.stderr.strip()[-1000:]}")
+        try:
+            out = json.loads(r.stdout)
+        except json.JSONDecodeError:
+            out = None
+        if not isinstance(out, dict):
+            raise GenError(f"argen {' '.join(args)}: not a JSON object: {r.stdout[:500]!r}")
         return {k: (float("nan") if v is None else v) for k, v in out.items()}
 
     def step(self, rate: int, seconds: float, mac: str) -> dict[str, float]:
@@ -322,22 +333,8 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds-per-step", type=float, default=1.0)
-    ap.add_argument("--vips", type=int, default=10_000)
-    ap.add_argument("--max-rate", type=int, default=300_000)
-    ap.add_argument("--generator", choices=("auto", "go", "python"), default="auto",
-                    help="auto: the Go generator (bench/arp/gen) when go can build it, else the Python one")
-    ap.add_argument("--json", help="also write the results as JSON to this file")
-    args = ap.parse_args()
-    if not 1000 <= args.max_rate <= 10_000_000 or not 0.1 <= args.seconds_per_step <= 20:
-        ap.error("--max-rate must be 1000..10000000 and --seconds-per-step 0.1..20")
-    if os.geteuid() != 0:
-        print("bench/arp needs root (network namespaces, raw sockets)", file=sys.stderr)
-        return 2
-    prefix = sweep_stale()
-    results: dict[str, object] = {}
+def run_bench(args: argparse.Namespace, prefix: str, results: dict[str, object]) -> int:
+    """Build the lab, measure the kernel then the announcer into results; 0 or an exit status."""
     with Topology(prefix) as topo, tempfile.TemporaryDirectory() as tmp:
         node = topo.add_host("node", ifname="enp0s25", addrs=[NODE_IP])
         client = topo.add_host("cli", addrs=[CLIENT_IP])
@@ -405,14 +402,40 @@ def main() -> int:
                 logf.close()
         finally:
             gen.close()
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds-per-step", type=float, default=1.0)
+    ap.add_argument("--vips", type=int, default=10_000)
+    ap.add_argument("--max-rate", type=int, default=300_000)
+    ap.add_argument("--generator", choices=("auto", "go", "python"), default="auto",
+                    help="auto: the Go generator (bench/arp/gen) when go can build it, else the Python one")
+    ap.add_argument("--json", help="also write the results as JSON to this file")
+    args = ap.parse_args()
+    if not 1000 <= args.max_rate <= 10_000_000 or not 0.1 <= args.seconds_per_step <= 20:
+        ap.error("--max-rate must be 1000..10000000 and --seconds-per-step 0.1..20")
+    if os.geteuid() != 0:
+        print("bench/arp needs root (network namespaces, raw sockets)", file=sys.stderr)
+        return 2
+    prefix = sweep_stale()
+    results: dict[str, object] = {}
+    try:
+        rc = run_bench(args, prefix, results)
+    except GenError as e:
+        print(f"bench/arp: the load generator failed: {e}", file=sys.stderr)
+        return 1
+    if rc:
+        return rc
     k = results["kernel"]
     a = results["announcer"]
     assert isinstance(k, dict) and isinstance(a, dict)
     kb, ab = k["best"] or {}, a["best"] or {}
     kr, ar = kb.get("rate", 0), ab.get("rate", 0)
     print("\n== bench/arp ==")
-    print(f"generator:            {gen.name}, send ceiling {results['generator_ceiling']}/s (send only; rates near it "
-          "measure the generator and the lab bridge, not the responder)")
+    print(f"generator:            {results['generator']}, send ceiling {results['generator_ceiling']}/s "
+          "(send only; rates near it measure the generator and the lab bridge, not the responder)")
     print(f"max rate with 0 loss: kernel   {kr}/s   announcer {ar}/s   ratio {ar / kr if kr else float('nan'):.2f}")
     print(f"  stopped by:         kernel   {k['stop'] or 'end of rates'}; announcer {a['stop'] or 'end of rates'}")
     points: list[tuple[str, dict[str, float], dict[str, float]]] = [("1000/s", k["low"], a["low"])]
