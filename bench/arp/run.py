@@ -326,6 +326,19 @@ def sweep_stale() -> str:
     return f"barp{_b36(os.getpid())}"
 
 
+def revision() -> str:
+    """The commit the announcer under test was run from, and whether the tree had local changes."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], check=False,
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "src"], check=False,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "revision unknown"
+    return f"commit {head or 'unknown'}" + (", src/ with uncommitted changes" if dirty else "")
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -420,7 +433,7 @@ def main() -> int:
         print("bench/arp needs root (network namespaces, raw sockets)", file=sys.stderr)
         return 2
     prefix = sweep_stale()
-    results: dict[str, object] = {}
+    results: dict[str, object] = {"revision": revision()}
     try:
         rc = run_bench(args, prefix, results)
     except GenError as e:
@@ -433,7 +446,7 @@ def main() -> int:
     assert isinstance(k, dict) and isinstance(a, dict)
     kb, ab = k["best"] or {}, a["best"] or {}
     kr, ar = kb.get("rate", 0), ab.get("rate", 0)
-    print("\n== bench/arp ==")
+    print(f"\n== bench/arp == ({results['revision']})")
     print(f"generator:            {results['generator']}, send ceiling {results['generator_ceiling']}/s "
           "(send only; rates near it measure the generator and the lab bridge, not the responder)")
     print(f"max rate with 0 loss: kernel   {kr}/s   announcer {ar}/s   ratio {ar / kr if kr else float('nan'):.2f}")
