@@ -176,3 +176,43 @@ async def test_late_announcer_gets_its_set_from_the_real_leases_service(bus: Bus
         if n is not None:
             await n.close()
         await h.close()
+
+
+async def test_term_that_went_backwards_recovers_through_snapshot_requests(bus: Bus) -> None:
+    """The election Lease was recreated: leases' term is lower than the one our set came with. Renewals
+    of the lower term cannot reset the fencing; they make the announcer ask for full sets, and those do
+    (after the set expired and lower-term messages kept coming for 2 x ttl)."""
+    await bus.redis.xadd(bus.keys.assignments, {"m": b"{}"})
+    n = Node(bus, "n1")
+    try:
+        await _wait_consumer(bus, "n1")
+        vips = (VipAssignment(VIP, 5),)
+        d = assignments_digest(vips)
+        await bus.publish(bus.keys.assignments, NodeAssignments("n1", 9, 1, 300, time.time(), vips, d))
+        await wait_for(lambda: _answers(n.svc), 2)
+        await asyncio.sleep(0.4)
+        assert not n.svc.state.valid(time.monotonic())
+        asked0 = _assigned("snapshot_requested")
+        seq = 0
+        for _ in range(6):  # the new (lower-term) leader renews; every second we ask for the full set
+            seq += 1
+            await bus.publish(bus.keys.assignments, NodeRenewal("n1", 2, seq, 300, time.time(), d))
+            await asyncio.sleep(0.25)
+        assert _assigned("stale_term") >= 1 and _assigned("snapshot_requested") - asked0 >= 1
+        assert not _answers(n.svc)
+        # what leases answers to those requests: full sets of the lower term, accepted once they kept coming
+        # for 2 x their ttl (AnnouncerState.apply's term_reset)
+        t0 = time.monotonic()
+        for _ in range(12):
+            seq += 1
+            await bus.publish(bus.keys.assignments, NodeAssignments("n1", 2, seq, 1000, time.time(), vips, d))
+            await asyncio.sleep(0.3)
+            if _answers(n.svc):
+                break
+        assert _answers(n.svc) and n.svc.state.last_order is not None and n.svc.state.last_order[0] == 2
+        assert 1.9 <= time.monotonic() - t0 < 3.0
+        seq += 1
+        await bus.publish(bus.keys.assignments, NodeRenewal("n1", 2, seq, 300, time.time(), d))
+        await wait_for(lambda: n.svc.state.last_order == (2, seq), 2)
+    finally:
+        await n.close()
