@@ -195,6 +195,9 @@ def go_binary() -> Path | str:
         tmp.unlink(missing_ok=True)
         return f"go build failed: {(r.stderr or r.stdout).strip()[-2000:]}"
     tmp.replace(out)
+    for old in CACHE_DIR.glob("argen-*"):  # builds of older sources
+        if old != out and "." not in old.name:
+            old.unlink(missing_ok=True)
     return out
 
 

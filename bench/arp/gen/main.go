@@ -277,7 +277,7 @@ func (r *receiver) timestamp(k int) int64 {
 // not waiting in recv is not woken for every reply (those wake-ups were a quarter of the sending CPU's
 // time at 150k/s, the kernel doing the responder's work in the sender's system call).
 func (r *receiver) run(poll time.Duration) {
-	runtime.LockOSThread()
+	lockThread()
 	flags := uintptr(syscall.MSG_DONTWAIT)
 	if poll == 0 {
 		flags = msgWaitForOne // blocking, SO_RCVTIMEO bounds each wait
@@ -358,8 +358,14 @@ func (r *receiver) outgoing(k int, b []byte) {
 	r.tx[seq] = r.timestamp(k)
 }
 
-// pace sleeps until the absolute CLOCK_MONOTONIC-based deadline (ns since t0) with nanosleep;
-// the thread's timer slack is 1 ns so short sleeps are short.
+// lockThread wires the calling goroutine to its OS thread and sets that thread's timer slack to 1 ns,
+// so a 200 us nanosleep is not stretched by the default 50 us slack.
+func lockThread() {
+	runtime.LockOSThread()
+	_, _, _ = syscall.RawSyscall6(syscall.SYS_PRCTL, prSetTimerslack, 1, 0, 0, 0, 0)
+}
+
+// sleepUntil sleeps until t0+due (monotonic) with nanosleep (see lockThread for the slack).
 func sleepUntil(t0 time.Time, due time.Duration) {
 	left := due - time.Since(t0)
 	if left <= 0 {
@@ -529,7 +535,6 @@ func main() {
 	}
 	tx := newSender(txfd, frames)
 	tx.write = c.write
-	_, _, _ = syscall.RawSyscall6(syscall.SYS_PRCTL, prSetTimerslack, 1, 0, 0, 0, 0)
 	if c.ceiling {
 		runCeiling(c, tx)
 		return
@@ -576,7 +581,7 @@ func drainQueue(fd int) {
 }
 
 func runCeiling(c config, tx *sender) {
-	runtime.LockOSThread()
+	lockThread()
 	var sent, errs int64
 	var lastErr error
 	t0 := time.Now()
@@ -643,7 +648,7 @@ func runStep(c config, tx *sender, rxfd int, own net.HardwareAddr, senders []net
 	}()
 
 	// the sender: this goroutine, on its own OS thread
-	runtime.LockOSThread()
+	lockThread()
 	limit := time.Duration((c.seconds*3 + 2) * 1e9)
 	var errs int64
 	var lastErr error
