@@ -55,10 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--full-every-ms",
         type=int,
-        default=env_int("L2LB_LEASES_FULL_EVERY_MS", 5000),
+        default=env_int("L2LB_LEASES_FULL_EVERY_MS", 30000),
         help="send each node its full set at least this often even when unchanged (safety net); 0 = every "
         "renewal is the full set, the behaviour before NodeRenewal (use it while announcers older than "
-        "NodeRenewal still run) (default 5000)",
+        "NodeRenewal still run) (default 30000: a mismatching renewal already makes an announcer ask for the full set)",
     )
     p.add_argument(
         "--ttl-ms",

@@ -80,7 +80,7 @@ class LeasesConfig:
     tick_ms: int = 50
     renew_ms: int = 250
     ttl_ms: int = 1000
-    full_every_ms: int = 5000  # full set at least this often per node; 0 = every renewal is full
+    full_every_ms: int = 30000  # full set at least this often per node; 0 = every renewal is full
     missed: int = 3
     startup_grace_ms: int = 500
     policy_kinds: tuple[str, ...] = ("cilium", "metallb", "l2lb")

@@ -91,3 +91,30 @@ def test_memo_keeps_rate_limiting_per_asker() -> None:
     out, _ = memo.handle_batch([request("198.51.100.10", 0, 0)] * 10 + [request("198.51.100.10", 1, 0)], ETH0, 1.0)
     assert len(out) == 4  # burst of 3 for the first asker, 1 for the second
     assert s.stats[Outcome.RATE_LIMITED] == 7
+
+
+def test_full_set_with_the_held_digest_keeps_the_set_and_the_memo() -> None:
+    from l2lb.core.messages import assignments_digest
+
+    vas = tuple(VipAssignment(ip, 1) for ip in ["198.51.100.10", "2001:db8::10"])
+    s = AnnouncerState("n1", reply_rate=1e9, reply_burst=1e9)
+    s.apply(NodeAssignments(node="n1", term=1, seq=1, ttl_ms=500, sent_at=0.0, vips=vas,
+                            digest=assignments_digest(vas)), 10.0)
+    held = s.vips
+    memo = ReplyMemo(s)
+    req = request("198.51.100.10", 0, 0)
+    memo.handle_batch([req], ETH0, 10.1)
+    assert len(memo) == 1
+    # leases' periodic full set, unchanged: same dict object (the memo stays valid), deadline moved
+    ch = s.apply(NodeAssignments(node="n1", term=1, seq=2, ttl_ms=500, sent_at=0.0, vips=vas,
+                                 digest=assignments_digest(vas)), 10.4)
+    assert ch.accepted and not ch.added and not ch.removed and s.vips is held and s.deadline == 10.9
+    out, _ = memo.handle_batch([req], ETH0, 10.8)
+    assert len(out) == 1 and len(memo) == 1 and memo.hits == 1
+    # the same entries under another digest: rebuilt, but every parsed entry is reused
+    ch = s.apply(NodeAssignments(node="n1", term=1, seq=3, ttl_ms=500, sent_at=0.0, vips=vas, digest="x" * 32), 10.8)
+    assert ch.accepted and not ch.added and s.vips is not held
+    assert all(s.vips[a] is held[a] for a in held)
+    # an expired set is always rebuilt, even under the digest it had
+    ch = s.apply(NodeAssignments(node="n1", term=1, seq=4, ttl_ms=500, sent_at=0.0, vips=vas, digest="x" * 32), 20.0)
+    assert {v.ip for v in ch.added} == {"198.51.100.10", "2001:db8::10"}

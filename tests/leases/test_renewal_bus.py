@@ -73,7 +73,7 @@ async def test_steady_state_sends_renewals_not_the_full_set(h: Harness) -> None:
     entries = await _stream(h, h.bus.keys.assignments, start)
     full = [m for _, m, _ in entries if isinstance(m, NodeAssignments)]
     renewals = [m for _, m, _ in entries if isinstance(m, NodeRenewal)]
-    assert full == []  # unchanged sets, within --full-every-ms (5 s): no full set at all
+    assert full == []  # unchanged sets, within --full-every-ms (30 s): no full set at all
     per_node = {n: [r for r in renewals if r.node == n] for n in h.announcers}
     assert all(len(rs) >= 6 for rs in per_node.values()), {n: len(rs) for n, rs in per_node.items()}  # ~8 in 2 s
     for n, rs in per_node.items():
@@ -210,5 +210,5 @@ def test_full_every_ms_flag(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert main(["--no-kube", "--full-every-ms", "-1"]) == 2
     assert "--full-every-ms must be >= 0, got -1" in capsys.readouterr().err
-    assert config_from_args(build_parser().parse_args(["--no-kube"])).full_every_ms == 5000
+    assert config_from_args(build_parser().parse_args(["--no-kube"])).full_every_ms == 30000
     assert config_from_args(build_parser().parse_args(["--no-kube", "--full-every-ms", "0"])).full_every_ms == 0

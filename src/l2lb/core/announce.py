@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from l2lb.core import codec
 from l2lb.core.codec import ArpFrame, DropReason, NaFrame, NsFrame
-from l2lb.core.messages import NodeAssignments, NodeRenewal, VipAssignment
+from l2lb.core.messages import NodeAssignments, NodeRenewal
 
 __all__ = ["AnnouncerState", "ConflictSeen", "Iface", "Outcome", "Verdict", "Vip"]
 
@@ -35,6 +35,14 @@ class Iface:
     name: str
     index: int
     mac: bytes
+
+
+_ALL_IFACES: frozenset[str] = frozenset()
+
+
+def _iface_set(names: tuple[str, ...]) -> frozenset[str]:
+    """One shared empty set for the common case (every interface): 10k VIPs, not 10k empty frozensets."""
+    return frozenset(names) if names else _ALL_IFACES
 
 
 @dataclass(slots=True)
@@ -136,7 +144,7 @@ class AnnouncerState:
     _defended: dict[bytes, float] = field(default_factory=dict)
     _serving: dict[str, int] | None = None
     _regress_since: float | None = None
-    _by_text: dict[str, tuple[VipAssignment, Vip]] = field(default_factory=dict)
+    _by_text: dict[str, Vip] = field(default_factory=dict)  # the assignment's ip text -> its parsed entry
     _serving_of: dict[bytes, Vip] | None = None
 
     # -- assignments -------------------------------------------------------------------------
@@ -163,18 +171,24 @@ class AnnouncerState:
         self._regress_since = None
         self.last_order = order
         self.last_applied_at = now
+        same = bool(msg.digest) and msg.digest == self.digest
         self.digest = msg.digest
         expired = self.deadline is not None and now >= self.deadline
         self.deadline = now + msg.ttl_ms / 1000.0
+        if same and not expired:
+            # the set we hold, re-sent in full (leases' periodic safety net): nothing to rebuild, and the
+            # same dict object keeps the hot path's memo of answers valid
+            return Change(True, reason)
         new: dict[bytes, Vip] = {}
         invalid: list[str] = []
-        # renewals repeat the same set every few hundred ms: reuse the parsed entries of unchanged VIPs
+        # full sets repeat mostly unchanged sets: reuse the parsed entries of unchanged VIPs
         by_text = {} if expired else self._by_text
-        new_by_text: dict[str, tuple[VipAssignment, Vip]] = {}
+        new_by_text: dict[str, Vip] = {}
         for va in msg.vips:
             known = by_text.get(va.ip)
-            if known is not None and known[0] == va:
-                new[known[1].addr] = known[1]
+            if (known is not None and known.epoch == va.epoch and known.services == va.services
+                    and known.interfaces == _iface_set(va.interfaces)):
+                new[known.addr] = known
                 new_by_text[va.ip] = known
                 continue
             try:
@@ -186,10 +200,11 @@ class AnnouncerState:
             if parsed.is_multicast or parsed.is_unspecified or (len(addr) == 4 and addr == b"\xff" * 4):
                 invalid.append(va.ip)
                 continue
-            vip = Vip(ip=str(parsed), addr=addr, epoch=va.epoch, interfaces=frozenset(va.interfaces),
-                      services=tuple(va.services), since=now)
+            text = str(parsed)
+            vip = Vip(ip=va.ip if text == va.ip else text, addr=addr, epoch=va.epoch,
+                      interfaces=_iface_set(va.interfaces), services=va.services, since=now)
             new[addr] = vip
-            new_by_text[va.ip] = (va, vip)
+            new_by_text[va.ip] = vip
         self._by_text = new_by_text
         added: list[Vip] = []
         removed: list[Vip] = []

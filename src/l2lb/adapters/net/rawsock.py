@@ -13,7 +13,7 @@ each optionally inside one in-line 802.1Q tag.
 Frames move through ``PACKET_MMAP`` rings (TPACKET_V2) shared with the kernel: received frames are
 read straight from the RX ring (no ``recv`` system call per frame) and replies are written into the
 TX ring and handed to the kernel with one ``send`` per batch. The RX ring is the receive buffer
-(``rcvbuf`` bytes of 256-byte slots: 16384 frames for 4 MiB); the classic socket path
+(``rcvbuf`` bytes of 256-byte slots: 8192 frames for 2 MiB); the classic socket path
 (``recv``/``send`` per frame, ``SO_RCVBUF``) is used when the kernel refuses the rings, or with
 ``ring=False``. :meth:`RawPort.start` registers the socket with the running loop (``loop.add_reader``;
 uvloop in production) and hands each wake-up's frames to the handler as one batch.
@@ -162,7 +162,7 @@ class RawPort:
     ``rcvbuf`` sizes the RX ring (or the socket buffer without rings); ``tx_frames`` the TX ring.
     ``ring=False`` forces the classic per-frame ``recv``/``send`` path."""
 
-    def __init__(self, ifname: str, *, rcvbuf: int = 4 << 20, batch: int = 256, snaplen: int = 2048,
+    def __init__(self, ifname: str, *, rcvbuf: int = 2 << 20, batch: int = 256, snaplen: int = 2048,
                  ring: bool = True, tx_frames: int = 1024, frame_size: int = 256):
         self.ifname = ifname
         self.batch = batch
