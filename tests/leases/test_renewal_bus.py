@@ -137,6 +137,7 @@ async def test_renewal_with_a_wrong_digest_does_not_keep_the_vips(h: Harness) ->
     ann = h.announcers["node-0"]
     assert ann.serving()
     await h.leases[0].kill()  # leases gone: we forge its renewals
+    await asyncio.sleep(0.3)  # what it published just before dying is delivered first
     term, seq = ann.last
     renewed = ann.renewed
     for _ in range(15):  # 1.5 s of renewals naming another set

@@ -163,8 +163,11 @@ class RawPort:
     ``ring=False`` forces the classic per-frame ``recv``/``send`` path."""
 
     def __init__(self, ifname: str, *, rcvbuf: int = 2 << 20, batch: int = 256, snaplen: int = 2048,
-                 ring: bool = True, tx_frames: int = 1024, frame_size: int = 256):
+                 ring: bool = True, tx_frames: int = 1024, frame_size: int = 256, flush_every: int = 32):
         self.ifname = ifname
+        # within a batch, replies leave every ``flush_every`` frames (and at its end): one system call for
+        # many frames, without the first reply of a long batch waiting for the last one
+        self.flush_every = flush_every
         self.batch = batch
         self.snaplen = snaplen
         self.sent = 0
@@ -330,7 +333,7 @@ class RawPort:
         _SEND_REQ.pack_into(mm, off, TP_STATUS_SEND_REQUEST, n, n)
         r.tx_i = r.tx_i + 1 if r.tx_i + 1 < r.tx_n else 0
         self._pending += 1
-        if not self._batching:
+        if not self._batching or self._pending >= self.flush_every:
             self.flush()
         return True
 
@@ -359,8 +362,10 @@ class RawPort:
         """Call ``handler(port, frames)`` with up to ``batch`` frames per call whenever frames wait; replies
         sent from the handler leave in one TX-ring flush after it returns."""
 
+        recv_batch = self.recv_batch
+
         def on_readable() -> None:
-            frames = self.recv_batch()
+            frames = recv_batch()
             if not frames:
                 return
             self._batching = True
@@ -370,7 +375,8 @@ class RawPort:
                 log.exception("frame handler failed", extra={"interface": self.ifname})
             finally:
                 self._batching = False
-                self.flush()
+                if self._pending:
+                    self.flush()
 
         self._loop = loop
         loop.add_reader(self.sock.fileno(), on_readable)
