@@ -304,9 +304,8 @@ class AnnouncerService:
             return
         # one clock read per batch (a batch of up to 256 frames is handled within a millisecond)
         replies, conflicts = memo.handle_batch(frames, iface, time.monotonic())
-        send = port.send
-        for f in replies:
-            send(f)
+        if replies:
+            port.send_many(replies)
         for c in conflicts:
             self._conflict(c)
 

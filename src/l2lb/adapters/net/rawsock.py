@@ -337,6 +337,40 @@ class RawPort:
             self.flush()
         return True
 
+    def send_many(self, frames: list[bytes]) -> None:
+        """:meth:`send` for several frames (the hot path's replies): same result, fewer lookups per frame."""
+        r = self._ring
+        if r is None or self._pending or not self._batching:
+            for f in frames:
+                self.send(f)
+            return
+        mm = r.mm
+        size = r.frame
+        base = r.tx_base
+        count = r.tx_n
+        cap = size - _TX_DATA
+        every = self.flush_every
+        pack = _SEND_REQ.pack_into
+        i = r.tx_i
+        pending = 0
+        for f in frames:
+            off = base + i * size
+            n = len(f)
+            if mm[off] & (TP_STATUS_SEND_REQUEST | 2) or n > cap or pending >= every:
+                # slot still in use, odd frame, or time to flush: the careful path
+                r.tx_i = i
+                self._pending = pending
+                self.send(f)
+                pending = self._pending
+                i = r.tx_i
+                continue
+            mm[off + _TX_DATA:off + _TX_DATA + n] = f
+            pack(mm, off, TP_STATUS_SEND_REQUEST, n, n)
+            i = i + 1 if i + 1 < count else 0
+            pending += 1
+        r.tx_i = i
+        self._pending = pending
+
     def flush(self) -> None:
         """Hand every queued TX-ring frame to the kernel (one system call)."""
         if not self._pending:
