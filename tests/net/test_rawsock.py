@@ -109,7 +109,8 @@ def test_ring_overflow_counts_drops_and_stays_in_step(topology: Topology) -> Non
         port.close()
 
 
-async def test_batch_replies_leave_in_one_flush(topology: Topology) -> None:
+@pytest.mark.parametrize("many", [False, True], ids=["send", "send_many"])
+async def test_batch_replies_leave_in_one_flush(topology: Topology, many: bool) -> None:
     node, client = _pair(topology)
     with entered(node.ns):
         port = RawPort(node.ifname, tx_frames=16)
@@ -122,13 +123,19 @@ async def test_batch_replies_leave_in_one_flush(topology: Topology) -> None:
         batches.append(len(frames))
         if sum(batches) >= 40:
             all_in.set()
-        for f in frames:
-            p.send(codec.build_arp(2, eth_dst=f[6:12], eth_src=mac, sha=mac, spa=f[38:42], tha=f[22:28],
-                                   tpa=f[28:32]))
+        replies = [codec.build_arp(2, eth_dst=f[6:12], eth_src=mac, sha=mac, spa=f[38:42], tha=f[22:28], tpa=f[28:32])
+                   for f in frames]
+        if many:
+            p.send_many(replies)
+        else:
+            for r in replies:
+                p.send(r)
 
     try:
         port.start(asyncio.get_running_loop(), handler)
-        for i in range(40):  # more replies than TX slots: a full ring is flushed, never overwritten
+        # more replies than TX slots, sent in one burst so batches are long: a full ring is flushed, never
+        # overwritten, and long batches flush every 32 frames
+        for i in range(40):
             cli.send(_who_has(cli.mac, i))
         await asyncio.wait_for(all_in.wait(), 3.0)
         loop = asyncio.get_running_loop()
