@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from l2lb.core import codec
 from l2lb.lab.netns import Host, Topology, entered, list_namespaces, run
@@ -57,6 +58,15 @@ RATES = (5_000, 10_000, 20_000, 50_000, 100_000, 150_000, 200_000, 250_000, 300_
 LATENCY_AT = (50_000, 150_000)  # besides 1000/s: latency figures in the summary at these rates
 GEN_DIR = Path(__file__).resolve().parent / "gen"
 CACHE_DIR = Path.home() / ".cache" / "l2lb"
+# --pin (default with >= 2 CPUs): the generator on one CPU, the responder process on another, so they do not
+# take turns on one CPU (the kernel responder runs in the generator's system calls, i.e. on the generator's CPU)
+GEN_CPU = 0
+RESPONDER_CPU = 1
+PINNING = {"on": False}
+
+
+def pin_prefix(cpu: int) -> list[str]:
+    return ["taskset", "-c", str(cpu)] if PINNING["on"] else []
 
 
 class Generator:
@@ -215,8 +225,8 @@ class GoGenerator:
         self.binary = binary
 
     def _run(self, args: list[str], timeout: float) -> dict[str, float]:
-        cmd = ["ip", "netns", "exec", self.client.ns, str(self.binary), "-iface", self.client.ifname,
-               "-target", TARGET, *args]
+        cmd = [*pin_prefix(GEN_CPU), "ip", "netns", "exec", self.client.ns, str(self.binary),
+               "-iface", self.client.ifname, "-target", TARGET, *args]
         try:
             r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -370,6 +380,8 @@ def run_bench(args: argparse.Namespace, prefix: str, results: dict[str, object])
             return 1
         else:
             gen = Generator(client)
+            if PINNING["on"]:
+                os.sched_setaffinity(0, {GEN_CPU})  # the Python generator runs in this process
             print(f"generator: Python (FALLBACK: {binary}); it tops out near 100k/s, figures above that are "
                   "the generator's", flush=True)
         results["generator"] = gen.name
@@ -383,39 +395,49 @@ def run_bench(args: argparse.Namespace, prefix: str, results: dict[str, object])
             results["kernel"] = measure(gen, node.mac, args.seconds_per_step, args.max_rate, "kernel")
             node.exec(["ip", "addr", "del", f"{TARGET}/24", "dev", node.ifname])
             client.exec(["ip", "neigh", "flush", "all"], check=False)
-            # -- announcer ---------------------------------------------------------------------
+            # -- the naive Python responder, then the announcer ------------------------------------
             static = Path(tmp) / "vips.json"
             vip_file(static, args.vips)
-            logf = open(Path(tmp) / "announcer.log", "wb")  # noqa: SIM115
-            proc = subprocess.Popen(
-                ["ip", "netns", "exec", node.ns, sys.executable, "-m", "l2lb.cli", "announcer", "--node", "bench",
-                 "--interfaces", node.ifname, "--no-bus", "--static-assignments", str(static), "--http-port", "0",
-                 "--garp-count", "0", "--reply-rate", "1e9", "--reply-burst", "1e9", "--log-level", "warning"],
-                stdout=logf, stderr=subprocess.STDOUT)
-            try:
-                t0 = time.monotonic()
-                ok = False
-                while time.monotonic() - t0 < 30 and proc.poll() is None:
-                    out = client.exec(["arping", "-c", "1", "-w", "1", "-I", client.ifname, TARGET], check=False)
-                    if node.mac.upper() in out.stdout:
-                        ok = True
-                        break
-                if not ok:
-                    print("announcer did not answer:", (Path(tmp) / "announcer.log").read_text()[-3000:])
-                    return 1
-                print(f"announcer answering for {TARGET} among {args.vips} VIPs "
-                      f"(ready after {time.monotonic() - t0:.1f} s)", flush=True)
-                rss_idle = rss_kib(proc.pid)
-                results["announcer"] = measure(gen, node.mac, args.seconds_per_step, args.max_rate, "announcer")
-                results["announcer_rss_kib"] = max(rss_idle, rss_kib(proc.pid))
-            finally:
-                proc.terminate()
+            responders = {
+                "naive": [sys.executable, str(Path(__file__).resolve().parent / "naive.py"), node.ifname, node.mac,
+                          TARGET],
+                "announcer": [sys.executable, "-m", "l2lb.cli", "announcer", "--node", "bench", "--interfaces",
+                              node.ifname, "--no-bus", "--static-assignments", str(static), "--http-port", "0",
+                              "--garp-count", "0", "--reply-rate", "1e9", "--reply-burst", "1e9", "--log-level",
+                              "warning"],
+            }
+            for name, cmd in responders.items():
+                if name == "naive" and args.no_naive:
+                    continue
+                logf = open(Path(tmp) / f"{name}.log", "wb")  # noqa: SIM115
+                proc = subprocess.Popen([*pin_prefix(RESPONDER_CPU), "ip", "netns", "exec", node.ns, *cmd],
+                                        stdout=logf, stderr=subprocess.STDOUT)
                 try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                logf.close()
+                    t0 = time.monotonic()
+                    ok = False
+                    while time.monotonic() - t0 < 30 and proc.poll() is None:
+                        out = client.exec(["arping", "-c", "1", "-w", "1", "-I", client.ifname, TARGET], check=False)
+                        if node.mac.upper() in out.stdout:
+                            ok = True
+                            break
+                    if not ok:
+                        print(f"{name} did not answer:", (Path(tmp) / f"{name}.log").read_text()[-3000:])
+                        return 1
+                    what = f"among {args.vips} VIPs " if name == "announcer" else "(bench/arp/naive.py) "
+                    print(f"{name} answering for {TARGET} {what}(ready after {time.monotonic() - t0:.1f} s)",
+                          flush=True)
+                    rss_idle = rss_kib(proc.pid)
+                    results[name] = measure(gen, node.mac, args.seconds_per_step, args.max_rate, name)
+                    results[f"{name}_rss_kib"] = max(rss_idle, rss_kib(proc.pid))
+                finally:
+                    proc.terminate()
+                    try:
+                        proc.wait(10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+                    logf.close()
+                client.exec(["ip", "neigh", "flush", "all"], check=False)
         finally:
             gen.close()
     return 0
@@ -428,6 +450,9 @@ def main() -> int:
     ap.add_argument("--max-rate", type=int, default=300_000)
     ap.add_argument("--generator", choices=("auto", "go", "python"), default="auto",
                     help="auto: the Go generator (bench/arp/gen) when go can build it, else the Python one")
+    ap.add_argument("--no-pin", action="store_true",
+                    help="do not pin the generator and the responder to different CPUs (default: pin with >= 2 CPUs)")
+    ap.add_argument("--no-naive", action="store_true", help="skip the naive Python responder baseline")
     ap.add_argument("--json", help="also write the results as JSON to this file")
     args = ap.parse_args()
     if not 1000 <= args.max_rate <= 10_000_000 or not 0.1 <= args.seconds_per_step <= 20:
@@ -435,6 +460,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench/arp needs root (network namespaces, raw sockets)", file=sys.stderr)
         return 2
+    PINNING["on"] = not args.no_pin and (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
     prefix = sweep_stale()
     results: dict[str, object] = {"revision": revision()}
     try:
@@ -447,36 +473,44 @@ def main() -> int:
     k = results["kernel"]
     a = results["announcer"]
     assert isinstance(k, dict) and isinstance(a, dict)
-    kb, ab = k["best"] or {}, a["best"] or {}
-    kr, ar = kb.get("rate", 0), ab.get("rate", 0)
+    cols: list[tuple[str, dict[str, Any]]] = [("kernel", k)]
+    if isinstance(results.get("naive"), dict):
+        cols.append(("naive", results["naive"]))  # type: ignore[arg-type]
+    cols.append(("announcer", a))
+    best = {n: (r["best"] or {}).get("rate", 0) for n, r in cols}
+    kr = best["kernel"]
     print(f"\n== bench/arp == ({results['revision']})")
     print(f"generator:            {results['generator']}, send ceiling {results['generator_ceiling']}/s "
           "(send only; rates near it measure the generator and the lab bridge, not the responder)")
-    print(f"max rate with 0 loss: kernel   {kr}/s   announcer {ar}/s   ratio {ar / kr if kr else float('nan'):.2f}")
-    print(f"  stopped by:         kernel   {k['stop'] or 'end of rates'}; announcer {a['stop'] or 'end of rates'}")
-    points: list[tuple[str, dict[str, float], dict[str, float]]] = [("1000/s", k["low"], a["low"])]
-    for rate in LATENCY_AT:
-        if str(rate) in k["at"] and str(rate) in a["at"]:
-            points.append((f"{rate // 1000}k/s", k["at"][str(rate)], a["at"][str(rate)]))
-    if kb and ab:
-        points.append(("max 0-loss", kb, ab))
-    print("latency (us)          kernel p50/p99/p99.9 (sent/s, lost)        announcer p50/p99/p99.9 (sent/s, lost)"
-          "       added p99")
-    for name, kl, al in points:
-        print(f"  @{name:<11}  {lat3(kl):>40}  {lat3(al):>44}  {al['p99_us'] - kl['p99_us']:>10.1f}")
-    if any(kl["lost"] or al["lost"] for _, kl, al in points):
+    pinned = f"generator on CPU {GEN_CPU}, responder process on CPU {RESPONDER_CPU} (--no-pin to share)"
+    print("cpus:                 " + (pinned if PINNING["on"] else "not pinned"))
+    print("max rate with 0 loss: " + "   ".join(f"{n} {best[n]}/s" for n, _ in cols)
+          + f"   ratio announcer/kernel {best['announcer'] / kr if kr else float('nan'):.2f}")
+    print("  stopped by:         " + "; ".join(f"{n} {r['stop'] or 'end of rates'}" for n, r in cols))
+    labels = [("1000/s", "low", None)] + [(f"{x // 1000}k/s", "at", str(x)) for x in LATENCY_AT]
+    print("latency p50/p99/p99.9 us (sent/s, lost); added p99 = responder p99 - kernel p99 at the same point")
+    for name, key, sub in labels:
+        vals = {n: (r[key] if sub is None else r[key].get(sub)) for n, r in cols}
+        if any(v is None for v in vals.values()):
+            continue
+        line = f"  @{name:<7}" + "".join(f"  {n} {lat3(v)}" for n, v in vals.items())
+        kv = vals["kernel"]
+        adds = [f"{n} +{v['p99_us'] - kv['p99_us']:.0f}" for n, v in vals.items() if n != "kernel"]
+        print(line + "   added p99: " + ", ".join(adds))
+    if any(r["low"]["lost"] or any(x["lost"] for x in r["at"].values()) for _, r in cols):
         print("  (a step with loss: replies are matched FIFO per sender, so after a lost reply the later ones are\n"
               "   paired with earlier requests and its latency is overstated; loss-free steps are exact)")
     goal = 150_000
-    for name, r in (("kernel", k), ("announcer", a)):
+    for name, r in cols:
         at = r["at"].get(str(goal))
         print(f"goal >= {goal // 1000}k/s with 0 loss, {name}: " + (
             "not measured (--max-rate)" if at is None else
             "met" if at["lost"] == 0 and at["achieved_rate"] >= goal * 0.9 else
             f"NOT met (sent {at['achieved_rate']}/s, lost {at['lost']})"))
-    rss = results["announcer_rss_kib"]
-    assert isinstance(rss, int)
-    print(f"announcer RSS with {args.vips} VIPs: {rss / 1024:.1f} MiB")
+    for name, _ in cols[1:]:
+        rss = results[f"{name}_rss_kib"]
+        assert isinstance(rss, int)
+        print(f"{name} RSS" + (f" with {args.vips} VIPs" if name == "announcer" else "") + f": {rss / 1024:.1f} MiB")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     return 0
