@@ -339,6 +339,29 @@ def sweep_stale() -> str:
     return f"barp{_b36(os.getpid())}"
 
 
+def c_binary() -> Path | str:
+    """bench/arp/naive.c built once per source version with the system C compiler; or why not (a string)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return "no C compiler (cc/gcc)"
+    src = Path(__file__).resolve().parent / "naive.c"
+    out = CACHE_DIR / f"naive-c-{hashlib.sha256(src.read_bytes()).hexdigest()[:16]}"
+    if out.exists():
+        return out
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    try:
+        r = subprocess.run([cc, "-O2", "-o", str(tmp), str(src)], check=False, capture_output=True, text=True,
+                           timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"cc failed: {e}"
+    if r.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        return f"cc failed: {(r.stderr or r.stdout).strip()[-500:]}"
+    tmp.replace(out)
+    return out
+
+
 def revision() -> str:
     """The commit the announcer under test was run from, and whether the tree had local changes."""
     root = Path(__file__).resolve().parents[2]
@@ -406,8 +429,14 @@ def run_bench(args: argparse.Namespace, prefix: str, results: dict[str, object])
                               "--garp-count", "0", "--reply-rate", "1e9", "--reply-burst", "1e9", "--log-level",
                               "warning"],
             }
+            naive_c = c_binary()
+            if isinstance(naive_c, Path):
+                responders = {"naive": responders["naive"], "naive-c": [str(naive_c), node.ifname, node.mac, TARGET],
+                              "announcer": responders["announcer"]}
+            else:
+                print(f"naive-c baseline skipped: {naive_c}", flush=True)
             for name, cmd in responders.items():
-                if name == "naive" and args.no_naive:
+                if name.startswith("naive") and args.no_naive:
                     continue
                 logf = open(Path(tmp) / f"{name}.log", "wb")  # noqa: SIM115
                 proc = subprocess.Popen([*pin_prefix(RESPONDER_CPU), "ip", "netns", "exec", node.ns, *cmd],
@@ -423,7 +452,8 @@ def run_bench(args: argparse.Namespace, prefix: str, results: dict[str, object])
                     if not ok:
                         print(f"{name} did not answer:", (Path(tmp) / f"{name}.log").read_text()[-3000:])
                         return 1
-                    what = f"among {args.vips} VIPs " if name == "announcer" else "(bench/arp/naive.py) "
+                    what = {"announcer": f"among {args.vips} VIPs ", "naive": "(bench/arp/naive.py) "}.get(
+                        name, "(bench/arp/naive.c) ")
                     print(f"{name} answering for {TARGET} {what}(ready after {time.monotonic() - t0:.1f} s)",
                           flush=True)
                     rss_idle = rss_kib(proc.pid)
@@ -474,8 +504,9 @@ def main() -> int:
     a = results["announcer"]
     assert isinstance(k, dict) and isinstance(a, dict)
     cols: list[tuple[str, dict[str, Any]]] = [("kernel", k)]
-    if isinstance(results.get("naive"), dict):
-        cols.append(("naive", results["naive"]))  # type: ignore[arg-type]
+    for extra in ("naive", "naive-c"):
+        if isinstance(results.get(extra), dict):
+            cols.append((extra, results[extra]))  # type: ignore[arg-type]
     cols.append(("announcer", a))
     best = {n: (r["best"] or {}).get("rate", 0) for n, r in cols}
     kr = best["kernel"]
