@@ -372,19 +372,43 @@ class RawPort:
         self._pending = pending
 
     def flush(self) -> None:
-        """Hand every queued TX-ring frame to the kernel (one system call)."""
+        """Hand every queued TX-ring frame to the kernel (one system call).
+
+        A frame the kernel did not take in this call (socket send buffer full: EAGAIN; link going down) is
+        dropped and counted in ``send_errors``, never left queued: sent later, an ARP reply or a
+        gratuitous ARP could claim an address this node has given up meanwhile."""
         if not self._pending:
             return
         queued, self._pending = self._pending, 0
+        failed: OSError | None = None
         try:
             self.sock.send(b"", socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
-            pass  # the kernel picks them up on the next flush
+            pass
         except OSError as e:
-            self.send_errors += queued
-            log.debug("send failed", extra={"interface": self.ifname, "error": str(e)})
-            return
-        self.sent += queued
+            failed = e
+        r = self._ring
+        assert r is not None
+        mm = r.mm
+        # The kernel sends ring frames in order from its own head and stops at the first it cannot send, so
+        # what it left is the tail of what was queued: withdraw it and move our index back to the kernel's
+        # head (the next frame must go where the kernel will look first).
+        left = 0
+        i = r.tx_i
+        for _ in range(queued):
+            j = i - 1 if i else r.tx_n - 1
+            off = r.tx_base + j * r.frame
+            if not mm[off] & TP_STATUS_SEND_REQUEST:
+                break
+            mm[off:off + 4] = b"\0\0\0\0"
+            left += 1
+            i = j
+        r.tx_i = i
+        if left or failed is not None:
+            log.debug("send failed", extra={"interface": self.ifname, "dropped": left,
+                                            "error": str(failed) if failed else "kernel took only part of the ring"})
+        self.send_errors += left
+        self.sent += queued - left
 
     def kernel_stats(self) -> tuple[int, int]:
         """(packets, drops) counted by the kernel since the last call (PACKET_STATISTICS resets)."""
