@@ -63,6 +63,8 @@ CACHE_DIR = Path.home() / ".cache" / "l2lb"
 GEN_CPU = 0
 RESPONDER_CPU = 1
 PINNING = {"on": False}
+BUS_PORT = 6399  # --bus: redis-server inside the node namespace (its own loopback)
+BUS_DSN = f"redis://127.0.0.1:{BUS_PORT}"
 
 
 def pin_prefix(cpu: int) -> list[str]:
@@ -408,6 +410,7 @@ def run_bench(args: argparse.Namespace, prefix: str, results: dict[str, object])
             print(f"generator: Python (FALLBACK: {binary}); it tops out near 100k/s, figures above that are "
                   "the generator's", flush=True)
         results["generator"] = gen.name
+        helpers: list[subprocess.Popen[bytes]] = []  # --bus: redis-server and the leases stub
         try:
             ceiling = gen.ceiling()
             print(f"generator send ceiling ({gen.name}, send only, nothing answering): {ceiling}/s", flush=True)
@@ -425,10 +428,20 @@ def run_bench(args: argparse.Namespace, prefix: str, results: dict[str, object])
                 "naive": [sys.executable, str(Path(__file__).resolve().parent / "naive.py"), node.ifname, node.mac,
                           TARGET],
                 "announcer": [sys.executable, "-m", "l2lb.cli", "announcer", "--node", "bench", "--interfaces",
-                              node.ifname, "--no-bus", "--static-assignments", str(static), "--http-port", "0",
-                              "--garp-count", "0", "--reply-rate", "1e9", "--reply-burst", "1e9", "--log-level",
-                              "warning"],
+                              node.ifname, *(["--redis", BUS_DSN] if args.bus else
+                                             ["--no-bus", "--static-assignments", str(static)]),
+                              "--http-port", "0", "--garp-count", "0", "--reply-rate", "1e9", "--reply-burst", "1e9",
+                              "--log-level", "warning"],
             }
+            if args.bus:  # production traffic: Redis in the node namespace, leases replaced by leases_stub.py
+                for cmd in (["redis-server", "--port", str(BUS_PORT), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"],
+                            [sys.executable, str(Path(__file__).resolve().parent / "leases_stub.py"), BUS_DSN, "bench",
+                             str(static)]):
+                    # on the generator's CPU: in a cluster Redis and leases run on other machines
+                    helpers.append(subprocess.Popen([*pin_prefix(GEN_CPU), "ip", "netns", "exec", node.ns, *cmd],
+                                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                    time.sleep(0.5)
             naive_c = c_binary()
             if isinstance(naive_c, Path):
                 responders = {"naive": responders["naive"], "naive-c": [str(naive_c), node.ifname, node.mac, TARGET],
@@ -469,6 +482,13 @@ def run_bench(args: argparse.Namespace, prefix: str, results: dict[str, object])
                     logf.close()
                 client.exec(["ip", "neigh", "flush", "all"], check=False)
         finally:
+            for h in reversed(helpers):
+                h.terminate()
+                try:
+                    h.wait(10)
+                except subprocess.TimeoutExpired:
+                    h.kill()
+                    h.wait()
             gen.close()
     return 0
 
@@ -482,7 +502,10 @@ def main() -> int:
                     help="auto: the Go generator (bench/arp/gen) when go can build it, else the Python one")
     ap.add_argument("--no-pin", action="store_true",
                     help="do not pin the generator and the responder to different CPUs (default: pin with >= 2 CPUs)")
-    ap.add_argument("--no-naive", action="store_true", help="skip the naive Python responder baseline")
+    ap.add_argument("--no-naive", action="store_true", help="skip the naive responder baselines")
+    ap.add_argument("--bus", action="store_true",
+                    help="run the announcer as in production: Redis, renewals every 250 ms (bench/arp/leases_stub.py), "
+                    "heartbeats with its 10k-VIP serving map every 100 ms; default: --no-bus with a static VIP file")
     ap.add_argument("--json", help="also write the results as JSON to this file")
     args = ap.parse_args()
     if not 1000 <= args.max_rate <= 10_000_000 or not 0.1 <= args.seconds_per_step <= 20:
@@ -510,7 +533,8 @@ def main() -> int:
     cols.append(("announcer", a))
     best = {n: (r["best"] or {}).get("rate", 0) for n, r in cols}
     kr = best["kernel"]
-    print(f"\n== bench/arp == ({results['revision']})")
+    results["announcer_mode"] = "bus (Redis, renewals, heartbeats)" if args.bus else "static VIP file, no bus"
+    print(f"\n== bench/arp == ({results['revision']}; announcer: {results['announcer_mode']})")
     print(f"generator:            {results['generator']}, send ceiling {results['generator_ceiling']}/s "
           "(send only; rates near it measure the generator and the lab bridge, not the responder)")
     pinned = f"generator on CPU {GEN_CPU}, responder process on CPU {RESPONDER_CPU} (--no-pin to share)"

@@ -57,6 +57,7 @@ from l2lb.obs import metrics
 from l2lb.obs.log import get_logger
 from l2lb.runtime.args import add_http_log_args
 from l2lb.runtime.config import parse_with_config
+from l2lb.runtime.memory import pin_mmap_threshold
 from l2lb.runtime.run import run_service
 
 if TYPE_CHECKING:
@@ -862,6 +863,7 @@ def main(argv: list[str]) -> int:
     async def _main(stop: asyncio.Event) -> None:
         # the hot path allocates short-lived objects only: collect young generations less often
         gc.set_threshold(20_000, 20, 20)
+        pin_mmap_threshold()  # large heartbeat buffers go back to the system (see l2lb.runtime.memory)
         await AnnouncerService(args).run(stop)
 
     return run_service("announcer", _main, log_level=args.log_level, log_format=args.log_format)
