@@ -124,7 +124,9 @@ TP_STATUS_KERNEL = 0
 TP_STATUS_USER = 1
 TP_STATUS_AVAILABLE = 0
 TP_STATUS_SEND_REQUEST = 1
+TP_STATUS_SENDING = 2
 TP_STATUS_WRONG_FORMAT = 4
+_TX_BUSY = TP_STATUS_SEND_REQUEST | TP_STATUS_SENDING
 _TX_DATA = 32  # TPACKET2_HDRLEN - sizeof(struct sockaddr_ll): where a TX frame's bytes start in its slot
 _PAGE = 4096
 _HDR = struct.Struct("=IIIHH")  # tp_status, tp_len, tp_snaplen, tp_mac, tp_net (struct tpacket2_hdr)
@@ -320,10 +322,11 @@ class RawPort:
         mm = r.mm
         off = r.tx_base + r.tx_i * r.frame
         status = mm[off]
-        if status & (TP_STATUS_SEND_REQUEST | 2):  # not yet sent, or still being sent (TP_STATUS_SENDING)
+        if status & _TX_BUSY:  # the kernel still holds this slot (its frame is being sent)
             self.flush()
+            off = r.tx_base + r.tx_i * r.frame  # flush may have moved the index back to the kernel's head
             status = mm[off]
-            if status & (TP_STATUS_SEND_REQUEST | 2):
+            if status & _TX_BUSY:
                 self.tx_full += 1
                 self.send_errors += 1
                 return False
@@ -356,7 +359,7 @@ class RawPort:
         for f in frames:
             off = base + i * size
             n = len(f)
-            if mm[off] & (TP_STATUS_SEND_REQUEST | 2) or n > cap or pending >= every:
+            if mm[off] & _TX_BUSY or n > cap or pending >= every:
                 # slot still in use, odd frame, or time to flush: the careful path
                 r.tx_i = i
                 self._pending = pending
