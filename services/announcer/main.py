@@ -52,6 +52,7 @@ from l2lb.core.messages import (
     NodeRenewal,
     VipAssignment,
     encode,
+    serving_digest,
 )
 from l2lb.obs import metrics
 from l2lb.obs.log import get_logger
@@ -119,7 +120,14 @@ _grace = metrics.gauge(
     "l2lb_announcer_leases_grace", "1 while VIPs are kept past their validity because the leases service is silent"
 )
 _expiries = metrics.counter("l2lb_announcer_expiries_total", "Times the VIP set expired without renewal")
-_heartbeats = metrics.counter("l2lb_announcer_heartbeats_total", "Heartbeats published")
+_heartbeats = metrics.counter(
+    "l2lb_announcer_heartbeats_total",
+    "Heartbeats published, by how the serving map went (full: in the message; omitted: only its digest)",
+    ("serving",),
+)
+# Omit the serving map only while a leases service that understands it is renewing us: only leases
+# versions that know omitted maps send NodeRenewal, so an accepted one within this window says so.
+RENEWAL_FRESH_S = 5.0
 _vips = metrics.gauge("l2lb_announcer_vips", "VIPs currently answered for")
 _valid = metrics.gauge("l2lb_announcer_assignment_remaining_seconds", "Validity left of the current VIP set")
 _links_up = metrics.gauge(
@@ -195,6 +203,8 @@ class HeartbeatEncoder:
         self._enc = b"{}"
 
     def __call__(self, hb: Heartbeat) -> bytes:
+        if not hb.serving:  # omitted or empty: nothing to splice (and the cached map stays cached)
+            return encode(hb)
         if hb.serving is not self._src:
             self._enc = json.dumps(hb.serving, separators=(",", ":")).encode()
             self._src = hb.serving
@@ -232,6 +242,14 @@ class AnnouncerService:
         self._hb_now = asyncio.Event()
         self._synced: dict[str, int] = {}
         self._encode_hb = HeartbeatEncoder()
+        # heartbeats without the serving map (see _may_omit): the digest of the current map (computed once
+        # per map object), the last full map that reached Redis (map, digest, monotonic, leases term), the
+        # last accepted NodeRenewal (monotonic), and the leases term when the heartbeat being sent was built
+        self._hb_full_every = args.heartbeat_full_every_ms / 1000.0
+        self._digest_of: tuple[dict[str, int] | None, str] = (None, "")
+        self._full_sent: tuple[dict[str, int], str, float, int | None] | None = None
+        self._renewal_ok_at: float | None = None
+        self._hb_term: int | None = None
         self._last_old_warning = 0.0
         # leases-outage grace: when the last NodeAssignments for *any* node arrived, and since when
         # we have been keeping our set without renewal
@@ -448,6 +466,7 @@ class AnnouncerService:
         ch = self.state.renew(msg, time.monotonic())
         _assign.labels(ch.reason).inc()
         if ch.accepted:
+            self._renewal_ok_at = time.monotonic()
             return None
         if ch.reason in ("digest_mismatch", "expired", "stale_term"):
             return ch.reason
@@ -605,6 +624,14 @@ class AnnouncerService:
             )
             for link in self.monitor.links.values()
         )
+        now = time.monotonic()
+        serving = {} if stopping else self.state.serving(now)
+        src, digest = self._digest_of
+        if src is not serving:
+            digest = serving_digest(serving)
+            self._digest_of = (serving, digest)
+        self._hb_term = self._leases_term()
+        omit = self._may_omit(serving, digest, now, stopping)
         return Heartbeat(
             node=self.node,
             instance=self.instance,
@@ -613,16 +640,42 @@ class AnnouncerService:
             interval_ms=self.args.heartbeat_interval_ms,
             labels=self.effective_labels(),
             interfaces=ifs,
-            serving={} if stopping else self.state.serving(time.monotonic()),
+            serving={} if omit else serving,
             stopping=stopping,
+            serving_digest=digest,
+            serving_omitted=omit,
         )
+
+    def _leases_term(self) -> int | None:
+        order = self.state.last_order
+        return None if order is None else order[0]
+
+    def _may_omit(self, serving: dict[str, int], digest: str, now: float, stopping: bool) -> bool:
+        """True when the heartbeat may carry only the digest of ``serving``: the leases service renewed
+        us within RENEWAL_FRESH_S (it understands omitted maps), the map is the one last sent in full,
+        less than --heartbeat-full-every-ms ago, in the same leases term (a new leader gets full maps at
+        once), and we are not stopping. An empty map always goes in full (it costs nothing)."""
+        if stopping or not serving or self._hb_full_every <= 0:
+            return False
+        ok = self._renewal_ok_at
+        sent = self._full_sent
+        if ok is None or now - ok >= RENEWAL_FRESH_S or sent is None:
+            return False
+        src, sent_digest, at, term = sent
+        if src is not serving and sent_digest != digest:
+            return False
+        return now - at < self._hb_full_every and term == self._hb_term
 
     async def _publish(self, msg: Heartbeat | Conflict) -> bool:
         if self.bus is None:
             return False
         try:
             if isinstance(msg, Heartbeat):
+                term = self._hb_term
                 eid = await self.bus.publish_raw(self.bus.keys.heartbeats, self._encode_hb(msg))
+                if not msg.serving_omitted:
+                    self._full_sent = (msg.serving, msg.serving_digest, time.monotonic(), term)
+                _heartbeats.labels("omitted" if msg.serving_omitted else "full").inc()
             else:
                 eid = await self.bus.publish(self.bus.keys.heartbeats, msg)
             self._last_publish_ok = time.monotonic()
@@ -645,8 +698,8 @@ class AnnouncerService:
                     break
                 self._pending_conflicts.pop(0)
             del self._pending_conflicts[:-100]  # bounded while the bus is down
-            if self.bus is not None and await self._publish(self.heartbeat()):
-                _heartbeats.inc()
+            if self.bus is not None:
+                await self._publish(self.heartbeat())
             if time.monotonic() >= next_metrics:
                 self.sync_metrics()
                 next_metrics = time.monotonic() + 1.0
@@ -811,6 +864,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="labels to report, k=v,k2=v2 (merged over the Node's labels when --kubeconfig is given)",
     )
     p.add_argument("--heartbeat-interval-ms", type=int, default=100)
+    p.add_argument(
+        "--heartbeat-full-every-ms", type=int, default=int(env("L2LB_HEARTBEAT_FULL_EVERY_MS", "2000")),
+        help="while the served VIPs are unchanged and the leases service renews by digest, heartbeats carry "
+        "only the digest of the serving map, and the full map at least this often; 0 = always the full map "
+        "(env L2LB_HEARTBEAT_FULL_EVERY_MS, default 2000)",
+    )
     p.add_argument("--garp-count", type=int, default=5, help="gratuitous announcements per takeover")
     p.add_argument("--garp-interval-ms", type=int, default=1000)
     p.add_argument("--reply-rate", type=float, default=100.0, help="replies per second per source MAC")
@@ -857,6 +916,8 @@ def main(argv: list[str]) -> int:
     for name in ("heartbeat_interval_ms", "garp_interval_ms", "link_poll_ms", "defend_interval_ms"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.heartbeat_full_every_ms < 0:
+        parser.error("--heartbeat-full-every-ms must be >= 0")
     if args.garp_count < 0 or args.reply_rate <= 0 or args.reply_burst < 1:
         parser.error("--garp-count must be >= 0, --reply-rate > 0 and --reply-burst >= 1")
 

@@ -85,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="collect heartbeats this long after start before the first election (default 500)",
     )
     p.add_argument(
+        "--heartbeat-full-every-ms",
+        type=int,
+        default=env_int("L2LB_HEARTBEAT_FULL_EVERY_MS", 2000),
+        help="the announcers' --heartbeat-full-every-ms (same env): a leases started while announcers send only "
+        "the digest of their serving maps waits up to this + 1 s for the full maps before adopting holders "
+        "(default 2000)",
+    )
+    p.add_argument(
         "--policy-kinds",
         default=os.environ.get("L2LB_POLICY_KINDS", "cilium,metallb,l2lb"),
         help="comma list of announcement policy kinds to watch: cilium, metallb, l2lb",
@@ -129,6 +137,8 @@ def config_from_args(args: argparse.Namespace) -> LeasesConfig:
             raise ValueError(f"{name} must be >= 1, got {v}")
     if args.full_every_ms < 0:
         raise ValueError(f"--full-every-ms must be >= 0, got {args.full_every_ms}")
+    if args.heartbeat_full_every_ms < 0:
+        raise ValueError(f"--heartbeat-full-every-ms must be >= 0, got {args.heartbeat_full_every_ms}")
     if args.ttl_ms <= args.renew_ms:
         raise ValueError(f"--ttl-ms ({args.ttl_ms}) must be larger than --renew-ms ({args.renew_ms})")
     static: list[dict[str, Any]] = []
@@ -145,6 +155,7 @@ def config_from_args(args: argparse.Namespace) -> LeasesConfig:
         renew_ms=args.renew_ms,
         ttl_ms=args.ttl_ms,
         full_every_ms=args.full_every_ms,
+        heartbeat_full_every_ms=args.heartbeat_full_every_ms,
         missed=args.missed,
         startup_grace_ms=args.startup_grace_ms,
         lag_tolerance_ms=args.lag_tolerance_ms,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
@@ -65,6 +66,12 @@ KUBE_WRITES = metrics.counter(
     ("what",),
 )
 DUAL = metrics.gauge("l2lb_leases_dual_announced_ips", "IPs that more than one live node reports serving (should be 0)")
+HB_SERVING = metrics.counter(
+    "l2lb_leases_heartbeat_serving_total",
+    "Heartbeats read, by their serving map: full, omitted (digest matched the last full map), unknown "
+    "(omitted, but no full map with that digest seen from that instance yet)",
+    ("serving",),
+)
 POLICY_ERRORS = metrics.gauge("l2lb_leases_policy_errors", "Announcement policies that cannot be used")
 
 POLICY_RESOURCES = {"cilium": "cilium_l2policies", "metallb": "metallb_l2ads", "l2lb": "l2lb_l2policies"}
@@ -93,6 +100,9 @@ class LeasesConfig:
     events: bool = True
     sync_timeout_s: float = 30.0
     lag_tolerance_ms: int = 2000
+    # the announcers' --heartbeat-full-every-ms: a leases started after their last full serving map
+    # waits this long + 1 s for the maps before adopting holders
+    heartbeat_full_every_ms: int = 2000
     static_policies: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -164,6 +174,12 @@ class LeasesService:
         self._stalled = False
         self._silent = False
         self._dual: list[str] = []
+        # Heartbeats without the serving map (serving_omitted): per node the last full map with the
+        # (instance, digest) it came with; nodes whose current map we do not know (omitted, no match);
+        # per node the serving dict last walked into seen_serving (an unchanged map is not walked again)
+        self.full_maps: dict[str, tuple[str, str, dict[str, int]]] = {}
+        self.map_unknown: set[str] = set()
+        self._walked: dict[str, dict[str, int]] = {}
         self._absent: set[str] = set()
         self.informers: dict[str, Any] = {}
         self.elector: Any | None = None
@@ -258,14 +274,37 @@ class LeasesService:
             self.hb_clock = now
             self.hb_clock_mono = self.mono()
         self.last_hb_any = now
+        hb, kind = self._with_serving(hb)
         if self.tracker.observe(hb, now):
             self.dirty = True
         st = self.tracker.nodes.get(hb.node)
-        if st is not None and st.heartbeat is hb:
-            for ip, h in holders_from_serving([hb]).items():
-                cur = self.seen_serving.get(ip)
-                if cur is None or h.epoch >= cur.epoch:
-                    self.seen_serving[ip] = h
+        if st is None or st.heartbeat is not hb:
+            return  # stale (older seq or an old instance): nothing learned
+        HB_SERVING.labels(kind).inc()
+        if kind == "unknown":
+            self.map_unknown.add(hb.node)
+            return
+        self.map_unknown.discard(hb.node)
+        if kind == "full" and hb.serving_digest:
+            self.full_maps[hb.node] = (hb.instance, hb.serving_digest, hb.serving)
+        if hb.serving is self._walked.get(hb.node):
+            return  # the same map (an omitted one resolved to the stored dict): already walked
+        self._walked[hb.node] = hb.serving
+        for ip, h in holders_from_serving([hb]).items():
+            cur = self.seen_serving.get(ip)
+            if cur is None or h.epoch >= cur.epoch:
+                self.seen_serving[ip] = h
+
+    def _with_serving(self, hb: Heartbeat) -> tuple[Heartbeat, str]:
+        """A heartbeat whose serving map was omitted becomes one carrying the map this node's instance
+        last sent in full with that digest (the same dict, not a copy), before anything looks at it.
+        Without a match it stays as it is (serving {}: liveness only) and the map is "unknown"."""
+        if not hb.serving_omitted:
+            return hb, "full"
+        known = self.full_maps.get(hb.node)
+        if known is None or known[0] != hb.instance or known[1] != hb.serving_digest:
+            return hb, "unknown"
+        return dataclasses.replace(hb, serving=known[2]), "omitted"
 
     async def _on_heartbeat(self, msg: Message, eid: str) -> None:
         if isinstance(msg, Heartbeat):
@@ -569,7 +608,22 @@ class LeasesService:
             return False
         if not self.informers_synced() and self.mono() - self.started < self.cfg.sync_timeout_s:
             return False
+        if self.adopt_pending and self.maps_missing():
+            return False
         return self.mono() - self.started >= self.cfg.startup_grace_ms / 1000.0
+
+    def maps_missing(self) -> list[str]:
+        """Live nodes whose serving map we do not know yet (they send only its digest and we have not
+        seen the full map), while that is worth waiting for: adopting holders without them could move
+        their VIPs. Announcers send the full map at least every --heartbeat-full-every-ms, so the wait
+        ends that long + 1 s after start (or after becoming leader) at the latest."""
+        if not self.map_unknown:
+            return []
+        since = max(self.started, self.leader_since)
+        if self.mono() - since >= (self.cfg.heartbeat_full_every_ms + 1000) / 1000.0:
+            return []
+        alive = self.tracker.alive()
+        return sorted(n for n in self.map_unknown if n in alive)
 
     def _adopt(self) -> None:
         alive = self.tracker.alive()
@@ -580,6 +634,7 @@ class LeasesService:
             if h.node in alive and (cur is None or h.epoch > cur.epoch):
                 reported[ip] = h
         self.seen_serving = {}
+        self._walked.clear()  # walk every node's next map again into the fresh seen_serving
         merged = dict(self.orphans)
         merged.update(self.holders)
         for ip, h in reported.items():
@@ -695,6 +750,9 @@ class LeasesService:
         return digest
 
     async def _renew_digest(self, node: str, digest: str) -> None:
+        # Compatibility contract: only leases versions that understand heartbeats with an omitted serving
+        # map (Heartbeat.serving_omitted, resolved in _with_serving) send NodeRenewal. An announcer omits its
+        # map only while it accepts NodeRenewals, so an older leases (full sets only) always gets full maps.
         self.seq += 1
         msg = NodeRenewal(node=node, term=self.term, seq=self.seq, ttl_ms=self.cfg.ttl_ms, sent_at=self.wall(),
                           digest=digest)

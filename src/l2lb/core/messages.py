@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -37,6 +37,7 @@ __all__ = [
     "assignments_digest",
     "decode",
     "encode",
+    "serving_digest",
 ]
 
 
@@ -240,27 +241,51 @@ class Heartbeat:
     # dual announcement and resume after its own restart without moving anything.
     serving: dict[str, int] = field(default_factory=dict)
     stopping: bool = False  # graceful shutdown: hand over at once
+    # Optional, added within v1 (written only when set; older readers ignore them):
+    # ``serving_digest``: :func:`serving_digest` of the serving map this heartbeat stands for;
+    # ``serving_omitted``: ``serving`` is left out on the wire ({} here) and means the map this
+    # ``instance`` last sent in full with ``serving_digest`` (a reader without it knows the map is unknown).
+    serving_digest: str = ""
+    serving_omitted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "node": self.node, "instance": self.instance, "seq": self.seq, "sent_at": self.sent_at,
             "interval_ms": self.interval_ms, "labels": dict(self.labels),
             "interfaces": [i.to_dict() for i in self.interfaces], "serving": dict(self.serving),
             "stopping": self.stopping,
         }
+        if self.serving_digest:
+            d["serving_digest"] = self.serving_digest
+        if self.serving_omitted:
+            d["serving_omitted"] = True
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Heartbeat:
         serving = _opt(d, "serving", dict, {})
-        if not all(isinstance(k, str) and isinstance(v, int) for k, v in serving.items()):
+        if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in serving.items()):
             raise MessageError("field 'serving' must map IPs to epochs")
+        digest = _opt(d, "serving_digest", str, "")
+        omitted = _opt(d, "serving_omitted", bool, False)
+        if omitted and (serving or not digest):
+            raise MessageError("an omitted serving map needs an empty 'serving' and a 'serving_digest'")
         return cls(
             node=_req(d, "node", str), instance=_req(d, "instance", str), seq=_req(d, "seq", int),
             sent_at=float(_req(d, "sent_at", (int, float))), interval_ms=_req(d, "interval_ms", int),
             labels=_str_dict(d, "labels"),
             interfaces=tuple(InterfaceInfo.from_obj(i) for i in _opt(d, "interfaces", list, [])),
             serving=dict(serving), stopping=_opt(d, "stopping", bool, False),
+            serving_digest=digest, serving_omitted=omitted,
         )
+
+
+def serving_digest(serving: Mapping[str, int]) -> str:
+    """Digest of a heartbeat's serving map (32 hex chars): SHA-256 over the compact JSON of the sorted
+    ``[ip, epoch]`` pairs. Order of the map does not matter."""
+    rows = sorted(serving.items())
+    raw = json.dumps(rows, separators=(",", ":"), ensure_ascii=True).encode()
+    return hashlib.sha256(raw).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
