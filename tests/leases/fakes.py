@@ -5,6 +5,9 @@ interval (with the VIPs it currently serves) and consumes NodeAssignments from i
 keeping the newest (term, seq) set until its ttl runs out -- the announcer's contract, minus ARP.
 A NodeRenewal extends the set only when its digest names the set held (and that set is still
 valid); otherwise the fake asks leases for its full set (SnapshotRequest, at most once per second).
+Like the announcer, it leaves its serving map out of heartbeats (``serving_omitted``, only the digest)
+while the map is the one last sent in full less than ``full_every_ms`` ago in the same leases term and a
+NodeRenewal was accepted within 5 s; ``full_every_ms=0`` always sends the map.
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ import time
 import uuid
 
 from l2lb.adapters.bus.client import Bus
-from l2lb.core.messages import Heartbeat, InterfaceInfo, Message, NodeAssignments, NodeRenewal
+from l2lb.core.messages import Heartbeat, InterfaceInfo, Message, NodeAssignments, NodeRenewal, serving_digest
+
+RENEWAL_FRESH_S = 5.0  # as services.announcer.main
 
 
 class FakeAnnouncer:
     def __init__(self, bus: Bus, node: str, *, labels: dict[str, str] | None = None,
-                 ifaces: tuple[tuple[str, bool], ...] = (("eth0", True),), interval_ms: int = 100):
+                 ifaces: tuple[tuple[str, bool], ...] = (("eth0", True),), interval_ms: int = 100,
+                 full_every_ms: int = 2000):
         self.bus = bus
         self.node = node
         self.labels = labels if labels is not None else {"kubernetes.io/hostname": node}
@@ -41,6 +47,11 @@ class FakeAnnouncer:
         self.snapshot_requests = 0
         self._last_request = 0.0
         self.changes: list[tuple[float, frozenset[str]]] = []  # (monotonic, serving set) on change
+        self.full_every_ms = full_every_ms
+        self.renewal_ok_at: float | None = None
+        self.full_sent: tuple[str, float, int] | None = None  # (digest, monotonic, leases term) of the last full map
+        self.hb_full = 0
+        self.hb_omitted = 0
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -77,6 +88,7 @@ class FakeAnnouncer:
         if now <= self.expires and self.digest and msg.digest == self.digest:
             self.last = (msg.term, msg.seq)
             self.renewed += 1
+            self.renewal_ok_at = now
             self.expires = now + msg.ttl_ms / 1000.0
             return
         self.mismatches += 1
@@ -90,17 +102,36 @@ class FakeAnnouncer:
         while not self._stop.is_set():
             if self.heartbeating:
                 self.seq += 1
+                serving = self.serving()
+                digest = serving_digest(serving)
+                omit = self.may_omit(serving, digest)
                 hb = Heartbeat(
                     node=self.node, instance=self.instance, seq=self.seq, sent_at=time.time(),
                     interval_ms=self.interval_ms, labels=dict(self.labels),
                     interfaces=tuple(InterfaceInfo(name=n, mac="02:00:00:00:00:01", up=up)
                                      for n, up in sorted(self.ifaces.items())),
-                    serving=self.serving(), stopping=self.stopping,
+                    serving={} if omit else serving, stopping=self.stopping,
+                    serving_digest=digest, serving_omitted=omit,
                 )
+                term = self.last[0]
                 with contextlib.suppress(Exception):  # Redis restarting: try again next interval
                     await self.bus.publish(self.bus.keys.heartbeats, hb)
+                    if omit:
+                        self.hb_omitted += 1
+                    else:
+                        self.hb_full += 1
+                        self.full_sent = (digest, time.monotonic(), term)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.interval_ms / 1000.0)
+
+    def may_omit(self, serving: dict[str, int], digest: str) -> bool:
+        now = time.monotonic()
+        if self.full_every_ms <= 0 or not serving or self.stopping or self.full_sent is None:
+            return False
+        if self.renewal_ok_at is None or now - self.renewal_ok_at >= RENEWAL_FRESH_S:
+            return False
+        sent_digest, at, term = self.full_sent
+        return sent_digest == digest and now - at < self.full_every_ms / 1000.0 and term == self.last[0]
 
     async def start(self) -> None:
         c = self.bus.consumer(self.bus.keys.assignments, f"announcer:{self.node}", self.node,
