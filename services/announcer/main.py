@@ -126,7 +126,9 @@ _heartbeats = metrics.counter(
     ("serving",),
 )
 # Omit the serving map only while a leases service that understands it is renewing us: only leases
-# versions that know omitted maps send NodeRenewal, so an accepted one within this window says so.
+# versions that know omitted maps send NodeRenewal, so an accepted one within this window says so. The
+# window is also at most half the renewal's ttl: when leases goes silent (crash, failover) the next one
+# gets full maps within about ttl/2, while our VIPs are still valid, so it can adopt them.
 RENEWAL_FRESH_S = 5.0
 _vips = metrics.gauge("l2lb_announcer_vips", "VIPs currently answered for")
 _valid = metrics.gauge("l2lb_announcer_assignment_remaining_seconds", "Validity left of the current VIP set")
@@ -248,7 +250,7 @@ class AnnouncerService:
         self._hb_full_every = args.heartbeat_full_every_ms / 1000.0
         self._digest_of: tuple[dict[str, int] | None, str] = (None, "")
         self._full_sent: tuple[dict[str, int], str, float, int | None] | None = None
-        self._renewal_ok_at: float | None = None
+        self._renewal_fresh_until: float | None = None  # monotonic: accepted NodeRenewal + its window
         self._hb_term: int | None = None
         self._last_old_warning = 0.0
         # leases-outage grace: when the last NodeAssignments for *any* node arrived, and since when
@@ -466,7 +468,7 @@ class AnnouncerService:
         ch = self.state.renew(msg, time.monotonic())
         _assign.labels(ch.reason).inc()
         if ch.accepted:
-            self._renewal_ok_at = time.monotonic()
+            self._renewal_fresh_until = time.monotonic() + min(RENEWAL_FRESH_S, msg.ttl_ms / 2000.0)
             return None
         if ch.reason in ("digest_mismatch", "expired", "stale_term"):
             return ch.reason
@@ -652,14 +654,14 @@ class AnnouncerService:
 
     def _may_omit(self, serving: dict[str, int], digest: str, now: float, stopping: bool) -> bool:
         """True when the heartbeat may carry only the digest of ``serving``: the leases service renewed
-        us within RENEWAL_FRESH_S (it understands omitted maps), the map is the one last sent in full,
+        us within min(RENEWAL_FRESH_S, ttl / 2) (it understands omitted maps), the map is the one last sent in full,
         less than --heartbeat-full-every-ms ago, in the same leases term (a new leader gets full maps at
         once), and we are not stopping. An empty map always goes in full (it costs nothing)."""
         if stopping or not serving or self._hb_full_every <= 0:
             return False
-        ok = self._renewal_ok_at
+        fresh = self._renewal_fresh_until
         sent = self._full_sent
-        if ok is None or now - ok >= RENEWAL_FRESH_S or sent is None:
+        if fresh is None or now >= fresh or sent is None:
             return False
         src, sent_digest, at, term = sent
         if src is not serving and sent_digest != digest:

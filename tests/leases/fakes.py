@@ -7,7 +7,7 @@ A NodeRenewal extends the set only when its digest names the set held (and that 
 valid); otherwise the fake asks leases for its full set (SnapshotRequest, at most once per second).
 Like the announcer, it leaves its serving map out of heartbeats (``serving_omitted``, only the digest)
 while the map is the one last sent in full less than ``full_every_ms`` ago in the same leases term and a
-NodeRenewal was accepted within 5 s; ``full_every_ms=0`` always sends the map.
+NodeRenewal was accepted within min(5 s, its ttl / 2); ``full_every_ms=0`` always sends the map.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import uuid
 from l2lb.adapters.bus.client import Bus
 from l2lb.core.messages import Heartbeat, InterfaceInfo, Message, NodeAssignments, NodeRenewal, serving_digest
 
-RENEWAL_FRESH_S = 5.0  # as services.announcer.main
+RENEWAL_FRESH_S = 5.0  # as services.announcer.main: a renewal counts for min(this, its ttl / 2)
 
 
 class FakeAnnouncer:
@@ -48,7 +48,7 @@ class FakeAnnouncer:
         self._last_request = 0.0
         self.changes: list[tuple[float, frozenset[str]]] = []  # (monotonic, serving set) on change
         self.full_every_ms = full_every_ms
-        self.renewal_ok_at: float | None = None
+        self.renewal_fresh_until: float | None = None
         self.full_sent: tuple[str, float, int] | None = None  # (digest, monotonic, leases term) of the last full map
         self.hb_full = 0
         self.hb_omitted = 0
@@ -88,7 +88,7 @@ class FakeAnnouncer:
         if now <= self.expires and self.digest and msg.digest == self.digest:
             self.last = (msg.term, msg.seq)
             self.renewed += 1
-            self.renewal_ok_at = now
+            self.renewal_fresh_until = now + min(RENEWAL_FRESH_S, msg.ttl_ms / 2000.0)
             self.expires = now + msg.ttl_ms / 1000.0
             return
         self.mismatches += 1
@@ -128,7 +128,7 @@ class FakeAnnouncer:
         now = time.monotonic()
         if self.full_every_ms <= 0 or not serving or self.stopping or self.full_sent is None:
             return False
-        if self.renewal_ok_at is None or now - self.renewal_ok_at >= RENEWAL_FRESH_S:
+        if self.renewal_fresh_until is None or now >= self.renewal_fresh_until:
             return False
         sent_digest, at, term = self.full_sent
         return sent_digest == digest and now - at < self.full_every_ms / 1000.0 and term == self.last[0]
