@@ -119,3 +119,56 @@ def test_mutated_valid_messages_only_ever_raise_message_error(i: int, data: st.D
         decode(json.dumps(d))
     except MessageError:
         pass
+
+
+# -- heartbeats without the serving map (serving_digest / serving_omitted, optional within v1) ---------------
+def _hb(**kw: object) -> Heartbeat:
+    base: dict[str, object] = {"node": "n", "instance": "i", "seq": 1, "sent_at": 1.0, "interval_ms": 100}
+    base.update(kw)
+    return Heartbeat(**base)  # type: ignore[arg-type]
+
+
+def test_serving_digest_is_order_free_and_sees_every_change() -> None:
+    from l2lb.core.messages import serving_digest
+
+    a = {"198.51.100.1": 3, "198.51.100.2": 4}
+    d = serving_digest(a)
+    assert len(d) == 32 and int(d, 16) >= 0
+    assert serving_digest(dict(reversed(list(a.items())))) == d
+    assert serving_digest({"198.51.100.1": 3, "198.51.100.2": 5}) != d  # an epoch
+    assert serving_digest({"198.51.100.1": 3}) != d  # an IP fewer
+    assert serving_digest({}) != d
+
+
+def test_heartbeat_digest_fields_round_trip_and_are_written_only_when_set() -> None:
+    from l2lb.core.messages import serving_digest
+
+    m = {"198.51.100.1": 3}
+    full = _hb(serving=m, serving_digest=serving_digest(m))
+    omitted = _hb(serving_digest=serving_digest(m), serving_omitted=True)
+    for hb in (full, omitted):
+        assert decode(encode(hb)) == hb
+    plain = _hb(serving=m)
+    body = json.loads(encode(plain))
+    assert "serving_digest" not in body and "serving_omitted" not in body  # byte-compatible with before
+    assert json.loads(encode(omitted))["serving"] == {}
+    # an older reader ignores the new keys (simulated: its view is the message without them)
+    old_view = {k: v for k, v in json.loads(encode(omitted)).items() if k not in ("serving_digest", "serving_omitted")}
+    assert decode(json.dumps(old_view)) == _hb()
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ({"serving_omitted": True}, "serving_digest"),  # omitted without a digest
+        ({"serving_omitted": True, "serving_digest": "ab", "serving": {"198.51.100.1": 1}}, "serving"),
+        ({"serving_omitted": "yes", "serving_digest": "ab"}, "serving_omitted"),
+        ({"serving_digest": 5}, "serving_digest"),
+        ({"serving": {"198.51.100.1": True}}, "serving"),
+    ],
+)
+def test_malformed_heartbeat_digest_fields(extra: dict[str, object], match: str) -> None:
+    body = {"k": "heartbeat", "v": 1, "node": "n", "instance": "i", "seq": 1, "sent_at": 1, "interval_ms": 1}
+    body.update(extra)
+    with pytest.raises(MessageError, match=match):
+        decode(json.dumps(body))
