@@ -602,6 +602,11 @@ class LeasesService:
             log.warning("several nodes report serving the same IP", extra={"ips": dual[:20]})
         self._dual = dual
         self.tracker.prune(now, after_s=3600)
+        if len(self.full_maps) > len(self.tracker.nodes) or len(self._walked) > len(self.tracker.nodes):
+            for d in (self.full_maps, self._walked):
+                for n in [n for n in d if n not in self.tracker.nodes]:
+                    del d[n]
+            self.map_unknown &= set(self.tracker.nodes)
 
     def ready_to_elect(self) -> bool:
         if not self.is_leader or not self.snapshot_loaded:

@@ -247,3 +247,16 @@ async def test_fake_with_full_every_zero_always_sends_the_map(h: Harness) -> Non
     beats = [m for m, _ in await _heartbeats(h.bus, start)]
     assert len(beats) >= 6 and not any(m.serving_omitted for m in beats)
     assert all(a.hb_omitted == 0 for a in h.announcers.values())
+
+
+async def test_stored_maps_of_pruned_nodes_are_dropped(bus: Bus) -> None:
+    svc = _svc(bus)
+    svc.apply_heartbeat(_full("a", 1, {IPS[0]: 1}))
+    svc.apply_heartbeat(_full("b", 1, {IPS[1]: 1}))
+    svc.apply_heartbeat(_omitted("b", 2, {IPS[2]: 1}))  # b's map unknown
+    assert set(svc.full_maps) == {"a", "b"} and svc.map_unknown == {"b"}
+    for n in ("a", "b"):
+        st = svc.tracker.nodes[n]
+        st.alive, st.since = False, svc.hb_now() - 7200  # dead for 2 h: pruned on the next tick
+    svc._liveness_tick()
+    assert svc.tracker.nodes == {} and svc.full_maps == {} and svc._walked == {} and svc.map_unknown == set()
