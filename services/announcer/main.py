@@ -10,7 +10,9 @@ Wiring:
 * one AF_PACKET socket per allowed interface (``--interfaces``), driven by the event loop
   (uvloop, installed by ``run_service``);
 * publishes a ``Heartbeat`` every ``--heartbeat-interval-ms`` and at once on a link change or a
-  change of what it serves, and a ``Conflict`` whenever it defends a VIP;
+  change of what it serves, and a ``Conflict`` whenever it defends a VIP; while what it serves is
+  unchanged and leases renews by digest, heartbeats carry only the digest of the serving map (the full
+  map every ``--heartbeat-full-every-ms``, and at once on a change or a new leases term; docs/bus.md);
 * keeps answering through Redis / leases / Kubernetes outages until the validity deadline.
 
 Test/dev input without the leases service: ``--static-assignments FILE`` with

@@ -6,7 +6,9 @@ full set sent to it in this term, or by the full set again after a term change, 
 
 Active/standby: every instance consumes everything (warm); only the leader publishes. On becoming
 leader an instance first adopts the holders the announcers report in their heartbeats' ``serving``
-maps, so a leases failover moves no IP.
+maps, so a leases failover moves no IP. Heartbeats that carry only the digest of an unchanged serving
+map get the node's last full map back (``_with_serving``); until every live node's map is known (or
+--heartbeat-full-every-ms + 1 s) holders are not adopted.
 """
 
 from __future__ import annotations

@@ -260,3 +260,16 @@ async def test_stored_maps_of_pruned_nodes_are_dropped(bus: Bus) -> None:
         st.alive, st.since = False, svc.hb_now() - 7200  # dead for 2 h: pruned on the next tick
     svc._liveness_tick()
     assert svc.tracker.nodes == {} and svc.full_maps == {} and svc._walked == {} and svc.map_unknown == set()
+
+
+async def test_leases_with_full_every_zero_sends_no_renewals_so_maps_stay_full(h: Harness) -> None:
+    """--full-every-ms 0 (the upgrade setting): leases sends no NodeRenewal, so announcers never omit."""
+    for i in range(2):
+        await h.add_node(f"node-{i}")
+    h.start_leases(full_every_ms=0)
+    for i, ip in enumerate(IPS):
+        await h.allocate(f"ns/svc{i}", ip)
+    await wait_for(lambda: all(h.holder(ip) for ip in IPS), 5)
+    await asyncio.sleep(0.8)
+    assert all(a.renewed == 0 and a.hb_omitted == 0 and a.hb_full >= 8 for a in h.announcers.values())
+    assert h.leases[0].svc.map_unknown == set()
