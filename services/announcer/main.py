@@ -58,7 +58,7 @@ from l2lb.core.messages import (
 )
 from l2lb.obs import metrics
 from l2lb.obs.log import get_logger
-from l2lb.runtime.args import add_http_log_args
+from l2lb.runtime.args import add_http_log_args, env_int
 from l2lb.runtime.config import parse_with_config
 from l2lb.runtime.memory import pin_mmap_threshold
 from l2lb.runtime.run import run_service
@@ -869,7 +869,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--heartbeat-interval-ms", type=int, default=100)
     p.add_argument(
-        "--heartbeat-full-every-ms", type=int, default=int(env("L2LB_HEARTBEAT_FULL_EVERY_MS", "2000")),
+        "--heartbeat-full-every-ms", type=int, default=env_int("L2LB_HEARTBEAT_FULL_EVERY_MS", 2000),
         help="while the served VIPs are unchanged and the leases service renews by digest, heartbeats carry "
         "only the digest of the serving map, and the full map at least this often; 0 = always the full map "
         "(env L2LB_HEARTBEAT_FULL_EVERY_MS, default 2000)",
@@ -884,7 +884,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-clock-skew-ms", type=int, default=5000,
                    help="bus assignments sent longer ago than ttl + this are backlog and ignored (0: never)")
     p.add_argument(
-        "--leases-outage-grace-ms", type=int, default=int(env("L2LB_LEASES_OUTAGE_GRACE_MS", "60000")),
+        "--leases-outage-grace-ms", type=int, default=env_int("L2LB_LEASES_OUTAGE_GRACE_MS", 60000),
         help="keep answering this long past the validity deadline when the leases service sends nothing "
         "to any node while Redis stays reachable (a leases crash/failover); 0 = strict expiry (default 60000)",
     )
