@@ -105,6 +105,10 @@ _conflicts = metrics.counter(
 )
 _defences = metrics.counter("l2lb_announcer_defences_total", "Conflicts answered with a defence")
 _send_errors = metrics.counter("l2lb_announcer_send_errors_total", "Frames the kernel refused to send")
+_memo_hits = metrics.counter(
+    "l2lb_announcer_memo_hits_total",
+    "Requests decided from the memo of earlier answers (same frame, same VIP set): the hot path's fast case",
+)
 _kernel_drops = metrics.counter(
     "l2lb_announcer_kernel_drops_total",
     "Frames dropped by the kernel before the announcer read them (socket buffer full)",
@@ -245,6 +249,7 @@ class AnnouncerService:
         self._wake = asyncio.Event()
         self._hb_now = asyncio.Event()
         self._synced: dict[str, int] = {}
+        self._retired: dict[str, int] = {}  # counters of sockets closed since start (link flaps)
         self._encode_hb = HeartbeatEncoder()
         # heartbeats without the serving map (see _may_omit): the digest of the current map (computed once
         # per map object), the last full map that reached Redis (map, digest, monotonic, leases term), the
@@ -296,6 +301,7 @@ class AnnouncerService:
                 "oper": link.oper,
                 "addresses": list(link.addresses),
                 "socket": link.name in self.ports,
+                "io": self.ports[link.name].mode if link.name in self.ports else None,
                 "answering": link.name in self.ifaces,
                 "multicast_groups": sorted(codec.mac_text(m) for m in self.ports[link.name].groups)
                 if link.name in self.ports
@@ -409,8 +415,12 @@ class AnnouncerService:
     def _close_port(self, name: str) -> None:
         port = self.ports.pop(name, None)
         self.ifaces.pop(name, None)
-        self.memos.pop(name, None)
+        memo = self.memos.pop(name, None)
+        # per-socket counters of a closed socket stay counted (the metrics are cumulative)
+        if memo is not None:
+            self._retired["_memo_hits"] = self._retired.get("_memo_hits", 0) + memo.hits
         if port is not None:
+            self._retired["_send_errors"] = self._retired.get("_send_errors", 0) + port.send_errors
             port.close()
 
     def _sync_groups(self) -> None:
@@ -712,12 +722,15 @@ class AnnouncerService:
 
     def sync_metrics(self) -> None:
         stats = dict(self.state.stats)
+        stats.update(self._retired)
         for port in self.ports.values():
             with contextlib.suppress(OSError):
                 _, drops = port.kernel_stats()
                 if drops:
                     _kernel_drops.inc(drops)
             stats["_send_errors"] = stats.get("_send_errors", 0) + port.send_errors
+        for memo in self.memos.values():
+            stats["_memo_hits"] = stats.get("_memo_hits", 0) + memo.hits
         for key, val in stats.items():
             delta = val - self._synced.get(key, 0)
             if delta <= 0:
@@ -729,6 +742,8 @@ class AnnouncerService:
                 _defences.inc(delta)
             elif key == "_send_errors":
                 _send_errors.inc(delta)
+            elif key == "_memo_hits":
+                _memo_hits.inc(delta)
             else:
                 _frames.labels(key).inc(delta)
                 _requests.inc(delta)
