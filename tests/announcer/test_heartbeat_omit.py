@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -29,15 +28,6 @@ from tests.leases.harness import Harness, wait_for
 from tests.leases.helpers import ALL_LB
 
 VIPS = (VipAssignment("198.51.100.41", 5), VipAssignment("198.51.100.42", 6))
-
-
-@pytest.fixture
-async def bus(redis_url: str) -> AsyncIterator[Bus]:
-    b = await Bus.connect(redis_url, prefix="t")
-    try:
-        yield b
-    finally:
-        await b.close()
 
 
 def _svc(bus: Bus, *flags: str, node: str = "n1") -> AnnouncerService:

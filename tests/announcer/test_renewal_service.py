@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
-
-import pytest
 
 from l2lb.adapters.bus.client import Bus
 from l2lb.core import codec
@@ -58,15 +55,6 @@ class Node:
     async def close(self) -> None:
         self.stop.set()
         await asyncio.wait_for(self.task, 5)
-
-
-@pytest.fixture
-async def bus(redis_url: str) -> AsyncIterator[Bus]:
-    b = await Bus.connect(redis_url, prefix="t")
-    try:
-        yield b
-    finally:
-        await b.close()
 
 
 async def _requests(bus: Bus) -> list[SnapshotRequest]:

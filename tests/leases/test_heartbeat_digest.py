@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 from typing import Any
-
-import pytest
 
 from l2lb.adapters.bus.client import Bus
 from l2lb.core.messages import Heartbeat, decode, serving_digest
@@ -20,24 +17,6 @@ from tests.leases.harness import Harness, wait_for
 from tests.leases.helpers import hb
 
 IPS = [f"198.51.100.{60 + i}" for i in range(4)]
-
-
-@pytest.fixture
-async def bus(redis_url: str) -> AsyncIterator[Bus]:
-    b = await Bus.connect(redis_url, prefix="t")
-    try:
-        yield b
-    finally:
-        await b.close()
-
-
-@pytest.fixture
-async def h(bus: Bus) -> AsyncIterator[Harness]:
-    harness = Harness(bus)
-    try:
-        yield harness
-    finally:
-        await harness.close()
 
 
 def _kind(kind: str) -> float:

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from l2lb.adapters.bus.client import Bus
 from l2lb.core.messages import (
     Message,
     NodeAssignments,
@@ -23,17 +21,6 @@ from l2lb.core.messages import (
 from tests.leases.harness import Harness, wait_for
 
 IPS = [f"198.51.100.{20 + i}" for i in range(4)]
-
-
-@pytest.fixture
-async def h(redis_url: str) -> AsyncIterator[Harness]:
-    bus = await Bus.connect(redis_url, prefix="t")
-    harness = Harness(bus)
-    try:
-        yield harness
-    finally:
-        await harness.close()
-        await bus.close()
 
 
 async def _stream(h: Harness, stream: str, after: str = "-") -> list[tuple[str, Message, int]]:

@@ -4,27 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
-import pytest
-
-from l2lb.adapters.bus.client import Bus
 from tests.leases.harness import Harness, wait_for
 from tests.support.redis_server import RedisProcess
 
 IPS = [f"198.51.100.{10 + i}" for i in range(6)]
 FAILOVER_BOUND_S = 1.0  # the product goal; the configured detection is 3 x 100 ms + one 50 ms tick
-
-
-@pytest.fixture
-async def h(redis_url: str) -> AsyncIterator[Harness]:
-    bus = await Bus.connect(redis_url, prefix="t")
-    harness = Harness(bus)
-    try:
-        yield harness
-    finally:
-        await harness.close()
-        await bus.close()
 
 
 async def _setup(h: Harness, nodes: int = 3) -> None:
