@@ -11,12 +11,13 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from l2lb.core import codec
 from l2lb.lab.netns import Host, Topology, entered
-from tests.net.announcer_helpers import ETH_P_ALL, announcer, http_get, private_topology
+from tests.net.announcer_helpers import ETH_P_ALL, RawClient, announcer, http_get, private_topology
 
 pytestmark = pytest.mark.net
 
@@ -33,10 +34,10 @@ def topology() -> Iterator[Topology]:
     yield from private_topology()
 
 
-class Wire:
-    """A raw socket on one interface of the client namespace."""
+class Wire(RawClient):
+    """A raw socket on one interface of the client namespace (any interface, not only the host's first)."""
 
-    def __init__(self, ns: str, ifname: str, mac: str):
+    def __init__(self, ns: str, ifname: str, mac: str):  # not RawClient's: that one takes a Host
         with entered(ns):
             self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
             self.sock.bind((ifname, 0))
@@ -53,24 +54,14 @@ class Wire:
         return frame
 
     def replies(self, vip: str, timeout: float, want: int | None = None) -> list[codec.ArpFrame]:
-        out: list[codec.ArpFrame] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and (want is None or len(out) < want):
-            self.sock.settimeout(max(0.001, deadline - time.monotonic()))
-            try:
-                data, addr = self.sock.recvfrom(4096)
-            except TimeoutError:
-                break
-            if addr[2] == socket.PACKET_OUTGOING:
-                continue
-            fr = codec.parse(data)
-            if (isinstance(fr, codec.ArpFrame) and fr.op == 2 and fr.spa == codec.ip_bytes(vip)
-                        and fr.tha != codec.ZERO_MAC):
-                out.append(fr)
-        return out
+        """ARP replies for ``vip`` (not gratuitous ones) received until ``timeout`` (or ``want`` of them)."""
+        spa = codec.ip_bytes(vip)
 
-    def close(self) -> None:
-        self.sock.close()
+        def reply(data: bytes) -> bool:
+            fr = codec.parse(data)
+            return isinstance(fr, codec.ArpFrame) and fr.op == 2 and fr.spa == spa and fr.tha != codec.ZERO_MAC
+
+        return [cast(codec.ArpFrame, codec.parse(d)) for d in self.collect(reply, timeout=timeout, want=want)]
 
 
 def two_segment_node(topology: Topology) -> tuple[Host, Host, str, str]:
