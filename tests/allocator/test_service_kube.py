@@ -50,6 +50,15 @@ class Env:
         self.clients: list[KubeClient] = []
         self.running: list[Running] = []
 
+    async def close(self) -> None:
+        """Kill the allocators still running, close their API clients and the bus."""
+        for r in self.running:
+            if not r.task.done():
+                await r.kill()
+        for c in self.clients:
+            await c.close()
+        await self.bus.close()
+
     async def start(self, instance: str = "a", **cfg: Any) -> Running:
         client = await KubeClient.create(self.kube.kubeconfig, qps=50, burst=100)
         self.clients.append(client)
@@ -97,12 +106,7 @@ async def env(redis_url: str, kube: KubeHandle) -> AsyncIterator[Env]:
     try:
         yield e
     finally:
-        for r in e.running:
-            if not r.task.done():
-                await r.kill()
-        for c in e.clients:
-            await c.close()
-        await bus.close()
+        await e.close()
 
 
 def _service(name: str, ns: str = "pihole", *, ips: str | None = None, key: str | None = None,
@@ -328,10 +332,5 @@ async def test_redis_outage_and_data_loss(kube: KubeHandle, tmp_path: Path) -> N
             await asyncio.sleep(0.2)
         assert {"pihole/pihole-dns-tcp", "pihole/pihole-dns-udp", "pihole/pihole-web"} <= await stored()
     finally:
-        for r in e.running:
-            if not r.task.done():
-                await r.kill()
-        for c in e.clients:
-            await c.close()
-        await bus.close()
+        await e.close()
         redis.stop()

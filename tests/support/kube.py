@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -65,17 +66,25 @@ class KubeHandle:
         self._disc: dict[tuple[str, str], tuple[str, bool]] | None = None
 
     # -- raw HTTP ---------------------------------------------------------------------------------
+    http_timeout = 10.0  # seconds, default of http()
+
+    def _transport(self) -> tuple[dict[str, str], ssl.SSLContext | None]:
+        """Extra request headers and the TLS context of this server (none: plain HTTP, no auth)."""
+        return {}, None
+
     def http(self, method: str, path: str, body: Any = None, *, content_type: str = "application/json",
-             query: dict[str, str] | None = None, timeout: float = 10.0, raw: bytes | None = None
+             query: dict[str, str] | None = None, timeout: float | None = None, raw: bytes | None = None
              ) -> tuple[int, Any, dict[str, str]]:
         """One request; returns (status, decoded JSON body or text, headers). Never raises on HTTP codes."""
         url = self.url + path + (("?" + urllib.parse.urlencode(query)) if query else "")
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        req = urllib.request.Request(url, data=data, method=method)
+        extra, context = self._transport()
+        req = urllib.request.Request(url, data=data, method=method, headers=extra)
         if data is not None:
             req.add_header("Content-Type", content_type)
+        wait = self.http_timeout if timeout is None else timeout
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
+            with urllib.request.urlopen(req, timeout=wait, context=context) as r:
                 code, text, headers = r.status, r.read(), dict(r.headers)
         except urllib.error.HTTPError as e:
             code, text, headers = e.code, e.read(), dict(e.headers)

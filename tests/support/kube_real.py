@@ -605,33 +605,10 @@ class RealKubeHandle(KubeHandle):
         super().__init__(server.url, server.kubeconfig)
         self.server = server
 
-    def http(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        content_type: str = "application/json",
-        query: dict[str, str] | None = None,
-        timeout: float = 30.0,
-        raw: bytes | None = None,
-    ) -> tuple[int, Any, dict[str, str]]:
-        url = self.url + path + (("?" + urllib.parse.urlencode(query)) if query else "")
-        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        headers = {"Authorization": f"Bearer {self.server.token}", "Accept": "application/json"}
-        req = urllib.request.Request(url, data=data, method=method, headers=headers)
-        if data is not None:
-            req.add_header("Content-Type", content_type)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout, context=self.server.ssl_context) as r:
-                code, text, hdrs = r.status, r.read(), dict(r.headers)
-        except urllib.error.HTTPError as e:
-            code, text, hdrs = e.code, e.read(), dict(e.headers)
-        try:
-            decoded: Any = json.loads(text) if text else None
-        except ValueError:
-            decoded = text.decode(errors="replace")
-        return code, decoded, hdrs
+    http_timeout = 30.0
+
+    def _transport(self) -> tuple[dict[str, str], ssl.SSLContext | None]:
+        return {"Authorization": f"Bearer {self.server.token}", "Accept": "application/json"}, self.server.ssl_context
 
     def aiohttp_kwargs(self) -> dict[str, Any]:
         return {"ssl": self.server.ssl_context, "headers": {"Authorization": f"Bearer {self.server.token}"}}
