@@ -45,6 +45,9 @@ from typing import Any
 from l2lb.core import codec
 from l2lb.lab.netns import Host, Topology, entered, list_namespaces, run
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # for tests.support
+from tests.support.procs import stop_process
+
 TARGET = "198.51.100.50"
 NODE_IP = "198.51.100.2/24"
 CLIENT_IP = "198.51.100.3/24"
@@ -473,22 +476,12 @@ def run_bench(args: argparse.Namespace, prefix: str, results: dict[str, object])
                     results[name] = measure(gen, node.mac, args.seconds_per_step, args.max_rate, name)
                     results[f"{name}_rss_kib"] = max(rss_idle, rss_kib(proc.pid))
                 finally:
-                    proc.terminate()
-                    try:
-                        proc.wait(10)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
+                    stop_process(proc, wait=10)
                     logf.close()
                 client.exec(["ip", "neigh", "flush", "all"], check=False)
         finally:
             for h in reversed(helpers):
-                h.terminate()
-                try:
-                    h.wait(10)
-                except subprocess.TimeoutExpired:
-                    h.kill()
-                    h.wait()
+                stop_process(h, wait=10)
             gen.close()
     return 0
 
