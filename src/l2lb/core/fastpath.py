@@ -55,26 +55,13 @@ class ReplyMemo:
         deadline = st.deadline
         live = deadline is not None and now < deadline
         allow = st._allow
-        buckets = st._buckets
-        rate = st.reply_rate
-        burst = st.reply_burst
         out: list[bytes] = []
         conflicts: list[ConflictSeen] = []
         answered = limited = 0
         for frame in frames:
             hit = memo.get(frame) if live else None
             if hit is not None:
-                b = buckets.get(hit[0])
-                if b is not None:  # AnnouncerState._allow for a known asker, inlined (a property test compares)
-                    tokens = b.tokens + (now - b.last) * rate
-                    b.tokens = burst if tokens > burst else tokens
-                    b.last = now
-                    ok = b.tokens >= 1.0
-                    if ok:
-                        b.tokens -= 1.0
-                else:
-                    ok = allow(hit[0], now)
-                if ok:
+                if allow(hit[0], now):
                     out.append(hit[1])
                     answered += 1
                 else:
