@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -186,34 +187,41 @@ class Generator:
         self.sock.close()
 
 
+def cached_build(stem: str, sources: list[Path], argv: Callable[[Path], list[str]], *, what: str, timeout: float,
+                 cwd: Path | None = None, env: dict[str, str] | None = None, tail: int = 2000) -> Path | str:
+    """Build once per version of ``sources`` into ~/.cache/l2lb/<stem>-<hash>, pruning builds of older versions;
+    return the binary, or why there is none (a string starting with ``what``)."""
+    h = hashlib.sha256()
+    for f in sources:
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    out = CACHE_DIR / f"{stem}-{h.hexdigest()[:16]}"
+    if out.exists():
+        return out
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    try:
+        r = subprocess.run(argv(tmp), check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"{what} failed: {e}"
+    if r.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        return f"{what} failed: {(r.stderr or r.stdout).strip()[-tail:]}"
+    tmp.replace(out)
+    for old in CACHE_DIR.glob(f"{stem}-*"):  # builds of older sources
+        if old != out and "." not in old.name:
+            old.unlink(missing_ok=True)
+    return out
+
+
 def go_binary() -> Path | str:
     """Build bench/arp/gen once per source version; return the binary or why there is none (a string)."""
     go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
     if go is None:
         return "go not found (PATH, /usr/local/go/bin)"
-    h = hashlib.sha256()
-    for f in sorted(GEN_DIR.glob("*")):
-        if f.suffix in (".go", ".mod", ".sum"):
-            h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
-    out = CACHE_DIR / f"argen-{h.hexdigest()[:16]}"
-    if out.exists():
-        return out
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    sources = [f for f in sorted(GEN_DIR.glob("*")) if f.suffix in (".go", ".mod", ".sum")]
     env = {**os.environ, "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"}
-    try:
-        r = subprocess.run([go, "build", "-trimpath", "-o", str(tmp), "."], check=False, cwd=GEN_DIR, env=env,
-                           capture_output=True, text=True, timeout=300)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"go build failed: {e}"
-    if r.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        return f"go build failed: {(r.stderr or r.stdout).strip()[-2000:]}"
-    tmp.replace(out)
-    for old in CACHE_DIR.glob("argen-*"):  # builds of older sources
-        if old != out and "." not in old.name:
-            old.unlink(missing_ok=True)
-    return out
+    return cached_build("argen", sources, lambda tmp: [go, "build", "-trimpath", "-o", str(tmp), "."],
+                        what="go build", timeout=300, cwd=GEN_DIR, env=env)
 
 
 class GenError(RuntimeError):
@@ -350,21 +358,8 @@ def c_binary() -> Path | str:
     if cc is None:
         return "no C compiler (cc/gcc)"
     src = Path(__file__).resolve().parent / "naive.c"
-    out = CACHE_DIR / f"naive-c-{hashlib.sha256(src.read_bytes()).hexdigest()[:16]}"
-    if out.exists():
-        return out
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
-    try:
-        r = subprocess.run([cc, "-O2", "-o", str(tmp), str(src)], check=False, capture_output=True, text=True,
-                           timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"cc failed: {e}"
-    if r.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        return f"cc failed: {(r.stderr or r.stdout).strip()[-500:]}"
-    tmp.replace(out)
-    return out
+    return cached_build("naive-c", [src], lambda tmp: [cc, "-O2", "-o", str(tmp), str(src)], what="cc",
+                        timeout=120, tail=500)
 
 
 def revision() -> str:
