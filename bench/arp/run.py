@@ -219,7 +219,7 @@ def go_binary() -> Path | str:
     if go is None:
         return "go not found (PATH, /usr/local/go/bin)"
     sources = [f for f in sorted(GEN_DIR.glob("*")) if f.suffix in (".go", ".mod", ".sum")]
-    env = {**os.environ, "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"}
+    env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"}
     return cached_build("argen", sources, lambda tmp: [go, "build", "-trimpath", "-o", str(tmp), "."],
                         what="go build", timeout=300, cwd=GEN_DIR, env=env)
 

@@ -39,7 +39,7 @@ echo "build.sh: building kube-apiserver $version (k8s.io/kubernetes from the Go 
 start=$(date +%s)
 tmp="$bin.tmp.$$"
 set +e
-GOFLAGS=-mod=mod GOMAXPROCS=1 CGO_ENABLED=0 \
+GOTOOLCHAIN=local GOFLAGS=-mod=mod GOMAXPROCS=1 CGO_ENABLED=0 \
   nice -n 15 go build -p 1 -trimpath -ldflags="$ldflags" -o "$tmp" . >"$log" 2>&1
 rc=$?
 set -e
@@ -49,6 +49,11 @@ if [ $rc -ne 0 ]; then
   echo "build.sh: go build failed after $((end - start)) s (exit $rc); log: $log" >&2
   tail -n 40 "$log" >&2
   exit $rc
+fi
+if [ "$(cat go.mod go.sum main.go | sha256sum | cut -c1-16)" != "$hash" ]; then
+  rm -f "$tmp"
+  echo "build.sh: go changed go.mod/go.sum while building (they were incomplete): review and commit them" >&2
+  exit 1
 fi
 mv -f "$tmp" "$bin"
 # Keep the three newest builds (other checkouts may pin other versions); drop older ones (~105 MiB each).
