@@ -5,7 +5,8 @@ Topology (all in network namespaces the lab creates; nothing is added to the roo
     <prefix>sw   a bridge ("the LAN switch")
     <prefix>ctl  198.51.100.2    control plane: redis-server, API server, allocator, leases
     <prefix>n1.. 198.51.100.11+  nodes: one announcer each, LAN interface named enp0s25 (the seed's)
-    <prefix>cli  198.51.100.100  a LAN client that resolves the VIPs
+    <prefix>cli  198.51.100.100  a LAN client that resolves the VIPs (2001:db8::100, plus an on-link
+                                 address in every IPv6 pool's prefix: l2lb.lab.onlink)
 
 Every service is the same process production runs (``l2lb allocator|leases|announcer``).
 """
@@ -15,9 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import json
+import re
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -26,12 +30,20 @@ from pathlib import Path
 from typing import Any
 
 from l2lb.adapters.kube.client import RESOURCES, KubeClient
+from l2lb.core.models import ParseError, Pool
+from l2lb.core.parse import is_pool, parse_pool
 from l2lb.lab import manifests, netns
-from l2lb.lab.probe import ArpProber
+from l2lb.lab.neigh import NeighWatcher
+from l2lb.lab.onlink import OnLink, for_vip, plan
+from l2lb.lab.probe import ArpProber, prober_for
 from l2lb.lab.procs import Supervisor, python_cli, wait_http_ready
 
 CTL_IP = "198.51.100.2"
 CLIENT_IP = "198.51.100.100"
+CLIENT_IP6 = "2001:db8::100"
+# the LAN's own IPv6 prefix: the client's address and the raw NDP prober's (owned by nobody)
+LAN6 = OnLink(ipaddress.IPv6Network("2001:db8::/64"), ipaddress.IPv6Address(CLIENT_IP6),
+              ipaddress.IPv6Address("2001:db8::101"))
 LAN_IF = "enp0s25"
 API_PORT = 6443
 REDIS_PORT = 6379
@@ -81,6 +93,7 @@ class Lab:
     progress: Progress
     kubeconfig: Path = field(init=False)
     report: dict[str, Any] = field(default_factory=dict)
+    onlinks: list[OnLink] = field(default_factory=lambda: [LAN6])
 
     def __post_init__(self) -> None:
         self.kubeconfig = self.workdir / "kubeconfig"
@@ -100,7 +113,27 @@ class Lab:
         self.topo.add_host("ctl", ifname="eth0", addrs=[f"{CTL_IP}/24", "2001:db8::2/64"])
         for i, name in enumerate(self.node_names(), start=1):
             self.topo.add_host(name, ifname=LAN_IF, addrs=[f"{node_ip(i)}/24", f"{node_ip6(i)}/64"])
-        self.topo.add_host("client", ifname="eth0", addrs=[f"{CLIENT_IP}/24", "2001:db8::100/64"])
+        self.topo.add_host("client", ifname="eth0", addrs=[f"{CLIENT_IP}/24", f"{CLIENT_IP6}/64"])
+
+    def setup_onlink(self, docs: list[dict[str, Any]]) -> list[str]:
+        """Give the client an address in every IPv6 pool's prefix (and the nodes a route to it, as a
+        LAN's router advertisement would); returns lines for the user."""
+        pools: list[Pool] = []
+        for d in docs:
+            if is_pool(d):
+                with contextlib.suppress(ParseError):  # the allocator reports bad pools (Event, condition)
+                    pools.append(parse_pool(d))
+        new, notes = plan(pools, self.onlinks)
+        client = self.topo.hosts["client"]
+        for o in new:
+            client.exec(["ip", "-6", "addr", "add", o.client_interface, "dev", "eth0", "nodad"])
+            for name in self.node_names():
+                h = self.topo.hosts[name]
+                h.exec(["ip", "-6", "route", "replace", str(o.network), "dev", h.ifname])
+            notes.append(f"client: {o.client_interface} on-link for the IPv6 pool prefix {o.network} "
+                         f"(NDP prober source {o.prober})")
+        self.onlinks += new
+        return notes
 
     async def start_control_plane(self) -> None:
         ctl = self.topo.hosts["ctl"].ns
@@ -155,8 +188,9 @@ class Lab:
                       "metadata": {"name": n, "labels": {"kubernetes.io/hostname": n}}} for n in self.node_names()]
         done += await manifests.apply(client, [ns_doc, *node_docs])
         user = [Path(p) for p in self.args.manifests] if self.args.manifests else [self.default_manifests()]
-        done += await manifests.apply(client, manifests.load_documents(user))
-        return done
+        user_docs = manifests.load_documents(user)
+        done += await manifests.apply(client, user_docs)
+        return done + self.setup_onlink(user_docs)
 
     def default_manifests(self) -> Path:
         root = repo_root()
@@ -199,8 +233,21 @@ class Lab:
             await client.close()
 
     # -- observing from the client -------------------------------------------------------------
+    def probe_source(self, vip: str) -> str | None:
+        """The client-side source address that asks for ``vip`` (None: the VIP is not on the client's LAN)."""
+        if ":" not in vip:
+            return CLIENT_IP
+        o = for_vip(vip, self.onlinks)
+        return None if o is None else str(o.prober)
+
+    def make_prober(self, vip: str, interval_s: float) -> ArpProber:
+        src = self.probe_source(vip)
+        if src is None:
+            raise RuntimeError(f"{vip} is in no prefix the lab's client has on-link (only 2001:db8::/32 is used)")
+        return prober_for(self.topo.hosts["client"].ns, "eth0", src, vip, interval_s=interval_s)
+
     async def who_answers(self, vip: str, seconds: float = 0.3) -> list[str]:
-        prober = ArpProber(self.topo.hosts["client"].ns, "eth0", CLIENT_IP, vip, interval_s=0.02)
+        prober = self.make_prober(vip, 0.02)
         stop = asyncio.Event()
         asyncio.get_running_loop().call_later(seconds, stop.set)
         try:
@@ -216,51 +263,120 @@ class Lab:
             if len(macs) == 1:
                 return macs[0]
             self.sup.check_alive()
-        raise RuntimeError(f"no single node answers ARP for {vip} after {timeout:.0f} s "
+        raise RuntimeError(f"no single node answers {'NDP' if ':' in vip else 'ARP'} for {vip} after {timeout:.0f} s "
                            f"(see {self.sup.logdir}/leases.log and announcer-*.log)")
 
-    def client_kernel_view(self, vip: str) -> dict[str, str]:
+    def kick_neighbour(self, vip: str) -> None:
+        """Make the client's kernel resolve ``vip``: one UDP datagram to its discard port (no reply needed)."""
+        fam = socket.AF_INET6 if ":" in vip else socket.AF_INET
+        with netns.entered(self.topo.hosts["client"].ns):
+            s = socket.socket(fam, socket.SOCK_DGRAM)
+        with s, contextlib.suppress(OSError):
+            s.sendto(b"l2lb-lab", (vip, 9))
+
+    def kernel_neigh(self, vip: str) -> str:
+        return self.topo.hosts["client"].exec(["ip", "neigh", "show", vip], check=False).stdout.strip()
+
+    async def wait_kernel_entry(self, vip: str, timeout: float = 2.0) -> str:
+        """Resolve ``vip`` in the client's kernel; returns the ``ip neigh`` line (bounded wait)."""
+        deadline = time.monotonic() + timeout
+        line = ""
+        while time.monotonic() < deadline:
+            self.kick_neighbour(vip)
+            await asyncio.sleep(0.05)
+            line = self.kernel_neigh(vip)
+            if "lladdr" in line:
+                break
+        return line
+
+    async def client_kernel_view(self, vip: str) -> dict[str, str]:
         client = self.topo.hosts["client"]
-        fam = ["-6"] if ":" in vip else []
-        client.exec(["ip", *fam, "neigh", "flush", "to", vip], check=False)
-        ping = client.exec(["ping", "-c", "1", "-W", "1", vip], check=False)
-        neigh = client.exec(["ip", *fam, "neigh", "show", vip], check=False).stdout.strip()
-        out = {"neigh": neigh, "ping_rc": str(ping.returncode)}
-        if ":" not in vip and shutil.which("arping"):
+        if self.probe_source(vip) is None:
+            return {"neigh": "", "note": "not on the client's LAN"}
+        client.exec(["ip", "neigh", "flush", "to", vip], check=False)
+        out = {"neigh": await self.wait_kernel_entry(vip)}
+        if ":" in vip:
+            if shutil.which("ndisc6"):
+                nd = client.exec(["ndisc6", "-m", "-n", "-r", "2", "-w", "500", vip, "eth0"], check=False, timeout=10)
+                macs = re.findall(r"Target link-layer address:\s*([0-9A-Fa-f:]{17})", nd.stdout)
+                # -m prints every NA for the target in the wait (unsolicited ones too): one line per MAC
+                uniq = list(dict.fromkeys(m.lower() for m in macs))
+                out["ndisc6"] = " / ".join(uniq) or (nd.stdout.strip().splitlines() or ["no answer"])[-1]
+        elif shutil.which("arping"):
             ar = client.exec(["arping", "-c", "2", "-w", "3", "-I", "eth0", vip], check=False, timeout=10)
             out["arping"] = " / ".join(line.strip() for line in ar.stdout.splitlines() if "reply" in line.lower()
                                        or "bytes from" in line.lower())
         return out
 
     # -- failover ------------------------------------------------------------------------------
+    def failover_vips(self, vips: dict[str, list[str]]) -> list[str]:
+        """One IPv4 VIP (a shared one if any: the Pi-hole's) and one IPv6 VIP on the client's LAN."""
+        out = []
+        for v6 in (False, True):
+            fam = [v for v in vips if (":" in v) == v6 and self.probe_source(v) is not None]
+            if fam:
+                out.append(next((v for v in fam if len(vips[v]) > 1), fam[0]))
+        return out
+
     async def failover_round(self, vip: str, how: str) -> dict[str, Any]:
+        """One failover of ``vip`` by ``how`` (kill | linkdown), probed from the client every --probe-ms.
+
+        For an IPv6 VIP the client's kernel also holds an entry for it (resolved before the fault) and
+        the round records when that entry moved to the new node's MAC (``kernel_switch_ms``): the
+        prober's own answers never reach the kernel, so only the new node's unsolicited NA can move it.
+        """
         macs = self.mac_to_node()
         old_mac = await self.wait_announced(vip, 15)
         old_node = macs.get(old_mac, "?")
-        prober = ArpProber(self.topo.hosts["client"].ns, "eth0", CLIENT_IP, vip,
-                           interval_s=self.args.probe_ms / 1000)
+        v6 = ":" in vip
+        before = await self.wait_kernel_entry(vip) if v6 else ""
+        watcher = NeighWatcher(self.topo.hosts["client"].ns, vip) if v6 else None
+        prober = self.make_prober(vip, self.args.probe_ms / 1000)
         stop = asyncio.Event()
-        task = asyncio.create_task(prober.run(stop, max_seconds=self.args.round_timeout + 5))
-        await asyncio.sleep(0.5)  # baseline answers from the old node
-        t_fault = time.monotonic()
-        if how == "kill":
-            await self.sup.kill(f"announcer-{old_node}")
-        else:
-            self.topo.hosts[old_node].link(False)
-        # wait for a new MAC (bounded), then keep probing a little to catch any dual answering
-        deadline = t_fault + self.args.round_timeout
-        while time.monotonic() < deadline:
-            if any(a.mac != old_mac and a.kind == "reply" and a.t > t_fault for a in prober.timeline.answers):
-                break
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(1.0)
-        stop.set()
-        tl = await task
-        prober.close()
-        res: dict[str, Any] = dict(tl.failover(old_mac, t_fault))
-        res.update({"how": how, "old_node": old_node, "new_node": macs.get(str(res["new_mac"]), None),
-                    "probes_sent": tl.sent, "probe_interval_ms": self.args.probe_ms})
-        res["neigh_after"] = self.topo.hosts["client"].exec(["ip", "neigh", "show", vip], check=False).stdout.strip()
+        task: asyncio.Task[Any] | None = None
+        try:
+            if watcher is not None:
+                watcher.attach()
+            task = asyncio.create_task(prober.run(stop, max_seconds=self.args.round_timeout + 5))
+            await asyncio.sleep(0.5)  # baseline answers from the old node
+            t_fault = time.monotonic()
+            if how == "kill":
+                await self.sup.kill(f"announcer-{old_node}")
+            else:
+                self.topo.hosts[old_node].link(False)
+            # wait for a new MAC (bounded), then keep probing a little to catch any dual answering
+            deadline = t_fault + self.args.round_timeout
+            while time.monotonic() < deadline:
+                if any(a.mac != old_mac and a.kind == "reply" and a.t > t_fault for a in prober.timeline.answers):
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(1.0)
+            stop.set()
+            tl = await task
+            res: dict[str, Any] = dict(tl.failover(old_mac, t_fault))
+            res.update({"how": how, "family": 6 if v6 else 4, "old_node": old_node,
+                        "new_node": macs.get(str(res["new_mac"]), None),
+                        "probes_sent": tl.sent, "probe_interval_ms": self.args.probe_ms})
+            res["neigh_after"] = self.kernel_neigh(vip)
+            if watcher is not None:
+                watcher.detach()
+                new_mac = res["new_mac"]
+                ev = watcher.first_with_mac(str(new_mac), t_fault) if new_mac else None
+                res["kernel_before"] = before
+                res["kernel_switch_ms"] = None if ev is None else (ev.t - t_fault) * 1000
+                res["kernel_events"] = [{"ms": round((e.t - t_fault) * 1000, 1), "mac": e.mac, "state": e.state}
+                                        for e in watcher.events]
+                new_answers = [a for a in tl.answers if a.mac == new_mac]
+                res["na_flags"] = {kind: sorted({a.flags for a in new_answers if a.kind == kind
+                                                 and a.flags is not None}) for kind in ("reply", "garp")}
+        finally:
+            stop.set()
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            prober.close()
+            if watcher is not None:
+                watcher.close()
         # heal, then check the IP does not flap back
         if how == "kill":
             i = self.node_names().index(old_node) + 1
@@ -337,46 +453,52 @@ async def _run(lab: Lab) -> int:
                 vips.setdefault(ing["ip"], []).append(key)
                 rows_src.append((key, ing["ip"], ports))
         holders: dict[str, str] = {}
-        with progress.step("asking the LAN (ARP from the client) who answers for each IP"):
+        with progress.step("asking the LAN (ARP and NDP from the client) who answers for each IP"):
             macs = lab.mac_to_node()
             for vip in vips:
-                if ":" in vip:
+                if lab.probe_source(vip) is None:
+                    holders[vip] = "(not on the client's LAN)"
                     continue
                 mac = await lab.wait_announced(vip, args.timeout)
                 holders[vip] = macs.get(mac, mac)
         print()
-        print_table([[k, ip, holders.get(ip, "(IPv6)" if ":" in ip else "?"), ports] for k, ip, ports in rows_src],
+        print_table([[k, ip, holders.get(ip, "?"), ports] for k, ip, ports in rows_src],
                     ["SERVICE", "IP", "ANNOUNCED BY", "PORTS"])
         print()
         lab.report["services"] = [{"service": k, "ip": ip, "node": holders.get(ip), "ports": p}
                                   for k, ip, p in rows_src]
         views = {}
         for vip in vips:
-            views[vip] = lab.client_kernel_view(vip)
-            progress.say(f"client kernel: {views[vip]['neigh'] or '(no neighbour entry)'}"
-                         + (f"; arping: {views[vip].get('arping')}" if views[vip].get("arping") else ""))
+            views[vip] = await lab.client_kernel_view(vip)
+            tool = "ndisc6" if ":" in vip else "arping"
+            progress.say(f"client kernel: {views[vip]['neigh'] or views[vip].get('note') or '(no neighbour entry)'}"
+                         + (f"; {tool}: {views[vip][tool]}" if views[vip].get(tool) else ""))
         lab.report["client_view"] = views
-        v4 = [v for v in vips if ":" not in v]
-        if not v4:
-            raise RuntimeError("no IPv4 VIP to fail over")
-        vip = next((v for v in v4 if len(vips[v]) > 1), v4[0])  # prefer the shared Pi-hole IP
+        targets = lab.failover_vips(vips)
+        if not targets:
+            raise RuntimeError("no VIP on the client's LAN to fail over")
         rounds = []
         for how in args.rounds.split(","):
-            with progress.step(f"failover by {'SIGKILL of the announcer' if how == 'kill' else 'link down'} "
-                               f"for {vip}, client probing every {args.probe_ms} ms"):
-                r = await lab.failover_round(vip, how)
-            rounds.append(r)
-            out = r["outage_ms"]
-            progress.say(
-                f"  {r['old_node']} -> {r['new_node']}: last answer from old MAC at "
-                f"{_ms(r['last_old_answer_ms'])}, first from new MAC at {_ms(r['first_new_answer_ms'])}, "
-                f"client-observed outage {_ms(out)}, dual answering {_ms(r['dual_ms'])}; "
-                f"after heal: {r['after_heal']} (flapped back: {r['flapped_back']})")
-            progress.say(f"  client neighbour entry now: {r['neigh_after']}")
+            for vip in targets:
+                with progress.step(f"failover by {'SIGKILL of the announcer' if how == 'kill' else 'link down'} "
+                                   f"for {vip}, client probing with {'NDP' if ':' in vip else 'ARP'} "
+                                   f"every {args.probe_ms} ms"):
+                    r = await lab.failover_round(vip, how)
+                rounds.append(r)
+                progress.say(
+                    f"  {r['old_node']} -> {r['new_node']}: last answer from old MAC at "
+                    f"{_ms(r['last_old_answer_ms'])}, first from new MAC at {_ms(r['first_new_answer_ms'])}, "
+                    f"client-observed outage {_ms(r['outage_ms'])}, dual answering {_ms(r['dual_ms'])}; "
+                    f"after heal: {r['after_heal']} (flapped back: {r['flapped_back']})")
+                if "kernel_switch_ms" in r:
+                    progress.say(f"  client kernel moved to the new MAC at {_ms(r['kernel_switch_ms'])} "
+                                 f"(unsolicited NA first seen at {_ms(r['first_garp_ms'])})")
+                progress.say(f"  client neighbour entry now: {r['neigh_after']}")
         lab.report["failovers"] = rounds
         print()
-        print_table([[r["how"], str(r["old_node"]), str(r["new_node"]), _ms(r["outage_ms"]), _ms(r["dual_ms"])]
-                     for r in rounds], ["FAULT", "FROM", "TO", "OUTAGE", "DUAL"])
+        print_table([[r["how"], str(r["vip"]), str(r["old_node"]), str(r["new_node"]), _ms(r["outage_ms"]),
+                      _ms(r["dual_ms"]), _ms(r["kernel_switch_ms"]) if "kernel_switch_ms" in r else "-"]
+                     for r in rounds], ["FAULT", "IP", "FROM", "TO", "OUTAGE", "DUAL", "KERNEL"])
         print()
         failed = [r for r in rounds if r["outage_ms"] is None or r["new_node"] is None]
         if args.keep:

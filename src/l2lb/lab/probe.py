@@ -1,8 +1,10 @@
-"""A client-side ARP prober: asks who-has VIP every few milliseconds and records who answers.
+"""Client-side ARP and NDP probers: ask who has the VIP every few milliseconds, record who answers.
 
 It is what a LAN client sees, measured from a raw socket in the client namespace: the failover
 timeline (last answer from the old MAC, first answer from the new MAC), dual announcements (two
-MACs answering in the same window), and gratuitous ARPs seen. Bounded in time and count.
+MACs answering in the same window), and gratuitous ARPs / unsolicited NAs seen. Bounded in time and
+count. :class:`ArpProber` asks with ARP requests (IPv4), :class:`NdpProber` with Neighbor
+Solicitations to the VIP's solicited-node group (IPv6); :func:`prober_for` picks by address family.
 """
 
 from __future__ import annotations
@@ -17,13 +19,17 @@ from l2lb.core import codec
 from l2lb.lab.netns import entered
 
 ETH_P_ARP = 0x0806
+ETH_P_IPV6 = 0x86DD
 
 
 @dataclass(frozen=True)
 class Answer:
     t: float  # monotonic seconds
-    mac: str
-    kind: str  # "reply" (answer to our probe) | "garp"
+    mac: str  # the announced link-layer address (ARP SHA; NA target link-layer option, else Ethernet source)
+    kind: str  # "reply" (answer to our probe) | "garp" (gratuitous ARP or unsolicited NA)
+    flags: int | None = None  # NA only: R 0x80, S 0x40, O 0x20
+    eth_src: str = ""  # NA only: the frame's Ethernet source
+    frame: bytes = field(default=b"", repr=False, compare=False)  # NA only: the frame as received
 
 
 @dataclass
@@ -76,6 +82,8 @@ class Timeline:
 class ArpProber:
     """Raw-socket ARP prober living in namespace ``ns`` on ``ifname``."""
 
+    ETHERTYPE = ETH_P_ARP
+
     def __init__(self, ns: str | None, ifname: str, src_ip: str, vip: str, *, interval_s: float = 0.01):
         self.vip = vip
         self.interval_s = interval_s
@@ -83,16 +91,26 @@ class ArpProber:
         self._src_b = codec.ip_bytes(src_ip)
         ctx = entered(ns) if ns else contextlib.nullcontext()
         with ctx:
-            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
-            self.sock.bind((ifname, ETH_P_ARP))
+            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(self.ETHERTYPE))
+            self.sock.bind((ifname, self.ETHERTYPE))
         # the bound packet socket knows its interface's MAC (sysfs would show the root namespace's)
         self.mac = bytes(self.sock.getsockname()[4][:6])
         self.sock.setblocking(False)
-        self.request = codec.build_arp(
-            1, eth_dst=codec.BROADCAST_MAC, eth_src=self.mac, sha=self.mac, spa=self._src_b,
-            tha=codec.ZERO_MAC, tpa=self._vip_b,
-        )
+        self.request = self._request()
         self.timeline = Timeline(vip=vip, interval_s=interval_s)
+
+    def _request(self) -> bytes:
+        return codec.build_arp(1, eth_dst=codec.BROADCAST_MAC, eth_src=self.mac, sha=self.mac, spa=self._src_b,
+                               tha=codec.ZERO_MAC, tpa=self._vip_b)
+
+    def _record(self, data: bytes, t: float) -> None:
+        fr = codec.parse(data)
+        if not isinstance(fr, codec.ArpFrame) or fr.spa != self._vip_b or fr.sha == self.mac:
+            return
+        if fr.op == 2 and fr.tha == self.mac and fr.tpa == self._src_b:
+            self.timeline.answers.append(Answer(t, codec.mac_text(fr.sha), "reply"))
+        elif fr.tpa == self._vip_b:  # gratuitous (request or reply with SPA = TPA = VIP)
+            self.timeline.answers.append(Answer(t, codec.mac_text(fr.sha), "garp"))
 
     def _drain(self) -> None:
         while True:
@@ -100,14 +118,7 @@ class ArpProber:
                 data = self.sock.recv(2048)
             except (BlockingIOError, InterruptedError):
                 return
-            t = time.monotonic()
-            fr = codec.parse(data)
-            if not isinstance(fr, codec.ArpFrame) or fr.spa != self._vip_b or fr.sha == self.mac:
-                continue
-            if fr.op == 2 and fr.tha == self.mac and fr.tpa == self._src_b:
-                self.timeline.answers.append(Answer(t, codec.mac_text(fr.sha), "reply"))
-            elif fr.tpa == self._vip_b:  # gratuitous (request or reply with SPA = TPA = VIP)
-                self.timeline.answers.append(Answer(t, codec.mac_text(fr.sha), "garp"))
+            self._record(data, time.monotonic())
 
     async def run(self, stop: asyncio.Event, *, max_seconds: float = 30.0, max_probes: int = 5000) -> Timeline:
         loop = asyncio.get_running_loop()
@@ -130,3 +141,38 @@ class ArpProber:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class NdpProber(ArpProber):
+    """Raw-socket NDP prober: a Neighbor Solicitation for the VIP (to its solicited-node group, hop
+    limit 255, source link-layer option) every ``interval_s``; records solicited NAs sent back to
+    ``src_ip`` and unsolicited NAs for the VIP, with their flags and target link-layer option.
+
+    Give it a ``src_ip`` the client's kernel does *not* own (on the same link): the answers then
+    never reach the kernel's neighbour table, so the kernel's own view (and how the unsolicited NA
+    moves it) is measured apart from this prober's traffic.
+    """
+
+    ETHERTYPE = ETH_P_IPV6
+
+    def _request(self) -> bytes:
+        return codec.build_ns(eth_src=self.mac, src=self._src_b, target=self._vip_b, slla=self.mac)
+
+    def _record(self, data: bytes, t: float) -> None:
+        fr = codec.parse(data)
+        if not isinstance(fr, codec.NaFrame) or fr.target != self._vip_b or fr.eth_src == self.mac:
+            return
+        mac = codec.mac_text(fr.tlla or fr.eth_src)
+        if fr.dst == self._src_b and fr.flags & codec.NA_FLAG_SOLICITED:
+            kind = "reply"
+        elif fr.dst[0] == 0xFF and not fr.flags & codec.NA_FLAG_SOLICITED:
+            kind = "garp"
+        else:
+            return
+        self.timeline.answers.append(Answer(t, mac, kind, fr.flags, codec.mac_text(fr.eth_src), data))
+
+
+def prober_for(ns: str | None, ifname: str, src_ip: str, vip: str, *, interval_s: float = 0.01) -> ArpProber:
+    """An :class:`NdpProber` for an IPv6 VIP, an :class:`ArpProber` for an IPv4 one."""
+    cls = NdpProber if ":" in vip else ArpProber
+    return cls(ns, ifname, src_ip, vip, interval_s=interval_s)
