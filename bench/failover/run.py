@@ -13,6 +13,16 @@ client-observed outage (its GARP/ARP path comes on top, as l2lb's does in its ow
 
     sudo python bench/failover/run.py               # 20 + 20 l2lb failovers, 2 Cilium-model kills
     sudo python bench/failover/run.py --quick       # a few rounds (CI smoke)
+
+Co-located placement (issue 22: redis, allocator and leases inside the node namespaces as k8s/base
+places them; the API server stays in the control-plane namespace) with node deaths (cable out + SIGKILL
+of every process of the node at one instant), per scenario = what the dying node holds
+(l2lb.lab.nodedeath), and Redis faults (issue 25):
+
+    sudo python bench/failover/run.py --colocated --rounds 10 --scenarios redis,leases,allocator,all,nothing
+    sudo python bench/failover/run.py --colocated --redis-ha --rounds 10      # Redis + Sentinel on 3 nodes
+    sudo python bench/failover/run.py --colocated --placement ctl --rounds 3 \
+        --scenarios redis-kill,redis-stop,redis-restart [--no-persistence]    # Redis outages, classic lab
 """
 
 from __future__ import annotations
@@ -174,11 +184,47 @@ def fmt(v: float) -> str:
     return "n/a" if v != v else f"{v:,.0f} ms"
 
 
+async def run_colocated(a: argparse.Namespace) -> int:
+    from l2lb.lab import nodedeath
+    from l2lb.lab.placement import Placement, PlacementError
+
+    try:
+        if a.placement == "ctl":
+            a.placement_obj = Placement.control_plane()
+        elif a.placement:
+            a.placement_obj = Placement.parse(a.placement, a.nodes)
+        else:
+            a.placement_obj = Placement.k8s(a.nodes, ha=a.redis_ha)
+    except PlacementError as e:
+        print(f"bench/failover: {e}", file=sys.stderr)
+        return 2
+    a.scenarios = [s.strip() for s in a.scenarios.split(",") if s.strip()]
+    unknown = [s for s in a.scenarios if s not in (*nodedeath.SCENARIOS, *nodedeath.REDIS_FAULTS)]
+    if unknown:
+        print(f"bench/failover: unknown scenario(s) {unknown}; known: "
+              f"{', '.join((*nodedeath.SCENARIOS, *nodedeath.REDIS_FAULTS))}", file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="l2lb-bench-nodes-"))
+    netns.sweep(a.prefix)
+    res = await nodedeath.run(a, workdir, Progress())
+    print()
+    print(f"{a.nodes} nodes, placement {res['placement']}, Redis persistence {'on' if res['persistence'] else 'off'}, "
+          f"ARP probe every {a.probe_ms:.0f} ms, {a.services} + 2 Services; node down at most {a.max_down_s:.0f} s")
+    print(nodedeath.table(res["results"]))
+    for n in res["notes"]:
+        print(f"note: {n}")
+    if a.json:
+        Path(a.json).write_text(nodedeath.dumps(res))
+    return 0 if not res["cleanup"]["leftover_namespaces"] else 1
+
+
 async def main_async(a: argparse.Namespace) -> int:
     ok, why = netns.have_privileges()
     if not ok:
         print(f"bench/failover: {why}", file=sys.stderr)
         return 2
+    if a.colocated:
+        return await run_colocated(a)
     workdir = Path(tempfile.mkdtemp(prefix="l2lb-bench-failover-"))
     progress = Progress()
     netns.sweep(a.prefix)
@@ -221,6 +267,22 @@ def main() -> int:
     p.add_argument("--skip-cilium", action="store_true")
     p.add_argument("--quick", action="store_true", help="3 rounds, 1 Cilium-model kill")
     p.add_argument("--json", help="write all results here")
+    g = p.add_argument_group("co-located placement (issue 22) and Redis faults (issue 25)")
+    g.add_argument("--colocated", action="store_true", help="node deaths / Redis faults in the co-located lab")
+    g.add_argument("--redis-ha", action="store_true", help="Redis on 3 nodes with a Sentinel on each")
+    g.add_argument("--placement", help="'ctl' (everything in the control-plane namespace, standbys included) or "
+                   "a layout like 'redis=1;allocator=1,2;leases=1,3' (default: k8s/base's)")
+    g.add_argument("--scenarios", default="redis,leases,allocator,all,nothing",
+                   help="comma list: redis, leases, allocator, all, nothing (node deaths); redis-kill, "
+                        "redis-stop, redis-restart (Redis faults)")
+    g.add_argument("--no-persistence", action="store_true", help="Redis without its append-only file")
+    g.add_argument("--max-down-s", type=float, default=20.0, help="a dead node returns after at most this long")
+    g.add_argument("--redis-down-s", type=float, default=30.0, help="Redis kill/stop lasts this long")
+    g.add_argument("--services", type=int, default=6, help="extra Services besides the seed's (default 6)")
+    g.add_argument("--sentinel-down-ms", type=int, default=1000)
+    g.add_argument("--fast-le", action="store_true", help="2 s leader Leases (the chaos lab's) instead of the "
+                   "services' defaults (leases 6 s, allocator 15 s)")
+    g.add_argument("--seed", type=int, default=1)
     a = p.parse_args()
     if a.quick:
         a.rounds, a.cilium_kills = 3, 1

@@ -340,10 +340,7 @@ class Lab:
             task = asyncio.create_task(prober.run(stop, max_seconds=self.args.round_timeout + 5))
             await asyncio.sleep(0.5)  # baseline answers from the old node
             t_fault = time.monotonic()
-            if how == "kill":
-                await self.sup.kill(f"announcer-{old_node}")
-            else:
-                self.topo.hosts[old_node].link(False)
+            await self.inject(how, old_node)
             # wait for a new MAC (bounded), then keep probing a little to catch any dual answering
             deadline = t_fault + self.args.round_timeout
             while time.monotonic() < deadline:
@@ -378,17 +375,29 @@ class Lab:
             if watcher is not None:
                 watcher.close()
         # heal, then check the IP does not flap back
-        if how == "kill":
-            i = self.node_names().index(old_node) + 1
-            p = await self.start_announcer(old_node, i)
-            await wait_http_ready(f"http://{node_ip(i)}:{ANN_HTTP}/readyz", p)
-        else:
-            self.topo.hosts[old_node].link(True)
+        await self.heal(how, old_node)
         await asyncio.sleep(1.0)
         after = await self.who_answers(vip, 0.5)
         res["after_heal"] = [macs.get(m, m) for m in after]
         res["flapped_back"] = bool(after) and after[0] == old_mac
         return res
+
+    async def inject(self, how: str, node: str) -> None:
+        """The fault of a failover round ("kill": SIGKILL of the node's announcer; "linkdown")."""
+        if how == "kill":
+            await self.sup.kill(f"announcer-{node}")
+        elif how == "linkdown":
+            self.topo.hosts[node].link(False)
+        else:
+            raise RuntimeError(f"unknown failover round {how!r} (kill, linkdown; node with --colocated)")
+
+    async def heal(self, how: str, node: str) -> None:
+        if how == "kill":
+            i = self.node_names().index(node) + 1
+            p = await self.start_announcer(node, i)
+            await wait_http_ready(f"http://{node_ip(i)}:{ANN_HTTP}/readyz", p)
+        else:
+            self.topo.hosts[node].link(True)
 
 
 def print_table(rows: list[list[str]], headers: list[str]) -> None:
@@ -417,7 +426,13 @@ async def run(args: argparse.Namespace) -> int:
     swept = netns.sweep(args.prefix)
     if swept:
         progress.say(f"removed leftovers of an earlier lab: {', '.join(swept)}")
-    lab = Lab(args, workdir, netns.Topology(args.prefix), Supervisor(workdir / "logs"), progress)
+    from l2lb.lab.placement import PlacementError, make_lab
+
+    try:
+        lab = make_lab(args, workdir, netns.Topology(args.prefix), Supervisor(workdir / "logs"), progress)
+    except PlacementError as e:
+        print(f"l2lb lab: {e}", file=sys.stderr)
+        return 2
     rc = 1
     try:
         rc = await _run(lab)
@@ -441,6 +456,11 @@ async def _run(lab: Lab) -> int:
     lab.report["workdir"] = str(lab.workdir)
     with progress.step(f"building the network: bridge, control plane, {args.nodes} nodes, a client"):
         lab.build_network()
+    placement = getattr(lab, "placement", None)
+    if placement is not None:
+        progress.say(f"co-located placement: {placement.describe()} "
+                     f"(the API server stays in {lab.topo.hosts['ctl'].ns})")
+        lab.report["placement"] = placement.describe()
     ctl_ns = lab.topo.hosts["ctl"].ns
     with netns.entered(ctl_ns):  # the orchestrator talks to the cluster from the control-plane namespace
         svcs = await lab.bring_up()
@@ -479,10 +499,11 @@ async def _run(lab: Lab) -> int:
             raise RuntimeError("no VIP on the client's LAN to fail over")
         rounds = []
         for how in args.rounds.split(","):
+            what = {"kill": "SIGKILL of the announcer", "linkdown": "link down",
+                    "node": "node death (cable out + SIGKILL of every process on the node)"}.get(how, how)
             for vip in targets:
-                with progress.step(f"failover by {'SIGKILL of the announcer' if how == 'kill' else 'link down'} "
-                                   f"for {vip}, client probing with {'NDP' if ':' in vip else 'ARP'} "
-                                   f"every {args.probe_ms} ms"):
+                with progress.step(f"failover by {what} for {vip}, client probing with "
+                                   f"{'NDP' if ':' in vip else 'ARP'} every {args.probe_ms} ms"):
                     r = await lab.failover_round(vip, how)
                 rounds.append(r)
                 progress.say(
@@ -522,7 +543,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--nodes", type=int, default=3, help="number of node namespaces (default 3)")
     p.add_argument("--manifests", action="append", help="YAML file or directory to apply (default: the seed's, "
                    "with the LAN range mapped to TEST-NET); repeatable")
-    p.add_argument("--rounds", default="kill,linkdown", help="failover rounds to run: kill, linkdown (comma list)")
+    p.add_argument("--rounds", help="failover rounds to run (comma list): kill, linkdown, and with --colocated node "
+                   "(node death) (default kill,linkdown; with --colocated kill,linkdown,node)")
     p.add_argument("--probe-ms", type=float, default=10.0, help="client ARP probe interval (default 10 ms)")
     p.add_argument("--round-timeout", type=float, default=10.0, help="give up on a failover after this many s")
     p.add_argument("--timeout", type=float, default=60.0, help="bound for each wait (default 60 s)")
@@ -533,7 +555,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--json-report", help="write the measured results as JSON to this file")
     p.add_argument("--json-logs", action="store_true", help="services log JSON lines")
     p.add_argument("--quiet", action="store_true")
+    from l2lb.lab.placement import add_colocated_args
+
+    add_colocated_args(p)
     args = p.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = "kill,linkdown,node" if args.colocated else "kill,linkdown"
+    if "node" in args.rounds.split(",") and not args.colocated:
+        p.error("the 'node' round needs --colocated (a node death takes the control plane's pieces with it)")
     if args.nodes < 2:
         p.error("--nodes must be at least 2 (a failover needs somewhere to go)")
     if args.cleanup:

@@ -61,6 +61,11 @@ class Keys:
         """a random id written once per Redis dataset: if it vanishes, Redis lost its data."""
         return f"{self.prefix}:incarnation"
 
+    @property
+    def probe(self) -> str:
+        """written by the lab's benchmarks (never by a service) to time when Redis takes writes again."""
+        return f"{self.prefix}:probe"
+
     def snapshot(self, topic: str) -> str:
         """latest full snapshot of a topic ("allocations", "assignments") as one value."""
         return f"{self.prefix}:snapshot:{topic}"

@@ -1,0 +1,682 @@
+"""Node deaths and Redis outages in the co-located lab, measured from the client (issues 22 and 25).
+
+A *round* arranges who holds what (the Redis master, the leases leader, the allocator leader), kills
+one node (:meth:`l2lb.lab.placement.ColocatedLab.node_death`: cable out + SIGKILL of everything on
+it at one instant), watches the LAN and the cluster until the survivors have recovered -- or until
+``max_down_s`` has passed -- then brings the node back (its reboot) and waits until everything has
+converged again, which is what the next round's failover depends on.
+
+Scenarios (what the dying node holds): ``redis`` (the Redis master only), ``leases`` (the leases
+leader only), ``allocator`` (the allocator leader only), ``all`` (all three), ``nothing`` (none of
+them; it still holds VIPs as an announcer). Leaderships are moved before a round by a graceful
+restart of the current leader (what ``kubectl delete pod`` does); with Sentinel the master is moved
+with ``SENTINEL FAILOVER`` (replica priorities steer it).
+
+Redis faults (issue 25; no node dies): ``redis-kill`` (SIGKILL, down for ``redis_down_s``, started
+again), ``redis-stop`` (SIGSTOP for ``redis_down_s``, SIGCONT), ``redis-restart`` (SIGTERM and start
+again at once, like a rollout restart; with or without the append-only file as the lab runs it).
+
+Observed during every round, from outside the services:
+
+* every VIP probed with ARP from the client namespace (:class:`l2lb.lab.chaos.MultiProber`):
+  per VIP the longest stretch without an answer after the fault (an *outage*; one the survivors did
+  not end before the node came back is flagged ``ended_by_return``), and two MACs answering at once
+  (*dual* answers);
+* the Kubernetes Leases of both leaderships (takeover time), a Redis writer through the services'
+  DSN (when Redis takes writes again: Sentinel failover as clients see it);
+* a Service created just after the fault (time until it gets an IP: the allocator's failover), the
+  IPs of every Service (an IP that changed or vanished is a *lost allocation*; one IP in two Services
+  that may not share it is a *duplicate*).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from l2lb.adapters.kube.client import RESOURCES, KubeClient, KubeError
+from l2lb.core.parse import status_ips
+from l2lb.lab.chaos import MultiProber, dual_episodes, sharing_violations
+from l2lb.lab.placement import (
+    REDIS_PORT,
+    SENTINEL_PORT,
+    SENTINEL_SERVICE,
+    ColocatedLab,
+    host_ip,
+    redis_command,
+)
+from l2lb.obs.log import get_logger
+
+log = get_logger("l2lb.lab.nodedeath")
+
+SCENARIOS = ("redis", "leases", "allocator", "all", "nothing")
+REDIS_FAULTS = ("redis-kill", "redis-stop", "redis-restart")
+WANTS: dict[str, frozenset[str]] = {
+    "redis": frozenset({"redis"}), "leases": frozenset({"leases"}), "allocator": frozenset({"allocator"}),
+    "all": frozenset({"redis", "leases", "allocator"}), "nothing": frozenset(),
+}
+PROBE_SRC = [f"198.51.100.{i}" for i in range(210, 250)]
+BENCH_NS = "bench"
+
+
+# ------------------------------------------------------------------------------------------------
+# pure analysis
+
+
+@dataclass(frozen=True)
+class VipOutage:
+    vip: str
+    ms: float  # longest stretch without an answer that overlaps the fault window
+    start_s: float  # from the fault
+    end_s: float | None  # None: never answered again within the window
+    ended_by_return: bool  # the first answer after it came after the node returned / Redis came back
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"vip": self.vip, "ms": round(self.ms, 1), "start_s": round(self.start_s, 3),
+                "end_s": None if self.end_s is None else round(self.end_s, 3), "ended_by_return": self.ended_by_return}
+
+
+def vip_outage(vip: str, probes: Sequence[tuple[float, frozenset[str]]], *, t_fault: float, t_end: float,
+               t_return: float | None, interval: float) -> VipOutage | None:
+    """The longest answer gap of ``vip`` that ends after ``t_fault`` (probes: (send time, MACs)).
+
+    A gap runs from the last answered probe before it to the first answered one after it; one still
+    open at ``t_end`` lasts until ``t_end`` (``end_s`` None). Gaps no longer than two probe intervals
+    are probe noise, not outages. None when the VIP was not answered before the fault (not announced).
+    """
+    last_ok: float | None = None
+    best: VipOutage | None = None
+    for t, got in probes:
+        if t > t_end:
+            break
+        if not got:
+            continue
+        if last_ok is not None and t > t_fault and t - last_ok > 2 * interval + 1e-9:
+            ms = (t - last_ok) * 1000
+            if best is None or ms > best.ms:
+                best = VipOutage(vip, ms, last_ok - t_fault, t - t_fault,
+                                 t_return is not None and last_ok < t_return <= t)
+        last_ok = t
+    if last_ok is None:
+        return None
+    if t_end - last_ok > 2 * interval + 1e-9:
+        ms = (t_end - last_ok) * 1000
+        if best is None or ms > best.ms:
+            best = VipOutage(vip, ms, last_ok - t_fault, None, False)
+    return best or VipOutage(vip, 0.0, 0.0, 0.0, False)
+
+
+def pct(values: Sequence[float], p: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))
+    return s[k]
+
+
+def takeover_s(timeline: Sequence[tuple[float, str | None]], t_fault: float, dead: set[str]) -> float | None:
+    """Seconds from the fault until the timeline first shows a holder outside ``dead`` (None: never);
+    0 when the holder at the fault was not dead (nothing to take over)."""
+    before = [h for t, h in timeline if t <= t_fault]
+    if before and before[-1] not in dead and before[-1] is not None:
+        return 0.0
+    for t, h in timeline:
+        if t > t_fault and h is not None and h not in dead:
+            return t - t_fault
+    return None
+
+
+def first_ok_after(timeline: Sequence[tuple[float, bool]], t_fault: float) -> tuple[float | None, float]:
+    """(seconds until the first success after the first failure past the fault, longest failure run in s)."""
+    first_fail: float | None = None
+    back: float | None = None
+    worst = 0.0
+    run_start: float | None = None
+    for t, ok in timeline:
+        if t < t_fault:
+            continue
+        if not ok:
+            if run_start is None:
+                run_start = t
+            first_fail = first_fail if first_fail is not None else t
+        elif run_start is not None:
+            worst = max(worst, t - run_start)
+            if back is None:
+                back = t - t_fault
+            run_start = None
+    if run_start is not None and timeline:
+        worst = max(worst, timeline[-1][0] - run_start)
+    if first_fail is None:
+        return 0.0, 0.0
+    return back, worst
+
+
+def summarize(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Figures of one scenario over its rounds (outages in ms; the worst VIP of each round)."""
+    worst = [float(r["worst_outage_ms"]) for r in rounds if r.get("worst_outage_ms") is not None]
+    every = [float(o["ms"]) for r in rounds for o in r.get("outages", []) if o["ms"] > 0]
+    takeovers = {k: [float(r[k]) for r in rounds if r.get(k) is not None]
+                 for k in ("leases_takeover_s", "allocator_takeover_s", "redis_writable_s", "new_service_ip_s")}
+
+    def stats(v: Sequence[float]) -> dict[str, float | None]:
+        return {"p50": pct(v, 50), "p99": pct(v, 99), "max": max(v) if v else None}
+
+    return {
+        "rounds": len(rounds),
+        "outage_worst_vip_ms": stats(worst),
+        "outage_any_vip_ms": stats(every),
+        "rounds_ended_by_return": sum(1 for r in rounds if r.get("ended_by_return")),
+        "dual_max_ms": max((float(r.get("dual_max_ms", 0)) for r in rounds), default=0.0),
+        "dual_over_1s": sum(int(r.get("dual_over_1s", 0)) for r in rounds),
+        "lost_allocations": sum(len(r.get("lost_allocations", [])) for r in rounds),
+        "duplicate_ips": sum(len(r.get("duplicate_ips", [])) for r in rounds),
+        "failed_to_converge": sum(1 for r in rounds if r.get("converge_s") is None),
+        "recovered_without_node": sum(1 for r in rounds if r.get("recovered_s") is not None),
+        **{k: stats(v) | {"n": len(v), "never": sum(1 for r in rounds if r.get(k) is None and k in r)}
+           for k, v in takeovers.items()},
+        "converge_after_return_s": stats([float(r["converge_s"]) for r in rounds if r.get("converge_s") is not None]),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# observers
+
+
+class Observers:
+    """Leader Leases polled every 100 ms; a Redis writer through the services' DSN every 50 ms."""
+
+    def __init__(self, lab: ColocatedLab, client: KubeClient) -> None:
+        self.lab = lab
+        self.client = client
+        self.leaders: dict[str, list[tuple[float, str | None]]] = {"leases": [], "allocator": []}
+        self.writes: list[tuple[float, bool]] = []
+        self._bus: Any = None
+
+    async def poll_leaders(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            for comp in ("leases", "allocator"):
+                lead = await self.lab.leader(self.client, comp)
+                host = self.lab.placement.host_of(lead) if lead else None
+                tl = self.leaders[comp]
+                if not tl or tl[-1][1] != host:
+                    tl.append((time.monotonic(), host))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.1)
+
+    async def write_redis(self, stop: asyncio.Event) -> None:
+        from l2lb.adapters.bus.client import Bus
+
+        self._bus = await Bus.connect(self.lab.redis_url, client_name="l2lb-bench-writer", health_interval=1.0)
+        n = 0
+        try:
+            while not stop.is_set():
+                n += 1
+                ok = True
+                try:
+                    await asyncio.wait_for(self._bus.redis.set(self._bus.keys.probe, n), 1.0)
+                except Exception:
+                    ok = False
+                self.writes.append((time.monotonic(), ok))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.05)
+        finally:
+            await self._bus.close()
+
+    def writable_now(self, within: float = 0.3) -> bool:
+        return bool(self.writes) and self.writes[-1][1] and time.monotonic() - self.writes[-1][0] < within
+
+
+# ------------------------------------------------------------------------------------------------
+# the runner
+
+
+@dataclass
+class Bench:
+    lab: ColocatedLab
+    client: KubeClient
+    prober: MultiProber
+    obs: Observers
+    max_down_s: float = 20.0
+    redis_down_s: float = 30.0
+    settle_s: float = 1.0
+    rng: random.Random = field(default_factory=lambda: random.Random(1))
+    round_no: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    # -- cluster views --------------------------------------------------------------------------
+    async def services(self) -> list[dict[str, Any]]:
+        with KubeClient.deadline(5):
+            lst = await self.client.list(RESOURCES["services"])
+        return [s for s in lst.get("items", []) if (s.get("spec") or {}).get("type") == "LoadBalancer"]
+
+    async def vips(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for s in await self.services():
+            for ip in status_ips(s):
+                m = s["metadata"]
+                out.setdefault(ip, []).append(f"{m['namespace']}/{m['name']}")
+        return out
+
+    def answered_by(self, vip: str, within: float = 0.3) -> frozenset[str] | None:
+        return self.prober.last_answer(vip, within)
+
+    def healthy(self, vips: Sequence[str], exclude_macs: set[str] = frozenset()) -> bool:  # type: ignore[assignment]
+        macs = self.lab.mac_to_node()
+        for v in vips:
+            got = self.answered_by(v)
+            if got is None or len(got) != 1:
+                return False
+            mac = next(iter(got))
+            if mac not in macs or mac in exclude_macs:
+                return False
+        return True
+
+    async def wait_steady(self, timeout: float, *, what: str) -> float:
+        """Until every VIP is answered by exactly one node, Redis settled, both leaders held and every
+        Service has an IP -- for ``settle_s`` in a row. Returns the seconds it took."""
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        ok_since: float | None = None
+        pending = "not checked"
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            self.lab.sup.check_alive()
+            try:
+                svcs = await self.services()
+            except (KubeError, TimeoutError, aiohttp.ClientError, OSError) as e:
+                pending, ok_since = f"API: {e}", None
+                continue
+            v4 = sorted({ip for s in svcs for ip in status_ips(s) if ":" not in ip})
+            self.prober.set_targets(v4)
+            no_ip = [s["metadata"]["name"] for s in svcs if not status_ips(s)]
+            leaders = {c: await self.lab.leader(self.client, c) for c in ("leases", "allocator")}
+            checks = {
+                "services without IP": not no_ip,
+                "VIPs answered by one node": self.healthy(v4),
+                "redis settled": await self.lab.redis_settled(),
+                "leaders": all(leaders.values()),
+                "redis writable": self.obs.writable_now(),
+            }
+            bad = [k for k, ok in checks.items() if not ok]
+            if bad:
+                pending, ok_since = ", ".join(bad) + (f" ({no_ip[:3]})" if no_ip else ""), None
+                continue
+            ok_since = ok_since or time.monotonic()
+            if time.monotonic() - ok_since >= self.settle_s:
+                return time.monotonic() - t0
+        raise RuntimeError(f"{what}: not steady after {timeout:.0f} s: {pending}")
+
+    # -- arranging ------------------------------------------------------------------------------
+    async def graceful_restart(self, proc: str, comp: str) -> None:
+        """SIGTERM the leader (it releases its Lease), wait until another process leads, start it again."""
+        sup = self.lab.sup
+        sup.signal(proc, signal.SIGTERM)
+        p = sup.procs[proc]
+        if p.proc is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(p.proc.wait(), 20)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            lead = await self.lab.leader(self.client, comp)
+            if lead and lead != proc:
+                break
+            await asyncio.sleep(0.1)
+        await self.lab.start_proc(proc)
+
+    async def move_master(self, onto: str) -> None:
+        """Sentinel failover to the Redis on ``onto`` (replica priorities steer the choice)."""
+        lab = self.lab
+        for i, h in enumerate(lab.placement.redis):
+            if h in lab.dead:
+                continue
+            prio = "1" if h == onto else "100"
+            with contextlib.suppress(Exception):
+                await redis_command(host_ip(h), REDIS_PORT, "CONFIG", "SET", "replica-priority", prio)
+            del i
+        for h in lab.placement.sentinels:
+            if h in lab.dead:
+                continue
+            try:
+                await redis_command(host_ip(h), SENTINEL_PORT, "SENTINEL", "FAILOVER", SENTINEL_SERVICE, timeout=2)
+                break
+            except Exception as e:
+                log.info("sentinel failover refused", extra={"sentinel": h, "error": str(e)})
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if await lab.master_host() == onto and await lab.redis_settled():
+                return
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"Redis master did not move to {onto} within 30 s")
+
+    def plan(self, scenario: str, roles: Mapping[str, str | None]) -> tuple[str, list[tuple[str, str]]] | None:
+        """(victim, moves) with the fewest moves; a move is (component, "onto"|"off")."""
+        p = self.lab.placement
+        wants = WANTS[scenario]
+        hosts = {"redis": set(p.redis), "leases": set(p.leases), "allocator": set(p.allocator)}
+        best: tuple[int, float, str, list[tuple[str, str]]] | None = None
+        for node in self.lab.node_names():
+            if node in self.lab.dead:
+                continue
+            moves: list[tuple[str, str]] = []
+            feasible = True
+            for comp in ("redis", "leases", "allocator"):
+                here = roles.get(comp) == node
+                if comp in wants and not here:
+                    movable = node in hosts[comp] and (comp != "redis" or p.ha)
+                    feasible &= movable
+                    moves.append((comp, "onto"))
+                elif comp not in wants and here:
+                    others = hosts[comp] - {node}
+                    feasible &= bool(others) and (comp != "redis" or p.ha)
+                    moves.append((comp, "off"))
+            if feasible:
+                key = (len(moves), self.rng.random(), node, moves)
+                if best is None or key[:2] < best[:2]:
+                    best = key
+        return None if best is None else (best[2], best[3])
+
+    async def arrange(self, scenario: str) -> str:
+        roles = await self.lab.roles(self.client)
+        planned = self.plan(scenario, roles)
+        if planned is None:
+            raise RuntimeError(f"scenario {scenario!r} impossible with placement {self.lab.placement.describe()}")
+        victim, moves = planned
+        for comp, how in moves:
+            if comp == "redis":
+                if how == "onto":
+                    await self.move_master(victim)
+                else:
+                    others = [h for h in self.lab.placement.redis if h != victim and h not in self.lab.dead]
+                    await self.move_master(self.rng.choice(others))
+                continue
+            lead = await self.lab.leader(self.client, comp)
+            if lead is None:
+                raise RuntimeError(f"no {comp} leader to move")
+            await self.graceful_restart(lead, comp)
+        roles = await self.lab.roles(self.client)
+        got = {c for c, h in roles.items() if h == victim}
+        if got != set(WANTS[scenario]):
+            raise RuntimeError(f"arranging {scenario} on {victim}: it holds {sorted(got)} ({roles})")
+        return victim
+
+    # -- one round ------------------------------------------------------------------------------
+    async def _new_service(self, name: str) -> None:
+        doc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": BENCH_NS},
+               "spec": {"type": "LoadBalancer", "selector": {"app": name},
+                        "ports": [{"name": "p", "port": 8080, "protocol": "TCP"}]}}
+        with KubeClient.deadline(5):
+            await self.client.create_object(RESOURCES["services"], doc, BENCH_NS)
+
+    async def _ip_of(self, name: str) -> list[str]:
+        try:
+            with KubeClient.deadline(3):
+                obj = await self.client.get(RESOURCES["services"], name, BENCH_NS)
+        except (KubeError, TimeoutError, aiohttp.ClientError, OSError):
+            return []
+        return status_ips(obj)
+
+    async def node_round(self, scenario: str) -> dict[str, Any]:
+        lab = self.lab
+        self.round_no += 1
+        await self.wait_steady(90, what=f"before round {self.round_no}")
+        victim = await self.arrange(scenario)
+        await self.wait_steady(90, what=f"after arranging {scenario} on {victim}")
+        roles = await lab.roles(self.client)
+        vipmap = await self.vips()
+        v4 = sorted(v for v in vipmap if ":" not in v)
+        before = {k: tuple(sorted(v)) for k, v in ((f"{s['metadata']['namespace']}/{s['metadata']['name']}",
+                                                     status_ips(s)) for s in await self.services())}
+        victim_mac = lab.topo.hosts[victim].mac
+        held = [v for v in v4 if self.answered_by(v) == frozenset({victim_mac})]
+        await asyncio.sleep(0.5)
+        t_fault = lab.node_death(victim)
+        new_svc = f"nd-{self.round_no}"
+        t_new: float | None = None
+        await asyncio.sleep(0.2)
+        try:
+            await self._new_service(new_svc)
+            t_created = time.monotonic()
+        except (KubeError, TimeoutError, aiohttp.ClientError, OSError) as e:
+            self.notes.append(f"round {self.round_no}: could not create {new_svc}: {e}")
+            t_created = None
+        recovered: float | None = None
+        ok_since: float | None = None
+        while time.monotonic() - t_fault < self.max_down_s:
+            await asyncio.sleep(0.1)
+            if t_new is None and t_created is not None and await self._ip_of(new_svc):
+                t_new = time.monotonic()
+            leaders = {c: await lab.leader(self.client, c) for c in ("leases", "allocator")}
+            live_leaders = all(x and lab.placement.host_of(x) != victim for x in leaders.values())
+            if self.healthy(v4, {victim_mac}) and t_new is not None and live_leaders and self.obs.writable_now():
+                ok_since = ok_since or time.monotonic()
+                if time.monotonic() - ok_since >= 0.5:
+                    recovered = ok_since - t_fault
+                    break
+            else:
+                ok_since = None
+        t_return = time.monotonic()
+        await lab.node_return(victim)
+        converge: float | None = None
+        try:
+            converge = await self.wait_steady(90, what=f"after {victim} returned")
+        except RuntimeError as e:
+            self.notes.append(f"round {self.round_no} ({scenario}): {e}")
+        if t_new is None and t_created is not None and await self._ip_of(new_svc):
+            t_new = time.monotonic()  # got its IP only after the node came back (or never)
+        t_end = time.monotonic()
+        after = {k: tuple(sorted(v)) for k, v in ((f"{s['metadata']['namespace']}/{s['metadata']['name']}",
+                                                    status_ips(s)) for s in await self.services())}
+        lost = [f"{k}: {list(v)} -> {list(after.get(k, ()))}" for k, v in before.items() if v and after.get(k) != v]
+        if t_created is not None and not await self._ip_of(new_svc):
+            lost.append(f"{BENCH_NS}/{new_svc}: created during the outage, no IP {t_end - t_created:.0f} s later")
+        dup = sharing_violations(await self.services())
+        with contextlib.suppress(KubeError, TimeoutError, aiohttp.ClientError, OSError), KubeClient.deadline(5):
+            await self.client.delete(RESOURCES["services"], new_svc, BENCH_NS)
+        res = self.analyse(v4, t_fault, t_end, t_return)
+        res.update({
+            "scenario": scenario, "round": self.round_no, "victim": victim, "roles_before": roles,
+            "victim_held_vips": held, "recovered_s": None if recovered is None else round(recovered, 3),
+            "returned_s": round(t_return - t_fault, 3), "converge_s": None if converge is None else round(converge, 3),
+            "new_service_ip_s": None if t_new is None or t_created is None else round(t_new - t_fault, 3),
+            "leases_takeover_s": _r(takeover_s(self.obs.leaders["leases"], t_fault, {victim})),
+            "allocator_takeover_s": _r(takeover_s(self.obs.leaders["allocator"], t_fault, {victim})),
+            "lost_allocations": lost, "duplicate_ips": dup,
+        })
+        back, worst = first_ok_after(self.obs.writes, t_fault)
+        res["redis_writable_s"] = _r(back)
+        res["redis_unwritable_max_s"] = round(worst, 3)
+        return res
+
+    async def redis_round(self, fault: str) -> dict[str, Any]:
+        lab = self.lab
+        self.round_no += 1
+        await self.wait_steady(90, what=f"before round {self.round_no}")
+        v4 = sorted(v for v in await self.vips() if ":" not in v)
+        holders = {v: self.answered_by(v) for v in v4}
+        master = await lab.master_host()
+        idx = lab.placement.redis.index(master) if master in lab.placement.redis else 0
+        proc = f"redis-{idx}"
+        await asyncio.sleep(0.5)
+        t_fault = time.monotonic()
+        if fault == "redis-kill":
+            await lab.sup.kill(proc)
+            await asyncio.sleep(self.redis_down_s)
+            t_return = time.monotonic()
+            await lab.start_proc(proc)
+        elif fault == "redis-stop":
+            lab.sup.signal(proc, signal.SIGSTOP)
+            try:
+                await asyncio.sleep(self.redis_down_s)
+            finally:
+                lab.sup.signal(proc, signal.SIGCONT)
+            t_return = time.monotonic()
+        elif fault == "redis-restart":
+            lab.sup.signal(proc, signal.SIGTERM)
+            p = lab.sup.procs[proc]
+            if p.proc is not None:
+                await asyncio.wait_for(p.proc.wait(), 30)
+            t_return = time.monotonic()
+            await lab.start_proc(proc)
+        else:
+            raise ValueError(f"unknown Redis fault {fault!r}")
+        converge: float | None = None
+        try:
+            converge = await self.wait_steady(90, what=f"after {fault}")
+        except RuntimeError as e:
+            self.notes.append(f"round {self.round_no} ({fault}): {e}")
+        await asyncio.sleep(0.5)
+        t_end = time.monotonic()
+        res = self.analyse(v4, t_fault, t_end, t_return)
+        moved = [v for v in v4 if holders.get(v) and self.answered_by(v, 1.0) != holders[v]]
+        back, worst = first_ok_after(self.obs.writes, t_fault)
+        res.update({"scenario": fault, "round": self.round_no, "redis_down_s": round(t_return - t_fault, 3),
+                    "persistence": lab.persist, "converge_s": None if converge is None else round(converge, 3),
+                    "vips_moved": moved, "redis_writable_s": _r(back), "redis_unwritable_max_s": round(worst, 3)})
+        return res
+
+    def analyse(self, v4: Sequence[str], t_fault: float, t_end: float, t_return: float) -> dict[str, Any]:
+        outs: list[VipOutage] = []
+        duals: list[dict[str, Any]] = []
+        for v in v4:
+            hist = self.prober.history.get(v, [])
+            o = vip_outage(v, hist, t_fault=t_fault, t_end=t_end, t_return=t_return, interval=self.prober.interval_s)
+            if o is not None:
+                outs.append(o)
+            window = [(t, m) for t, m in hist if t_fault - 1 <= t <= t_end]
+            for ep in dual_episodes(v, window, interval=self.prober.interval_s):
+                duals.append({"vip": v, "ms": round(ep.seconds * 1000, 1), "at_s": round(ep.start - t_fault, 3),
+                              "macs": list(ep.macs)})
+        worst = max(outs, key=lambda o: o.ms, default=None)
+        return {
+            "outages": [o.to_dict() for o in outs],
+            "worst_outage_ms": None if worst is None else round(worst.ms, 1),
+            "worst_outage_vip": None if worst is None else worst.vip,
+            "ended_by_return": any(o.ended_by_return or o.end_s is None for o in outs if o.ms > 0),
+            "vips_with_outage": sum(1 for o in outs if o.ms > 0),
+            "duals": duals,
+            "dual_max_ms": max((d["ms"] for d in duals), default=0.0),
+            "dual_over_1s": sum(1 for d in duals if d["ms"] > 1000),
+        }
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(v, 3)
+
+
+def extra_services(n: int) -> list[dict[str, Any]]:
+    """``n`` Services with an automatic IP from the lab pool, so that every node holds some VIPs."""
+    docs: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": BENCH_NS}}]
+    for i in range(1, n + 1):
+        docs.append({"apiVersion": "v1", "kind": "Service",
+                     "metadata": {"name": f"svc-{i}", "namespace": BENCH_NS},
+                     "spec": {"type": "LoadBalancer", "selector": {"app": f"svc-{i}"},
+                              "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}})
+    return docs
+
+
+def fmt_ms(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:,.0f} ms"
+
+
+def fmt_s(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f} s"
+
+
+def table(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """The report: one line per scenario."""
+    head = (f"  {'scenario':14s} {'n':>3s} {'p50':>9s} {'p99':>9s} {'max':>9s} {'by-return':>9s} {'dual max':>9s} "
+            f"{'lost':>4s} {'dup':>3s} {'leases':>7s} {'alloc':>7s} {'redis':>7s} {'newIP':>7s} {'again':>5s}")
+    lines = [head]
+    for name, s in results.items():
+        o = s["outage_worst_vip_ms"]
+        lines.append(
+            f"  {name:14s} {s['rounds']:3d} {fmt_ms(o['p50']):>9s} {fmt_ms(o['p99']):>9s} {fmt_ms(o['max']):>9s} "
+            f"{s['rounds_ended_by_return']:9d} {fmt_ms(s['dual_max_ms']):>9s} {s['lost_allocations']:4d} "
+            f"{s['duplicate_ips']:3d} {fmt_s(s['leases_takeover_s']['max']):>7s} "
+            f"{fmt_s(s['allocator_takeover_s']['max']):>7s} {fmt_s(s['redis_writable_s']['max']):>7s} "
+            f"{fmt_s(s['new_service_ip_s']['max']):>7s} "
+            f"{'yes' if s['failed_to_converge'] == 0 else 'NO':>5s}")
+    lines.append("  (outage: worst VIP per round; by-return: rounds whose outage only the node's return ended; "
+                 "leases/alloc: leadership takeover, redis: writable again, newIP: Service created after the fault "
+                 "got an IP -- all max over rounds; again: every round converged after the node came back)")
+    return "\n".join(lines)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=str)
+
+
+async def run(args: Any, workdir: Path, progress: Any) -> dict[str, Any]:
+    """Build the co-located lab, run ``args.rounds`` rounds of each of ``args.scenarios`` (node deaths
+    and/or Redis faults), clean up; returns {"placement", "results": {scenario: summary}, "raw", ...}."""
+    from l2lb.lab import netns
+    from l2lb.lab.main import CLIENT_IP, repo_root
+    from l2lb.lab.procs import Supervisor
+
+    placement = args.placement_obj
+    lab_args = argparse.Namespace(nodes=args.nodes, manifests=None, probe_ms=args.probe_ms, round_timeout=10.0,
+                                  timeout=60.0, json_logs=False, keep=False, sentinel_down_ms=args.sentinel_down_ms)
+    lab = ColocatedLab(lab_args, workdir, netns.Topology(args.prefix), Supervisor(workdir / "logs"), progress,
+                       placement=placement, persist=not args.no_persistence, fast_le=args.fast_le)
+    root = repo_root()
+    extra = workdir / "bench-services.yaml"
+    extra.write_text(yaml.safe_dump_all(extra_services(args.services)))
+    lab_args.manifests = [str(root / "tests" / "fixtures" / "lab") if root else "", str(extra)]
+    raw: dict[str, list[dict[str, Any]]] = {}
+    bench: Bench | None = None
+    del CLIENT_IP
+    stop = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        with progress.step(f"building the co-located lab ({placement.describe()})"):
+            lab.build_network()
+        with netns.entered(lab.topo.hosts["ctl"].ns):
+            with progress.step("bringing the cluster up"):
+                await lab.bring_up()
+            client = await KubeClient.create(str(lab.kubeconfig), qps=200, burst=400, user_agent="l2lb-bench")
+            prober = MultiProber(lab.topo.hosts["client"].ns, "eth0", PROBE_SRC, interval_s=args.probe_ms / 1000)
+            obs = Observers(lab, client)
+            bench = Bench(lab, client, prober, obs, max_down_s=args.max_down_s, redis_down_s=args.redis_down_s,
+                          rng=random.Random(args.seed))
+            tasks = [asyncio.create_task(prober.run(stop)), asyncio.create_task(obs.poll_leaders(stop)),
+                     asyncio.create_task(obs.write_redis(stop))]
+            try:
+                for scenario in args.scenarios:
+                    for i in range(args.rounds):
+                        with progress.step(f"{scenario} round {i + 1}/{args.rounds}"):
+                            if scenario in REDIS_FAULTS:
+                                r = await bench.redis_round(scenario)
+                            else:
+                                r = await bench.node_round(scenario)
+                        raw.setdefault(scenario, []).append(r)
+                        progress.say(f"  {scenario} #{i + 1}: victim {r.get('victim', '-')}, worst outage "
+                                     f"{fmt_ms(r['worst_outage_ms'])} ({r['vips_with_outage']} VIPs; ended by "
+                                     f"return: {r['ended_by_return']}), dual {fmt_ms(r['dual_max_ms'])}, "
+                                     f"leases {fmt_s(r.get('leases_takeover_s'))}, redis writable "
+                                     f"{fmt_s(r.get('redis_writable_s'))}, new IP {fmt_s(r.get('new_service_ip_s'))}, "
+                                     f"lost {len(r.get('lost_allocations', []))}, converge {fmt_s(r['converge_s'])}")
+            finally:
+                stop.set()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                prober.close()
+                await client.close()
+    finally:
+        with progress.step("cleaning up"):
+            forced = await lab.sup.stop_all()
+            lab.topo.destroy()
+    left = [n for n in netns.list_namespaces() if n.startswith(args.prefix)]
+    return {"placement": placement.describe(), "persistence": not args.no_persistence,
+            "results": {k: summarize(v) for k, v in raw.items()}, "raw": raw,
+            "notes": bench.notes if bench else [], "cleanup": {"forced_kill": forced, "leftover_namespaces": left}}

@@ -1,0 +1,76 @@
+"""The co-located lab for real: every piece runs in its node's namespace; a node death kills exactly
+that node's processes and takes its cable out at once; its return brings them back."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import pytest
+
+from l2lb.lab import netns
+from l2lb.lab.main import Progress
+from l2lb.lab.placement import ColocatedLab, Placement, host_ip, redis_ping
+from l2lb.lab.procs import Supervisor, wait_http_ready
+
+pytestmark = [pytest.mark.net, pytest.mark.slow]
+
+
+def _netns_inode(path: str) -> int:
+    return os.stat(path).st_ino
+
+
+@pytest.mark.timeout(240)
+async def test_colocated_processes_live_in_their_nodes_and_die_with_them(tmp_path: Path) -> None:
+    ok, why = netns.have_privileges()
+    if not ok:
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    prefix = f"lp{os.getpid() % 100000:05d}"
+    args = argparse.Namespace(nodes=3, manifests=None, probe_ms=10.0, round_timeout=10.0, timeout=60.0,
+                              json_logs=False, keep=False)
+    lab = ColocatedLab(args, tmp_path, netns.Topology(prefix), Supervisor(tmp_path / "logs"), Progress(quiet=True),
+                       placement=Placement.k8s(3), persist=True)
+    try:
+        lab.build_network()
+        with netns.entered(lab.topo.hosts["ctl"].ns):
+            await lab.bring_up()
+            # every process runs in the namespace of the host the placement gave it
+            for name, proc in lab.sup.procs.items():
+                host = "ctl" if name == "apiserver" else lab.placement.host_of(name)
+                assert proc.pid is not None
+                want = _netns_inode(f"/run/netns/{lab.topo.hosts[host].ns}")
+                assert os.stat(f"/proc/{proc.pid}/ns/net").st_ino == want, name
+            assert sorted(lab.procs_on("node-1")) == ["allocator-a", "announcer-node-1", "leases-a", "redis-0"]
+            assert lab.procs_on("node-3") == ["leases-b", "announcer-node-3"]
+            assert await redis_ping(host_ip("node-1"), 6379)
+
+            lab.node_death("node-1")
+            await lab.reap("node-1")
+            for name in lab.procs_on("node-1"):
+                assert not lab.sup.procs[name].alive, name
+            for name in lab.procs_on("node-2") + lab.procs_on("node-3"):
+                assert lab.sup.procs[name].alive, name
+            assert lab.sup.procs["apiserver"].alive
+            peer = lab.topo.hosts["node-1"].peer
+            state = netns.ns_exec(lab.topo.switch, ["cat", f"/sys/class/net/{peer}/operstate"]).stdout.strip()
+            assert state == "down"
+            assert not await redis_ping(host_ip("node-1"), 6379)  # Redis died with its node
+            with pytest.raises(RuntimeError, match="already dead"):
+                lab.node_death("node-1")
+
+            await lab.node_return("node-1")
+            await lab.wait_redis_ready(30)
+            for name in lab.procs_on("node-1"):
+                assert lab.sup.procs[name].alive, name
+            await wait_http_ready(f"http://{host_ip('node-1')}:9103/readyz", lab.sup.procs["announcer-node-1"])
+            await wait_http_ready(f"http://{host_ip('node-1')}:{lab.http_port('leases-a')}/healthz",
+                                  lab.sup.procs["leases-a"])
+            # the append-only file kept the dataset across the "reboot"
+            assert (tmp_path / "redis-0" / "appendonlydir").is_dir()
+    finally:
+        await lab.sup.stop_all()
+        lab.topo.destroy()
+    assert not [n for n in netns.list_namespaces() if n.startswith(prefix)]

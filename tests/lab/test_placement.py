@@ -1,0 +1,158 @@
+"""Co-located placement and the node-death analysis (pure parts: no namespaces, no processes)."""
+
+from __future__ import annotations
+
+import argparse
+import random
+
+import pytest
+
+from l2lb.lab.nodedeath import (
+    Bench,
+    first_ok_after,
+    summarize,
+    takeover_s,
+    vip_outage,
+)
+from l2lb.lab.placement import ColocatedLab, Placement, PlacementError, host_ip
+
+
+def test_k8s_placement_single_redis_spreads_replicas_and_leaves_every_case_possible() -> None:
+    p = Placement.k8s(3)
+    assert p.redis == ("node-1",) and not p.ha
+    assert p.allocator == ("node-1", "node-2") and p.leases == ("node-1", "node-3")
+    for comp in (p.allocator, p.leases):
+        assert len(set(comp)) == len(comp)  # anti-affinity: one replica per node
+    names = [n for n, _c, _h in p.processes()]
+    assert names == ["redis-0", "allocator-a", "allocator-b", "leases-a", "leases-b"]
+    assert p.host_of("leases-b") == "node-3" and p.host_of("announcer-node-2") == "node-2"
+    with pytest.raises(KeyError):
+        p.host_of("nope")
+
+
+def test_k8s_placement_ha_and_its_limits() -> None:
+    p = Placement.k8s(5, ha=True)
+    assert p.redis == p.sentinels == ("node-1", "node-2", "node-3") and p.ha
+    with pytest.raises(PlacementError, match="at least 3 nodes"):
+        Placement.k8s(2, ha=True)
+    with pytest.raises(PlacementError, match="at least 2"):
+        Placement.k8s(1)
+    two = Placement.k8s(2)
+    assert two.leases == ("node-1", "node-2")
+
+
+def test_parse_placement_and_clear_errors() -> None:
+    p = Placement.parse("redis=1,2,3; sentinel=1,2,3; allocator=1,2; leases=ctl,node-3", 3)
+    assert p.redis == ("node-1", "node-2", "node-3") and p.leases == ("ctl", "node-3")
+    assert "sentinel=node-1,node-2,node-3" in p.describe()
+    for spec, msg in (("redis=4;allocator=1;leases=1", "no host '4'"),
+                      ("allocator=1;leases=1", "needs redis"),
+                      ("redis=1;leases=1", "needs allocator"),
+                      ("redis=1,1;allocator=1;leases=1", "two Redis replicas on one host"),
+                      ("redis=1,2;allocator=1;leases=1", "without sentinels"),
+                      ("redis=1;foo=2;allocator=1;leases=1", "expected one of")):
+        with pytest.raises(PlacementError, match=msg):
+            Placement.parse(spec, 3)
+
+
+def test_host_ip() -> None:
+    assert host_ip("ctl") == "198.51.100.2" and host_ip("node-3") == "198.51.100.13"
+
+
+def _probes(answered: list[tuple[float, bool]]) -> list[tuple[float, frozenset[str]]]:
+    return [(t, frozenset({"m"}) if ok else frozenset()) for t, ok in answered]
+
+
+def test_vip_outage_measures_the_longest_gap_after_the_fault() -> None:
+    iv = 0.02
+    ts = [round(i * iv, 3) for i in range(200)]  # 0 .. 3.98 s
+    # answered until 1.0, silent until 1.5, answered again; a one-probe miss at 3.0 is noise
+    probes = _probes([(t, not (1.0 < t < 1.5) and t != 3.0) for t in ts])
+    o = vip_outage("v", probes, t_fault=1.01, t_end=4.0, t_return=None, interval=iv)
+    assert o is not None
+    assert o.ms == pytest.approx(500, abs=1) and o.end_s == pytest.approx(0.49, abs=0.01)
+    assert not o.ended_by_return
+    # the gap spans the node's return: ended by it
+    o2 = vip_outage("v", probes, t_fault=1.01, t_end=4.0, t_return=1.2, interval=iv)
+    assert o2 is not None and o2.ended_by_return
+    # never answered again: open until the end of the window
+    silent = _probes([(t, t <= 1.0) for t in ts])
+    o3 = vip_outage("v", silent, t_fault=1.01, t_end=3.98, t_return=None, interval=iv)
+    assert o3 is not None and o3.end_s is None and o3.ms == pytest.approx(2980, abs=1)
+    # a healthy VIP: no outage; a VIP never answered: not announced
+    ok = vip_outage("v", _probes([(t, True) for t in ts]), t_fault=1.0, t_end=3.98, t_return=None, interval=iv)
+    assert ok is not None and ok.ms == 0
+    assert vip_outage("v", _probes([(t, False) for t in ts]), t_fault=1, t_end=4, t_return=None, interval=iv) is None
+    # a gap that ended before the fault does not count
+    early = _probes([(t, not (0.2 < t < 0.6)) for t in ts])
+    e = vip_outage("v", early, t_fault=1.0, t_end=3.98, t_return=None, interval=iv)
+    assert e is not None and e.ms == 0
+
+
+def test_takeover_and_writable_again() -> None:
+    tl = [(0.0, "node-1"), (5.0, "node-1"), (6.3, "node-2")]
+    assert takeover_s(tl, 1.0, {"node-1"}) == pytest.approx(5.3)
+    assert takeover_s(tl, 1.0, {"node-3"}) == 0.0  # the leader did not die
+    assert takeover_s([(0.0, "node-1")], 1.0, {"node-1"}) is None  # never taken over
+    w = [(0.9, True), (1.1, False), (1.2, False), (2.5, True), (3.0, False), (3.1, True)]
+    back, worst = first_ok_after(w, 1.0)
+    assert back == pytest.approx(1.5) and worst == pytest.approx(1.4)
+    assert first_ok_after([(1.1, True), (1.2, True)], 1.0) == (0.0, 0.0)
+    assert first_ok_after([(1.1, False), (2.0, False)], 1.0) == (None, pytest.approx(0.9))
+
+
+def test_summary_over_rounds() -> None:
+    rounds = [
+        {"worst_outage_ms": 300.0, "outages": [{"ms": 300.0}, {"ms": 0.0}], "dual_max_ms": 20.0, "dual_over_1s": 0,
+         "lost_allocations": [], "duplicate_ips": [], "converge_s": 1.0, "recovered_s": 0.8,
+         "leases_takeover_s": 0.0, "allocator_takeover_s": 0.0, "redis_writable_s": 0.0, "new_service_ip_s": 0.3},
+        {"worst_outage_ms": 20000.0, "outages": [{"ms": 20000.0}], "ended_by_return": True, "dual_max_ms": 0.0,
+         "dual_over_1s": 0, "lost_allocations": ["x"], "duplicate_ips": [], "converge_s": None, "recovered_s": None,
+         "leases_takeover_s": None, "allocator_takeover_s": 0.0, "redis_writable_s": None, "new_service_ip_s": 21.0},
+    ]
+    s = summarize(rounds)
+    assert s["rounds"] == 2 and s["outage_worst_vip_ms"]["max"] == 20000.0
+    assert s["outage_worst_vip_ms"]["p50"] in (300.0, 20000.0)
+    assert s["rounds_ended_by_return"] == 1 and s["lost_allocations"] == 1 and s["failed_to_converge"] == 1
+    assert s["recovered_without_node"] == 1 and s["leases_takeover_s"]["never"] == 1
+    assert s["dual_max_ms"] == 20.0
+
+
+def _bench(placement: Placement) -> Bench:
+    lab = ColocatedLab.__new__(ColocatedLab)
+    lab.placement = placement
+    lab.args = argparse.Namespace(nodes=3)
+    lab.dead = set()
+    return Bench(lab, None, None, None, rng=random.Random(3))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("scenario,roles,victim,moves", [
+    ("all", {"redis": "node-1", "leases": "node-1", "allocator": "node-1"}, "node-1", []),
+    ("all", {"redis": "node-1", "leases": "node-3", "allocator": "node-2"}, "node-1",
+     [("leases", "onto"), ("allocator", "onto")]),
+    ("redis", {"redis": "node-1", "leases": "node-1", "allocator": "node-2"}, "node-1", [("leases", "off")]),
+    ("leases", {"redis": "node-1", "leases": "node-1", "allocator": "node-1"}, "node-3", [("leases", "onto")]),
+    ("allocator", {"redis": "node-1", "leases": "node-3", "allocator": "node-2"}, "node-2", []),
+    ("nothing", {"redis": "node-1", "leases": "node-3", "allocator": "node-2"}, None, None),
+])
+def test_plan_picks_the_node_needing_fewest_moves(scenario: str, roles: dict[str, str], victim: str | None,
+                                                  moves: list[tuple[str, str]] | None) -> None:
+    b = _bench(Placement.k8s(3))
+    got = b.plan(scenario, roles)
+    assert got is not None
+    if victim is None:  # "nothing": node-2 or node-3, each needs one leadership moved off it
+        assert got[0] in ("node-2", "node-3") and len(got[1]) == 1 and got[1][0][1] == "off"
+    else:
+        assert got == (victim, moves)
+
+
+def test_plan_refuses_what_the_placement_cannot_do() -> None:
+    b = _bench(Placement.k8s(3))
+    # single Redis: nothing can move the master, so "leases" on node-1 with Redis elsewhere is impossible,
+    # but another node works; "redis" only on the Redis node
+    assert b.plan("redis", {"redis": "node-1", "leases": "node-3", "allocator": "node-2"}) == ("node-1", [])
+    only = _bench(Placement.parse("redis=1;allocator=1;leases=1", 3))
+    assert only.plan("leases", {"redis": "node-1", "leases": "node-1", "allocator": "node-1"}) is None
+    ha = _bench(Placement.k8s(3, ha=True))
+    got = ha.plan("all", {"redis": "node-2", "leases": "node-1", "allocator": "node-1"})
+    assert got == ("node-1", [("redis", "onto")])
