@@ -218,6 +218,8 @@ def pool_columns(prefix: str) -> list[dict[str, Any]]:
         cond_col("Used", f"{prefix}/IPsUsed", "message"),
         cond_col("Available", f"{prefix}/IPsAvailable", "message"),
         cond_col("Conflict", f"{prefix}/PoolConflict", "status"),
+        # why l2lb does not use the pool (bad CIDR, reversed range, name used twice); empty when fine
+        cond_col("Invalid", f"{prefix}/PoolInvalid", "message"),
     ]
 
 

@@ -77,6 +77,18 @@ class AllocatorConfig:
     write_concurrency: int = 16
 
 
+def invalid_reason(error: str) -> str:
+    """The PoolInvalid condition's reason for a pool error (see ``_desired_pools``)."""
+    head = error.split(":", 1)[0]
+    if "already used by" in error:
+        return "name_conflict"
+    if head.endswith(".cidr") or "invalid CIDR" in error:
+        return "invalid_cidr"
+    if head.endswith((".start", ".stop")) or "range" in error:
+        return "invalid_range"
+    return "invalid_spec"
+
+
 def _ns_name(key: str) -> tuple[str, str]:
     ns, _, name = key.partition("/")
     return ns, name
@@ -105,6 +117,7 @@ class AllocatorService:
         self.pool_errors: dict[str, str] = {}  # "kind/name" -> error
         self.pool_sources: dict[str, str] = {}  # pool name -> "kind/name" it came from
         self.pool_status_written: dict[str, tuple[int, int, int, str]] = {}
+        self.pool_invalid_written: dict[str, str] = {}  # "kind/name" -> error its PoolInvalid condition says
         self._dirty: set[str] = set()
         self._pools_dirty = True
         self._takeover = self.is_leader
@@ -367,6 +380,7 @@ class AllocatorService:
         gc.freeze()
         self.alloc = Allocator()
         self.pool_status_written.clear()
+        self.pool_invalid_written.clear()
         self._pools_dirty = False
         await self._sync_pools()
         t_pools = time.perf_counter()
@@ -500,9 +514,31 @@ class AllocatorService:
                     self.pool_status_written[name] = state
                 except KubeError as e:
                     log.warning("pool status write failed", extra={"pool": name, "error": str(e)})
+            await self._write_invalid_pools()
 
-    async def _write_pool_status(self, kind: str, name: str, prefix: str, u: PoolUsage) -> None:
-        total, used, available, conflict = u.total, u.used, u.available, u.conflict_message
+    async def _write_invalid_pools(self) -> None:
+        """Pools that cannot be used (a bad CIDR, a reversed range, a name used twice) get the condition
+        ``<prefix>/PoolInvalid`` (True, the reason and the error) and zero counters, so ``kubectl get``
+        and ``kubectl describe`` say why; once fixed, the condition turns False (``resolved``)."""
+        for src, err in self.pool_errors.items():
+            kind, _, name = src.partition("/")
+            prefix = _STATUS_KINDS.get(kind)
+            if prefix is None or self.pool_invalid_written.get(src) == err:
+                continue
+            try:
+                await self._write_pool_status(kind, name, prefix, None, invalid=err)
+                self.pool_invalid_written[src] = err
+            except KubeError as e:
+                log.warning("pool status write failed", extra={"pool": src, "error": str(e)})
+        for src in [s for s in self.pool_invalid_written if s not in self.pool_errors]:
+            del self.pool_invalid_written[src]  # fixed or deleted: its counters are written anew
+            for pname in [n for n, s in self.pool_sources.items() if s == src]:
+                self.pool_status_written.pop(pname, None)
+
+    async def _write_pool_status(self, kind: str, name: str, prefix: str, u: PoolUsage | None,
+                                 invalid: str = "") -> None:
+        total, used, available = (u.total, u.used, u.available) if u else (0, 0, 0)
+        conflict = u.conflict_message if u else ""
         res: Resource | None = None
         obj: dict[str, Any] | None = None
         for k, inf in self.pool_informers.items():
@@ -520,6 +556,10 @@ class AllocatorService:
                               "cidr_overlap" if conflict else "resolved" if any(
                                   c.get("type") == f"{prefix}/PoolConflict" for c in conds) else "noreason",
                               conflict, observed_generation=gen)
+        if invalid or any(c.get("type") == f"{prefix}/PoolInvalid" for c in conds):
+            conds = set_condition(conds, f"{prefix}/PoolInvalid", "True" if invalid else "False",
+                                  invalid_reason(invalid) if invalid else "resolved", invalid,
+                                  observed_generation=gen)
         if conds == ((obj.get("status") or {}).get("conditions") or []):
             return
         await self.kube.patch(res, name, {"status": {"conditions": conds}}, subresource="status",
