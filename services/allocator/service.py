@@ -30,7 +30,7 @@ from l2lb.core.allocator import Allocator
 from l2lb.core.messages import Allocation, AllocationSnapshot, PortSpec, SnapshotRequest
 from l2lb.core.models import AllocationResult, ParseError, Pool, PoolUsage, Reason, ServiceRequest
 from l2lb.core.parse import CILIUM_L2_CLASS, DEFAULT_CLASSES, parse_pool, parse_service, status_ips
-from l2lb.core.view import pools_items, services_items
+from l2lb.core.view import pools_items, services_items, size_text
 from l2lb.obs import metrics
 from l2lb.obs.log import get_logger
 from l2lb.runtime.run import run_until_stopped
@@ -419,6 +419,7 @@ class AllocatorService:
             await self.takeover()
             return
         changed: dict[str, AllocationResult] = {}
+        pools_synced = self._pools_dirty
         if self._pools_dirty:
             self._pools_dirty = False
             for r in await self._sync_pools():
@@ -450,9 +451,9 @@ class AllocatorService:
             for r in self.alloc.retry():
                 changed[r.key] = r
         await self._apply_many(sorted(changed.items()))
-        if changed or keys:
+        if changed or keys or pools_synced:
             self._update_gauges()
-            if changed:
+            if changed or pools_synced:  # a pool added, changed or found invalid shows without a Service change
                 self._update_parts()
 
     def _update_parts(self) -> None:
@@ -460,7 +461,7 @@ class AllocatorService:
         if self.parts is None or not self.is_leader:
             return
         self.parts.update("services", services_items(self.alloc.results(), self.alloc.request))
-        self.parts.update("pools", pools_items(self.alloc.pools(), self.alloc.pool_usage()))
+        self.parts.update("pools", pools_items(self.alloc.pools(), self.alloc.pool_usage(), self.pool_errors))
 
     async def _apply_many(self, items: list[tuple[str, AllocationResult]], *, restored: bool = False) -> None:
         """``_apply`` for many Services, up to ``write_concurrency`` Kubernetes writes in flight (the
@@ -551,7 +552,9 @@ class AllocatorService:
         conds = (obj.get("status") or {}).get("conditions") or []
         gen = int((obj.get("metadata") or {}).get("generation") or 0)
         for typ, val in (("IPsTotal", total), ("IPsAvailable", available), ("IPsUsed", used)):
-            conds = set_condition(conds, f"{prefix}/{typ}", "Unknown", "noreason", str(val), observed_generation=gen)
+            # the number as Cilium writes it, except past 10^9: "2^64", "1.8e19" (kubectl get shows it)
+            conds = set_condition(conds, f"{prefix}/{typ}", "Unknown", "noreason", size_text(val),
+                                  observed_generation=gen)
         conds = set_condition(conds, f"{prefix}/PoolConflict", "True" if conflict else "False",
                               "cidr_overlap" if conflict else "resolved" if any(
                                   c.get("type") == f"{prefix}/PoolConflict" for c in conds) else "noreason",

@@ -1,6 +1,6 @@
-"""Invalid pools are visible where users look: a ``<prefix>/PoolInvalid`` condition (reason and the
-error) with zero counters, shown by ``kubectl get`` (the Invalid column) and ``kubectl describe``,
-on the embedded API server and on a real kube-apiserver, read with the real kubectl."""
+"""Pools in ``kubectl get``/``describe`` (the real kubectl, on the embedded API server and on a real
+kube-apiserver): an invalid pool gets a ``<prefix>/PoolInvalid`` condition (reason and the error) with
+zero counters, shown in the Invalid column; a /64's counters read "2^64"/"1.8e19", not 20 digits."""
 
 from __future__ import annotations
 
@@ -11,9 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from l2lb.adapters.bus.client import Bus
 from l2lb.adapters.kube.client import KubeClient
+from l2lb.core.allocator import Allocator
+from l2lb.core.parse import parse_pool
+from l2lb.core.view import size_text
 from services.allocator.service import AllocatorConfig, AllocatorService, invalid_reason
 
 pytestmark = pytest.mark.kube
@@ -21,6 +25,8 @@ pytestmark = pytest.mark.kube
 ROOT = Path(__file__).resolve().parents[2]
 CILIUM = "/apis/cilium.io/v2alpha1/ciliumloadbalancerippools"
 OWN = "/apis/l2lb.io/v1alpha1/loadbalancerippools"
+V6_POOL = "apiVersion: l2lb.io/v1alpha1\nkind: LoadBalancerIPPool\nmetadata: {name: v6}\nspec:\n  blocks:\n" \
+    "  - {cidr: '2001:db8:53::/64'}\n"
 
 
 async def _until(cond: Callable[[], Any], within: float) -> Any:
@@ -70,6 +76,7 @@ async def test_invalid_pools_get_a_condition_and_kubectl_shows_why(kube_any: Any
                    "spec:\n  blocks:\n  - {start: 198.51.100.9, stop: 198.51.100.1}\n")
     kube_any.apply("apiVersion: cilium.io/v2alpha1\nkind: CiliumLoadBalancerIPPool\nmetadata: {name: good}\n"
                    "spec:\n  blocks:\n  - {start: 203.0.113.1, stop: 203.0.113.16}\n")
+    kube_any.apply(V6_POOL)
     bus = await Bus.connect(redis_url, prefix=f"pc{time.monotonic_ns()}")
     client = await KubeClient.create(kube_any.kubeconfig, qps=50, burst=100)
     svc = AllocatorService(AllocatorConfig(instance="pc", leader_election=False, pool_status_interval=0.2),
@@ -86,6 +93,18 @@ async def test_invalid_pools_get_a_condition_and_kubectl_shows_why(kube_any: Any
         good = await _until(lambda: _conds(kube_any, f"{CILIUM}/good").get("cilium.io/IPsAvailable"), 20)
         assert good["message"] == "16"
         assert "cilium.io/PoolInvalid" not in _conds(kube_any, f"{CILIUM}/good")  # no noise on a fine pool
+
+        # a /64 reads as a person reads it, in the condition and in kubectl get
+        alloc = Allocator()
+        alloc.upsert_pool(parse_pool(yaml.safe_load(V6_POOL)))
+        u = alloc.pool_usage()["v6"]
+        want = {"l2lb.io/IPsTotal": size_text(u.total), "l2lb.io/IPsAvailable": size_text(u.available),
+                "l2lb.io/IPsUsed": "0"}
+        assert want["l2lb.io/IPsTotal"] in ("2^64", "1.8e19")
+        v6 = await _until(lambda: (c := _conds(kube_any, f"{OWN}/v6")).get("l2lb.io/IPsTotal") and c, 20)
+        assert {t: v6[t]["message"] for t in want} == want
+        cols = _kubectl_row(kube_any.kubectl("get", "loadbalancerippools.l2lb.io", "v6").stdout)
+        assert (cols["USED"], cols["AVAILABLE"], cols["INVALID"]) == ("0", want["l2lb.io/IPsAvailable"], "")
 
         out = kube_any.kubectl("get", "loadbalancerippools.l2lb.io", "reversed").stdout
         cols = _kubectl_row(out)

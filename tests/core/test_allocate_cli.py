@@ -50,3 +50,12 @@ def test_bad_input_reported_not_crashing(tmp_path: Path, capsys: pytest.CaptureF
 
 def test_missing_path() -> None:
     assert main(["/nonexistent/dir"]) == 2
+
+
+def test_ipv6_pool_sizes_read_as_a_person_reads_them(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(FIX / "lab")]) == 0
+    out = capsys.readouterr().out
+    lines = {ln.split()[0]: ln for ln in out.splitlines() if ln.strip()}
+    cols = lines["ipv6-pool"].split()
+    assert cols[3] in ("2^64", "1.8e19") and cols[4] == "1" and cols[5] == "1.8e19", lines["ipv6-pool"]
+    assert "2001:db8:53::1" in lines["web/whoami"] and "18446744073709551" not in out

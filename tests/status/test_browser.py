@@ -77,3 +77,22 @@ async def test_dashboard_with_token(bus: Bus, serve: Any, browser: Browser) -> N
     await browser.send("Page.reload", {}, sid2)
     await browser.wait_for(sid2, "document.querySelector('#auth') && !document.querySelector('#auth').hidden")
     assert await browser.evaluate(sid2, "document.querySelectorAll('#services tbody tr').length") == 0
+
+
+async def test_dashboard_prints_readable_pool_sizes_and_invalid_pools(bus: Bus, serve: Any, browser: Browser) -> None:
+    from .test_sizes import lab_parts  # the lab's pools (a /25 and a /64) through the real allocator
+
+    parts = lab_parts()
+    await write_parts(bus, parts)
+    srv = await serve()
+    sid = await browser.open(srv.url + "/")
+    await browser.wait_for(sid, "document.querySelectorAll('#pools .pool').length === 3")
+    labels = json.loads(await browser.evaluate(sid, "JSON.stringify(Object.fromEntries([...document.querySelectorAll("
+                                               "'#pools .pool')].map(p => [p.dataset.pool, p.textContent])))"))
+    v6 = next(p for p in parts["pools"] if p["name"] == "ipv6-pool")
+    assert labels["ipv6-pool"].endswith(f"1 / {'2^64' if v6['total'] == 1 << 64 else '1.8e19'} used"), labels
+    assert str(v6["total"]) not in labels["ipv6-pool"] and "e+" not in labels["ipv6-pool"]
+    assert "invalid CIDR '300.1.1.0/24'" in labels["bad"] and labels["default-pool"].endswith("/ 126 used")
+    summary = await browser.wait_for(sid, "document.querySelector('#summary').textContent.includes('pool IPs') && "
+                                          "document.querySelector('#summary').textContent")
+    assert "/1.8e19 pool IPs used" in summary, summary

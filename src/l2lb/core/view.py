@@ -10,7 +10,8 @@ part           writer     item fields
 =============  =========  ==========================================================================
 services       allocator  key, namespace, name, ips[], pools{ip: pool}, ports[{protocol, port}],
                           external_traffic_policy, reason, message
-pools          allocator  name, kind, cidrs[], total, used, available, conflict, disabled, message
+pools          allocator  name, kind, cidrs[], total, used, available, conflict, disabled, message,
+                          invalid (why the pool cannot be used; empty when fine)
 assignments    leases     ip, node ("" = nobody), epoch, since (unix s), moves, services[]
 nodes          leases     node, alive, reason, heartbeat_at (unix s), interfaces[{name, mac, up,
                           addresses[]}], assignments
@@ -61,6 +62,7 @@ __all__ = [
     "pool_rows",
     "pools_items",
     "services_items",
+    "size_text",
 ]
 
 PARTS = ("services", "pools", "assignments", "nodes")
@@ -157,7 +159,29 @@ def _norm_pool(o: Mapping[str, Any]) -> dict[str, Any] | None:
     avail = _i(o, "available", max(0, total - used))
     return {"name": name, "kind": _s(o, "kind"), "cidrs": _strs(o, "cidrs"), "total": total, "used": used,
             "available": max(0, avail), "conflict": _b(o, "conflict"), "disabled": _b(o, "disabled"),
-            "message": _s(o, "message")}
+            "message": _s(o, "message"), "invalid": _s(o, "invalid")}
+
+
+EXACT_BELOW = 10**9
+
+
+def size_text(n: int) -> str:
+    """A count of addresses a person can read: exact below 10^9 ("126", "16777216"), then a power
+    of two as such ("2^64" for a /64) and anything else with two significant digits ("1.8e19")."""
+    if n < EXACT_BELOW:
+        return str(max(0, n))
+    if n & (n - 1) == 0:
+        return f"2^{n.bit_length() - 1}"
+    mant, _, exp = f"{n:.1e}".partition("e")
+    return f"{mant}e{int(exp)}"
+
+
+def _with_texts(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` with ``total_text``, ``used_text`` and ``available_text`` beside its counts (JSON readers
+    such as browsers lose digits above 2^53: they show the texts)."""
+    for k in ("total", "used", "available"):
+        d[f"{k}_text"] = size_text(int(d[k]))
+    return d
 
 
 def _norm_assignment(o: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -403,7 +427,7 @@ def _same_ip(a: str, b: str) -> bool:
 def pool_rows(pools: Part) -> list[dict[str, Any]]:
     rows = []
     for p in sorted(pools.items, key=lambda x: str(x["name"])):
-        r = dict(p)
+        r = _with_texts(dict(p))
         r["usage"] = round(p["used"] / p["total"], 4) if p["total"] else 0.0
         rows.append(r)
     return rows
@@ -445,9 +469,10 @@ def _counts(index: ServiceIndex, parts: Mapping[str, Part]) -> dict[str, Any]:
                      "failing": sum(1 for r in index.rows if not r["ready"])},
         "ips": {"allocated": len(ips), "announced": len({i["ip"] for r in index.rows for i in r["ips"] if i["node"]}),
                 "moves": sum(a["moves"] for a in parts["assignments"].items)},
-        "pools": {"count": len(pools), "total": sum(p["total"] for p in pools),
-                  "used": sum(p["used"] for p in pools), "available": sum(p["available"] for p in pools),
-                  "conflicts": sum(1 for p in pools if p["conflict"])},
+        "pools": _with_texts({"count": len(pools), "total": sum(p["total"] for p in pools),
+                              "used": sum(p["used"] for p in pools), "available": sum(p["available"] for p in pools),
+                              "conflicts": sum(1 for p in pools if p["conflict"]),
+                              "invalid": sum(1 for p in pools if p["invalid"])}),
         "nodes": {"total": len(nodes), "alive": sum(1 for n in nodes if n["alive"]),
                   "announcing": len({a["node"] for a in assigned})},
     }
@@ -509,8 +534,9 @@ def services_items(results: Mapping[str, AllocationResult], request: Callable[[s
     return out
 
 
-def pools_items(pools: Mapping[str, Pool], usage: Mapping[str, PoolUsage]) -> list[dict[str, Any]]:
-    """The allocator's "pools" part."""
+def pools_items(pools: Mapping[str, Pool], usage: Mapping[str, PoolUsage],
+                invalid: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """The allocator's "pools" part; ``invalid`` ("Kind/name" -> error) adds the pools it cannot use."""
     out = []
     for name in sorted(pools):
         p, u = pools[name], usage.get(name)
@@ -518,8 +544,12 @@ def pools_items(pools: Mapping[str, Pool], usage: Mapping[str, PoolUsage]) -> li
             "name": name, "kind": p.kind, "cidrs": [b.text for b in p.blocks],
             "total": u.total if u else 0, "used": u.used if u else 0, "available": u.available if u else 0,
             "conflict": bool(u and u.conflict), "disabled": bool(p.disabled or (u and u.disabled)),
-            "message": u.conflict_message if u else "",
+            "message": u.conflict_message if u else "", "invalid": "",
         })
+    for src in sorted(invalid or {}):
+        kind, _, name = src.partition("/")
+        out.append({"name": name or src, "kind": kind, "cidrs": [], "total": 0, "used": 0, "available": 0,
+                    "conflict": False, "disabled": True, "message": "", "invalid": (invalid or {})[src]})
     return out
 
 

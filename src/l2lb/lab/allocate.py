@@ -19,6 +19,7 @@ import yaml
 from l2lb.core.allocator import Allocator
 from l2lb.core.models import AllocationResult, ParseError
 from l2lb.core.parse import CILIUM_L2_CLASS, DEFAULT_CLASSES, is_pool, is_service, parse_pool, parse_service, status_ips
+from l2lb.core.view import size_text
 
 
 def _files(paths: list[str]) -> list[Path]:
@@ -137,8 +138,8 @@ def main(argv: list[str]) -> int:
         prow = [["POOL", "KIND", "BLOCKS", "TOTAL", "USED", "AVAILABLE", "STATE"]]
         for p in report["pools"]:
             state = "conflict: " + p["conflict"] if p["conflict"] else ("disabled" if p["disabled"] else "ok")
-            prow.append([p["name"], p["kind"], ",".join(p["blocks"]), str(p["total"]), str(p["used"]),
-                         str(p["available"]), state])
+            prow.append([p["name"], p["kind"], ",".join(p["blocks"]), size_text(p["total"]), size_text(p["used"]),
+                         size_text(p["available"]), state])
         print(_table(prow))
         for err in report["errors"]:
             print(f"error: {err['where']}: {err['object']}: {err['error']}", file=sys.stderr)

@@ -28,7 +28,16 @@ from l2lb.adapters.bus.client import DEFAULT_DSN, Bus, BusError, DSNError
 from l2lb.adapters.bus.dsn import redact
 from l2lb.adapters.bus.keys import DEFAULT_PREFIX
 from l2lb.adapters.bus.status import ClusterSource
-from l2lb.core.view import MAX_LIMIT, Query, QueryError, cluster_summary, node_rows, parse_query, pool_rows
+from l2lb.core.view import (
+    MAX_LIMIT,
+    Query,
+    QueryError,
+    cluster_summary,
+    node_rows,
+    parse_query,
+    pool_rows,
+    size_text,
+)
 
 __all__ = ["collect_from_redis", "collect_from_url", "main", "render_text"]
 
@@ -103,13 +112,19 @@ def _age(sec: float | None) -> str:
     return f"{sec / 3600:.0f}h"
 
 
+def _size(p: dict[str, Any], key: str) -> str:
+    """A pool count as a person reads it (the view's ``<key>_text``; older servers send only numbers)."""
+    text = p.get(f"{key}_text")
+    return str(text) if text else size_text(int(p.get(key) or 0))
+
+
 def render_text(view: dict[str, Any], now: float | None = None) -> str:
     now = time.time() if now is None else now
     c = view["cluster"]
     out = [
         f"Services {c['services']['total']} ({c['services']['failing']} failing)   "
         f"IPs announced {c['ips']['announced']}/{c['ips']['allocated']}   moves {c['ips']['moves']}   "
-        f"pools {c['pools']['used']}/{c['pools']['total']} used   "
+        f"pools {_size(c['pools'], 'used')}/{_size(c['pools'], 'total')} used   "
         f"nodes alive {c['nodes']['alive']}/{c['nodes']['total']}",
     ]
     missing = [n for n, p in c["parts"].items() if not p["present"]]
@@ -129,8 +144,9 @@ def render_text(view: dict[str, Any], now: float | None = None) -> str:
     out += _table(("SERVICE", "IP", "POOL", "NODE", "SINCE", "MOVES", "PORTS", "STATUS"), rows)
     out.append("")
     out += _table(("POOL", "USED", "TOTAL", "FREE", "USAGE", "CIDRS", "NOTE"), [
-        (p["name"], str(p["used"]), str(p["total"]), str(p["available"]),
+        (p["name"], _size(p, "used"), _size(p, "total"), _size(p, "available"),
          f"{'#' * round(10 * p['usage']):<10} {100 * p['usage']:.0f}%", ",".join(p["cidrs"]),
+         f"invalid: {p['invalid']}" if p.get("invalid") else
          "conflict" if p["conflict"] else ("disabled" if p["disabled"] else "")) for p in view["pools"]])
     out.append("")
     out += _table(("NODE", "ALIVE", "HEARTBEAT", "LINKS", "IPS"), [

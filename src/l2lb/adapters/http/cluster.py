@@ -83,6 +83,9 @@ _INT = {"type": "integer", "minimum": 0}
 _NUM_OR_NULL = {"type": ["number", "null"]}
 _STRS = {"type": "array", "items": _STR}
 _ERROR = _obj({"error": _STR, "message": _STR})
+_SIZE_TEXTS = {f"{k}_text": {**_STR, "description": f"{k} as a person reads it: exact below 10^9, else "
+                             "2^N or 1.8e19 (JSON numbers above 2^53 lose digits in browsers)"}
+               for k in ("total", "used", "available")}
 
 _SCHEMAS: dict[str, Any] = {
     "Error": _ERROR,
@@ -114,10 +117,11 @@ _SCHEMAS: dict[str, Any] = {
     }),
     "Pool": _obj({
         "name": _STR, "kind": {**_STR, "description": "resource kind the pool came from"},
-        "cidrs": _STRS, "total": _INT, "used": _INT, "available": _INT,
+        "cidrs": _STRS, "total": _INT, "used": _INT, "available": _INT, **_SIZE_TEXTS,
         "usage": {"type": "number", "minimum": 0, "description": "used / total"},
         "conflict": {"type": "boolean", "description": "overlaps an older pool (disabled)"},
         "disabled": {"type": "boolean"}, "message": _STR,
+        "invalid": {**_STR, "description": "why the pool cannot be used (bad CIDR, range, name); empty when fine"},
     }),
     "PoolList": _obj({"items": {"type": "array", "items": {"$ref": "#/components/schemas/Pool"}}}),
     "Interface": _obj({"name": _STR, "mac": _STR, "up": {"type": "boolean", "description": "link state"},
@@ -141,7 +145,8 @@ _SCHEMAS: dict[str, Any] = {
     "Cluster": _obj({
         "services": _obj({"total": _INT, "ready": _INT, "failing": _INT}),
         "ips": _obj({"allocated": _INT, "announced": _INT, "moves": _INT}),
-        "pools": _obj({"count": _INT, "total": _INT, "used": _INT, "available": _INT, "conflicts": _INT}),
+        "pools": _obj({"count": _INT, "total": _INT, "used": _INT, "available": _INT, **_SIZE_TEXTS,
+                       "conflicts": _INT, "invalid": _INT}),
         "nodes": _obj({"total": _INT, "alive": _INT, "announcing": _INT}),
         "parts": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/PartInfo"},
                   "required": list(PARTS)},

@@ -24,6 +24,8 @@
     if (sec < 7200) return Math.round(sec / 60) + " min";
     return Math.round(sec / 3600) + " h";
   }
+  // pool sizes as the server wrote them for people ("2^64", "1.8e19"): JSON numbers above 2^53 lose digits here
+  function size(o, k) { return o[k + "_text"] != null ? o[k + "_text"] : String(o[k]); }
   function since(ts) { return ts ? ago(Date.now() / 1000 - ts) + " ago" : "—"; }
 
   async function api(path) {
@@ -78,10 +80,11 @@
 
   async function loadPools() {
     const data = await api("/v1/pools");
-    $("#pools").replaceChildren(...data.items.map((p) => el("div", { class: "pool" + (p.conflict ? " conflict" : ""),
-      "data-pool": p.name },
-      el("div", { class: "label" }, el("span", {}, p.name + (p.conflict ? " (conflict)" : "") +
-        (p.disabled ? " (disabled)" : "")), el("span", { class: "muted" }, p.used + " / " + p.total + " used")),
+    $("#pools").replaceChildren(...data.items.map((p) => el("div", {
+      class: "pool" + (p.conflict || p.invalid ? " conflict" : ""), "data-pool": p.name, title: p.invalid || "" },
+      el("div", { class: "label" }, el("span", {}, p.name + (p.invalid ? " (invalid: " + p.invalid + ")" : "") +
+        (p.conflict ? " (conflict)" : "") + (p.disabled && !p.invalid ? " (disabled)" : "")),
+        el("span", { class: "muted" }, size(p, "used") + " / " + size(p, "total") + " used")),
       el("div", { class: "bar", title: p.cidrs.join(", ") },
         el("div", { style: "width:" + (100 * p.usage).toFixed(1) + "%" })))));
   }
@@ -116,7 +119,7 @@
   async function loadSummary() {
     const c = await api("/v1/cluster");
     $("#summary").textContent = c.services.total + " Services (" + c.services.failing + " failing) · " +
-      c.ips.announced + "/" + c.ips.allocated + " IPs announced · " + c.pools.used + "/" + c.pools.total +
+      c.ips.announced + "/" + c.ips.allocated + " IPs announced · " + size(c.pools, "used") + "/" + size(c.pools, "total") +
       " pool IPs used · " + c.nodes.alive + "/" + c.nodes.total + " nodes alive";
   }
 
