@@ -46,6 +46,8 @@ from l2lb.lab.main import Lab, Progress
 from l2lb.lab.procs import Supervisor, python_cli, wait_http_ready
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import realtraffic  # noqa: E402
 
 
 def pct(values: list[float], p: float) -> float:
@@ -63,11 +65,14 @@ def summary(values: list[float]) -> dict[str, float | int]:
 
 
 async def run_l2lb(a: argparse.Namespace, workdir: Path, progress: Progress) -> dict[str, Any]:
-    lab_args = argparse.Namespace(nodes=a.nodes, manifests=None, probe_ms=a.probe_ms, round_timeout=10.0,
+    lab_args = argparse.Namespace(nodes=a.nodes, manifests=None, probe_ms=a.probe_ms, round_timeout=a.round_timeout,
                                   timeout=60.0, json_logs=False, keep=False)
     lab = Lab(lab_args, workdir / "l2lb", netns.Topology(a.prefix), Supervisor(workdir / "l2lb" / "logs"), progress)
-    families = [int(f) for f in a.families.split(",")]
+    families = [int(f) for f in a.families.split(",") if f]
+    traffic = [int(f) for f in a.traffic.split(",") if f]
     results: dict[int, dict[str, list[dict[str, Any]]]] = {f: {"kill": [], "linkdown": []} for f in families}
+    traffic_results: dict[int, dict[str, list[dict[str, Any]]]] = {f: {"kill": [], "linkdown": []} for f in traffic}
+    client_sysctls: dict[str, str] = {}
     try:
         lab.build_network()
         with netns.entered(lab.topo.hosts["ctl"].ns):
@@ -80,7 +85,7 @@ async def run_l2lb(a: argparse.Namespace, workdir: Path, progress: Progress) -> 
             missing = [f for f in families if f not in targets]
             if missing:
                 raise RuntimeError(f"no IPv{missing[0]} VIP on the client's LAN in the lab's manifests")
-            for i in range(a.rounds):
+            for i in range(a.rounds if families else 0):
                 for how in ("kill", "linkdown"):
                     for fam in families:
                         r = await lab.failover_round(targets[fam], how)
@@ -90,6 +95,22 @@ async def run_l2lb(a: argparse.Namespace, workdir: Path, progress: Progress) -> 
                         progress.say(f"l2lb IPv{fam} {how:8s} #{i + 1:2d}: {r['old_node']} -> {r['new_node']} "
                                      f"outage {r['outage_ms'] if r['outage_ms'] is None else round(r['outage_ms'])}"
                                      f" ms, dual {round(r['dual_ms'])} ms{kernel}")
+            if traffic:
+                missing = [f for f in traffic if f not in targets]
+                if missing:
+                    raise RuntimeError(f"no IPv{missing[0]} VIP on the client's LAN for --traffic")
+                client_sysctls = await realtraffic.setup_backends(lab, [targets[f] for f in traffic])
+                for i in range(a.traffic_rounds):
+                    for how in ("kill", "linkdown"):
+                        for fam in traffic:
+                            r = await realtraffic.traffic_round(lab, targets[fam], how, a)
+                            traffic_results[fam][how].append(r)
+                            progress.say(
+                                f"l2lb IPv{fam} UDP {how:8s} #{i + 1:2d}: {r['old_node']} -> {r['new_node']} outage "
+                                f"{'n/a' if r['outage_ms'] is None else round(r['outage_ms'])} ms, lost "
+                                f"{r['lost_fault']}, client kernel moved at "
+                                f"{'n/a' if r['kernel_switch_ms'] is None else round(r['kernel_switch_ms'])} ms, "
+                                f"flapped back {r['flapped_back']}")
     finally:
         await lab.sup.stop_all()
         lab.topo.destroy()
@@ -103,6 +124,11 @@ async def run_l2lb(a: argparse.Namespace, workdir: Path, progress: Progress) -> 
     if 4 in results:
         out["vip"] = targets[4]
     out["raw"] = {f"ipv{f}": r for f, r in results.items()}
+    if traffic:
+        out["traffic"] = {f"ipv{f}": {how: realtraffic.traffic_summary(rs, summary) for how, rs in by_how.items()}
+                          for f, by_how in traffic_results.items()}
+        out["traffic"]["client_sysctls"] = client_sysctls
+        out["raw"]["traffic"] = {f"ipv{f}": r for f, r in traffic_results.items()}
     return out
 
 
@@ -262,10 +288,6 @@ async def main_async(a: argparse.Namespace) -> int:
     res: dict[str, Any] = {"l2lb": await run_l2lb(a, workdir, progress)}
     if not a.skip_cilium:
         res["cilium_model"] = await run_cilium_model(a, workdir, progress)
-    print()
-    print(f"Client-observed outage, {a.nodes} nodes, ARP (IPv4) / Neighbor Solicitation (IPv6) probe every "
-          f"{a.probe_ms:.0f} ms")
-    print(f"  {'':34s} {'n':>4s} {'p50':>10s} {'p99':>10s} {'max':>10s}  dual>1s  failed")
     rows: list[tuple[str, dict[str, Any]]] = []
     for fam, part in (("IPv4", res["l2lb"]), ("IPv6", res["l2lb"].get("ipv6") or {})):
         for how in ("kill", "linkdown"):
@@ -273,6 +295,11 @@ async def main_async(a: argparse.Namespace) -> int:
                 rows.append((f"l2lb {fam} " + ("SIGKILL announcer" if how == "kill" else "node link down"), part[how]))
                 if "kernel_switch" in part[how]:
                     rows.append(("  client kernel entry moved (NA)", part[how]["kernel_switch"]))
+    print()
+    if rows:
+        print(f"Client-observed outage, {a.nodes} nodes, ARP (IPv4) / Neighbor Solicitation (IPv6) probe every "
+              f"{a.probe_ms:.0f} ms")
+        print(f"  {'':34s} {'n':>4s} {'p50':>10s} {'p99':>10s} {'max':>10s}  dual>1s  failed")
     for label, r in rows:
         extra = (f"  {r['dual_over_1s']:7d}  {r['failed']:6d}" if "failed" in r
                  else f"  {'':7s}  {r['not_moved']:6d}")
@@ -284,9 +311,28 @@ async def main_async(a: argparse.Namespace) -> int:
         r = res["l2lb"]["kill"]
         if r["p50"] == r["p50"] and c["p50"] == c["p50"] and r["p50"] > 0:
             print(f"  ratio Cilium model / l2lb (p50, SIGKILL): {c['p50'] / r['p50']:.0f}x")
+    tr = res["l2lb"].get("traffic") or {}
+    if tr:
+        print()
+        sysctls = ", ".join(f"{k}={v}" for k, v in tr["client_sysctls"].items())
+        print(f"Real traffic: UDP to the VIP every {a.probe_ms:.0f} ms, every node answering it (VIP on lo, as "
+              f"kube-proxy IPVS), client kernel at its defaults ({sysctls})")
+        print(f"  {'':34s} {'n':>4s} {'p50':>10s} {'p99':>10s} {'max':>10s}  lost p50/max  kernel moved p50/p99  "
+              f"flapped  failed")
+        for fam in ("ipv4", "ipv6"):
+            for how in ("kill", "linkdown"):
+                t = (tr.get(fam) or {}).get(how)
+                if not t:
+                    continue
+                label = f"l2lb IPv{fam[-1]} " + ("SIGKILL announcer" if how == "kill" else "node link down")
+                ks, lost = t["kernel_switch"], t["lost"]
+                print(f"  {label:34s}{t['n']:4d} {fmt(t['p50']):>10s} {fmt(t['p99']):>10s} {fmt(t['max']):>10s}  "
+                      f"{lost['p50']:5.0f}/{lost['max']:<6.0f}  {fmt(ks['p50']):>9s}/{fmt(ks['p99']):<10s}  "
+                      f"{t['flapped_back']:7d}  {t['failed']:6d}")
+                rows.append((label + " (UDP)", t))
     parts = [r for _, r in rows if "failed" in r]
     goals = all(r["p50"] <= 300 for label, r in rows if "SIGKILL" in label) \
-        and all(r["p99"] <= 1000 and not r["dual_over_1s"] and not r["failed"] for r in parts)
+        and all(r["p99"] <= 1000 and not r.get("dual_over_1s") and not r["failed"] for r in parts)
     print(f"  goals (SIGKILL p50 <= 300 ms, p99 <= 1 s, no dual > 1 s, no failed round): "
           f"{'met' if goals and parts else 'NOT met'}")
     if a.json:
@@ -299,8 +345,14 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=20, help="failovers of each kind (default 20)")
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--probe-ms", type=float, default=10.0)
-    p.add_argument("--families", default="4,6", choices=("4,6", "4", "6", "6,4"),
-                   help="address families of the failover rounds (default 4,6: an IPv4 and an IPv6 VIP)")
+    p.add_argument("--families", default="4,6", choices=("4,6", "4", "6", "6,4", ""),
+                   help="address families of the failover rounds (default 4,6: an IPv4 and an IPv6 VIP; '' none)")
+    p.add_argument("--traffic", default="6", choices=("6", "4", "4,6", "6,4", ""),
+                   help="real-traffic rounds (UDP to the VIP, every node answering it like kube-proxy IPVS, the "
+                        "client's kernel at its defaults) for these families after the probe rounds (default 6; '' "
+                        "none)")
+    p.add_argument("--traffic-rounds", type=int, help="real-traffic rounds of each kind (default: --rounds)")
+    p.add_argument("--round-timeout", type=float, default=10.0, help="give up on a failover after this many s")
     p.add_argument("--prefix", default="l2bfo")
     p.add_argument("--cilium-leases", type=int, default=10, help="Services (= Leases) in the Cilium model")
     p.add_argument("--cilium-kills", type=int, default=2)
@@ -328,6 +380,8 @@ def main() -> int:
     a = p.parse_args()
     if a.quick:
         a.rounds, a.cilium_kills = 3, 1
+    if a.traffic_rounds is None:
+        a.traffic_rounds = a.rounds
     return asyncio.run(main_async(a))
 
 

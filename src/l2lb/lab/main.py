@@ -127,13 +127,23 @@ class Lab:
         client = self.topo.hosts["client"]
         for o in new:
             client.exec(["ip", "-6", "addr", "add", o.client_interface, "dev", "eth0", "nodad"])
-            for name in self.node_names():
-                h = self.topo.hosts[name]
-                h.exec(["ip", "-6", "route", "replace", str(o.network), "dev", h.ifname])
             notes.append(f"client: {o.client_interface} on-link for the IPv6 pool prefix {o.network} "
                          f"(NDP prober source {o.prober})")
         self.onlinks += new
+        for name in self.node_names():
+            self.restore_ipv6(name)
         return notes
+
+    def restore_ipv6(self, name: str) -> None:
+        """A node's IPv6 addresses and its routes to the pool prefixes. Taking a link down in Linux
+        (``ip link set down``) drops both (net.ipv6.conf.*.keep_addr_on_down=0), where pulling a cable
+        drops neither: a link-down round puts them back when it heals."""
+        h = self.topo.hosts[name]
+        for a in h.addrs:
+            if ":" in a:
+                h.exec(["ip", "-6", "addr", "replace", a, "dev", h.ifname, "nodad"])
+        for o in self.onlinks[1:]:
+            h.exec(["ip", "-6", "route", "replace", str(o.network), "dev", h.ifname])
 
     async def start_control_plane(self) -> None:
         ctl = self.topo.hosts["ctl"].ns
@@ -398,6 +408,7 @@ class Lab:
             await wait_http_ready(f"http://{node_ip(i)}:{ANN_HTTP}/readyz", p)
         else:
             self.topo.hosts[node].link(True)
+            self.restore_ipv6(node)
 
 
 def print_table(rows: list[list[str]], headers: list[str]) -> None:
