@@ -115,9 +115,9 @@ async def run_l2lb(kube: KubeHandle, redis: RedisProcess, n_svc: int, n_nodes: i
                                  instance="leases-bench", policy_kinds=("l2lb",))
         svc = running.svc
         await wait_for(lambda: len(h.serving()) == n_svc, 120, step=0.2)
-        await wait_for(lambda: not svc._kube_queue, 300, step=0.2)  # initial conditions/mirrors/events
+        await wait_for(lambda: not len(svc.writes), 300, step=0.2)  # initial conditions/mirrors/events
         await asyncio.sleep(2.0)
-        moves0, wait0 = svc.moves_total, _wait_hist()
+        moves0, wait0 = svc.m.moves_total, _wait_hist()
         await asyncio.to_thread(kube.clear_requests)
         t0 = time.monotonic()
         next_churn, next_replace, victim, revive_at, extra = t0 + 2.0, t0 + 1.0, 0, 0.0, n_svc
@@ -140,7 +140,7 @@ async def run_l2lb(kube: KubeHandle, redis: RedisProcess, n_svc: int, n_nodes: i
         out = _summarise(reqs, duration)
         w1 = _wait_hist()
         out.update({
-            "moves": svc.moves_total - moves0,
+            "moves": svc.m.moves_total - moves0,
             "announced": len(h.serving()),
             "throttle_wait_s_total": round(w1[0] - wait0[0], 3),
         })

@@ -5,7 +5,8 @@
 
 Announcer side (in process, one node, a private redis-server): ``heartbeat()`` + encoding + XADD, as one
 pass of the heartbeat loop does on the loop that answers ARP. Bytes: one message of each kind, and the
-steady-state bytes/s per node at 10 heartbeats/s. Leases side: decode + ``apply_heartbeat`` (process CPU).
+steady-state bytes/s per node at 10 heartbeats/s. Leases side: decode + the machine's
+``HeartbeatReceived`` (process CPU).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from l2lb.adapters.bus.client import Bus
+from l2lb.core.leases_machine import HeartbeatReceived, LeasesMachine, LeasesParams, Now
 from l2lb.core.messages import Heartbeat, NodeAssignments, NodeRenewal, VipAssignment, assignments_digest, decode
 from services.announcer.main import AnnouncerService, build_parser
-from services.leases.service import LeasesConfig, LeasesService
 from tests.support.redis_server import RedisProcess
 
 HZ = 10  # heartbeats per second (--heartbeat-interval-ms 100)
@@ -60,11 +61,11 @@ async def _loop_ms(svc: AnnouncerService, rounds: int) -> tuple[float, float, by
 
 
 def _leases_us(raw_full: bytes, raw_omitted: bytes | None, rounds: int) -> float:
-    """Median process CPU (us) of decode + apply_heartbeat on the leases side."""
-    svc = LeasesService(LeasesConfig(instance="bench", leader_election=False, policy_kinds=()), None)  # type: ignore[arg-type]
+    """Median process CPU (us) of decode + the leases machine's heartbeat handling."""
+    m = LeasesMachine(LeasesParams(leader_election=False), Now(time.monotonic(), time.time()))
     first = decode(raw_full)
     assert isinstance(first, Heartbeat)
-    svc.apply_heartbeat(first)
+    m.handle(HeartbeatReceived(first), Now(time.monotonic(), time.time()))
     times = []
     for i in range(rounds):
         raw = raw_full if raw_omitted is None else raw_omitted
@@ -74,7 +75,7 @@ def _leases_us(raw_full: bytes, raw_omitted: bytes | None, rounds: int) -> float
         assert isinstance(hb, Heartbeat)
         hb = dataclasses.replace(hb, seq=hb.seq + i + 1)  # a newer one (not timed)
         t2 = time.process_time()
-        svc.apply_heartbeat(hb)
+        m.handle(HeartbeatReceived(hb), Now(time.monotonic(), time.time()))
         times.append(time.process_time() - t2 + t1 - t0)
     return statistics.median(times) * 1e6
 
@@ -107,7 +108,7 @@ async def _main(n: int, rounds: int) -> None:
     l_full = _leases_us(raw_full, None, max(20, rounds // 10))
     l_omit = _leases_us(raw_full, raw_omitted, rounds)
     l_after = (l_full + (per_full - 1) * l_omit) / per_full
-    print(f"leases CPU per heartbeat us (decode+apply_heartbeat): before {l_full:.0f}  omitted {l_omit:.0f}  "
+    print(f"leases CPU per heartbeat us (decode+HeartbeatReceived): before {l_full:.0f}  omitted {l_omit:.0f}  "
           f"steady-state average after {l_after:.0f}")
 
 

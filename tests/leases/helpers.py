@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from l2lb.core.leases_machine import (
+    Command,
+    Event,
+    LeasesMachine,
+    LeasesParams,
+    Now,
+    PublishAssignments,
+    PublishRenewal,
+    SendFailed,
+    Sent,
+)
 from l2lb.core.messages import Allocation, Heartbeat, InterfaceInfo
 
 
@@ -29,3 +42,41 @@ ALL_LB = {
     "apiVersion": "l2lb.io/v1alpha1", "kind": "L2AnnouncementPolicy",
     "metadata": {"name": "all"}, "spec": {},
 }
+
+
+class Driver:
+    """Drives a LeasesMachine with a settable clock, no Redis and no asyncio: every publish is acknowledged
+    at once (``fail`` makes the next publishes fail), every command is kept in ``commands``."""
+
+    def __init__(self, mono: float = 1000.0, wall: float = 1_764_000_000.0, **params: Any):
+        params.setdefault("leader_election", False)
+        self.mono, self.wall = mono, wall
+        self.m = LeasesMachine(LeasesParams(**params), self.now())
+        self.commands: list[Command] = []
+        self.fail = 0
+
+    def now(self) -> Now:
+        return Now(self.mono, self.wall)
+
+    def advance(self, seconds: float) -> None:
+        self.mono += seconds
+        self.wall += seconds
+
+    def __call__(self, event: Event) -> list[Command]:
+        """Feed one event, carry out its publishes (acknowledged); returns every command that followed."""
+        out: list[Command] = []
+        todo = list(self.m.handle(event, self.now()))
+        while todo:
+            c = todo.pop(0)
+            out.append(c)
+            if isinstance(c, PublishAssignments | PublishRenewal):
+                if self.fail:
+                    self.fail -= 1
+                    todo = list(self.m.handle(SendFailed(c, "injected"), self.now()))
+                    continue
+                todo += self.m.handle(Sent(c), self.now())
+        self.commands += out
+        return out
+
+    def published(self, since: int = 0) -> list[PublishAssignments | PublishRenewal]:
+        return [c for c in self.commands[since:] if isinstance(c, PublishAssignments | PublishRenewal)]

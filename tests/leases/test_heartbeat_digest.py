@@ -10,11 +10,11 @@ import dataclasses
 from typing import Any
 
 from l2lb.adapters.bus.client import Bus
+from l2lb.core.leases_machine import AllocationsLoaded, Command, HeartbeatReceived, Metric, Tick
 from l2lb.core.messages import Heartbeat, decode, serving_digest
 from l2lb.obs.metrics import REGISTRY
-from services.leases.service import LeasesConfig, LeasesService
 from tests.leases.harness import Harness, wait_for
-from tests.leases.helpers import hb
+from tests.leases.helpers import Driver, hb
 
 IPS = [f"198.51.100.{60 + i}" for i in range(4)]
 
@@ -33,91 +33,94 @@ def _full(node: str, seq: int, serving: dict[str, int], instance: str = "i1") ->
                                serving_digest=serving_digest(serving))
 
 
-def _svc(bus: Bus, clock: list[float] | None = None, **cfg: Any) -> LeasesService:
-    kw: dict[str, Any] = {} if clock is None else {"monotonic": lambda: clock[0]}
-    svc = LeasesService(LeasesConfig(instance="t", leader_election=False, policy_kinds=(), **cfg), bus, **kw)
-    svc.snapshot_loaded = True
-    return svc
+def _served(cmds: list[Command]) -> tuple[int, int, int]:
+    """(full, omitted, unknown) heartbeats counted by the machine's Metric commands."""
+    kinds = [c.labels[0] for c in cmds if isinstance(c, Metric) and c.name == "l2lb_leases_heartbeat_serving_total"]
+    return kinds.count("full"), kinds.count("omitted"), kinds.count("unknown")
 
 
-async def test_omitted_map_is_the_last_full_one_same_object(bus: Bus) -> None:
-    svc = _svc(bus)
+def _driver(**params: Any) -> Driver:
+    d = Driver(mono=100.0, **params)
+    d(AllocationsLoaded(None))
+    return d
+
+
+def test_omitted_map_is_the_last_full_one_same_object() -> None:
+    d = _driver()
+    nodes = d.m.tracker.nodes
     m = {IPS[0]: 7, IPS[1]: 8}
-    full, omitted0, unknown0 = _kind("full"), _kind("omitted"), _kind("unknown")
-    svc.apply_heartbeat(_full("a", 1, m))
-    stored = svc.tracker.nodes["a"].heartbeat.serving
+    d(HeartbeatReceived(_full("a", 1, m)))
+    stored = nodes["a"].heartbeat.serving
     assert stored == m
-    svc.apply_heartbeat(_omitted("a", 2, m))
-    cur = svc.tracker.nodes["a"].heartbeat
+    d(HeartbeatReceived(_omitted("a", 2, m)))
+    cur = nodes["a"].heartbeat
     assert cur.seq == 2 and cur.serving is stored  # the stored dict itself, no copy
-    assert svc.seen_serving[IPS[0]].node == "a" and svc.map_unknown == set()
+    assert d.m.seen_serving[IPS[0]].node == "a" and d.m.map_unknown == set()
     # another digest (a map we never saw in full): alive, but the map is unknown
-    svc.apply_heartbeat(_omitted("a", 3, {IPS[0]: 9}))
-    cur = svc.tracker.nodes["a"].heartbeat
-    assert cur.seq == 3 and cur.serving == {} and svc.tracker.nodes["a"].alive
-    assert svc.map_unknown == {"a"}
+    d(HeartbeatReceived(_omitted("a", 3, {IPS[0]: 9})))
+    cur = nodes["a"].heartbeat
+    assert cur.seq == 3 and cur.serving == {} and nodes["a"].alive
+    assert d.m.map_unknown == {"a"}
     # a new instance (announcer restarted) with the same digest: the old instance's map does not count
-    svc.apply_heartbeat(_omitted("a", 1, m, instance="i2"))
-    assert svc.tracker.nodes["a"].heartbeat.instance == "i2" and svc.tracker.nodes["a"].heartbeat.serving == {}
-    assert svc.map_unknown == {"a"}
-    svc.apply_heartbeat(_full("a", 2, m, instance="i2"))
-    assert svc.map_unknown == set() and svc.tracker.nodes["a"].heartbeat.serving == m
+    d(HeartbeatReceived(_omitted("a", 1, m, instance="i2")))
+    assert nodes["a"].heartbeat.instance == "i2" and nodes["a"].heartbeat.serving == {}
+    assert d.m.map_unknown == {"a"}
+    d(HeartbeatReceived(_full("a", 2, m, instance="i2")))
+    assert d.m.map_unknown == set() and nodes["a"].heartbeat.serving == m
     # a stale heartbeat (old instance) changes nothing, not even the stored map
-    svc.apply_heartbeat(_full("a", 99, {IPS[3]: 1}))
-    assert svc.full_maps["a"][0] == "i2" and svc.tracker.nodes["a"].heartbeat.instance == "i2"
-    assert (_kind("full") - full, _kind("omitted") - omitted0, _kind("unknown") - unknown0) == (2, 1, 2)
+    d(HeartbeatReceived(_full("a", 99, {IPS[3]: 1})))
+    assert d.m.full_maps["a"][0] == "i2" and nodes["a"].heartbeat.instance == "i2"
+    assert _served(d.commands) == (2, 1, 2)
 
 
-async def test_unchanged_map_is_not_walked_again(bus: Bus) -> None:
-    svc = _svc(bus)
+def test_unchanged_map_is_not_walked_again() -> None:
+    d = _driver()
     m = {IPS[0]: 7}
-    svc.apply_heartbeat(_full("a", 1, m))
-    svc.seen_serving.clear()  # a walk would put it back
-    svc.apply_heartbeat(_omitted("a", 2, m))
-    assert svc.seen_serving == {}
-    svc.apply_heartbeat(_full("a", 3, {IPS[0]: 7}))  # a new full map (another dict): walked
-    assert svc.seen_serving[IPS[0]].epoch == 7
+    d(HeartbeatReceived(_full("a", 1, m)))
+    d.m.seen_serving.clear()  # a walk would put it back
+    d(HeartbeatReceived(_omitted("a", 2, m)))
+    assert d.m.seen_serving == {}
+    d(HeartbeatReceived(_full("a", 3, {IPS[0]: 7})))  # a new full map (another dict): walked
+    assert d.m.seen_serving[IPS[0]].epoch == 7
 
 
-async def test_dual_announcement_is_detected_with_omitted_maps(bus: Bus) -> None:
-    svc = _svc(bus)
+def test_dual_announcement_is_detected_with_omitted_maps() -> None:
+    d = _driver()
     both = {IPS[0]: 5}
     only_b = {IPS[1]: 6}
-    svc.apply_heartbeat(_full("a", 1, both))
-    svc.apply_heartbeat(_full("b", 1, {**both, **only_b}))
+    d(HeartbeatReceived(_full("a", 1, both)))
+    d(HeartbeatReceived(_full("b", 1, {**both, **only_b})))
     for seq in range(2, 5):
-        svc.apply_heartbeat(_omitted("a", seq, both))
-        svc.apply_heartbeat(_omitted("b", seq, {**both, **only_b}))
-    assert svc.tracker.nodes["b"].heartbeat.serving_omitted
-    svc._liveness_tick()
-    assert svc._dual == [IPS[0]]
+        d(HeartbeatReceived(_omitted("a", seq, both)))
+        d(HeartbeatReceived(_omitted("b", seq, {**both, **only_b})))
+    assert d.m.tracker.nodes["b"].heartbeat.serving_omitted
+    d(Tick())
+    assert d.m.dual == [IPS[0]]
     # a resolved map that no longer claims it (new full map on a, then omitted): no dual any more
-    svc.apply_heartbeat(_full("a", 5, {}))
-    svc._liveness_tick()
-    assert svc._dual == []
+    d(HeartbeatReceived(_full("a", 5, {})))
+    d(Tick())
+    assert d.m.dual == []
 
 
-async def test_ready_to_elect_waits_for_unknown_maps_bounded(bus: Bus) -> None:
-    clock = [100.0]
-    svc = _svc(bus, clock, startup_grace_ms=300, heartbeat_full_every_ms=2000)
-    svc.started = clock[0]
-    svc.leader_since = clock[0]
-    clock[0] += 0.5
-    m = {IPS[0]: 7}
-    svc.apply_heartbeat(_omitted("a", 5, m))  # leases started after a's last full map
-    svc.apply_heartbeat(_full("b", 5, {IPS[1]: 3}))
-    assert svc.maps_missing() == ["a"] and not svc.ready_to_elect()
-    svc.apply_heartbeat(_full("a", 6, m))
-    assert svc.maps_missing() == [] and svc.ready_to_elect()
+def test_ready_to_elect_waits_for_unknown_maps_bounded() -> None:
+    d = _driver(startup_grace_ms=300, heartbeat_full_every_ms=2000)  # started (and leader) at mono 100
+    m = d.m
+    d.mono += 0.5
+    mp = {IPS[0]: 7}
+    d(HeartbeatReceived(_omitted("a", 5, mp)))  # leases started after a's last full map
+    d(HeartbeatReceived(_full("b", 5, {IPS[1]: 3})))
+    assert m.maps_missing(d.now()) == ["a"] and not m.ready_to_elect(d.now())
+    d(HeartbeatReceived(_full("a", 6, mp)))
+    assert m.maps_missing(d.now()) == [] and m.ready_to_elect(d.now())
     # bounded: after heartbeat_full_every_ms + 1 s it goes on without the map
-    svc.apply_heartbeat(_omitted("a", 1, m, instance="other"))
-    assert not svc.ready_to_elect()
-    clock[0] = 100.0 + 3.0
-    assert svc.maps_missing() == [] and svc.ready_to_elect()
+    d(HeartbeatReceived(_omitted("a", 1, mp, instance="other")))
+    assert not m.ready_to_elect(d.now())
+    d.mono = 100.0 + 3.0
+    assert m.maps_missing(d.now()) == [] and m.ready_to_elect(d.now())
     # once holders are adopted an unknown map does not hold elections back
-    clock[0] = 100.5
-    svc.adopt_pending = False
-    assert svc.ready_to_elect()
+    d.mono = 100.5
+    m.adopt_pending = False
+    assert m.ready_to_elect(d.now())
 
 
 async def _setup(h: Harness, nodes: int = 2, **kw: Any) -> None:
@@ -161,18 +164,18 @@ async def test_cold_started_leases_waits_for_maps_then_adopts_with_zero_moves(h:
     svc = second.svc
     waited = False
     for _ in range(300):  # bounded: 3 s
-        if svc.maps_missing():
+        if svc.m.maps_missing(svc.now()):
             waited = True
-            assert svc.result is None  # nothing elected while maps are missing
-        if svc.result is not None:
+            assert svc.m.result is None  # nothing elected while maps are missing
+        if svc.m.result is not None:
             break
         await asyncio.sleep(0.01)
     assert waited and _kind("unknown") > unknown0
-    assert svc.result is not None
+    assert svc.m.result is not None
     await asyncio.sleep(0.5)
     assert {ip: h.holder(ip) for ip in IPS} == before
     assert {ip: e for a in h.announcers.values() for ip, e in a.serving().items()} == epochs
-    assert not [m for m in svc.recent_moves if m["from"] is not None]
+    assert not [m for m in svc.m.recent_moves if m["from"] is not None]
 
 
 async def test_steady_state_stream_carries_digests_and_a_full_map_every_2s(h: Harness) -> None:
@@ -190,7 +193,7 @@ async def test_steady_state_stream_carries_digests_and_a_full_map_every_2s(h: Ha
         assert all(m.serving == {} and m.serving_digest == serving_digest(a.serving()) for m in omitted)
         assert all(m.serving == a.serving() for m in full)
         # leases sees the map all along
-        assert svc.tracker.nodes[node].heartbeat.serving == a.serving()
+        assert svc.m.tracker.nodes[node].heartbeat.serving == a.serving()
         small = max(size for m, size in mine if m.serving_omitted)
         big = min(size for m, size in mine if not m.serving_omitted)
         assert small < big
@@ -228,17 +231,18 @@ async def test_fake_with_full_every_zero_always_sends_the_map(h: Harness) -> Non
     assert all(a.hb_omitted == 0 for a in h.announcers.values())
 
 
-async def test_stored_maps_of_pruned_nodes_are_dropped(bus: Bus) -> None:
-    svc = _svc(bus)
-    svc.apply_heartbeat(_full("a", 1, {IPS[0]: 1}))
-    svc.apply_heartbeat(_full("b", 1, {IPS[1]: 1}))
-    svc.apply_heartbeat(_omitted("b", 2, {IPS[2]: 1}))  # b's map unknown
-    assert set(svc.full_maps) == {"a", "b"} and svc.map_unknown == {"b"}
+def test_stored_maps_of_pruned_nodes_are_dropped() -> None:
+    d = _driver()
+    m = d.m
+    d(HeartbeatReceived(_full("a", 1, {IPS[0]: 1})))
+    d(HeartbeatReceived(_full("b", 1, {IPS[1]: 1})))
+    d(HeartbeatReceived(_omitted("b", 2, {IPS[2]: 1})))  # b's map unknown
+    assert set(m.full_maps) == {"a", "b"} and m.map_unknown == {"b"}
     for n in ("a", "b"):
-        st = svc.tracker.nodes[n]
-        st.alive, st.since = False, svc.hb_now() - 7200  # dead for 2 h: pruned on the next tick
-    svc._liveness_tick()
-    assert svc.tracker.nodes == {} and svc.full_maps == {} and svc._walked == {} and svc.map_unknown == set()
+        st = m.tracker.nodes[n]
+        st.alive, st.since = False, m.hb_now(d.now()) - 7200  # dead for 2 h: pruned on the next tick
+    d(Tick())
+    assert m.tracker.nodes == {} and m.full_maps == {} and m._walked == {} and m.map_unknown == set()
 
 
 async def test_leases_with_full_every_zero_sends_no_renewals_so_maps_stay_full(h: Harness) -> None:
@@ -251,4 +255,4 @@ async def test_leases_with_full_every_zero_sends_no_renewals_so_maps_stay_full(h
     await wait_for(lambda: all(h.holder(ip) for ip in IPS), 5)
     await asyncio.sleep(0.8)
     assert all(a.renewed == 0 and a.hb_omitted == 0 and a.hb_full >= 8 for a in h.announcers.values())
-    assert h.leases[0].svc.map_unknown == set()
+    assert h.leases[0].svc.m.map_unknown == set()

@@ -64,9 +64,9 @@ async def test_steady_state_sends_renewals_not_the_full_set(h: Harness) -> None:
     per_node = {n: [r for r in renewals if r.node == n] for n in h.announcers}
     assert all(len(rs) >= 6 for rs in per_node.values()), {n: len(rs) for n, rs in per_node.items()}  # ~8 in 2 s
     for n, rs in per_node.items():
-        want = assignments_digest(svc.published[n])
+        want = assignments_digest(svc.m.published[n])
         assert {r.digest for r in rs} == {want}
-        assert [r.seq for r in rs] == sorted(r.seq for r in rs) and all(r.term == svc.term for r in rs)
+        assert [r.seq for r in rs] == sorted(r.seq for r in rs) and all(r.term == svc.m.term for r in rs)
     # the fake announcers kept their sets on renewals alone, matching every one of them
     assert {n: dict(a.serving()) for n, a in h.announcers.items()} == held
     assert all(a.mismatches == 0 for a in h.announcers.values())
@@ -116,7 +116,7 @@ async def test_announcer_that_lost_its_state_gets_the_full_set_via_snapshot(h: H
     await asyncio.sleep(0.6)
     assert set(victim.serving()) == mine and victim.renewed > 0
     assert h.announcers["node-1"].mismatches == 0
-    assert svc.want_full == set()
+    assert svc.m.want_full == set()
 
 
 async def test_renewal_with_a_wrong_digest_does_not_keep_the_vips(h: Harness) -> None:
@@ -161,13 +161,13 @@ async def test_term_change_sends_the_full_set(h: Harness) -> None:
     svc = h.leases[0].svc
     await asyncio.sleep(0.4)
     start = await _last_id(h, h.bus.keys.assignments)
-    svc.term += 1  # what a leadership gain does (the elector's new term)
+    svc.m.term += 1  # what a leadership gain does (the elector's new term)
     await asyncio.sleep(0.6)
     entries = [m for _, m, _ in await _stream(h, h.bus.keys.assignments, start)]
-    new_term = [m for m in entries if isinstance(m, NodeAssignments | NodeRenewal) and m.term == svc.term]
+    new_term = [m for m in entries if isinstance(m, NodeAssignments | NodeRenewal) and m.term == svc.m.term]
     assert isinstance(new_term[0], NodeAssignments)
     assert all(isinstance(m, NodeRenewal) for m in new_term[1:]) and len(new_term) >= 2
-    assert h.announcers["node-0"].last[0] == svc.term and h.announcers["node-0"].mismatches == 0
+    assert h.announcers["node-0"].last[0] == svc.m.term and h.announcers["node-0"].mismatches == 0
 
 
 async def test_bus_wide_snapshot_request_resends_every_full_set(h: Harness) -> None:

@@ -44,13 +44,13 @@ async def test_node_death_moves_ips_within_bound_and_return_does_not_flap(h: Har
     print(f"failover after node death: {took * 1000:.0f} ms for {len(lost)} IPs")
     assert took < FAILOVER_BOUND_S
     assert took > 0.2  # 3 missed 100 ms heartbeats: it cannot be faster than detection
-    moves_after_failover = svc.moves_total
+    moves_after_failover = svc.m.moves_total
     before = {ip: h.holder(ip) for ip in IPS}
     h.announcers[victim].revive()
     await asyncio.sleep(1.0)
-    assert svc.tracker.is_alive(victim)
+    assert svc.m.tracker.is_alive(victim)
     assert {ip: h.holder(ip) for ip in IPS} == before  # sticky: nothing moves back
-    assert svc.moves_total == moves_after_failover
+    assert svc.m.moves_total == moves_after_failover
     # the dead node's IPs came with higher epochs than it had
     assert all(e > 0 for e in h.announcers[before[lost[0]] or ""].serving().values())
 
@@ -68,7 +68,7 @@ async def test_interface_down_moves_at_once(h: Harness) -> None:
     print(f"failover after interface down: {(t1 - t0) * 1000:.0f} ms")
     # heartbeat interval (100 ms) + one tick, well under the 300 ms death detection
     assert t1 - t0 < 0.3
-    assert h.leases[0].svc.tracker.is_alive(victim)
+    assert h.leases[0].svc.m.tracker.is_alive(victim)
 
 
 async def test_stopping_hands_over_and_removed_service_is_dropped(h: Harness) -> None:
@@ -102,7 +102,7 @@ async def test_redis_restart_moves_nothing(h: Harness, redis_server: RedisProces
     await _setup(h)
     svc = h.leases[0].svc
     before = {ip: h.holder(ip) for ip in IPS}
-    moves = svc.moves_total
+    moves = svc.m.moves_total
     redis_server.restart()  # kill -9 + start: every key and stream is gone
     await asyncio.sleep(0.5)
     # the allocator republishes its snapshot on request; here the test plays the allocator
@@ -112,7 +112,7 @@ async def test_redis_restart_moves_nothing(h: Harness, redis_server: RedisProces
     await wait_for(lambda: {ip: h.holder(ip) for ip in IPS} == before, 10)
     await asyncio.sleep(0.5)
     assert {ip: h.holder(ip) for ip in IPS} == before
-    assert svc.moves_total == moves
+    assert svc.m.moves_total == moves
     epochs = await h.bus.redis.hgetall(h.bus.keys.epochs)
     assert len(epochs) == len(IPS)  # put back after Redis lost them
 

@@ -158,7 +158,7 @@ async def test_standby_takes_over_with_zero_moves(env: Any) -> None:
         kube.apply(_service(f"s{i}"))
     le = {"lease_duration": 3.0, "renew_deadline": 2.0, "retry_period": 0.3, "mirror_leases": True}
     first = h.start_leases(await _client(kube, clients), static_policies=[], instance="leases-a", **le)
-    await wait_for(lambda: first.svc.is_leader, 10)
+    await wait_for(lambda: first.svc.m.is_leader, 10)
     second = h.start_leases(await _client(kube, clients), static_policies=[], instance="leases-b", **le)
     for i, ip in enumerate(ips):
         await h.allocate(f"{NS}/s{i}", ip)
@@ -171,19 +171,19 @@ async def test_standby_takes_over_with_zero_moves(env: Any) -> None:
 
     await poll(mirrors, 10)
     await asyncio.sleep(0.5)
-    assert not second.svc.is_leader and second.svc.status()["role"] == "standby"
+    assert not second.svc.m.is_leader and second.svc.status()["role"] == "standby"
     before = {ip: h.holder(ip) for ip in ips}
     epochs = {ip: e for a in h.announcers.values() for ip, e in a.serving().items()}
     kube.clear_requests()
     t0 = time.monotonic()
     await first.kill()  # graceful: releases the Lease
-    t1 = await wait_for(lambda: second.svc.is_leader, 10)
+    t1 = await wait_for(lambda: second.svc.m.is_leader, 10)
     print(f"leases failover: standby leader after {(t1 - t0) * 1000:.0f} ms")
-    await wait_for(lambda: all(a.received > 0 and a.last[0] == second.svc.term for a in h.announcers.values()), 5)
+    await wait_for(lambda: all(a.received > 0 and a.last[0] == second.svc.m.term for a in h.announcers.values()), 5)
     await asyncio.sleep(0.5)
     assert {ip: h.holder(ip) for ip in ips} == before
     assert {ip: e for a in h.announcers.values() for ip, e in a.serving().items()} == epochs
-    assert second.svc.moves_total == 0
+    assert second.svc.m.moves_total == 0
     writes = [r for r in kube.requests() if "l2lb-announce-" in r.get("path", "")
               and r.get("verb") not in ("get", "list", "watch")]
     assert writes == []  # mirrors already right: the new leader writes nothing
@@ -198,7 +198,7 @@ async def test_api_requests_at_rest_do_not_grow_with_services(env: Any) -> None:
     for i in range(50):
         await h.allocate(f"{NS}/bulk{i}", f"203.0.113.{i + 1}")
     await wait_for(lambda: len(h.serving()) == 50, 10)
-    await wait_for(lambda: running.svc.is_leader, 5)
+    await wait_for(lambda: running.svc.m.is_leader, 5)
     await asyncio.sleep(1.0)
     kube.clear_requests()
     await asyncio.sleep(4.0)
@@ -221,7 +221,7 @@ async def test_missing_policy_crds_do_not_block_the_election(redis_url: str, tmp
         await h.allocate("ns/x", "198.51.100.90")
         running = h.start_leases(client, leader_election=False, sync_timeout_s=30.0)  # static policy only
         await wait_for(lambda: h.holder("198.51.100.90") == "node-a", 10)
-        assert running.svc.mono() - running.svc.started < 10  # not the 30 s sync timeout
+        assert running.svc.mono() - running.svc.m.started < 10  # not the 30 s sync timeout
         st = running.svc.status()
         assert any("not synced" in v for v in st["informers"].values())
     finally:
@@ -239,7 +239,7 @@ async def test_leader_crash_standby_restores_same_holders(env: Any) -> None:
     le = {"lease_duration": 2.0, "renew_deadline": 1.5, "retry_period": 0.3, "conditions": False,
           "events": False}
     first = h.start_leases(await _client(kube, clients), static_policies=[], instance="crash-a", **le)
-    await wait_for(lambda: first.svc.is_leader, 10)
+    await wait_for(lambda: first.svc.m.is_leader, 10)
     second = h.start_leases(await _client(kube, clients), static_policies=[], instance="crash-b", **le)
     for i, ip in enumerate(ips):
         await h.allocate(f"{NS}/c{i}", ip)
@@ -254,7 +254,7 @@ async def test_leader_crash_standby_restores_same_holders(env: Any) -> None:
     await wait_for(lambda: not h.serving(), 5)  # assignments ran out (ttl 1 s) before the takeover
     t1 = await wait_for(lambda: {ip: h.holder(ip) for ip in ips} == before, 15)
     print(f"leases crash: announcements back after {(t1 - t0) * 1000:.0f} ms (Lease duration 2 s)")
-    assert second.svc.is_leader and second.svc.moves_total == 0
+    assert second.svc.m.is_leader and second.svc.m.moves_total == 0
     assert {ip: e for a in h.announcers.values() for ip, e in a.serving().items()} == epochs
 
 
@@ -305,4 +305,4 @@ async def test_kube_writes_retry_then_give_up(env: Any) -> None:
 
 
 async def _no_queue(svc: Any) -> bool:
-    return not svc._kube_queue
+    return not len(svc.writes)
