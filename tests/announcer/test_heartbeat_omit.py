@@ -203,15 +203,15 @@ async def test_with_the_real_leases_service_steady_state_and_failover(bus: Bus) 
         assert len(beats) >= 15 and 2 <= len(full) <= 4, (len(beats), len(full))
         assert all(m.serving_digest == serving_digest(mine) for m in beats)
         leases = h.leases[0].svc
-        assert leases.tracker.nodes["n1"].heartbeat.serving == mine
-        assert leases.map_unknown == set()
+        assert leases.m.tracker.nodes["n1"].heartbeat.serving == mine
+        assert leases.m.map_unknown == set()
         # leases restart (no leader election: a later term)
         await h.leases[0].kill()
         second = h.start_leases(static_policies=[ALL_LB], instance="leases-again")
-        await wait_for(lambda: second.svc.result is not None, 5)
+        await wait_for(lambda: second.svc.m.result is not None, 5)
         await asyncio.sleep(0.5)
         assert svc.state.serving(time.monotonic()) == mine
-        assert not [m for m in second.svc.recent_moves if m["from"] is not None]
+        assert not [m for m in second.svc.m.recent_moves if m["from"] is not None]
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -7,6 +7,7 @@ from typing import Any
 from l2lb.core.leases_machine import (
     Command,
     Event,
+    HeartbeatReceived,
     LeasesMachine,
     LeasesParams,
     Now,
@@ -54,6 +55,8 @@ class Driver:
         self.m = LeasesMachine(LeasesParams(**params), self.now())
         self.commands: list[Command] = []
         self.fail = 0
+        self.failed: list[Command] = []
+        self.seqs: dict[str, int] = {}
 
     def now(self) -> Now:
         return Now(self.mono, self.wall)
@@ -72,11 +75,17 @@ class Driver:
             if isinstance(c, PublishAssignments | PublishRenewal):
                 if self.fail:
                     self.fail -= 1
+                    self.failed.append(c)
                     todo = list(self.m.handle(SendFailed(c, "injected"), self.now()))
                     continue
                 todo += self.m.handle(Sent(c), self.now())
         self.commands += out
         return out
+
+    def beat(self, node: str, **kw: Any) -> list[Command]:
+        """A heartbeat of ``node`` (its next seq), stored in the stream now."""
+        self.seqs[node] = self.seqs.get(node, 0) + 1
+        return self(HeartbeatReceived(hb(node, seq=self.seqs[node], **kw), at=self.wall))
 
     def published(self, since: int = 0) -> list[PublishAssignments | PublishRenewal]:
         return [c for c in self.commands[since:] if isinstance(c, PublishAssignments | PublishRenewal)]

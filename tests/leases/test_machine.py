@@ -1,0 +1,458 @@
+"""The leases state machine on its own: no Redis, no asyncio, a clock we set. Table cases for each
+decision, then hypothesis properties over random schedules (node deaths, restarts, requests, failed
+publishes, leadership changes): epochs only grow per IP, renewals name only unchanged sets, no VIP is in
+two nodes' sets at any point of the published stream, adoption after a restart moves nothing, and the
+same events give the same commands."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from l2lb.core.leases_machine import (
+    AllocationReceived,
+    AllocationsLoaded,
+    Command,
+    EpochsLoaded,
+    HeartbeatReceived,
+    KubeWritten,
+    LeadershipChanged,
+    Log,
+    PublishAssignments,
+    PublishRenewal,
+    RequestSnapshot,
+    ServiceEvent,
+    SnapshotRequested,
+    StatusPart,
+    StoreEpochs,
+    Tick,
+    WriteCondition,
+    WriteLease,
+)
+from l2lb.core.messages import VipAssignment, assignments_digest
+from tests.leases.helpers import ALL_LB, Driver, alloc, hb
+
+IPS = [f"198.51.100.{1 + i}" for i in range(8)]
+
+
+def _cluster(nodes: tuple[str, ...] = ("a", "b"), ips: int = 2, **params: Any) -> Driver:
+    """Nodes heartbeating, ``ips`` Services of one IP each, past the startup grace, one tick done."""
+    params.setdefault("static_policies", (ALL_LB,))
+    d = Driver(**params)
+    d(AllocationsLoaded(None))
+    for n in nodes:
+        d.beat(n)
+    for i in range(ips):
+        d(AllocationReceived(alloc(f"ns/s{i}", IPS[i])))
+    d.advance(0.6)
+    for n in nodes:
+        d.beat(n)
+    d(Tick())
+    return d
+
+
+def _full(cmds: list[Command]) -> list[PublishAssignments]:
+    return [c for c in cmds if isinstance(c, PublishAssignments)]
+
+
+def _renewals(cmds: list[Command]) -> list[PublishRenewal]:
+    return [c for c in cmds if isinstance(c, PublishRenewal)]
+
+
+def _sets(d: Driver) -> dict[str, dict[str, int]]:
+    return {n: {v.ip: v.epoch for v in vips} for n, vips in d.m.published.items()}
+
+
+def _step(d: Driver, seconds: float, nodes: tuple[str, ...] = ("a", "b")) -> list[Command]:
+    """``seconds`` of 100 ms heartbeats from ``nodes`` with a tick after each round."""
+    out: list[Command] = []
+    for _ in range(round(seconds / 0.1)):
+        d.advance(0.1)
+        for n in nodes:
+            out += d.beat(n)
+        out += d(Tick())
+    return out
+
+
+# -- table cases ----------------------------------------------------------------------------------------
+def test_first_tick_stores_epochs_then_publishes_balanced_sets_then_renews_by_digest() -> None:
+    d = _cluster()
+    cmds = d.commands
+    store = next(i for i, c in enumerate(cmds) if isinstance(c, StoreEpochs))
+    first_pub = next(i for i, c in enumerate(cmds) if isinstance(c, PublishAssignments))
+    assert store < first_pub  # the epochs are stored before anything names them
+    epochs = cmds[store].epochs  # type: ignore[union-attr]
+    assert set(epochs) == set(IPS[:2]) and all(e >= int(d.wall * 1000) - 1000 for e in epochs.values())
+    full = _full(cmds)
+    assert [c.why for c in full] == ["change", "change"] and sorted(c.msg.node for c in full) == ["a", "b"]
+    assert all(len(c.msg.vips) == 1 and c.msg.digest == assignments_digest(c.msg.vips) for c in full)
+    # the same tick's renewal round names the sets just sent
+    ren = _renewals(cmds)
+    assert {r.msg.node: r.msg.digest for r in ren} == {c.msg.node: c.msg.digest for c in full}
+    seqs = [c.msg.seq for c in cmds if isinstance(c, PublishAssignments | PublishRenewal)]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert [c.part for c in cmds if isinstance(c, StatusPart)] == ["assignments", "nodes"]
+
+
+def test_renewals_by_digest_until_full_every_ms_then_the_full_set() -> None:
+    d = _cluster(full_every_ms=1000)
+    start = len(d.commands)
+    out = _step(d, 0.8)
+    assert _full(out) == [] and len(_renewals(out)) == 2 * 2  # 250 ms, on 100 ms ticks: at 0.3 and 0.6
+    out = _step(d, 0.5)
+    assert sorted((c.msg.node, c.why) for c in _full(out)) == [("a", "renew"), ("b", "renew")]
+    assert all(r.msg.digest == assignments_digest(d.m.published[r.msg.node]) for r in _renewals(d.commands[start:]))
+
+
+def test_full_every_zero_means_every_renewal_is_full() -> None:
+    d = _cluster(full_every_ms=0)
+    out = _step(d, 0.6)
+    assert _renewals(out) == [] and len(_full(out)) == 4
+
+
+def test_snapshot_requests_from_an_announcer_and_from_the_bus() -> None:
+    d = _cluster()
+    _step(d, 0.1)
+    d(SnapshotRequested("announcer:a", "digest_mismatch"))
+    assert d.m.want_full == {"a"}
+    d.advance(0.05)
+    out = d(Tick())  # not a renewal round: only a's full set, at once
+    assert [(c.msg.node, c.why, c.requested) for c in _full(out)] == [("a", "snapshot", True)]
+    assert d.m.want_full == set()
+    d(SnapshotRequested("bus", "producer_incarnation_changed"))
+    d.advance(0.05)
+    out = d(Tick())
+    assert sorted(c.msg.node for c in _full(out)) == ["a", "b"] and _renewals(out) == []
+    # a request from a node that is not alive is dropped, not kept forever
+    d(SnapshotRequested("announcer:ghost"))
+    d.advance(0.05)
+    assert _full(d(Tick())) == [] and d.m.want_full == set()
+
+
+def test_a_standby_ignores_snapshot_requests() -> None:
+    d = Driver(leader_election=True, static_policies=(ALL_LB,))
+    d(SnapshotRequested("announcer:a"))
+    assert d.m.want_full == set()
+
+
+def test_node_death_loser_first_higher_epoch_then_pruned() -> None:
+    d = _cluster()
+    before = _sets(d)
+    lost = next(iter(before["a"]))
+    mark = len(d.commands)
+    out = _step(d, 0.5, nodes=("b",))  # a falls silent: dead after 3 x 100 ms
+    full = _full(out)
+    assert [(c.msg.node, c.why) for c in full[:2]] == [("a", "change"), ("b", "change")]
+    assert full[0].msg.vips == ()  # told once that it lost everything, before b gains it
+    got = {v.ip: v.epoch for v in full[1].msg.vips}
+    assert got[lost] > before["a"][lost]
+    assert [m["reason"] for m in d.m.recent_moves if m["ip"] == lost][-1] == "holder_dead"
+    assert "a" not in d.m.published  # pruned once told
+    assert not [c for c in _full(d.commands[mark:]) if c.msg.node == "a"][1:]
+    assert any(isinstance(c, Log) and c.message == "node is dead" and c.fields["node"] == "a" for c in out)
+
+
+def test_a_failed_publish_drops_the_rest_and_is_retried_in_order() -> None:
+    d = _cluster()
+    _step(d, 0.3, nodes=("b",))  # a is silent: dead on the next tick
+    d.fail = 1  # the next publish (a's empty set) fails
+    out = _step(d, 0.1, nodes=("b",))
+    assert [c.msg.node for c in _full(out)] == ["a"] and _renewals(out) == []
+    assert any(isinstance(c, Log) and c.message == "leases tick failed; retrying" for c in out)
+    assert d.m.published["a"]  # a was not told: it still holds its IP as far as we know
+    out = _step(d, 0.1, nodes=("b",))
+    assert [c.msg.node for c in _full(out)][:2] == ["a", "b"]
+
+
+def test_requested_full_set_that_fails_stays_wanted() -> None:
+    d = _cluster()
+    _step(d, 0.1)
+    d(SnapshotRequested("announcer:b"))
+    d.fail = 1
+    d.advance(0.05)
+    d(Tick())
+    assert d.m.want_full == {"b"}
+    d.advance(0.05)
+    assert [c.msg.node for c in _full(d(Tick()))] == ["b"]
+
+
+def test_tick_waits_for_the_acknowledgement_of_the_last_sends() -> None:
+    d = _cluster()
+    _step(d, 0.3)
+    d(AllocationReceived(alloc("ns/new", IPS[5])))
+    d.advance(0.05)
+    first = d.m.handle(Tick(), d.now())  # not acknowledged
+    assert len(_full(first)) == 1
+    d.advance(0.05)
+    assert _full(d.m.handle(Tick(), d.now())) == []  # the previous sends are still out
+
+
+def test_adoption_after_restart_moves_nothing() -> None:
+    d = _cluster(nodes=("a", "b", "c"), ips=6)
+    serving = _sets(d)
+    d2 = Driver(static_policies=(ALL_LB,), wall=d.wall + 5)  # a new instance: a later term
+    d2(AllocationsLoaded(None))
+    for i in range(6):
+        d2(AllocationReceived(alloc(f"ns/s{i}", IPS[i])))
+    for n in ("a", "b", "c"):
+        d2.beat(n, serving=serving[n])
+    d2.advance(0.6)
+    for n in ("a", "b", "c"):
+        d2.beat(n, serving=serving[n])
+    out = d2(Tick())
+    assert _sets(d2) == serving and d2.m.moves_total == 0
+    assert not [c for c in out if isinstance(c, StoreEpochs)]
+    assert all(c.msg.term == d2.m.term > d.m.term for c in _full(out))
+
+
+def test_adoption_keeps_a_holder_whose_assignment_ran_out_during_the_takeover() -> None:
+    d = _cluster()
+    serving = _sets(d)
+    d2 = Driver(static_policies=(ALL_LB,), wall=d.wall + 5, leader_election=True)
+    d2(AllocationsLoaded(None))
+    for i in range(2):
+        d2(AllocationReceived(alloc(f"ns/s{i}", IPS[i])))
+    for n in ("a", "b"):
+        d2.beat(n, serving=serving[n])
+    d2.advance(1.0)
+    for n in ("a", "b"):
+        d2.beat(n, serving={})  # expired while no leader renewed them
+    d2(LeadershipChanged(True, term=7))
+    d2.advance(0.6)
+    d2(Tick())
+    assert _sets(d2) == serving and d2.m.moves_total == 0 and d2.m.term == 7
+
+
+def test_restore_epochs_after_redis_lost_them() -> None:
+    d = _cluster()
+    mark = len(d.commands)
+    d(EpochsLoaded({}, restore=True))
+    store = [c for c in d.commands[mark:] if isinstance(c, StoreEpochs)]
+    assert len(store) == 1 and store[0].epochs == {ip: e for s in _sets(d).values() for ip, e in s.items()}
+    d(EpochsLoaded({IPS[0]: 10**15}))  # a stored epoch above ours: the next move goes above it
+    assert d.m.last_epochs[IPS[0]] == 10**15
+
+
+def test_allocations_loaded_requests_a_snapshot_and_waits_for_one_only_if_stored() -> None:
+    d = Driver(static_policies=(ALL_LB,))
+    assert d(AllocationsLoaded(None, "startup")) == [RequestSnapshot("allocations", "startup")]
+    assert d.m.snapshot_loaded
+    d = Driver(static_policies=(ALL_LB,))
+    d(AllocationsLoaded(hb("x")))  # a stored message of another kind: wait for the real snapshot
+    assert not d.m.snapshot_loaded
+
+
+def test_kube_intents_follow_the_election_and_stop_when_written() -> None:
+    d = Driver(static_policies=(ALL_LB,), leader_election=True, kube=True, mirror_leases=True)
+    d(AllocationsLoaded(None))
+    d(LeadershipChanged(True, term=3))
+    for n in ("a", "b"):
+        d.beat(n)
+    d(AllocationReceived(alloc("ns/s0", IPS[0])))
+    d.advance(0.6)
+    out = d(Tick())
+    conds = [c for c in out if isinstance(c, WriteCondition)]
+    leases = [c for c in out if isinstance(c, WriteLease)]
+    assert [(c.service, c.state.announced) for c in conds] == [("ns/s0", True)]
+    holder = next(iter(n for n, s in _sets(d).items() if s))
+    assert [(c.service, c.holder, c.duration_s) for c in leases] == [("ns/s0", holder, 1)]
+    assert not [c for c in out if isinstance(c, ServiceEvent)]  # the first placement is not a move
+    for c in (*conds, *leases):
+        d(KubeWritten(c))
+    d(AllocationReceived(alloc("ns/s1", IPS[1])))
+    d.advance(0.05)
+    out = d(Tick())
+    assert [c.service for c in out if isinstance(c, WriteCondition | WriteLease)] == ["ns/s1", "ns/s1"]
+    # the holder dies: the mirror follows, the Service gets an Event, the condition stays (still announced)
+    other = "b" if holder == "a" else "a"
+    out = _step(d, 0.5, nodes=(other,))
+    assert [(c.service, c.holder) for c in out if isinstance(c, WriteLease) and c.service == "ns/s0"] == [
+        ("ns/s0", other)]
+    ev = [c for c in out if isinstance(c, ServiceEvent)]
+    assert [(e.service, e.reason, e.uid) for e in ev if e.service == "ns/s0"] == [("ns/s0", "AnnouncerMoved",
+                                                                                    "uid-ns/s0")]
+    assert f"from node {holder} to {other} (holder_dead)" in ev[0].message
+    assert not [c for c in out if isinstance(c, WriteCondition) and c.service == "ns/s0"]
+    # not leader: no intents at all
+    d(LeadershipChanged(False))
+    d(AllocationReceived(alloc("ns/s2", IPS[2])))
+    out = _step(d, 0.3, nodes=(other,))
+    assert not [c for c in out if isinstance(c, WriteCondition | WriteLease | ServiceEvent | PublishAssignments)]
+
+
+def test_invalid_policy_gets_a_warning_event_as_leader_only() -> None:
+    bad = {"apiVersion": "cilium.io/v2alpha1", "kind": "CiliumL2AnnouncementPolicy",
+           "metadata": {"name": "broken"}, "spec": {"interfaces": ["eth[0-"], "loadBalancerIPs": True}}
+    from l2lb.core.leases_machine import PoliciesChanged, PolicyEvent
+
+    d = Driver(leader_election=True, kube=True)
+    assert not [c for c in d(PoliciesChanged((bad,), bad)) if isinstance(c, PolicyEvent)]
+    assert d.m.policy_errors and d.m.policy_errors[0][0] == "broken"
+    ev = [c for c in d(LeadershipChanged(True, 1)) if isinstance(c, PolicyEvent)]
+    assert len(ev) == 1 and ev[0].slot == ("policy-event", "CiliumL2AnnouncementPolicy//broken")
+    assert "not a valid regex" in ev[0].message
+
+
+# -- properties -----------------------------------------------------------------------------------------
+NODES = ("a", "b", "c", "d")
+
+action = st.one_of(
+    st.tuples(st.just("step"), st.integers(1, 6), st.frozensets(st.sampled_from(NODES))),  # 100 ms rounds
+    st.tuples(st.just("alloc"), st.integers(0, 5), st.integers(0, len(IPS) - 1)),
+    st.tuples(st.just("delete"), st.integers(0, 5)),
+    st.tuples(st.just("stopping"), st.sampled_from(NODES)),
+    st.tuples(st.just("ifdown"), st.sampled_from(NODES)),
+    st.tuples(st.just("request"), st.sampled_from((*NODES, "bus"))),
+    st.tuples(st.just("fail"), st.integers(1, 3)),
+    st.tuples(st.just("leader"), st.booleans()),
+)
+
+
+class Model:
+    """Announcers that keep the last full set of the current leases term (what they would serve)."""
+
+    def __init__(self) -> None:
+        self.sets: dict[str, tuple[str, tuple[VipAssignment, ...]]] = {}  # node -> (digest, vips)
+        self.term = -1
+        self.epochs: dict[str, tuple[str, int]] = {}  # ip -> (node, epoch) last published
+        self.down: set[str] = set()
+        self.stopping: set[str] = set()
+
+    def serving(self, node: str) -> dict[str, int]:
+        return {v.ip: v.epoch for v in self.sets.get(node, ("", ()))[1]}
+
+    def check(self, d: Driver, out: list[Command]) -> None:
+        sent = [c for c in out if isinstance(c, PublishAssignments | PublishRenewal)
+                and not any(c is f for f in d.failed)]
+        for c in sent:
+            if c.msg.term != self.term:
+                self.term, self.sets = c.msg.term, {}
+            if isinstance(c, PublishRenewal):
+                # renewed by digest only if unchanged: the set last sent to it in this term, and what it
+                # should hold now
+                assert self.sets[c.msg.node][0] == c.msg.digest
+                assert assignments_digest(d.m.node_sets().get(c.msg.node, ())) == c.msg.digest
+                continue
+            for v in c.msg.vips:  # epochs only grow per IP; a new holder gets a higher one
+                prev = self.epochs.get(v.ip)
+                if prev is not None:
+                    assert v.epoch >= prev[1], (v.ip, prev, c.msg.node, v.epoch)
+                    assert prev[0] == c.msg.node or v.epoch > prev[1], (v.ip, prev, c.msg.node, v.epoch)
+                self.epochs[v.ip] = (c.msg.node, v.epoch)
+            self.sets[c.msg.node] = (c.msg.digest, c.msg.vips)
+            owners: dict[str, str] = {}
+            for node, (_, vips) in sorted(self.sets.items()):
+                for v in vips:  # at every point of the stream: no VIP in two nodes' sets
+                    assert owners.setdefault(v.ip, node) == node, (v.ip, owners[v.ip], node)
+
+
+def _run(actions: list[tuple[Any, ...]], d: Driver, model: Model | None = None) -> None:
+    model = model or Model()
+    term = 1
+    d(AllocationsLoaded(None))
+    d(LeadershipChanged(True, term))
+    for act in actions:
+        out: list[Command] = []
+        if act[0] == "step":
+            for _ in range(act[1]):
+                d.advance(0.1)
+                for n in sorted(act[2]):
+                    ifaces = (("eth0", n not in model.down),)
+                    model.check(d, d.beat(n, ifaces=ifaces, stopping=n in model.stopping, serving=model.serving(n)))
+                model.check(d, d(Tick()))  # each tick on its own: renewals name what the node holds now
+        elif act[0] == "alloc":
+            out = d(AllocationReceived(alloc(f"ns/s{act[1]}", IPS[act[2]], seq=len(d.commands) + 1)))
+        elif act[0] == "delete":
+            a = dataclasses.replace(alloc(f"ns/s{act[1]}", seq=len(d.commands) + 1), deleted=True)
+            out = d(AllocationReceived(a))
+        elif act[0] == "stopping":
+            model.stopping.add(act[1])
+        elif act[0] == "ifdown":
+            model.down.add(act[1])
+        elif act[0] == "request":
+            out = d(SnapshotRequested(f"announcer:{act[1]}" if act[1] != "bus" else "bus"))
+        elif act[0] == "fail":
+            d.fail = act[1]
+        elif act[0] == "leader":
+            if not act[1]:
+                out = d(LeadershipChanged(False))
+            elif not d.m.is_leader:
+                term += 1
+                out = d(LeadershipChanged(True, term))
+        model.check(d, out)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(action, min_size=1, max_size=40))
+def test_properties_over_random_schedules(actions: list[tuple[Any, ...]]) -> None:
+    _run(actions, Driver(static_policies=(ALL_LB,), leader_election=True))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(action, min_size=1, max_size=25))
+def test_same_events_same_clock_same_commands(actions: list[tuple[Any, ...]]) -> None:
+    runs = []
+    for _ in range(2):
+        d = Driver(static_policies=(ALL_LB,), leader_election=True)
+        _run(actions, d)
+        runs.append(d.commands)
+    assert runs[0] == runs[1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 4), st.integers(1, len(IPS)), st.integers(0, 2**32 - 1))
+def test_adoption_after_restart_moves_nothing_any_shape(n_nodes: int, n_ips: int, seed: int) -> None:
+    nodes = NODES[:n_nodes]
+    d = _cluster(nodes=nodes, ips=n_ips, wall=1_764_000_000.0 + seed % 10**6)
+    _step(d, 0.3, nodes=nodes)
+    serving = {n: s for n, s in _sets(d).items()}
+    d2 = Driver(static_policies=(ALL_LB,), wall=d.wall + 3)
+    d2(AllocationsLoaded(None))
+    for i in range(n_ips):
+        d2(AllocationReceived(alloc(f"ns/s{i}", IPS[i])))
+    for _ in range(2):
+        for n in nodes:
+            d2.beat(n, serving=serving.get(n, {}))
+        d2.advance(0.3)
+    d2(Tick())
+    assert _sets(d2) == serving and d2.m.moves_total == 0
+    assert not [c for c in d2.commands if isinstance(c, StoreEpochs)]
+
+
+_SCENARIO = """
+import hashlib, sys
+sys.path[:0] = [{root!r}, {src!r}]
+from tests.leases.test_machine import Driver, ALL_LB, _run
+d = Driver(static_policies=(ALL_LB,), leader_election=True)
+_run([("alloc", i, i) for i in range(6)] + [("step", 6, frozenset("abcd")), ("step", 5, frozenset("bd")),
+      ("request", "b"), ("fail", 1), ("step", 3, frozenset("bd")), ("ifdown", "d"), ("step", 4, frozenset("abcd"))], d)
+print(hashlib.sha256(repr(d.commands).encode()).hexdigest(), len(d.commands))
+"""
+
+
+def test_commands_do_not_depend_on_the_hash_seed() -> None:
+    root = Path(__file__).resolve().parents[2]
+    code = _SCENARIO.format(root=str(root), src=str(root / "src"))
+    outs = set()
+    for seed in ("0", "4242"):
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "PYTHONHASHSEED": seed}, check=True)
+        outs.add(r.stdout.strip())
+    assert len(outs) == 1, outs
+    digest, n = outs.pop().split()
+    assert int(n) > 50 and len(digest) == 64
+    assert hashlib.sha256(b"").hexdigest() != digest
+
+
+def test_the_first_heartbeat_without_time_uses_the_wall_clock() -> None:
+    d = Driver()
+    d(HeartbeatReceived(hb("a")))
+    assert d.m.tracker.nodes["a"].last_seen == d.wall
