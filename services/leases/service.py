@@ -19,7 +19,7 @@ from l2lb.adapters.bus.client import Bus
 from l2lb.adapters.bus.status import StatusParts
 from l2lb.adapters.kube.leases_writes import LeasesWriter, WriteQueue
 from l2lb.core import leases_machine as lm
-from l2lb.core.messages import Allocation, AllocationSnapshot, Conflict, Heartbeat, Message, SnapshotRequest
+from l2lb.core.messages import Allocation, AllocationSnapshot, Conflict, Heartbeat, Message
 from l2lb.core.view import AssignmentHistory, nodes_items
 from l2lb.obs import metrics
 from l2lb.obs.log import get_logger
@@ -122,8 +122,11 @@ class LeasesService:
                     (m.labels(*c.labels) if c.labels else m).inc(c.value)
                 else:
                     (m.labels(*c.labels) if c.labels else m).set(c.value)
+            elif isinstance(c, lm.StatusPart) and c.part == "nodes":
+                self.status_parts.update("nodes", lambda: nodes_items(
+                    self.m.tracker.nodes, self.m.result, self.m.hb_now(self.now()), self.wall()))
             elif isinstance(c, lm.StatusPart):
-                self.status_parts.update(c.part, self._view_nodes if c.part == "nodes" else self._view_assignments)
+                self.status_parts.update(c.part, lambda: self.history.items(self.m.result, self.wall()))
             elif isinstance(c, lm.StatusEvent):
                 self.status_parts.emit(c.kind, **c.fields)
             elif isinstance(c, lm.StoreEpochs):
@@ -138,12 +141,6 @@ class LeasesService:
                     log.warning(f"cannot request an {c.topic} snapshot", extra={"error": repr(e)})
             elif self.kube is not None:
                 self.writes.put(c)
-
-    def _view_assignments(self) -> list[dict[str, Any]]:
-        return self.history.items(self.m.result, self.wall())
-
-    def _view_nodes(self) -> list[dict[str, Any]]:
-        return nodes_items(self.m.tracker.nodes, self.m.result, self.m.hb_now(self.now()), self.wall())
 
     def _written(self, c: lm.WriteCondition | lm.WriteLease) -> None:
         self.m.handle(lm.KubeWritten(c), self.now())  # nothing follows from it
@@ -170,12 +167,6 @@ class LeasesService:
         await self.load_allocations(reason)
         await self.load_epochs(restore=True)
 
-    async def _on_hb_resync(self, reason: str) -> None:
-        await self.feed(lm.HeartbeatsResynced(reason))
-
-    async def _on_snapshot_request(self, req: SnapshotRequest) -> None:
-        await self.feed(lm.SnapshotRequested(req.requester, req.reason))
-
     async def load_allocations(self, reason: str) -> None:
         try:
             snap = await self.bus.load_snapshot("allocations")
@@ -201,12 +192,6 @@ class LeasesService:
                         for o in inf.cache.values())
         await self.feed(lm.PoliciesChanged(watched, None if ev == "DELETED" else obj))
 
-    async def _on_slice(self, ev: str, obj: dict[str, Any], _old: dict[str, Any] | None) -> None:
-        await self.feed(lm.EndpointSliceChanged(obj, ev == "DELETED"))
-
-    async def _on_leader_change(self, leader: bool) -> None:
-        await self.feed(lm.LeadershipChanged(leader, int(getattr(self.elector, "term", 0) or 0)))
-
     def _setup_kube(self) -> None:
         from l2lb.adapters.kube.client import RESOURCES
         from l2lb.adapters.kube.informer import Informer
@@ -221,7 +206,7 @@ class LeasesService:
         self.informers["endpointslices"] = eps = Informer(
             kube, RESOURCES["endpointslices"], label_selector="kubernetes.io/service-name",
             name="leases-endpointslices")
-        eps.add_handler(self._on_slice)
+        eps.add_handler(lambda ev, obj, _old: self.feed(lm.EndpointSliceChanged(obj, ev == "DELETED")))
         if self.cfg.conditions:
             self.informers["services"] = Informer(kube, RESOURCES["services"], name="leases-services")
         if self.cfg.mirror_leases:
@@ -275,17 +260,18 @@ class LeasesService:
         group, keys = f"leases:{self.cfg.instance}", self.bus.keys
         consumers = {
             "heartbeats": self.bus.consumer(keys.heartbeats, group, self.cfg.instance, self._on_heartbeat,
-                                            on_resync=self._on_hb_resync),
+                                            on_resync=lambda why: self.feed(lm.HeartbeatsResynced(why))),
             # a new group replays the (bounded) stream: allocations are idempotent
             "allocations": self.bus.consumer(keys.allocations, group, self.cfg.instance, self._on_allocation,
                                              on_resync=self._on_alloc_resync, from_start=True),
-            "snapshot-requests": self.bus.serve_snapshots("assignments", group, self._on_snapshot_request,
-                                                          block_ms=500),
+            "snapshot-requests": self.bus.serve_snapshots(
+                "assignments", group, lambda r: self.feed(lm.SnapshotRequested(r.requester, r.reason)), block_ms=500),
         }
         if self.kube is not None:
             self._setup_kube()
         if self.elector is not None:
-            self.elector.on_change(self._on_leader_change)
+            self.elector.on_change(lambda leader: self.feed(lm.LeadershipChanged(
+                leader, int(getattr(self.elector, "term", 0) or 0))))
         await self.load_allocations("startup")
         await self.load_epochs()
         await self.feed(lm.Started())
