@@ -7,7 +7,12 @@
 // <data-dir>/etcd and then kube-apiserver. Every argument after "--" goes to kube-apiserver
 // unchanged (and wins over the defaults set here, since the last value of a flag counts).
 //
-//	l2lb-kube-apiserver --data-dir DIR --port N --kubeconfig-out PATH [--token T] [--audit-log PATH] [-- kube-apiserver flags]
+//	l2lb-kube-apiserver --data-dir DIR --port N --kubeconfig-out PATH [--token T] [--audit-log PATH]
+//	    [--san IP|DNS ...] [--service-account-admission] [-- kube-apiserver flags]
+//
+// For a whole cluster (tests/e2e): --san adds the addresses nodes and pods use to the serving
+// certificate, --service-account-admission keeps the ServiceAccount admission plugin (pods get
+// their token volume), and "-- --bind-address=... --advertise-address=..." moves it off loopback.
 package main
 
 import (
@@ -72,6 +77,10 @@ func run() int {
 	var users userList
 	fs.Var(&users, "user", "another user NAME:TOKEN in system:masters (repeatable)")
 	controllers := fs.Bool("namespace-controller", true, "run the namespace controller (deletes a namespace's contents)")
+	var sans sanList
+	fs.Var(&sans, "san", "another IP address or DNS name in the serving certificate (repeatable)")
+	saAdmission := fs.Bool("service-account-admission", false,
+		"keep the ServiceAccount admission plugin (needs a controller-manager that makes default ServiceAccounts)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
 	}
@@ -110,7 +119,7 @@ func run() int {
 		return 1
 	}
 	users = append(users, "l2lb-test:"+*token, "l2lb-controllers:"+controllerToken)
-	files, err := writeFiles(*dataDir, users)
+	files, err := writeFiles(*dataDir, users, sans)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "l2lb-kube-apiserver: generating certificates:", err)
 		return 1
@@ -141,15 +150,17 @@ func run() int {
 		"--service-account-key-file=" + files.saPubFile,
 		"--service-account-signing-key-file=" + files.saKeyFile,
 		"--service-cluster-ip-range=10.96.0.0/16",
-		// No controller-manager runs: nothing would create the default ServiceAccount that this
-		// plugin waits for when Pods are created.
-		"--disable-admission-plugins=ServiceAccount",
 		// No Endpoints for the "kubernetes" Service: one background writer less; nothing in the
 		// tests needs them.
 		"--endpoint-reconciler-type=none",
 		"--allow-privileged=true",
 		"--profiling=false",
 		"--cert-dir=" + filepath.Join(*dataDir, "certs"),
+	}
+	if !*saAdmission {
+		// No controller-manager runs: nothing would create the default ServiceAccount that this
+		// plugin waits for when Pods are created. (A list flag: a later value would add to it.)
+		args = append(args, "--disable-admission-plugins=ServiceAccount")
 	}
 	if *auditLog != "" {
 		policy := filepath.Join(*dataDir, "audit-policy.yaml")
@@ -214,6 +225,18 @@ func (u *userList) Set(v string) error {
 	return nil
 }
 
+type sanList []string
+
+func (s *sanList) String() string { return fmt.Sprint(*s) }
+
+func (s *sanList) Set(v string) error {
+	if v == "" || strings.ContainsAny(v, ", \n") {
+		return fmt.Errorf("want one IP address or DNS name, got %q", v)
+	}
+	*s = append(*s, v)
+	return nil
+}
+
 func randomToken() (string, error) {
 	b := make([]byte, 24)
 	if _, err := rand.Read(b); err != nil {
@@ -269,7 +292,7 @@ type generated struct {
 	certFile, keyFile, tokenFile, saKeyFile, saPubFile string
 }
 
-func writeFiles(dir string, users []string) (*generated, error) {
+func writeFiles(dir string, users []string, sans []string) (*generated, error) {
 	g := &generated{
 		caFile:    filepath.Join(dir, "ca.crt"),
 		certFile:  filepath.Join(dir, "serving.crt"),
@@ -312,7 +335,15 @@ func writeFiles(dir string, users []string) (*generated, error) {
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		DNSNames:     []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"},
+		DNSNames: []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+			"kubernetes.default.svc.cluster.local"},
+	}
+	for _, san := range sans {
+		if ip := net.ParseIP(san); ip != nil {
+			srvTmpl.IPAddresses = append(srvTmpl.IPAddresses, ip)
+		} else {
+			srvTmpl.DNSNames = append(srvTmpl.DNSNames, san)
+		}
 	}
 	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, caCert, &srvKey.PublicKey, caKey)
 	if err != nil {
