@@ -99,7 +99,8 @@ def run(args: Sequence[str], *, check: bool = True, timeout: float = 60.0, input
     except subprocess.TimeoutExpired as e:
         raise ClusterError(f"{' '.join(args)} did not finish in {timeout} s") from e
     if check and proc.returncode != 0:
-        raise ClusterError(f"{' '.join(args)} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[-2000:]}")
+        why = (proc.stderr or proc.stdout).strip()[-2000:]
+        raise ClusterError(f"{' '.join(args)} failed ({proc.returncode}): {why}")
     return proc
 
 
@@ -123,7 +124,7 @@ def cgroup_hierarchies() -> list[Path]:
         if fstype == "cgroup":
             out.append(Path(left.split()[4]))
     if not out:
-        raise ClusterError("no cgroup v1 hierarchy mounted under /sys/fs/cgroup (this harness is written for cgroup v1)")
+        raise ClusterError("no cgroup v1 hierarchy mounted under /sys/fs/cgroup (this harness is written for v1)")
     return out
 
 
@@ -243,7 +244,8 @@ def spawn(argv: Sequence[str], *, log: Path, cgroup: str | None) -> subprocess.P
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as fh:
         return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-                                preexec_fn=_pdeathsig_and_cgroup(cgroup), start_new_session=True)
+                                preexec_fn=_pdeathsig_and_cgroup(cgroup),  # noqa: PLW1509 (main thread only)
+                                start_new_session=True)
 
 
 def wait_for(what: str, cond: Any, *, timeout: float, interval: float = 0.2) -> Any:
@@ -320,8 +322,8 @@ class Cluster:
                  cgroup=f"l2lb-e2e-{self.prefix}/node{i}")
             for i in range(1, nodes + 1)
         ]
-        self.tokens = {u: secrets.token_hex(16) for u in
-                       ("kube-controller-manager", "kube-scheduler", "kube-proxy", *[f"node-{n.name}" for n in self.nodes])}
+        users = ("kube-controller-manager", "kube-scheduler", "kube-proxy", *[f"node-{n.name}" for n in self.nodes])
+        self.tokens = {u: secrets.token_hex(16) for u in users}
         self.cp_procs: dict[str, subprocess.Popen[bytes]] = {}
         self.kube_bin: Path | None = None
         self.apiserver_bin: Path | None = None
@@ -335,7 +337,7 @@ class Cluster:
             self.kube_bin = build("kube-cluster/build.sh")
         with self.timing.step("build_coredns"):
             coredns = build("coredns/build.sh")
-        from tests.e2e.ociarchive import image_from_files  # noqa: PLC0415 (only the cluster needs it)
+        from tests.e2e.ociarchive import image_from_files
 
         with self.timing.step("image_coredns"):
             self.images["coredns"] = image_from_files(
@@ -370,7 +372,8 @@ class Cluster:
     def start_network(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._ns(self.switch)
-        run(["ip", "-n", self.switch, "link", "add", "br0", "type", "bridge", "forward_delay", "0", "mcast_snooping", "0"])
+        run(["ip", "-n", self.switch, "link", "add", "br0", "type", "bridge", "forward_delay", "0",
+             "mcast_snooping", "0"])
         run(["ip", "-n", self.switch, "link", "set", "br0", "up"])
         self._ns(self.cp_ns)
         self._veth_to_switch(self.cp_ns, f"{self.prefix}pc", "eth0", "02:00:c6:33:64:01", CP_IP)
@@ -427,7 +430,7 @@ class Cluster:
                 "--bind-address=0.0.0.0", f"--advertise-address={CP_IP}", "--endpoint-reconciler-type=lease",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
             ], log=cp / "kube-apiserver.log", cgroup=f"{self.cgroup}/cp")
-            wait_for("kube-apiserver /readyz", lambda: self._readyz(), timeout=120)
+            wait_for("kube-apiserver /readyz", self._readyz, timeout=120)
         server = f"https://{CP_IP}:{APISERVER_PORT}"
         for u in ("kube-controller-manager", "kube-scheduler", "kube-proxy"):
             self._kubeconfig(cp / f"{u}.kubeconfig", u, self.tokens[u], server)
@@ -579,8 +582,9 @@ exec sleep 2147483647
             f"--kubeconfig={n.dir / 'kubelet.kubeconfig'}", f"--node-ip={n.ip}", f"--hostname-override={n.name}",
             "--v=1",
         ], log=logs / f"kubelet.{n.boots}.log", cgroup=sys_cg)
-        n.daemons["kube-proxy"] = spawn([*enter, str(self.kube_bin), "kube-proxy", f"--config={n.dir / 'kube-proxy.yaml'}",
-                                         "--v=1"], log=logs / f"kube-proxy.{n.boots}.log", cgroup=sys_cg)
+        n.daemons["kube-proxy"] = spawn([*enter, str(self.kube_bin), "kube-proxy",
+                                         f"--config={n.dir / 'kube-proxy.yaml'}", "--v=1"],
+                                        log=logs / f"kube-proxy.{n.boots}.log", cgroup=sys_cg)
 
     def node_exec(self, n: Node, args: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[str]:
         """Run a command on a node (its network, mount and UTS namespaces)."""
@@ -659,7 +663,8 @@ def spawn_holder(argv: Sequence[str], *, log: Path, cgroup: str, timeout: float 
     errf = open(log, "ab")  # noqa: SIM115 (handed to the child)
     try:
         proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errf,
-                                preexec_fn=_pdeathsig_and_cgroup(cgroup), start_new_session=True)
+                                preexec_fn=_pdeathsig_and_cgroup(cgroup),  # noqa: PLW1509 (main thread only)
+                                start_new_session=True)
     finally:
         errf.close()
     assert proc.stdout is not None

@@ -57,7 +57,8 @@ def image_from_files(ref: str, files: dict[str, Path], *, entrypoint: list[str],
         return out
     tmp = out.with_suffix(".tmp")
     with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in ((f"{layer_sha}/layer.tar", layer), (f"{config_sha}.json", config), ("manifest.json", manifest)):
+        members = ((f"{layer_sha}/layer.tar", layer), (f"{config_sha}.json", config), ("manifest.json", manifest))
+        for name, data in members:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             info.mode = 0o644

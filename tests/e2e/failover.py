@@ -1,0 +1,206 @@
+"""Failover of the seed's DNS VIP in the real cluster, as a LAN client sees it.
+
+For each fault: the client namespace (default sysctls) runs :mod:`tests.e2e.dnsprobe` (UDP query
+every 10 ms, TCP connect + query every 100 ms) while an observer namespace asks who-has VIP every
+10 ms from a raw socket (:class:`l2lb.lab.probe.ArpProber`; a separate namespace, so its ARP
+traffic never refreshes the client's neighbour cache). :func:`outage` turns the probe's records into
+what the client saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from l2lb.lab.probe import ArpProber, Timeline
+from tests.e2e.cluster import OBSERVER_IP, ClusterError
+
+PROBE = Path(__file__).resolve().parent / "dnsprobe.py"
+
+
+def outage(records: Sequence[Sequence[Any]], fault_at: float) -> dict[str, Any]:
+    """What the client saw around ``fault_at`` from ``[sent, answered|None, error]`` records.
+
+    * ``outage_ms``: the longest time without any answer arriving, among the gaps that end after
+      the fault (or that are still open at the end: then ``recovered`` is False);
+    * ``recovered_ms``: from the fault to the first answer that ends that gap;
+    * ``lost``: queries sent from 1 s before the fault on that got no good answer in time;
+    * ``errors``: those queries' errors by kind.
+    """
+    answers = sorted(r[1] for r in records if r[1] is not None)
+    sent_after = [r for r in records if r[0] >= fault_at - 1.0]
+    errors: dict[str, int] = {}
+    for r in sent_after:
+        if r[1] is None:
+            errors[str(r[2])] = errors.get(str(r[2]), 0) + 1
+    last_sent = max((r[0] for r in records), default=fault_at)
+    before = [t for t in answers if t <= fault_at]
+    prev = before[-1] if before else None
+    best_gap, best_end = 0.0, None
+    for t in answers:
+        if t <= fault_at:
+            continue
+        start = prev if prev is not None else fault_at
+        if t - start > best_gap:
+            best_gap, best_end = t - start, t
+        prev = t
+    tail_start = prev if prev is not None else fault_at
+    open_gap = last_sent - tail_start
+    recovered = True
+    if open_gap > best_gap and open_gap > 1.5:  # answers stopped and never came back
+        best_gap, best_end, recovered = open_gap, None, False
+    return {
+        "queries": len(records),
+        "answered": len(answers),
+        "lost": sum(errors.values()),
+        "errors": errors,
+        "outage_ms": round(best_gap * 1000, 1),
+        "recovered": recovered,
+        "recovered_ms": None if best_end is None else round((best_end - fault_at) * 1000, 1),
+    }
+
+
+@dataclass
+class FaultResult:
+    name: str
+    what: str
+    node: str
+    roles: list[str]
+    udp: dict[str, Any]
+    tcp: dict[str, Any]
+    arp: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        def proto(d: dict[str, Any]) -> str:
+            rec = f"{d['recovered_ms']:.0f}" if d["recovered_ms"] is not None else "never"
+            return f"outage {d['outage_ms']:8.0f} ms lost {d['lost']:5d} back at {rec:>6} ms"
+        dual = self.arp.get("dual_ms")
+        return (f"{self.name:<3} {self.what:<34} {self.node:<6} UDP {proto(self.udp)} | TCP {proto(self.tcp)} | "
+                f"ARP new MAC at {self.arp.get('first_new_answer_ms')} ms, dual {dual} ms")
+
+
+class Measurement:
+    """One fault window: DNS probe in the client namespace + ARP observer, both bounded."""
+
+    def __init__(self, *, client_ns: str, observer_ns: str, vip: str, name: str, expect: str,
+                 out: Path, max_seconds: float) -> None:
+        self.client_ns, self.observer_ns, self.vip = client_ns, observer_ns, vip
+        self.name, self.expect, self.out, self.max_seconds = name, expect, out, max_seconds
+        self.proc: subprocess.Popen[str] | None = None
+        self.arp: ArpProber | None = None
+        self.timeline: Timeline | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.out.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{self.client_ns}", "--", sys.executable, str(PROBE),
+             "--server", self.vip, "--name", self.name, "--expect", self.expect,
+             "--duration", str(self.max_seconds), "--out", str(self.out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "started":
+            raise ClusterError(f"dnsprobe did not start: {self.proc.stderr.read() if self.proc.stderr else ''}")
+        self.arp = ArpProber(self.observer_ns, "eth0", OBSERVER_IP, self.vip, interval_s=0.01)
+        arp = self.arp
+
+        def run_arp() -> None:
+            async def go() -> None:
+                self.timeline = await arp.run(asyncio.Event(), max_seconds=self.max_seconds,
+                                              max_probes=int(self.max_seconds / 0.01) + 10)
+            asyncio.run(go())
+        self._thread = threading.Thread(target=run_arp, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> dict[str, Any]:
+        assert self.proc is not None and self.arp is not None and self._thread is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self._thread.join(self.max_seconds + 5)
+        self.arp.close()
+        if not self.out.exists():
+            raise ClusterError(f"dnsprobe wrote no result: {self.proc.stderr.read() if self.proc.stderr else ''}")
+        data: dict[str, Any] = json.loads(self.out.read_text())
+        return data
+
+
+def run_fault(*, name: str, what: str, node: str, roles: list[str], client_ns: str, observer_ns: str,
+              vip: str, dns_name: str, expect: str, old_mac: str, inject: Callable[[], None],
+              settle: Callable[[], None] | None, out_dir: Path, max_seconds: float,
+              quiet_after_s: float = 3.0) -> FaultResult:
+    """Probe for 2 s, inject the fault, keep probing until the answers have flowed again for
+    ``quiet_after_s`` (or ``max_seconds`` passed), then ``settle`` (undo the fault) outside the window."""
+    m = Measurement(client_ns=client_ns, observer_ns=observer_ns, vip=vip, name=dns_name, expect=expect,
+                    out=out_dir / f"probe-{name}.json", max_seconds=max_seconds)
+    m.start()
+    t_start = time.monotonic()
+    notes: list[str] = []
+    try:
+        time.sleep(2.0)
+        fault_at = time.monotonic()
+        inject()
+        notes.append(f"inject took {(time.monotonic() - fault_at) * 1000:.0f} ms")
+        # wait (bounded) for answers to flow again: poll the client with dig would disturb nothing,
+        # but the probe itself is the judge; a fixed bounded wait keeps this simple and honest
+        deadline = t_start + max_seconds - 1.0
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            if _answers_flowing(client_ns, vip, dns_name, fault_at, quiet_after_s):
+                break
+    finally:
+        data = m.stop()
+    if settle is not None:
+        settle()
+    tl = m.timeline
+    arp = tl.failover(old_mac, fault_at) if tl is not None else {}
+    return FaultResult(name=name, what=what, node=node, roles=roles, udp=outage(data["udp"], fault_at),
+                       tcp=outage(data["tcp"], fault_at), arp=dict(arp), notes=notes)
+
+
+_flow: dict[str, float] = {}
+
+
+def _answers_flowing(client_ns: str, vip: str, dns_name: str, fault_at: float, quiet_after_s: float) -> bool:
+    """Whether a separate dig (UDP, 1 s) has been answered continuously for ``quiet_after_s``."""
+    proc = subprocess.run(["nsenter", f"--net=/run/netns/{client_ns}", "--", "dig", f"@{vip}", dns_name,
+                           "+short", "+time=1", "+tries=1"], capture_output=True, text=True, timeout=10, check=False)
+    now = time.monotonic()
+    ok = proc.returncode == 0 and proc.stdout.strip() != ""
+    key = f"{client_ns}/{fault_at}"
+    if not ok:
+        _flow.pop(key, None)
+        return False
+    first = _flow.setdefault(key, now)
+    return now - first >= quiet_after_s and now - fault_at > quiet_after_s
+
+
+@contextlib.contextmanager
+def bench_lock(path: str | None) -> Any:
+    """Hold the machine's shared benchmark lock (flock) while measuring, when a path is given."""
+    if not path:
+        yield
+        return
+    import fcntl
+
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

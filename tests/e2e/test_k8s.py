@@ -1,0 +1,277 @@
+"""l2lb run the way users run it, in a real 3-node Kubernetes (issue 20, items 2-5).
+
+One long scenario on one cluster (tests/e2e/cluster.py): install l2lb with docs/install.md's
+commands through a small overlay (images only), the seed's pool/policy/Services (addresses moved
+to TEST-NET-2), a DNS + HTTP pod behind them; a client namespace with default sysctls resolves over
+UDP and TCP and fetches the page through the VIPs; then the failover of the DNS VIP under four
+faults, measured on that traffic. Run with ``bash scripts/dev e2e`` (L2LB_E2E=1); results are
+printed and written to ``$L2LB_E2E_RESULTS`` (default ~/.cache/l2lb/e2e-k8s-results.json).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.cluster import (
+    Cluster,
+    ClusterError,
+    Node,
+    in_ns,
+    run,
+    sweep_stale,
+    wait_for,
+)
+from tests.e2e.failover import FaultResult, bench_lock, run_fault
+
+REPO = Path(__file__).resolve().parents[2]
+E2E = Path(__file__).resolve().parent / "k8s"
+SEED_DIR = REPO / "tests" / "fixtures" / "seed"
+DNS_VIP = "198.51.100.153"  # the seed's 192.168.1.153, moved to TEST-NET-2
+DNS_NAME = "pihole.lab.test"
+DNS_ANSWER = "198.51.100.80"
+IMAGE_NAMES = ("pause", "l2lb", "l2lb-announcer", "redis", "dnsmasq", "http")
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(os.environ.get("L2LB_E2E") != "1",
+                       reason="end-to-end cluster: bash scripts/dev e2e (L2LB_E2E=1)"),
+]
+
+
+def _images() -> dict[str, Path]:
+    from tests.e2e.images import build_all
+
+    built = build_all()
+    missing = [n for n in IMAGE_NAMES if n not in built]
+    if missing:
+        raise ClusterError(f"tests/e2e/images.py built no image for {missing}")
+    return {n: Path(built[n].archive) for n in IMAGE_NAMES}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    if os.geteuid() != 0:
+        pytest.fail("the e2e cluster needs root (namespaces, cgroups, mounts)")
+    sweep_stale()
+    t0 = time.monotonic()
+    c = Cluster(nodes=3)
+    try:
+        with c.timing.step("images"):
+            c.images.update(_images())
+        c.build()
+        t_start = time.monotonic()
+        c.start()
+        c.timing.steps["cluster_start_total"] = round(time.monotonic() - t_start, 2)
+        _install_addons(c)
+        c.timing.steps["setup_total"] = round(time.monotonic() - t0, 2)
+        yield c
+    finally:
+        c.destroy()
+        leftovers = [ns for ns in run(["ip", "netns", "list"]).stdout.split() if ns.startswith(c.prefix)]
+        assert not leftovers, f"namespaces left behind: {leftovers}"
+
+
+def _install_addons(c: Cluster) -> None:
+    """What a cluster has before l2lb: cluster DNS, a default StorageClass with a volume."""
+    pv_dir = c.dir / "pv" / "redis"
+    pv_dir.mkdir(parents=True, exist_ok=True)
+    pv_dir.chmod(0o777)
+    storage = (E2E / "addons" / "storage.yaml").read_text().replace("@PV_DIR@", str(pv_dir))
+    c.kubectl("apply", "-f", "-", input=storage)
+    c.kubectl("apply", "-f", str(E2E / "addons" / "coredns.yaml"))
+    with c.timing.step("coredns_ready"):
+        c.kubectl("-n", "kube-system", "rollout", "status", "deploy/coredns", "--timeout=240s", timeout=260)
+
+
+def _seed_testnet(tmp: Path) -> Path:
+    """The seed's manifests with the LAN range moved to TEST-NET-2, nothing else changed."""
+    out = tmp / "seed"
+    out.mkdir()
+    for f in SEED_DIR.iterdir():
+        text = f.read_text().replace("192.168.1.128/25", "198.51.100.128/25").replace("192.168.1.153", DNS_VIP)
+        (out / f.name).write_text(text)
+    assert "192.168." not in "".join(p.read_text() for p in out.iterdir())
+    return out
+
+
+def _dig(c: Cluster, *extra: str) -> str:
+    proc = in_ns(c.client_ns, ["dig", f"@{DNS_VIP}", DNS_NAME, "+short", "+time=1", "+tries=1", *extra],
+                 check=False, timeout=10)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def _pods(c: Cluster, ns: str, selector: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = c.kget("pods", "-n", ns, "-l", selector)["items"]
+    return items
+
+
+def _node_of(c: Cluster, name: str) -> Node:
+    return next(n for n in c.nodes if n.name == name)
+
+
+def _announcer_node(c: Cluster) -> Node:
+    """The node whose MAC answers ARP for the DNS VIP (asked from the observer namespace)."""
+    def ask() -> str | None:
+        proc = in_ns(c.observer_ns, ["arping", "-c", "1", "-w", "1", "-I", "eth0", DNS_VIP], check=False, timeout=10)
+        for line in proc.stdout.splitlines():
+            if "[" in line and "]" in line:
+                return line.split("[", 1)[1].split("]", 1)[0].lower()
+        return None
+    mac = wait_for("an ARP answer for the DNS VIP", ask, timeout=30, interval=0.5)
+    for n in c.nodes:
+        if n.mac == mac:
+            return n
+    raise ClusterError(f"{mac} answers for {DNS_VIP}, which is no node's MAC")
+
+
+def _roles(c: Cluster) -> dict[str, list[str]]:
+    roles: dict[str, list[str]] = {n.name: [] for n in c.nodes}
+    for p in c.kget("pods", "-n", "l2lb-system")["items"]:
+        node = p["spec"].get("nodeName")
+        comp = p["metadata"].get("labels", {}).get("app.kubernetes.io/component", "?")
+        if node in roles and comp == "redis":
+            roles[node].append("redis")
+    for lease in ("l2lb-leases", "l2lb-allocator"):
+        proc = c.kubectl("-n", "l2lb-system", "get", "lease", lease, "-o", "jsonpath={.spec.holderIdentity}",
+                         check=False)
+        holder = proc.stdout.strip()
+        for p in c.kget("pods", "-n", "l2lb-system")["items"]:
+            if holder and holder.startswith(p["metadata"]["name"]) and p["spec"].get("nodeName") in roles:
+                roles[p["spec"]["nodeName"]].append(f"{lease.removeprefix('l2lb-')}-leader")
+    try:
+        roles[_announcer_node(c).name].append("announces-dns-vip")
+    except ClusterError:
+        pass
+    return roles
+
+
+def _wait_l2lb_ready(c: Cluster, timeout: float = 240) -> None:
+    for kind, name in (("statefulset", "l2lb-redis"), ("deploy", "l2lb-allocator"), ("deploy", "l2lb-leases"),
+                       ("daemonset", "l2lb-announcer")):
+        c.kubectl("-n", "l2lb-system", "rollout", "status", f"{kind}/{name}", f"--timeout={int(timeout)}s",
+                  timeout=timeout + 20)
+
+
+def test_l2lb_in_a_real_cluster(cluster: Cluster, tmp_path: Path) -> None:
+    c = cluster
+    results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": "2-core Firecracker VM, kernel 6.18",
+                               "timing": c.timing.steps}
+    # ---- item 3: install as docs/install.md says (CRDs, Secret, apply -k of an images-only overlay)
+    t_apply = time.monotonic()
+    c.kubectl("apply", "-f", str(REPO / "k8s/crds/l2lb.io_loadbalancerippools.yaml"),
+              "-f", str(REPO / "k8s/crds/l2lb.io_l2announcementpolicies.yaml"))
+    # no Cilium here: its CRDs from k8s/crds, so the seed's Cilium objects apply unchanged (k8s/crds/README.md)
+    c.kubectl("apply", "-f", str(REPO / "k8s/crds/cilium.io_ciliumloadbalancerippools.yaml"),
+              "-f", str(REPO / "k8s/crds/cilium.io_ciliuml2announcementpolicies.yaml"))
+    secret = run(["sh", str(REPO / "deploy/k8s/redis-secret.sh")]).stdout
+    c.kubectl("create", "-f", "-", input=secret)
+    c.kubectl("apply", "-k", str(E2E / "overlay"), timeout=120)
+    c.kubectl("label", "nodes", "--all", "l2lb.io/announcer=true")
+    seed = _seed_testnet(tmp_path)
+    c.kubectl("apply", "-k", str(seed))
+    c.kubectl("apply", "-f", str(E2E / "workload" / "pihole.yaml"))
+    # ---- item 4: the first DNS answer through the VIP, then UDP, TCP and HTTP through the VIPs
+    answer = wait_for("a DNS answer through the VIP", lambda: _dig(c), timeout=420, interval=0.5)
+    results["apply_to_first_dns_answer_s"] = round(time.monotonic() - t_apply, 2)
+    assert answer == DNS_ANSWER
+    _wait_l2lb_ready(c)
+    assert _dig(c) == DNS_ANSWER, "UDP"
+    assert _dig(c, "+tcp") == DNS_ANSWER, "TCP"
+    svc = c.kget("svc", "-n", "pihole")["items"]
+    ips = {s["metadata"]["name"]: [i["ip"] for i in s["status"].get("loadBalancer", {}).get("ingress", [])]
+           for s in svc}
+    results["service_ips"] = ips
+    assert ips["pihole-dns-tcp"] == ips["pihole-dns-udp"] == [DNS_VIP]
+    (web_ip,) = ips["pihole-web"]
+    page = in_ns(c.client_ns, ["curl", "-sS", "--max-time", "5", f"http://{web_ip}/"], timeout=15).stdout
+    assert page.strip(), "empty page through the pihole-web VIP"
+    # the client really has default sysctls, and learnt the VIP by ARP on the LAN
+    assert in_ns(c.client_ns, ["sysctl", "-n", "net.ipv4.conf.all.arp_accept"]).stdout.strip() == "0"
+    neigh = in_ns(c.client_ns, ["ip", "neigh", "show", DNS_VIP]).stdout
+    assert any(n.mac in neigh for n in c.nodes), neigh
+    # the announcer pod sees the node's enp0s25 and nothing of the host
+    ann = _announcer_node(c)
+    results["first_announcer"] = ann.name
+    pod = next(p for p in _pods(c, "l2lb-system", "app.kubernetes.io/component=announcer")
+               if p["spec"]["nodeName"] == ann.name)
+    links = c.kubectl("-n", "l2lb-system", "exec", pod["metadata"]["name"], "--",
+                      "python3", "-c", "import socket; print(sorted(n for _, n in socket.if_nameindex()))",
+                      check=False).stdout
+    results["announcer_pod_links"] = links.strip()
+    # ---- item 5: failover under four faults
+    results["faults"] = _failover(c, tmp_path)
+    out = Path(os.environ.get("L2LB_E2E_RESULTS", str(Path.home() / ".cache/l2lb/e2e-k8s-results.json")))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1, default=str))
+    print("\n" + json.dumps({k: v for k, v in results.items() if k != "faults"}, indent=1, default=str))
+    for f in results["faults"]:
+        print(FaultResult(**f).line() if isinstance(f, dict) else f)
+    for f in results["faults"]:
+        if f["name"] in ("a", "b", "c"):
+            assert f["udp"]["recovered"] and f["tcp"]["recovered"], f
+
+
+def _failover(c: Cluster, tmp: Path) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    lock = os.environ.get("L2LB_BENCH_LOCK")
+
+    def measure(name: str, what: str, node: Node, inject: Any, settle: Any, max_s: float) -> None:
+        roles = _roles(c)
+        with bench_lock(lock):
+            r = run_fault(name=name, what=what, node=node.name, roles=roles.get(node.name, []),
+                          client_ns=c.client_ns, observer_ns=c.observer_ns, vip=DNS_VIP, dns_name=DNS_NAME,
+                          expect=DNS_ANSWER, old_mac=node.mac, inject=inject, settle=settle, out_dir=tmp,
+                          max_seconds=max_s)
+        print(r.line(), flush=True)
+        out.append(r.__dict__)
+
+    def announcer_pod(node: Node) -> dict[str, Any]:
+        return next(p for p in _pods(c, "l2lb-system", "app.kubernetes.io/component=announcer")
+                    if p["spec"]["nodeName"] == node.name)
+
+    def back_to_steady() -> None:
+        _wait_l2lb_ready(c)
+        wait_for("DNS through the VIP", lambda: _dig(c) == DNS_ANSWER, timeout=300, interval=0.5)
+
+    # (a) the announcer pod is deleted (kubectl delete pod: SIGTERM, 5 s grace; the DaemonSet recreates it)
+    node = _announcer_node(c)
+    pod = announcer_pod(node)["metadata"]["name"]
+    measure("a", "announcer pod deleted", node,
+            lambda: c.kubectl("-n", "l2lb-system", "delete", "pod", pod, "--wait=false"), None, 60)
+    back_to_steady()
+    # (b) the announcer container is SIGKILLed (kubelet restarts it)
+    node = _announcer_node(c)
+    cid = announcer_pod(node)["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
+    measure("b", "announcer container SIGKILLed", node,
+            lambda: c.node_exec(node, ["ctr", "-n", "k8s.io", "task", "kill", "-s", "SIGKILL", cid]), None, 60)
+    back_to_steady()
+    # (c) the announcing node's link goes down (cable out for 30 s; kubelet and pods keep running)
+    node = _announcer_node(c)
+    measure("c", "announcing node's link down", node, lambda: c.cable(node, False), lambda: c.cable(node, True), 45)
+    wait_for(f"{node.name} Ready again", c._all_nodes_ready, timeout=180, interval=1)
+    back_to_steady()
+    # (d) whole node death: the node running Redis (and whatever else it runs), then the announcing node
+    roles = _roles(c)
+    redis_node = _node_of(c, next(n for n, r in roles.items() if "redis" in r))
+    victims = [redis_node]
+    ann = _announcer_node(c)
+    if ann is not redis_node:
+        victims.append(ann)
+    for i, node in enumerate(victims):
+        name = "d" if i == 0 else "d2"
+        measure(name, "whole node dies" + (" (Redis node)" if node is redis_node else " (announcing node)"), node,
+                lambda node=node: c.kill_node(node), None, 150)
+        t0 = time.monotonic()
+        c.restart_node(node)
+        wait_for("every node Ready", c._all_nodes_ready, timeout=240, interval=1)
+        back_to_steady()
+        back = time.monotonic() - t0
+        out[-1]["notes"].append(f"node rebooted: Ready + DNS answers again {back:.1f} s after power-on")
+    return out
