@@ -492,6 +492,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{PAUSE_REF}"
   disable_apparmor = true
+  # no process on this machine has CAP_SYS_RESOURCE (not even in the bounding set), so nobody can
+  # set an oom_score_adj below 0 (pause: -998): clamp to containerd's own, as rootless setups do
+  restrict_oom_score_adj = true
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   [plugins."io.containerd.grpc.v1.cri".containerd]

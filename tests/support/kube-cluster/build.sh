@@ -1,65 +1,6 @@
 #!/usr/bin/env bash
-# Build l2lb-kube (kubelet, kube-proxy, kube-controller-manager, kube-scheduler, kubectl of
+# Build l2lb-kube (kubelet, kube-proxy, kube-controller-manager, kube-scheduler and kubectl of
 # k8s.io/kubernetes, one binary) for the end-to-end cluster of tests/e2e, once per machine.
-#
-#   bash tests/support/kube-cluster/build.sh            # build when missing, print the binary path
-#   bash tests/support/kube-cluster/build.sh --path     # only print where the binary is/would be
-#
-# The binary is cached as ${XDG_CACHE_HOME:-$HOME/.cache}/l2lb/l2lb-kube-<k8s version>-<hash>,
-# the hash covering go.mod, go.sum and main.go (tests/e2e/cluster.py computes the same name).
-# A failed build leaves its output in .../l2lb/l2lb-kube-build.log (the fixture shows it).
-# Gentle on a shared 2-core machine: nice, GOMAXPROCS=1, go build -p 1.
-set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-cd "$here"
-
-version=$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' go.mod)
-hash=$(cat go.mod go.sum main.go | sha256sum | cut -c1-16)
-cache=${XDG_CACHE_HOME:-$HOME/.cache}/l2lb
-bin=$cache/l2lb-kube-$version-$hash
-log=$cache/l2lb-kube-build.log
-# the same module versions as ../kube-apiserver: the Go build cache compiles shared packages once
-
-if [ "${1:-}" = "--path" ]; then echo "$bin"; exit 0; fi
-if [ -x "$bin" ]; then echo "$bin"; exit 0; fi
-
-mkdir -p "$cache"
-if ! command -v go >/dev/null 2>&1; then
-  echo "build.sh: no 'go' on PATH; install Go >= $(awk '$1 == "go" {print $2; exit}' go.mod)" | tee "$log" >&2
-  exit 1
-fi
-
-exec 9>"$cache/l2lb-kube.lock"
-flock 9
-if [ -x "$bin" ]; then echo "$bin"; exit 0; fi  # another build finished while we waited
-
-minor=$(echo "$version" | cut -d. -f2)
-ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$version -X k8s.io/component-base/version.gitMajor=1"
-ldflags="$ldflags -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
-
-echo "build.sh: building l2lb-kube $version (k8s.io/kubernetes from the Go module proxy) -> $bin" >&2
-start=$(date +%s)
-tmp="$bin.tmp.$$"
-set +e
-GOTOOLCHAIN=local GOFLAGS=-mod=mod GOMAXPROCS=1 CGO_ENABLED=0 \
-  nice -n 15 go build -p 1 -trimpath -ldflags="$ldflags" -o "$tmp" . >"$log" 2>&1
-rc=$?
-set -e
-end=$(date +%s)
-if [ $rc -ne 0 ]; then
-  rm -f "$tmp"
-  echo "build.sh: go build failed after $((end - start)) s (exit $rc); log: $log" >&2
-  tail -n 40 "$log" >&2
-  exit $rc
-fi
-if [ "$(cat go.mod go.sum main.go | sha256sum | cut -c1-16)" != "$hash" ]; then
-  rm -f "$tmp"
-  echo "build.sh: go changed go.mod/go.sum while building (they were incomplete): review and commit them" >&2
-  exit 1
-fi
-mv -f "$tmp" "$bin"
-# Keep the three newest builds (other checkouts may pin other versions); drop older ones (~150 MiB each).
-ls -1t "$cache"/l2lb-kube-v* 2>/dev/null | grep -v '\.tmp\.' | tail -n +4 | xargs -r rm -f --
-size=$(stat -c %s "$bin")
-echo "build.sh: built in $((end - start)) s, $((size / 1048576)) MiB: $bin" | tee -a "$log" >&2
-echo "$bin"
+#   bash tests/support/kube-cluster/build.sh [--path]    # prints the binary's path
+# Same module versions as ../kube-apiserver, so the Go build cache compiles shared packages once.
+exec bash "$(dirname "$0")/../go-cached-build.sh" "$(dirname "$0")" l2lb-kube k8s.io/kubernetes "$@"
