@@ -233,13 +233,18 @@ class GoGenerator:
 
     name = "go"
 
-    def __init__(self, client: Host, binary: Path):
+    def __init__(self, client: Host, binary: Path, *, target: str = TARGET, sender_base: str = "198.51.100.100",
+                 senders: int = N_SENDERS):
+        # target/sender_base/senders: bench/compare aims it at a lab VIP with senders outside the lab's pools
         self.client = client
         self.binary = binary
+        self.target = target
+        self.sender_base = sender_base
+        self.senders = senders
 
     def _run(self, args: list[str], timeout: float) -> dict[str, float]:
         cmd = [*pin_prefix(GEN_CPU), "ip", "netns", "exec", self.client.ns, str(self.binary),
-               "-iface", self.client.ifname, "-target", TARGET, *args]
+               "-iface", self.client.ifname, "-target", self.target, "-sender-base", self.sender_base, *args]
         try:
             r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -255,7 +260,8 @@ class GoGenerator:
         return {k: (float("nan") if v is None else v) for k, v in out.items()}
 
     def step(self, rate: int, seconds: float, mac: str) -> dict[str, float]:
-        return self._run(["-want-mac", mac, "-rate", str(rate), "-seconds", str(seconds), "-senders", str(N_SENDERS)],
+        return self._run(["-want-mac", mac, "-rate", str(rate), "-seconds", str(seconds),
+                          "-senders", str(self.senders)],
                          timeout=seconds * 3 + 15)
 
     def ceiling(self, seconds: float = 0.5) -> int:

@@ -110,10 +110,14 @@ class Lab:
 
     # -- building -------------------------------------------------------------------------------
     def build_network(self) -> None:
-        self.topo.add_host("ctl", ifname="eth0", addrs=[f"{CTL_IP}/24", "2001:db8::2/64"])
+        # every host at the kernel's default ARP sysctls (arp_accept=0): the client sees the VIP
+        # move only the way an untuned LAN client does (a gratuitous ARP updates an existing entry)
+        self.topo.add_host("ctl", ifname="eth0", addrs=[f"{CTL_IP}/24", "2001:db8::2/64"], arp_accept=False)
         for i, name in enumerate(self.node_names(), start=1):
-            self.topo.add_host(name, ifname=LAN_IF, addrs=[f"{node_ip(i)}/24", f"{node_ip6(i)}/64"])
-        self.topo.add_host("client", ifname="eth0", addrs=[f"{CLIENT_IP}/24", f"{CLIENT_IP6}/64"])
+            self.topo.add_host(name, ifname=LAN_IF, addrs=[f"{node_ip(i)}/24", f"{node_ip6(i)}/64"],
+                               arp_accept=False)
+        self.topo.add_host("client", ifname="eth0", addrs=[f"{CLIENT_IP}/24", f"{CLIENT_IP6}/64"],
+                           arp_accept=False)
 
     def setup_onlink(self, docs: list[dict[str, Any]]) -> list[str]:
         """Give the client an address in every IPv6 pool's prefix (and the nodes a route to it, as a

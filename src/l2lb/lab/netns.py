@@ -142,7 +142,14 @@ class Topology:
         self._made_switch = True
 
     def add_host(self, name: str, *, ifname: str = "eth0", addrs: Sequence[str] = (),
-                 mac: str | None = None) -> Host:
+                 mac: str | None = None, arp_accept: bool = True) -> Host:
+        """Add a namespace ``<prefix><name>`` wired to the bridge.
+
+        ``arp_accept=True`` (the default, kept for the wire tests that watch a gratuitous ARP make or
+        move a neighbour entry) sets net.ipv4.conf.{all,<ifname>}.arp_accept=1; ``False`` leaves the
+        kernel's defaults (arp_accept=0), as on a LAN client nobody tuned: ``l2lb lab`` and
+        ``bench/compare`` build their hosts that way.
+        """
         for a in addrs:
             check_testnet(a)
         self._ensure_switch()
@@ -164,8 +171,9 @@ class Topology:
         # no DAD delays in the lab, and accept unsolicited NA/GARP updates of existing entries
         ns_exec(ns, ["sysctl", "-qw", f"net.ipv6.conf.{ifname}.accept_dad=0"], check=False)
         ns_exec(ns, ["sysctl", "-qw", f"net.ipv6.conf.{ifname}.dad_transmits=0"], check=False)
-        ns_exec(ns, ["sysctl", "-qw", "net.ipv4.conf.all.arp_accept=1"], check=False)
-        ns_exec(ns, ["sysctl", "-qw", f"net.ipv4.conf.{ifname}.arp_accept=1"], check=False)
+        if arp_accept:
+            ns_exec(ns, ["sysctl", "-qw", "net.ipv4.conf.all.arp_accept=1"], check=False)
+            ns_exec(ns, ["sysctl", "-qw", f"net.ipv4.conf.{ifname}.arp_accept=1"], check=False)
         ns_exec(ns, ["ip", "link", "set", ifname, "up"])
         for a in addrs:
             ns_exec(ns, ["ip", "addr", "add", a, "dev", ifname, *(["nodad"] if ":" in a else [])])
