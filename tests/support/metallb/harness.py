@@ -272,7 +272,7 @@ class MetalLB:
         env.update({"METALLB_POD_NAME": "controller-lab", "METALLB_ML_SECRET_NAME": ML_SECRET,
                     "METALLB_DEPLOYMENT": "controller"})
         return await self.sup.start("metallb-controller",
-                                    [str(self.dir / "controller"), "--port=9120", f"--log-level={self.log_level}",
+                                    [str(self.dir / "controller"), "--port=7472", f"--log-level={self.log_level}",
                                      "--webhook-mode=disabled", "--disable-cert-rotation"],
                                     ns=self.ctl_ns, env=env)
 
@@ -281,8 +281,8 @@ class MetalLB:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                sec = await asyncio.to_thread(self.api.call, "GET",
-                                              f"/api/v1/namespaces/{NAMESPACE}/secrets/{ML_SECRET}")
+                # called in this thread: it is in the namespace the API server listens in
+                sec = self.api.call("GET", f"/api/v1/namespaces/{NAMESPACE}/secrets/{ML_SECRET}")
                 key = base64.b64decode(sec["data"]["secretkey"])
                 break
             except (ApiError, KeyError):
@@ -300,7 +300,7 @@ class MetalLB:
                     "METALLB_HOST": node.ip, "METALLB_ML_BIND_ADDR": node.ip, "METALLB_ML_LABELS": ML_LABELS,
                     "METALLB_ML_BIND_PORT": str(ML_PORT), "METALLB_ML_SECRET_KEY_PATH": str(self.secret_dir)})
         return await self.sup.start(self.speaker_name(node),
-                                    [str(self.dir / "speaker"), "--port=9120", f"--log-level={self.log_level}"],
+                                    [str(self.dir / "speaker"), "--port=7472", f"--log-level={self.log_level}"],
                                     ns=node.ns, env=env)
 
     async def start(self) -> None:
