@@ -542,7 +542,9 @@ class Bench:
         res["arp_first_new_ms"] = arp["first_new_answer_ms"]
         res["arp_new_node"] = self.mac_to_node.get(str(arp["new_mac"]), None)
         # observer: two MACs answering ARP within one probe interval, anywhere in the round
-        res["arp_dual_windows"] = dual_windows(tl.replies(), self.a.probe_ms / 1000 * 2)
+        # the observer's probes answered by two MACs at once (replies of two MACs less than half a probe
+        # interval apart): dual announcement, as opposed to a move (or a flap-back) from one MAC to another
+        res["arp_dual_events"], res["arp_dual_span_ms"] = dual_events(tl.replies(), self.a.probe_ms / 1000 / 2)
         return res
 
     # -- idle cost and API traffic ------------------------------------------------------------
@@ -646,13 +648,11 @@ class Bench:
         return res
 
 
-def dual_windows(replies: list[Any], window: float) -> int:
-    """Probe replies from two different MACs less than ``window`` apart."""
-    n = 0
-    for a, b in itertools.pairwise(replies):
-        if a.mac != b.mac and b.t - a.t < window:
-            n += 1
-    return n
+def dual_events(replies: list[Any], window: float) -> tuple[int, float]:
+    """(number of probe answers where two MACs replied within ``window`` of each other, time from the
+    first such event to the last, ms)."""
+    ts = [b.t for a, b in itertools.pairwise(replies) if a.mac != b.mac and b.t - a.t < window]
+    return len(ts), ((ts[-1] - ts[0]) * 1000 if ts else 0.0)
 
 
 def analyse_udp(data: dict[str, Any], old: str, t_fault: float, t_heal: float) -> dict[str, Any]:
@@ -795,8 +795,9 @@ async def cilium_section(b: Bench, a: argparse.Namespace) -> list[dict[str, Any]
 
 
 # ------------------------------------------------------------------------------------------ main
-async def run_system(b: Bench, system: System, a: argparse.Namespace) -> dict[str, Any]:
+async def run_system(b: Bench, system: System, a: argparse.Namespace, save: Any) -> dict[str, Any]:
     res: dict[str, Any] = {"label": system.label}
+    save(system.name, res)
     b.results = {}
     await b.bring_up(system)
     try:
@@ -811,12 +812,14 @@ async def run_system(b: Bench, system: System, a: argparse.Namespace) -> dict[st
                         rounds[how].append(r)
                         say(f"{system.name} {how:8s} #{i + 1:2d}: {r['old_node']} -> {r['new_node']} outage "
                             f"{_ms(r['outage_ms'])} (first other node {_ms(r['first_new_ms'])}, "
-                            f"lost {r['lost_fault']}), ARP dual {_ms(r['arp_dual_ms'])}, heal: outage "
+                            f"lost {r['lost_fault']}), ARP dual answers {r['arp_dual_events']}, heal: outage "
                             f"{_ms(r['heal_outage_ms'])} final {r['final_node']} flap-back {r['flapped_back']}")
-            res["failover"] = {how: failover_summary(rs) for how, rs in rounds.items()}
-            res["failover_raw"] = rounds
+                res["failover"] = {h: failover_summary(rs) for h, rs in rounds.items()}
+                res["failover_raw"] = rounds
+                save(system.name, res)
         if "arp" in a.sections:
             res["arp"] = await b.arp_section(system)
+            save(system.name, res)
         if "idle" in a.sections or "churn" in a.sections:
             res["idle"] = {}
             async with b.lock.held(f"{system.name} idle/churn"):
@@ -826,6 +829,7 @@ async def run_system(b: Bench, system: System, a: argparse.Namespace) -> dict[st
                     if "idle" in a.sections:
                         w = await b.idle_window(system, a.idle_seconds)
                         res["idle"][str(n)] = w
+                        save(system.name, res)
                         say(f"{system.name} idle with {n} Services: per node {w['per_node']}, control plane "
                             f"{w['control_plane']}, API {w['api']['req_per_s']} req/s")
                     if n == 100 and "churn" in a.sections:
@@ -847,8 +851,8 @@ def failover_summary(rs: list[dict[str, Any]]) -> dict[str, Any]:
         "moved": sum(1 for r in rs if r["new_node"] is not None),
         "first_new_p50": pct([float(r["first_new_ms"]) for r in rs if r["first_new_ms"] is not None], 50),
         "lost_max": max((int(r["lost_fault"]) for r in rs), default=0),
-        "arp_dual_max_ms": max((float(r["arp_dual_ms"] or 0) for r in rs), default=0.0),
-        "arp_dual_rounds": sum(1 for r in rs if r["arp_dual_windows"] > 0),
+        "arp_dual_span_max_ms": max((float(r["arp_dual_span_ms"]) for r in rs), default=0.0),
+        "arp_dual_rounds": sum(1 for r in rs if r["arp_dual_events"] > 0),
         "flips_max": max((int(r["flips_during"]) + int(r["flips_heal"]) for r in rs), default=0),
         "flapped_back": sum(1 for r in rs if r["flapped_back"]),
         "heal_outage_p50": pct([float(r["heal_outage_ms"]) for r in rs if r["heal_outage_ms"] is not None], 50),
@@ -949,6 +953,12 @@ async def amain(a: argparse.Namespace) -> int:
     res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": a.machine,
                            "kernel": platform.release(), "metallb": None, "args": vars(a)}
     res.pop("metallb")
+
+    def save(key: str, value: Any) -> None:
+        res[key] = value
+        if a.json:
+            Path(a.json).write_text(json.dumps(res, indent=1, default=str))
+
     rc = 0
     try:
         b.build_network()
@@ -960,7 +970,7 @@ async def amain(a: argparse.Namespace) -> int:
             for sname in a.systems:
                 system: System = L2lb(b) if sname == "l2lb" else MetalLBSystem(b)
                 say(f"=== {system.label} ===")
-                res[sname] = await run_system(b, system, a)
+                res[sname] = await run_system(b, system, a, save)
             if "cilium" in a.sections:
                 say("=== Cilium model ===")
                 async with b.lock.held("cilium model"):
