@@ -6,8 +6,8 @@ addresses of the interface it came in on) and runs a UDP responder naming the no
 (:mod:`l2lb.lab.traffic`), so which node gets the traffic is decided by the client's kernel
 neighbour entry alone, i.e. by l2lb's ARP/NDP. The client queries the VIP every ``--probe-ms`` with
 its kernel at Linux's defaults for IPv6 neighbour discovery (accept_untracked_na, drop_unsolicited_na,
-ndisc_notify as shipped; the lab only turns DAD off; the sysctls are read back into the report; for
-IPv4 the lab's hosts set arp_accept=1 until they run at defaults), the fault hits the announcing node,
+ndisc_notify as shipped; the lab only turns DAD off; the sysctls are read back into the report; IPv4
+at the kernel's ARP defaults too, arp_accept=0), the fault hits the announcing node,
 and the round reports the client's outage (longest silence), lost queries, when another node first
 answered, when the client's kernel entry moved (rtnetlink), and the heal.
 """
