@@ -815,46 +815,53 @@ async def run_system(b: Bench, system: System, a: argparse.Namespace, save: Any)
     b.results = {}
     await b.bring_up(system)
     try:
-        if "failover" in a.sections:
-            rounds: dict[str, list[dict[str, Any]]] = {}
-            plan = [("kill", a.rounds), ("linkdown", a.rounds), ("stop", a.stop_rounds)]
-            for how, n in plan:
-                rounds[how] = []
-                async with b.lock.held(f"{system.name} {how} x{n}"):
-                    for i in range(n):
-                        r = await b.failover_round(system, how)
-                        rounds[how].append(r)
-                        say(f"{system.name} {how:8s} #{i + 1:2d}: {r['old_node']} -> {r['new_node']} outage "
-                            f"{_ms(r['outage_ms'])} (first other node {_ms(r['first_new_ms'])}, "
-                            f"lost {r['lost_fault']}), ARP dual answers {r['arp_dual_events']}, heal: outage "
-                            f"{_ms(r['heal_outage_ms'])} final {r['final_node']} flap-back {r['flapped_back']}")
-                res["failover"] = {h: failover_summary(rs) for h, rs in rounds.items()}
-                res["failover_raw"] = rounds
-                save(system.name, res)
-        if "arp" in a.sections:
-            res["arp"] = await b.arp_section(system)
-            save(system.name, res)
-        if "idle" in a.sections or "churn" in a.sections:
-            res["idle"] = {}
-            async with b.lock.held(f"{system.name} idle/churn"):
-                for n in a.scales:
-                    await b.scale_to(max(0, n - 3))
-                    await asyncio.sleep(a.settle)
-                    if "idle" in a.sections:
-                        w = await b.idle_window(system, a.idle_seconds)
-                        res["idle"][str(n)] = w
-                        save(system.name, res)
-                        say(f"{system.name} idle with {n} Services: per node {w['per_node']}, control plane "
-                            f"{w['control_plane']}, API {w['api']['req_per_s']} req/s")
-                    if n == 100 and "churn" in a.sections:
-                        res["churn"] = await b.churn_window(system, a.api_seconds)
-                        say(f"{system.name} churn (100 Services): API {res['churn']['api']['req_per_s']} req/s "
-                            f"{res['churn']['api']['by_user']}")
-                        await asyncio.sleep(a.settle)
+        async with b.lock.held(f"{system.name}: every timed section"):
+            await timed_sections(b, system, a, save, res)
         res["logs"] = str(b.sup.logdir)
     finally:
         await b.tear_down()
     return res
+
+
+async def timed_sections(b: Bench, system: System, a: argparse.Namespace, save: Any, res: dict[str, Any]) -> None:
+    """Failover, ARP, idle and churn of one system (run_system holds the bench lock around them all:
+    one wait in the queue per system instead of one per batch)."""
+    if "failover" in a.sections:
+        rounds: dict[str, list[dict[str, Any]]] = {}
+        plan = [("kill", a.rounds), ("linkdown", a.rounds), ("stop", a.stop_rounds)]
+        for how, n in plan:
+            rounds[how] = []
+            async with b.lock.held(f"{system.name} {how} x{n}"):
+                for i in range(n):
+                    r = await b.failover_round(system, how)
+                    rounds[how].append(r)
+                    say(f"{system.name} {how:8s} #{i + 1:2d}: {r['old_node']} -> {r['new_node']} outage "
+                        f"{_ms(r['outage_ms'])} (first other node {_ms(r['first_new_ms'])}, "
+                        f"lost {r['lost_fault']}), ARP dual answers {r['arp_dual_events']}, heal: outage "
+                        f"{_ms(r['heal_outage_ms'])} final {r['final_node']} flap-back {r['flapped_back']}")
+            res["failover"] = {h: failover_summary(rs) for h, rs in rounds.items()}
+            res["failover_raw"] = rounds
+            save(system.name, res)
+    if "arp" in a.sections:
+        res["arp"] = await b.arp_section(system)
+        save(system.name, res)
+    if "idle" in a.sections or "churn" in a.sections:
+        res["idle"] = {}
+        async with b.lock.held(f"{system.name} idle/churn"):
+            for n in a.scales:
+                await b.scale_to(max(0, n - 3))
+                await asyncio.sleep(a.settle)
+                if "idle" in a.sections:
+                    w = await b.idle_window(system, a.idle_seconds)
+                    res["idle"][str(n)] = w
+                    save(system.name, res)
+                    say(f"{system.name} idle with {n} Services: per node {w['per_node']}, control plane "
+                        f"{w['control_plane']}, API {w['api']['req_per_s']} req/s")
+                if n == 100 and "churn" in a.sections:
+                    res["churn"] = await b.churn_window(system, a.api_seconds)
+                    say(f"{system.name} churn (100 Services): API {res['churn']['api']['req_per_s']} req/s "
+                        f"{res['churn']['api']['by_user']}")
+                    await asyncio.sleep(a.settle)
 
 
 def failover_summary(rs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -961,6 +968,10 @@ async def amain(a: argparse.Namespace) -> int:
     if "metallb" in a.systems and (why := harness.missing()):
         print(f"bench/compare: {why}", file=sys.stderr)
         return 2
+    main_task = asyncio.current_task()
+    if main_task is not None:  # SIGTERM/SIGINT: clean up (processes, namespaces) like at the end
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, main_task.cancel)
     workdir = Path(tempfile.mkdtemp(prefix="l2lb-bench-compare-"))
     netns.sweep(a.prefix)
     b = Bench(a, workdir)
@@ -981,14 +992,19 @@ async def amain(a: argparse.Namespace) -> int:
             loop = asyncio.get_running_loop()
             loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(
                 max_workers=4, initializer=enter_ns, initargs=(b.ctl.ns,)))
-            for sname in a.systems:
-                system: System = L2lb(b) if sname == "l2lb" else MetalLBSystem(b)
-                say(f"=== {system.label} ===")
-                res[sname] = await run_system(b, system, a, save)
-            if "cilium" in a.sections:
-                say("=== Cilium model ===")
-                async with b.lock.held("cilium model"):
+            # one hold of the bench lock for both systems and the model: their figures are compared with
+            # each other, so they are taken under the same conditions, without another helper's run between
+            async with b.lock.held("bench/compare: both systems and the Cilium model"):
+                for sname in a.systems:
+                    system: System = L2lb(b) if sname == "l2lb" else MetalLBSystem(b)
+                    say(f"=== {system.label} ===")
+                    res[sname] = await run_system(b, system, a, save)
+                if "cilium" in a.sections:
+                    say("=== Cilium model ===")
                     res["cilium"] = await cilium_section(b, a)
+    except asyncio.CancelledError:
+        rc = 130
+        print("bench/compare: interrupted; cleaning up", file=sys.stderr)
     except Exception as e:
         rc = 1
         print(f"bench/compare: {type(e).__name__}: {e}", file=sys.stderr)
