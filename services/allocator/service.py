@@ -29,7 +29,7 @@ from l2lb.adapters.kube.writes import set_condition
 from l2lb.core.allocator import Allocator
 from l2lb.core.messages import Allocation, AllocationSnapshot, PortSpec, SnapshotRequest
 from l2lb.core.models import AllocationResult, ParseError, Pool, PoolUsage, Reason, ServiceRequest
-from l2lb.core.parse import CILIUM_L2_CLASS, DEFAULT_CLASSES, parse_pool, parse_service, status_ips
+from l2lb.core.parse import CILIUM_BGP_CLASS, CILIUM_CLASSES, DEFAULT_CLASSES, parse_pool, parse_service, status_ips
 from l2lb.core.view import pools_items, services_items, size_text
 from l2lb.obs import metrics
 from l2lb.obs.log import get_logger
@@ -101,7 +101,7 @@ class AllocatorService:
         self.bus = bus
         self.kube = kube
         self.clock = clock
-        self.classes = DEFAULT_CLASSES | {CILIUM_L2_CLASS} if cfg.cilium_compat else DEFAULT_CLASSES
+        self.classes = DEFAULT_CLASSES | CILIUM_CLASSES if cfg.cilium_compat else DEFAULT_CLASSES
         self.alloc = Allocator()
         self.services = Informer(kube, RESOURCES["services"], name="allocator-services")
         self.namespaces = Informer(kube, RESOURCES["namespaces"], name="allocator-namespaces")
@@ -228,7 +228,9 @@ class AllocatorService:
                     obj: dict[str, Any] | None, seq: int = 0) -> Allocation:
         ns, name = _ns_name(key)
         meta = (obj or {}).get("metadata") or {}
-        if req is None or res is None or not res.ips:
+        # io.cilium/bgp-control-plane Services get IPs (LB-IPAM) but no ARP/NDP: Cilium's BGP speaker
+        # announces them, so leases never sees them
+        if req is None or res is None or not res.ips or req.load_balancer_class == CILIUM_BGP_CLASS:
             return Allocation(key=key, namespace=ns, name=name, uid=str(meta.get("uid") or ""),
                               generation=int(meta.get("generation") or 0), seq=seq, term=self.term, deleted=True)
         pool_labels = {}

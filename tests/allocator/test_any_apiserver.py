@@ -43,7 +43,8 @@ async def test_seed_pihole_on_any_apiserver(kube_any: Any, redis_url: str) -> No
             await asyncio.sleep(0.2)
         assert await ingress("pihole-dns-tcp") == [{"ip": "192.168.1.153", "ipMode": "VIP"}]
         assert await ingress("pihole-dns-udp") == [{"ip": "192.168.1.153", "ipMode": "VIP"}]
-        assert [i["ip"] for i in await ingress("pihole-web")] == ["192.168.1.129"]
+        # Cilium >= 1.16: allowFirstLastIPs unset means Yes, the /25's first address is handed out
+        assert [i["ip"] for i in await ingress("pihole-web")] == ["192.168.1.128"]
         obj = await reader.get(RESOURCES["services"], "pihole-dns-tcp", "pihole")
         cond = next(c for c in obj["status"]["conditions"] if c["type"] == "l2lb.io/IPAllocated")
         assert cond["status"] == "True" and cond["reason"] == "satisfied"

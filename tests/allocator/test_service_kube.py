@@ -129,7 +129,7 @@ async def test_seed_end_to_end(env: Env) -> None:
     await wait_for(lambda: env.ips("pihole", "pihole-dns-udp") == ["192.168.1.153"]
                    and env.ips("pihole", "pihole-web") != [], 20)
     assert env.ips("pihole", "pihole-dns-tcp") == ["192.168.1.153"]
-    assert env.ips("pihole", "pihole-web") == ["192.168.1.129"]
+    assert env.ips("pihole", "pihole-web") == ["192.168.1.128"]  # Cilium >= 1.16: the whole /25
     ing = env.svc("pihole", "pihole-dns-tcp")["status"]["loadBalancer"]["ingress"]
     assert ing == [{"ip": "192.168.1.153", "ipMode": "VIP"}]
     c = env.cond("pihole", "pihole-dns-udp")
@@ -154,7 +154,7 @@ async def test_seed_end_to_end(env: Env) -> None:
                 return str(cond["message"])
         return None
     await wait_for(lambda: pool_cond("cilium.io/IPsUsed") == "2", 5)
-    assert pool_cond("cilium.io/IPsTotal") == "126" and pool_cond("cilium.io/IPsAvailable") == "124"
+    assert pool_cond("cilium.io/IPsTotal") == "128" and pool_cond("cilium.io/IPsAvailable") == "126"
 
     # at rest: nothing but watches and leader-election renewals
     await asyncio.sleep(0.5)
@@ -176,8 +176,8 @@ async def test_seed_end_to_end(env: Env) -> None:
     # delete: the IP is freed and reusable
     code, _, _ = env.kube.http("DELETE", "/api/v1/namespaces/pihole/services/pihole-web")
     assert code == 200
-    env.kube.apply(_service("web2", ips="192.168.1.129"))
-    await wait_for(lambda: env.ips("pihole", "web2") == ["192.168.1.129"], 10)
+    env.kube.apply(_service("web2", ips="192.168.1.128"))
+    await wait_for(lambda: env.ips("pihole", "web2") == ["192.168.1.128"], 10)
     msgs = await env.messages()
     assert any(isinstance(m, Allocation) and m.key == "pihole/pihole-web" and m.deleted for m in msgs)
 
@@ -185,7 +185,7 @@ async def test_seed_end_to_end(env: Env) -> None:
     env.kube.apply("apiVersion: cilium.io/v2alpha1\nkind: CiliumLoadBalancerIPPool\nmetadata: {name: broken}\n"
                    "spec:\n  blocks:\n  - {start: 198.51.100.9, stop: 198.51.100.1}\n")
     env.kube.apply(_service("after-broken"))
-    await wait_for(lambda: env.ips("pihole", "after-broken") == ["192.168.1.130"], 10)
+    await wait_for(lambda: env.ips("pihole", "after-broken") == ["192.168.1.129"], 10)
     await wait_for(lambda: any(e.get("reason") == "InvalidPool" for e in env.events("default")
                                + env.events("kube-system")), 5)
     err = a.svc.status()["pool_errors"]["CiliumLoadBalancerIPPool/broken"]
@@ -229,7 +229,7 @@ async def test_metallb_dualstack_exhaustion_conflict(env: Env) -> None:
     await wait_for(lambda: env.ips("pihole", "pihole-dns-udp") == ["192.168.1.153"], 20)
     assert env.ips("pihole", "pihole-dns-tcp") == ["192.168.1.153"]
     await wait_for(lambda: env.ips("apps", "dual") != [], 10)
-    assert env.ips("apps", "dual") == ["203.0.113.1", "2001:db8:7::1"]
+    assert env.ips("apps", "dual") == ["203.0.113.0", "2001:db8:7::"]
     await wait_for(lambda: env.cond("apps", "s2") is not None and env.cond("apps", "s1") is not None, 10)
     conds = {n: env.cond("apps", n) for n in ("s1", "s2")}
     failed = [n for n, c in conds.items() if c is not None and c["reason"] == "out_of_ips"]
@@ -260,7 +260,7 @@ async def test_metallb_dualstack_exhaustion_conflict(env: Env) -> None:
         return None
     await wait_for(lambda: conflict() is not None, 10)
     assert "overlaps CIDR '203.0.113.0/29' from IP Pool 'duo'" in (conflict() or "")
-    assert env.ips("apps", "dual") == ["203.0.113.1", "2001:db8:7::1"]
+    assert env.ips("apps", "dual") == ["203.0.113.0", "2001:db8:7::"]
 
 
 async def test_leader_failover_keeps_ips_and_writes_nothing(env: Env) -> None:
@@ -316,7 +316,7 @@ async def test_redis_outage_and_data_loss(kube: KubeHandle, tmp_path: Path) -> N
         redis.stop(kill=True)
         # Kubernetes keeps being served while Redis is down
         kube.apply(_service("during-outage"))
-        await wait_for(lambda: e.ips("pihole", "during-outage") == ["192.168.1.130"], 15)
+        await wait_for(lambda: e.ips("pihole", "during-outage") == ["192.168.1.129"], 15)  # .128: pihole-web
         redis.start()  # empty: the data is gone
 
         async def stored() -> set[str]:

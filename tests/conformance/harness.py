@@ -169,8 +169,9 @@ def with_pool_kind(case: Case, api: str, kind: str) -> Case:
     objs = []
     for o in case.objects:
         if isinstance(o, dict) and o.get("kind") == "CiliumLoadBalancerIPPool":
-            o = {**o, "apiVersion": api, "kind": kind}
-        objs.append(o)
+            objs.append({**o, "apiVersion": api, "kind": kind})
+        else:
+            objs.append(o)
     return replace(case, objects=tuple(objs))
 
 
@@ -184,10 +185,11 @@ def _stamped(objects: Sequence[Any]) -> list[Any]:
     for o in objects:
         if isinstance(o, dict) and o.get("kind") == "Service":
             meta = o["metadata"]
+            n += 1
             if "creationTimestamp" not in meta:
                 t = _dt.datetime.fromtimestamp(SVC_T0 + n, tz=_dt.UTC)
-                o = {**o, "metadata": {**meta, "creationTimestamp": t.strftime("%Y-%m-%dT%H:%M:%SZ")}}
-            n += 1
+                out.append({**o, "metadata": {**meta, "creationTimestamp": t.strftime("%Y-%m-%dT%H:%M:%SZ")}})
+                continue
         out.append(o)
     return out
 

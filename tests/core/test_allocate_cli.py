@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +22,9 @@ def test_seed_table(capsys: pytest.CaptureFixture[str]) -> None:
     lines = {ln.split()[0]: ln for ln in out.splitlines() if ln.strip()}
     assert "192.168.1.153" in lines["pihole/pihole-dns-tcp"] and "satisfied" in lines["pihole/pihole-dns-tcp"]
     assert "192.168.1.153" in lines["pihole/pihole-dns-udp"]
-    assert lines["default-pool"].split()[3:6] == ["126", "2", "124"]
+    # Cilium >= 1.16: the whole /25 (allowFirstLastIPs unset means Yes); pihole-web gets its first address
+    assert lines["default-pool"].split()[3:6] == ["128", "2", "126"]
+    assert "192.168.1.128" in lines["pihole/pihole-web"]
 
 
 def test_metallb_json(capsys: pytest.CaptureFixture[str]) -> None:
@@ -59,3 +65,36 @@ def test_ipv6_pool_sizes_read_as_a_person_reads_them(capsys: pytest.CaptureFixtu
     cols = lines["ipv6-pool"].split()
     assert cols[3] in ("2^64", "1.8e19") and cols[4] == "1" and cols[5] == "1.8e19", lines["ipv6-pool"]
     assert "2001:db8:53::1" in lines["web/whoami"] and "18446744073709551" not in out
+
+
+def test_json_shape_is_stable(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--json`` drives scripts and the conformance suite: these keys stay (new ones may be added)."""
+    assert main([str(FIX / "seed"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report) >= {"services", "pools", "pool_events", "errors"}
+    for s in report["services"]:
+        assert set(s) >= {"service", "ips", "pools", "reason", "message", "invalid_existing"}
+        assert isinstance(s["ips"], list) and isinstance(s["pools"], dict)
+    (pool,) = report["pools"]
+    assert set(pool) >= {"name", "kind", "blocks", "total", "used", "available", "disabled", "conflict"}
+    assert (pool["name"], pool["kind"], pool["total"], pool["used"]) == (
+        "default-pool", "CiliumLoadBalancerIPPool", 128, 2)
+
+
+@pytest.mark.parametrize("json_flag", [False, True])
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path, json_flag: bool) -> None:
+    """``l2lb allocate DIR | head`` exits without a BrokenPipe traceback (and with its own status)."""
+    docs = ["apiVersion: cilium.io/v2\nkind: CiliumLoadBalancerIPPool\nmetadata: {name: six}\n"
+            "spec: {blocks: [{cidr: '2001:db8::/112'}]}\n"]
+    docs += [f"apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: many}}\n"
+             "spec: {type: LoadBalancer, ipFamilies: [IPv6], ports: [{port: 80}]}\n" for i in range(1500)]
+    (tmp_path / "state.yaml").write_text("---\n".join(docs))
+    root = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, "-m", "l2lb.cli", "allocate", str(tmp_path), *(["--json"] if json_flag else [])]
+    shell = " ".join(shlex.quote(c) for c in cmd) + " | head -n 3"
+    env = {**os.environ, "PYTHONPATH": f"{root / 'src'}{os.pathsep}{root}"}
+    p = subprocess.run(["bash", "-o", "pipefail", "-c", shell], capture_output=True, text=True, cwd=root,
+                       env=env, timeout=60, check=False)
+    assert p.stderr == "", p.stderr
+    assert p.returncode == 0
+    assert len(p.stdout.splitlines()) == 3

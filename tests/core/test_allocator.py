@@ -36,7 +36,7 @@ def test_seed_pihole_shares_153(fixture: str) -> None:
         assert res[name].ips == ("192.168.1.153",)
     assert a.users_of("192.168.1.153") == ("pihole/pihole-dns-tcp", "pihole/pihole-dns-udp")
     if "pihole/pihole-web" in res:
-        assert res["pihole/pihole-web"].ips == ("192.168.1.129",)  # .128 is reserved
+        assert res["pihole/pihole-web"].ips == ("192.168.1.128",)  # Cilium >= 1.16: .128 is usable
 
 
 POOL = cpool("p", "198.51.100.0/24")
@@ -54,7 +54,9 @@ IP = "198.51.100.50"
          R.ALREADY_ALLOCATED_INCOMPATIBLE),
         # no key, or different keys
         (svc("a", ips=IP), svc("b", ips=IP, ports=(("TCP", 81),)), R.ALREADY_ALLOCATED),
-        (svc("a", ips=IP, key="k1"), svc("b", ips=IP, key="k2", ports=(("TCP", 81),)), R.ALREADY_ALLOCATED),
+        # a Service with a sharing key that cannot join is "incompatible" (Cilium's reason)
+        (svc("a", ips=IP, key="k1"), svc("b", ips=IP, key="k2", ports=(("TCP", 81),)),
+         R.ALREADY_ALLOCATED_INCOMPATIBLE),
         # other namespace: both must opt in
         (svc("a", "n1", ips=IP, key="k"), svc("b", "n2", ips=IP, key="k", ports=(("TCP", 81),)),
          R.ALREADY_ALLOCATED_INCOMPATIBLE),
@@ -92,16 +94,19 @@ def test_auto_sharing_reuses_key_ip_and_splits_on_port_clash() -> None:
     r1 = a.allocate(svc("a", key="k", ports=(("TCP", 53),)))
     r2 = a.allocate(svc("b", key="k", ports=(("UDP", 53),)))
     r3 = a.allocate(svc("c", key="k", ports=(("TCP", 53),)))
-    assert r1.ips == r2.ips == ("198.51.100.1",)
-    assert r3.ok and r3.ips == ("198.51.100.2",)
+    assert r1.ips == r2.ips == ("198.51.100.0",)
+    assert r3.ok and r3.ips == ("198.51.100.1",)
 
 
 @pytest.mark.parametrize(
     ("pools", "service", "reason", "fragment"),
     [
         ([POOL], svc("a", ips="203.0.113.9"), R.NO_POOL, "no pool contains"),
-        ([POOL], svc("a", ips="198.51.100.0"), R.NO_POOL, "reserved"),
-        ([POOL], svc("a", ips="198.51.100.255"), R.NO_POOL, "reserved"),
+        # allowFirstLastIPs: No reserves the first/last address; Cilium counts them as allocated
+        ([cpool("p", "198.51.100.0/24", allowFirstLastIPs="No")], svc("a", ips="198.51.100.0"),
+         R.ALREADY_ALLOCATED, "reserved"),
+        ([cpool("p", "198.51.100.0/24", allowFirstLastIPs="No")], svc("a", ips="198.51.100.255"),
+         R.ALREADY_ALLOCATED, "reserved"),
         ([cpool("p", "198.51.100.0/24", serviceSelector={"matchLabels": {"color": "blue"}})],
          svc("a", ips=IP, labels={"color": "red"}), R.POOL_SELECTOR_MISMATCH, "serviceSelector"),
         ([cpool("p", "198.51.100.0/24", serviceSelector={"matchLabels": {"color": "blue"}})],
@@ -115,7 +120,7 @@ def test_auto_sharing_reuses_key_ip_and_splits_on_port_clash() -> None:
         ([POOL], svc("a", ips="2001:db8::5", ipFamilies=["IPv4"]), R.INVALID_REQUEST, "IPv6"),
         ([POOL], svc("a", ips="bogus"), R.INVALID_REQUEST, "not an IP"),
         ([POOL], svc("a", ipFamilies=["IPv6"]), R.NO_POOL, "IPv6"),
-        ([POOL], svc("a", ipFamilyPolicy="RequireDualStack"), R.NO_POOL, "IPv6"),
+        ([mpool("m", "198.51.100.0/24")], svc("a", ipFamilyPolicy="RequireDualStack"), R.NO_POOL, "IPv6"),
         ([mpool("m", "198.51.100.0/24", autoAssign=False)], svc("a"), R.NO_POOL, "no enabled pool"),
         ([mpool("m", "198.51.100.0/24", serviceAllocation={"namespaces": ["other"]})],
          svc("a", ips=IP), R.POOL_SELECTOR_MISMATCH, "namespace"),
@@ -132,7 +137,7 @@ def test_failure_reasons(pools: list[object], service: object, reason: Reason, f
 
 
 def test_out_of_ips_then_release_and_retry() -> None:
-    a = alloc_with(cpool("small", "198.51.100.0/30"))  # .1 and .2
+    a = alloc_with(cpool("small", "198.51.100.0/30", allowFirstLastIPs="No"))  # .1 and .2
     assert a.allocate(svc("a")).ips == ("198.51.100.1",)
     assert a.allocate(svc("b")).ips == ("198.51.100.2",)
     r = a.allocate(svc("c"))
@@ -158,16 +163,16 @@ def test_overlap_conflict_later_pool_loses_and_recovers() -> None:
     new = cpool("new", "198.51.100.128/25", created="2024-06-01T00:00:00Z")
     a = alloc_with(new)
     r = a.allocate(svc("a"))
-    assert r.pools == {"198.51.100.129": "new"}
+    assert r.pools == {"198.51.100.128": "new"}
     upd = a.upsert_pool(old)  # older pool arrives later: "new" is now the one in conflict
     assert [(e.pool, e.kind) for e in upd.events] == [("old", "added"), ("new", "conflict")]
     assert "overlaps CIDR '198.51.100.0/24' from IP Pool 'old'" in a.pool_usage()["new"].conflict_message
     # the Service keeps its IP: it is also in the winning pool
-    assert a.result("default/a").pools == {"198.51.100.129": "old"}  # type: ignore[union-attr]
+    assert a.result("default/a").pools == {"198.51.100.128": "old"}  # type: ignore[union-attr]
     assert a.pool_usage()["new"].conflict and a.pool_usage()["old"].used == 1
     upd = a.remove_pool("old")
     assert ("new", "conflict_resolved") in [(e.pool, e.kind) for e in upd.events]
-    assert a.result("default/a").pools == {"198.51.100.129": "new"}  # type: ignore[union-attr]
+    assert a.result("default/a").pools == {"198.51.100.128": "new"}  # type: ignore[union-attr]
 
 
 def test_pool_removed_moves_or_fails_services() -> None:
@@ -175,15 +180,15 @@ def test_pool_removed_moves_or_fails_services() -> None:
     a.allocate(svc("a"))
     upd = a.remove_pool("p")
     assert [(r.key, r.reason, r.released) for r in upd.results] == [
-        ("default/a", R.NO_POOL, ("198.51.100.1",))]
-    assert a.users_of("198.51.100.1") == ()
+        ("default/a", R.NO_POOL, ("198.51.100.0",))]
+    assert a.users_of("198.51.100.0") == ()
 
 
 def test_disabled_pool_keeps_existing() -> None:
     a = alloc_with(cpool("p", "198.51.100.0/24"))
     a.allocate(svc("a"))
     a.upsert_pool(cpool("p", "198.51.100.0/24", disabled=True))
-    assert a.result("default/a").ips == ("198.51.100.1",)  # type: ignore[union-attr]
+    assert a.result("default/a").ips == ("198.51.100.0",)  # type: ignore[union-attr]
     assert a.allocate(svc("b")).reason is R.NO_POOL
     assert a.pool_usage()["p"].disabled
 
@@ -227,16 +232,25 @@ def test_meta_label_selector() -> None:
 
 def test_families() -> None:
     a = alloc_with(cpool("v4", "198.51.100.0/24"), cpool("v6", "2001:db8::/64"))
-    assert a.allocate(svc("single")).ips == ("198.51.100.1",)
-    assert a.allocate(svc("six", ipFamilies=["IPv6"])).ips == ("2001:db8::1",)
+    assert a.allocate(svc("single")).ips == ("198.51.100.0",)
+    assert a.allocate(svc("six", ipFamilies=["IPv6"])).ips == ("2001:db8::",)
     r = a.allocate(svc("dual", ipFamilyPolicy="RequireDualStack", ipFamilies=["IPv6", "IPv4"]))
-    assert r.ips == ("198.51.100.2", "2001:db8::2")
+    assert r.ips == ("198.51.100.1", "2001:db8::1")  # Cilium rules: each family from its first pool
     r = a.allocate(svc("req", ips="198.51.100.77,2001:db8::77"))
     assert r.ips == ("198.51.100.77", "2001:db8::77")
     b = alloc_with(cpool("v4", "198.51.100.0/24"))
+    # PreferDualStack without ipFamilies: one family is enough
     r = b.allocate(svc("prefer", ipFamilyPolicy="PreferDualStack"))
-    assert r.ok and r.ips == ("198.51.100.1",) and "IPv6" in r.message
-    assert b.allocate(svc("req", ipFamilyPolicy="RequireDualStack")).ips == ()
+    assert r.ok and r.ips == ("198.51.100.0",) and "IPv6" in r.message
+    # Cilium keeps what it could allocate and says what is missing
+    r = b.allocate(svc("req", ipFamilyPolicy="RequireDualStack"))
+    assert r.ips == ("198.51.100.1",) and r.reason is R.NO_POOL and "IPv6" in r.message
+    r = b.allocate(svc("listed", ipFamilyPolicy="PreferDualStack", ipFamilies=["IPv4", "IPv6"]))
+    assert r.ips == ("198.51.100.2",) and r.reason is R.NO_POOL
+    # MetalLB rules: all or nothing
+    m = alloc_with(mpool("v4", "198.51.100.0/24"))
+    r = m.allocate(svc("req", ipFamilyPolicy="RequireDualStack"))
+    assert r.ips == () and r.reason is R.NO_POOL
 
 
 def test_idempotent_and_changes() -> None:
@@ -268,18 +282,18 @@ def test_not_handled_and_invalid_release() -> None:
     a = alloc_with(POOL)
     a.allocate(svc("a"))
     r = a.allocate(svc("a", type="ClusterIP"))
-    assert r.reason is R.NOT_HANDLED and r.released == ("198.51.100.1",)
+    assert r.reason is R.NOT_HANDLED and r.released == ("198.51.100.0",)
     a.allocate(svc("b"))
     r = a.allocate(svc("b", ips="nope"))
-    assert r.reason is R.INVALID_REQUEST and r.ips == () and r.released == ("198.51.100.1",)
+    assert r.reason is R.INVALID_REQUEST and r.ips == () and r.released == ("198.51.100.0",)
 
 
 def test_restore_adopts_before_allocating() -> None:
     a = alloc_with(POOL)
-    # "new" sorts first but must not take .1, which "old" holds in its status
-    res = a.restore([(svc("new"), []), (svc("old"), ["198.51.100.1"])])
+    # "new" sorts first but must not take .0, which "old" holds in its status
+    res = a.restore([(svc("new"), []), (svc("old"), ["198.51.100.0"])])
     got = {r.key: r.ips for r in res}
-    assert got == {"default/new": ("198.51.100.2",), "default/old": ("198.51.100.1",)}
+    assert got == {"default/new": ("198.51.100.1",), "default/old": ("198.51.100.0",)}
 
 
 def test_restore_reports_invalid_existing() -> None:
@@ -291,8 +305,8 @@ def test_restore_reports_invalid_existing() -> None:
     ])
     by = {r.key: r for r in res}
     assert by["default/a"].ips == ("198.51.100.5",) and by["default/a"].invalid_existing == ()
-    assert by["default/c"].ips == ("198.51.100.1",)  # no creationTimestamp sorts first
-    assert by["default/b"].ips == ("198.51.100.2",)
+    assert by["default/c"].ips == ("198.51.100.0",)  # no creationTimestamp sorts first
+    assert by["default/b"].ips == ("198.51.100.1",)
     assert "used by default/a" in by["default/b"].invalid_existing[0]
     assert by["default/c"].invalid_existing == (
         "garbage: not an IP address", "203.0.113.1: no pool contains IP 203.0.113.1")
@@ -306,7 +320,7 @@ def test_allocate_adopts_existing_for_unknown_service() -> None:
 
 
 def test_ipv6_64_counts() -> None:
-    a = alloc_with(cpool("v6", "2001:db8::/64"), mpool("m6", "2001:db8:1::/64"))
+    a = alloc_with(cpool("v6", "2001:db8::/64", allowFirstLastIPs="No"), mpool("m6", "2001:db8:1::/64"))
     u = a.pool_usage()
     assert u["v6"].total == 2**64 - 2 and u["m6"].total == 2**64
     assert a.allocate(svc("a", ipFamilies=["IPv6"])).pools == {"2001:db8:1::": "m6"}  # by name
@@ -325,7 +339,7 @@ def test_pool_with_overlapping_blocks_is_in_conflict() -> None:
 def test_restore_of_unhandled_service_releases_it() -> None:
     a = alloc_with(POOL)
     a.allocate(svc("a"))
-    (res,) = a.restore([(svc("a", type="NodePort"), ["198.51.100.1"])])
-    assert res.reason is R.NOT_HANDLED and res.ips == () and res.released == ("198.51.100.1",)
-    assert a.users_of("198.51.100.1") == () and a.result("default/a") is None
-    assert a.allocate(svc("b")).ips == ("198.51.100.1",)
+    (res,) = a.restore([(svc("a", type="NodePort"), ["198.51.100.0"])])
+    assert res.reason is R.NOT_HANDLED and res.ips == () and res.released == ("198.51.100.0",)
+    assert a.users_of("198.51.100.0") == () and a.result("default/a") is None
+    assert a.allocate(svc("b")).ips == ("198.51.100.0",)

@@ -7,7 +7,17 @@ import pytest
 import yaml
 
 from l2lb.core.models import V6, ParseError, key_of
-from l2lb.core.parse import CILIUM_L2_CLASS, is_pool, is_service, parse_pool, parse_service, status_ips
+from l2lb.core.parse import (
+    CILIUM_BGP_CLASS,
+    CILIUM_CLASSES,
+    CILIUM_L2_CLASS,
+    DEFAULT_CLASSES,
+    is_pool,
+    is_service,
+    parse_pool,
+    parse_service,
+    status_ips,
+)
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -23,8 +33,9 @@ def test_seed_pool_parses_unchanged() -> None:
     (pool,) = [parse_pool(d) for d in docs("seed/ip-pool.yaml") if is_pool(d)]
     assert pool.name == "default-pool"
     assert pool.kind == "CiliumLoadBalancerIPPool"
-    # /25: first (.128) and last (.255) reserved by default
-    assert pool.ranges() == [(key_of("192.168.1.129"), key_of("192.168.1.254"))]
+    # Cilium >= 1.16: allowFirstLastIPs unset means Yes, the whole /25 is handed out
+    assert pool.allow_first_last
+    assert pool.ranges() == [(key_of("192.168.1.128"), key_of("192.168.1.255"))]
     assert pool.service_selector is None and not pool.disabled
 
 
@@ -70,7 +81,11 @@ def test_cilium_versions_and_fields(api: str) -> None:
 def test_own_crd_and_v2alpha1_cidrs_alias() -> None:
     p = parse_pool({"apiVersion": "l2lb.io/v1alpha1", "kind": "LoadBalancerIPPool", "metadata": {"name": "x"},
                     "spec": {"blocks": [{"cidr": "198.51.100.0/30"}]}})
-    assert p.kind == "LoadBalancerIPPool" and p.ranges() == [(key_of("198.51.100.1"), key_of("198.51.100.2"))]
+    # l2lb's own kind follows Cilium >= 1.16: the whole CIDR unless allowFirstLastIPs is No
+    assert p.kind == "LoadBalancerIPPool" and p.ranges() == [(key_of("198.51.100.0"), key_of("198.51.100.3"))]
+    p = parse_pool({"apiVersion": "l2lb.io/v1alpha1", "kind": "LoadBalancerIPPool", "metadata": {"name": "x"},
+                    "spec": {"blocks": [{"cidr": "198.51.100.0/30"}], "allowFirstLastIPs": "No"}})
+    assert p.ranges() == [(key_of("198.51.100.1"), key_of("198.51.100.2"))]
     q = parse_pool({"apiVersion": "cilium.io/v2alpha1", "kind": "CiliumLoadBalancerIPPool",
                     "metadata": {"name": "y"}, "spec": {"cidrs": [{"cidr": "198.51.100.0/31"}]}})
     assert q.ranges() == [(key_of("198.51.100.0"), key_of("198.51.100.1"))]  # /31: nothing reserved
@@ -154,8 +169,22 @@ def test_every_ip_annotation(ann: str) -> None:
 
 def test_load_balancer_ip_and_disagreement() -> None:
     assert parse_service(_svc(loadBalancerIP="198.51.100.9")).requested_ips == ("198.51.100.9",)
+    # spec.loadBalancerIP and the annotation are kept apart: Cilium rules take both, MetalLB's refuse both
     r = parse_service(_svc({"lbipam.cilium.io/ips": "198.51.100.1"}, loadBalancerIP="198.51.100.2"))
+    assert not r.problems and r.requested_ips == ("198.51.100.2", "198.51.100.1")
+    assert r.spec_ips == ("198.51.100.2",) and r.annotation_ips == ("198.51.100.1",)
+    assert r.annotation_source == "lbipam.cilium.io/ips"
+    # the two vendors' annotations must agree ...
+    r = parse_service(_svc({"lbipam.cilium.io/ips": "198.51.100.1", "metallb.io/loadBalancerIPs": "198.51.100.2"}))
     assert r.problems and "disagrees" in r.problems[0]
+    # ... within one vendor the current spelling wins, with a note
+    r = parse_service(_svc({"metallb.io/loadBalancerIPs": "198.51.100.1",
+                            "metallb.universe.tf/loadBalancerIPs": "198.51.100.2"}))
+    assert not r.problems and r.requested_ips == ("198.51.100.1",)
+    assert r.notes == ("annotation metallb.universe.tf/loadBalancerIPs=198.51.100.2 ignored: "
+                       "metallb.io/loadBalancerIPs=198.51.100.1 takes precedence",)
+    r = parse_service(_svc({"lbipam.cilium.io/ips": "198.51.100.1", "io.cilium/lb-ipam-ips": "198.51.100.2"}))
+    assert r.requested_ips == ("198.51.100.1",) and len(r.notes) == 1
     r = parse_service(_svc({"lbipam.cilium.io/ips": "198.51.100.1,nonsense"}))
     assert r.problems == ("annotation lbipam.cilium.io/ips: 'nonsense' is not an IP address",)
     r = parse_service(_svc({"lbipam.cilium.io/ips": "198.51.100.0/24"}))
@@ -176,6 +205,12 @@ def test_sharing_cross_namespace_and_pool_annotation() -> None:
     assert r.share_namespaces == ("a", "b") and r.pool == "p"
     r = parse_service(_svc({"metallb.io/allow-shared-ip": "a", "lbipam.cilium.io/sharing-key": "b"}))
     assert r.problems and "sharing key" in r.problems[0]
+    r = parse_service(_svc({"metallb.io/allow-shared-ip": "a", "metallb.universe.tf/allow-shared-ip": "b",
+                            "metallb.io/address-pool": "p", "metallb.universe.tf/address-pool": "q"}))
+    assert not r.problems and r.sharing_key == "a" and r.pool == "p" and len(r.notes) == 2
+    r = parse_service(_svc({"lbipam.cilium.io/sharing-cross-namespace": "a",
+                            "io.cilium/lb-ipam-sharing-cross-namespace": "b"}))
+    assert r.share_namespaces == ("a",)  # Cilium reads the first spelling that is set
 
 
 @pytest.mark.parametrize(
@@ -190,6 +225,16 @@ def test_handled_classes(spec: dict[str, Any], handled: bool) -> None:
 def test_cilium_compat_class() -> None:
     r = parse_service(_svc(loadBalancerClass=CILIUM_L2_CLASS), classes=frozenset({"l2lb.io/l2", CILIUM_L2_CLASS}))
     assert r.handled
+    for cls in (CILIUM_L2_CLASS, CILIUM_BGP_CLASS):
+        assert parse_service(_svc(loadBalancerClass=cls), classes=DEFAULT_CLASSES | CILIUM_CLASSES).handled
+        assert not parse_service(_svc(loadBalancerClass=cls)).handled
+
+
+def test_families_from_cluster_ips_when_ip_families_missing() -> None:
+    assert parse_service(_svc(clusterIPs=["fd00::1", "10.96.0.1"])).ip_families == (6, 4)
+    assert parse_service(_svc(clusterIP="10.96.0.1")).ip_families == (4,)
+    assert parse_service(_svc(clusterIP="None")).ip_families == ()
+    assert parse_service(_svc(ipFamilies=["IPv4"], clusterIPs=["fd00::1"])).ip_families == (4,)
 
 
 def test_families_ports_policy_and_status() -> None:

@@ -2,21 +2,28 @@
 
 Memory is O(allocated addresses), never O(pool size): each usable range of a pool keeps only a
 *frontier* (every address below it was handed out at least once) and a heap of addresses below the
-frontier that were released since; allocation always takes the lowest free address of the first
-eligible range. Which Service uses which address lives in one dict keyed by address key (see
-:mod:`l2lb.core.models`).
+frontier that were released since; allocation takes the lowest free address of a range. Which Service
+uses which address lives in one dict keyed by address key (see :mod:`l2lb.core.models`).
 
-Rules (Cilium LB-IPAM + MetalLB, see docs/ARCHITECTURE.md and DESIGN.md):
+A Service gets what the anchor whose pool serves it would give it (docs/install.md, "Compatibility"):
 
+* the *flavor* of a Service is the kind of that pool: the pool of its first requested IP, else of its
+  first IP in status, else the pool it names (``metallb.io/address-pool``), else the first pool that
+  would serve it; MetalLB ``IPAddressPool`` -> MetalLB rules, any other kind (Cilium's, l2lb's own) ->
+  Cilium >= 1.16 rules;
+* Cilium rules: requested IPs are spec.loadBalancerIP plus the annotation, each from whatever pool
+  holds it; without requested IPs each wanted family comes from the first pool that has one; what can be
+  given is given even when something else cannot (the reason then says what is missing);
+* MetalLB rules: spec.loadBalancerIP and the annotation together are refused; at most one requested IP
+  per family, all in one pool, of exactly the Service's families; a dual-stack Service takes both
+  families from one pool (pools with a serviceAllocation that matches first, by priority); an existing
+  set of IPs is kept whole or replaced whole; all or nothing;
 * pools overlap -> the later created one (creationTimestamp, then name) is in conflict and neither
   allocates nor holds addresses; a disabled pool keeps existing allocations but hands out no new one;
-* requested IPs (annotations, spec.loadBalancerIP) must all be satisfied, each from a pool that
-  selects the Service; otherwise the Service gets no IP and a reason;
-* families follow ipFamilies/ipFamilyPolicy (SingleStack: one family, IPv4 unless told;
-  PreferDualStack: both if possible, one is enough; RequireDualStack: both);
-* an address is shared only by Services with the same sharing key, in the same namespace unless both
-  allow each other's namespace, with no (protocol, port) in common, the same externalTrafficPolicy
-  and, for ``Local``, identical pod selectors;
+* an address is shared only by Services with the same sharing key, no (protocol, port) in common and
+  the same backends: Cilium rules also want the same namespace unless both allow each other's and, for
+  ``externalTrafficPolicy: Local``, equal non-empty pod selectors; MetalLB rules share across
+  namespaces and compare the selectors of ``Local`` Services;
 * restore adopts every valid existing address (in order of Service creation, so the outcome does
   not depend on arrival order) before anything new is allocated.
 """
@@ -26,7 +33,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from l2lb.core.models import (
     V6,
@@ -95,6 +102,20 @@ class _Range:
         self.frontier = k
         return None
 
+    def peek_lowest(self, used: Mapping[int, object]) -> int | None:
+        """The address ``take_lowest`` would return, without taking it."""
+        free = self.free
+        while free and free[0] in used:
+            heapq.heappop(free)
+        if free:
+            return free[0]
+        k = self.frontier
+        hi = self.hi
+        while k <= hi and (k in used or (self.buggy and (k & 255) in (0, 255))):
+            k += 1
+        self.frontier = k  # everything skipped is in use (handed out) or never allocatable
+        return k if k <= hi else None
+
 
 class _PoolState:
     __slots__ = ("conflict", "families", "name", "pool", "ranges")
@@ -124,28 +145,54 @@ class _Fail(Exception):
         self.message = message
 
 
+@dataclass(slots=True)
+class _Want:
+    """The families a Service asks for: ``fams`` in order of preference, ``need`` of them required."""
+
+    fams: list[int]
+    need: int
+    known: bool  # spec.ipFamilies (or clusterIPs) said so; False: guessed from the policy
+    prefer: bool  # PreferDualStack
+
+
 def _allows(svc: ServiceRequest, namespace: str) -> bool:
     return "*" in svc.share_namespaces or namespace in svc.share_namespaces
 
 
-def incompatibility(a: ServiceRequest, b: ServiceRequest) -> str | None:
-    """Why ``a`` may not share an IP with ``b`` (None: they may)."""
+def _backend(svc: ServiceRequest) -> str:
+    """MetalLB's backend key: the pod selector of a ``Local`` Service, nothing for ``Cluster``."""
+    if svc.external_traffic_policy != "Local":
+        return ""
+    return ",".join(f"{k}={v}" for k, v in sorted(svc.selector.items()))
+
+
+def incompatibility(a: ServiceRequest, b: ServiceRequest, *, metallb: bool = False) -> str | None:
+    """Why ``a`` may not share an IP with ``b`` (None: they may); ``metallb``: the IP is in a MetalLB pool."""
     if not a.sharing_key or a.sharing_key != b.sharing_key:
         if not a.sharing_key:
             return f"used by {b.key} and this Service has no sharing key"
         return f"used by {b.key}, which has sharing key {b.sharing_key or '<none>'!r}, not {a.sharing_key!r}"
-    if a.namespace != b.namespace and not (_allows(a, b.namespace) and _allows(b, a.namespace)):
+    if not metallb and a.namespace != b.namespace and not (_allows(a, b.namespace) and _allows(b, a.namespace)):
         return (f"used by {b.key} in another namespace; both Services must allow each other's namespace "
                 "with lbipam.cilium.io/sharing-cross-namespace")
     common = sorted(set(a.ports) & set(b.ports))
     if common:
         pp = ", ".join(f"{p}/{n}" for p, n in common)
         return f"used by {b.key} with the same port(s) {pp}"
+    if metallb:
+        if _backend(a) != _backend(b):
+            return (f"used by {b.key} with other backends (externalTrafficPolicy {b.external_traffic_policy}"
+                    f"{', selector ' + _backend(b) if _backend(b) else ''}); this Service has "
+                    f"{a.external_traffic_policy}{', selector ' + _backend(a) if _backend(a) else ''}")
+        return None
     if a.external_traffic_policy != b.external_traffic_policy:
         return (f"used by {b.key} with externalTrafficPolicy {b.external_traffic_policy}, "
                 f"this Service has {a.external_traffic_policy}")
-    if a.external_traffic_policy == "Local" and dict(a.selector) != dict(b.selector):
-        return f"used by {b.key} with externalTrafficPolicy Local and a different pod selector"
+    if a.external_traffic_policy == "Local":
+        if not a.selector or not b.selector:
+            return f"used by {b.key} with externalTrafficPolicy Local, and a Service without a pod selector"
+        if dict(a.selector) != dict(b.selector):
+            return f"used by {b.key} with externalTrafficPolicy Local and a different pod selector"
     return None
 
 
@@ -174,6 +221,7 @@ class Allocator:
         self._svcs: dict[str, _Svc] = {}
         self._share: dict[str, set[str]] = {}
         self._selective = False  # some pool selects Services (labels with meta-labels needed)
+        self._kinds = (False, False)  # (some MetalLB pool, some other pool)
 
     # ------------------------------------------------------------------------------------------
     # pools
@@ -251,6 +299,8 @@ class Allocator:
             self._ps[p.name] = _PoolState(p, conflict)
         self._selective = any(p.service_selector is not None or p.allocation is not None
                               for p in self._pools.values())
+        self._kinds = (any(p.metallb for p in self._pools.values()),
+                       any(not p.metallb for p in self._pools.values()))
         ranges = sorted((r for ps in self._ps.values() if ps.conflict is None for r in ps.ranges),
                         key=lambda r: r.lo)
         self._ranges = ranges
@@ -276,6 +326,16 @@ class Allocator:
                 return r
         return None
 
+    def _pool_of(self, k: int) -> Pool | None:
+        """The pool whose blocks contain ``k`` (usable range first, then any pool, conflicting or not)."""
+        rng = self._find(k)
+        if rng is not None:
+            return self._ps[rng.pool].pool
+        for ps in self._ps.values():
+            if any(b.first <= k <= b.last for b in ps.pool.blocks):
+                return ps.pool
+        return None
+
     def _conflicting_pool_of(self, k: int) -> str | None:
         for ps in self._ps.values():
             if ps.conflict and any(b.first <= k <= b.last for b in ps.pool.blocks):
@@ -295,8 +355,8 @@ class Allocator:
                               "not handled: not type LoadBalancer or another loadBalancerClass")
         if st is not None and st.req == svc and st.result is not None and st.result.ok:
             return replace(st.result, changed=False, released=(), invalid_existing=())
-        if (st is None and not existing and not svc.problems and not svc.requested_ips
-                and not svc.sharing_key and svc.pool is None and not self._selective):
+        if (st is None and not existing and not svc.problems and not svc.requested_ips and not svc.notes
+                and not svc.sharing_key and svc.pool is None and not self._selective and not self._kinds[0]):
             fast = self._fast_new(svc)
             if fast is not None:
                 return fast
@@ -312,9 +372,9 @@ class Allocator:
         return res
 
     def _fast_new(self, svc: ServiceRequest) -> AllocationResult | None:
-        """The common case (new Service, nothing requested, no sharing, no selective pools) without
-        the general machinery; same outcome as ``_run``. None: take the general path."""
-        fams, _ = self._families(svc, [])
+        """The common case (new Service, nothing requested, no sharing, no selective pools, Cilium rules)
+        without the general machinery; same outcome as ``_run``. None: take the general path."""
+        fams = self._want(svc, [], metallb=False).fams
         used = self._used
         key = svc.key
         got: list[tuple[int, _Range]] = []
@@ -423,7 +483,7 @@ class Allocator:
         return (first, *more) if more else (first,)
 
     # ------------------------------------------------------------------------------------------
-    # internals
+    # internals: bookkeeping
     def _parse_existing(self, existing: Sequence[str], invalid: list[str]) -> list[int]:
         out: list[int] = []
         for ip in existing:
@@ -515,23 +575,31 @@ class Allocator:
                 out.append(res)
         return out
 
-    def _adopt(self, st: _Svc, keep: list[int], invalid: list[str]) -> None:
-        req = st.req
-        labels = service_labels(req.namespace, req.name, req.labels)
-        requested = self._requested(req)
-        fams, _ = self._families(req, requested)
-        req_set = set(requested)
-        for k in keep:
-            why, rng = self._check_keep(req, labels, k, fams=fams, req_set=req_set, chosen=st.ips)
-            if why is not None or rng is None:
-                invalid.append(f"{str_of(k)}: {why}")
-            else:
-                self._attach(k, req.key, rng)
-                st.ips.append(k)
+    # ------------------------------------------------------------------------------------------
+    # internals: what a Service asks for
+    def _labels(self, req: ServiceRequest) -> Mapping[str, str]:
+        return service_labels(req.namespace, req.name, req.labels) if self._selective else req.labels
 
-    def _requested(self, req: ServiceRequest) -> list[int]:
+    def _flavor(self, req: ServiceRequest, labels: Mapping[str, str], keep: Sequence[int]) -> bool:
+        """True: MetalLB rules (the pool serving the Service is an IPAddressPool)."""
+        some_metallb, some_other = self._kinds
+        if not some_metallb or not some_other:
+            return some_metallb
+        for k in (*self._keys(req.requested_ips), *keep):
+            p = self._pool_of(k)
+            if p is not None:
+                return p.metallb
+        if req.pool is not None and req.pool in self._pools:
+            return self._pools[req.pool].metallb
+        for ps in self._auto_order:
+            if ps.pool.auto_assign and self._mismatch(ps, req, labels) is None:
+                return ps.pool.metallb
+        return False
+
+    @staticmethod
+    def _keys(ips: Sequence[str]) -> list[int]:
         out: list[int] = []
-        for ip in req.requested_ips:
+        for ip in ips:
             try:
                 k = key_of(ip)
             except ValueError:
@@ -540,20 +608,39 @@ class Allocator:
                 out.append(k)
         return out
 
-    def _families(self, req: ServiceRequest, requested: list[int]) -> tuple[list[int], int]:
-        """Families wanted and how many of them must be satisfied."""
+    def _requested(self, req: ServiceRequest, metallb: bool) -> list[int]:
+        if not metallb:
+            return self._keys(req.requested_ips)  # Cilium: spec.loadBalancerIP and the annotation
+        if req.spec_ips and req.annotation_ips:
+            raise _Fail(Reason.INVALID_REQUEST,
+                        f"spec.loadBalancerIP and annotation {req.annotation_source} are both set; MetalLB "
+                        "refuses a Service with both: keep the annotation")
+        return self._keys(req.annotation_ips or req.spec_ips)
+
+    def _want(self, req: ServiceRequest, requested: list[int], *, metallb: bool) -> _Want:
+        """Families wanted: spec.ipFamilies (or clusterIPs) and ipFamilyPolicy; without families,
+        IPv4 (or the requested IPs' families) for single stack, both for dual stack."""
         pol = req.ip_family_policy
+        known = bool(req.ip_families)
+        listed = list(dict.fromkeys(req.ip_families))
         if pol == "RequireDualStack":
-            return [4, 6], 2
+            fams = listed + [f for f in (4, 6) if f not in listed]
+            return _Want(fams, 2, known, False)
         if pol == "PreferDualStack":
-            return [4, 6], 1
-        if req.ip_families:
-            return [req.ip_families[0]], 1
+            if known:  # the cluster's families: Cilium wants each of them, MetalLB is content with one
+                return _Want(listed, 1 if metallb else len(listed), True, True)
+            return _Want([4, 6], 1, False, True)
+        if known:
+            # SingleStack: the first family; MetalLB goes by the families the Service has
+            fams = listed if metallb else listed[:1]
+            return _Want(fams, len(fams), True, False)
         if requested:
             fams = sorted({family_of(k) for k in requested})
-            return fams, len(fams)
-        return [4], 1
+            return _Want(fams, len(fams), False, False)
+        return _Want([4], 1, False, False)
 
+    # ------------------------------------------------------------------------------------------
+    # internals: checks
     def _mismatch(self, ps: _PoolState, req: ServiceRequest, labels: Mapping[str, str]) -> str | None:
         p = ps.pool
         if req.pool is not None and req.pool != p.name:
@@ -571,17 +658,17 @@ class Allocator:
                 return f"pool {p.name!r} serviceAllocation.serviceSelectors do not match the Service"
         return None
 
-    def _share_problem(self, req: ServiceRequest, k: int) -> tuple[Reason, str] | None:
+    def _share_problem(self, req: ServiceRequest, k: int, rng: _Range | None = None) -> tuple[Reason, str] | None:
+        """Why ``req`` may not use ``k`` next to its current users (by the rules of k's pool)."""
         if k not in self._used:
             return None
-        same_key = False
+        rng = rng or self._find(k)
+        metallb = rng is not None and self._ps[rng.pool].pool.metallb
         for u in self._users(k):
-            other = self._svcs[u].req
-            why = incompatibility(req, other)
+            why = incompatibility(req, self._svcs[u].req, metallb=metallb)
             if why is not None:
-                if req.sharing_key and req.sharing_key == other.sharing_key:
-                    same_key = True
-                reason = Reason.ALREADY_ALLOCATED_INCOMPATIBLE if same_key else Reason.ALREADY_ALLOCATED
+                # a Service with a sharing key that cannot join is "incompatible", one without is refused
+                reason = Reason.ALREADY_ALLOCATED_INCOMPATIBLE if req.sharing_key else Reason.ALREADY_ALLOCATED
                 return reason, f"IP {str_of(k)} is {why}"
         return None
 
@@ -597,8 +684,10 @@ class Allocator:
                                                   f"{self._ps[cp].conflict}")
             for ps in self._ps.values():
                 if any(b.first <= k <= b.last for b in ps.pool.blocks):
-                    raise _Fail(Reason.NO_POOL, f"IP {ip} is reserved in pool {ps.name!r} (first/last "
-                                                "address of a CIDR; set allowFirstLastIPs to use it)")
+                    # Cilium: the reserved first/last address counts as allocated
+                    raise _Fail(Reason.ALREADY_ALLOCATED,
+                                f"IP {ip} is reserved in pool {ps.name!r}: the first and last address of a "
+                                "CIDR are not handed out while allowFirstLastIPs is No")
             raise _Fail(Reason.NO_POOL, f"no pool contains IP {ip}")
         ps = self._ps[rng.pool]
         if not rng.allowed(k):
@@ -612,41 +701,112 @@ class Allocator:
 
     def _check_keep(self, req: ServiceRequest, labels: Mapping[str, str], k: int, *, fams: list[int],
                     req_set: set[int], chosen: list[int]) -> tuple[str | None, _Range | None]:
+        """Cilium rules: may ``req`` keep the existing IP ``k`` (each IP on its own)?"""
         f = family_of(k)
-        if f not in fams:
-            return f"the Service does not ask for an {_FAM[f]} address", None
         if req_set:
             if k not in req_set:
                 return "not among the requested IPs", None
+        elif f not in fams:
+            return f"the Service does not ask for an {_FAM[f]} address", None
         elif any(family_of(c) == f for c in chosen):
             return f"the Service already has an {_FAM[f]} address", None
         try:
             rng = self._locate(req, labels, k, new=False)
         except _Fail as e:
             return e.message, None
-        prob = self._share_problem(req, k)
+        prob = self._share_problem(req, k, rng)
         if prob is not None:
             return prob[1], None
         return None, rng
 
+    def _keep_metallb(self, req: ServiceRequest, labels: Mapping[str, str], keep: list[int], *, want: _Want,
+                      requested: list[int], invalid: list[str]) -> list[tuple[int, _Range]]:
+        """MetalLB rules: the existing IPs are kept together or not at all."""
+        if not keep:
+            return []
+
+        def reject(why: str) -> list[tuple[int, _Range]]:
+            invalid.extend(f"{str_of(k)}: {why}" for k in keep)
+            return []
+
+        fams = [family_of(k) for k in keep]
+        if requested and set(keep) != set(requested):
+            return reject("the Service asks for " + ", ".join(str_of(k) for k in requested))
+        if len(keep) > 2 or len(set(fams)) != len(fams):
+            return reject("a Service holds at most one IP per family")
+        if want.known or want.need == 2:
+            ok = set(fams) == set(want.fams) or (want.prefer and len(keep) == 1 and fams[0] in want.fams)
+        else:
+            ok = set(fams) <= set(want.fams)
+        if not ok:
+            return reject(f"the Service's IP families are {'+'.join(_FAM[f] for f in want.fams)}")
+        out: list[tuple[int, _Range]] = []
+        pools = set()
+        for k in keep:
+            try:
+                rng = self._locate(req, labels, k, new=False)
+            except _Fail as e:
+                return reject(e.message)
+            prob = self._share_problem(req, k, rng)
+            if prob is not None:
+                return reject(prob[1])
+            pools.add(rng.pool)
+            out.append((k, rng))
+        if len(pools) > 1:
+            return reject("the IPs are in different pools (" + ", ".join(sorted(pools)) + ")")
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    # internals: picking new addresses
+    def _adopt(self, st: _Svc, keep: list[int], invalid: list[str]) -> None:
+        """Restore, phase 1: take back the Service's valid existing IPs."""
+        req = st.req
+        labels = service_labels(req.namespace, req.name, req.labels)
+        metallb = self._flavor(req, labels, keep)
+        try:
+            requested = self._requested(req, metallb)
+        except _Fail:
+            return  # phase 2 reports it
+        want = self._want(req, requested, metallb=metallb)
+        if metallb:
+            for k, r in self._keep_metallb(req, labels, keep, want=want, requested=requested, invalid=invalid):
+                self._attach(k, req.key, r)
+                st.ips.append(k)
+            return
+        req_set = set(requested)
+        for k in keep:
+            why, rng = self._check_keep(req, labels, k, fams=want.fams, req_set=req_set, chosen=st.ips)
+            if why is not None or rng is None:
+                invalid.append(f"{str_of(k)}: {why}")
+            else:
+                self._attach(k, req.key, rng)
+                st.ips.append(k)
+
+    def _shared_candidates(self, req: ServiceRequest, f: int) -> list[int]:
+        """IPs of family ``f`` held by other Services with the same sharing key, oldest holder first."""
+        if not req.sharing_key:
+            return []
+        holders = sorted((self._svcs[o] for o in self._share.get(req.sharing_key, ()) if o != req.key),
+                         key=lambda s: _order_key(s.req))
+        out: list[int] = []
+        for h in holders:
+            out.extend(k for k in sorted(h.ips) if family_of(k) == f and k not in out)
+        return out
+
     def _auto(self, req: ServiceRequest, labels: Mapping[str, str], f: int,
               chosen: list[int]) -> tuple[int, _Range]:
-        if req.sharing_key:
-            cands: list[int] = []
-            for other in self._share.get(req.sharing_key, ()):
-                if other != req.key:
-                    cands.extend(k for k in self._svcs[other].ips if family_of(k) == f)
-            for k in sorted(set(cands)):
-                if k in chosen:
-                    continue
-                rng = self._find(k) if k in self._used else None
-                if rng is None:
-                    continue
-                ps = self._ps[rng.pool]
-                if ps.pool.disabled or self._mismatch(ps, req, labels) is not None:
-                    continue
-                if self._share_problem(req, k) is None:
-                    return k, rng
+        """Cilium rules: one new address of family ``f`` (sharing first, then the first pool with one)."""
+        for k in self._shared_candidates(req, f):
+            if k in chosen:
+                continue
+            rng = self._find(k) if k in self._used else None
+            if rng is None:
+                continue
+            ps = self._ps[rng.pool]
+            if ps.pool.disabled or self._mismatch(ps, req, labels) is not None:
+                continue
+            if self._share_problem(req, k, rng) is None:
+                return k, rng
         if req.pool is not None and req.pool not in self._pools:
             raise _Fail(Reason.NO_POOL, f"pool {req.pool!r} (metallb.io/address-pool) does not exist")
         matched = False
@@ -664,85 +824,126 @@ class Allocator:
                     if got is not None:
                         return got, rng
         if not matched:
-            if req.pool is not None:
-                ps0 = self._ps.get(req.pool)
-                if ps0 is not None and ps0.conflict:
-                    raise _Fail(Reason.POOL_CONFLICT, f"pool {req.pool!r} is in conflict: {ps0.conflict}")
-                if ps0 is not None and ps0.pool.disabled:
-                    raise _Fail(Reason.POOL_DISABLED, f"pool {req.pool!r} is disabled")
-                if ps0 is not None and f in ps0.families:
-                    why = self._mismatch(ps0, req, labels)
-                    raise _Fail(Reason.POOL_SELECTOR_MISMATCH, why or f"pool {req.pool!r} does not match")
+            self._explain_pool(req, labels, f)
             raise _Fail(Reason.NO_POOL, f"no enabled pool with {_FAM[f]} addresses matches this Service")
         raise _Fail(Reason.OUT_OF_IPS, f"every matching pool is out of {_FAM[f]} addresses")
 
+    def _explain_pool(self, req: ServiceRequest, labels: Mapping[str, str], f: int | None) -> None:
+        """Raise the reason why the pool the Service names cannot serve it (if it names one)."""
+        if req.pool is None:
+            return
+        ps0 = self._ps.get(req.pool)
+        if ps0 is None:
+            raise _Fail(Reason.NO_POOL, f"pool {req.pool!r} (metallb.io/address-pool) does not exist")
+        if ps0.conflict:
+            raise _Fail(Reason.POOL_CONFLICT, f"pool {req.pool!r} is in conflict: {ps0.conflict}")
+        if ps0.pool.disabled:
+            raise _Fail(Reason.POOL_DISABLED, f"pool {req.pool!r} is disabled")
+        if f is None or f in ps0.families:
+            why = self._mismatch(ps0, req, labels)
+            if why is not None:
+                raise _Fail(Reason.POOL_SELECTOR_MISMATCH, why)
+
+    def _first_acceptable(self, req: ServiceRequest, ps: _PoolState, f: int) -> tuple[int, _Range] | None:
+        """MetalLB rules: the lowest address of family ``f`` in ``ps`` (blocks in their written order)
+        that is free or that ``req`` may share."""
+        shared = [k for k in self._shared_candidates(req, f) if k in self._used]
+        for rng in ps.ranges:
+            if rng.family != f:
+                continue
+            best = rng.peek_lowest(self._used)
+            for k in shared:
+                if rng.allowed(k) and (best is None or k < best) and self._share_problem(req, k, rng) is None:
+                    best = k
+            if best is not None:
+                return best, rng
+        return None
+
+    def _pick_metallb(self, req: ServiceRequest, ps: _PoolState, want: _Want,
+                      ) -> tuple[list[tuple[int, _Range]], bool]:
+        """MetalLB rules: what ``ps`` can give: (addresses, complete). Complete: every family needed."""
+        got = {f: self._first_acceptable(req, ps, f) for f in want.fams if f in ps.families}
+        picked = [c for f in want.fams if (c := got.get(f)) is not None]
+        return picked, len(picked) == len(want.fams)
+
+    def _auto_metallb(self, req: ServiceRequest, labels: Mapping[str, str], want: _Want) -> list[tuple[int, _Range]]:
+        """MetalLB rules: every wanted family from one pool: the named pool, else pools with a matching
+        serviceAllocation (by priority), else the others; a pool with all families wins, PreferDualStack
+        settles for the first pool with the first family (then the second)."""
+        if req.pool is not None:
+            self._explain_pool(req, labels, None)
+            tiers = [[self._ps[req.pool]]]
+        else:
+            pinned = [ps for ps in self._auto_order if ps.pool.allocation is not None]
+            others = [ps for ps in self._auto_order if ps.pool.allocation is None]
+            tiers = [pinned, others]
+        seen_family = False
+        for tier in tiers:
+            partial: list[list[tuple[int, _Range]]] = []
+            for ps in tier:
+                if req.pool is None and not ps.pool.auto_assign:
+                    continue
+                if self._mismatch(ps, req, labels) is not None:
+                    continue
+                if not ps.families & set(want.fams):
+                    continue
+                seen_family = seen_family or ps.families >= set(want.fams[:want.need])
+                picked, complete = self._pick_metallb(req, ps, want)
+                if complete:
+                    return picked
+                if picked and want.need < len(want.fams):
+                    partial.append(picked)
+            if partial:
+                for f in want.fams:  # the first family first (PreferDualStack)
+                    for picked in partial:
+                        if any(family_of(k) == f for k, _ in picked):
+                            return picked
+        fams = "+".join(_FAM[f] for f in want.fams[:max(want.need, 1)])
+        if req.pool is not None:
+            ps0 = self._ps[req.pool]
+            if not ps0.families & set(want.fams) or (want.need == 2 and not ps0.families >= set(want.fams)):
+                raise _Fail(Reason.NO_POOL, f"pool {req.pool!r} has no {fams} addresses")
+            raise _Fail(Reason.OUT_OF_IPS, f"pool {req.pool!r} is out of {fams} addresses")
+        if seen_family:
+            raise _Fail(Reason.OUT_OF_IPS, f"every matching pool is out of {fams} addresses"
+                        + (" (MetalLB takes both families from one pool)" if want.need == 2 else ""))
+        raise _Fail(Reason.NO_POOL, f"no enabled pool with {fams} addresses matches this Service"
+                    + (" (MetalLB takes both families from one pool)" if want.need == 2 else ""))
+
+    # ------------------------------------------------------------------------------------------
+    # internals: one Service
     def _run(self, st: _Svc, keep: list[int], old: list[int], invalid: list[str]) -> AllocationResult:
-        """Detach the Service's IPs, then give it its IPs: kept ones first, then requested, then
-        automatic ones. All-or-nothing for what is required."""
+        """Detach the Service's IPs, then give it its IPs by the rules of its flavor."""
         req = st.req
         key = req.key
         for k in st.ips:
             self._detach(k, key)
         st.ips = []
         chosen = st.ips
-        reason, message = Reason.SATISFIED, ""
-        notes: list[str] = []
+        notes = list(req.notes)
+        fail: _Fail | None = None
         try:
             if req.problems:
                 raise _Fail(Reason.INVALID_REQUEST, "; ".join(req.problems))
-            labels = (service_labels(req.namespace, req.name, req.labels) if self._selective
-                      else req.labels)
-            requested = self._requested(req) if req.requested_ips else []
-            fams, need = self._families(req, requested)
-            for k in requested:
-                if family_of(k) not in fams:
-                    raise _Fail(Reason.INVALID_REQUEST,
-                                f"requested IP {str_of(k)} is {_FAM[family_of(k)]} but the Service's "
-                                f"ipFamilies/ipFamilyPolicy allow {'+'.join(_FAM[x] for x in fams)}")
-            req_set = set(requested) if requested else set()
-            for k in keep:
-                why, rng = self._check_keep(req, labels, k, fams=fams, req_set=req_set, chosen=chosen)
-                if why is not None or rng is None:
-                    invalid.append(f"{str_of(k)}: {why}")
-                    continue
-                self._attach(k, key, rng)
-                chosen.append(k)
-            for k in requested:
-                if k in chosen:
-                    continue
-                rng = self._locate(req, labels, k, new=True)
-                prob = self._share_problem(req, k)
-                if prob is not None:
-                    raise _Fail(*prob)
-                self._attach(k, key, rng)
-                chosen.append(k)
-            have = [family_of(k) for k in chosen] if chosen else []
-            first_fail: _Fail | None = None
-            for f in fams:
-                if f in have:
-                    continue
-                try:
-                    k, rng = self._auto(req, labels, f, chosen)
-                except _Fail as e:
-                    first_fail = first_fail or e
-                    notes.append(f"no {_FAM[f]} address: {e.message}")
-                    continue
-                if k in self._used:
-                    self._more.setdefault(k, []).append(key)
-                else:
-                    self._used[k] = key
-                    rng.used += 1
-                chosen.append(k)
-                have.append(f)
-            if first_fail is not None and len(set(have)) < need:
-                raise first_fail
+            labels = self._labels(req)
+            metallb = self._flavor(req, labels, keep)
+            requested = self._requested(req, metallb)
+            want = self._want(req, requested, metallb=metallb)
+            if metallb:
+                self._run_metallb(req, labels, want, requested=requested, keep=keep, chosen=chosen,
+                                  invalid=invalid, notes=notes)
+            else:
+                fail = self._run_cilium(req, labels, want, requested=requested, keep=keep, chosen=chosen,
+                                        invalid=invalid, notes=notes)
         except _Fail as e:
             for k in chosen:
                 self._detach(k, key)
             chosen.clear()
-            reason, message = e.reason, e.message
-        if notes and reason is Reason.SATISFIED:
-            message = "; ".join(notes)
+            fail = e
+        if fail is not None:
+            reason, message = fail.reason, fail.message
+        else:
+            reason, message = Reason.SATISFIED, "; ".join(notes)
         if len(chosen) > 1:
             chosen.sort()
         find = self._find
@@ -757,3 +958,113 @@ class Allocator:
         st.result = res
         st.invalid = invalid
         return res
+
+    def _run_cilium(self, req: ServiceRequest, labels: Mapping[str, str], want: _Want, *, requested: list[int],
+                    keep: list[int], chosen: list[int], invalid: list[str], notes: list[str]) -> _Fail | None:
+        """Cilium rules. What can be given is given; returns the first reason something could not."""
+        key = req.key
+        for k in requested:
+            if family_of(k) not in want.fams:
+                raise _Fail(Reason.INVALID_REQUEST,
+                            f"requested IP {str_of(k)} is {_FAM[family_of(k)]} but the Service's "
+                            f"ipFamilies/ipFamilyPolicy allow {'+'.join(_FAM[x] for x in want.fams)}")
+        req_set = set(requested)
+        for k in keep:
+            why, rng = self._check_keep(req, labels, k, fams=want.fams, req_set=req_set, chosen=chosen)
+            if why is not None or rng is None:
+                invalid.append(f"{str_of(k)}: {why}")
+                continue
+            self._attach(k, key, rng)
+            chosen.append(k)
+        first: _Fail | None = None
+        if requested:  # Cilium gives exactly the requested IPs: no other family is added
+            for k in requested:
+                if k in chosen:
+                    continue
+                try:
+                    rng = self._locate(req, labels, k, new=True)
+                    prob = self._share_problem(req, k, rng)
+                    if prob is not None:
+                        raise _Fail(*prob)
+                except _Fail as e:
+                    first = first or e
+                    continue
+                self._attach(k, key, rng)
+                chosen.append(k)
+            return first
+        have = {family_of(k) for k in chosen}
+        for f in want.fams:
+            if f in have:
+                continue
+            try:
+                k, rng = self._auto(req, labels, f, chosen)
+            except _Fail as e:
+                first = first or e
+                notes.append(f"no {_FAM[f]} address: {e.message}")
+                continue
+            self._attach(k, key, rng)
+            chosen.append(k)
+            have.add(f)
+        if first is not None and len(have) < want.need:
+            return first
+        return None
+
+    def _run_metallb(self, req: ServiceRequest, labels: Mapping[str, str], want: _Want, *, requested: list[int],
+                     keep: list[int], chosen: list[int], invalid: list[str], notes: list[str]) -> None:
+        """MetalLB rules: all or nothing (raises _Fail)."""
+        key = req.key
+        if want.known and want.need == 2 and len(req.ip_families) < 2:
+            raise _Fail(Reason.INVALID_REQUEST, "ipFamilyPolicy RequireDualStack but the Service has one IP family "
+                                                "(clusterIPs): MetalLB refuses it")
+        if requested:
+            fams = [family_of(k) for k in requested]
+            if len(requested) > 2 or len(set(fams)) != len(fams):
+                raise _Fail(Reason.INVALID_REQUEST, "at most one requested IP per family (MetalLB): "
+                            + ", ".join(str_of(k) for k in requested))
+            if want.known or want.need == 2:
+                ok = set(fams) == set(want.fams[:len(want.fams) if want.known else 2])
+            else:
+                ok = set(fams) <= set(want.fams)
+            if not ok:
+                raise _Fail(Reason.INVALID_REQUEST,
+                            f"requested IP(s) {', '.join(str_of(k) for k in requested)} do not match the Service's "
+                            f"IP families ({'+'.join(_FAM[f] for f in want.fams)})")
+            placed: list[tuple[int, _Range]] = []
+            for k in requested:
+                rng = self._locate(req, labels, k, new=True)
+                prob = self._share_problem(req, k, rng)
+                if prob is not None:
+                    raise _Fail(*prob)
+                placed.append((k, rng))
+            pools = sorted({rng.pool for _, rng in placed})
+            if len(pools) > 1:
+                raise _Fail(Reason.NO_POOL, f"requested IPs {', '.join(str_of(k) for k in requested)} are in "
+                                            f"different pools ({', '.join(pools)}); MetalLB takes a Service's "
+                                            "IPs from one pool")
+            for k, rng in placed:
+                self._attach(k, key, rng)
+                chosen.append(k)
+            return
+        kept = self._keep_metallb(req, labels, keep, want=want, requested=requested, invalid=invalid)
+        for k, rng in kept:
+            self._attach(k, key, rng)
+            chosen.append(k)
+        if kept:
+            if len(kept) == 1 and want.prefer and len(want.fams) == 2:
+                # PreferDualStack holding one family: the other one from the same pool, if it has one
+                ps = self._ps[kept[0][1].pool]
+                other = next(f for f in want.fams if f != family_of(kept[0][0]))
+                c = self._first_acceptable(req, ps, other) if other in ps.families else None
+                if c is None:
+                    notes.append(f"no {_FAM[other]} address: pool {ps.name!r} has none free")
+                else:
+                    self._attach(c[0], key, c[1])
+                    chosen.append(c[0])
+            return
+        for k, rng in self._auto_metallb(req, labels, want):
+            self._attach(k, key, rng)
+            chosen.append(k)
+        if len(chosen) < len(want.fams):
+            missing = [f for f in want.fams if f not in {family_of(k) for k in chosen}]
+            notes.append("no " + "+".join(_FAM[f] for f in missing) + " address: MetalLB takes both families "
+                         "from one pool and none with both was free")

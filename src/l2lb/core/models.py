@@ -153,11 +153,17 @@ class Pool:
     generation: int = 0
     labels: Mapping[str, str] = field(default_factory=dict)
     disabled: bool = False
-    allow_first_last: bool = False
+    # Cilium >= 1.16: only an explicit allowFirstLastIPs: No reserves a CIDR's first and last address
+    allow_first_last: bool = True
     service_selector: LabelSelector | None = None  # Cilium serviceSelector; None = every Service
     auto_assign: bool = True
     avoid_buggy_ips: bool = False  # skip x.x.x.0 and x.x.x.255 (IPv4)
     allocation: ServiceAllocation | None = None
+
+    @property
+    def metallb(self) -> bool:
+        """A MetalLB IPAddressPool: Services it serves follow MetalLB's rules, others Cilium's."""
+        return self.kind == "IPAddressPool"
 
     def ranges(self) -> list[tuple[int, int]]:
         out = []
@@ -178,11 +184,14 @@ class ServiceRequest:
     generation: int = 0
     created: str = ""  # creationTimestamp: on restore, older Services win contested IPs
     labels: Mapping[str, str] = field(default_factory=dict)
-    requested_ips: tuple[str, ...] = ()  # normalised; from annotations or spec.loadBalancerIP
+    requested_ips: tuple[str, ...] = ()  # normalised; spec.loadBalancerIP and the annotation, in that order
+    spec_ips: tuple[str, ...] = ()  # from spec.loadBalancerIP
+    annotation_ips: tuple[str, ...] = ()  # from the requested-IPs annotation (annotation_source)
+    annotation_source: str = ""  # the annotation annotation_ips came from
     pool: str | None = None  # metallb.io/address-pool
     sharing_key: str | None = None
     share_namespaces: tuple[str, ...] = ()  # lbipam.cilium.io/sharing-cross-namespace ("*" = all)
-    ip_families: tuple[int, ...] = ()  # (4,), (6,), (4, 6) ...; () = unspecified
+    ip_families: tuple[int, ...] = ()  # (4,), (6,), (4, 6) ...; spec.ipFamilies, else of clusterIPs; () = unknown
     ip_family_policy: str = "SingleStack"  # SingleStack | PreferDualStack | RequireDualStack
     ports: tuple[tuple[str, int], ...] = ()  # (protocol, port)
     external_traffic_policy: str = "Cluster"
@@ -191,6 +200,7 @@ class ServiceRequest:
     load_balancer_class: str = ""
     handled: bool = True  # False: not type LoadBalancer or another class -> released, ignored
     problems: tuple[str, ...] = ()  # invalid annotations etc. -> invalid_request
+    notes: tuple[str, ...] = ()  # ignored inputs worth a word (an older annotation spelling overridden ...)
     namespace_labels: Mapping[str, str] | None = None  # for MetalLB namespaceSelectors
     key: str = field(init=False, compare=False, repr=False)  # "namespace/name"
 

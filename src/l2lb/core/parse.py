@@ -20,6 +20,8 @@ from l2lb.core.models import Block, ParseError, Pool, ServiceAllocation, Service
 from l2lb.core.selectors import LabelSelector, parse_selector
 
 __all__ = [
+    "CILIUM_BGP_CLASS",
+    "CILIUM_CLASSES",
     "CILIUM_L2_CLASS",
     "DEFAULT_CLASSES",
     "IP_ANNOTATIONS",
@@ -37,20 +39,21 @@ __all__ = [
 
 L2LB_CLASS = "l2lb.io/l2"
 CILIUM_L2_CLASS = "io.cilium/l2-announcer"
+# served by Cilium's LB-IPAM for its BGP control plane: l2lb gives these Services IPs (a Cilium LB-IPAM user
+# moving to l2lb keeps them) but never announces them over ARP/NDP (Cilium's BGP speaker does)
+CILIUM_BGP_CLASS = "io.cilium/bgp-control-plane"
 DEFAULT_CLASSES = frozenset({L2LB_CLASS})
+CILIUM_CLASSES = frozenset({CILIUM_L2_CLASS, CILIUM_BGP_CLASS})  # added by --cilium-compat
 
-IP_ANNOTATIONS = (
-    "io.cilium/lb-ipam-ips",
-    "lbipam.cilium.io/ips",
-    "metallb.io/loadBalancerIPs",
-    "metallb.universe.tf/loadBalancerIPs",
-)
-SHARING_ANNOTATIONS = (
-    "io.cilium/lb-ipam-sharing-key",
-    "lbipam.cilium.io/sharing-key",
-    "metallb.io/allow-shared-ip",
-    "metallb.universe.tf/allow-shared-ip",
-)
+# Each vendor's spellings, the current one first: when both are set the current one wins, as the
+# vendor itself reads them (MetalLB: metallb.io/ before metallb.universe.tf/; Cilium: lbipam.cilium.io/
+# before io.cilium/). The two vendors' annotations on one Service must agree.
+CILIUM_IP_ANNOTATIONS = ("lbipam.cilium.io/ips", "io.cilium/lb-ipam-ips")
+METALLB_IP_ANNOTATIONS = ("metallb.io/loadBalancerIPs", "metallb.universe.tf/loadBalancerIPs")
+IP_ANNOTATIONS = CILIUM_IP_ANNOTATIONS + METALLB_IP_ANNOTATIONS
+CILIUM_SHARING_ANNOTATIONS = ("lbipam.cilium.io/sharing-key", "io.cilium/lb-ipam-sharing-key")
+METALLB_SHARING_ANNOTATIONS = ("metallb.io/allow-shared-ip", "metallb.universe.tf/allow-shared-ip")
+SHARING_ANNOTATIONS = CILIUM_SHARING_ANNOTATIONS + METALLB_SHARING_ANNOTATIONS
 SHARING_CROSS_NS_ANNOTATIONS = (
     "lbipam.cilium.io/sharing-cross-namespace",
     "io.cilium/lb-ipam-sharing-cross-namespace",
@@ -168,7 +171,8 @@ def _parse_cilium(spec: Mapping[str, Any], common: dict[str, Any]) -> Pool:
     return Pool(
         blocks=tuple(blocks),
         disabled=_bool(spec.get("disabled"), "spec.disabled", False),
-        allow_first_last=_bool(spec.get("allowFirstLastIPs"), "spec.allowFirstLastIPs", False),
+        # Cilium >= 1.16 (and l2lb's own kind): unset means Yes, only an explicit No reserves
+        allow_first_last=_bool(spec.get("allowFirstLastIPs"), "spec.allowFirstLastIPs", True),
         service_selector=selector,
         **common,
     )
@@ -261,48 +265,63 @@ def parse_service(
     except ParseError as e:
         problems.append(str(e))
 
-    # requested IPs: every source must agree
-    sources: list[tuple[str, list[str]]] = []
-    for a in IP_ANNOTATIONS:
-        if a in ann and ann[a].strip():
-            sources.append((f"annotation {a}", _split(ann[a])))
-    lbip = spec.get("loadBalancerIP")
-    if isinstance(lbip, str) and lbip.strip():
-        sources.append(("spec.loadBalancerIP", _split(lbip)))
-    elif lbip not in (None, ""):
-        problems.append(f"spec.loadBalancerIP must be a string, got {lbip!r}")
-    requested: list[str] = []
-    first_src: tuple[str, set[str]] | None = None
-    for src, vals in sources:
-        norm = set()
-        for v in vals:
+    notes: list[str] = []
+
+    def first_of(names: tuple[str, ...]) -> tuple[str, str] | None:
+        """The first of a vendor's spellings that is set (a note when a later one says otherwise)."""
+        present = [(a, ann[a].strip()) for a in names if a in ann and ann[a].strip()]
+        if not present:
+            return None
+        for a, v in present[1:]:
+            if v != present[0][1]:
+                notes.append(f"annotation {a}={v} ignored: {present[0][0]}={present[0][1]} takes precedence")
+        return present[0]
+
+    def ips_of(src: str, text: str) -> list[str]:
+        out: list[str] = []
+        for v in _split(text):
             try:
                 ip = _norm_ip(v)
             except ValueError:
                 problems.append(f"{src}: {v!r} is not an IP address")
                 continue
-            norm.add(ip)
-            if ip not in requested:
-                requested.append(ip)
-        if first_src is None:
-            first_src = (src, norm)
-        elif norm != first_src[1]:
-            problems.append(f"{src} ({', '.join(sorted(norm))}) disagrees with {first_src[0]} "
-                            f"({', '.join(sorted(first_src[1]))})")
+            if ip not in out:
+                out.append(ip)
+        return out
 
-    def one_of(names: tuple[str, ...], what: str) -> str | None:
-        vals = {(a, ann[a].strip()) for a in names if a in ann and ann[a].strip()}
-        distinct = {v for _, v in vals}
-        if len(distinct) > 1:
-            problems.append(f"{what} annotations disagree: " + ", ".join(f"{a}={v}" for a, v in sorted(vals)))
-        return sorted(distinct)[0] if distinct else None
+    # requested IPs: spec.loadBalancerIP and one annotation; how the two combine depends on the kind of
+    # the pool that serves the Service (the allocator decides: Cilium takes both, MetalLB refuses both)
+    spec_ips: list[str] = []
+    lbip = spec.get("loadBalancerIP")
+    if isinstance(lbip, str) and lbip.strip():
+        spec_ips = ips_of("spec.loadBalancerIP", lbip)
+    elif lbip not in (None, ""):
+        problems.append(f"spec.loadBalancerIP must be a string, got {lbip!r}")
+    ann_src, ann_ips = "", []
+    c_ips, m_ips = first_of(CILIUM_IP_ANNOTATIONS), first_of(METALLB_IP_ANNOTATIONS)
+    if c_ips is not None:
+        ann_src, ann_ips = c_ips[0], ips_of(f"annotation {c_ips[0]}", c_ips[1])
+    if m_ips is not None:
+        m_list = ips_of(f"annotation {m_ips[0]}", m_ips[1])
+        if c_ips is not None and set(m_list) != set(ann_ips):
+            problems.append(f"annotation {m_ips[0]} ({', '.join(m_list)}) disagrees with annotation {c_ips[0]} "
+                            f"({', '.join(ann_ips)}): keep one")
+        elif c_ips is None:
+            ann_src, ann_ips = m_ips[0], m_list
+    requested = list(spec_ips) + [ip for ip in ann_ips if ip not in spec_ips]
 
-    sharing = one_of(SHARING_ANNOTATIONS, "sharing key")
-    pool = one_of(POOL_ANNOTATIONS, "address pool")
+    def one_of(cilium: tuple[str, ...], metallb: tuple[str, ...], what: str) -> str | None:
+        c, m = first_of(cilium), first_of(metallb)
+        if c is not None and m is not None and c[1] != m[1]:
+            problems.append(f"{what} annotations disagree: {c[0]}={c[1]}, {m[0]}={m[1]}")
+        return c[1] if c is not None else m[1] if m is not None else None
+
+    sharing = one_of(CILIUM_SHARING_ANNOTATIONS, METALLB_SHARING_ANNOTATIONS, "sharing key")
+    pool = one_of((), POOL_ANNOTATIONS, "address pool")
     cross: list[str] = []
-    for a in SHARING_CROSS_NS_ANNOTATIONS:
-        if a in ann:
-            cross.extend(x for x in _split(ann[a]) if x not in cross)
+    xns = first_of(SHARING_CROSS_NS_ANNOTATIONS)
+    if xns is not None:
+        cross = list(dict.fromkeys(_split(xns[1])))
 
     fams: list[int] = []
     raw_fams = spec.get("ipFamilies") or []
@@ -316,6 +335,20 @@ def parse_service(
             fams.append(6)
         else:
             problems.append(f"spec.ipFamilies: unknown family {f!r}")
+    if not raw_fams:
+        # the API server always sets ipFamilies; YAML taken from elsewhere may carry clusterIPs only
+        # (MetalLB decides the family from them)
+        cips = spec.get("clusterIPs")
+        if not isinstance(cips, list) or not cips:
+            cips = [spec.get("clusterIP")]
+        for c in cips:
+            if isinstance(c, str) and c and c != "None":
+                try:
+                    fam = ipaddress.ip_address(c.strip()).version
+                except ValueError:
+                    continue
+                if fam not in fams:
+                    fams.append(fam)
     policy = spec.get("ipFamilyPolicy") or "SingleStack"
     if policy not in ("SingleStack", "PreferDualStack", "RequireDualStack"):
         problems.append(f"spec.ipFamilyPolicy: unknown policy {policy!r}")
@@ -343,10 +376,11 @@ def parse_service(
         namespace=ns, name=name, uid=str(meta.get("uid") or ""),
         generation=gen if isinstance(gen, int) else 0,
         created=str(meta.get("creationTimestamp") or ""), labels=labels,
-        requested_ips=tuple(requested), pool=pool, sharing_key=sharing, share_namespaces=tuple(cross),
+        requested_ips=tuple(requested), spec_ips=tuple(spec_ips), annotation_ips=tuple(ann_ips),
+        annotation_source=ann_src, pool=pool, sharing_key=sharing, share_namespaces=tuple(cross),
         ip_families=tuple(fams), ip_family_policy=str(policy), ports=tuple(ports),
         external_traffic_policy=etp, selector=selector, external_ips=external_ips,
-        load_balancer_class=lb_class, handled=handled, problems=tuple(problems),
+        load_balancer_class=lb_class, handled=handled, problems=tuple(problems), notes=tuple(notes),
         namespace_labels=dict(namespace_labels) if namespace_labels is not None else None,
     )
 

@@ -1,6 +1,11 @@
 """``l2lb allocate``: offline LB-IPAM. Reads pools and Services from YAML files or directories,
 allocates like the allocator service would (existing status IPs are adopted first) and prints a
-table of Services and one of pools, or JSON with ``--json``.
+table of Services and one of pools, or JSON with ``--json``. Each Service gets what the anchor whose
+pool serves it would give it (MetalLB pool: MetalLB's rules; Cilium or l2lb pool: Cilium >= 1.16's).
+
+The JSON is stable (scripts and the conformance suite drive it): ``services`` (service, ips, pools,
+reason, message, invalid_existing), ``pools`` (name, kind, blocks, total, used, available, disabled,
+conflict), ``pool_events``, ``errors``; keys may be added, never renamed or removed.
 
 Exit status: 0 every Service satisfied; 1 some Service unsatisfied or some resource invalid;
 2 usage error or unreadable input.
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,8 +24,21 @@ import yaml
 
 from l2lb.core.allocator import Allocator
 from l2lb.core.models import AllocationResult, ParseError
-from l2lb.core.parse import CILIUM_L2_CLASS, DEFAULT_CLASSES, is_pool, is_service, parse_pool, parse_service, status_ips
+from l2lb.core.parse import (
+    CILIUM_BGP_CLASS,
+    CILIUM_CLASSES,
+    CILIUM_L2_CLASS,
+    DEFAULT_CLASSES,
+    is_pool,
+    is_service,
+    parse_pool,
+    parse_service,
+    status_ips,
+)
 from l2lb.core.view import size_text
+
+# libyaml's safe loader when PyYAML has it (ten times faster on big manifests), the pure one otherwise
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _files(paths: list[str]) -> list[Path]:
@@ -38,7 +57,7 @@ def _files(paths: list[str]) -> list[Path]:
 def _docs(path: Path) -> list[tuple[str, Any]]:
     text = sys.stdin.read() if str(path) == "-" else path.read_text()
     out: list[tuple[str, Any]] = []
-    for i, d in enumerate(yaml.safe_load_all(text)):
+    for i, d in enumerate(yaml.load_all(text, Loader=_LOADER)):
         if d is None:
             continue
         if isinstance(d, dict) and d.get("kind", "").endswith("List") and isinstance(d.get("items"), list):
@@ -70,7 +89,7 @@ def run(paths: list[str], *, cilium_compat: bool = False) -> dict[str, Any]:
                     errors.append({"where": where, "object": f"{d.get('kind')}/{name}", "error": str(e)})
             elif is_service(d):
                 raw_services.append((where, d))
-    classes = DEFAULT_CLASSES | {CILIUM_L2_CLASS} if cilium_compat else DEFAULT_CLASSES
+    classes = DEFAULT_CLASSES | CILIUM_CLASSES if cilium_compat else DEFAULT_CLASSES
     for where, d in raw_services:
         ns = (d.get("metadata") or {}).get("namespace") or "default"
         try:
@@ -110,13 +129,28 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
+def _emit(text: str) -> None:
+    """Write to stdout; a reader that went away (``l2lb allocate DIR | head``) ends the output quietly."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # nothing more is wanted: point stdout at /dev/null so the interpreter's final flush is silent
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="l2lb allocate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("paths", nargs="+", help="YAML/JSON files or directories (- for stdin)")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     ap.add_argument("--cilium-compat", action="store_true",
-                    help=f"also handle Services of loadBalancerClass {CILIUM_L2_CLASS}")
+                    help=f"also handle Services of loadBalancerClass {CILIUM_L2_CLASS} and {CILIUM_BGP_CLASS} "
+                         "(the latter get IPs, the allocator service never announces them)")
     args = ap.parse_args(argv)
     try:
         report = run(args.paths, cilium_compat=args.cilium_compat)
@@ -124,7 +158,8 @@ def main(argv: list[str]) -> int:
         print(f"l2lb allocate: {e}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(report, indent=2))
+        out = json.dumps(report, indent=2) + "\n"
+        err = ""
     else:
         rows = [["SERVICE", "IPS", "POOL", "REASON", "MESSAGE"]]
         for s in report["services"]:
@@ -133,16 +168,16 @@ def main(argv: list[str]) -> int:
                 msg = (msg + "; " if msg else "") + "not kept: " + "; ".join(s["invalid_existing"])
             rows.append([s["service"], ",".join(s["ips"]) or "<none>",
                          ",".join(sorted(set(s["pools"].values()))) or "-", s["reason"], msg])
-        print(_table(rows))
-        print()
         prow = [["POOL", "KIND", "BLOCKS", "TOTAL", "USED", "AVAILABLE", "STATE"]]
         for p in report["pools"]:
             state = "conflict: " + p["conflict"] if p["conflict"] else ("disabled" if p["disabled"] else "ok")
             prow.append([p["name"], p["kind"], ",".join(p["blocks"]), size_text(p["total"]), size_text(p["used"]),
                          size_text(p["available"]), state])
-        print(_table(prow))
-        for err in report["errors"]:
-            print(f"error: {err['where']}: {err['object']}: {err['error']}", file=sys.stderr)
+        out = _table(rows) + "\n\n" + _table(prow) + "\n"
+        err = "".join(f"error: {e['where']}: {e['object']}: {e['error']}\n" for e in report["errors"])
+    _emit(out)
+    if err:
+        sys.stderr.write(err)
     bad = report["errors"] or any(s["reason"] not in ("satisfied", "not_handled") for s in report["services"])
     return 1 if bad else 0
 

@@ -84,10 +84,7 @@ def _assign_steps(fam: int) -> None:
     else:
         ip1, ip2, other, shared = "2001:db8::4", "2001:db8::4:5", "2001:db8::4:ff", "2001:db8::4:3"
         spec, tag, pre = V6, "-v6", "ipv6 "
-    if fam == 6:
-        ip2_desc = "s2 can get the other IP (1000::4:5, in test2)"
-    else:
-        ip2_desc = "s2 can get the other IP"
+    ip2_desc = "s2 can get the other IP (1000::4:5, in test2)" if fam == 6 else "s2 can get the other IP"
 
     def s(name: str, *, ips: str | None = None, status: tuple[str, ...] = (), key: str | None = None,
           ports: tuple[str, ...] = (), be: str | None = None) -> dict[str, Any]:
@@ -434,8 +431,8 @@ DUAL_POOL5 = got("198.51.100.2", "2001:db8:1000::2")
 T = D + "test"
 
 
-def mut(step: str, want: Want, *, ns: str = "default", **kw: Any) -> None:
-    name = "ctl-" + "".join(c if c.isalnum() else "-" for c in step.lower()).strip("-")
+def mut(step: str, want: Want, *, ns: str = "default", name: str | None = None, **kw: Any) -> None:
+    name = name or "ctl-" + "".join(c if c.isalnum() else "-" for c in step.lower()).strip("-")
     while "--" in name:
         name = name.replace("--", "-")
     name = name[:72].rstrip("-")
@@ -509,7 +506,7 @@ mut("request IP from single-stack ipv6 pool with PreferDualStack policy", got("2
 mut("request IPs from dualstack pool with PreferDualStack policy but single stack clusterip", got("198.51.100.2"),
     clusterIPs=C4, ipFamilyPolicy="PreferDualStack", ann={POOL: "pool5"})
 mut("request IPs from dualstack pool with PreferDualStack policy but single stack clusterip, with "
-    "spec.ipFamilies [IPv4] instead of clusterIPs", got("198.51.100.2"),
+    "spec.ipFamilies [IPv4] instead of clusterIPs", got("198.51.100.2"), name="ctl-prefer-dual-ipfamilies-ipv4-only",
     ipFamilies=["IPv4"], ipFamilyPolicy="PreferDualStack", ann={POOL: "pool5"})
 mut("request IPs from dualstack pool with RequireDualStack policy but single stack clusterip", refused(),
     clusterIPs=C4, ipFamilyPolicy="RequireDualStack", ann={POOL: "pool5"})
