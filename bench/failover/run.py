@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import statistics
 import sys
 import tempfile
@@ -382,7 +383,20 @@ def main() -> int:
         a.rounds, a.cilium_kills = 3, 1
     if a.traffic_rounds is None:
         a.traffic_rounds = a.rounds
-    return asyncio.run(main_async(a))
+
+    async def runner() -> int:
+        # SIGTERM/SIGINT cancel the run, so that its cleanup (processes, namespaces) still happens
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: task.cancel() if task else None)
+        try:
+            return await main_async(a)
+        except asyncio.CancelledError:
+            print("bench/failover: interrupted; cleaned up", file=sys.stderr)
+            return 130
+
+    return asyncio.run(runner())
 
 
 if __name__ == "__main__":

@@ -75,10 +75,17 @@ def test_vip_outage_measures_the_longest_gap_after_the_fault() -> None:
     # the gap spans the node's return: ended by it
     o2 = vip_outage("v", probes, t_fault=1.01, t_end=4.0, t_return=1.2, interval=iv)
     assert o2 is not None and o2.ended_by_return
+    # a gap that begins after the return is the return's own cost, reported apart
+    late = _probes([(t, not (1.0 < t < 1.5) and not (2.0 < t < 2.1)) for t in ts])
+    o4 = vip_outage("v", late, t_fault=1.01, t_end=4.0, t_return=1.9, interval=iv)
+    assert o4 is not None and o4.ms == pytest.approx(500, abs=1) and not o4.ended_by_return
+    assert o4.after_return_ms == pytest.approx(100, abs=1)
+    o5 = vip_outage("v", late, t_fault=1.6, t_end=4.0, t_return=1.9, interval=iv)
+    assert o5 is not None and o5.ms == 0 and o5.after_return_ms == pytest.approx(100, abs=1)
     # never answered again: open until the end of the window
     silent = _probes([(t, t <= 1.0) for t in ts])
     o3 = vip_outage("v", silent, t_fault=1.01, t_end=3.98, t_return=None, interval=iv)
-    assert o3 is not None and o3.end_s is None and o3.ms == pytest.approx(2980, abs=1)
+    assert o3 is not None and o3.end_s is None and o3.ms == pytest.approx(2980, abs=1) and o3.ended_by_return
     # a healthy VIP: no outage; a VIP never answered: not announced
     ok = vip_outage("v", _probes([(t, True) for t in ts]), t_fault=1.0, t_end=3.98, t_return=None, interval=iv)
     assert ok is not None and ok.ms == 0
@@ -98,7 +105,8 @@ def test_takeover_and_writable_again() -> None:
     back, worst = first_ok_after(w, 1.0)
     assert back == pytest.approx(1.5) and worst == pytest.approx(1.4)
     assert first_ok_after([(1.1, True), (1.2, True)], 1.0) == (0.0, 0.0)
-    assert first_ok_after([(1.1, False), (2.0, False)], 1.0) == (None, pytest.approx(0.9))
+    never, worst = first_ok_after([(1.1, False), (2.0, False)], 1.0)
+    assert never is None and worst == pytest.approx(0.9)
 
 
 def test_summary_over_rounds() -> None:

@@ -78,44 +78,60 @@ BENCH_NS = "bench"
 @dataclass(frozen=True)
 class VipOutage:
     vip: str
-    ms: float  # longest stretch without an answer that overlaps the fault window
+    ms: float  # longest stretch without an answer that began after the fault and before the return
     start_s: float  # from the fault
     end_s: float | None  # None: never answered again within the window
-    ended_by_return: bool  # the first answer after it came after the node returned / Redis came back
+    ended_by_return: bool  # still open when the node returned / Redis came back
+    after_return_ms: float = 0.0  # longest stretch that began after the return (the return's own cost)
 
     def to_dict(self) -> dict[str, Any]:
         return {"vip": self.vip, "ms": round(self.ms, 1), "start_s": round(self.start_s, 3),
-                "end_s": None if self.end_s is None else round(self.end_s, 3), "ended_by_return": self.ended_by_return}
+                "end_s": None if self.end_s is None else round(self.end_s, 3), "ended_by_return": self.ended_by_return,
+                "after_return_ms": round(self.after_return_ms, 1)}
 
 
 def vip_outage(vip: str, probes: Sequence[tuple[float, frozenset[str]]], *, t_fault: float, t_end: float,
                t_return: float | None, interval: float) -> VipOutage | None:
-    """The longest answer gap of ``vip`` that ends after ``t_fault`` (probes: (send time, MACs)).
+    """The longest answer gap of ``vip`` caused by the fault (probes: (send time, MACs)).
 
-    A gap runs from the last answered probe before it to the first answered one after it; one still
-    open at ``t_end`` lasts until ``t_end`` (``end_s`` None). Gaps no longer than two probe intervals
-    are probe noise, not outages. None when the VIP was not answered before the fault (not announced).
+    A gap runs from the last answered probe before it to the first answered one after it. Counted:
+    gaps that end after ``t_fault`` and begin before ``t_return`` (the node's return or Redis's);
+    one still open at ``t_end`` lasts until ``t_end`` (``end_s`` None). Gaps that begin after the
+    return are reported apart (``after_return_ms``). Gaps no longer than two probe intervals are
+    probe noise. None when the VIP was not answered at all (not announced).
     """
+    until = t_return if t_return is not None else t_end
     last_ok: float | None = None
-    best: VipOutage | None = None
+    best = (0.0, 0.0, 0.0, False)  # ms, start, end, ended_by_return
+    after = 0.0
+    noise = 2 * interval + 1e-9
+
+    def gap(a: float, b: float) -> None:
+        nonlocal best, after
+        ms = (b - a) * 1000
+        if a >= until:
+            after = max(after, ms)
+        elif ms > best[0]:
+            best = (ms, a - t_fault, b - t_fault, t_return is not None and a < t_return <= b)
+
     for t, got in probes:
         if t > t_end:
             break
         if not got:
             continue
-        if last_ok is not None and t > t_fault and t - last_ok > 2 * interval + 1e-9:
-            ms = (t - last_ok) * 1000
-            if best is None or ms > best.ms:
-                best = VipOutage(vip, ms, last_ok - t_fault, t - t_fault,
-                                 t_return is not None and last_ok < t_return <= t)
+        if last_ok is not None and t > t_fault and t - last_ok > noise:
+            gap(last_ok, t)
         last_ok = t
     if last_ok is None:
         return None
-    if t_end - last_ok > 2 * interval + 1e-9:
-        ms = (t_end - last_ok) * 1000
-        if best is None or ms > best.ms:
-            best = VipOutage(vip, ms, last_ok - t_fault, None, False)
-    return best or VipOutage(vip, 0.0, 0.0, 0.0, False)
+    open_gap = t_end - last_ok > noise
+    if open_gap:
+        gap(last_ok, t_end)
+    ms, start, end, by_return = best
+    end_s: float | None = end
+    if open_gap and ms > 0 and abs(end - (t_end - t_fault)) < 1e-9:
+        end_s = None
+    return VipOutage(vip, ms, start, end_s, by_return or end_s is None, after)
 
 
 def pct(values: Sequence[float], p: float) -> float | None:
@@ -179,6 +195,7 @@ def summarize(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "outage_any_vip_ms": stats(every),
         "rounds_ended_by_return": sum(1 for r in rounds if r.get("ended_by_return")),
         "dual_max_ms": max((float(r.get("dual_max_ms", 0)) for r in rounds), default=0.0),
+        "after_return_max_ms": max((float(r.get("after_return_max_ms", 0)) for r in rounds), default=0.0),
         "dual_over_1s": sum(int(r.get("dual_over_1s", 0)) for r in rounds),
         "lost_allocations": sum(len(r.get("lost_allocations", [])) for r in rounds),
         "duplicate_ips": sum(len(r.get("duplicate_ips", [])) for r in rounds),
@@ -253,6 +270,7 @@ class Bench:
     settle_s: float = 1.0
     rng: random.Random = field(default_factory=lambda: random.Random(1))
     round_no: int = 0
+    svc_counter: int = 0  # bench/svc-N Services created so far
     notes: list[str] = field(default_factory=list)
 
     # -- cluster views --------------------------------------------------------------------------
@@ -411,11 +429,47 @@ class Bench:
             raise RuntimeError(f"arranging {scenario} on {victim}: it holds {sorted(got)} ({roles})")
         return victim
 
+    async def ensure_holds(self, victim: str, want: int = 2) -> list[str]:
+        """Make ``victim`` answer for at least ``want`` VIPs.
+
+        The election is sticky and never rebalances, so a node that died in the previous round
+        comes back holding nothing. New IPs go to the least-loaded node: create ``want`` Services
+        (they land on the victim), then delete as many bench Services of the busiest other node, so
+        the number of VIPs stays the same.
+        """
+        mac = self.lab.topo.hosts[victim].mac
+        held: list[str] = []
+        for _ in range(3):
+            vipmap = await self.vips()
+            held = [v for v in vipmap if ":" not in v and self.answered_by(v) == frozenset({mac})]
+            if len(held) >= want:
+                return held
+            load: dict[str, list[str]] = {}
+            for v, svcs in vipmap.items():
+                got = self.answered_by(v)
+                if ":" in v or got is None or len(got) != 1 or got == frozenset({mac}):
+                    continue
+                if all(k.startswith(f"{BENCH_NS}/svc-") for k in svcs):
+                    load.setdefault(next(iter(got)), []).extend(svcs)
+            for _i in range(want - len(held)):
+                self.svc_counter += 1
+                await self._new_service(f"svc-{self.svc_counter}", port=80)
+            await self.wait_steady(60, what=f"placing new VIPs on {victim}")
+            busiest = sorted(load.values(), key=len, reverse=True)
+            doomed = (busiest[0] if busiest else [])[: want - len(held)]
+            for key in doomed:
+                with contextlib.suppress(KubeError, TimeoutError, aiohttp.ClientError, OSError), \
+                        KubeClient.deadline(5):
+                    await self.client.delete(RESOURCES["services"], key.split("/", 1)[1], BENCH_NS)
+            await self.wait_steady(60, what=f"after moving VIPs to {victim}")
+        self.notes.append(f"round {self.round_no}: {victim} holds only {held} before its death")
+        return held
+
     # -- one round ------------------------------------------------------------------------------
-    async def _new_service(self, name: str) -> None:
+    async def _new_service(self, name: str, port: int = 8080) -> None:
         doc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": BENCH_NS},
                "spec": {"type": "LoadBalancer", "selector": {"app": name},
-                        "ports": [{"name": "p", "port": 8080, "protocol": "TCP"}]}}
+                        "ports": [{"name": "p", "port": port, "protocol": "TCP"}]}}
         with KubeClient.deadline(5):
             await self.client.create_object(RESOURCES["services"], doc, BENCH_NS)
 
@@ -433,6 +487,7 @@ class Bench:
         await self.wait_steady(90, what=f"before round {self.round_no}")
         victim = await self.arrange(scenario)
         await self.wait_steady(90, what=f"after arranging {scenario} on {victim}")
+        await self.ensure_holds(victim)
         roles = await lab.roles(self.client)
         vipmap = await self.vips()
         v4 = sorted(v for v in vipmap if ":" not in v)
@@ -563,8 +618,9 @@ class Bench:
             "outages": [o.to_dict() for o in outs],
             "worst_outage_ms": None if worst is None else round(worst.ms, 1),
             "worst_outage_vip": None if worst is None else worst.vip,
-            "ended_by_return": any(o.ended_by_return or o.end_s is None for o in outs if o.ms > 0),
+            "ended_by_return": any(o.ended_by_return for o in outs if o.ms > 0),
             "vips_with_outage": sum(1 for o in outs if o.ms > 0),
+            "after_return_max_ms": round(max((o.after_return_ms for o in outs), default=0.0), 1),
             "duals": duals,
             "dual_max_ms": max((d["ms"] for d in duals), default=0.0),
             "dual_over_1s": sum(1 for d in duals if d["ms"] > 1000),
@@ -649,7 +705,7 @@ async def run(args: Any, workdir: Path, progress: Any) -> dict[str, Any]:
             prober = MultiProber(lab.topo.hosts["client"].ns, "eth0", PROBE_SRC, interval_s=args.probe_ms / 1000)
             obs = Observers(lab, client)
             bench = Bench(lab, client, prober, obs, max_down_s=args.max_down_s, redis_down_s=args.redis_down_s,
-                          rng=random.Random(args.seed))
+                          rng=random.Random(args.seed), svc_counter=args.services)
             tasks = [asyncio.create_task(prober.run(stop)), asyncio.create_task(obs.poll_leaders(stop)),
                      asyncio.create_task(obs.write_redis(stop))]
             try:
