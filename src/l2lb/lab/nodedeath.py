@@ -653,7 +653,8 @@ def fmt_s(v: float | None) -> str:
 def table(results: Mapping[str, Mapping[str, Any]]) -> str:
     """The report: one line per scenario."""
     head = (f"  {'scenario':14s} {'n':>3s} {'p50':>9s} {'p99':>9s} {'max':>9s} {'by-return':>9s} {'dual max':>9s} "
-            f"{'lost':>4s} {'dup':>3s} {'leases':>7s} {'alloc':>7s} {'redis':>7s} {'newIP':>7s} {'again':>5s}")
+            f"{'lost':>4s} {'dup':>3s} {'leases':>7s} {'alloc':>7s} {'redis':>7s} {'newIP':>7s} {'again':>5s} "
+            f"{'ret.gap':>8s}")
     lines = [head]
     for name, s in results.items():
         o = s["outage_worst_vip_ms"]
@@ -663,10 +664,11 @@ def table(results: Mapping[str, Mapping[str, Any]]) -> str:
             f"{s['duplicate_ips']:3d} {fmt_s(s['leases_takeover_s']['max']):>7s} "
             f"{fmt_s(s['allocator_takeover_s']['max']):>7s} {fmt_s(s['redis_writable_s']['max']):>7s} "
             f"{fmt_s(s['new_service_ip_s']['max']):>7s} "
-            f"{'yes' if s['failed_to_converge'] == 0 else 'NO':>5s}")
+            f"{'yes' if s['failed_to_converge'] == 0 else 'NO':>5s} {fmt_ms(s['after_return_max_ms']):>8s}")
     lines.append("  (outage: worst VIP per round; by-return: rounds whose outage only the node's return ended; "
                  "leases/alloc: leadership takeover, redis: writable again, newIP: Service created after the fault "
-                 "got an IP -- all max over rounds; again: every round converged after the node came back)")
+                 "got an IP -- all max over rounds; again: every round converged after the node came back; "
+                 "ret.gap: longest gap of any VIP that began when the node came back)")
     return "\n".join(lines)
 
 
