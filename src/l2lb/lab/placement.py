@@ -347,11 +347,11 @@ class ColocatedLab(Lab):
             info = await redis_command(master, REDIS_PORT, "INFO", "replication")
         except Exception:
             return False
-        text = info.decode() if isinstance(info, bytes) else str(info)
-        if "role:master" not in text:
+        if not isinstance(info, dict) or info.get("role") != "master":
             return False
-        online = text.count("state=online")
-        return online >= len(live) - 1
+        online = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)
+                  and v.get("state") == "online"]
+        return len(online) >= len(live) - 1
 
     def _service_args(self, proc: str, host: str) -> list[str]:
         comp = proc.split("-", 1)[0]

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from l2lb.adapters.bus.keys import DEFAULT_PREFIX, Keys
 from l2lb.adapters.bus.status import status_acl_selectors
 
-__all__ = ["DEV_PASSWORDS", "SERVICES", "render_users_acl", "service_rules"]
+__all__ = ["DEV_PASSWORDS", "SERVICES", "ha_users", "render_users_acl", "service_rules"]
 
 SERVICES = ("allocator", "leases", "announcer")
 DEV_PASSWORDS = {s: f"l2lb-{s}-dev" for s in SERVICES}
@@ -74,6 +74,24 @@ def service_rules(keys: Keys, service: str) -> list[str]:
     return root + sel
 
 
+# Users of Redis replication and Sentinel (k8s/base runs Redis with replicas and a Sentinel per pod):
+# a replica logs in to its master as "replication" (masteruser), a sentinel to every Redis as
+# "sentinel" (sentinel auth-user); rules as the Redis documentation gives them.
+REPLICATION_RULES = ("resetkeys", "resetchannels", "-@all", "+psync", "+replconf", "+ping")
+SENTINEL_RULES = ("resetkeys", "allchannels", "-@all", "+multi", "+slaveof", "+ping", "+exec", "+subscribe",
+                  "+config|rewrite", "+role", "+publish", "+info", "+client|setname", "+client|kill", "+script|kill")
+
+
+def ha_users(replication_password: str | None, sentinel_password: str | None) -> list[str]:
+    """ACL lines of the replication and sentinel users (only those whose password is given)."""
+    out = []
+    for user, pw, rules in (("replication", replication_password, REPLICATION_RULES),
+                            ("sentinel", sentinel_password, SENTINEL_RULES)):
+        if pw:
+            out.append(f"user {user} on #{hashlib.sha256(pw.encode()).hexdigest()} " + " ".join(rules))
+    return out
+
+
 def render_users_acl(
     keys: Keys | None = None,
     passwords: Mapping[str, str] | None = None,
@@ -101,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefix", default=DEFAULT_PREFIX)
     p.add_argument("--password", action="append", default=[], metavar="SERVICE=PASSWORD")
     p.add_argument("--keep-default-user", action="store_true", help="do not disable the 'default' user")
+    p.add_argument("--replication-password", help="also a user 'replication' (replicas log in to the master)")
+    p.add_argument("--sentinel-password", help="also a user 'sentinel' (sentinels log in to every Redis)")
     args = p.parse_args(argv)
     pws: dict[str, str] = {}
     for item in args.password:
@@ -108,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or svc not in SERVICES or not val:
             p.error(f"--password wants SERVICE=PASSWORD with SERVICE in {', '.join(SERVICES)}")
         pws[svc] = val
-    sys.stdout.write(render_users_acl(Keys(args.prefix), pws, disable_default=not args.keep_default_user))
+    sys.stdout.write(render_users_acl(Keys(args.prefix), pws, disable_default=not args.keep_default_user,
+                                      extra_lines=ha_users(args.replication_password, args.sentinel_password)))
     return 0
 
 

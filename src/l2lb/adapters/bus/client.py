@@ -908,6 +908,10 @@ def _make_client(d: RedisDSN, client_name: str) -> tuple[aioredis.Redis, Sentine
         skw: dict[str, Any] = {
             "socket_timeout": d.connect_timeout,
             "socket_connect_timeout": d.connect_timeout,
+            # No retries per sentinel: discovery asks the next one instead. redis-py's default (3
+            # retries with exponential backoff) spends ~18 s on one dead sentinel -- the node death
+            # that took the master often took a sentinel too.
+            "retry": Retry(NoBackoff(), 0),
             **d.tls_kwargs(),
         }
         if d.sentinel_username:
