@@ -18,6 +18,7 @@ OVERLAYS = {
     "cilium": K8S / "overlays" / "cilium",
     "metallb-migration": K8S / "overlays" / "metallb-migration",
     "external-redis": K8S / "overlays" / "external-redis",
+    "single-node": K8S / "overlays" / "single-node",
 }
 SERVICES = ("allocator", "leases", "announcer")
 NAMESPACE = "l2lb-system"

@@ -20,6 +20,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from l2lb.adapters.bus.dsn import parse_dsn
 from tests.deploy.support import (
     NAMESPACE,
     OVERLAYS,
@@ -242,17 +243,27 @@ def test_redis_secret_script() -> None:
     out2 = subprocess.run(["sh", str(ROOT / "deploy/k8s/redis-secret.sh")], capture_output=True, text=True, check=True)
     s1 = by_kind(load_docs(out1.stdout), "Secret")[0]["stringData"]
     s2 = by_kind(load_docs(out2.stdout), "Secret")[0]["stringData"]
+    for user in ("allocator", "leases", "announcer", "replication", "sentinel"):
+        pw = s1[f"{user}-password"]
+        assert re.fullmatch(r"[0-9a-f]{48}", pw), "192 random bits, URL- and sed-safe"
+        assert pw != s2[f"{user}-password"], "fresh passwords on every run"
+    sp = s1["sentinel-password"]
     for svc in ("allocator", "leases", "announcer"):
         pw = s1[f"{svc}-password"]
-        assert re.fullmatch(r"[0-9a-f]{48}", pw), "192 random bits, URL- and sed-safe"
-        assert pw != s2[f"{svc}-password"], "fresh passwords on every run"
-        assert s1[f"{svc}-dsn"] == f"redis://{svc}:{pw}@l2lb-redis.{NAMESPACE}.svc:6379/0"
+        # k8s/base: through the sentinels (Service l2lb-redis-sentinel, master name l2lb)
+        assert s1[f"{svc}-dsn"] == (f"redis+sentinel://{svc}:{pw}@l2lb-redis-sentinel.{NAMESPACE}.svc:26379/l2lb/0"
+                                    f"?sentinel_password={sp}&socket_timeout=2&connect_timeout=1")
+        d = parse_dsn(s1[f"{svc}-dsn"])
+        assert d.sentinel_service == "l2lb" and d.sentinel_password == sp and d.username == svc
+        # k8s/overlays/single-node: straight to the one Redis
+        assert s1[f"{svc}-dsn-single"] == f"redis://{svc}:{pw}@l2lb-redis.{NAMESPACE}.svc:6379/0"
     env = dict(os.environ, L2LB_REDIS_URL_BASE="rediss://redis.example:6380/0?ssl_ca_certs=/ca.pem")
     out3 = subprocess.run(
         ["sh", str(ROOT / "deploy/k8s/redis-secret.sh")], capture_output=True, text=True, check=True, env=env
     )
     s3 = by_kind(load_docs(out3.stdout), "Secret")[0]["stringData"]
-    assert s3["leases-dsn"] == f"rediss://leases:{s3['leases-password']}@redis.example:6380/0?ssl_ca_certs=/ca.pem"
+    for key in ("leases-dsn", "leases-dsn-single"):
+        assert s3[key] == f"rediss://leases:{s3['leases-password']}@redis.example:6380/0?ssl_ca_certs=/ca.pem"
 
 
 @pytest.mark.parametrize("overlay", list(OVERLAYS))
@@ -267,8 +278,9 @@ def test_secret_refs_are_made_by_the_install_script(overlay: str) -> None:
                     assert ref["name"] == "l2lb-redis"
                     used.add(ref["key"])
     assert used and used <= made, used - made
-    dsn_keys = {k for k in used if k.endswith("-dsn")}
-    assert dsn_keys == {"allocator-dsn", "leases-dsn", "announcer-dsn"}
+    suffix = "-dsn-single" if overlay == "single-node" else "-dsn"
+    dsn_keys = {k for k in used if "-dsn" in k}
+    assert dsn_keys == {f"{s}{suffix}" for s in ("allocator", "leases", "announcer")}
 
 
 def test_redis_acl_init_renders_every_user(tmp_path: Path) -> None:
@@ -283,15 +295,22 @@ def test_redis_acl_init_renders_every_user(tmp_path: Path) -> None:
         ALLOCATOR_PASSWORD="pa",
         LEASES_PASSWORD="pl",
         ANNOUNCER_PASSWORD="pn",
+        REPLICATION_PASSWORD="pr",
+        SENTINEL_PASSWORD="ps",
     )
+    assert {e["name"] for e in init["env"]} >= set(env) - set(os.environ)
     subprocess.run(["sh", "-ec", script], check=True, env=env, timeout=30)
     import hashlib
 
     acl = (tmp_path / "users.acl").read_text()
     users = {line.split()[1]: line for line in acl.splitlines() if line.startswith("user ")}
     assert users["default"].split()[2] == "off"
-    for user, pw in (("allocator", "pa"), ("leases", "pl"), ("announcer", "pn")):
+    for user, pw in (("allocator", "pa"), ("leases", "pl"), ("announcer", "pn"), ("replication", "pr"),
+                     ("sentinel", "ps")):
         assert f"#{hashlib.sha256(pw.encode()).hexdigest()}" in users[user].split()
+    # replicas may only replicate, sentinels only do what Sentinel needs: neither reads or writes keys
+    assert "+psync" in users["replication"].split() and "+get" not in users["replication"]
+    assert "+slaveof" in users["sentinel"].split() and "~" not in users["sentinel"]
     # the readiness probe logs in as the allocator and PINGs: that user may
     assert "+ping" in users["allocator"].split()
     probe = sts["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["exec"]["command"][-1]
@@ -299,7 +318,8 @@ def test_redis_acl_init_renders_every_user(tmp_path: Path) -> None:
     # same rules as the compose stack's file (which uses the development passwords)
     dev = (ROOT / "deploy" / "redis" / "users.acl").read_text()
     strip = re.compile(r" #[0-9a-f]{64}")
-    assert strip.sub("", acl) == strip.sub("", dev)
+    services = "\n".join(line for line in acl.splitlines() if line.split()[1] not in ("replication", "sentinel"))
+    assert strip.sub("", services + "\n") == strip.sub("", dev)
 
 
 def test_overlays_do_what_they_say() -> None:
@@ -323,3 +343,61 @@ def test_overlays_do_what_they_say() -> None:
     base = built("base")
     groups = {g for r in one(base, "ClusterRole", "l2lb-allocator")["rules"] for g in r["apiGroups"]}
     assert not groups & {"cilium.io", "metallb.io"}
+
+
+def _env(ctr: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in ctr.get("env", [])}
+
+
+def test_redis_ha_by_default_and_single_node_mode() -> None:
+    """k8s/base: 3 Redis on 3 nodes, each with a Sentinel, as the start scripts expect; single-node: one
+    Redis, no Sentinel, the services connecting straight to it."""
+    base = built("base")
+    sts = one(base, "StatefulSet", "l2lb-redis")
+    pod = sts["spec"]["template"]["spec"]
+    assert sts["spec"]["replicas"] == 3
+    anti = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["topologyKey"] == "kubernetes.io/hostname"
+    assert anti[0]["labelSelector"]["matchLabels"].items() <= pod_labels(sts).items()
+    ctrs = {c["name"]: c for c in pod["containers"]}
+    assert set(ctrs) == {"redis", "sentinel"}
+    for c in ctrs.values():
+        assert _env(c)["L2LB_REDIS_REPLICAS"] == str(sts["spec"]["replicas"]), c["name"]
+        assert c["command"][0] == "sh" and c["command"][1].startswith("/etc/redis-tmpl/start-")
+        script = ROOT / "k8s" / "base" / "redis" / Path(c["command"][1]).name
+        assert script.exists(), script
+    assert _env(ctrs["redis"])["L2LB_REDIS_MODE"] == "sentinel"
+    assert int(_env(ctrs["sentinel"])["L2LB_SENTINEL_DOWN_MS"]) <= 2000
+    (cm,) = [c for c in by_kind(base, "ConfigMap") if c["metadata"]["name"].startswith("l2lb-redis")]
+    assert {v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v} == {cm["metadata"]["name"]}
+    assert {"redis.conf", "peers.sh", "start-redis.sh", "start-sentinel.sh"} <= set(cm["data"])
+    headless = one(base, "Service", "l2lb-redis-headless")
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"] is True
+    assert sts["spec"]["serviceName"] == "l2lb-redis-headless"
+    sentinel_svc = one(base, "Service", "l2lb-redis-sentinel")
+    assert [p["port"] for p in sentinel_svc["spec"]["ports"]] == [26379]
+    pdb = one(base, "PodDisruptionBudget", "l2lb-redis")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    # the master name the sentinels monitor is the one in the DSNs
+    assert "MASTER_NAME=${L2LB_SENTINEL_MASTER:-l2lb}" in (ROOT / "k8s/base/redis/peers.sh").read_text()
+
+    single = built("single-node")
+    sts1 = one(single, "StatefulSet", "l2lb-redis")
+    assert sts1["spec"]["replicas"] == 1
+    (redis,) = sts1["spec"]["template"]["spec"]["containers"]
+    assert redis["name"] == "redis" and _env(redis)["L2LB_REDIS_MODE"] == "single"
+    assert _env(redis)["L2LB_REDIS_REPLICAS"] == "1"
+    assert "l2lb-redis-sentinel" not in {s["metadata"]["name"] for s in by_kind(single, "Service")}
+    for kind, name in (("Deployment", "l2lb-allocator"), ("Deployment", "l2lb-leases"),
+                       ("DaemonSet", "l2lb-announcer")):
+        ctr = one(single, kind, name)["spec"]["template"]["spec"]["containers"][0]
+        assert _env(ctr)["L2LB_REDIS"]["secretKeyRef"]["key"].endswith("-dsn-single"), name
+    # what single-node leaves out costs nothing: fewer containers and requests than base
+    def requests(docs: list[dict[str, Any]]) -> int:
+        return sum(len(w["spec"]["template"]["spec"]["containers"]) * w["spec"].get("replicas", 1)
+                   for w in by_kind(docs, "StatefulSet"))
+    assert requests(single) == 1 and requests(base) == 6
+
+
+def pod_labels(w: dict[str, Any]) -> dict[str, str]:
+    return dict(w["spec"]["template"]["metadata"]["labels"])

@@ -28,7 +28,8 @@ from tests.deploy.support import OVERLAYS, ROOT, SERVICES, built, by_kind, kusto
 
 KUBE_PKG = ROOT / "src" / "l2lb" / "adapters" / "kube"
 FOREIGN = {"cilium.io", "metallb.io"}
-ENABLED_FOREIGN = {"base": set(), "cilium": {"cilium.io"}, "metallb-migration": {"metallb.io"}, "external-redis": set()}
+ENABLED_FOREIGN = {"base": set(), "cilium": {"cilium.io"}, "metallb-migration": {"metallb.io"}, "external-redis": set(),
+                   "single-node": set()}
 
 Triple = tuple[str, str, str]  # apiGroup, resource[/subresource], verb
 

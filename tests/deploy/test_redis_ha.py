@@ -66,11 +66,11 @@ class Pod:
             capture_output=True, text=True, check=True)
         (self.acl / "users.acl").write_text(out.stdout)
 
-    def start(self, what: str) -> None:
+    def start(self, what: str, **env: str) -> None:
         log = open(self.dir / f"{what}.log", "ab")  # noqa: SIM115 - handed to the child
         self.procs[what] = subprocess.Popen(
             ["ip", "netns", "exec", self.topo.hosts[self.name].ns, "sh", str(REDIS_DIR / f"start-{what}.sh")],
-            env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            env=self.env() | env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
 
     def kill(self) -> None:
@@ -80,7 +80,12 @@ class Pod:
                 p.wait(5)
 
     def log(self) -> str:
-        return "\n".join(f"--- {f.name}\n{f.read_text(errors='replace')[-1500:]}" for f in self.dir.glob("*.log"))
+        out = []
+        for f in sorted(self.dir.glob("*.log")):
+            text = f.read_text(errors="replace")
+            mine = [ln for ln in text.splitlines() if ln.startswith("l2lb ")]  # what the start scripts decided
+            out.append(f"--- pod {self.i} {f.name}\n" + "\n".join(mine) + "\n...\n" + text[-1500:])
+        return "\n".join(out)
 
 
 async def cmd(host: str, port: int, *args: str, user: str | None = None, pw: str | None = None) -> Any:
@@ -119,10 +124,37 @@ async def wait_for(pred: Any, timeout: float, what: str, pods: list[Pod]) -> Non
     raise AssertionError(f"{what} not within {timeout} s\n" + "\n".join(p.log() for p in pods))
 
 
+def _entries(reply: Any) -> list[dict[str, str]]:
+    """SENTINEL SENTINELS/REPLICAS as dicts of text (redis-py may or may not have parsed them)."""
+    out = []
+    for item in reply or []:
+        if isinstance(item, dict):
+            out.append({str(k): v.decode() if isinstance(v, bytes) else str(v) for k, v in item.items()})
+        else:
+            txt = [x.decode() if isinstance(x, bytes) else str(x) for x in item]
+            out.append(dict(zip(txt[::2], txt[1::2], strict=False)))
+    return out
+
+
+async def sentinel_knows(ip: str, what: str) -> int:
+    """How many healthy other sentinels / replicas the sentinel at ``ip`` knows."""
+    try:
+        reply = await cmd(ip, 26379, "SENTINEL", what, "l2lb", pw=PW["sentinel"])
+    except Exception:
+        return -1
+    bad = {"s_down", "o_down", "disconnected"}
+    return sum(1 for e in _entries(reply) if not bad & set(e.get("flags", "").split(",")))
+
+
 async def settled(pods: list[Pod], live: list[int], master: str) -> bool:
-    """Every live sentinel names ``master``, which is a master with every other live Redis online."""
+    """Every live sentinel names ``master`` and knows the other live sentinels and every live replica
+    (before that, a death of the master could not be failed over); the master has them online."""
     for i in live:
         if await sentinel_master(IPS[i]) != master:
+            return False
+        if await sentinel_knows(IPS[i], "SENTINELS") < len(live) - 1:
+            return False
+        if await sentinel_knows(IPS[i], "REPLICAS") < len(live) - 1:
             return False
     try:
         info = await cmd(master, 6379, "INFO", "replication", user="sentinel", pw=PW["sentinel"])
@@ -181,8 +213,10 @@ async def test_k8s_redis_sentinel_failover_and_rejoin(topology: Topology, tmp_pa
                 topology.cut(f"r{master}", False)
                 pods[master].kill()
                 live.remove(master)
-                await wait_for(write_ok, 30, f"writes through the new master after death {death + 1} "
-                               f"({errors[-5:]})", pods)
+                try:
+                    await wait_for(write_ok, 30, f"writes through the new master after death {death + 1}", pods)
+                except AssertionError as e:
+                    raise AssertionError(f"{e}\nlast write errors: {errors[-5:]}") from None
                 figures.append(time.monotonic() - t0)
                 new = await sentinel_master(IPS[live[0]])
                 assert new in [IPS[i] for i in live], new
@@ -205,3 +239,32 @@ async def test_k8s_redis_sentinel_failover_and_rejoin(topology: Topology, tmp_pa
             await bus.close()
         for p in pods:
             p.kill()
+
+
+@pytest.mark.timeout(120)
+async def test_k8s_redis_single_node_mode(topology: Topology, tmp_path: Path) -> None:
+    """k8s/overlays/single-node: the same start script, L2LB_REDIS_MODE=single: one master, no replica
+    options, and the bus connects with the -dsn-single form of the Secret."""
+    topology.add_host("r0", addrs=[f"{IPS[0]}/24"])
+    topology.add_host("client", addrs=[f"{CLIENT}/24"])
+    pod = Pod(topology, 0, tmp_path)
+    pod.render_acl()
+    pod.start("redis", L2LB_REDIS_MODE="single")
+    from l2lb.adapters.bus.client import Bus
+
+    try:
+        with netns.entered(topology.hosts["client"].ns):
+            await wait_for(lambda: _is_master(IPS[0]), 20, "single Redis up", [pod])
+            bus = await Bus.connect(f"redis://announcer:{PW['announcer']}@{IPS[0]}:6379/0", client_name="t")
+            try:
+                assert bus.readiness()[0], bus.readiness()
+                await bus.publish_raw(bus.keys.heartbeats, b"x")
+            finally:
+                await bus.close()
+        assert "I am" not in (pod.dir / "redis.log").read_text()  # no peer discovery in single mode
+    finally:
+        pod.kill()
+
+
+async def _is_master(ip: str) -> bool:
+    return await role(ip) == "master"

@@ -2,9 +2,9 @@
 #
 # SELF   the name this pod announces (its FQDN behind the headless Service: stable across restarts)
 # PEERS  every pod of the StatefulSet, pod 0 first (L2LB_REDIS_REPLICAS of them; or L2LB_REDIS_PEERS)
-# find_master  prints the current master: what a live sentinel says (any peer's, ours included),
-#        else the master the last sentinel config on our volume knew (a whole-cluster reboot),
-#        else pod 0 (a fresh install). Never fails.
+# find_master  prints the current master: what most live sentinels say (any peer's, ours included),
+#        else (none answers after L2LB_REDIS_DISCOVERY_ROUNDS tries, 1 s apart) the master the last
+#        sentinel config on our volume knew (a whole-cluster reboot), else pod 0 (a fresh install).
 SELF=${L2LB_REDIS_SELF:-$(hostname -f)}
 if [ -n "${L2LB_REDIS_PEERS:-}" ]; then
   PEERS=$L2LB_REDIS_PEERS
@@ -28,9 +28,22 @@ ask_sentinel() {  # $1 host -> prints the master it knows, or nothing
 }
 
 find_master() {
-  for _p in $PEERS; do
-    _m=$(ask_sentinel "$_p")
-    if [ -n "$_m" ]; then echo "$_m"; return 0; fi
+  # the sentinels that answer vote (a restarted one may still hold an old view: the majority wins);
+  # none answering: retry a few times (they may be busy), then the volume's last view, then pod 0
+  _round=0
+  while [ "$_round" -lt "${L2LB_REDIS_DISCOVERY_ROUNDS:-5}" ]; do
+    _answers=""
+    for _p in $PEERS; do
+      _m=$(ask_sentinel "$_p")
+      if [ -n "$_m" ]; then _answers="$_answers$_m
+"; fi
+    done
+    if [ -n "$_answers" ]; then
+      printf '%s' "$_answers" | sort | uniq -c | sort -rn | head -n 1 | awk '{print $2}'
+      return 0
+    fi
+    _round=$((_round + 1))
+    sleep 1
   done
   if [ -f "$SENTINEL_CONF" ]; then
     _m=$(sed -n "s/^sentinel monitor $MASTER_NAME \([^ ]*\) .*/\1/p" "$SENTINEL_CONF" | head -n 1)

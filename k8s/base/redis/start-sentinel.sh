@@ -11,7 +11,7 @@ echo "l2lb sentinel: I am $SELF; master: $master; quorum $QUORUM"
 cat > "$SENTINEL_CONF.new" <<CONF
 port $SENTINEL_PORT
 protected-mode no
-dir /tmp
+dir $(dirname "$SENTINEL_CONF")
 sentinel resolve-hostnames yes
 sentinel announce-hostnames yes
 sentinel announce-ip $SELF

@@ -182,6 +182,21 @@ async def redis_command(host: str, port: int, *args: str, timeout: float = 0.5) 
         await r.aclose()
 
 
+def healthy_entries(reply: Any) -> int:
+    """Entries of SENTINEL SENTINELS/REPLICAS not flagged down or disconnected."""
+    n = 0
+    for item in reply or []:
+        if isinstance(item, dict):
+            flags = item.get("flags", "")
+        else:
+            txt = [x.decode() if isinstance(x, bytes) else str(x) for x in item]
+            flags = dict(zip(txt[::2], txt[1::2], strict=False)).get("flags", "")
+        flags = flags.decode() if isinstance(flags, bytes) else str(flags)
+        if not {"s_down", "o_down", "disconnected"} & set(flags.split(",")):
+            n += 1
+    return n
+
+
 class ColocatedLab(Lab):
     """The lab with Redis, allocator and leases placed in namespaces (see the module docstring)."""
 
@@ -351,7 +366,20 @@ class ColocatedLab(Lab):
             return False
         online = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)
                   and v.get("state") == "online"]
-        return len(online) >= len(live) - 1
+        if len(online) < len(live) - 1:
+            return False
+        # every live sentinel knows the others and the replicas: else a master death now would
+        # find nobody to promote (or no quorum)
+        live_sentinels = [h for h in self.placement.sentinels if h not in self.dead]
+        for h in live_sentinels:
+            for what, want in (("SENTINELS", len(live_sentinels) - 1), ("REPLICAS", len(live) - 1)):
+                try:
+                    reply = await redis_command(host_ip(h), SENTINEL_PORT, "SENTINEL", what, SENTINEL_SERVICE)
+                except Exception:
+                    return False
+                if healthy_entries(reply) < want:
+                    return False
+        return True
 
     def _service_args(self, proc: str, host: str) -> list[str]:
         comp = proc.split("-", 1)[0]
