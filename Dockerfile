@@ -25,7 +25,7 @@ COPY services ./services
 RUN /opt/l2lb/bin/pip wheel --no-deps --wheel-dir /wheels . \
  && /opt/l2lb/bin/pip install --no-deps /wheels/l2lb-*.whl \
  && /opt/l2lb/bin/python -m compileall -q /opt/l2lb/lib \
- && /opt/l2lb/bin/pip uninstall -y pip setuptools wheel >/dev/null 2>&1 || true
+ && { /opt/l2lb/bin/pip uninstall -y pip setuptools wheel >/dev/null 2>&1 || true; }
 COPY deploy/healthcheck.py /opt/l2lb/bin/l2lb-healthcheck
 RUN chmod 0755 /opt/l2lb/bin/l2lb-healthcheck
 

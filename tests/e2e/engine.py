@@ -212,6 +212,10 @@ class DockerEngine:
         self.stopped = True
         return self.leftovers()
 
+    def pids(self) -> set[int]:
+        """Every process of the engine: dockerd, containerd, shims, docker-proxy, containers."""
+        return _cgroup_pids(self.cgroup)
+
     def leftovers(self) -> list[str]:
         out = [f"process {p} in cgroup {self.cgroup}" for p in sorted(_cgroup_pids(self.cgroup))]
         out += [f"cgroup {d}" for d in _cgroup_dirs(self.cgroup)]

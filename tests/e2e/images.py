@@ -45,6 +45,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -327,7 +328,8 @@ def _lock() -> Iterator[None]:
 
 
 def _prune(name: str) -> None:
-    olds = sorted(CACHE.glob(f"{name}-*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
+    mine = [p for p in CACHE.glob(f"{name}-*.tar") if re.fullmatch(rf"{re.escape(name)}-[0-9a-f]{{16}}\.tar", p.name)]
+    olds = sorted(mine, key=lambda p: p.stat().st_mtime, reverse=True)
     for old in olds[KEEP_PER_NAME:]:
         old.unlink(missing_ok=True)
         old.with_suffix(".json").unlink(missing_ok=True)
@@ -404,6 +406,17 @@ def _build(missing: list[str], got: dict[str, Built], k: dict[str, str], say: Ca
         left = engine.stop()
         if left:
             raise ImageBuildError(f"the build engine left: {left}")
+
+
+def containerd_name(ref: str) -> str:
+    """The name containerd (and kubelet) gives ``ref``: l2lb:e2e -> docker.io/library/l2lb:e2e,
+    l2lb-e2e/pause:3.10 -> docker.io/l2lb-e2e/pause:3.10."""
+    first = ref.split("/", maxsplit=1)[0]
+    if "/" not in ref:
+        return f"docker.io/library/{ref}"
+    if "." in first or ":" in first or first == "localhost":
+        return ref
+    return f"docker.io/{ref}"
 
 
 def load_into(engine: DockerEngine, images: dict[str, Built]) -> None:
