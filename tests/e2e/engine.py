@@ -7,8 +7,8 @@ namespace the caller made, with every piece of state in one temp directory, alwa
   NAT, no published-port DNAT; ports are published by docker-proxy, the userland proxy); address
   pools for compose networks are TEST-NET-3 (203.0.113.0/24).
 * Mounts: dockerd starts in its own mount namespace (``unshare --mount``, private propagation) with a
-  sysfs of its network namespace and the host's cgroup hierarchies bound back in; /run/containerd
-  and /run/docker are private tmpfs there (containerd's shim sockets live under /run/containerd/s).
+  sysfs of its network namespace and the host's cgroup hierarchies bound back in, and a private tmpfs
+  on /run (containerd puts its shims' sockets in /run/containerd/s whatever its state directory).
   Every overlay/bind/netns mount it makes dies with that namespace, and none reach this machine.
 * State: data-root, exec-root, pidfile, socket and config under ``workdir`` (default a new
   /tmp/l2lb-dk-XXXX); the CLI is Debian's /usr/bin/docker with DOCKER_HOST/DOCKER_CONFIG pointing
@@ -144,12 +144,12 @@ class DockerEngine:
             "--userland-proxy-path=/usr/sbin/docker-proxy",
         ]
         # In the new mount namespace: this netns's sysfs (with the host's cgroup hierarchies bound back
-        # in), private /run/containerd and /run/docker, then join the cgroup and become dockerd.
+        # in), a private /run, then join the cgroup and become dockerd.
         script = (
-            'set -e; mkdir -p "$W/cg" /run/containerd /run/docker; '
+            'set -e; mkdir -p "$W/cg"; '
             'mount --rbind /sys/fs/cgroup "$W/cg"; umount -l /sys; mount -t sysfs sysfs /sys; '
             'mount --rbind "$W/cg" /sys/fs/cgroup; umount -l "$W/cg"; '
-            "mount -t tmpfs -o mode=0711 tmpfs /run/containerd; mount -t tmpfs -o mode=0711 tmpfs /run/docker; "
+            "mount -t tmpfs -o mode=0755 tmpfs /run; "
             f'for f in {procs_files}; do echo $$ > "$f"; done; exec "$@"'
         )
         argv = ["nsenter", f"--net=/run/netns/{self.ns}", "--", "unshare", "--mount", "--propagation", "private",

@@ -9,7 +9,7 @@ its plugin. Images are the locally built ones (tests/e2e/images.py), chosen thro
 the compose file documents (L2LB_IMAGE, L2LB_ANNOUNCER_IMAGE, L2LB_KUBECTL_IMAGE, L2LB_REDIS_IMAGE);
 the seed is the repository's, with its LAN addresses moved to TEST-NET (L2LB_SEED_DIR).
 
-Checked: every service becomes healthy and the one-shots exit 0 (`up --wait`), each container has
+Checked: every service becomes healthy and the one-shots exit 0 after `up -d`, each container has
 the user, capabilities and read-only root the file asks for (read from the running processes), the
 seed's Pi-hole IPs are allocated, and a client namespace on the bridge gets ARP answers for them
 from the dock's MAC. Then `docker compose down` leaves no container, network, veth, mount or
@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,16 +49,23 @@ def compose_binary() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def host_state() -> dict[str, object]:
-    """What the engine must not change on this machine: links, mounts, netfilter rules."""
+def host_state(prefix: str) -> dict[str, list[str]]:
+    """What the engine must not change on this machine: links, mounts, netfilter rules. Other sessions
+    may make namespaces (and their /run/netns mounts) meanwhile: those are not compared, ours are."""
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
     rules = subprocess.run(["iptables-save"], capture_output=True, text=True, check=False).stdout
     rules6 = subprocess.run(["ip6tables-save"], capture_output=True, text=True, check=False).stdout
-    strip = lambda t: "\n".join(ln for ln in t.splitlines() if not ln.startswith("#"))  # noqa: E731
+    mounts = []
+    for ln in Path("/proc/self/mountinfo").read_text().splitlines():
+        f = ln.split()
+        point, fstype = f[4], f[f.index("-") + 1]
+        if point.startswith("/run/netns/") and not point.startswith(f"/run/netns/{prefix}"):
+            continue
+        mounts.append(f"{point} {fstype}")
     return {
         "links": sorted(ln.split(":")[1].strip().split("@")[0] for ln in links.splitlines()),
-        "mounts": sorted(ln.split()[4] for ln in Path("/proc/self/mountinfo").read_text().splitlines()),
-        "iptables": strip(rules) + strip(rules6),
+        "mounts": sorted(mounts),
+        "iptables": [ln for ln in (rules + rules6).splitlines() if not ln.startswith("#")],
     }
 
 
@@ -69,7 +76,7 @@ def cap_eff(pid: int) -> tuple[int, int]:
 
 def test_compose_up_down(topology: Topology, e2e_images: dict[str, Built], tmp_path: Path) -> None:
     plugin = compose_binary()
-    before = host_state()
+    before = host_state(topology.prefix)
     seed = _seed(tmp_path)
     dock = topology.add_host("dock", ifname="enp0s25", addrs=["198.51.100.10/24"])
     client = topology.add_host("cli", addrs=["198.51.100.20/24"])
@@ -97,13 +104,20 @@ def test_compose_up_down(topology: Topology, e2e_images: dict[str, Built], tmp_p
                             f"--- logs:\n{logs[-6000:]}\n--- dockerd:\n{engine.log(2000)}")
             return p
 
+        # `up -d` as the file's header says (not --wait: it fails on the seed one-shot's normal exit 0,
+        # "container l2lb-seed-1 exited (0)", since nothing depends on it); then poll, bounded
         t0 = time.monotonic()
-        compose("up", "--detach", "--no-build", "--pull", "never", "--wait", "--wait-timeout", str(UP_TIMEOUT_S),
-                timeout=UP_TIMEOUT_S + 60)
+        compose("up", "--detach", "--no-build", "--pull", "never", timeout=UP_TIMEOUT_S)
+        by_service: dict[str, dict[str, Any]] = {}
+        while time.monotonic() - t0 < UP_TIMEOUT_S:
+            ps = [json.loads(ln) for ln in compose("ps", "--all", "--format", "json").stdout.splitlines()
+                  if ln.strip()]
+            by_service = {str(c["Service"]): c for c in ps}
+            if all(by_service.get(s, {}).get("Health") == "healthy" for s in LONG_RUNNING) and \
+                    all(by_service.get(s, {}).get("State") == "exited" for s in ONE_SHOTS):
+                break
+            time.sleep(1)
         up_s = time.monotonic() - t0
-
-        ps = [json.loads(ln) for ln in compose("ps", "--all", "--format", "json").stdout.splitlines() if ln.strip()]
-        by_service = {c["Service"]: c for c in ps}
         assert set(by_service) == LONG_RUNNING | ONE_SHOTS, by_service.keys()
         for s in LONG_RUNNING:
             assert by_service[s]["State"] == "running" and by_service[s]["Health"] == "healthy", by_service[s]
@@ -149,7 +163,7 @@ def test_compose_up_down(topology: Topology, e2e_images: dict[str, Built], tmp_p
                     break
             assert answered, f"no ARP answer for {vip} from {dock.mac}:\n{out}\n" + \
                 compose("logs", "--no-color", "--tail", "30", "announcer", "leases", check=False).stdout[-4000:]
-        print(f"compose up --wait: {up_s:.1f} s; VIPs {sorted({SEED_IP, *web})} answered by {dock.mac}")
+        print(f"compose up -d until all healthy: {up_s:.1f} s; VIPs {sorted({SEED_IP, *web})} answered by {dock.mac}")
 
         # down: nothing left but the named volumes (kept by design until down --volumes)
         t0 = time.monotonic()
@@ -160,11 +174,15 @@ def test_compose_up_down(topology: Topology, e2e_images: dict[str, Built], tmp_p
         links = dock.exec(["ip", "-o", "link", "show"]).stdout
         assert sorted(ln.split(":")[1].strip().split("@")[0] for ln in links.splitlines()) == ["enp0s25", "lo"]
         assert engine.proc is not None
-        mounts = Path(f"/proc/{engine.proc.pid}/mountinfo").read_text()
-        assert not re.search(r" - (overlay|nsfs) ", mounts), [m for m in mounts.splitlines() if "overlay" in m
-                                                               or "nsfs" in m]
-        left = {Path(f"/proc/{p}/comm").read_text().strip() for p in engine.pids()}
-        assert left <= {"dockerd", "containerd"}, left
+        # in dockerd's mount namespace: no container root (overlay) and, under its state directory, only
+        # what dockerd holds while it runs: its data root bound on itself (for mount propagation) and the
+        # handle of its own network namespace (exec/netns/default)
+        mounts = [ln.split() for ln in Path(f"/proc/{engine.proc.pid}/mountinfo").read_text().splitlines()]
+        assert not [m for m in mounts if m[m.index("-") + 1] == "overlay"], "container root filesystems left"
+        own = {m[4] for m in mounts if m[4].startswith(str(engine.workdir))}
+        assert own <= {str(engine.workdir / "data"), str(engine.workdir / "exec" / "netns" / "default")}, own
+        procs = {Path(f"/proc/{p}/comm").read_text().strip() for p in engine.pids()}
+        assert procs <= {"dockerd", "containerd"}, procs
         volumes = set(engine.docker(["volume", "ls", "--format", "{{.Name}}"]).stdout.split())
         assert volumes == {"l2lb_redis-data", "l2lb_apiserver-state"}, volumes
         compose("down", "--volumes", timeout=120)
@@ -175,6 +193,8 @@ def test_compose_up_down(topology: Topology, e2e_images: dict[str, Built], tmp_p
     assert not left, f"the docker engine left: {left}"
     assert not os.path.exists(engine.workdir)
     topology.destroy()
-    after = host_state()
-    assert after == before, {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+    after = host_state(topology.prefix)
+    diff = {k: (sorted(set(before[k]) - set(after[k])), sorted(set(after[k]) - set(before[k])))
+            for k in before if before[k] != after[k]}
+    assert not diff, f"this machine changed (gone, new): {diff}"
 
