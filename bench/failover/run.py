@@ -16,6 +16,11 @@ client-observed outage (its GARP/ARP path comes on top, as l2lb's does in its ow
 
     sudo python bench/failover/run.py               # 20 + 20 l2lb failovers, 2 Cilium-model kills
     sudo python bench/failover/run.py --quick       # a few rounds (CI smoke)
+    sudo python bench/failover/run.py --families "" --traffic 6 --skip-cilium   # real UDP traffic only
+
+After the probe rounds, ``--traffic 6`` (the default) runs real-traffic rounds on the IPv6 VIP: UDP
+every 10 ms from the client (Linux's NDP defaults) to every node, which holds the VIP on lo as
+kube-proxy's IPVS mode does (bench/failover/realtraffic.py, l2lb.lab.traffic).
 
 Co-located placement (issue 22: redis, allocator and leases inside the node namespaces as k8s/base
 places them; the API server stays in the control-plane namespace) with node deaths (cable out + SIGKILL

@@ -528,7 +528,9 @@ async def _run(lab: Lab) -> int:
                     f"after heal: {r['after_heal']} (flapped back: {r['flapped_back']})")
                 if "kernel_switch_ms" in r:
                     progress.say(f"  client kernel moved to the new MAC at {_ms(r['kernel_switch_ms'])} "
-                                 f"(unsolicited NA first seen at {_ms(r['first_garp_ms'])})")
+                                 f"(unsolicited NA first seen at {_ms(r['first_garp_ms'])}); NA flags of the new "
+                                 f"node: solicited {_na_flags(r['na_flags']['reply'])}, unsolicited "
+                                 f"{_na_flags(r['na_flags']['garp'])}")
                 progress.say(f"  client neighbour entry now: {r['neigh_after']}")
         lab.report["failovers"] = rounds
         print()
@@ -545,6 +547,12 @@ async def _run(lab: Lab) -> int:
                   f"  sudo ip netns exec {ctl_ns} kubectl --kubeconfig {lab.kubeconfig} get svc -A\n"
                   f"Remove it with: sudo l2lb lab --cleanup --prefix {args.prefix}")
         return 1 if failed else 0
+
+
+def _na_flags(seen: list[int]) -> str:
+    """NA flag sets as RFC 4861 names them, e.g. [0x60] -> "S+O" ("none seen" when empty)."""
+    names = [("R", 0x80), ("S", 0x40), ("O", 0x20)]
+    return " / ".join("+".join(n for n, bit in names if f & bit) or "none" for f in seen) or "none seen"
 
 
 def _ms(v: Any) -> str:
