@@ -136,8 +136,13 @@ async def test_seed_end_to_end(env: Env) -> None:
     assert c is not None and c["status"] == "True" and c["reason"] == "satisfied"
     await wait_for(lambda: any(e.get("reason") == "IPAllocated" for e in env.events("pihole")), 5)
 
-    msgs = await env.messages()
-    # startup publishes one snapshot with every allocation (later changes: one Allocation each)
+    # startup publishes one snapshot with every allocation (later changes: one Allocation each); the
+    # statuses are written before it is published, so wait for it
+    msgs: list[Any] = []
+    deadline = time.monotonic() + 10
+    while not any(isinstance(m, AllocationSnapshot) and m.allocations for m in msgs) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        msgs = await env.messages()
     allocs = {x.key: x for m in msgs if isinstance(m, AllocationSnapshot) for x in m.allocations}
     assert allocs["pihole/pihole-dns-tcp"].ips == ("192.168.1.153",)
     assert allocs["pihole/pihole-dns-udp"].ports[0].protocol == "UDP"
