@@ -271,7 +271,8 @@ async def run_colocated(a: argparse.Namespace) -> int:
     netns.sweep(a.prefix)
     res = await nodedeath.run(a, workdir, Progress())
     print()
-    print(f"{a.nodes} nodes, placement {res['placement']}, Redis persistence {'on' if res['persistence'] else 'off'}, "
+    print(f"{a.nodes} nodes, placement {res['placement']}, leader election {res['leader_election']}, "
+          f"Redis persistence {'on' if res['persistence'] else 'off'}, "
           f"ARP probe every {a.probe_ms:.0f} ms, {a.services} + 2 Services; node down at most {a.max_down_s:.0f} s")
     print(nodedeath.table(res["results"]))
     for n in res["notes"]:
@@ -382,6 +383,8 @@ def main() -> int:
     g.add_argument("--sentinel-down-ms", type=int, default=1000)
     g.add_argument("--fast-le", action="store_true", help="2 s leader Leases (the chaos lab's) instead of the "
                    "services' defaults (leases 6 s, allocator 15 s)")
+    g.add_argument("--le-backend", choices=("kube", "redis"), default="kube",
+                   help="leader election of allocator and leases: kube (the Lease) or redis (short TTL key)")
     g.add_argument("--seed", type=int, default=1)
     a = p.parse_args()
     if a.quick:

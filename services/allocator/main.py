@@ -9,7 +9,7 @@ import socket
 import sys
 import uuid
 
-from l2lb.runtime.args import add_http_log_args, add_leader_election_args, parse_kinds
+from l2lb.runtime.args import add_http_log_args, add_leader_election_args, check_leader_election_args, parse_kinds
 from l2lb.runtime.config import parse_with_config
 from l2lb.runtime.run import run_service
 from services.allocator.service import POOL_RESOURCES, AllocatorConfig
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> AllocatorConfig:
     kinds = parse_kinds("--pool-kinds", args.pool_kinds, POOL_RESOURCES)
+    check_leader_election_args(args)
     if "cilium" in kinds and "cilium-v2" in kinds:
         raise ValueError("--pool-kinds: cilium and cilium-v2 are the same objects; pick one")
     return AllocatorConfig(
@@ -67,7 +68,11 @@ def main(argv: list[str]) -> int:
 
         bus = await bus_from_args(args, client_name="l2lb-allocator")
         kube = await client_from_args(args, user_agent="l2lb-allocator")
-        svc = AllocatorService(cfg, bus, kube)
+        from l2lb.adapters.bus.leader import elector_from_args
+
+        elector = elector_from_args(args, bus=bus, kube=kube, name="l2lb-allocator", identity=cfg.instance,
+                                    namespace=cfg.namespace)  # None: the Lease (default)
+        svc = AllocatorService(cfg, bus, kube, elector=elector)
         http = StatusServer("allocator", args.http_host, args.http_port, args.http_token_file)
         http.add_ready_check("allocator", svc.readiness)
         http.add_status("allocator", svc.status)

@@ -96,7 +96,9 @@ def _ns_name(key: str) -> tuple[str, str]:
 
 class AllocatorService:
     def __init__(self, cfg: AllocatorConfig, bus: Bus, kube: KubeClient,
-                 *, clock: Callable[[], float] = time.monotonic):
+                 *, clock: Callable[[], float] = time.monotonic, elector: Any | None = None):
+        """``elector``: anything with ``on_change``, ``run``, ``status``, ``term`` and ``holder``
+        (l2lb.adapters.bus.leader); default (leader election on) the Lease ``l2lb-allocator``."""
         self.cfg = cfg
         self.bus = bus
         self.kube = kube
@@ -108,7 +110,7 @@ class AllocatorService:
         self.pool_informers = {k: Informer(kube, RESOURCES[POOL_RESOURCES[k]], name=f"allocator-pools-{k}")
                                for k in cfg.pool_kinds}
         self.recorder = EventRecorder(kube, "l2lb-allocator") if cfg.events else None
-        self.elector: LeaderElector | None = None
+        self.elector: Any | None = elector
         self.is_leader = not cfg.leader_election
         self.leader_known = not cfg.leader_election
         self.term = 0
@@ -678,11 +680,12 @@ class AllocatorService:
         if self.cfg.pool_status:
             tasks.append(asyncio.create_task(self._pool_status_loop(stop), name="allocator-pool-status"))
         if self.cfg.leader_election:
-            self.elector = LeaderElector(
-                self.kube, namespace=self.cfg.namespace, name="l2lb-allocator", identity=self.cfg.instance,
-                lease_duration=self.cfg.lease_duration, renew_deadline=self.cfg.renew_deadline,
-                retry_period=self.cfg.retry_period,
-            )
+            if self.elector is None:
+                self.elector = LeaderElector(
+                    self.kube, namespace=self.cfg.namespace, name="l2lb-allocator", identity=self.cfg.instance,
+                    lease_duration=self.cfg.lease_duration, renew_deadline=self.cfg.renew_deadline,
+                    retry_period=self.cfg.retry_period,
+                )
             self.elector.on_change(self._on_leader_change)
             tasks.append(asyncio.create_task(self.elector.run(stop), name="allocator-elector"))
         try:

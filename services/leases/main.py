@@ -14,7 +14,13 @@ from typing import Any
 import yaml
 
 from l2lb.obs.log import get_logger
-from l2lb.runtime.args import add_http_log_args, add_leader_election_args, env_int, parse_kinds
+from l2lb.runtime.args import (
+    add_http_log_args,
+    add_leader_election_args,
+    check_leader_election_args,
+    env_int,
+    parse_kinds,
+)
 from l2lb.runtime.config import parse_with_config
 from l2lb.runtime.run import run_service
 from services.leases.service import POLICY_RESOURCES, LeasesConfig, LeasesService
@@ -127,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> LeasesConfig:
     kinds = parse_kinds("--policy-kinds", args.policy_kinds, POLICY_RESOURCES)
+    check_leader_election_args(args)
     for name, v in (
         ("--tick-ms", args.tick_ms),
         ("--renew-ms", args.renew_ms),
@@ -190,7 +197,11 @@ def main(argv: list[str]) -> int:
             from l2lb.adapters.kube.client import client_from_args
 
             kube = await client_from_args(args, user_agent="l2lb-leases")
-        svc = LeasesService(cfg, bus, kube)
+        from l2lb.adapters.bus.leader import elector_from_args
+
+        elector = elector_from_args(args, bus=bus, kube=kube, name="l2lb-leases", identity=cfg.instance,
+                                    namespace=cfg.namespace) if cfg.leader_election else None  # None: the Lease
+        svc = LeasesService(cfg, bus, kube, elector=elector)
         http = StatusServer("leases", args.http_host, args.http_port, args.http_token_file)
         from l2lb.adapters.http.cluster import mount_cluster_api
 

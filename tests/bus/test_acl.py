@@ -175,3 +175,22 @@ async def test_each_service_is_refused_outside_its_job(service: str, acl: AclRed
     assert not task.done()
     stop.set()
     await asyncio.wait_for(task, 3)
+
+
+@pytest.mark.parametrize("service", ["allocator", "leases"])
+async def test_redis_leader_election_under_its_acl(acl: AclRedis, make_bus: Factory, service: str) -> None:
+    """--leader-election-backend redis: each active/standby service may run the election on its own
+    key (Lua scripts, TIME included), not on the other's; the announcer on none."""
+    from l2lb.adapters.bus.leader import RedisLeaderElector
+
+    bus = await make_bus(acl.dsn(service))
+    e = RedisLeaderElector(bus, name=f"l2lb-{service}", identity="a")
+    assert await e.try_acquire_or_renew() and e.term > 0
+    assert await e.try_acquire_or_renew()  # renewal
+    assert await e.release()
+    other = "leases" if service == "allocator" else "allocator"
+    with pytest.raises(NoPermissionError):
+        await RedisLeaderElector(bus, name=f"l2lb-{other}", identity="a").try_acquire_or_renew()
+    ann = await make_bus(acl.dsn("announcer"))
+    with pytest.raises(NoPermissionError):
+        await RedisLeaderElector(ann, name=f"l2lb-{service}", identity="a").try_acquire_or_renew()

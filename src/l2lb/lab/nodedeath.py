@@ -687,7 +687,8 @@ async def run(args: Any, workdir: Path, progress: Any) -> dict[str, Any]:
     lab_args = argparse.Namespace(nodes=args.nodes, manifests=None, probe_ms=args.probe_ms, round_timeout=10.0,
                                   timeout=60.0, json_logs=False, keep=False, sentinel_down_ms=args.sentinel_down_ms)
     lab = ColocatedLab(lab_args, workdir, netns.Topology(args.prefix), Supervisor(workdir / "logs"), progress,
-                       placement=placement, persist=not args.no_persistence, fast_le=args.fast_le)
+                       placement=placement, persist=not args.no_persistence, fast_le=args.fast_le,
+                       le_backend=getattr(args, "le_backend", "kube"))
     root = repo_root()
     extra = workdir / "bench-services.yaml"
     extra.write_text(yaml.safe_dump_all(extra_services(args.services)))
@@ -736,5 +737,6 @@ async def run(args: Any, workdir: Path, progress: Any) -> dict[str, Any]:
             lab.topo.destroy()
     left = [n for n in netns.list_namespaces() if n.startswith(args.prefix)]
     return {"placement": placement.describe(), "persistence": not args.no_persistence,
+            "leader_election": getattr(args, "le_backend", "kube"),
             "results": {k: summarize(v) for k, v in raw.items()}, "raw": raw,
             "notes": bench.notes if bench else [], "cleanup": {"forced_kill": forced, "leftover_namespaces": left}}

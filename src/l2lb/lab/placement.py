@@ -203,11 +203,12 @@ class ColocatedLab(Lab):
     placement: Placement
 
     def __init__(self, *a: Any, placement: Placement, persist: bool = True, fast_le: bool = False,
-                 **kw: Any) -> None:
+                 le_backend: str = "kube", **kw: Any) -> None:
         super().__init__(*a, **kw)
         self.placement = placement
         self.persist = persist
         self.fast_le = fast_le
+        self.le_backend = le_backend  # "kube" (the Lease decides) or "redis" (l2lb.adapters.bus.leader)
         self.dead: set[str] = set()  # nodes currently dead (cable out, processes killed)
         self.deaths: list[dict[str, Any]] = []
 
@@ -383,7 +384,8 @@ class ColocatedLab(Lab):
 
     def _service_args(self, proc: str, host: str) -> list[str]:
         comp = proc.split("-", 1)[0]
-        kube = ["--kubeconfig", str(self.kubeconfig), "--namespace", "l2lb-system", *(LE_FAST if self.fast_le else [])]
+        kube = ["--kubeconfig", str(self.kubeconfig), "--namespace", "l2lb-system", *(LE_FAST if self.fast_le else []),
+                "--leader-election-backend", self.le_backend]
         return [*python_cli(), comp, "--instance", proc, *kube, *self.common(self.http_port(proc), host_ip(host))]
 
     async def start_proc(self, proc: str) -> Proc:
@@ -496,11 +498,14 @@ def add_colocated_args(p: argparse.ArgumentParser) -> None:
                    help="with --colocated: Redis without its append-only file (k8s/base keeps one)")
     g.add_argument("--sentinel-down-ms", type=int, default=1000,
                    help="Sentinel down-after-milliseconds (default 1000)")
+    g.add_argument("--le-backend", choices=("kube", "redis"), default="kube",
+                   help="with --colocated: leader election of allocator and leases (default kube: the Lease)")
 
 
 def make_lab(args: argparse.Namespace, workdir: Path, topo: netns.Topology, sup: Any, progress: Any) -> Lab:
     """A :class:`Lab`, or a :class:`ColocatedLab` when ``args.colocated``."""
     if getattr(args, "colocated", False):
         return ColocatedLab(args, workdir, topo, sup, progress, placement=colocated_args(args),
-                            persist=not getattr(args, "no_persistence", False))
+                            persist=not getattr(args, "no_persistence", False),
+                            le_backend=getattr(args, "le_backend", "kube"))
     return Lab(args, workdir, topo, sup, progress)

@@ -44,6 +44,30 @@ def add_leader_election_args(p: argparse.ArgumentParser, *, duration: float, ren
                    help=f"a leader that cannot renew for this long steps down, s (default {renew:g})")
     g.add_argument("--le-retry-period", type=float, default=retry,
                    help=f"renew / retry period, s (default {retry:g})")
+    g.add_argument("--leader-election-backend", choices=("kube", "redis"),
+                   default=os.environ.get("L2LB_LEADER_ELECTION_BACKEND", "kube"),
+                   help="kube: the Lease decides (the --le-* timings); redis: a Redis key with a short TTL "
+                        "decides, fenced by a term, and the Lease only shows the holder (--le-redis-*): a dead "
+                        "leader is replaced in about 1 s instead of the Lease duration "
+                        "(env L2LB_LEADER_ELECTION_BACKEND; default kube)")
+    g.add_argument("--le-redis-ttl-ms", type=int, default=env_int("L2LB_LE_REDIS_TTL_MS", 1000),
+                   help="redis backend: the leader key expires this long after its last renewal (default 1000)")
+    g.add_argument("--le-redis-renew-ms", type=int, default=env_int("L2LB_LE_REDIS_RENEW_MS", 250),
+                   help="redis backend: renew / retry period (default 250)")
+    g.add_argument("--le-redis-renew-deadline-ms", type=int, default=env_int("L2LB_LE_REDIS_RENEW_DEADLINE_MS", 700),
+                   help="redis backend: a leader that could not renew for this long steps down; must be below "
+                        "the TTL (default 700)")
+
+
+def check_leader_election_args(args: argparse.Namespace) -> None:
+    """ValueError naming the flags when the redis backend's timings cannot work."""
+    if getattr(args, "leader_election_backend", "kube") != "redis":
+        return
+    ttl, deadline, renew = args.le_redis_ttl_ms, args.le_redis_renew_deadline_ms, args.le_redis_renew_ms
+    if not ttl > deadline > renew > 0:
+        raise ValueError(f"--le-redis-ttl-ms ({ttl}) > --le-redis-renew-deadline-ms ({deadline}) > "
+                         f"--le-redis-renew-ms ({renew}) > 0 is needed: a leader must step down before "
+                         "its key can expire")
 
 
 def parse_kinds(flag: str, value: str, known: Collection[str]) -> tuple[str, ...]:

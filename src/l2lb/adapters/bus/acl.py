@@ -64,6 +64,10 @@ def service_rules(keys: Keys, service: str) -> list[str]:
         ]
     if service in ("allocator", "leases"):
         sel += status_acl_selectors(keys)  # both write and serve the cluster view (status parts, events)
+        # --leader-election-backend redis (l2lb.adapters.bus.leader): its own key and term, by Lua script
+        name = f"l2lb-{service}"
+        sel.append(_sel([keys.leader(name), keys.leader_term(name)],
+                        ("+evalsha", "+eval", "+script|load", "+get", "+set", "+pexpire", "+del", "+time")))
     else:  # announcer
         sel += [
             _sel([keys.heartbeats], PUBLISH),

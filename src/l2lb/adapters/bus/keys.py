@@ -61,6 +61,15 @@ class Keys:
         """a random id written once per Redis dataset: if it vanishes, Redis lost its data."""
         return f"{self.prefix}:incarnation"
 
+    def leader(self, name: str) -> str:
+        """``<identity>|<term>`` of the current leader of election ``name`` ("l2lb-leases"), with a TTL
+        (the Redis leader-election backend, l2lb.adapters.bus.leader)."""
+        return f"{self.prefix}:leader:{name}"
+
+    def leader_term(self, name: str) -> str:
+        """the last term handed out by election ``name`` (never decreases while Redis keeps its data)."""
+        return f"{self.prefix}:leader:{name}:term"
+
     @property
     def probe(self) -> str:
         """written by the lab's benchmarks (never by a service) to time when Redis takes writes again."""
