@@ -28,11 +28,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", help="logs go here (default: a new temp dir)")
     p.add_argument("--json", help="also write the report as JSON to this file")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--colocated", action="store_true",
+                   help="Redis, allocator and leases inside the node namespaces as k8s/base places them "
+                        "(the API server stays in the control-plane namespace)")
+    p.add_argument("--redis-ha", action="store_true", help="with --colocated: Redis + Sentinel on 3 nodes")
+    p.add_argument("--placement", help="with --colocated: explicit layout, e.g. 'redis=1;allocator=1,2;leases=1,3'")
+    p.add_argument("--le-backend", choices=("kube", "redis"), default="kube",
+                   help="with --colocated: leader election of allocator and leases")
     a = p.parse_args(argv)
+    placement = None
+    if a.colocated:
+        from l2lb.lab.placement import Placement, PlacementError
+
+        try:
+            placement = Placement.parse(a.placement, a.nodes) if a.placement else Placement.k8s(a.nodes,
+                                                                                              ha=a.redis_ha)
+        except PlacementError as e:
+            print(f"chaos: {e}", file=sys.stderr)
+            return 2
     try:
         report = asyncio.run(chaos.run_chaos(a.seed, a.duration, nodes=a.nodes, prefix=a.prefix, churn_per_s=a.churn,
                                              probe_ms=a.probe_ms, workdir=Path(a.workdir) if a.workdir else None,
-                                             quiet=a.quiet))
+                                             quiet=a.quiet, placement=placement, le_backend=a.le_backend))
     except RuntimeError as e:
         print(f"chaos: {e}", file=sys.stderr)
         return 2

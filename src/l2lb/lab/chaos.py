@@ -45,6 +45,7 @@ from l2lb.core.models import ParseError, ServiceRequest
 from l2lb.core.parse import IP_ANNOTATIONS, parse_service, status_ips
 from l2lb.lab import netns
 from l2lb.lab.main import ANN_HTTP, API_PORT, CTL_IP, LAN_IF, Lab, Progress, node_ip
+from l2lb.lab.placement import ColocatedLab, Placement
 from l2lb.lab.procs import Supervisor, python_cli, wait_http_ready
 from l2lb.obs import metrics
 from l2lb.obs.log import get_logger
@@ -580,7 +581,9 @@ class ChaosRun:
 
     async def _restart(self, name: str) -> None:
         sup = self.lab.sup
-        if name.startswith("announcer-"):
+        if isinstance(self.lab, ColocatedLab):  # its processes restart the way their pods would
+            await self.lab.start_proc(name)
+        elif name.startswith("announcer-"):
             node = name.removeprefix("announcer-")
             await self.lab.start_announcer(node, self.lab.node_names().index(node) + 1)
         else:
@@ -609,10 +612,10 @@ class ChaosRun:
             finally:
                 sup.signal(target, signal.SIGCONT)
         elif kind == "redis_restart":
-            target = "redis"
-            await sup.kill("redis")
+            target = await self.redis_master_proc()
+            await sup.kill(target)
             await self._hold(0.1, 1.0)
-            await sup.restart("redis")
+            await self._restart(target)
         elif kind == "api_429":
             target = "apiserver"
             await self._debug("POST", "faults", {"status": 429, "retry_after": 1, "count": rng.randint(3, 30)})
@@ -645,6 +648,14 @@ class ChaosRun:
         self.report.faults.append(FaultRecord(kind, label or target, round(t0, 3), round(self.now(), 3)))
         _FAULTS.labels(kind).inc()
         self.last_fault_end = self.now()
+
+    async def redis_master_proc(self) -> str:
+        """The process of the Redis master ("redis" in the classic lab, "redis-N" co-located)."""
+        lab = self.lab
+        if isinstance(lab, ColocatedLab):
+            host = await lab.master_host()
+            return f"redis-{lab.placement.redis.index(host) if host in lab.placement.redis else 0}"
+        return "redis"
 
     async def leader(self, lease: str) -> str | None:
         """holderIdentity of the leader-election Lease (the instance name is the process name)."""
@@ -870,13 +881,13 @@ def _key(s: Mapping[str, Any]) -> str:
 
 
 async def _redis_keys(url: str) -> list[str]:
-    import redis.asyncio as aioredis
+    from l2lb.adapters.bus.client import Bus
 
-    r = aioredis.Redis.from_url(url, socket_timeout=5)
+    bus = await Bus.connect(url, client_name="l2lb-chaos")  # redis:// or redis+sentinel://
     try:
-        return [k.decode() if isinstance(k, bytes) else str(k) async for k in r.scan_iter(count=1000)]
+        return [k.decode() if isinstance(k, bytes) else str(k) async for k in bus.redis.scan_iter(count=1000)]
     finally:
-        await r.aclose()
+        await bus.close()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -893,10 +904,19 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
+class ColocatedChaosLab(ColocatedLab, ChaosLab):
+    """The chaos lab with Redis, allocator and leases inside the node namespaces (l2lb.lab.placement),
+    the chaos lab's fast leader election (2 s Leases) and manifests."""
+
+
 async def run_chaos(seed: int, duration: float, *, nodes: int = 3, prefix: str = "l2chs", churn_per_s: float = 1.0,
                     probe_ms: float = 50.0, workdir: Path | None = None, quiet: bool = False,
-                    converge_bound: float = CONVERGE_BOUND_S) -> ChaosReport:
-    """Build the lab, run ``duration`` seconds of seeded faults and churn, converge, clean up, report."""
+                    converge_bound: float = CONVERGE_BOUND_S, placement: Placement | None = None,
+                    le_backend: str = "kube") -> ChaosReport:
+    """Build the lab, run ``duration`` seconds of seeded faults and churn, converge, clean up, report.
+
+    ``placement``: run Redis, allocator and leases where it says (co-located in node namespaces);
+    default the classic layout (all of them in the control-plane namespace)."""
     ok, why = netns.have_privileges()
     if not ok:
         raise RuntimeError(why)
@@ -906,7 +926,12 @@ async def run_chaos(seed: int, duration: float, *, nodes: int = 3, prefix: str =
     netns.sweep(prefix)
     args = argparse.Namespace(nodes=nodes, manifests=None, probe_ms=10.0, round_timeout=10.0, timeout=60.0,
                               json_logs=False, keep=False)
-    lab = ChaosLab(args, workdir, netns.Topology(prefix), Supervisor(workdir / "logs"), progress)
+    lab: ChaosLab
+    if placement is not None:
+        lab = ColocatedChaosLab(args, workdir, netns.Topology(prefix), Supervisor(workdir / "logs"), progress,
+                                placement=placement, fast_le=True, le_backend=le_backend)
+    else:
+        lab = ChaosLab(args, workdir, netns.Topology(prefix), Supervisor(workdir / "logs"), progress)
     run: ChaosRun | None = None
     pids: list[int] = []
     try:
