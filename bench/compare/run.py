@@ -496,7 +496,18 @@ class Bench:
                            f"logs in {self.sup.logdir}")
 
     # -- failover -------------------------------------------------------------------------------
+    async def ensure_responders(self) -> None:
+        """Every node's UDP responder runs (a dead one would look like an outage of the VIP's new node)."""
+        for n in self.nodes:
+            p = self.sup.procs.get(f"udp-{n.name}")
+            if p is None or not p.alive:
+                say(f"UDP responder of {n.name} is not running (log: {p.tail(5) if p else '-'}); starting it")
+                await self.sup.start(f"udp-{n.name}", [sys.executable, str(HERE / "udp.py"), "respond", "--name",
+                                                       n.name, "--port", str(UDP_PORT)], ns=n.ns)
+                self.results["responder_restarts"] = int(self.results.get("responder_restarts", 0)) + 1
+
     async def failover_round(self, system: System, how: str) -> dict[str, Any]:
+        await self.ensure_responders()
         owner = await self.wait_owner(60)
         await asyncio.sleep(1.0)
         owner = await self.wait_owner(60)  # settled

@@ -35,8 +35,12 @@ def respond(a: argparse.Namespace) -> int:
         r, _, _ = select.select([s], [], [], 1.0)
         if not r:
             continue
-        data, addr = s.recvfrom(512)
-        s.sendto(data[:64] + b" " + name, addr)
+        try:
+            data, addr = s.recvfrom(512)
+            # the node's own link may be down (a fault being measured): the answer is lost, as it would be
+            s.sendto(data[:64] + b" " + name, addr)
+        except OSError:
+            continue
         n += 1
     return 0
 
