@@ -1006,10 +1006,17 @@ async def amain(a: argparse.Namespace) -> int:
             # one hold of the bench lock for both systems and the model: their figures are compared with
             # each other, so they are taken under the same conditions, without another helper's run between
             async with b.lock.held("bench/compare: both systems and the Cilium model"):
-                for sname in a.systems:
-                    system: System = L2lb(b) if sname == "l2lb" else MetalLBSystem(b)
-                    say(f"=== {system.label} ===")
-                    res[sname] = await run_system(b, system, a, save)
+                # failover of both systems first (the figures the comparison is about), then the rest
+                groups = [[x for x in a.sections if x == "failover"],
+                          [x for x in a.sections if x in ("arp", "idle", "churn")]]
+                for group in [g for g in groups if g]:
+                    for sname in a.systems:
+                        system: System = L2lb(b) if sname == "l2lb" else MetalLBSystem(b)
+                        say(f"=== {system.label}: {', '.join(group)} ===")
+                        prev = dict(res.get(sname) or {})
+                        part = await run_system(b, system, argparse.Namespace(**{**vars(a), "sections": group}),
+                                                lambda key, value, prev=prev: save(key, {**prev, **value}))
+                        save(sname, {**prev, **part})
                 if "cilium" in a.sections:
                     say("=== Cilium model ===")
                     res["cilium"] = await cilium_section(b, a)
