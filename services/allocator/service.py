@@ -369,9 +369,10 @@ class AllocatorService:
             await self._event(obj, "Normal", "IPReleased", "released " + ", ".join(res.released))
         if restored:
             # takeover: the snapshot that follows carries everything (one message, not one per Service)
-            if res.ips:
+            alloc = self._allocation(key, req, res, obj, self.seq + 1)
+            if not alloc.deleted:  # IPs to announce (not a BGP-class Service)
                 self.seq += 1
-                self.published[key] = self._allocation(key, req, res, obj, self.seq)
+                self.published[key] = alloc
             return
         await self._publish(self._allocation(key, req, res, obj))
 

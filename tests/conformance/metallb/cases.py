@@ -217,7 +217,7 @@ add("namespace-selector-matching-nothing", _src + '"attempt to assign ip from po
 # TestPoolAllocation: AllocateFromPool() (metallb.io/address-pool). The anchor's pools test-v4, test-v6
 # and test-dualstack repeat "test"'s addresses; here they have their own.
 PA_POOLS = (
-    mpool("not_this_one", "192.0.2.0/24", "2001:db8:fc00::1:0/112"),
+    mpool("not-this-one", "192.0.2.0/24", "2001:db8:fc00::1:0/112"),  # "not_this_one": no valid object name
     mpool("test", "198.51.100.4/31", "198.51.100.10/31", "2001:db8:1000::/127", "2001:db8:2000::/127"),
     mpool("test2", "203.0.113.0/24", "2001:db8:fc00::2:0/120"),
     mpool("test-v4", "198.51.100.20/31", "198.51.100.30/31"),
