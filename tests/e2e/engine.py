@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -38,8 +39,63 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 ADDRESS_POOL = "base=203.0.113.0/24,size=27"
 
 
+# Names of what this module makes carry the owner's pid, so that a run killed before its cleanup is
+# swept by the next one (sweep_stale): /tmp/l2lb-dk-<pid>-*, cgroups of the same name, and network
+# namespaces l2lbdk<pid><letter> (private_netns).
+STATE_PREFIX = "l2lb-dk-"
+NETNS_PREFIX = "l2lbdk"
+
+
 class EngineError(RuntimeError):
     pass
+
+
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def netns_name(letter: str) -> str:
+    """A network namespace name for this process (swept once it is gone): l2lbdk<pid><letter>."""
+    return f"{NETNS_PREFIX}{os.getpid()}{letter}"
+
+
+def sweep_stale() -> list[str]:
+    """Remove what engines of dead processes left: their processes (by cgroup), cgroups, state
+    directories and network namespaces. Returns what was removed."""
+    gone: list[str] = []
+    names = set()
+    for ctl in _cgroup_controllers():
+        for d in ctl.glob(f"{STATE_PREFIX}*"):
+            names.add(d.name)
+    for name in sorted(names):
+        m = re.fullmatch(rf"{re.escape(STATE_PREFIX)}(\d+)-\w+", name)
+        if not m or _alive(int(m.group(1))):
+            continue
+        for _ in range(50):
+            pids = _cgroup_pids(name)
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+        for d in _cgroup_dirs(name):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        gone.append(f"cgroup {name}")
+    for wd in Path("/tmp").glob(f"{STATE_PREFIX}*"):
+        m = re.fullmatch(rf"{re.escape(STATE_PREFIX)}(\d+)-\w+", wd.name)
+        if m and not _alive(int(m.group(1))) and not _mounts_under(wd):
+            shutil.rmtree(wd, ignore_errors=True)
+            gone.append(f"directory {wd}")
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
+    for line in out.splitlines():
+        ns = line.split()[0] if line.strip() else ""
+        m = re.fullmatch(rf"{NETNS_PREFIX}(\d+)[a-z]", ns)
+        if m and not _alive(int(m.group(1))):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False, timeout=20)
+            gone.append(f"netns {ns}")
+    return gone
 
 
 def _cgroup_controllers() -> list[Path]:
@@ -88,9 +144,10 @@ class DockerEngine:
             if not Path(exe).exists():
                 raise EngineError(f"{exe} is missing: install Debian's docker.io (bash scripts/dev e2e installs it)")
         self.ns = ns
-        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="l2lb-dk-", dir="/tmp"))
+        sweep_stale()
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"{STATE_PREFIX}{os.getpid()}-", dir="/tmp"))
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.cgroup = f"l2lb-e2e-{self.workdir.name}"
+        self.cgroup = self.workdir.name
         self.sock = self.workdir / "docker.sock"
         self.log_path = self.workdir / "dockerd.log"
         self.log_level = log_level
@@ -237,8 +294,9 @@ class DockerEngine:
 
 
 @contextlib.contextmanager
-def private_netns(name: str) -> Iterator[str]:
-    """A fresh network namespace with only loopback up; deleted on exit."""
+def private_netns(letter: str) -> Iterator[str]:
+    """A fresh network namespace (netns_name(letter)) with only loopback up; deleted on exit."""
+    name = netns_name(letter)
     subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, timeout=20)
     try:
         subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True,

@@ -56,7 +56,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tests.e2e.egress import EgressProxy
-from tests.e2e.engine import DockerEngine, EngineError, private_netns
+from tests.e2e.engine import STATE_PREFIX, DockerEngine, EngineError, private_netns
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -376,12 +376,12 @@ def build_all(names: list[str] | None = None, *, progress: Callable[[str], None]
 
 
 def _build(missing: list[str], got: dict[str, Built], k: dict[str, str], say: Callable[[str], None]) -> None:
-    tag = f"l2lbimg{os.getpid() % 100000}"
     with contextlib.ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="l2lb-imgbuild-", dir="/var/tmp")))
+        tmp = Path(stack.enter_context(
+            tempfile.TemporaryDirectory(prefix=f"{STATE_PREFIX}{os.getpid()}-build", dir="/tmp")))
         log = CACHE / "build.log"
         log.write_text(f"# image build {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        ns = stack.enter_context(private_netns(tag))
+        ns = stack.enter_context(private_netns("b"))
         engine = DockerEngine(ns)
         stack.enter_context(engine)
         proxy = stack.enter_context(EgressProxy(ns))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.engine import DockerEngine, private_netns
+from tests.e2e.engine import STATE_PREFIX, DockerEngine, private_netns
 from tests.e2e.images import REFS, Built, containerd_name, load_into
 
 pytestmark = [pytest.mark.e2e, pytest.mark.net, pytest.mark.timeout(1800)]
@@ -51,7 +51,7 @@ LOCKED = ["--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt
 
 @pytest.fixture(scope="module")
 def engine(e2e_images: dict[str, Built]) -> Iterator[DockerEngine]:
-    with private_netns(f"l2lbe2ei{os.getpid() % 10000}") as ns:
+    with private_netns("i") as ns:
         e = DockerEngine(ns)
         try:
             e.start()
@@ -178,12 +178,12 @@ def test_dns_http_redis_images(engine: DockerEngine) -> None:
 
 def test_archives_import_into_containerd(e2e_images: dict[str, Built], tmp_path: Path) -> None:
     """The archives are what the e2e cluster's containerd imports (`ctr -n k8s.io images import`)."""
-    root = Path(tempfile.mkdtemp(prefix="l2lb-ctrd-", dir="/tmp"))
+    root = Path(tempfile.mkdtemp(prefix=f"{STATE_PREFIX}{os.getpid()}-ctrd", dir="/tmp"))
     sock = root / "containerd.sock"
     cfg = root / "config.toml"
     cfg.write_text(f'version = 2\nroot = "{root}/root"\nstate = "{root}/state"\n'
                    f'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n[grpc]\n  address = "{sock}"\n')
-    with private_netns(f"l2lbe2ec{os.getpid() % 10000}") as ns:
+    with private_netns("c") as ns:
         log = open(root / "containerd.log", "wb")  # noqa: SIM115 - closed below
         proc = subprocess.Popen(["ip", "netns", "exec", ns, "containerd", "--config", str(cfg)], stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
