@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1.7
 # l2lb container images. One build, two runnable targets:
 #
 #   docker build --target runtime   -t l2lb:dev .            # allocator, leases, apiserver (non-root, uid 65532)

@@ -158,7 +158,7 @@ class DockerEngine:
     @property
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
-        env.update(DOCKER_HOST=f"unix://{self.sock}", DOCKER_CONFIG=str(self.workdir / "cli"), DOCKER_BUILDKIT="0")
+        env.update(DOCKER_HOST=f"unix://{self.sock}", DOCKER_CONFIG=str(self.workdir / "cli"), DOCKER_BUILDKIT="1")
         return env
 
     def docker(self, args: Sequence[str], *, timeout: float = 120, check: bool = True,

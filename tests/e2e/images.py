@@ -6,8 +6,9 @@ small images the e2e cluster and the compose stack need.
     from tests.e2e.images import build_all, load_into
     imgs = build_all()                    # {name: Built}; imgs["l2lb"].archive is a `docker save` tar
 
-Builder: Debian's docker.io (dockerd 20.10 + its containerd + runc; `docker build`, the classic
-builder Debian's CLI uses by default), run by tests.e2e.engine inside a network namespace of its own.
+Builder: Debian's docker.io (dockerd 20.10 + its containerd + runc) run by tests.e2e.engine inside
+a network namespace of its own; `docker build` with BuildKit (DOCKER_BUILDKIT=1: the builder every
+current Docker uses by default; the Dockerfile also builds with 20.10's classic builder).
 No registry is reachable, so the base images are made here from Debian packages with mmdebstrap
 (bookworm, from the Debian sources apt uses on this machine) and imported with `docker import`:
 
@@ -61,7 +62,7 @@ from tests.e2e.engine import STATE_PREFIX, DockerEngine, EngineError, private_ne
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "l2lb" / "images"
-RECIPE_VERSION = "1"  # bump to rebuild everything after a change of this file's recipes
+RECIPE_VERSION = "2"  # bump to rebuild everything after a change of this file's recipes
 SUITE = "bookworm"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 KEEP_PER_NAME = 2
@@ -263,7 +264,7 @@ class Builder:
             self._base(name, ref)
             return
         proxy = [f"--build-arg=HTTPS_PROXY={self.proxy.url}", f"--build-arg=https_proxy={self.proxy.url}"]
-        common = ["build", "--network=host", "--force-rm", "--tag", ref]
+        common = ["build", "--progress=plain", "--network=host", "--tag", ref]
         if name in ("l2lb", "l2lb-announcer"):
             target = "runtime" if name == "l2lb" else "announcer"
             self.docker([*common, *proxy, f"--build-arg=PYTHON_IMAGE={deps['python-base'].ref}",
