@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import signal
 import subprocess
@@ -70,6 +71,42 @@ def outage(records: Sequence[Sequence[Any]], fault_at: float) -> dict[str, Any]:
     }
 
 
+def arp_summary(tl: Timeline, old_mac: str, fault_at: float, *, window_s: float = 0.03) -> dict[str, Any]:
+    """Who answered ARP for the VIP around the fault, from the observer's probes (every 10 ms).
+
+    ``dual_answers``: times two different MACs answered within ``window_s`` of each other (two
+    nodes claiming the VIP at once), ``dual_ms`` the time those overlaps span; ``moves``: the
+    sequence of MACs that answered (a move back to the old node shows as a third entry);
+    ``silent_ms``: the longest time without any ARP answer after the fault.
+    """
+    reps = sorted(tl.replies(), key=lambda a: a.t)
+    after = [a for a in reps if a.t >= fault_at]
+    dual = [(a, b) for a, b in itertools.pairwise(reps) if a.mac != b.mac and b.t - a.t <= window_s
+            and b.t >= fault_at - 1]
+    before = [a for a in reps if a.t < fault_at]
+    moves: list[str] = [before[-1].mac] if before else []
+    for a in after:
+        if not moves or moves[-1] != a.mac:
+            moves.append(a.mac)
+    first_new = next((a.t for a in after if a.mac != old_mac), None)
+    last_old = max((a.t for a in reps if a.mac == old_mac and a.t <= (first_new or float("inf"))), default=None)
+    silent, prev = 0.0, max((a.t for a in reps if a.t <= fault_at), default=fault_at)
+    for a in after:
+        silent = max(silent, a.t - prev)
+        prev = a.t
+    garps = [a.t for a in tl.answers if a.kind == "garp" and a.t >= fault_at and a.mac != old_mac]
+    return {
+        "probes": tl.sent,
+        "first_new_answer_ms": None if first_new is None else round((first_new - fault_at) * 1000, 1),
+        "last_old_answer_ms": None if last_old is None else round((last_old - fault_at) * 1000, 1),
+        "silent_ms": round(silent * 1000, 1),
+        "dual_answers": len(dual),
+        "dual_ms": round(sum(b.t - a.t for a, b in dual) * 1000, 1),
+        "moves": moves,
+        "first_garp_ms": round((garps[0] - fault_at) * 1000, 1) if garps else None,
+    }
+
+
 @dataclass
 class FaultResult:
     name: str
@@ -85,9 +122,10 @@ class FaultResult:
         def proto(d: dict[str, Any]) -> str:
             rec = f"{d['recovered_ms']:.0f}" if d["recovered_ms"] is not None else "never"
             return f"outage {d['outage_ms']:8.0f} ms lost {d['lost']:5d} back at {rec:>6} ms"
-        dual = self.arp.get("dual_ms")
-        return (f"{self.name:<3} {self.what:<34} {self.node:<6} UDP {proto(self.udp)} | TCP {proto(self.tcp)} | "
-                f"ARP new MAC at {self.arp.get('first_new_answer_ms')} ms, dual {dual} ms")
+        a = self.arp
+        return (f"{self.name:<3} {self.what:<36} {self.node:<6} UDP {proto(self.udp)} | TCP {proto(self.tcp)} | "
+                f"ARP: new MAC at {a.get('first_new_answer_ms')} ms, no answer for {a.get('silent_ms')} ms, "
+                f"dual answers {a.get('dual_answers')}, moves {len(a.get('moves', []))}")
 
 
 class Measurement:
@@ -168,7 +206,7 @@ def run_fault(*, name: str, what: str, node: str, roles: list[str], client_ns: s
     if settle is not None:
         settle()
     tl = m.timeline
-    arp = tl.failover(old_mac, fault_at) if tl is not None else {}
+    arp = arp_summary(tl, old_mac, fault_at) if tl is not None else {}
     return FaultResult(name=name, what=what, node=node, roles=roles, udp=outage(data["udp"], fault_at),
                        tcp=outage(data["tcp"], fault_at), arp=dict(arp), notes=notes)
 

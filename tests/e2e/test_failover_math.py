@@ -20,3 +20,20 @@ def test_outage_arithmetic() -> None:
     recs += [[t / 100, None, "timeout"] for t in range(100, 400)]
     never = outage(recs, fault_at=1.0)
     assert never["recovered"] is False and never["recovered_ms"] is None and never["outage_ms"] > 2900
+
+
+def test_arp_summary_dual_and_moves() -> None:
+    """Two MACs answering within 30 ms count as dual; a later move back is a move, not dual."""
+    from l2lb.lab.probe import Answer, Timeline
+    from tests.e2e.failover import arp_summary
+
+    tl = Timeline(vip="198.51.100.153", interval_s=0.01, sent=400)
+    tl.answers += [Answer(t / 100, "aa", "reply") for t in range(0, 100)]  # old node until 1.0 s
+    tl.answers += [Answer(1.005, "bb", "reply")]  # new node 5 ms after the old one's last: dual
+    tl.answers += [Answer(t / 100, "bb", "reply") for t in range(120, 300)]  # 190 ms silent, then new
+    tl.answers += [Answer(t / 100, "aa", "reply") for t in range(310, 400)]  # moved back later
+    s = arp_summary(tl, "aa", fault_at=0.995)
+    assert s["dual_answers"] == 1 and s["dual_ms"] == pytest.approx(15, abs=1)
+    assert s["moves"] == ["aa", "bb", "aa"]
+    assert s["first_new_answer_ms"] == pytest.approx(10, abs=1)
+    assert s["silent_ms"] == pytest.approx(195, abs=2)
