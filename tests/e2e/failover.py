@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,10 +180,11 @@ class Measurement:
 
 def run_fault(*, name: str, what: str, node: str, roles: list[str], client_ns: str, observer_ns: str,
               vip: str, dns_name: str, expect: str, old_mac: str, inject: Callable[[], None],
-              settle: Callable[[], None] | None, out_dir: Path, max_seconds: float,
+              settle: Callable[[], None] | None, out_dir: Path, max_seconds: float, min_seconds: float,
               quiet_after_s: float = 3.0) -> FaultResult:
-    """Probe for 2 s, inject the fault, keep probing until the answers have flowed again for
-    ``quiet_after_s`` (or ``max_seconds`` passed), then ``settle`` (undo the fault) outside the window."""
+    """Probe for 2 s, inject the fault, keep probing at least ``min_seconds`` (late effects: a
+    lease or an assignment that expires later) and until the answers have flowed again for
+    ``quiet_after_s`` (at most ``max_seconds`` in all), then ``settle`` (undo the fault)."""
     m = Measurement(client_ns=client_ns, observer_ns=observer_ns, vip=vip, name=dns_name, expect=expect,
                     out=out_dir / f"probe-{name}.json", max_seconds=max_seconds)
     m.start()
@@ -199,7 +200,8 @@ def run_fault(*, name: str, what: str, node: str, roles: list[str], client_ns: s
         deadline = t_start + max_seconds - 1.0
         while time.monotonic() < deadline:
             time.sleep(0.5)
-            if _answers_flowing(client_ns, vip, dns_name, fault_at, quiet_after_s):
+            if _answers_flowing(client_ns, vip, dns_name, fault_at, quiet_after_s) and \
+                    time.monotonic() - fault_at >= min_seconds:
                 break
     finally:
         data = m.stop()
@@ -229,16 +231,28 @@ def _answers_flowing(client_ns: str, vip: str, dns_name: str, fault_at: float, q
 
 
 @contextlib.contextmanager
-def bench_lock(path: str | None) -> Any:
-    """Hold the machine's shared benchmark lock (flock) while measuring, when a path is given."""
+def bench_lock(path: str | None, *, wait_s: float = 600.0) -> Iterator[str]:
+    """Hold the machine's shared benchmark lock (flock) while measuring, when a path is given;
+    waits at most ``wait_s`` (then measures anyway). Yields what happened, for the results."""
     if not path:
-        yield
+        yield "no lock asked (L2LB_BENCH_LOCK unset)"
         return
     import fcntl
 
     with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        t0 = time.monotonic()
+        held = False
+        while time.monotonic() - t0 < wait_s:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = True
+                break
+            except BlockingIOError:
+                time.sleep(1.0)
         try:
-            yield
+            waited = time.monotonic() - t0
+            yield (f"held {path} (waited {waited:.0f} s)" if held
+                   else f"NOT held: {path} busy for {waited:.0f} s, measured without it")
         finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            if held:
+                fcntl.flock(fh, fcntl.LOCK_UN)

@@ -37,7 +37,7 @@ DNS_VIP = "198.51.100.153"  # the seed's 192.168.1.153, moved to TEST-NET-2
 DNS_NAME = "pihole.lab.test"
 DNS_ANSWER = "198.51.100.80"
 STABLE_S = 10.0  # the VIP on one node this long before a fault
-DEATH_WINDOW_S = 90.0  # how long a dead node stays dead before it is powered on again
+DEATH_WINDOW_S = 75.0  # a dead node stays dead this long (> the 50 s node-monitor grace), then powers on
 IMAGE_NAMES = ("pause", "l2lb", "l2lb-announcer", "redis", "dnsmasq", "http")
 
 pytestmark = [pytest.mark.e2e]
@@ -242,7 +242,11 @@ def test_l2lb_in_a_real_cluster(cluster: Cluster, tmp_path: Path) -> None:
     _wait_l2lb_ready(c)
     check_traffic(c, results)
     # ---- item 5: failover under four faults
-    results["faults"] = _failover(c, tmp_path)
+    # timed figures: under the machine's shared benchmark lock when L2LB_BENCH_LOCK names it
+    wait_s = float(os.environ.get("L2LB_BENCH_LOCK_WAIT", "600"))
+    with bench_lock(os.environ.get("L2LB_BENCH_LOCK"), wait_s=wait_s) as st:
+        results["bench_lock"] = st
+        results["faults"] = _failover(c, tmp_path, st)
     out = Path(os.environ.get("L2LB_E2E_RESULTS", str(Path.home() / ".cache/l2lb/e2e-k8s-results.json")))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1, default=str))
@@ -254,17 +258,16 @@ def test_l2lb_in_a_real_cluster(cluster: Cluster, tmp_path: Path) -> None:
             assert f["udp"]["recovered"] and f["tcp"]["recovered"], f
 
 
-def _failover(c: Cluster, tmp: Path) -> list[dict[str, Any]]:
+def _failover(c: Cluster, tmp: Path, lock_state: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    lock = os.environ.get("L2LB_BENCH_LOCK")
 
-    def measure(name: str, what: str, node: Node, inject: Any, settle: Any, max_s: float) -> None:
+    def measure(name: str, what: str, node: Node, inject: Any, settle: Any, max_s: float, min_s: float = 15) -> None:
         roles = _roles(c)
-        with bench_lock(lock):
-            r = run_fault(name=name, what=what, node=node.name, roles=roles.get(node.name, []),
+        r = run_fault(name=name, what=what, node=node.name, roles=roles.get(node.name, []),
                           client_ns=c.client_ns, observer_ns=c.observer_ns, vip=DNS_VIP, dns_name=DNS_NAME,
                           expect=DNS_ANSWER, old_mac=node.mac, inject=inject, settle=settle, out_dir=tmp,
-                          max_seconds=max_s)
+                          max_seconds=max_s, min_seconds=min_s)
+        r.notes.append(lock_state)
         print(r.line(), flush=True)
         out.append(r.__dict__)
 
@@ -308,7 +311,7 @@ def _failover(c: Cluster, tmp: Path) -> list[dict[str, Any]]:
             node = _node_of(c, redis)
             what = "whole node dies (Redis node)"
         killed.add(node.name)
-        measure(name, what, node, lambda node=node: c.kill_node(node), None, DEATH_WINDOW_S)
+        measure(name, what, node, lambda node=node: c.kill_node(node), None, DEATH_WINDOW_S, DEATH_WINDOW_S - 5)
         t0 = time.monotonic()
         c.restart_node(node)
         wait_for("every node Ready", c._all_nodes_ready, timeout=240, interval=1)
