@@ -206,7 +206,17 @@ def run_fault(*, name: str, what: str, node: str, roles: list[str], client_ns: s
     finally:
         data = m.stop()
     if settle is not None:
+        t_undo = time.monotonic()
         settle()
+        # after undoing the fault (cable back in): when does a dig get its answer again? (bounded)
+        back = None
+        while time.monotonic() - t_undo < 120:
+            if _dig_ok(client_ns, vip, dns_name):
+                back = time.monotonic() - t_undo
+                break
+            time.sleep(0.2)
+        notes.append("after the undo: DNS answered again in "
+                     + (f"{back * 1000:.0f} ms" if back is not None else "NOT within 120 s"))
     tl = m.timeline
     arp = arp_summary(tl, old_mac, fault_at) if tl is not None else {}
     return FaultResult(name=name, what=what, node=node, roles=roles, udp=outage(data["udp"], fault_at),
@@ -216,12 +226,16 @@ def run_fault(*, name: str, what: str, node: str, roles: list[str], client_ns: s
 _flow: dict[str, float] = {}
 
 
-def _answers_flowing(client_ns: str, vip: str, dns_name: str, fault_at: float, quiet_after_s: float) -> bool:
-    """Whether a separate dig (UDP, 1 s) has been answered continuously for ``quiet_after_s``."""
+def _dig_ok(client_ns: str, vip: str, dns_name: str) -> bool:
     proc = subprocess.run(["nsenter", f"--net=/run/netns/{client_ns}", "--", "dig", f"@{vip}", dns_name,
                            "+short", "+time=1", "+tries=1"], capture_output=True, text=True, timeout=10, check=False)
+    return proc.returncode == 0 and proc.stdout.strip() != ""
+
+
+def _answers_flowing(client_ns: str, vip: str, dns_name: str, fault_at: float, quiet_after_s: float) -> bool:
+    """Whether a separate dig (UDP, 1 s) has been answered continuously for ``quiet_after_s``."""
+    ok = _dig_ok(client_ns, vip, dns_name)
     now = time.monotonic()
-    ok = proc.returncode == 0 and proc.stdout.strip() != ""
     key = f"{client_ns}/{fault_at}"
     if not ok:
         _flow.pop(key, None)

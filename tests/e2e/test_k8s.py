@@ -253,8 +253,10 @@ def test_l2lb_in_a_real_cluster(cluster: Cluster, tmp_path: Path) -> None:
     print("\n" + json.dumps({k: v for k, v in results.items() if k != "faults"}, indent=1, default=str))
     for f in results["faults"]:
         print(FaultResult(**f).line())
+    # what must hold whatever the placement: a lost announcer pod/container never darkens the VIP
+    # for good, nor does a cut cable of a node that does not run Redis; the rest is reported
     for f in results["faults"]:
-        if f["name"] in ("a", "b", "c"):
+        if f["name"] in ("a", "b") or (f["name"] == "c" and "redis" not in f["roles"]):
             assert f["udp"]["recovered"] and f["tcp"]["recovered"], f
 
 
