@@ -178,13 +178,15 @@ class Measurement:
         return data
 
 
-def run_fault(*, name: str, what: str, node: str, roles: list[str], client_ns: str, observer_ns: str,
-              vip: str, dns_name: str, expect: str, old_mac: str, inject: Callable[[], None],
+def run_fault(*, name: str, what: str, roles: dict[str, list[str]], client_ns: str, observer_ns: str,
+              vip: str, dns_name: str, expect: str, inject: Callable[[], tuple[str, str]],
               settle: Callable[[], None] | None, out_dir: Path, max_seconds: float, min_seconds: float,
               quiet_after_s: float = 3.0) -> FaultResult:
     """Probe for 2 s, inject the fault, keep probing at least ``min_seconds`` (late effects: a
     lease or an assignment that expires later) and until the answers have flowed again for
-    ``quiet_after_s`` (at most ``max_seconds`` in all), then ``settle`` (undo the fault)."""
+    ``quiet_after_s`` (at most ``max_seconds`` in all), then ``settle`` (undo the fault).
+    ``inject`` picks its node at that moment (the one announcing the VIP can change in between)
+    and returns (node name, node MAC)."""
     m = Measurement(client_ns=client_ns, observer_ns=observer_ns, vip=vip, name=dns_name, expect=expect,
                     out=out_dir / f"probe-{name}.json", max_seconds=max_seconds)
     m.start()
@@ -193,7 +195,7 @@ def run_fault(*, name: str, what: str, node: str, roles: list[str], client_ns: s
     try:
         time.sleep(2.0)
         fault_at = time.monotonic()
-        inject()
+        node, old_mac = inject()
         notes.append(f"inject took {(time.monotonic() - fault_at) * 1000:.0f} ms")
         # wait (bounded) for answers to flow again: poll the client with dig would disturb nothing,
         # but the probe itself is the judge; a fixed bounded wait keeps this simple and honest
@@ -219,7 +221,7 @@ def run_fault(*, name: str, what: str, node: str, roles: list[str], client_ns: s
                      + (f"{back * 1000:.0f} ms" if back is not None else "NOT within 120 s"))
     tl = m.timeline
     arp = arp_summary(tl, old_mac, fault_at) if tl is not None else {}
-    return FaultResult(name=name, what=what, node=node, roles=roles, udp=outage(data["udp"], fault_at),
+    return FaultResult(name=name, what=what, node=node, roles=roles.get(node, []), udp=outage(data["udp"], fault_at),
                        tcp=outage(data["tcp"], fault_at), arp=dict(arp), notes=notes)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -263,15 +263,25 @@ def test_l2lb_in_a_real_cluster(cluster: Cluster, tmp_path: Path) -> None:
 def _failover(c: Cluster, tmp: Path, lock_state: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
 
-    def measure(name: str, what: str, node: Node, inject: Any, settle: Any, max_s: float, min_s: float = 15) -> None:
+    def measure(name: str, what: str, pick: Callable[[], Node], act: Callable[[Node], object],
+                undo: Callable[[Node], object] | None, max_s: float, min_s: float = 15) -> Node:
         roles = _roles(c)
-        r = run_fault(name=name, what=what, node=node.name, roles=roles.get(node.name, []),
-                          client_ns=c.client_ns, observer_ns=c.observer_ns, vip=DNS_VIP, dns_name=DNS_NAME,
-                          expect=DNS_ANSWER, old_mac=node.mac, inject=inject, settle=settle, out_dir=tmp,
-                          max_seconds=max_s, min_seconds=min_s)
+        chosen: list[Node] = []
+
+        def inject() -> tuple[str, str]:
+            node = pick()  # at the moment of the fault: the VIP may have moved since the last look
+            chosen.append(node)
+            act(node)
+            return node.name, node.mac
+
+        r = run_fault(name=name, what=what, roles=roles, client_ns=c.client_ns, observer_ns=c.observer_ns,
+                      vip=DNS_VIP, dns_name=DNS_NAME, expect=DNS_ANSWER, inject=inject,
+                      settle=(lambda: undo(chosen[0])) if undo else None, out_dir=tmp,
+                      max_seconds=max_s, min_seconds=min_s)
         r.notes.append(lock_state)
         print(r.line(), flush=True)
         out.append(r.__dict__)
+        return chosen[0]
 
     def announcer_pod(node: Node) -> dict[str, Any]:
         return next(p for p in _pods(c, "l2lb-system", "app.kubernetes.io/component=announcer")
@@ -281,39 +291,43 @@ def _failover(c: Cluster, tmp: Path, lock_state: str) -> list[dict[str, Any]]:
         _wait_l2lb_ready(c)
         wait_for("DNS through the VIP", lambda: _dig(c) == DNS_ANSWER, timeout=300, interval=0.5)
 
+    def announcing() -> Node:
+        return _announcer_node(c)
+
     # (a) the announcer pod is deleted (kubectl delete pod: SIGTERM, 5 s grace; the DaemonSet recreates it)
-    node = _announcer_node(c, stable_s=STABLE_S)
-    pod = announcer_pod(node)["metadata"]["name"]
-    measure("a", "announcer pod deleted", node,
-            lambda: c.kubectl("-n", "l2lb-system", "delete", "pod", pod, "--wait=false"), None, 45)
+    _announcer_node(c, stable_s=STABLE_S)
+    measure("a", "announcer pod deleted", announcing,
+            lambda n: c.kubectl("-n", "l2lb-system", "delete", "pod", announcer_pod(n)["metadata"]["name"],
+                                "--wait=false"), None, 45)
     back_to_steady()
     # (b) the announcer container is SIGKILLed (kubelet restarts it)
-    node = _announcer_node(c, stable_s=STABLE_S)
-    cid = announcer_pod(node)["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
-    measure("b", "announcer container SIGKILLed", node,
-            lambda: c.node_exec(node, ["ctr", "-n", "k8s.io", "task", "kill", "-s", "SIGKILL", cid]), None, 45)
+    _announcer_node(c, stable_s=STABLE_S)
+
+    def sigkill(n: Node) -> None:
+        cid = announcer_pod(n)["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
+        c.node_exec(n, ["ctr", "-n", "k8s.io", "task", "kill", "-s", "SIGKILL", cid])
+    measure("b", "announcer container SIGKILLed", announcing, sigkill, None, 45)
     back_to_steady()
     # (c) the announcing node's link goes down (cable out; kubelet and pods keep running), back after
-    node = _announcer_node(c, stable_s=STABLE_S)
-    measure("c", "announcing node's link down", node, lambda: c.cable(node, False), lambda: c.cable(node, True), 40)
-    wait_for(f"{node.name} Ready again", c._all_nodes_ready, timeout=180, interval=1)
+    _announcer_node(c, stable_s=STABLE_S)
+    measure("c", "announcing node's link down", announcing, lambda n: c.cable(n, False),
+            lambda n: c.cable(n, True), 40)
+    wait_for("every node Ready again", c._all_nodes_ready, timeout=180, interval=1)
     back_to_steady()
     # (d) whole node death: the announcing node (with whatever else it runs), then the node running
     # Redis if that was another one; each node is powered on again after its window
     killed: set[str] = set()
     for name in ("d", "d2"):
         if name == "d":
-            node = _announcer_node(c, stable_s=STABLE_S)
-            what = "whole node dies (announcing node)"
+            _announcer_node(c, stable_s=STABLE_S)
+            pick, what = announcing, "whole node dies (announcing node)"
         else:
-            roles = _roles(c)
-            redis = next((n for n, r in roles.items() if "redis" in r), None)
+            redis = next((n for n, r in _roles(c).items() if "redis" in r), None)
             if redis is None or redis in killed:
                 break
-            node = _node_of(c, redis)
-            what = "whole node dies (Redis node)"
+            pick, what = (lambda redis=redis: _node_of(c, redis)), "whole node dies (Redis node)"
+        node = measure(name, what, pick, c.kill_node, None, DEATH_WINDOW_S, DEATH_WINDOW_S - 5)
         killed.add(node.name)
-        measure(name, what, node, lambda node=node: c.kill_node(node), None, DEATH_WINDOW_S, DEATH_WINDOW_S - 5)
         t0 = time.monotonic()
         c.restart_node(node)
         wait_for("every node Ready", c._all_nodes_ready, timeout=240, interval=1)
