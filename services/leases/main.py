@@ -99,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 2000)",
     )
     p.add_argument(
+        "--successors",
+        type=int,
+        default=env_int("L2LB_LEASES_SUCCESSORS", 2),
+        help="pre-authorised successors per VIP, each with a reserved epoch, sent to the holder and (as its "
+        "standby list) to each successor, so a successor can take a VIP over by itself when its holder and the "
+        "control plane are silent; 0 = none (assignments exactly as before succession) (default 2)",
+    )
+    p.add_argument(
         "--policy-kinds",
         default=os.environ.get("L2LB_POLICY_KINDS", "cilium,metallb,l2lb"),
         help="comma list of announcement policy kinds to watch: cilium, metallb, l2lb",
@@ -142,6 +150,8 @@ def config_from_args(args: argparse.Namespace) -> LeasesConfig:
     ):
         if v < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
+    if args.successors < 0:
+        raise ValueError(f"--successors must be >= 0, got {args.successors}")
     if args.full_every_ms < 0:
         raise ValueError(f"--full-every-ms must be >= 0, got {args.full_every_ms}")
     if args.heartbeat_full_every_ms < 0:
@@ -163,6 +173,7 @@ def config_from_args(args: argparse.Namespace) -> LeasesConfig:
         ttl_ms=args.ttl_ms,
         full_every_ms=args.full_every_ms,
         heartbeat_full_every_ms=args.heartbeat_full_every_ms,
+        successors=args.successors,
         missed=args.missed,
         startup_grace_ms=args.startup_grace_ms,
         lag_tolerance_ms=args.lag_tolerance_ms,

@@ -69,6 +69,7 @@ class LeasesConfig:
     sync_timeout_s: float = 30.0
     lag_tolerance_ms: int = 2000
     heartbeat_full_every_ms: int = 2000  # the announcers' --heartbeat-full-every-ms
+    successors: int = 2  # pre-authorised successors per VIP (0: none)
     static_policies: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -86,7 +87,7 @@ class LeasesService:
             heartbeat_full_every_ms=cfg.heartbeat_full_every_ms, sync_timeout_s=cfg.sync_timeout_s,
             leader_election=cfg.leader_election, kube=kube is not None, conditions=cfg.conditions,
             mirror_leases=cfg.mirror_leases, events=cfg.events, static_policies=tuple(cfg.static_policies),
-        ), self.now())
+            successors=cfg.successors), self.now())
         self.informers: dict[str, Any] = {}
         self.writer = LeasesWriter(kube, cfg.namespace, self.informers, None, self._written)
         self.writes = WriteQueue(self.writer, lambda: self.m.is_leader)
@@ -134,6 +135,8 @@ class LeasesService:
                     await self.bus.redis.hset(self.bus.keys.epochs, mapping={k: str(v) for k, v in c.epochs.items()})
                 except Exception as e:
                     log.warning("cannot store epochs", extra={"error": repr(e), "ips": len(c.epochs)})
+            elif isinstance(c, lm.LoadEpochs):
+                await self.load_epochs()
             elif isinstance(c, lm.RequestSnapshot):
                 try:
                     await self.bus.request_snapshot(c.topic, f"leases:{self.cfg.instance}", c.reason)

@@ -6,15 +6,18 @@ from typing import Any
 
 from l2lb.core.leases_machine import (
     Command,
+    EpochsLoaded,
     Event,
     HeartbeatReceived,
     LeasesMachine,
     LeasesParams,
+    LoadEpochs,
     Now,
     PublishAssignments,
     PublishRenewal,
     SendFailed,
     Sent,
+    StoreEpochs,
 )
 from l2lb.core.messages import Allocation, Heartbeat, InterfaceInfo
 
@@ -47,7 +50,8 @@ ALL_LB = {
 
 class Driver:
     """Drives a LeasesMachine with a settable clock, no Redis and no asyncio: every publish is acknowledged
-    at once (``fail`` makes the next publishes fail), every command is kept in ``commands``."""
+    at once (``fail`` makes the next publishes fail), epochs go to ``store``, every command is kept in
+    ``commands``."""
 
     def __init__(self, mono: float = 1000.0, wall: float = 1_764_000_000.0, **params: Any):
         params.setdefault("leader_election", False)
@@ -56,6 +60,7 @@ class Driver:
         self.commands: list[Command] = []
         self.fail = 0
         self.failed: list[Command] = []
+        self.store: dict[str, int] = {}  # the epoch store (StoreEpochs / LoadEpochs)
         self.seqs: dict[str, int] = {}
 
     def now(self) -> Now:
@@ -79,6 +84,10 @@ class Driver:
                     todo = list(self.m.handle(SendFailed(c, "injected"), self.now()))
                     continue
                 todo += self.m.handle(Sent(c), self.now())
+            elif isinstance(c, StoreEpochs):
+                self.store.update(c.epochs)
+            elif isinstance(c, LoadEpochs):
+                todo += self.m.handle(EpochsLoaded(dict(self.store)), self.now())
         self.commands += out
         return out
 

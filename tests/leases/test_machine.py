@@ -68,7 +68,16 @@ def _renewals(cmds: list[Command]) -> list[PublishRenewal]:
 
 
 def _sets(d: Driver) -> dict[str, dict[str, int]]:
-    return {n: {v.ip: v.epoch for v in vips} for n, vips in d.m.published.items()}
+    return {n: {v.ip: v.epoch for v in ns.vips} for n, ns in d.m.published.items()}
+
+
+def _only_reservations_stored(d: Driver, cmds: list[Command]) -> None:
+    """No new holder epoch: what is stored are successor epochs, above the holders' (adopted) ones."""
+    for c in cmds:
+        if isinstance(c, StoreEpochs):
+            for ip, e in c.epochs.items():
+                plan = d.m.successions[ip]
+                assert e == max(plan.epochs) and min(plan.epochs) > plan.holder_epoch == d.m.holders[ip].epoch
 
 
 def _step(d: Driver, seconds: float, nodes: tuple[str, ...] = ("a", "b")) -> list[Command]:
@@ -93,7 +102,8 @@ def test_first_tick_stores_epochs_then_publishes_balanced_sets_then_renews_by_di
     assert set(epochs) == set(IPS[:2]) and all(e >= int(d.wall * 1000) - 1000 for e in epochs.values())
     full = _full(cmds)
     assert [c.why for c in full] == ["change", "change"] and sorted(c.msg.node for c in full) == ["a", "b"]
-    assert all(len(c.msg.vips) == 1 and c.msg.digest == assignments_digest(c.msg.vips) for c in full)
+    assert all(len(c.msg.vips) == 1 and c.msg.digest == assignments_digest(c.msg.vips, c.msg.standby, c.msg.members)
+               for c in full)
     # the same tick's renewal round names the sets just sent
     ren = _renewals(cmds)
     assert {r.msg.node: r.msg.digest for r in ren} == {c.msg.node: c.msg.digest for c in full}
@@ -109,7 +119,7 @@ def test_renewals_by_digest_until_full_every_ms_then_the_full_set() -> None:
     assert _full(out) == [] and len(_renewals(out)) == 2 * 2  # 250 ms, on 100 ms ticks: at 0.3 and 0.6
     out = _step(d, 0.5)
     assert sorted((c.msg.node, c.why) for c in _full(out)) == [("a", "renew"), ("b", "renew")]
-    assert all(r.msg.digest == assignments_digest(d.m.published[r.msg.node]) for r in _renewals(d.commands[start:]))
+    assert all(r.msg.digest == d.m.published[r.msg.node].digest() for r in _renewals(d.commands[start:]))
 
 
 def test_full_every_zero_means_every_renewal_is_full() -> None:
@@ -190,7 +200,7 @@ def test_tick_waits_for_the_acknowledgement_of_the_last_sends() -> None:
     d(AllocationReceived(alloc("ns/new", IPS[5])))
     d.advance(0.05)
     first = d.m.handle(Tick(), d.now())  # not acknowledged
-    assert len(_full(first)) == 1
+    assert _full(first)
     d.advance(0.05)
     assert _full(d.m.handle(Tick(), d.now())) == []  # the previous sends are still out
 
@@ -209,7 +219,7 @@ def test_adoption_after_restart_moves_nothing() -> None:
         d2.beat(n, serving=serving[n])
     out = d2(Tick())
     assert _sets(d2) == serving and d2.m.moves_total == 0
-    assert not [c for c in out if isinstance(c, StoreEpochs)]
+    _only_reservations_stored(d2, out)
     assert all(c.msg.term == d2.m.term > d.m.term for c in _full(out))
 
 
@@ -236,7 +246,10 @@ def test_restore_epochs_after_redis_lost_them() -> None:
     mark = len(d.commands)
     d(EpochsLoaded({}, restore=True))
     store = [c for c in d.commands[mark:] if isinstance(c, StoreEpochs)]
-    assert len(store) == 1 and store[0].epochs == {ip: e for s in _sets(d).values() for ip, e in s.items()}
+    held = {ip: e for s in _sets(d).values() for ip, e in s.items()}
+    assert len(store) == 1 and set(store[0].epochs) == set(held)
+    # what we know: the holders' epochs and, above them, the successors' reserved ones
+    assert all(store[0].epochs[ip] == max(d.m.successions[ip].epochs) > e for ip, e in held.items())
     d(EpochsLoaded({IPS[0]: 10**15}))  # a stored epoch above ours: the next move goes above it
     assert d.m.last_epochs[IPS[0]] == 10**15
 
@@ -339,7 +352,7 @@ class Model:
                 # renewed by digest only if unchanged: the set last sent to it in this term, and what it
                 # should hold now
                 assert self.sets[c.msg.node][0] == c.msg.digest
-                assert assignments_digest(d.m.node_sets().get(c.msg.node, ())) == c.msg.digest
+                assert d.m.node_sets()[c.msg.node].digest() == c.msg.digest
                 continue
             for v in c.msg.vips:  # epochs only grow per IP; a new holder gets a higher one
                 prev = self.epochs.get(v.ip)
@@ -424,7 +437,7 @@ def test_adoption_after_restart_moves_nothing_any_shape(n_nodes: int, n_ips: int
         d2.advance(0.3)
     d2(Tick())
     assert _sets(d2) == serving and d2.m.moves_total == 0
-    assert not [c for c in d2.commands if isinstance(c, StoreEpochs)]
+    _only_reservations_stored(d2, d2.commands)
 
 
 _SCENARIO = """

@@ -64,7 +64,7 @@ async def test_steady_state_sends_renewals_not_the_full_set(h: Harness) -> None:
     per_node = {n: [r for r in renewals if r.node == n] for n in h.announcers}
     assert all(len(rs) >= 6 for rs in per_node.values()), {n: len(rs) for n, rs in per_node.items()}  # ~8 in 2 s
     for n, rs in per_node.items():
-        want = assignments_digest(svc.m.published[n])
+        want = svc.m.published[n].digest()
         assert {r.digest for r in rs} == {want}
         assert [r.seq for r in rs] == sorted(r.seq for r in rs) and all(r.term == svc.m.term for r in rs)
     # the fake announcers kept their sets on renewals alone, matching every one of them
@@ -90,7 +90,7 @@ async def test_changed_set_goes_out_full_at_once_then_renewals_resume(h: Harness
     assert all(isinstance(m, NodeRenewal) for m in mine[:first_full])  # renewals of the old set before
     full = mine[first_full]
     assert isinstance(full, NodeAssignments) and "198.51.100.99" in {v.ip for v in full.vips}
-    assert full.digest == assignments_digest(full.vips)
+    assert full.digest == assignments_digest(full.vips, full.standby, full.members)
     after = mine[first_full + 1:]
     assert after and all(isinstance(m, NodeRenewal) and m.digest == full.digest for m in after)
     assert holder_seen - t0 < 0.5

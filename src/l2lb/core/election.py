@@ -17,8 +17,9 @@ Rules
   with a ready local endpoint. Eligible nodes of an IP: the intersection over its taking-part
   Services; allowed interfaces likewise intersected.
 * Sticky: an IP stays on its holder while that node is alive and eligible (no rebalancing, ever).
-* Otherwise it goes to the eligible node with the fewest IPs, ties broken by a stable hash of
-  (ip, node); new IPs are placed in address order, so the result does not depend on input order.
+* Otherwise it goes to the first of its pre-authorised successors (``preferred``) that is eligible, and
+  when none is (or it has none), to the eligible node with the fewest IPs, ties broken by a stable hash
+  of (ip, node); IPs are placed in address order, so the result does not depend on input order.
 * Epochs: a holder keeps its epoch; a new holder gets ``max(last + 1, now_ms)`` where ``last`` is
   the highest of the stored last epoch and the current holder's epoch — strictly increasing per IP
   across restarts of leases and of Redis (the wall-clock part), given a clock that does not jump
@@ -97,6 +98,8 @@ class ElectionResult:
     unassigned: dict[str, str] = field(default_factory=dict)  # ip -> reason
     services: dict[str, ServiceState] = field(default_factory=dict)
     epochs: dict[str, int] = field(default_factory=dict)  # epochs handed out in this run
+    # assigned ip -> every eligible node -> its allowed interfaces (() = any): who could take the IP over
+    eligible: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
 
     def by_node(self) -> dict[str, tuple[IpAssignment, ...]]:
         out: dict[str, list[IpAssignment]] = {}
@@ -184,10 +187,14 @@ def elect(
     now_ms: int,
     endpoints: Mapping[str, Collection[str]] | None = None,
     last_epochs: Mapping[str, int] | None = None,
+    preferred: Mapping[str, Sequence[str]] | None = None,
 ) -> ElectionResult:
-    """Run the election; see the module docstring. ``nodes`` holds live nodes only."""
+    """Run the election; see the module docstring. ``nodes`` holds live nodes only. ``preferred``: per IP,
+    the nodes (in order) it goes to when its current holder can no longer keep it -- the first of them that
+    is eligible -- instead of the least-loaded node (pre-authorised successors)."""
     endpoints = endpoints or {}
     last_epochs = last_epochs or {}
+    preferred = preferred or {}
     res = ElectionResult()
 
     # 1. which Services use which IP
@@ -288,9 +295,11 @@ def elect(
     # 4. place the rest: least-loaded eligible node, ties by stable hash
     for ip in pending:
         cands = eligible[ip]
-        node = min(cands, key=lambda n: (load[n], stable_hash(ip, n), n))
-        load[node] += 1
         cur = current.get(ip)
+        node = next((n for n in preferred.get(ip, ()) if n in cands), None) if cur is not None else None
+        if node is None:
+            node = min(cands, key=lambda n: (load[n], stable_hash(ip, n), n))
+        load[node] += 1
         last = max(last_epochs.get(ip, 0), cur.epoch if cur is not None else 0)
         epoch = max(last + 1, now_ms)
         res.epochs[ip] = epoch
@@ -302,6 +311,9 @@ def elect(
         else:
             reason = "holder_dead"
         res.moves.append(Move(ip, cur.node if cur else None, node, epoch, reason, _services(ip)))
+
+    for ip in res.assignments:
+        res.eligible[ip] = {n: _ifaces(ifs) for n, ifs in eligible[ip].items()}
 
     # 5. holders that lost their IP altogether
     for ip in sorted(current, key=_ip_sort_key):

@@ -80,16 +80,20 @@ from l2lb.core.messages import (
     Message,
     NodeAssignments,
     NodeRenewal,
+    StandbyVip,
+    Successor,
     VipAssignment,
     assignments_digest,
 )
 from l2lb.core.nodes import NodeTracker
 from l2lb.core.policy import L2Policy, PolicyError, parse_policies, parse_policy
+from l2lb.core.succession import Succession, plan_successions
 
 __all__ = [
     "AllocationReceived", "AllocationSnapshotReceived", "AllocationsLoaded", "Command", "ConflictReceived",
     "EndpointSliceChanged", "EpochsLoaded", "Event", "HeartbeatReceived", "HeartbeatsResynced", "InformerState",
-    "KubeWritten", "LeadershipChanged", "LeasesMachine", "LeasesParams", "Log", "Metric", "Now", "PoliciesChanged",
+    "KubeWritten", "LeadershipChanged", "LeasesMachine", "LeasesParams", "LoadEpochs", "Log", "Metric", "NodeSet",
+    "Now", "PoliciesChanged",
     "PolicyEvent", "PublishAssignments", "PublishRenewal", "RequestSnapshot", "SendFailed", "Sent", "ServiceEvent",
     "SnapshotRequested", "Started", "StatusEvent", "StatusPart", "StoreEpochs", "Tick", "WriteCondition",
     "WriteLease", "endpoint_nodes",
@@ -118,6 +122,7 @@ class LeasesParams:
     mirror_leases: bool = False
     events: bool = True
     static_policies: tuple[Mapping[str, Any], ...] = ()
+    successors: int = 2  # pre-authorised successors per VIP (0: none, no standby lists, no members)
 
 
 # -- events -----------------------------------------------------------------------------------------
@@ -220,6 +225,11 @@ class StoreEpochs:
 
 
 @dataclass(frozen=True, slots=True)
+class LoadEpochs:
+    """Read the epoch store and feed back EpochsLoaded (also when the read fails: with what was read)."""
+
+
+@dataclass(frozen=True, slots=True)
 class RequestSnapshot:
     topic: str
     reason: str
@@ -298,8 +308,8 @@ class Metric:
 
 
 Publish = PublishAssignments | PublishRenewal
-Command = (Publish | StoreEpochs | RequestSnapshot | WriteCondition | WriteLease | ServiceEvent | PolicyEvent
-           | StatusEvent | StatusPart | Log | Metric)
+Command = (Publish | StoreEpochs | LoadEpochs | RequestSnapshot | WriteCondition | WriteLease | ServiceEvent
+           | PolicyEvent | StatusEvent | StatusPart | Log | Metric)
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +331,25 @@ class KubeWritten:
 Event = (Started | AllocationReceived | AllocationSnapshotReceived | AllocationsLoaded | HeartbeatReceived
          | ConflictReceived | HeartbeatsResynced | SnapshotRequested | PoliciesChanged | EndpointSliceChanged
          | LeadershipChanged | EpochsLoaded | Tick | Sent | SendFailed | KubeWritten)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSet:
+    """What one node is told in a full NodeAssignments: its VIPs (with their successors), the VIPs it is a
+    successor for, and the member list."""
+
+    vips: tuple[VipAssignment, ...] = ()
+    standby: tuple[StandbyVip, ...] = ()
+    members: tuple[str, ...] = ()
+
+    def holds_any(self) -> bool:
+        return bool(self.vips or self.standby)
+
+    def digest(self) -> str:
+        return assignments_digest(self.vips, self.standby, self.members)
+
+
+EMPTY = NodeSet()
 
 
 def endpoint_nodes(slice_obj: Mapping[str, Any]) -> set[str]:
@@ -356,11 +385,14 @@ class LeasesMachine:
         self.orphans: dict[str, Holder] = {}  # IPs without an eligible node: last holder, for stickiness
         self.last_epochs: dict[str, int] = {}
         self.result: ElectionResult | None = None
-        self.published: dict[str, tuple[VipAssignment, ...]] = {}  # node -> last FULL set sent
+        self.successions: dict[str, Succession] = {}  # ip -> its successors as last planned (and published)
+        self.members: tuple[str, ...] = ()
+        self._takeovers: dict[str, Holder] = {}  # LAN takeovers seen in heartbeats, adopted on the next tick
+        self.epochs_pending = False  # a new leader waits for the epoch store before adopting
+        self.published: dict[str, NodeSet] = {}  # node -> last FULL set sent
         self.full_sent: dict[str, tuple[str, int, float]] = {}  # node -> (digest, term, mono) of it
         self.want_full: set[str] = set()  # nodes that asked for their full set (SnapshotRequest)
-        self._sets_cache: tuple[ElectionResult | None, frozenset[str], dict[str, tuple[VipAssignment, ...]]] \
-            | None = None
+        self._sets_cache: tuple[ElectionResult | None, frozenset[str], dict[str, NodeSet]] | None = None
         self.is_leader = False
         self.term = 0
         self.seq = int(now.wall * 1000)
@@ -394,7 +426,7 @@ class LeasesMachine:
         # a tick's publishing stages: the next one is computed once the sends of the current one are in
         self._stages: deque[Callable[[Now], None]] = deque()
         self._inflight: list[Publish] = []
-        self._pending_prune: dict[str, tuple[VipAssignment, ...]] | None = None
+        self._pending_prune: dict[str, NodeSet] | None = None
         self._out: list[Command] = []
         if params.static_policies:
             self.policies, self.policy_errors = parse_policies(params.static_policies)
@@ -517,6 +549,12 @@ class LeasesMachine:
             cur = self.seen_serving.get(ip)
             if cur is None or h.epoch >= cur.epoch:
                 self.seen_serving[ip] = h
+            plan = self.successions.get(ip)
+            if plan is not None and self.is_leader and (h.node, h.epoch) in zip(plan.nodes, plan.epochs, strict=True):
+                held = self.holders.get(ip)
+                if held is not None and h.epoch > held.epoch:  # a successor took it over on the LAN
+                    self._takeovers[ip] = h
+                    self.dirty = True
 
     def _with_serving(self, hb: Heartbeat) -> tuple[Heartbeat, str]:
         """A heartbeat whose serving map was omitted becomes one carrying the map this node's instance
@@ -628,6 +666,8 @@ class LeasesMachine:
             self.adopt_pending = True
             self.dirty = True
             self.next_renew = 0.0
+            self.epochs_pending = True  # what the last leader stored (reserved successor epochs too)
+            self._out.append(LoadEpochs())
             self._log("info", "became the leases leader", term=self.term)
             for obj in self.watched_policies:
                 self._policy_event(obj)
@@ -639,6 +679,7 @@ class LeasesMachine:
         self._metric("l2lb_leases_leader", 1 if self.is_leader else 0, op="set")
 
     def _on_epochs(self, ev: EpochsLoaded, _now: Now) -> None:
+        self.epochs_pending = False
         for ip, ep in sorted(ev.epochs.items()):
             self.last_epochs[ip] = max(self.last_epochs.get(ip, 0), ep)
         if ev.restore:  # after Redis lost its data: put back what we know
@@ -677,7 +718,7 @@ class LeasesMachine:
             self.dirty = True
         if self.dirty:
             self.dirty = False
-            self._run_election(now)
+            self._run_election(now, self._adopt_takeovers())
             self._stages.append(self._publish_changes)
             self._stages.append(self._after_changes)
         tick = now.mono
@@ -754,7 +795,7 @@ class LeasesMachine:
             return False
         if not self.informers_synced() and now.mono - self.started < self.p.sync_timeout_s:
             return False
-        if self.adopt_pending and self.maps_missing(now):
+        if self.adopt_pending and (self.epochs_pending or self.maps_missing(now)):
             return False
         return now.mono - self.started >= self.p.startup_grace_ms / 1000.0
 
@@ -789,21 +830,44 @@ class LeasesMachine:
                 merged[ip] = h
         self.holders = merged
         self.orphans = {}
+        self._takeovers = {}
         self.published.clear()
         self.full_sent.clear()
         for ip, h in merged.items():
             self.last_epochs[ip] = max(self.last_epochs.get(ip, 0), h.epoch)
         self._log("info", "adopted current holders", ips=len(merged), reported=len(reported))
 
-    def _run_election(self, now: Now) -> None:
+    def _adopt_takeovers(self) -> list[Move]:
+        """A successor that took a VIP over on the LAN (while it could not hear us) with the epoch we reserved
+        for it becomes its holder: nothing moves, the election keeps it there."""
+        moves = []
+        for ip, h in sorted(self._takeovers.items()):
+            cur = self.holders.get(ip)
+            if cur is None or h.epoch <= cur.epoch or not self.tracker.is_alive(h.node):
+                continue
+            self.holders[ip] = h
+            self.last_epochs[ip] = max(self.last_epochs.get(ip, 0), h.epoch)
+            a = self.result.assignments.get(ip) if self.result is not None else None
+            moves.append(Move(ip, cur.node, h.node, h.epoch, "lan_takeover", a.services if a else ()))
+        self._takeovers = {}
+        return moves
+
+    def _run_election(self, now: Now, takeovers: list[Move]) -> None:
         current = dict(self.orphans)
         current.update(self.holders)
         res = elect(self.allocations.values(), self.policies, self.tracker.alive(), current,
-                    now_ms=int(now.wall * 1000), endpoints=self.endpoints, last_epochs=self.last_epochs)
+                    now_ms=int(now.wall * 1000), endpoints=self.endpoints, last_epochs=self.last_epochs,
+                    preferred={ip: p.nodes for ip, p in self.successions.items()})
         self.elections += 1
-        if res.epochs:
-            self.last_epochs.update(res.epochs)
-            self._out.append(StoreEpochs(dict(res.epochs)))  # stored before anything names them
+        self.last_epochs.update(res.epochs)
+        self.successions, reserved = plan_successions(res, self.successions, self.p.successors, self.last_epochs)
+        self.members = tuple(sorted({n for e in res.eligible.values() for n in e})) if self.p.successors > 0 else ()
+        stored = dict(res.epochs)
+        for ip, e in reserved.items():
+            self.last_epochs[ip] = max(self.last_epochs.get(ip, 0), e)
+            stored[ip] = self.last_epochs[ip]
+        if stored:
+            self._out.append(StoreEpochs(stored))  # stored before anything names them
         orphans: dict[str, Holder] = {}
         for m in res.moves:
             if m.new is None and m.reason == "no_eligible_node" and m.old is not None:
@@ -811,7 +875,7 @@ class LeasesMachine:
         for ip, h in current.items():  # still unassignable, still remembered
             if res.unassigned.get(ip) == "no_eligible_node" and ip not in orphans:
                 orphans[ip] = h
-        moves = [m for m in res.moves if not (m.new is None and m.ip in self.orphans)]
+        moves = takeovers + [m for m in res.moves if not (m.new is None and m.ip in self.orphans)]
         self.orphans = orphans
         self.holders = res.holders()
         self.result = res
@@ -868,59 +932,71 @@ class LeasesMachine:
                 self._out.append(ServiceEvent(svc, a.uid if a else "", typ, reason, msg, f"{m.ip}:{m.epoch}:{m.new}"))
 
     # -- publishing stages --------------------------------------------------------------------------
-    def node_sets(self) -> dict[str, tuple[VipAssignment, ...]]:
-        """node -> its VIP set (every live node, possibly empty). Rebuilt only when the election result
-        or the set of live nodes changed: the same tuples come back, so "unchanged" is cheap to test."""
+    def node_sets(self) -> dict[str, NodeSet]:
+        """node -> what it is told (every live node, possibly nothing). Rebuilt only when the election result
+        or the set of live nodes changed: the same objects come back, so "unchanged" is cheap to test."""
         alive = frozenset(self.tracker.alive())
         cached = self._sets_cache
         if cached is not None and cached[0] is self.result and cached[1] == alive:
             return dict(cached[2])
-        sets: dict[str, tuple[VipAssignment, ...]] = dict.fromkeys(sorted(alive), ())
-        if self.result is not None:
-            for node, assigns in self.result.by_node().items():
-                sets[node] = tuple(a.vip() for a in assigns)
-        self._sets_cache = (self.result, alive, sets)
+        vips: dict[str, list[VipAssignment]] = {}
+        standby: dict[str, list[StandbyVip]] = {}
+        res = self.result
+        if res is not None:
+            for node, assigns in res.by_node().items():
+                for a in assigns:
+                    plan = self.successions.get(a.ip)
+                    succ = tuple(Successor(n, e) for n, e in zip(plan.nodes, plan.epochs, strict=True)) if plan else ()
+                    vips.setdefault(node, []).append(VipAssignment(a.ip, a.epoch, a.interfaces, a.services, succ))
+                    for rank, (n, e) in enumerate(zip(plan.nodes, plan.epochs, strict=True) if plan else (), 1):
+                        standby.setdefault(n, []).append(StandbyVip(a.ip, node, rank, e, res.eligible[a.ip].get(n, ()),
+                                                                    a.services))
+        sets = {n: NodeSet(tuple(vips.get(n, ())), tuple(standby.get(n, ())), self.members) for n in sorted(alive)}
+        for n in sorted(set(vips) - alive):  # elected before it died: still its set until the next election
+            sets[n] = NodeSet(tuple(vips[n]), tuple(standby.get(n, ())), self.members)
+        self._sets_cache = (res, alive, sets)
         return dict(sets)
 
     def _send(self, c: Publish) -> None:
         self._inflight.append(c)
         self._out.append(c)
 
-    def _full(self, node: str, vips: tuple[VipAssignment, ...], why: str, now: Now, requested: bool = False) -> None:
+    def _full(self, node: str, ns: NodeSet, why: str, now: Now, requested: bool = False) -> None:
         """The full set of ``node`` (with its digest); remembered as the set renewals name once sent."""
         self.seq += 1
         msg = NodeAssignments(node=node, term=self.term, seq=self.seq, ttl_ms=self.p.ttl_ms, sent_at=now.wall,
-                              vips=vips, digest=assignments_digest(vips))
+                              vips=ns.vips, digest=ns.digest(),
+                              standby=ns.standby, members=ns.members)
         self._send(PublishAssignments(msg, why, requested))
 
     def _publish_changes(self, now: Now) -> None:
         """Changed node sets, nodes that lose a VIP first, then nodes that gain it."""
         new = self.node_sets()
         for node, old in self.published.items():
-            if old and node not in new:
-                new[node] = ()  # lost every VIP (dead or gone): say so once
+            if old.holds_any() and node not in new:
+                new[node] = NodeSet(members=self.members)  # lost every VIP (dead or gone): say so once
         changed = [n for n in sorted(new) if self.published.get(n) != new[n]]
 
         def loses(n: str) -> bool:
-            have = {v.ip for v in new[n]}
-            return any(v.ip not in have for v in self.published.get(n, ()))
+            have = {v.ip for v in new[n].vips}
+            return any(v.ip not in have for v in self.published.get(n, EMPTY).vips)
 
         for n in sorted(changed, key=lambda n: (not loses(n), n)):
             self._full(n, new[n], "change", now)
         self._pending_prune = new
         self._metric("l2lb_leases_assignments", 0, op="clear")
-        for n, vips in new.items():
-            self._metric("l2lb_leases_assignments", len(vips), n, op="set")
+        for n, ns in new.items():
+            self._metric("l2lb_leases_assignments", len(ns.vips), n, op="set")
 
     def _after_changes(self, _now: Now) -> None:
         new, self._pending_prune = self._pending_prune or {}, None
         alive = self.tracker.alive()
-        for n in [n for n in self.published if n not in new or (not new[n] and n not in alive)]:
+        for n in [n for n in self.published if n not in new or (not new[n].holds_any() and n not in alive)]:
             self.published.pop(n, None)
             self.full_sent.pop(n, None)
         self._out.append(StatusPart("assignments"))
 
-    def _renewable(self, node: str, vips: tuple[VipAssignment, ...], now: Now) -> str | None:
+    def _renewable(self, node: str, ns: NodeSet, now: Now) -> str | None:
         """The digest a NodeRenewal for ``node`` may name, or None when the full set must go out: the set
         differs from the last full one sent, that was in another term, is older than --full-every-ms,
         or the node asked for it."""
@@ -932,7 +1008,7 @@ class LeasesMachine:
         digest, term, at = sent
         if term != self.term or now.mono - at >= every:
             return None
-        if prev is not vips and prev != vips:
+        if prev is not ns and prev != ns:
             return None
         return digest
 
@@ -942,14 +1018,14 @@ class LeasesMachine:
         # Compatibility contract: only leases versions that understand heartbeats with an omitted serving
         # map (Heartbeat.serving_omitted, resolved in _with_serving) send NodeRenewal. An announcer omits its
         # map only while it accepts NodeRenewals, so an older leases (full sets only) always gets full maps.
-        for n, vips in sorted(self.node_sets().items()):
-            digest = self._renewable(n, vips, now)
+        for n, ns in sorted(self.node_sets().items()):
+            digest = self._renewable(n, ns, now)
             if digest is not None:
                 self.seq += 1
                 self._send(PublishRenewal(NodeRenewal(node=n, term=self.term, seq=self.seq, ttl_ms=self.p.ttl_ms,
                                                       sent_at=now.wall, digest=digest)))
             else:
-                self._full(n, vips, "snapshot" if n in self.want_full else "renew", now)
+                self._full(n, ns, "snapshot" if n in self.want_full else "renew", now)
 
     def _send_requested(self, now: Now) -> None:
         """The full set, now, to every node that asked for it (SnapshotRequest) since the last tick."""
@@ -965,7 +1041,7 @@ class LeasesMachine:
         c = ev.command
         self._inflight = [x for x in self._inflight if x is not c]
         if isinstance(c, PublishAssignments):
-            self.published[c.msg.node] = c.msg.vips
+            self.published[c.msg.node] = NodeSet(c.msg.vips, c.msg.standby, c.msg.members)
             self.full_sent[c.msg.node] = (c.msg.digest, c.msg.term, now.mono)
             self._metric("l2lb_leases_published_total", 1, c.why)
         else:
@@ -994,13 +1070,17 @@ class LeasesMachine:
 
     def status(self, now: Now, role: str) -> dict[str, Any]:
         res = self.result
-        assignments = []
+        assignments: list[dict[str, Any]] = []
         if res is not None and self.is_leader:
-            assignments = [{"ip": a.ip, "node": a.node, "epoch": a.epoch, "interfaces": list(a.interfaces),
-                            "services": list(a.services)} for a in res.assignments.values()]
+            for a in res.assignments.values():
+                plan = self.successions.get(a.ip)
+                succ = [{"node": n, "epoch": e} for n, e in zip(plan.nodes, plan.epochs, strict=True)] if plan else []
+                assignments.append({"ip": a.ip, "node": a.node, "epoch": a.epoch, "interfaces": list(a.interfaces),
+                                    "services": list(a.services), "successors": succ})
         return {
             "role": role,
             "term": self.term,
+            "members": list(self.members),
             "assignments": assignments,
             "unassigned": dict(res.unassigned) if res is not None else {},
             "services": {k: {"announced": s.announced, "reason": s.reason, "message": s.message}

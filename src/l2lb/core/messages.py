@@ -33,6 +33,8 @@ __all__ = [
     "NodeRenewal",
     "PortSpec",
     "SnapshotRequest",
+    "StandbyVip",
+    "Successor",
     "VipAssignment",
     "assignments_digest",
     "decode",
@@ -289,30 +291,92 @@ def serving_digest(serving: Mapping[str, int]) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Successor:
+    """A pre-authorised successor of a VIP's holder: the node that takes it over when the holder (and
+    every successor ranked before it) falls silent, and the epoch it then answers with."""
+
+    node: str
+    epoch: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "epoch": self.epoch}
+
+    @staticmethod
+    def from_obj(o: Any) -> Successor:
+        if not isinstance(o, dict):
+            raise MessageError("successor must be an object")
+        return Successor(node=_req(o, "node", str), epoch=_req(o, "epoch", int))
+
+
+@dataclass(frozen=True, slots=True)
 class VipAssignment:
     ip: str
     epoch: int  # fencing token, strictly increasing per IP
     interfaces: tuple[str, ...] = ()  # interface names on this node allowed to answer
     services: tuple[str, ...] = ()  # "ns/name" keys using this IP (for status and logs)
+    # optional, added within v1 (written only when set): ranked successors (rank = position + 1)
+    successors: tuple[Successor, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ip": self.ip, "epoch": self.epoch, "interfaces": list(self.interfaces),
-                "services": list(self.services)}
+        d: dict[str, Any] = {"ip": self.ip, "epoch": self.epoch, "interfaces": list(self.interfaces),
+                             "services": list(self.services)}
+        if self.successors:
+            d["successors"] = [s.to_dict() for s in self.successors]
+        return d
 
     @staticmethod
     def from_obj(o: Any) -> VipAssignment:
         if not isinstance(o, dict):
             raise MessageError("vip must be an object")
         return VipAssignment(ip=_req(o, "ip", str), epoch=_req(o, "epoch", int),
-                             interfaces=_str_list(o, "interfaces"), services=_str_list(o, "services"))
+                             interfaces=_str_list(o, "interfaces"), services=_str_list(o, "services"),
+                             successors=tuple(Successor.from_obj(x) for x in _opt(o, "successors", list, [])))
 
 
-def assignments_digest(vips: Iterable[VipAssignment]) -> str:
-    """Digest of a VIP set (32 hex chars): SHA-256 over the compact JSON of the sorted
-    ``[ip, epoch, interfaces, services]`` entries. Order of the entries does not matter; order
-    inside ``interfaces``/``services`` does (it is part of what ``VipAssignment`` equality means)."""
-    rows = sorted((v.ip, v.epoch, tuple(v.interfaces), tuple(v.services)) for v in vips)
-    raw = json.dumps(rows, separators=(",", ":"), ensure_ascii=True).encode()
+@dataclass(frozen=True, slots=True)
+class StandbyVip:
+    """A VIP the receiving node is a successor for: it takes ``ip`` over by itself with ``epoch`` when
+    ``holder`` and every successor of a lower ``rank`` are silent (the announcer's rules), answering on
+    ``interfaces`` (this node's allowed ones; () = any)."""
+
+    ip: str
+    holder: str
+    rank: int  # 1 = first successor
+    epoch: int
+    interfaces: tuple[str, ...] = ()
+    services: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ip": self.ip, "holder": self.holder, "rank": self.rank, "epoch": self.epoch,
+                "interfaces": list(self.interfaces), "services": list(self.services)}
+
+    @staticmethod
+    def from_obj(o: Any) -> StandbyVip:
+        if not isinstance(o, dict):
+            raise MessageError("standby entry must be an object")
+        rank = _req(o, "rank", int)
+        if rank < 1:
+            raise MessageError(f"standby rank must be >= 1, got {rank}")
+        return StandbyVip(ip=_req(o, "ip", str), holder=_req(o, "holder", str), rank=rank,
+                          epoch=_req(o, "epoch", int), interfaces=_str_list(o, "interfaces"),
+                          services=_str_list(o, "services"))
+
+
+def assignments_digest(vips: Iterable[VipAssignment], standby: Iterable[StandbyVip] = (),
+                       members: Iterable[str] = ()) -> str:
+    """Digest of a node's set (32 hex chars): SHA-256 over the compact JSON of the sorted
+    ``[ip, epoch, interfaces, services]`` entries (each with its ``[[node, epoch], ...]`` successors appended
+    when it has any); with a standby list or members, over ``{"vips": those rows, "standby": sorted
+    [ip, holder, rank, epoch, interfaces, services] rows, "members": members}`` instead. Order of the entries
+    does not matter; order inside ``interfaces``/``services``/successors/members does (it is part of what
+    equality means). A set without successors, standby and members has the digest it had before they
+    existed."""
+    rows = sorted((v.ip, v.epoch, tuple(v.interfaces), tuple(v.services))
+                  + ((tuple((s.node, s.epoch) for s in v.successors),) if v.successors else ()) for v in vips)
+    sb = sorted((s.ip, s.holder, s.rank, s.epoch, tuple(s.interfaces), tuple(s.services)) for s in standby)
+    mem = list(members)
+    body: Any = {"vips": rows, "standby": sb, "members": mem} if sb or mem else rows
+    raw = json.dumps(body, separators=(",", ":"), ensure_ascii=True).encode()
     return hashlib.sha256(raw).hexdigest()[:32]
 
 
@@ -338,12 +402,20 @@ class NodeAssignments:
     sent_at: float
     vips: tuple[VipAssignment, ...] = ()
     digest: str = ""  # optional (added within v1; older readers ignore it)
+    # optional, added within v1 (written only when set; older readers ignore them): the VIPs this node is a
+    # successor for, and the sorted member list (live nodes eligible for some VIP: the quorum's membership)
+    standby: tuple[StandbyVip, ...] = ()
+    members: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"node": self.node, "term": self.term, "seq": self.seq, "ttl_ms": self.ttl_ms,
                              "sent_at": self.sent_at, "vips": [v.to_dict() for v in self.vips]}
         if self.digest:
             d["digest"] = self.digest
+        if self.standby:
+            d["standby"] = [s.to_dict() for s in self.standby]
+        if self.members:
+            d["members"] = list(self.members)
         return d
 
     @classmethod
@@ -353,6 +425,8 @@ class NodeAssignments:
             ttl_ms=_req(d, "ttl_ms", int), sent_at=float(_req(d, "sent_at", (int, float))),
             vips=tuple(VipAssignment.from_obj(v) for v in _opt(d, "vips", list, [])),
             digest=_opt(d, "digest", str, ""),
+            standby=tuple(StandbyVip.from_obj(x) for x in _opt(d, "standby", list, [])),
+            members=_str_list(d, "members"),
         )
 
 
