@@ -970,18 +970,31 @@ class LeasesMachine:
         self._send(PublishAssignments(msg, why, requested))
 
     def _publish_changes(self, now: Now) -> None:
-        """Changed node sets, nodes that lose a VIP first, then nodes that gain it."""
+        """Changed node sets, in an order where no VIP is ever in two nodes' sets: nodes that lose a VIP first
+        (by name), then the others; a node that gains a VIP another node still holds gets its set after every
+        loser -- and when it loses one itself, first its set without those gains (a swap needs that)."""
         new = self.node_sets()
         for node, old in self.published.items():
             if old.holds_any() and node not in new:
                 new[node] = NodeSet(members=self.members)  # lost every VIP (dead or gone): say so once
         changed = [n for n in sorted(new) if self.published.get(n) != new[n]]
+        held_by = {v.ip: n for n in changed for v in self.published.get(n, EMPTY).vips}
 
         def loses(n: str) -> bool:
             have = {v.ip for v in new[n].vips}
             return any(v.ip not in have for v in self.published.get(n, EMPTY).vips)
 
+        later = []
         for n in sorted(changed, key=lambda n: (not loses(n), n)):
+            taken = {v.ip for v in new[n].vips if held_by.get(v.ip, n) != n}  # still held by another node
+            if not taken:
+                self._full(n, new[n], "change", now)
+                continue
+            if loses(n):
+                self._full(n, dataclasses.replace(new[n], vips=tuple(v for v in new[n].vips if v.ip not in taken)),
+                           "change", now)
+            later.append(n)
+        for n in later:
             self._full(n, new[n], "change", now)
         self._pending_prune = new
         self._metric("l2lb_leases_assignments", 0, op="clear")
