@@ -697,3 +697,30 @@ def test_lan_takeovers_then_anything(n_nodes: int, n_ips: int, taker: str, dead:
     for ip, e in taken.items():
         assert (d.m.holders[ip].node, d.m.holders[ip].epoch) == (taker, e)
     _run(then, d, model)
+
+
+def test_single_node_cluster_has_no_successors_but_a_member_list() -> None:
+    d = _cluster(nodes=("a",), ips=2)
+    assert d.m.successions == {} and d.m.members == ("a",)
+    msg = _last_full(d, "a").msg
+    assert msg.members == ("a",) and msg.standby == () and all(v.successors == () for v in msg.vips)
+
+
+def test_plan_successions_directly() -> None:
+    from l2lb.core.election import ElectionResult, IpAssignment
+    from l2lb.core.succession import Succession, plan_successions
+
+    res = ElectionResult(assignments={ip: IpAssignment(ip, "a", 10) for ip in IPS[:3]},
+                         eligible={ip: {"a": (), "b": (), "c": ()} for ip in IPS[:3]})
+    assert plan_successions(res, {}, 0, {}) == ({}, {})
+    plans, reserved = plan_successions(res, {}, 2, {IPS[0]: 50})
+    # rank 1 spreads a's IPs over b and c (the election's own greedy placement), rank 2 is the other one
+    firsts = [plans[ip].nodes[0] for ip in IPS[:3]]
+    assert {firsts[0], firsts[1]} == {"b", "c"} and all(set(plans[ip].nodes) == {"b", "c"} for ip in IPS[:3])
+    assert plans[IPS[0]].epochs == (51, 52) and plans[IPS[1]].epochs == (11, 12) and reserved[IPS[0]] == 52
+    again, reserved2 = plan_successions(res, plans, 2, {IPS[0]: 52})
+    assert again == plans and reserved2 == {}  # unchanged: same epochs, nothing new to store
+    # b no longer eligible for IPS[0]: c moves up, fresh epochs above the old ones
+    res.eligible[IPS[0]] = {"a": (), "c": ()}
+    moved, reserved3 = plan_successions(res, plans, 2, {IPS[0]: 52})
+    assert moved[IPS[0]] == Succession("a", 10, ("c",), (53,)) and reserved3 == {IPS[0]: 53}
