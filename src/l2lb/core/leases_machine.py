@@ -549,12 +549,11 @@ class LeasesMachine:
             cur = self.seen_serving.get(ip)
             if cur is None or h.epoch >= cur.epoch:
                 self.seen_serving[ip] = h
-            plan = self.successions.get(ip)
-            if plan is not None and self.is_leader and (h.node, h.epoch) in zip(plan.nodes, plan.epochs, strict=True):
-                held = self.holders.get(ip)
-                if held is not None and h.epoch > held.epoch:  # a successor took it over on the LAN
-                    self._takeovers[ip] = h
-                    self.dirty = True
+            held = self.holders.get(ip)
+            if held is not None and h.epoch > held.epoch and self.is_leader and (plan := self.successions.get(ip)) \
+                    and (h.node, h.epoch) in zip(plan.nodes, plan.epochs, strict=True):
+                self._takeovers[ip] = h  # a successor took it over on the LAN with the epoch reserved for it
+                self.dirty = True
 
     def _with_serving(self, hb: Heartbeat) -> tuple[Heartbeat, str]:
         """A heartbeat whose serving map was omitted becomes one carrying the map this node's instance
