@@ -257,7 +257,38 @@ def test_adoption_keeps_a_holder_whose_assignment_ran_out_during_the_takeover() 
     d2(LeadershipChanged(True, term=7))
     d2.advance(0.6)
     d2(Tick())
-    assert _sets(d2) == serving and d2.m.moves_total == 0 and d2.m.term == 7
+    # same nodes, nothing moved; but fresh epochs: the old ones may be below an epoch another leader issued
+    # meanwhile (stored in a Redis that failed over without it: found by the simulator, seed 18)
+    got = _sets(d2)
+    assert {n: set(v) for n, v in got.items()} == {n: set(v) for n, v in serving.items()}
+    assert d2.m.moves_total == 0 and d2.m.term == 7
+    assert all(got[n][ip] > e and got[n][ip] >= int((d.wall + 5) * 1000) for n, s in serving.items()
+               for ip, e in s.items())
+
+
+def test_a_new_leader_never_reissues_an_epoch_below_one_issued_meanwhile() -> None:
+    """Simulator seed 18: the leader and the Redis master are cut off together; the cut-off leader moves a
+    VIP with a new epoch into a Redis that then fails over without it. The standby, which last saw the old
+    holder serve it with its old epoch, must not hand it out under that old epoch."""
+    d = _cluster()
+    serving = _sets(d)
+    node, ip, old = next((n, ip, e) for n, s in serving.items() for ip, e in s.items())
+    issued_elsewhere = old + 4000  # what the cut-off leader gave another node (never seen by the standby)
+    d2 = Driver(static_policies=(ALL_LB,), wall=d.wall + 8, leader_election=True)
+    d2(AllocationsLoaded(None))
+    for i in range(2):
+        d2(AllocationReceived(alloc(f"ns/s{i}", IPS[i])))
+    for n in ("a", "b"):
+        d2.beat(n, serving=serving[n])
+    d2.advance(1.0)
+    for n in ("a", "b"):
+        d2.beat(n, serving={})
+    d2(LeadershipChanged(True, term=2))
+    d2(EpochsLoaded({}))  # the store came back without it
+    d2.advance(0.6)
+    d2(Tick())
+    got = {ip_: e for s in _sets(d2).values() for ip_, e in s.items()}
+    assert got[ip] > issued_elsewhere
 
 
 def test_restore_epochs_after_redis_lost_them() -> None:

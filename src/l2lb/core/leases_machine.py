@@ -712,7 +712,7 @@ class LeasesMachine:
         if not self.ready_to_elect(now):
             return
         if self.adopt_pending:
-            self._adopt()
+            self._adopt(now)
             self.adopt_pending = False
             self.dirty = True
         if self.dirty:
@@ -811,14 +811,20 @@ class LeasesMachine:
         alive = self.tracker.alive()
         return sorted(n for n in self.map_unknown if n in alive)
 
-    def _adopt(self) -> None:
+    def _adopt(self, now: Now) -> None:
         alive = self.tracker.alive()
         reported = holders_from_serving(alive.values())
-        # what announcers served recently, even if their assignments ran out while we took over
+        # What announcers served recently, even if their assignments ran out while we took over: the
+        # node keeps the IP (nothing moves), but under a NEW epoch. Its old one may be below an epoch
+        # another leader issued for the IP meanwhile, which we may never have seen (it was stored in a
+        # Redis that failed over without it): re-using it would send the fencing token backwards.
+        fresh = int(now.wall * 1000)
         for ip, h in self.seen_serving.items():
             cur = reported.get(ip)
             if h.node in alive and (cur is None or h.epoch > cur.epoch):
-                reported[ip] = h
+                epoch = max(self.last_epochs.get(ip, 0) + 1, h.epoch + 1, fresh)
+                reported[ip] = Holder(h.node, epoch)
+                self._out.append(StoreEpochs({ip: epoch}))
         self.seen_serving = {}
         self._walked.clear()  # walk every node's next map again into the fresh seen_serving
         merged = dict(self.orphans)
