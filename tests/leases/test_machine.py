@@ -272,7 +272,7 @@ def test_a_new_leader_never_reissues_an_epoch_below_one_issued_meanwhile() -> No
     holder serve it with its old epoch, must not hand it out under that old epoch."""
     d = _cluster()
     serving = _sets(d)
-    node, ip, old = next((n, ip, e) for n, s in serving.items() for ip, e in s.items())
+    ip, old = next((ip, e) for s in serving.values() for ip, e in s.items())
     issued_elsewhere = old + 4000  # what the cut-off leader gave another node (never seen by the standby)
     d2 = Driver(static_policies=(ALL_LB,), wall=d.wall + 8, leader_election=True)
     d2(AllocationsLoaded(None))
