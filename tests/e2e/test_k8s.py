@@ -92,8 +92,9 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
 def _install_addons(c: Cluster) -> None:
     """What a cluster has before l2lb: cluster DNS, a default StorageClass with a volume."""
     pv_dir = c.dir / "pv" / "redis"
-    pv_dir.mkdir(parents=True, exist_ok=True)
-    pv_dir.chmod(0o777)
+    for k in range(3):
+        (pv_dir / str(k)).mkdir(parents=True, exist_ok=True)
+        (pv_dir / str(k)).chmod(0o777)
     storage = (E2E / "addons" / "storage.yaml").read_text().replace("@PV_DIR@", str(pv_dir))
     c.kubectl("apply", "-f", "-", input=storage)
     c.kubectl("apply", "-f", str(E2E / "addons" / "coredns.yaml"))
@@ -159,11 +160,14 @@ def _announcer_node(c: Cluster, *, stable_s: float = 0.0, timeout: float = 120.0
 
 def _roles(c: Cluster) -> dict[str, list[str]]:
     roles: dict[str, list[str]] = {n.name: [] for n in c.nodes}
-    for p in c.kget("pods", "-n", "l2lb-system")["items"]:
-        node = p["spec"].get("nodeName")
-        comp = p["metadata"].get("labels", {}).get("app.kubernetes.io/component", "?")
-        if node in roles and comp == "redis":
-            roles[node].append("redis")
+    pods = c.kget("pods", "-n", "l2lb-system")["items"]
+    redis_pods = {p["metadata"]["name"]: p["spec"].get("nodeName") for p in pods
+                  if p["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "redis"}
+    master = _redis_master(c, list(redis_pods))
+    for pod, node in redis_pods.items():
+        if node in roles:
+            roles[node].append("redis" if len(redis_pods) == 1 else
+                               "redis-master" if pod == master else "redis-replica")
     for lease in ("l2lb-leases", "l2lb-allocator"):
         proc = c.kubectl("-n", "l2lb-system", "get", "lease", lease, "-o", "jsonpath={.spec.holderIdentity}",
                          check=False)
@@ -176,6 +180,17 @@ def _roles(c: Cluster) -> dict[str, list[str]]:
     except ClusterError:
         pass
     return roles
+
+
+def _redis_master(c: Cluster, pods: list[str]) -> str | None:
+    """The Redis pod the sentinels name as master (k8s/base runs Redis + Sentinel in 3 pods)."""
+    for pod in pods:
+        proc = c.kubectl("-n", "l2lb-system", "exec", pod, "-c", "sentinel", "--", "redis-cli", "--no-auth-warning",
+                         "-p", "26379", "sentinel", "get-master-addr-by-name", "l2lb", check=False, timeout=20)
+        host = proc.stdout.split("\n", 1)[0].strip()
+        if proc.returncode == 0 and host:
+            return host.split(".", 1)[0]
+    return None
 
 
 def _wait_l2lb_ready(c: Cluster, timeout: float = 240) -> None:
@@ -258,7 +273,7 @@ def test_l2lb_in_a_real_cluster(cluster: Cluster, tmp_path: Path) -> None:
     # what must hold whatever the placement: a lost announcer pod/container never darkens the VIP
     # for good, nor does a cut cable of a node that does not run Redis; the rest is reported
     for f in results["faults"]:
-        if f["name"] in ("a", "b") or (f["name"] == "c" and "redis" not in f["roles"]):
+        if f["name"] in ("a", "b") or (f["name"] == "c" and not {"redis", "redis-master"} & set(f["roles"])):
             assert f["udp"]["recovered"] and f["tcp"]["recovered"], f
 
 
@@ -329,10 +344,10 @@ def _failover(c: Cluster, tmp: Path, lock_state: str) -> list[dict[str, Any]]:
             _announcer_node(c, stable_s=STABLE_S)
             pick, what = announcing, "whole node dies (announcing node)"
         else:
-            redis = next((n for n, r in _roles(c).items() if "redis" in r), None)
+            redis = next((n for n, r in _roles(c).items() if "redis" in r or "redis-master" in r), None)
             if redis is None or redis in killed:
                 break
-            pick, what = (lambda redis=redis: _node_of(c, redis)), "whole node dies (Redis node)"
+            pick, what = (lambda redis=redis: _node_of(c, redis)), "whole node dies (Redis master's node)"
         node = measure(name, what, pick, c.kill_node, None, DEATH_WINDOW_S, DEATH_WINDOW_S - 5)
         killed.add(node.name)
         t0 = time.monotonic()
