@@ -1,0 +1,288 @@
+"""Peer heartbeats on the LAN: the announcers' evidence about each other that does not go through Redis
+(pure: codec, authentication, replay protection, who is alive, quorum, succession claims).
+
+Why: when Redis is down *for everybody*, nobody can move a VIP, so the safe and available choice is to keep
+the current assignment; only a node that is cut off from the others must stop. Announcers share the L2
+segment of their VIPs, so each one says "I am alive" there directly, and a node can tell "Redis is gone for
+all of us" (it still hears a quorum of its peers) from "I am alone" (it does not).
+
+Wire format (one Ethernet frame, no IP: no address, port or firewall rule is needed, kube-proxy never sees
+it)::
+
+    dst  0f:6c:32:6c:62:01   locally administered multicast ("l2lb" + 01); the socket joins it
+    src  the interface's MAC
+    type 0x88b5              IEEE 802 "local experimental" EtherType
+    payload:
+      "L2PB" | version u8 | flags u8 | counter u64 | wall_ms u64 | term u64 | held_count u32 |
+      held_digest 8 bytes | str8 cluster | str8 node | str8 instance | claims u8 |
+      claims x (family u8 (4|6) | address 4|16 | epoch u64) |
+      mac 16 bytes = HMAC-SHA256(key, everything before it)[:16]  (zeros without a key, flag UNSIGNED)
+
+``flags``: REDIS_OK (the sender's last Redis round trip succeeded recently), CP_FRESH (it heard from the
+leases service recently), UNSIGNED (sent without a key), STOPPING (graceful shutdown: forget me now).
+``claims`` are the VIPs the sender answers for by *succession* (taken over on the LAN, not given by
+leases), each with its epoch: a peer that answers one of them with a lower epoch stops.
+
+Receiving (:class:`PeerView`): a frame counts only if it parses, is for our cluster, carries a valid MAC
+(or, without a key, is unsigned: both sides unsigned), its counter is above the last one seen from the
+same (node, instance), and its wall clock is within ``replay_window_s`` of ours (a replayed old frame
+cannot keep a dead node alive). Evidence is kept with the receiver's monotonic time; a node is *heard*
+while its last good frame is younger than ``timeout_s``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+__all__ = [
+    "CP_FRESH",
+    "ETH_P_L2LB",
+    "GROUP_MAC",
+    "REDIS_OK",
+    "STOPPING",
+    "UNSIGNED",
+    "PeerError",
+    "PeerFrame",
+    "PeerView",
+    "decode",
+    "encode",
+    "held_digest",
+    "quorum_size",
+]
+
+ETH_P_L2LB = 0x88B5
+GROUP_MAC = bytes.fromhex("0f6c326c6201")
+MAGIC = b"L2PB"
+VERSION = 1
+MAC_LEN = 16
+MAX_CLAIMS = 40  # 40 x 25 bytes + header stays well inside a 1500-byte frame
+
+REDIS_OK = 0x01
+CP_FRESH = 0x02
+UNSIGNED = 0x04
+STOPPING = 0x08
+
+_HEAD = struct.Struct("!4sBBQQQI8s")
+
+
+class PeerError(ValueError):
+    """A frame that does not count, with the reason (the metric label)."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class PeerFrame:
+    cluster: str
+    node: str
+    instance: str
+    counter: int
+    wall_ms: int
+    flags: int = 0
+    term: int = 0  # the leases term the sender last saw
+    held_count: int = 0  # VIPs the sender answers for (all of them)
+    held_digest: bytes = b"\0" * 8  # see :func:`held_digest`
+    claims: tuple[tuple[str, int], ...] = ()  # (vip, epoch) held by succession
+
+    @property
+    def redis_ok(self) -> bool:
+        return bool(self.flags & REDIS_OK)
+
+    @property
+    def cp_fresh(self) -> bool:
+        return bool(self.flags & CP_FRESH)
+
+    @property
+    def stopping(self) -> bool:
+        return bool(self.flags & STOPPING)
+
+
+def held_digest(held: Mapping[str, int]) -> bytes:
+    """8 bytes naming the set of (vip, epoch) a node answers for (order-independent)."""
+    h = hashlib.sha256()
+    for ip, epoch in sorted(held.items()):
+        h.update(f"{ip}={epoch};".encode())
+    return h.digest()[:8]
+
+
+def _str8(s: str, what: str) -> bytes:
+    b = s.encode()
+    if len(b) > 255:
+        raise PeerError("too_long", f"{what} longer than 255 bytes")
+    return bytes([len(b)]) + b
+
+
+def encode(frame: PeerFrame, key: bytes | None, src_mac: bytes) -> bytes:
+    """The whole Ethernet frame. At most :data:`MAX_CLAIMS` claims (the highest epochs) are carried."""
+    if len(src_mac) != 6:
+        raise PeerError("bad_mac", "source MAC must be 6 bytes")
+    flags = frame.flags | (0 if key else UNSIGNED)
+    if key:
+        flags &= ~UNSIGNED
+    claims = sorted(frame.claims, key=lambda c: (-c[1], c[0]))[:MAX_CLAIMS]
+    body = bytearray(_HEAD.pack(MAGIC, VERSION, flags, frame.counter, frame.wall_ms, frame.term,
+                                frame.held_count, frame.held_digest))
+    body += _str8(frame.cluster, "cluster") + _str8(frame.node, "node") + _str8(frame.instance, "instance")
+    body.append(len(claims))
+    for ip, epoch in claims:
+        addr = ipaddress.ip_address(ip)
+        body.append(addr.version)
+        body += addr.packed
+        body += struct.pack("!Q", epoch)
+    mac = hmac.new(key, bytes(body), hashlib.sha256).digest()[:MAC_LEN] if key else b"\0" * MAC_LEN
+    return GROUP_MAC + src_mac + struct.pack("!H", ETH_P_L2LB) + bytes(body) + mac
+
+
+def decode(raw: bytes, key: bytes | None) -> PeerFrame:
+    """Parse and authenticate one frame; :class:`PeerError` with a reason for anything else."""
+    if len(raw) < 14 + _HEAD.size + 4 + MAC_LEN:
+        raise PeerError("short")
+    if struct.unpack_from("!H", raw, 12)[0] != ETH_P_L2LB:
+        raise PeerError("not_l2lb")
+    body, mac = raw[14:-MAC_LEN], raw[-MAC_LEN:]
+    # Ethernet padding: frames shorter than 60 bytes are padded; ours are always longer (header alone is 42)
+    magic, version, flags, counter, wall_ms, term, held_count, digest = _HEAD.unpack_from(body, 0)
+    if magic != MAGIC:
+        raise PeerError("not_l2lb")
+    if version != VERSION:
+        raise PeerError("version", f"version {version}")
+    if key:
+        if flags & UNSIGNED:
+            raise PeerError("unsigned", "an unsigned frame, and we have a key")
+        if not hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest()[:MAC_LEN]):
+            raise PeerError("bad_mac")
+    elif not flags & UNSIGNED:
+        raise PeerError("signed", "a signed frame, and we have no key (set the same peer key on every node)")
+    off = _HEAD.size
+    strings = []
+    for _ in range(3):
+        if off >= len(body):
+            raise PeerError("malformed", "truncated string")
+        n = body[off]
+        off += 1
+        if off + n > len(body):
+            raise PeerError("malformed", "truncated string")
+        try:
+            strings.append(body[off:off + n].decode())
+        except UnicodeDecodeError as e:
+            raise PeerError("malformed", "string not UTF-8") from e
+        off += n
+    if off >= len(body):
+        raise PeerError("malformed", "no claim count")
+    count = body[off]
+    off += 1
+    claims = []
+    for _ in range(count):
+        if off >= len(body):
+            raise PeerError("malformed", "truncated claim")
+        fam = body[off]
+        size = 4 if fam == 4 else 16 if fam == 6 else 0
+        if not size or off + 1 + size + 8 > len(body):
+            raise PeerError("malformed", "bad claim")
+        ip = str(ipaddress.ip_address(body[off + 1:off + 1 + size]))
+        (epoch,) = struct.unpack_from("!Q", body, off + 1 + size)
+        claims.append((ip, epoch))
+        off += 1 + size + 8
+    if off != len(body):
+        raise PeerError("malformed", "trailing bytes")
+    cluster, node, instance = strings
+    if not node or not instance:
+        raise PeerError("malformed", "empty node or instance")
+    return PeerFrame(cluster, node, instance, counter, wall_ms, flags, term, held_count, bytes(digest),
+                     tuple(claims))
+
+
+def quorum_size(members: int) -> int:
+    """Nodes (counting oneself) that must hear each other for a majority of ``members``."""
+    return members // 2 + 1
+
+
+@dataclass(slots=True)
+class _Heard:
+    frame: PeerFrame
+    at: float  # receiver's monotonic time of the last good frame
+
+
+@dataclass
+class PeerView:
+    """What one announcer knows about its peers from their frames (pure; the caller passes its clocks)."""
+
+    node: str
+    cluster: str = "l2lb"
+    key: bytes | None = None
+    timeout_s: float = 0.35
+    replay_window_s: float = 2.0
+    heard: dict[str, _Heard] = field(default_factory=dict)
+    last_counter: dict[tuple[str, str], int] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)  # reason -> count (metrics)
+
+    def receive(self, raw: bytes, now: float, wall: float) -> PeerFrame | None:
+        """Take one received frame; the frame when it counts, else None (the reason is counted)."""
+        try:
+            f = decode(raw, self.key)
+        except PeerError as e:
+            self._reject(e.reason)
+            return None
+        if f.cluster != self.cluster:
+            self._reject("other_cluster")
+            return None
+        if f.node == self.node:
+            self._reject("own")  # our own frame looped back (or a node name used twice: see the log)
+            return None
+        if abs(f.wall_ms / 1000.0 - wall) > self.replay_window_s:
+            self._reject("stale")
+            return None
+        k = (f.node, f.instance)
+        if f.counter <= self.last_counter.get(k, -1):
+            self._reject("replay")
+            return None
+        self.last_counter[k] = f.counter
+        if len(self.last_counter) > 4 * max(len(self.heard), 16):  # old instances of restarted peers
+            live = {(h.frame.node, h.frame.instance) for h in self.heard.values()}
+            self.last_counter = {kk: v for kk, v in self.last_counter.items() if kk in live or kk == k}
+        if f.stopping:
+            self.heard.pop(f.node, None)
+        else:
+            self.heard[f.node] = _Heard(f, now)
+        return f
+
+    def _reject(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def alive(self, now: float) -> dict[str, PeerFrame]:
+        """Peers heard within ``timeout_s`` (evidence older than that never counts)."""
+        return {n: h.frame for n, h in sorted(self.heard.items()) if 0 <= now - h.at <= self.timeout_s}
+
+    def heard_at(self, node: str) -> float | None:
+        h = self.heard.get(node)
+        return None if h is None else h.at
+
+    def quorum(self, members: Iterable[str], now: float) -> bool:
+        """Do I (a member or not) and the members I hear make a majority of ``members``?"""
+        ms = set(members)
+        if not ms:
+            return False
+        alive = self.alive(now)
+        have = sum(1 for m in ms if m in alive) + (1 if self.node in ms else 0)
+        return have >= quorum_size(len(ms))
+
+    def someone_has_control_plane(self, now: float) -> bool:
+        """A peer I hear still reaches Redis AND hears leases: Redis is not down for everybody."""
+        return any(f.redis_ok and f.cp_fresh for f in self.alive(now).values())
+
+    def claims(self, now: float) -> dict[str, tuple[str, int]]:
+        """vip -> (node, epoch) of the highest claim among live peers."""
+        out: dict[str, tuple[str, int]] = {}
+        for n, f in self.alive(now).items():
+            for ip, epoch in f.claims:
+                cur = out.get(ip)
+                if cur is None or (epoch, n) > (cur[1], cur[0]):
+                    out[ip] = (n, epoch)
+        return out
