@@ -274,7 +274,13 @@ async def run_colocated(a: argparse.Namespace) -> int:
     print(f"{a.nodes} nodes, placement {res['placement']}, leader election {res['leader_election']}, "
           f"Redis persistence {'on' if res['persistence'] else 'off'}, "
           f"ARP probe every {a.probe_ms:.0f} ms, {a.services} + 2 Services; node down at most {a.max_down_s:.0f} s")
-    print(nodedeath.table(res["results"]))
+    if res.get("cost_at_rest"):
+        c = res["cost_at_rest"]
+        print(f"cost at rest over {c['seconds']} s: Kubernetes API {c['api_requests_per_s']} req/s; " + "; ".join(
+            f"{k} x{v['processes']}: CPU {v['cpu_pct']:.1f} %, RSS {v['rss_mib']:.0f} MiB"
+            for k, v in sorted(c["components"].items())))
+    if res["results"]:
+        print(nodedeath.table(res["results"]))
     for n in res["notes"]:
         print(f"note: {n}")
     if a.json:
@@ -385,6 +391,8 @@ def main() -> int:
                    "services' defaults (leases 6 s, allocator 15 s)")
     g.add_argument("--le-backend", choices=("kube", "redis"), default="kube",
                    help="leader election of allocator and leases: kube (the Lease) or redis (short TTL key)")
+    g.add_argument("--cost-s", type=float, default=0.0,
+                   help="first measure the cost at rest (CPU, RSS per component, API requests/s) over this many s")
     g.add_argument("--seed", type=int, default=1)
     a = p.parse_args()
     if a.quick:

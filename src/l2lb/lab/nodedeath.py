@@ -627,6 +627,54 @@ class Bench:
         }
 
 
+def _proc_cpu_rss(pid: int) -> tuple[float, float]:
+    """(CPU seconds used so far, RSS MiB) of a process from /proc."""
+    import os
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    rss = 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1]) / 1024
+    return cpu, rss
+
+
+async def _api_requests(url: str) -> float:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s, s.get(url) as r:
+        text = await r.text()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("l2lb_apiserver_requests_total{"))
+
+
+async def measure_cost(lab: ColocatedLab, seconds: float) -> dict[str, Any]:
+    """Cost at rest: CPU (% of one core) and RSS per component over ``seconds`` with nothing else
+    happening, and the Kubernetes API requests/s of all services together."""
+    from l2lb.lab.main import API_PORT, CTL_IP
+
+    def comp(name: str) -> str:
+        return name.split("-", 1)[0]
+
+    procs = {n: p.pid for n, p in lab.sup.procs.items() if p.pid and p.alive}
+    t0 = time.monotonic()
+    cpu0 = {n: _proc_cpu_rss(pid)[0] for n, pid in procs.items()}
+    api0 = await _api_requests(f"http://{CTL_IP}:{API_PORT}/metrics")
+    await asyncio.sleep(seconds)
+    api1 = await _api_requests(f"http://{CTL_IP}:{API_PORT}/metrics")
+    dt = time.monotonic() - t0
+    out: dict[str, dict[str, float]] = {}
+    for n, pid in procs.items():
+        cpu1, rss = _proc_cpu_rss(pid)
+        c = out.setdefault(comp(n), {"processes": 0, "cpu_pct": 0.0, "rss_mib": 0.0})
+        c["processes"] += 1
+        c["cpu_pct"] += (cpu1 - cpu0[n]) / dt * 100
+        c["rss_mib"] += rss
+    for c in out.values():
+        c["cpu_pct"], c["rss_mib"] = round(c["cpu_pct"], 2), round(c["rss_mib"], 1)
+    return {"seconds": round(dt, 1), "components": out, "api_requests_per_s": round((api1 - api0) / dt, 2)}
+
+
 def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 3)
 
@@ -695,6 +743,7 @@ async def run(args: Any, workdir: Path, progress: Any) -> dict[str, Any]:
     lab_args.manifests = [str(root / "tests" / "fixtures" / "lab") if root else "", str(extra)]
     raw: dict[str, list[dict[str, Any]]] = {}
     bench: Bench | None = None
+    cost: dict[str, Any] | None = None
     del CLIENT_IP
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
@@ -704,6 +753,11 @@ async def run(args: Any, workdir: Path, progress: Any) -> dict[str, Any]:
         with netns.entered(lab.topo.hosts["ctl"].ns):
             with progress.step("bringing the cluster up"):
                 await lab.bring_up()
+            if getattr(args, "cost_s", 0) > 0:
+                with progress.step(f"cost at rest: {args.cost_s:.0f} s of nothing"):
+                    await asyncio.sleep(5)  # let the start-up settle
+                    cost = await measure_cost(lab, args.cost_s)
+                progress.say(f"  {json.dumps(cost)}")
             client = await KubeClient.create(str(lab.kubeconfig), qps=200, burst=400, user_agent="l2lb-bench")
             prober = MultiProber(lab.topo.hosts["client"].ns, "eth0", PROBE_SRC, interval_s=args.probe_ms / 1000)
             obs = Observers(lab, client)
@@ -736,7 +790,7 @@ async def run(args: Any, workdir: Path, progress: Any) -> dict[str, Any]:
             forced = await lab.sup.stop_all()
             lab.topo.destroy()
     left = [n for n in netns.list_namespaces() if n.startswith(args.prefix)]
-    return {"placement": placement.describe(), "persistence": not args.no_persistence,
+    return {"placement": placement.describe(), "persistence": not args.no_persistence, "cost_at_rest": cost,
             "leader_election": getattr(args, "le_backend", "kube"),
             "results": {k: summarize(v) for k, v in raw.items()}, "raw": raw,
             "notes": bench.notes if bench else [], "cleanup": {"forced_kill": forced, "leftover_namespaces": left}}
