@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--placement", help="with --colocated: explicit layout, e.g. 'redis=1;allocator=1,2;leases=1,3'")
     p.add_argument("--le-backend", choices=("kube", "redis"), default="kube",
                    help="with --colocated: leader election of allocator and leases")
+    p.add_argument("--node-faults", action="store_true",
+                   help="also node deaths (cable out + SIGKILL of everything on the node), partitions of one "
+                        "node from all but the LAN clients, Redis down for everybody while a node dies")
     a = p.parse_args(argv)
     placement = None
     if a.colocated:
@@ -49,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = asyncio.run(chaos.run_chaos(a.seed, a.duration, nodes=a.nodes, prefix=a.prefix, churn_per_s=a.churn,
                                              probe_ms=a.probe_ms, workdir=Path(a.workdir) if a.workdir else None,
-                                             quiet=a.quiet, placement=placement, le_backend=a.le_backend))
+                                             quiet=a.quiet, placement=placement, le_backend=a.le_backend,
+                                             node_faults=a.node_faults))
     except RuntimeError as e:
         print(f"chaos: {e}", file=sys.stderr)
         return 2

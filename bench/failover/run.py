@@ -385,6 +385,9 @@ def main() -> int:
     g.add_argument("--no-persistence", action="store_true", help="Redis without its append-only file")
     g.add_argument("--max-down-s", type=float, default=20.0, help="a dead node returns after at most this long")
     g.add_argument("--redis-down-s", type=float, default=30.0, help="Redis kill/stop lasts this long")
+    g.add_argument("--restart-gap-s", type=float, default=0.0,
+                   help="redis-restart: Redis stays down this long between its exit and its start (a pod's "
+                        "restart in Kubernetes takes seconds; default 0: at once)")
     g.add_argument("--services", type=int, default=6, help="extra Services besides the seed's (default 6)")
     g.add_argument("--sentinel-down-ms", type=int, default=1000)
     g.add_argument("--fast-le", action="store_true", help="2 s leader Leases (the chaos lab's) instead of the "

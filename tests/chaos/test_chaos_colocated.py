@@ -1,6 +1,8 @@
 """A short fixed-seed chaos run in the co-located placement (Redis + Sentinel on the nodes, allocator
-and leases replicas beside the announcers): the chaos invariants hold there too, the Redis faults hit
-the current master (a Sentinel failover), and nothing is left behind."""
+and leases replicas beside the announcers), with node deaths, a partition of one node from all but the
+LAN clients, and Redis down for everybody while a node dies: the chaos invariants hold there too (a
+partitioned node stops answering), the Redis faults hit the current master (a Sentinel failover), and
+nothing is left behind."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from l2lb.lab.placement import Placement
 pytestmark = [pytest.mark.chaos, pytest.mark.net, pytest.mark.slow]
 
 SEED = 20261206
-DURATION = float(os.environ.get("L2LB_CHAOS_COLOCATED_SECONDS", "40"))
+DURATION = float(os.environ.get("L2LB_CHAOS_COLOCATED_SECONDS", "60"))
 
 
 @pytest.mark.timeout(400)
@@ -27,12 +29,12 @@ async def test_colocated_chaos_run_keeps_every_invariant(tmp_path: Path) -> None
         pytest.skip(why)
     prefix = f"lk{os.getpid() % 100000:05d}"
     report = await chaos.run_chaos(SEED, DURATION, prefix=prefix, workdir=tmp_path, quiet=True,
-                                   placement=Placement.k8s(3, ha=True))
+                                   placement=Placement.k8s(3, ha=True), node_faults=True)
     text = report.text()
     print(text)
     assert report.violations == [], text
     kinds = report.fault_counts()
-    assert kinds.get("redis_restart", 0) >= 1 and kinds.get("sigkill", 0) >= 1, text
+    assert set(kinds) == set(chaos.FAULT_KINDS + chaos.NODE_FAULT_KINDS), text  # every kind fired
     # the Redis faults hit a master that lives on a node (redis-N), not a control-plane Redis
     assert all(f.target.startswith("redis-") for f in report.faults if f.kind == "redis_restart"), text
     assert report.converge_s is not None and report.converge_s <= chaos.CONVERGE_BOUND_S, text

@@ -131,3 +131,25 @@ def test_report_counts_and_text() -> None:
     d = r.to_dict()
     assert d["violation_count"] == 1 and d["fault_counts"]["sigkill"] == 2
     assert "invariant violations: 1" in r.text() and "sigkill=2" in r.text()
+
+
+def test_partitioned_node_must_stop_answering() -> None:
+    """The partition invariant over recorded probes: answers from the cut-off node's MAC later than
+    PARTITION_STOP_S after the cut and before the heal are violations; earlier ones are not."""
+    import types
+
+    from l2lb.lab.chaos import PARTITION_STOP_S, ChaosReport, ChaosRun
+
+    run = ChaosRun.__new__(ChaosRun)
+    run.report = ChaosReport(seed=1, duration_s=10)
+    run.t0 = 0.0
+    run.lab = types.SimpleNamespace(topo=types.SimpleNamespace(hosts={"node-1": types.SimpleNamespace(mac="m1")}))
+    hist = [(t / 10, frozenset({"m1"})) for t in range(0, 100)]
+    run.prober = types.SimpleNamespace(history={"v": hist})
+    run.partitions = [("node-1", 1.0, 1.0 + PARTITION_STOP_S - 0.05)]  # healed before the bound: fine
+    run.partition_violations()
+    assert run.report.violations == []
+    run.partitions = [("node-1", 1.0, 5.0)]
+    run.partition_violations()
+    (v,) = run.report.violations
+    assert v["invariant"] == "partitioned_node_kept_answering" and "node-1 answered for v" in v["detail"]

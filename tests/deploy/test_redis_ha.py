@@ -268,3 +268,56 @@ async def test_k8s_redis_single_node_mode(topology: Topology, tmp_path: Path) ->
 
 async def _is_master(ip: str) -> bool:
     return await role(ip) == "master"
+
+
+@pytest.mark.timeout(240)
+async def test_k8s_redis_partitioned_master_stops_taking_writes(topology: Topology, tmp_path: Path) -> None:
+    """The master's node is cut off (its processes live on): the others promote a replica; the old
+    master, without replicas, refuses writes after min-replicas-max-lag (start-redis.sh), so clients
+    on its side cannot go on with a diverging Redis; when the cable is back it becomes a replica."""
+    for i, ip in enumerate(IPS):
+        topology.add_host(f"r{i}", addrs=[f"{ip}/24"])
+    topology.add_host("client", addrs=[f"{CLIENT}/24"])
+    pods = [Pod(topology, i, tmp_path) for i in range(3)]
+
+    def write_on_old_master() -> str:
+        """SET as the allocator, from the old master's own namespace (a client on its node)."""
+        out = topology.hosts["r0"].exec(
+            ["redis-cli", "--no-auth-warning", "--user", "allocator", "-a", PW["allocator"], "-h", IPS[0],
+             "set", "l2lb:incarnation", "z"], check=False, timeout=10)
+        return (out.stdout + out.stderr).strip()
+
+    try:
+        for p in pods:
+            p.render_acl()
+            p.start("redis")
+            p.start("sentinel")
+            await asyncio.sleep(0.3)
+        with netns.entered(topology.hosts["client"].ns):
+            await wait_for(lambda: settled(pods, [0, 1, 2], IPS[0]), 40, "fresh install", pods)
+            await asyncio.sleep(1.5)  # the replicas' first acknowledgements
+            assert write_on_old_master() == "OK"
+            t0 = time.monotonic()
+            topology.cut("r0", False)  # partition: nothing in or out, every process keeps running
+            refused = None
+            while time.monotonic() - t0 < 15:
+                if "NOREPLICAS" in write_on_old_master():
+                    refused = time.monotonic() - t0
+                    break
+                await asyncio.sleep(0.2)
+            assert refused is not None and refused <= 3 + 2.5, refused
+            print(f"the cut-off master refuses writes {refused:.2f} s after the cut")
+
+            async def promoted() -> bool:
+                m = await sentinel_master(IPS[1])
+                return m in (IPS[1], IPS[2]) and m == await sentinel_master(IPS[2])
+
+            await wait_for(promoted, 30, "a replica promoted by the two others", pods)
+            new = await sentinel_master(IPS[1])
+            assert new is not None
+            topology.cut("r0", True)
+            await wait_for(lambda: settled(pods, [0, 1, 2], new), 60, "the old master back as a replica", pods)
+            assert await role(IPS[0]) == "slave"
+    finally:
+        for p in pods:
+            p.kill()

@@ -74,3 +74,27 @@ async def test_colocated_processes_live_in_their_nodes_and_die_with_them(tmp_pat
         await lab.sup.stop_all()
         lab.topo.destroy()
     assert not [n for n in netns.list_namespaces() if n.startswith(prefix)]
+
+
+@pytest.mark.timeout(60)
+def test_partition_cuts_a_node_off_from_all_but_the_clients(topology: netns.Topology) -> None:
+    from l2lb.lab.placement import heal_partition, partition
+
+    for name, ip in (("node-1", "198.51.100.11"), ("node-2", "198.51.100.12"), ("client", "198.51.100.100")):
+        topology.add_host(name, addrs=[f"{ip}/24"])
+
+    def ping(src: str, dst: str) -> bool:
+        return topology.hosts[src].exec(["ping", "-c", "1", "-W", "1", dst], check=False).returncode == 0
+
+    assert ping("node-2", "198.51.100.11") and ping("client", "198.51.100.11")
+    for h in topology.hosts.values():  # forget learnt neighbours: the partition must hold for fresh ARP too
+        h.exec(["ip", "neigh", "flush", "all"], check=False)
+    partition(topology, "node-1", allow_macs=[topology.hosts["client"].mac])
+    assert not ping("node-2", "198.51.100.11"), "node-2 still reaches the partitioned node"
+    assert not ping("node-1", "198.51.100.12"), "the partitioned node still reaches node-2"
+    assert ping("client", "198.51.100.11"), "LAN clients must still reach it"
+    assert ping("node-2", "198.51.100.100")  # the rest of the LAN is untouched
+    heal_partition(topology, "node-1")
+    for h in topology.hosts.values():  # entries that failed during the partition
+        h.exec(["ip", "neigh", "flush", "all"], check=False)
+    assert ping("node-2", "198.51.100.11")

@@ -12,8 +12,12 @@ fi
 . "$tmpl/peers.sh"
 master=$(find_master)
 echo "l2lb redis: I am $SELF; master: $master"
+# min-replicas-to-write: a master cut off from its replicas (its node partitioned: the sentinels
+# promote another) refuses writes after min-replicas-max-lag seconds, so l2lb's services on its side
+# cannot go on with a second, diverging Redis until Sentinel demotes it
 set -- "$run/redis.conf" --replica-announce-ip "$SELF" --masteruser replication \
-  --masterauth "$REPLICATION_PASSWORD" --repl-diskless-sync yes --repl-diskless-sync-delay 0 "$@"
+  --masterauth "$REPLICATION_PASSWORD" --repl-diskless-sync yes --repl-diskless-sync-delay 0 \
+  --min-replicas-to-write 1 --min-replicas-max-lag "${L2LB_REDIS_MAX_LAG_S:-3}" "$@"
 if [ "$master" = "$SELF" ]; then
   exec redis-server "$@" --replicaof no one
 fi

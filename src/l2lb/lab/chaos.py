@@ -45,7 +45,7 @@ from l2lb.core.models import ParseError, ServiceRequest
 from l2lb.core.parse import IP_ANNOTATIONS, parse_service, status_ips
 from l2lb.lab import netns
 from l2lb.lab.main import ANN_HTTP, API_PORT, CTL_IP, LAN_IF, Lab, Progress, node_ip
-from l2lb.lab.placement import ColocatedLab, Placement
+from l2lb.lab.placement import ColocatedLab, Placement, heal_partition, partition
 from l2lb.lab.procs import Supervisor, python_cli, wait_http_ready
 from l2lb.obs import metrics
 from l2lb.obs.log import get_logger
@@ -452,6 +452,13 @@ def extra_pool() -> dict[str, Any]:
 FAULT_KINDS = ["sigkill", "sigstop", "redis_restart", "api_429", "api_5xx", "api_latency", "api_drop_watches",
                "api_compact", "link_down"]
 FAULT_WEIGHTS = [5, 3, 1, 1, 1, 1, 1, 1, 3]
+# with node_faults (run_chaos(node_faults=True), bench/chaos --node-faults): a node dies (cable out +
+# SIGKILL of everything on it; co-located, Redis/allocator/leases replicas die with it) and comes back;
+# a node is partitioned from every other host but the LAN clients; Redis is down for everybody
+# (every Redis process stopped) while a node dies
+NODE_FAULT_KINDS = ["node_death", "partition", "redis_down_node_death"]
+NODE_FAULT_WEIGHTS = [3, 2, 1]
+PARTITION_STOP_S = 2.0  # a partitioned node must not answer any more this long after the cut (ttl 1 s + margin)
 PROCESS_ROLES = ("allocator", "leases", "standby", "announcer")
 
 ALLOC_B_HTTP = 9111
@@ -512,8 +519,12 @@ class ChaosRun:
 
     def __init__(self, lab: ChaosLab, seed: int, duration: float, *, churn_per_s: float = 1.0,
                  probe_ms: float = 50.0, fault_gap: tuple[float, float] = (0.5, 2.0),
-                 converge_bound: float = CONVERGE_BOUND_S):
+                 converge_bound: float = CONVERGE_BOUND_S, node_faults: bool = False):
         self.lab = lab
+        self.kinds = FAULT_KINDS + (NODE_FAULT_KINDS if node_faults else [])
+        self.weights = FAULT_WEIGHTS + (NODE_FAULT_WEIGHTS if node_faults else [])
+        self.partitions: list[tuple[str, float, float]] = []  # node, start, end (monotonic)
+        self.dead_nodes: set[str] = set()
         self.rng = random.Random(seed)  # faults
         self.crng = random.Random(seed + 1_000_003)  # churn: its own stream, so the two loops do not interleave draws
         self.duration = duration
@@ -592,8 +603,8 @@ class ChaosRun:
     async def fault_once(self) -> None:
         lab, sup, rng = self.lab, self.lab.sup, self.rng
         if not self._bag:  # every kind once (shuffled) first, then weighted at random
-            self._bag = rng.choices(FAULT_KINDS, FAULT_WEIGHTS, k=len(FAULT_KINDS)) if self._bag_done else \
-                rng.sample(FAULT_KINDS, len(FAULT_KINDS))
+            self._bag = rng.choices(self.kinds, self.weights, k=len(self.kinds)) if self._bag_done else \
+                rng.sample(self.kinds, len(self.kinds))
             self._bag_done = True
         kind = self._bag.pop()
         target = ""
@@ -638,6 +649,38 @@ class ChaosRun:
             target = "apiserver"
             await self._debug("POST", "compact")
             await self._debug("POST", "faults", {"drop_watches": True})  # watchers resume from an old RV -> 410
+        elif kind == "node_death":
+            target = rng.choice(lab.node_names())
+            await self.node_death(target)
+            try:
+                await self._hold(1.0, 6.0)
+            finally:
+                await self.node_return(target)
+        elif kind == "partition":
+            target = rng.choice(lab.node_names())
+            partition(lab.topo, target, allow_macs=[lab.topo.hosts["client"].mac])
+            start = time.monotonic()
+            try:
+                await self._hold(2.5, 5.0)
+            finally:
+                heal_partition(lab.topo, target)
+                self.partitions.append((target, start, time.monotonic()))
+        elif kind == "redis_down_node_death":
+            redis = [n for n in sup.procs if n == "redis" or n.startswith("redis-")]
+            target = rng.choice(lab.node_names())
+            for r in redis:
+                sup.signal(r, signal.SIGSTOP)
+            try:
+                await self._hold(0.3, 1.5)
+                await self.node_death(target)
+                await self._hold(1.0, 4.0)
+            finally:
+                for r in redis:
+                    sup.signal(r, signal.SIGCONT)
+            try:
+                await self._hold(0.5, 2.0)
+            finally:
+                await self.node_return(target)
         elif kind == "link_down":
             target = rng.choice(lab.node_names())
             lab.topo.hosts[target].link(False)
@@ -648,6 +691,30 @@ class ChaosRun:
         self.report.faults.append(FaultRecord(kind, label or target, round(t0, 3), round(self.now(), 3)))
         _FAULTS.labels(kind).inc()
         self.last_fault_end = self.now()
+
+    async def node_death(self, node: str) -> None:
+        """Cable out + SIGKILL of everything on the node (co-located: its Redis/allocator/leases too)."""
+        lab = self.lab
+        self.dead_nodes.add(node)
+        if isinstance(lab, ColocatedLab):
+            lab.node_death(node)
+        else:
+            lab.topo.cut(node, False)
+            lab.sup.signal(f"announcer-{node}", signal.SIGKILL)
+
+    async def node_return(self, node: str) -> None:
+        lab = self.lab
+        if isinstance(lab, ColocatedLab):
+            if node in lab.dead:
+                await lab.node_return(node)
+        else:
+            p = lab.sup.procs.get(f"announcer-{node}")
+            if p is not None and p.proc is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(p.proc.wait(), 5)
+            lab.topo.cut(node, True)
+            await self._restart(f"announcer-{node}")
+        self.dead_nodes.discard(node)
 
     async def redis_master_proc(self) -> str:
         """The process of the Redis master ("redis" in the classic lab, "redis-N" co-located)."""
@@ -782,6 +849,10 @@ class ChaosRun:
     async def heal(self) -> None:
         with contextlib.suppress(RuntimeError, aiohttp.ClientError, OSError):
             await self._debug("DELETE", "faults")
+        for node in list(self.dead_nodes):
+            await self.node_return(node)
+        for node in self.lab.node_names():
+            heal_partition(self.lab.topo, node)
         for name in self.lab.topo.hosts:
             if name.startswith("node-"):
                 self.lab.topo.hosts[name].link(True)
@@ -836,9 +907,23 @@ class ChaosRun:
                                   f"(took {self.report.converge_s}); pending: {pending[:5]}", self.now())
 
     # -- analysis -------------------------------------------------------------------------------
+    def partition_violations(self) -> None:
+        """A partitioned node (cut off from Redis and its peers, still seen by LAN clients) must have
+        stopped answering PARTITION_STOP_S after the cut, for as long as the partition lasts."""
+        for node, start, end in self.partitions:
+            mac = self.lab.topo.hosts[node].mac
+            late = sorted((t, vip) for vip, hist in self.prober.history.items() for t, got in hist
+                          if start + PARTITION_STOP_S <= t <= end and mac in got)
+            if late:
+                t, vip = late[0]
+                self.report.violation("partitioned_node_kept_answering",
+                                      f"{node} answered for {vip} {t - start:.2f} s after it was partitioned "
+                                      f"(and {len(late)} more times until {end - start:.1f} s)", start - self.t0)
+
     def analyse_probes(self) -> None:
         r = self.report
         r.probes_sent = self.prober.sent
+        self.partition_violations()
         for vip, hist in self.prober.history.items():
             for ep in dual_episodes(vip, hist, interval=self.prober.interval_s):
                 ms = ep.seconds * 1000
@@ -912,7 +997,7 @@ class ColocatedChaosLab(ColocatedLab, ChaosLab):
 async def run_chaos(seed: int, duration: float, *, nodes: int = 3, prefix: str = "l2chs", churn_per_s: float = 1.0,
                     probe_ms: float = 50.0, workdir: Path | None = None, quiet: bool = False,
                     converge_bound: float = CONVERGE_BOUND_S, placement: Placement | None = None,
-                    le_backend: str = "kube") -> ChaosReport:
+                    le_backend: str = "kube", node_faults: bool = False) -> ChaosReport:
     """Build the lab, run ``duration`` seconds of seeded faults and churn, converge, clean up, report.
 
     ``placement``: run Redis, allocator and leases where it says (co-located in node namespaces);
@@ -941,7 +1026,7 @@ async def run_chaos(seed: int, duration: float, *, nodes: int = 3, prefix: str =
             with progress.step("bringing the cluster up"):
                 await lab.bring_up()
             run = ChaosRun(lab, seed, duration, churn_per_s=churn_per_s, probe_ms=probe_ms,
-                           converge_bound=converge_bound)
+                           converge_bound=converge_bound, node_faults=node_faults)
             client = await KubeClient.create(str(lab.kubeconfig), qps=200, burst=400, user_agent="l2lb-chaos")
             run.client = client
             stop = asyncio.Event()

@@ -267,6 +267,7 @@ class Bench:
     obs: Observers
     max_down_s: float = 20.0
     redis_down_s: float = 30.0
+    restart_gap_s: float = 0.0  # redis-restart: down this long between the exit and the start
     settle_s: float = 1.0
     rng: random.Random = field(default_factory=lambda: random.Random(1))
     round_no: int = 0
@@ -582,6 +583,7 @@ class Bench:
             p = lab.sup.procs[proc]
             if p.proc is not None:
                 await asyncio.wait_for(p.proc.wait(), 30)
+            await asyncio.sleep(self.restart_gap_s)  # the pod's way back (deleted, created, container started)
             t_return = time.monotonic()
             await lab.start_proc(proc)
         else:
@@ -762,7 +764,8 @@ async def run(args: Any, workdir: Path, progress: Any) -> dict[str, Any]:
             prober = MultiProber(lab.topo.hosts["client"].ns, "eth0", PROBE_SRC, interval_s=args.probe_ms / 1000)
             obs = Observers(lab, client)
             bench = Bench(lab, client, prober, obs, max_down_s=args.max_down_s, redis_down_s=args.redis_down_s,
-                          rng=random.Random(args.seed), svc_counter=args.services)
+                          rng=random.Random(args.seed), svc_counter=args.services,
+                          restart_gap_s=getattr(args, "restart_gap_s", 0.0))
             tasks = [asyncio.create_task(prober.run(stop)), asyncio.create_task(obs.poll_leaders(stop)),
                      asyncio.create_task(obs.write_redis(stop))]
             try:

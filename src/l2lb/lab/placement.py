@@ -265,8 +265,9 @@ class ColocatedLab(Lab):
                 "--dir", str(data), "--save", ""]
         # k8s/base/redis/redis.conf: appendonly yes, fsync every second (a PV per pod)
         args += ["--appendonly", "yes", "--appendfsync", "everysec"] if self.persist else ["--appendonly", "no"]
-        if self.placement.ha:  # a replica (re)joining gets the dataset at once, not after 5 s
-            args += ["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"]
+        if self.placement.ha:  # as k8s/base/redis/start-redis.sh
+            args += ["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0",
+                     "--min-replicas-to-write", "1", "--min-replicas-max-lag", "3"]
         if replicaof:
             args += ["--replicaof", replicaof, str(REDIS_PORT)]
         return args
@@ -474,6 +475,42 @@ class ColocatedLab(Lab):
         self.dead.discard(node)
         for proc in self.procs_on(node):
             await self.start_proc(proc)
+
+
+PROBER_MAC_PREFIX = ("02:c4:00:00:00:00", "ff:ff:ff:ff:00:00")  # l2lb.lab.chaos.MultiProber's source MACs
+
+
+def partition(topo: netns.Topology, node: str, *, allow_macs: list[str]) -> None:
+    """Cut ``node`` off from every other host of the LAN except LAN clients: the switch forwards
+    its frames only to ``allow_macs`` and the chaos prober's MACs, and to it only theirs (nftables,
+    bridge family, in the switch namespace). It keeps its link, so it sees no link event and keeps
+    hearing ARP requests: the hard partition, where only its own rules can make it stop answering."""
+    port = topo.hosts[node].peer
+    pfx, mask = PROBER_MAC_PREFIX
+    rules = []
+    for direction, addr in (("iifname", "daddr"), ("oifname", "saddr")):
+        rules += [f'{direction} "{port}" ether {addr} {m} accept' for m in allow_macs]
+        rules += [f'{direction} "{port}" ether {addr} & {mask} == {pfx} accept', f'{direction} "{port}" drop']
+    table = f"part_{node.replace('-', '_')}"
+    text = (f"table bridge {table} {{\n chain isolate {{\n  type filter hook forward priority 0; policy accept;\n  "
+            + "\n  ".join(rules) + "\n }\n}\n")
+    _nft(topo.switch, text)
+
+
+def _nft(ns: str, text: str) -> None:
+    import subprocess
+
+    if shutil.which("nft") is None:
+        raise netns.NetnsError("the 'nft' command is missing: apt-get install nftables (scripts/dev installs it)")
+    proc = subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=text, capture_output=True,
+                          text=True, timeout=10, check=False)
+    if proc.returncode != 0:
+        raise netns.NetnsError(f"nft in {ns} failed: {proc.stderr.strip()}")
+
+
+def heal_partition(topo: netns.Topology, node: str) -> None:
+    netns.run(["ip", "netns", "exec", topo.switch, "nft", "delete", "table", "bridge",
+               f"part_{node.replace('-', '_')}"], check=False)
 
 
 def colocated_args(args: argparse.Namespace) -> Placement:

@@ -104,6 +104,9 @@ _resyncs = metrics.counter(
     "l2lb_bus_resyncs_total", "Consumer resyncs by reason", ("stream", "group", "reason")
 )
 _up = metrics.gauge("l2lb_bus_up", "1 when the last Redis operation succeeded")
+_master_moves = metrics.counter(
+    "l2lb_bus_master_moves_total", "Times the sentinels named another master and every connection was dropped"
+)
 _conn_errors = metrics.counter(
     "l2lb_bus_connection_errors_total", "Failed Redis operations (connection level)"
 )
@@ -126,6 +129,9 @@ class BusPermissionError(BusError):
 
 
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+# error replies of a Redis that cannot take the command now (a master cut off from its replicas under
+# min-replicas-to-write, a replica without its master, a dataset still loading): unavailable, retry
+_UNAVAILABLE = ("NOREPLICAS", "MASTERDOWN", "LOADING")
 
 
 class Backoff:
@@ -211,6 +217,7 @@ class Bus:
         self._health_task: asyncio.Task[None] | None = None
         self.incarnation_id: str | None = None
         self._sentinel: Sentinel | None = None
+        self._master: tuple[str, int] | None = None  # the master the sentinels named last (Sentinel DSNs)
         # stream -> (monotonic time, XINFO GROUPS answer), shared by this Bus's consumers
         self._groups_cache: dict[str, tuple[float, Any]] = {}
 
@@ -306,7 +313,7 @@ class Bus:
                    "(see deploy/redis/users.acl)")
             self._denied[f"{command} {key}"] = f"{command} {key}"
             return BusPermissionError(msg)
-        if isinstance(err, _TRANSIENT):
+        if isinstance(err, _TRANSIENT) or (isinstance(err, ResponseError) and str(err).startswith(_UNAVAILABLE)):
             self._note_down(err)
             where = f"{command} {key}".strip()
             return BusUnavailableError(f"redis {self.dsn.describe()} unavailable during {where}: {err}")
@@ -328,6 +335,8 @@ class Bus:
     async def _health_loop(self) -> None:
         while not self._closed:
             await asyncio.sleep(self.health_interval)
+            if self._sentinel is not None:
+                await self._follow_master()
             try:
                 await self._r.ping()
             except (RedisError, OSError) as e:
@@ -336,6 +345,32 @@ class Bus:
                     log.error("redis health check failed", extra={"error": str(err)})
                 continue
             self._note_ok()
+
+    async def _follow_master(self) -> None:
+        """Sentinel: when the sentinels name another master, drop every connection -- also those
+        blocked in a read -- so that nothing keeps talking to the old one (it may still be up, cut
+        off from the others, until Sentinel demotes it; redis-py alone moves idle connections only)."""
+        assert self._sentinel is not None and self.dsn.sentinel_service is not None
+        try:
+            addr = await asyncio.wait_for(self._sentinel.discover_master(self.dsn.sentinel_service),
+                                          max(self.dsn.connect_timeout * 2, 0.5))
+        except (RedisError, OSError, TimeoutError):
+            return  # no sentinel answers now: nothing to compare (the PING below reports the outage)
+        master = (str(addr[0]), int(addr[1]))
+        if self._master is not None and master != self._master:
+            log.warning("redis master moved: reconnecting every connection",
+                        extra={"old": f"{self._master[0]}:{self._master[1]}", "new": f"{master[0]}:{master[1]}"})
+            _master_moves.inc()
+        self._master = master
+        # every tick, not only on the move: a connection busy in a read while we dropped it may have
+        # come back to the old address (redis-py gives no other handle on in-use connections)
+        pool = self._r.connection_pool
+        conns = [*getattr(pool, "_available_connections", ()), *getattr(pool, "_in_use_connections", ())]
+        for conn in conns:
+            where = (str(getattr(conn, "host", "")), int(getattr(conn, "port", 0) or 0))
+            if getattr(conn, "is_connected", False) and where != master:
+                with contextlib.suppress(RedisError, OSError):
+                    await conn.disconnect()
 
     async def incarnation(self) -> str:
         """The current dataset id, creating one when missing (SET NX, then GET)."""
