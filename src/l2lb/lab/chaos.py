@@ -519,8 +519,10 @@ class ChaosRun:
 
     def __init__(self, lab: ChaosLab, seed: int, duration: float, *, churn_per_s: float = 1.0,
                  probe_ms: float = 50.0, fault_gap: tuple[float, float] = (0.5, 2.0),
-                 converge_bound: float = CONVERGE_BOUND_S, node_faults: bool = False):
+                 converge_bound: float = CONVERGE_BOUND_S, node_faults: bool = False,
+                 partition_stop_s: float = PARTITION_STOP_S):
         self.lab = lab
+        self.partition_stop_s = partition_stop_s
         self.kinds = FAULT_KINDS + (NODE_FAULT_KINDS if node_faults else [])
         self.weights = FAULT_WEIGHTS + (NODE_FAULT_WEIGHTS if node_faults else [])
         self.partitions: list[tuple[str, float, float]] = []  # node, start, end (monotonic)
@@ -909,11 +911,12 @@ class ChaosRun:
     # -- analysis -------------------------------------------------------------------------------
     def partition_violations(self) -> None:
         """A partitioned node (cut off from Redis and its peers, still seen by LAN clients) must have
-        stopped answering PARTITION_STOP_S after the cut, for as long as the partition lasts."""
+        stopped answering ``partition_stop_s`` after the cut, for as long as the partition lasts."""
+        bound = getattr(self, "partition_stop_s", PARTITION_STOP_S)
         for node, start, end in self.partitions:
             mac = self.lab.topo.hosts[node].mac
             late = sorted((t, vip) for vip, hist in self.prober.history.items() for t, got in hist
-                          if start + PARTITION_STOP_S <= t <= end and mac in got)
+                          if start + bound <= t <= end and mac in got)
             if late:
                 t, vip = late[0]
                 self.report.violation("partitioned_node_kept_answering",
@@ -997,7 +1000,8 @@ class ColocatedChaosLab(ColocatedLab, ChaosLab):
 async def run_chaos(seed: int, duration: float, *, nodes: int = 3, prefix: str = "l2chs", churn_per_s: float = 1.0,
                     probe_ms: float = 50.0, workdir: Path | None = None, quiet: bool = False,
                     converge_bound: float = CONVERGE_BOUND_S, placement: Placement | None = None,
-                    le_backend: str = "kube", node_faults: bool = False) -> ChaosReport:
+                    le_backend: str = "kube", node_faults: bool = False,
+                    partition_stop_s: float = PARTITION_STOP_S) -> ChaosReport:
     """Build the lab, run ``duration`` seconds of seeded faults and churn, converge, clean up, report.
 
     ``placement``: run Redis, allocator and leases where it says (co-located in node namespaces);
@@ -1026,7 +1030,8 @@ async def run_chaos(seed: int, duration: float, *, nodes: int = 3, prefix: str =
             with progress.step("bringing the cluster up"):
                 await lab.bring_up()
             run = ChaosRun(lab, seed, duration, churn_per_s=churn_per_s, probe_ms=probe_ms,
-                           converge_bound=converge_bound, node_faults=node_faults)
+                           converge_bound=converge_bound, node_faults=node_faults,
+                           partition_stop_s=partition_stop_s)
             client = await KubeClient.create(str(lab.kubeconfig), qps=200, burst=400, user_agent="l2lb-chaos")
             run.client = client
             stop = asyncio.Event()
