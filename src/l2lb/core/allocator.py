@@ -222,6 +222,7 @@ class Allocator:
         self._share: dict[str, set[str]] = {}
         self._selective = False  # some pool selects Services (labels with meta-labels needed)
         self._kinds = (False, False)  # (some MetalLB pool, some other pool)
+        self._fam_cache: dict[tuple[str, tuple[int, ...]], list[int]] = {}  # _fast_new: families per shape
 
     # ------------------------------------------------------------------------------------------
     # pools
@@ -374,7 +375,10 @@ class Allocator:
     def _fast_new(self, svc: ServiceRequest) -> AllocationResult | None:
         """The common case (new Service, nothing requested, no sharing, no selective pools, Cilium rules)
         without the general machinery; same outcome as ``_run``. None: take the general path."""
-        fams = self._want(svc, [], metallb=False).fams
+        shape = (svc.ip_family_policy, svc.ip_families)
+        fams = self._fam_cache.get(shape)
+        if fams is None:  # a handful of shapes exist: compute each once
+            fams = self._fam_cache[shape] = self._want(svc, [], metallb=False).fams
         used = self._used
         key = svc.key
         got: list[tuple[int, _Range]] = []
