@@ -755,3 +755,35 @@ def test_plan_successions_directly() -> None:
     res.eligible[IPS[0]] = {"a": (), "c": ()}
     moved, reserved3 = plan_successions(res, plans, 2, {IPS[0]: 52})
     assert moved[IPS[0]] == Succession("a", 10, ("c",), (53,)) and reserved3 == {IPS[0]: 53}
+
+
+def test_a_leader_that_lost_and_regained_leadership_never_brings_back_its_old_epochs() -> None:
+    """Simulator scenario partition-holder: leader L (term 1) placed the IPs; it lost leadership, leader M
+    (term 2) moved them to node c with higher epochs; c then got cut off with M. When L leads again, its own
+    holders from term 1 (a, b with the old epochs) are history: what it hands out goes above c's epochs."""
+    d = _cluster(nodes=("a", "b", "c"), ips=2, leader_election=True)
+    d(LeadershipChanged(True, term=1))
+    d.advance(0.6)
+    for n in ("a", "b", "c"):
+        d.beat(n, serving=_sets(d).get(n, {}))
+    d(Tick())
+    old = {ip: e for s in _sets(d).values() for ip, e in s.items()}
+    assert old
+    d(LeadershipChanged(False))
+    later = {ip: e + 5000 for ip, e in old.items()}  # what the other leader gave c
+    d.advance(0.2)
+    for n in ("a", "b"):
+        d.beat(n, serving={})
+    d.beat("c", serving=later)
+    d.advance(5.0)  # c is cut off now: no more heartbeats from it
+    for n in ("a", "b"):
+        d.beat(n, serving={})
+    d(LeadershipChanged(True, term=3))
+    d(EpochsLoaded({}))
+    d.advance(0.6)
+    for n in ("a", "b"):
+        d.beat(n, serving={})
+    d(Tick())
+    now = {ip: e for n, s in _sets(d).items() if n != "c" for ip, e in s.items()}
+    assert set(now) == set(old)
+    assert all(now[ip] > later[ip] for ip in old), (now, later)

@@ -674,6 +674,10 @@ class LeasesMachine:
             self.is_leader = False
             self.published.clear()
             self.full_sent.clear()
+            # what we decided is history once another leader decides: if we lead again, the holders are
+            # adopted from what the announcers serve then (kept, they would bring back old epochs: sim F2)
+            self.holders = {}
+            self.orphans = {}
             self._log("warning", "lost the leases leadership: publishing nothing")
         self._metric("l2lb_leases_leader", 1 if self.is_leader else 0, op="set")
 
@@ -812,19 +816,40 @@ class LeasesMachine:
         return sorted(n for n in self.map_unknown if n in alive)
 
     def _adopt(self, now: Now) -> None:
+        """Become leader without moving anything: hold every IP where the announcers serve it now.
+
+        Fencing: epochs only grow. Every epoch any announcer reported (also nodes that are gone now) is
+        known as issued; a holder is adopted with its own epoch only while no other node reported a higher
+        one for the IP. A holder recalled from earlier heartbeats (its set ran out while nobody led) keeps the
+        IP but under a NEW epoch: its old one may be below an epoch another leader issued meanwhile into a
+        Redis that failed over without it (found by the simulator: seeds 18 and partition-holder)."""
         alive = self.tracker.alive()
         reported = holders_from_serving(alive.values())
-        # What announcers served recently, even if their assignments ran out while we took over: the
-        # node keeps the IP (nothing moves), but under a NEW epoch. Its old one may be below an epoch
-        # another leader issued for the IP meanwhile, which we may never have seen (it was stored in a
-        # Redis that failed over without it): re-using it would send the fencing token backwards.
-        fresh = int(now.wall * 1000)
+        seen_max: dict[str, Holder] = {}  # ip -> the highest epoch any announcer reported, and by whom
+        for st in sorted(self.tracker.nodes.values(), key=lambda st: st.node):
+            for ip, e in st.heartbeat.serving.items():
+                if ip not in seen_max or e > seen_max[ip].epoch:
+                    seen_max[ip] = Holder(st.node, e)
         for ip, h in self.seen_serving.items():
-            cur = reported.get(ip)
-            if h.node in alive and (cur is None or h.epoch > cur.epoch):
-                epoch = max(self.last_epochs.get(ip, 0) + 1, h.epoch + 1, fresh)
-                reported[ip] = Holder(h.node, epoch)
-                self._out.append(StoreEpochs({ip: epoch}))
+            if ip not in seen_max or h.epoch > seen_max[ip].epoch:
+                seen_max[ip] = h
+        for ip, h in seen_max.items():
+            self.last_epochs[ip] = max(self.last_epochs.get(ip, 0), h.epoch)
+        fresh = int(now.wall * 1000)
+
+        def renewed(ip: str, node: str, old: int) -> Holder:
+            epoch = max(self.last_epochs.get(ip, 0) + 1, old + 1, fresh)
+            self.last_epochs[ip] = epoch
+            self._out.append(StoreEpochs({ip: epoch}))
+            return Holder(node, epoch)
+
+        for ip, h in list(reported.items()):
+            top = seen_max.get(ip)
+            if top is not None and top.epoch > h.epoch and top.node != h.node:
+                reported[ip] = renewed(ip, h.node, h.epoch)  # someone else was given it later
+        for ip, h in self.seen_serving.items():
+            if h.node in alive and ip not in reported:
+                reported[ip] = renewed(ip, h.node, h.epoch)  # recalled: its set ran out while nobody led
         self.seen_serving = {}
         self._walked.clear()  # walk every node's next map again into the fresh seen_serving
         merged = dict(self.orphans)
