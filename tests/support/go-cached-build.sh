@@ -37,6 +37,9 @@ if [ "$module" = k8s.io/kubernetes ]; then
   ldflags="$ldflags -X k8s.io/component-base/version.gitVersion=$version -X k8s.io/component-base/version.gitMajor=1"
   ldflags="$ldflags -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
 fi
+if [ "$module" = helm.sh/helm/v4 ]; then
+  ldflags="$ldflags -X helm.sh/helm/v4/internal/version.version=$version -X helm.sh/helm/v4/internal/version.gitTreeState=clean"
+fi
 echo "go-cached-build: building $name ($module $version from the Go module proxy) -> $bin" >&2
 start=$(date +%s)
 tmp="$bin.tmp.$$"
