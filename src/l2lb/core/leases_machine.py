@@ -925,9 +925,13 @@ class LeasesMachine:
                  "services": list(m.services), "at": round(now.wall, 3)}
         self.recent_moves.append(entry)
         if m.old is not None and m.reason != "removed":  # first placement / deleted Service: not a move
+            # the measured part of the outage: how long the old holder had been silent when we named the
+            # new one (its last heartbeat, on the liveness clock); the status page draws it per move
+            old = self.tracker.nodes.get(m.old)
+            gap_ms = round(max(0.0, self.hb_now(now) - old.last_seen) * 1000, 1) if old is not None else None
             self._out.append(StatusEvent("move" if m.new else "unassigned", {
                 "ip": m.ip, "service": ",".join(m.services), "reason": m.reason, "from": m.old,
-                "to": m.new or ""}))
+                "to": m.new or "", "gap_ms": gap_ms}))
         self._log("info", "ip holder changed", **entry)
 
     def _kube_updates(self, res: ElectionResult, moves: Iterable[Move]) -> None:

@@ -44,6 +44,7 @@ __all__ = [
     "PARTS",
     "AssignmentHistory",
     "Part",
+    "PoolHistory",
     "Query",
     "QueryError",
     "ServiceIndex",
@@ -57,12 +58,14 @@ __all__ = [
     "parse_events_query",
     "parse_part",
     "parse_query",
+    "parse_timeline_query",
     "part_doc",
     "part_etag",
     "pool_rows",
     "pools_items",
     "services_items",
     "size_text",
+    "vip_timeline",
 ]
 
 PARTS = ("services", "pools", "assignments", "nodes")
@@ -317,6 +320,10 @@ def _name(param: str, raw: str | None, *, label: bool) -> str | None:
 
 SERVICE_PARAMS = ("namespace", "node", "pool", "ip", "limit", "continue")
 EVENT_PARAMS = ("limit", "type")
+TIMELINE_PARAMS = ("window", "limit")
+DEFAULT_WINDOW_S = 3600
+MIN_WINDOW_S, MAX_WINDOW_S = 60, 7 * 86400
+DEFAULT_TIMELINE_VIPS, MAX_TIMELINE_VIPS = 50, 500
 
 
 def parse_query(params: Mapping[str, Any] | Iterable[tuple[str, str]]) -> Query:
@@ -344,6 +351,20 @@ def parse_events_query(params: Mapping[str, Any] | Iterable[tuple[str, str]]) ->
     if typ is not None and typ not in EVENT_TYPES:
         raise QueryError(f"type: {typ[:40]!r} is not one of {', '.join(EVENT_TYPES)}")
     return _limit(p.get("limit"), DEFAULT_EVENTS, MAX_EVENTS), typ
+
+
+def parse_timeline_query(params: Mapping[str, Any] | Iterable[tuple[str, str]]) -> tuple[int, int]:
+    """Validate the query of ``/v1/timeline`` and ``/v1/pools/history``: (window seconds, VIP limit)."""
+    p = _single(params, TIMELINE_PARAMS)
+    raw = p.get("window")
+    window = DEFAULT_WINDOW_S
+    if raw is not None:
+        if not re.fullmatch(r"[0-9]{1,9}", raw):
+            raise QueryError(f"window: {raw[:40]!r} is not a whole number of seconds ({MIN_WINDOW_S}..{MAX_WINDOW_S})")
+        window = int(raw)
+        if not MIN_WINDOW_S <= window <= MAX_WINDOW_S:
+            raise QueryError(f"window: {window} s is out of range ({MIN_WINDOW_S}..{MAX_WINDOW_S})")
+    return window, _limit(p.get("limit"), DEFAULT_TIMELINE_VIPS, MAX_TIMELINE_VIPS)
 
 
 # -- assembled views ----------------------------------------------------------------------------------
@@ -485,11 +506,16 @@ def etag_of(*tags: str) -> str:
 
 # -- events --------------------------------------------------------------------------------------------
 def make_event(type_: str, at: float, **fields: Any) -> dict[str, Any]:
-    """An event document (``type`` one of EVENT_TYPES; fields: ip, service, node, from, to, reason, message)."""
+    """An event document (``type`` one of EVENT_TYPES; fields: ip, service, node, from, to, reason, message;
+    ``gap_ms`` on moves: how long the old holder had been silent -- its last heartbeat -- when the leases
+    service named the new one, i.e. the measured part of the IP's outage; absent when unknown)."""
     ev: dict[str, Any] = {"type": type_, "at": at}
     for k in ("ip", "service", "node", "from", "to", "reason", "message"):
         v = fields.get(k)
         ev[k] = v if isinstance(v, str) else ("" if v is None else str(v))
+    gap = fields.get("gap_ms")
+    if isinstance(gap, int | float) and not isinstance(gap, bool) and 0 <= gap < 1e9:
+        ev["gap_ms"] = round(float(gap), 1)
     return ev
 
 
@@ -604,3 +630,101 @@ def nodes_items(nodes: Mapping[str, NodeState], result: ElectionResult | None, m
             "assignments": counts.get(name, 0),
         })
     return out
+
+
+# -- pictures: who held each VIP over time, pool usage over time --------------------------------------
+def vip_timeline(events: Iterable[Mapping[str, Any]], assignments: Part, now: float, window_s: float,
+                 limit: int = DEFAULT_TIMELINE_VIPS) -> dict[str, Any]:
+    """Per VIP, which node held it when over the last ``window_s`` seconds, and each move with its gap.
+
+    Built from the move/unassigned events (any order) and the current assignments: walking back from
+    now, the holder before a move is its ``from``. ``segments``: [{node ("" = nobody), from, to}],
+    contiguous, covering the window from the first time the VIP is known; ``moves``: [{at, from, to,
+    reason, gap_ms}] oldest first. VIPs with the most recent move come first.
+    """
+    t0 = now - window_s
+    current: dict[str, Mapping[str, Any]] = {str(a["ip"]): a for a in assignments.items}
+    moves: dict[str, list[dict[str, Any]]] = {}
+    for ev in events:
+        if ev.get("type") not in ("move", "unassigned") or not ev.get("ip"):
+            continue
+        at = _f(ev, "at")
+        if at is None or at < t0 or at > now:
+            continue
+        m: dict[str, Any] = {"at": at, "from": _s(ev, "from"), "to": _s(ev, "to"), "reason": _s(ev, "reason"),
+                             "gap_ms": _f(ev, "gap_ms")}
+        moves.setdefault(str(ev["ip"]), []).append(m)
+    rows: list[dict[str, Any]] = []
+    for ip in set(current) | set(moves):
+        ms = sorted(moves.get(ip, []), key=lambda m: m["at"])
+        a = current.get(ip)
+        holder_now = _s(a, "node") if a else (ms[-1]["to"] if ms else "")
+        since = _f(a, "since") if a else None
+        segs: list[dict[str, Any]] = []
+        if ms:
+            begin: float = t0
+            holder: str = ms[0]["from"]
+            for m in ms:
+                if m["at"] > begin:
+                    segs.append({"node": holder, "from": round(begin, 3), "to": round(m["at"], 3)})
+                begin, holder = m["at"], m["to"]
+            segs.append({"node": holder_now if a else holder, "from": round(begin, 3), "to": round(now, 3)})
+        else:
+            begin = max(t0, since) if since is not None else t0
+            segs.append({"node": holder_now, "from": round(begin, 3), "to": round(now, 3)})
+        rows.append({"ip": ip, "node": holder_now, "services": _strs(a, "services") if a else [],
+                     "segments": segs, "moves": [{**m, "at": round(m["at"], 3)} for m in ms]})
+    def order(r: dict[str, Any]) -> tuple[float, tuple[int, int, str]]:
+        last: float = r["moves"][-1]["at"] if r["moves"] else -1.0
+        return (-last, _ip_key(str(r["ip"])))
+    rows.sort(key=order)
+    nodes = sorted({s["node"] for r in rows for s in r["segments"] if s["node"]})
+    return {"from": round(t0, 3), "to": round(now, 3), "nodes": nodes, "total": len(rows), "items": rows[:limit]}
+
+
+def _ip_key(ip: str) -> tuple[int, int, str]:
+    try:
+        a = ipaddress.ip_address(ip)
+    except ValueError:
+        return (9, 0, ip)
+    return (a.version, int(a), ip)
+
+
+class PoolHistory:
+    """Pool usage over time, sampled by whoever serves the cluster view: a point per pool at most every
+    ``spacing_s`` seconds unless the usage changed (then at once), at most ``max_points`` per pool."""
+
+    def __init__(self, spacing_s: float = 30.0, max_points: int = 2880) -> None:
+        self.spacing_s = spacing_s
+        self.max_points = max_points
+        self._points: dict[str, list[tuple[float, int, int]]] = {}
+
+    def add(self, at: float, pools: Iterable[Mapping[str, Any]]) -> None:
+        seen = set()
+        for p in pools:
+            name = _s(p, "name")
+            if not name:
+                continue
+            seen.add(name)
+            used, total = _i(p, "used"), _i(p, "total")
+            pts = self._points.setdefault(name, [])
+            if pts and pts[-1][1:] == (used, total) and at - pts[-1][0] < self.spacing_s:
+                continue
+            if pts and at < pts[-1][0]:
+                continue  # clock went back: keep the series ordered
+            pts.append((round(at, 3), used, total))
+            if len(pts) > self.max_points:
+                del pts[: len(pts) - self.max_points]
+        for gone in set(self._points) - seen:
+            del self._points[gone]
+
+    def items(self, now: float, window_s: float) -> dict[str, Any]:
+        t0 = now - window_s
+        out = []
+        for name in sorted(self._points):
+            pts = self._points[name]
+            i = bisect.bisect_left([p[0] for p in pts], t0)
+            keep = pts[max(0, i - 1):]  # the point before the window gives the usage at its start
+            out.append({"pool": name, "points": [{"at": at, "used": u, "total": t,
+                                                  "usage": (u / t) if t else 0.0} for at, u, t in keep]})
+        return {"from": round(t0, 3), "to": round(now, 3), "items": out}

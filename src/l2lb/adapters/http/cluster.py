@@ -10,6 +10,9 @@
 ``GET /v1/nodes``          nodes with liveness, heartbeat age, interfaces and link state
 ``GET /v1/events``         recent moves/conflicts/allocation failures, newest first (``limit``, ``type``)
 ``GET /v1/cluster``        summary counts and the age/errors of each part
+``GET /v1/timeline``       per VIP: which node held it when (``window`` seconds back) and every move with
+                           its measured gap; VIPs that moved last first (``limit``)
+``GET /v1/pools/history``  each pool's usage over the last ``window`` seconds (sampled by this process)
 ``GET /v1/openapi.json``   the OpenAPI 3.1 document of all of the above
 ``GET /v1/watch``          server-sent events: ``part`` (a part changed), ``event``, ``error``
 ``GET /``, ``/ui/...``     the dashboard (static files, no build step, no external network)
@@ -43,14 +46,20 @@ from l2lb.core.view import (
     EVENT_TYPES,
     MAX_EVENTS,
     MAX_LIMIT,
+    MAX_TIMELINE_VIPS,
+    MAX_WINDOW_S,
+    MIN_WINDOW_S,
     PARTS,
+    PoolHistory,
     QueryError,
     cluster_summary,
     etag_of,
     node_rows,
     parse_events_query,
     parse_query,
+    parse_timeline_query,
     pool_rows,
+    vip_timeline,
 )
 from l2lb.obs import metrics
 from l2lb.obs.log import get_logger
@@ -139,8 +148,27 @@ _SCHEMAS: dict[str, Any] = {
         "id": {**_STR, "description": "stream id (monotonic)"}, "type": {"type": "string", "enum": list(EVENT_TYPES)},
         "at": {"type": "number"}, "ip": _STR, "service": _STR, "node": _STR, "from": _STR, "to": _STR,
         "reason": _STR, "message": _STR,
-    }),
+        "gap_ms": {"type": "number", "description": "moves: how long the old holder had been silent when the "
+                                                     "new one was named (absent when unknown)"},
+    }, ["id", "type", "at", "ip", "service", "node", "from", "to", "reason", "message"]),
     "EventList": _obj({"items": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}}),
+    "Timeline": _obj({
+        "from": {"type": "number", "description": "unix time the window starts"}, "to": {"type": "number"},
+        "nodes": {**_STRS, "description": "every node that held an IP in the window"},
+        "total": {**_INT, "description": "VIPs known (the answer holds at most limit)"},
+        "items": {"type": "array", "items": _obj({
+            "ip": _STR, "node": {**_STR, "description": "holder now; empty = nobody"}, "services": _STRS,
+            "segments": {"type": "array", "items": _obj({"node": _STR, "from": {"type": "number"},
+                                                         "to": {"type": "number"}})},
+            "moves": {"type": "array", "items": _obj({
+                "at": {"type": "number"}, "from": _STR, "to": _STR, "reason": _STR,
+                "gap_ms": {**_NUM_OR_NULL, "description": "how long the old holder had been silent when the "
+                                                          "new one was named (null: unknown)"}})}})},
+    }),
+    "PoolHistory": _obj({
+        "from": {"type": "number"}, "to": {"type": "number"},
+        "items": {"type": "array", "items": _obj({"pool": _STR, "points": {"type": "array", "items": _obj({
+            "at": {"type": "number"}, "used": _INT, "total": _INT, "usage": {"type": "number"}})}})}}),
     "PartInfo": _obj({"present": {"type": "boolean"}, "etag": _STR, "age_s": _NUM_OR_NULL, "errors": _STRS}),
     "Cluster": _obj({
         "services": _obj({"total": _INT, "ready": _INT, "failing": _INT}),
@@ -189,6 +217,8 @@ def _service_op() -> dict[str, Any]:
 
 
 _NAME = {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", "maxLength": 253}
+_WINDOW = _param("window", f"seconds back from now (default 3600, {MIN_WINDOW_S}..{MAX_WINDOW_S})",
+                 {"type": "integer", "minimum": MIN_WINDOW_S, "maximum": MAX_WINDOW_S})
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "l2lb cluster API", "version": "1",
@@ -221,6 +251,12 @@ OPENAPI: dict[str, Any] = {
             _param("type", "only this event type", {"type": "string", "enum": list(EVENT_TYPES)}),
         ]),
         "/v1/cluster": _json_op("Summary counts and the freshness of each part", "Cluster"),
+        "/v1/timeline": _json_op("Per VIP: its holders over time and each move with its measured gap",
+                                 "Timeline", [_WINDOW, _param(
+                                     "limit", f"VIPs (default 50, at most {MAX_TIMELINE_VIPS})",
+                                     {"type": "integer", "minimum": 1, "maximum": MAX_TIMELINE_VIPS})]),
+        "/v1/pools/history": _json_op("Pool usage over time, as sampled by this server (every 30 s and on "
+                                      "change; kept while it runs)", "PoolHistory", [_WINDOW]),
         "/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OK"}}}},
         "/v1/watch": {"get": {
             "summary": "Server-sent events of changes",
@@ -281,6 +317,9 @@ class ClusterAPI:
         self._stopping = asyncio.Event()
         self._openapi_text = _dumps(OPENAPI)
         self._bodies: OrderedDict[str, bytes] = OrderedDict()
+        self.pool_history = PoolHistory()
+        self.sample_interval_s = 30.0
+        self._sampler: asyncio.Task[None] | None = None
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -290,6 +329,8 @@ class ClusterAPI:
             web.get("/v1/nodes", self._timed("nodes", self.nodes)),
             web.get("/v1/events", self._timed("events", self.events)),
             web.get("/v1/cluster", self._timed("cluster", self.cluster)),
+            web.get("/v1/timeline", self._timed("timeline", self.timeline)),
+            web.get("/v1/pools/history", self._timed("pools_history", self.pools_history)),
             web.get("/v1/openapi.json", self.openapi),
             web.get("/v1/watch", self.watch),
         ]
@@ -340,6 +381,7 @@ class ClusterAPI:
     async def pools(self, request: web.Request) -> web.StreamResponse:
         self._no_params(request)
         parts = await self.source.current()
+        self.pool_history.add(self._clock(), pool_rows(parts["pools"]))
         return _conditional(request, etag_of("pools", parts["pools"].etag),
                             lambda: {"items": pool_rows(parts["pools"])}, self._bodies)
 
@@ -361,6 +403,40 @@ class ClusterAPI:
         tag = etag_of("cluster", *(parts[p].etag for p in PARTS))
         return _conditional(request, tag,
                             lambda: cluster_summary(self.source.service_index(), parts, self._clock()))
+
+    async def timeline(self, request: web.Request) -> web.StreamResponse:
+        window, limit = parse_timeline_query(request.query.items())
+        parts = await self.source.current()
+        events = await self.source.events(MAX_EVENTS)
+        now = self._clock()
+        tag = etag_of("timeline", parts["assignments"].etag, events[0]["id"] if events else "", str(window),
+                      str(limit), str(int(now)))
+        return _conditional(request, tag, lambda: vip_timeline(events, parts["assignments"], now, window, limit))
+
+    async def pools_history(self, request: web.Request) -> web.StreamResponse:
+        for k in request.query:
+            if k != "window":
+                raise QueryError(f"unknown query parameter {k!r} (this resource takes: window)")
+        window, _ = parse_timeline_query(request.query.items())
+        parts = await self.source.current()
+        now = self._clock()
+        self.pool_history.add(now, pool_rows(parts["pools"]))
+        return web.json_response(self.pool_history.items(now, window), headers={"Cache-Control": "no-cache"})
+
+    async def sample_pools(self) -> None:
+        """Record pool usage every ``sample_interval_s`` (the history of /v1/pools/history) until shutdown."""
+        while not self._stopping.is_set():
+            try:
+                parts = await self.source.current()
+                self.pool_history.add(self._clock(), pool_rows(parts["pools"]))
+            except (RedisError, OSError) as e:
+                log.debug("pool usage sample skipped", extra={"error": f"{type(e).__name__}: {e}"})
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.sample_interval_s)
+
+    async def start_sampler(self, _app: web.Application | None = None) -> None:
+        if self._sampler is None:
+            self._sampler = asyncio.ensure_future(self.sample_pools())
 
     async def openapi(self, request: web.Request) -> web.StreamResponse:
         return _conditional(request, etag_of("openapi", self._openapi_text), lambda: OPENAPI, self._bodies)
@@ -409,6 +485,11 @@ class ClusterAPI:
 
     async def shutdown(self, _app: web.Application | None = None) -> None:
         self._stopping.set()
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
+            self._sampler = None
 
 
 # the page loads nothing but itself and talks to nothing but this server
@@ -448,6 +529,7 @@ def mount_cluster_api(server: StatusServer, bus: Bus, *, source: ClusterSource |
     api = ClusterAPI(source or ClusterSource(bus))
     server.app.router.add_routes(api.routes())
     server.app.middlewares.insert(0, _static_middleware())
+    server.app.on_startup.append(api.start_sampler)
     server.app.on_shutdown.append(api.shutdown)
 
     async def _close(_app: web.Application) -> None:
