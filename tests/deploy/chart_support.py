@@ -7,7 +7,10 @@ The chart is checked equal to k8s/base object by object. What legitimately diffe
 * the content-hash suffix of the Redis scripts' ConfigMap (kustomize: its configMapGenerator hash;
   the chart: sha256 of the same data) -- both become ``l2lb-redis-<hash>`` (the data is still compared);
 * CRDs: kustomize labels them, Helm installs crds/ untouched -- compared without metadata.labels
-  (and crds/ must be byte-equal to k8s/crds, checked separately).
+  (and crds/ must be byte-equal to k8s/crds, checked separately);
+* the ORDER of a container's env entries, compared as name -> entry: kustomize's strategic-merge patches
+  (k8s/components/single-node) move the entries they patch to the front. The order means something only
+  when an env value refers to another variable ($(VAR)); the normalisation refuses such values.
 """
 
 from __future__ import annotations
@@ -81,18 +84,18 @@ def values_file(values: dict[str, Any], tmp: Path, name: str = "values.yaml") ->
     return path
 
 
-def template(values: dict[str, Any] | None = None, *, tmp: Path, crds: bool = True, namespace: str = NAMESPACE,
+def template(values: dict[str, Any] | None = None, *, tmp_path: Path, crds: bool = True, namespace: str = NAMESPACE,
              extra: tuple[str, ...] = (), check: bool = True) -> subprocess.CompletedProcess[str]:
     args = ["template", "l2lb", str(CHART), "--namespace", namespace]
     if crds:
         args.append("--include-crds")
     if values:
-        args += ["-f", str(values_file(values, tmp))]
+        args += ["-f", str(values_file(values, tmp_path))]
     return helm(*args, *extra, check=check)
 
 
-def render(values: dict[str, Any] | None = None, *, tmp: Path, **kw: Any) -> list[dict[str, Any]]:
-    return load_docs(template(values, tmp=tmp, **kw).stdout)
+def render(values: dict[str, Any] | None = None, *, tmp_path: Path, **kw: Any) -> list[dict[str, Any]]:
+    return load_docs(template(values, tmp_path=tmp_path, **kw).stdout)
 
 
 def normalize(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -111,6 +114,13 @@ def normalize(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any
         m = _HASHED_CM.match(meta["name"])
         if d["kind"] == "ConfigMap" and m:
             meta["name"] = f"{m.group(1)}-<hash>"
+        if d["kind"] in ("Deployment", "DaemonSet", "StatefulSet"):
+            pod = d["spec"]["template"]["spec"]
+            for c in pod.get("initContainers", []) + pod["containers"]:
+                if "env" in c:
+                    assert not any("$(" in str(e.get("value", "")) for e in c["env"]), (
+                        f"{meta['name']}/{c['name']}: an env value refers to another variable; its order matters")
+                    c["env"] = {e["name"]: e for e in c["env"]}
         if d["kind"] == "StatefulSet":
             for vol in d["spec"]["template"]["spec"].get("volumes", []):
                 cm = vol.get("configMap")
