@@ -19,7 +19,6 @@ from typing import Any
 import yaml
 
 HERE = Path(__file__).resolve().parent
-CHART_CRDS = HERE.parents[1] / "charts" / "l2lb" / "crds"
 
 LABEL_VALUE = {"type": "string", "maxLength": 63, "pattern": r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"}
 
@@ -396,13 +395,9 @@ def render(doc: dict[str, Any]) -> str:
 def main(argv: list[str]) -> int:
     check = "--check" in argv
     bad = 0
-    targets = []
     for fname, doc in all_crds().items():
+        path = HERE / fname
         text = render(doc)
-        targets.append((HERE / fname, text))
-        if fname.startswith("l2lb.io_"):  # the Helm chart installs l2lb's own CRDs from its crds/
-            targets.append((CHART_CRDS / fname, text))
-    for path, text in targets:
         if check:
             if not path.exists() or path.read_text() != text:
                 print(f"{path} is out of date: run python k8s/crds/generate.py")

@@ -7,7 +7,7 @@ The chart is checked equal to k8s/base object by object. What legitimately diffe
 * the content-hash suffix of the Redis scripts' ConfigMap (kustomize: its configMapGenerator hash;
   the chart: sha256 of the same data) -- both become ``l2lb-redis-<hash>`` (the data is still compared);
 * CRDs: kustomize labels them, Helm installs crds/ untouched -- compared without metadata.labels
-  (and crds/ must be byte-equal to k8s/crds, checked separately);
+  (the chart's crds/ are symbolic links to k8s/crds; files/redis to k8s/base/redis);
 * the ORDER of a container's env entries, compared as name -> entry: kustomize's strategic-merge patches
   (k8s/components/single-node) move the entries they patch to the front. The order means something only
   when an env value refers to another variable ($(VAR)); the normalisation refuses such values.

@@ -98,18 +98,16 @@ def test_drift_check_catches_a_change(tmp_path: Path) -> None:
     assert any("start-redis.sh" in p for p in compare(chart, edited))
 
 
-def test_crds_and_redis_scripts_are_the_same_files() -> None:
-    """Helm can read only files inside the chart: crds/ and files/redis/ are copies, kept identical."""
-    for src in sorted((ROOT / "k8s" / "crds").glob("l2lb.io_*.yaml")):
-        copy_ = CHART / "crds" / src.name
-        assert copy_.exists() and copy_.read_bytes() == src.read_bytes(), (
-            f"{copy_} differs from {src}: run python k8s/crds/generate.py (writes both)")
-    assert {p.name for p in (CHART / "crds").iterdir()} == {p.name for p in (ROOT / "k8s/crds").glob("l2lb.io_*.yaml")}
-    for src in sorted((ROOT / "k8s" / "base" / "redis").glob("*")):
-        if src.name == "statefulset.yaml":
-            continue
-        copy_ = CHART / "files" / "redis" / src.name
-        assert copy_.exists() and copy_.read_bytes() == src.read_bytes(), f"cp {src} {copy_}"
+def test_crds_and_redis_scripts_are_k8s_files() -> None:
+    """Helm reads only files inside the chart: crds/ and files/redis are symbolic links to k8s/crds and
+    k8s/base/redis (Helm follows them, `helm package` stores their content), never copies."""
+    own = sorted(p.name for p in (ROOT / "k8s" / "crds").glob("l2lb.io_*.yaml"))
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == own
+    for name in own:
+        link = CHART / "crds" / name
+        assert link.is_symlink() and link.resolve() == (ROOT / "k8s" / "crds" / name).resolve(), link
+    redis = CHART / "files" / "redis"
+    assert redis.is_symlink() and redis.resolve() == (ROOT / "k8s" / "base" / "redis").resolve()
 
 
 def test_created_secret_has_the_install_scripts_keys(tmp_path: Path) -> None:
