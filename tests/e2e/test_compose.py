@@ -78,8 +78,9 @@ def test_compose_up_down(topology: Topology, e2e_images: dict[str, Built], tmp_p
     plugin = compose_binary()
     before = host_state(topology.prefix)
     seed = _seed(tmp_path)
-    dock = topology.add_host("dock", ifname="enp0s25", addrs=["198.51.100.10/24"])
-    client = topology.add_host("cli", addrs=["198.51.100.20/24"])
+    # both at the kernel's ARP defaults, as a docker host and a client on a LAN nobody tuned
+    dock = topology.add_host("dock", ifname="enp0s25", addrs=["198.51.100.10/24"], arp_accept=False)
+    client = topology.add_host("cli", addrs=["198.51.100.20/24"], arp_accept=False)
     engine = DockerEngine(dock.ns)
     try:
         engine.start()
