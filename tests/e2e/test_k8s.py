@@ -242,7 +242,8 @@ def check_traffic(c: Cluster, results: dict[str, Any]) -> None:
     links = c.kubectl("-n", "l2lb-system", "exec", pod["metadata"]["name"], "--", "python3", "-c",
                       "import socket; print(sorted(n for _, n in socket.if_nameindex()))", check=False)
     results["announcer_pod_links"] = links.stdout.strip() or links.stderr.strip()
-    assert "enp0s25" in links.stdout and "eth0" not in links.stdout, links
+    names = links.stdout.strip().strip("[]").replace("'", "").split(", ")  # a list of names, not a substring
+    assert "enp0s25" in names and "eth0" not in names, links  # (a veth named veth0... contains "eth0")
 
 
 @pytest.mark.timeout(3600)  # cluster start (+ builds when cold), install, four faults with reboots
