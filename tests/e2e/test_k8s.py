@@ -228,7 +228,12 @@ def check_traffic(c: Cluster, results: dict[str, Any]) -> None:
     results["service_ips"] = ips
     assert ips["pihole-dns-tcp"] == ips["pihole-dns-udp"] == [DNS_VIP]
     (web_ip,) = ips["pihole-web"]
-    page = in_ns(c.client_ns, ["curl", "-sS", "--max-time", "5", f"http://{web_ip}/"], timeout=15).stdout
+    # the web VIP may be announced a little after the DNS one: bounded wait for the page
+    t0 = time.monotonic()
+    page = wait_for(f"the page through {web_ip}", lambda: in_ns(
+        c.client_ns, ["curl", "-sS", "--max-time", "3", f"http://{web_ip}/"], check=False, timeout=10).stdout,
+        timeout=90, interval=0.5)
+    results["web_page_wait_s"] = round(time.monotonic() - t0, 2)
     assert "l2lb-e2e-http-ok" in page, page[:500]
     # the client really has default sysctls, and learnt the VIP by ARP on the LAN
     assert in_ns(c.client_ns, ["sysctl", "-n", "net.ipv4.conf.all.arp_accept"]).stdout.strip() == "0"
