@@ -168,6 +168,9 @@ def _roles(c: Cluster) -> dict[str, list[str]]:
         if node in roles:
             roles[node].append("redis" if len(redis_pods) == 1 else
                                "redis-master" if pod == master else "redis-replica")
+    for p in c.kget("pods", "-n", "pihole")["items"]:  # the DNS/web backend (1 replica): its node's death is the app's
+        if p["spec"].get("nodeName") in roles:
+            roles[p["spec"]["nodeName"]].append("pihole-backend")
     for lease in ("l2lb-leases", "l2lb-allocator"):
         proc = c.kubectl("-n", "l2lb-system", "get", "lease", lease, "-o", "jsonpath={.spec.holderIdentity}",
                          check=False)
