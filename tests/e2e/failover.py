@@ -172,8 +172,12 @@ class Measurement:
             self.proc.wait(5)
         self._thread.join(self.max_seconds + 5)
         self.arp.close()
+        err = self.proc.stderr.read() if self.proc.stderr else ""
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
         if not self.out.exists():
-            raise ClusterError(f"dnsprobe wrote no result: {self.proc.stderr.read() if self.proc.stderr else ''}")
+            raise ClusterError(f"dnsprobe wrote no result: {err}")
         data: dict[str, Any] = json.loads(self.out.read_text())
         return data
 
