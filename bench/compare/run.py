@@ -628,11 +628,10 @@ class Bench:
         await asyncio.to_thread(self.api.clear_requests)
         t0 = time.monotonic()
         next_replace, next_kill, revive_at, victim, k = t0 + 1.0, t0 + 2.0, 0.0, 0, 0
-        have = int(self.results.get("_scale_have", 0))
         while (now := time.monotonic()) < t0 + seconds:
             if now >= next_replace:
                 old = scale_service(k)
-                new = scale_service(have + k)
+                new = scale_service(k)  # the replacement takes the slot (IP, port) the old one frees
                 new["metadata"]["name"] = f"churn{k}"
                 await asyncio.to_thread(self.api.call, "DELETE",
                                         f"/api/v1/namespaces/scale/services/{old['metadata']['name']}")
