@@ -3,9 +3,11 @@
 Sources (read, not copied): ``operator/pkg/lbipam/lbipam_test.go`` (the 1.16+ version with
 ``mkTestFixture(t, ...)``/``UpsertSvc``), its fixture ``lbipam_fixture_test.go`` (pools are created
 2022-10-16T12:00:00Z; the classes served are ``io.cilium/bgp-control-plane`` and
-``io.cilium/l2-announcer``) and ``sharing_reserved_ip_test.go``. Where a test only says "an IPv4" or
-"a different IP", the case names the IP Cilium picks: ``AllocAny`` takes the first address of the
-smallest free block of a range, which on these states is also the lowest free address.
+``io.cilium/l2-announcer``), ``sharing_reserved_ip_test.go`` and ``service_store_test.go`` (when two
+Services may share an IP; each pair becomes a Service asking for the IP another one holds). Where a
+test only says "an IPv4" or "a different IP", the case names the IP Cilium picks: ``AllocAny`` takes
+the first address of the smallest free block of a range, which on these states is also the lowest free
+address.
 
 Addresses moved to TEST-NET: 10.0.10.0/24 -> 198.51.100.0/24, 10.0.20.0/24 -> 203.0.113.0/24,
 FF::0/48 -> 2001:db8:ff::/48, 192.168.1.12 -> 192.0.2.12, 10.0.0.0/24 -> 198.51.100.0/24,
@@ -31,6 +33,8 @@ KEY_NEW = "lbipam.cilium.io/sharing-key"  # annotation.LBIPAMSharingKey
 IPS_OLD = "io.cilium/lb-ipam-ips"  # annotation.LBIPAMIPKeyAlias
 IPS_NEW = "lbipam.cilium.io/ips"  # annotation.LBIPAMIPsKey
 XNS = "io.cilium/lb-ipam-sharing-cross-namespace"
+XNS_NEW = "lbipam.cilium.io/sharing-cross-namespace"
+PERMIT = "lbipam.cilium.io/sharing-permit-different-pods"
 POOL_A = cpool("pool-a", A)
 D = "default/"
 
@@ -335,6 +339,43 @@ CASES: list[Case] = [
     Case("range-from-prefix-ipv6", f"{F} TestRangeFromPrefix: ::/112 is :: to ::ffff",
          (cpool("pool-a", "2001:db8::/112"), svc("s", ipFamilies=["IPv6"], loadBalancerIP="2001:db8::ffff")),
          {D + "s": got("2001:db8::ffff")}, pools={"pool-a": PoolWant(total=65536)}),
+    # --- service_store_test.go TestIsCompatibleReasons: may a Service join an IP held by another? ---------
+    *(Case(f"compatible-{name}", f"service_store_test.go TestIsCompatibleReasons: \"{desc}\"",
+           (POOL_A, svc("holder", hns, ann={IPS_NEW: "198.51.100.50", KEY_NEW: hkey, **hann}, status=["198.51.100.50"],
+                        ports=hports, **hspec),
+            svc("joiner", jns, ann={IPS_NEW: "198.51.100.50", KEY_NEW: jkey, **jann}, ports=jports, **jspec)),
+           {f"{hns}/holder": got("198.51.100.50"),
+            f"{jns}/joiner": got("198.51.100.50") if ok else refused("already_allocated_incompatible_service")},
+           **extra)
+      for name, desc, hns, hkey, hann, hports, hspec, jns, jkey, jann, jports, jspec, ok, extra in [
+          ("different-keys", "different sharing keys", "default", "key-a", {}, (), {},
+           "default", "key-b", {}, (), {}, False, {}),
+          ("namespaces-not-mutual", "namespaces differ without mutual permission", "ns-a", "k", {}, (), {},
+           "ns-b", "k", {XNS_NEW: "ns-a"}, (), {}, False, {}),
+          ("same-port-and-protocol", "same port and protocol", "default", "k", {}, ("TCP/80",), {},
+           "default", "k", {}, ("TCP/80",), {}, False, {}),
+          ("different-traffic-policy", "different external traffic policies", "default", "k", {}, (),
+           {"externalTrafficPolicy": "Local", "selector": {"app": "a"}}, "default", "k", {}, (),
+           {"externalTrafficPolicy": "Cluster"}, False, {}),
+          ("local-one-without-selector", "local policy and one service has no selector", "default", "k",
+           {PERMIT: "true"}, (), {"externalTrafficPolicy": "Local", "selector": {"app": "a"}},
+           "default", "k", {PERMIT: "true"}, (), {"externalTrafficPolicy": "Local"}, False, {}),
+          ("local-selectors-differ", "local policy and selectors differ without the opt-in", "default", "k", {}, (),
+           {"externalTrafficPolicy": "Local", "selector": {"app": "a"}}, "default", "k", {}, (),
+           {"externalTrafficPolicy": "Local", "selector": {"app": "b"}}, False, {}),
+          ("local-opt-in-one-side", "local policy and selectors differ with the opt-in on one side only", "default",
+           "k", {PERMIT: "true"}, (), {"externalTrafficPolicy": "Local", "selector": {"app": "a"}}, "default",
+           "k", {}, (), {"externalTrafficPolicy": "Local", "selector": {"app": "b"}}, False, {}),
+          ("local-opt-in-both", "local policy and selectors differ with the opt-in on both", "default", "k",
+           {PERMIT: "true"}, (), {"externalTrafficPolicy": "Local", "selector": {"app": "a"}}, "default", "k",
+           {PERMIT: "true"}, (), {"externalTrafficPolicy": "Local", "selector": {"app": "b"}}, True,
+           {"l2lb": {"default/joiner": refused("already_allocated_incompatible_service")},
+            "differs": "lbipam.cilium.io/sharing-permit-different-pods (Cilium 1.21, pre-release) is not read: "
+                       "Local Services with different pod selectors never share an IP"}),
+          ("identical", "identical services", "default", "k", {}, (),
+           {"externalTrafficPolicy": "Local", "selector": {"app": "a"}}, "default", "k", {}, (),
+           {"externalTrafficPolicy": "Local", "selector": {"app": "a"}}, True, {}),
+      ]),
     # --- lifecycle ---------------------------------------------------------------------------------------
     Case("startup-pool-wakes", f"{F} TestLBIPAMStartupRestartShutdown: once a pool exists the Service gets one IP",
          (cpool("pool-a", "198.51.100.0/24"), svc("service-a")), {D + "service-a": got(A0)}),
