@@ -28,6 +28,7 @@ from l2lb.adapters.net import rawsock
 from l2lb.adapters.net.links import Link
 from l2lb.core import codec
 from l2lb.core.announce import AnnouncerState, Iface
+from l2lb.core.announcer_machine import Assignments
 from l2lb.core.fastpath import ReplyMemo
 from l2lb.core.messages import NodeAssignments, VipAssignment
 
@@ -178,7 +179,11 @@ def service_path(n_vips: int, rounds: int) -> tuple[float, float]:
         args = svc_mod.build_parser().parse_args(["--node", "n1", "--interfaces", "bench0", "--no-netlink",
                                                  "--http-port", "0", "--no-bus", "--garp-count", "0"])
         svc = svc_mod.AnnouncerService(args)
-        svc.apply(NodeAssignments("n1", 1, 1, 3_600_000, time.time(), vips(n_vips)), "bench")
+        msg = NodeAssignments("n1", 1, 1, 3_600_000, time.time(), vips(n_vips))
+        if hasattr(svc, "machine"):  # the state machine's shell (issue 24)
+            svc.feed(Assignments(msg, time.monotonic(), time.time(), source="bench"))
+        else:
+            svc.apply(msg, "bench")
         svc._on_links({}, {"bench0": Link("bench0", 2, NODE_MAC, True, "up")})
         assert FakePort.last is not None
         return FakePort.last
