@@ -57,7 +57,8 @@ Rules (each has a unit test in tests/announcer/test_machine*.py):
 1. The VIP set is the last ``NodeAssignments`` for this node that is newer in (term, seq) than anything
    used before (:class:`~l2lb.core.announce.AnnouncerState`); it is answered for until ``now + ttl_ms`` of
    the last accepted full set or matching ``NodeRenewal``, then dropped entirely -- unless a grace rule holds.
-2. Grace (leases outage): past the deadline the set is kept, 100 ms at a time, while Redis round trips
+2. Grace (leases outage): past the deadline the set is kept, 100 ms at a time (checked 50 ms ahead of
+   the deadline, so a late timer leaves no gap), while Redis round trips
    succeed (a heartbeat published within max(300 ms, 3 heartbeat intervals), the bus client sees Redis),
    no ``NodeAssignments``/``NodeRenewal`` for *any* node arrived after our last renewal's burst (leases is
    down, so nobody was given our VIPs), no answering interface went down since that renewal, and the grace
@@ -127,6 +128,9 @@ __all__ = [
 SNAPSHOT_REQUEST_INTERVAL_S = 1.0  # at most one SnapshotRequest per this interval after unmatched renewals
 SAME_BURST_S = 0.1  # leases sends every node's set in one burst: messages this close to ours are that burst
 GRACE_STEP_S = 0.1  # the grace keeps the set this much longer per check
+# ... and checks this long before the deadline, so a timer that runs a little late never leaves a gap in
+# which requests go unanswered (the hot path checks the deadline per frame)
+GRACE_LEAD_S = 0.05
 # Omit the serving map only while a leases service that understands it is renewing us: only leases
 # versions that know omitted maps send NodeRenewal, so an accepted one within this window says so. The
 # window is also at most half the renewal's ttl: when leases goes silent (crash, failover) the next one
@@ -408,6 +412,9 @@ class AnnouncerMachine:
         """Monotonic time of the next :class:`Tick` this machine needs (a GARP round, the validity
         deadline, the next heartbeat), or None."""
         t = self.state.next_event(now)
+        deadline = self.state.deadline
+        if t is not None and t == deadline and self._grace_s > 0 and self.config.bus and now < t - GRACE_LEAD_S:
+            t -= GRACE_LEAD_S  # the grace, if it holds, extends the set before it runs out
         if self.config.bus and self._outgoing is None and not self._stopped:
             t = self._hb_due if t is None else min(t, self._hb_due)
         return t
@@ -476,23 +483,17 @@ class AnnouncerMachine:
 
     @staticmethod
     def _send_grouped(frames: list[tuple[str, bytes]], out: list[Command]) -> None:
-        """(interface, frame) pairs -> SendFrames per run of the same interface (order kept)."""
-        run: list[bytes] = []
-        cur: str | None = None
+        """(interface, frame) pairs -> one SendFrames per interface (the order on each kept)."""
+        by_iface: dict[str, list[bytes]] = {}
         for ifname, frame in frames:
-            if ifname != cur and run:
-                out.append(SendFrames(cur or "", tuple(run)))
-                run = []
-            cur = ifname
-            run.append(frame)
-        if run:
-            out.append(SendFrames(cur or "", tuple(run)))
+            by_iface.setdefault(ifname, []).append(frame)
+        out.extend(SendFrames(ifname, tuple(fs)) for ifname, fs in by_iface.items())
 
     # -- validity and the leases-outage grace ----------------------------------------------------------
     def _maybe_grace(self, now: float, out: list[Command]) -> None:
         """At the validity deadline, keep the set a little longer when the leases service is silent."""
         deadline = self.state.deadline
-        if deadline is None or now < deadline or not self._leases_silent(now):
+        if deadline is None or now < deadline - GRACE_LEAD_S or not self._leases_silent(now):
             return
         if not self.state.extend(now + GRACE_STEP_S):
             return
