@@ -58,12 +58,12 @@ from l2lb.core.announcer_machine import (
     Tick,
 )
 from l2lb.core.messages import HeartbeatEncoder, Message, NodeAssignments, NodeRenewal
-from l2lb.obs import metrics
 from l2lb.obs.log import get_logger
 from l2lb.runtime.config import parse_with_config
 from l2lb.runtime.memory import pin_mmap_threshold
 from l2lb.runtime.run import run_service
 from services.announcer.config import build_parser, interface_pattern, load_static, machine_config, validate
+from services.announcer.metrics import AnnouncerMetrics
 
 if TYPE_CHECKING:
     from l2lb.adapters.kube.client import KubeClient
@@ -72,55 +72,6 @@ __all__ = ["AnnouncerService", "build_parser", "main"]
 
 log = get_logger("l2lb.announcer")
 
-_frames = metrics.counter(
-    "l2lb_announcer_frames_total",
-    "Frames seen by the announcer's raw sockets, by outcome (answered or drop reason)",
-    ("reason",),
-)
-_requests = metrics.counter(
-    "l2lb_announcer_requests_total", "ARP requests and NDP solicitations/adverts seen"
-)
-_replies = metrics.counter("l2lb_announcer_replies_total", "ARP replies / solicited NAs sent")
-_garps = metrics.counter("l2lb_announcer_garps_total", "Gratuitous ARP / unsolicited NA frames sent")
-_conflicts = metrics.counter(
-    "l2lb_announcer_conflicts_total", "Frames from another MAC claiming an owned VIP"
-)
-_defences = metrics.counter("l2lb_announcer_defences_total", "Conflicts answered with a defence")
-_send_errors = metrics.counter("l2lb_announcer_send_errors_total", "Frames the kernel refused to send")
-_memo_hits = metrics.counter(
-    "l2lb_announcer_memo_hits_total",
-    "Requests decided from the memo of earlier answers (same frame, same VIP set): the hot path's fast case",
-)
-_kernel_drops = metrics.counter(
-    "l2lb_announcer_kernel_drops_total",
-    "Frames dropped by the kernel before the announcer read them (socket buffer full)",
-)
-# the machine's Count / Gauge facts, by name
-_COUNTS: dict[str, Any] = {
-    "assignments": metrics.counter(
-        "l2lb_announcer_assignments_total",
-        "NodeAssignments / NodeRenewal messages for this node by result (applied, renewed, digest_mismatch, "
-        "expired, stale, ...; snapshot_requested: full set asked for; superseded: VIPs given elsewhere with a "
-        "higher epoch)",
-        ("result",),
-    ),
-    "expiries": metrics.counter("l2lb_announcer_expiries_total", "Times the VIP set expired without renewal"),
-    "heartbeats": metrics.counter(
-        "l2lb_announcer_heartbeats_total",
-        "Heartbeats published, by how the serving map went (full: in the message; omitted: only its digest)",
-        ("serving",),
-    ),
-}
-_GAUGES = {
-    "leases_grace": metrics.gauge(
-        "l2lb_announcer_leases_grace", "1 while VIPs are kept past their validity because the leases service is silent"
-    ),
-    "vips": metrics.gauge("l2lb_announcer_vips", "VIPs currently answered for"),
-    "interfaces_up": metrics.gauge(
-        "l2lb_announcer_interfaces_up", "Allowed interfaces that are up with an open socket"
-    ),
-}
-_valid = metrics.gauge("l2lb_announcer_assignment_remaining_seconds", "Validity left of the current VIP set")
 
 
 class AnnouncerService:
@@ -139,7 +90,7 @@ class AnnouncerService:
         self._wake = asyncio.Event()  # the machine may want a Tick sooner than planned
         self._outbox: asyncio.Queue[PublishHeartbeat | RequestSnapshot | None] = asyncio.Queue()
         self._encode_hb = HeartbeatEncoder()
-        self._synced: dict[str, int] = {}
+        self.metrics = AnnouncerMetrics()
         self._retired_send_errors = 0  # of sockets closed since start (link flaps)
         self.monitor = LinkMonitor(self.allow, self._on_links, poll_interval=args.link_poll_ms / 1000.0,
                                    use_netlink=not args.no_netlink)
@@ -159,11 +110,8 @@ class AnnouncerService:
                 if port is not None:
                     for frame in c.frames:
                         port.send(frame)
-            elif isinstance(c, Count):
-                counter = _COUNTS[c.name]
-                (counter.labels(c.label) if c.label else counter).inc(c.n)
-            elif isinstance(c, Gauge):
-                _GAUGES[c.name].set(c.value)
+            elif isinstance(c, Count | Gauge):
+                self.metrics.fact(c)
             elif isinstance(c, Log):
                 getattr(log, c.level)(c.message, extra=dict(c.fields))
             elif isinstance(c, SetMulticast):
@@ -303,39 +251,12 @@ class AnnouncerService:
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
 
     def sync_metrics(self) -> None:
-        stats = dict(self.machine.state.stats)
-        stats["_send_errors"] = self._retired_send_errors
+        drops = 0
         for port in self.ports.values():
             with contextlib.suppress(OSError):
-                _, drops = port.kernel_stats()
-                if drops:
-                    _kernel_drops.inc(drops)
-            stats["_send_errors"] += port.send_errors
-        stats["_memo_hits"] = self.machine.memo_hits
-        for key, val in stats.items():
-            delta = val - self._synced.get(key, 0)
-            if delta <= 0:
-                continue
-            self._synced[key] = val
-            if key == "garp_frames":
-                _garps.inc(delta)
-            elif key == "conflicts_defended":
-                _defences.inc(delta)
-            elif key == "_send_errors":
-                _send_errors.inc(delta)
-            elif key == "_memo_hits":
-                _memo_hits.inc(delta)
-            else:
-                _frames.labels(key).inc(delta)
-                _requests.inc(delta)
-                if key == "answered":
-                    _replies.inc(delta)
-                elif key == "conflict":
-                    _conflicts.inc(delta)
-        now = time.monotonic()
-        st = self.machine.state
-        _valid.set(max(0.0, st.deadline - now) if st.deadline is not None else 0.0)
-        _GAUGES["vips"].set(st.serving_count(now))
+                drops += port.kernel_stats()[1]
+        self.metrics.sync(self.machine, time.monotonic(), drops,
+                          self._retired_send_errors + sum(p.send_errors for p in self.ports.values()))
 
     # -- readiness / status ----------------------------------------------------------------------------
     def _ready_ifaces(self) -> tuple[bool, str]:
