@@ -3,8 +3,8 @@
 
     python -m tests.announcer.heartbeat_cost [VIPS] [ROUNDS]
 
-Announcer side (in process, one node, a private redis-server): ``heartbeat()`` + encoding + XADD, as one
-pass of the heartbeat loop does on the loop that answers ARP. Bytes: one message of each kind, and the
+Announcer side (in process, one node, a private redis-server): the tick that builds a heartbeat + encoding +
+XADD, as the timer does on the loop that answers ARP. Bytes: one message of each kind, and the
 steady-state bytes/s per node at 10 heartbeats/s. Leases side: decode + the machine's
 ``HeartbeatReceived`` (process CPU).
 """
@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from l2lb.adapters.bus.client import Bus
+from l2lb.core.announcer_machine import PublishHeartbeat, Tick
 from l2lb.core.leases_machine import HeartbeatReceived, LeasesMachine, LeasesParams, Now
 from l2lb.core.messages import Heartbeat, NodeAssignments, NodeRenewal, VipAssignment, assignments_digest, decode
-from services.announcer.main import AnnouncerService, build_parser
+from services.announcer.config import build_parser
+from services.announcer.main import AnnouncerService
 from tests.support.redis_server import RedisProcess
 
 HZ = 10  # heartbeats per second (--heartbeat-interval-ms 100)
@@ -37,13 +39,14 @@ def _vips(n: int) -> tuple[VipAssignment, ...]:
 
 async def _announcer(bus: Bus, vips: tuple[VipAssignment, ...], full_every_ms: int) -> AnnouncerService:
     args = build_parser().parse_args(["--node", "n1", "--interfaces", "l2lb-none-[0-9]+", "--no-netlink",
-                                      "--http-port", "0", "--heartbeat-full-every-ms", str(full_every_ms)])
+                                      "--http-port", "0", "--heartbeat-full-every-ms", str(full_every_ms),
+                                      "--heartbeat-interval-ms", "1"])
     svc = AnnouncerService(args)
     svc.bus = bus
     d = assignments_digest(vips)
     eid = f"{int(time.time() * 1000)}-0"
-    await svc._on_message(NodeAssignments("n1", 3, 1, 3_600_000, time.time(), vips, d), eid)
-    await svc._on_message(NodeRenewal("n1", 3, 2, 3_600_000, time.time(), d), eid)
+    await svc.on_message(NodeAssignments("n1", 3, 1, 3_600_000, time.time(), vips, d), eid)
+    await svc.on_message(NodeRenewal("n1", 3, 2, 3_600_000, time.time(), d), eid)
     return svc
 
 
@@ -52,12 +55,20 @@ async def _loop_ms(svc: AnnouncerService, rounds: int) -> tuple[float, float, by
     assert svc.bus is not None
     times = []
     for _ in range(rounds):
+        await asyncio.sleep(0.0015)  # one heartbeat due (interval 1 ms), as the timer finds one every 100 ms
         t0 = time.perf_counter()
-        await svc._publish(svc.heartbeat())
+        await _beat(svc)
         times.append(time.perf_counter() - t0)
     rows: Any = await svc.bus.redis.xrevrange(svc.bus.keys.heartbeats, count=1)
     times.sort()
     return statistics.median(times) * 1000, times[int(len(times) * 0.99) - 1] * 1000, bytes(rows[0][1][b"m"])
+
+
+async def _beat(svc: AnnouncerService) -> None:
+    """One pass of the timer that finds a heartbeat due: tick, build, encode, XADD, feed the outcome back."""
+    for c in svc.machine.feed(Tick(time.monotonic(), time.time())):
+        if isinstance(c, PublishHeartbeat):
+            svc.feed(await svc.publish(c))
 
 
 def _leases_us(raw_full: bytes, raw_omitted: bytes | None, rounds: int) -> float:
@@ -90,7 +101,8 @@ async def _main(n: int, rounds: int) -> None:
             before = await _announcer(bus, vips, 0)
             b_med, b_p99, raw_full = await _loop_ms(before, rounds)
             after = await _announcer(bus, vips, int(FULL_EVERY_S * 1000))
-            await after._publish(after.heartbeat())  # the first one goes in full
+            await asyncio.sleep(0.0015)
+            await _beat(after)  # the first one goes in full
             a_med, a_p99, raw_omitted = await _loop_ms(after, rounds)
             assert decode(raw_omitted).serving_omitted  # type: ignore[union-attr]
         finally:

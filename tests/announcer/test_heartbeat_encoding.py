@@ -5,8 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from l2lb.core.messages import Heartbeat, InterfaceInfo, decode, encode
-from services.announcer.main import HeartbeatEncoder
+from l2lb.core.messages import Heartbeat, HeartbeatEncoder, InterfaceInfo, decode, encode
 
 _text = st.text(alphabet=st.characters(codec="utf-8"), max_size=12) | st.sampled_from(
     ['"serving":{}', '\\"serving\\":{}', "serving", "{}"])
@@ -33,8 +32,8 @@ def test_encoder_follows_a_new_serving_map() -> None:
 
 
 def test_backlog_detection() -> None:
+    from l2lb.core.announcer_machine import is_backlog
     from l2lb.core.messages import NodeAssignments
-    from services.announcer.main import is_backlog
 
     m = NodeAssignments(node="n", term=1, seq=1, ttl_ms=1000, sent_at=100.0)
     assert not is_backlog(m, 100.5, 5.0)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from l2lb.adapters.bus.client import Bus
+from l2lb.core.announcer_machine import Published, PublishHeartbeat, Stop, Tick
 from l2lb.core.messages import (
     Heartbeat,
     NodeAssignments,
@@ -23,7 +24,8 @@ from l2lb.core.messages import (
     serving_digest,
 )
 from l2lb.obs.metrics import REGISTRY
-from services.announcer.main import AnnouncerService, build_parser
+from services.announcer.config import build_parser
+from services.announcer.main import AnnouncerService
 from tests.leases.harness import Harness, wait_for
 from tests.leases.helpers import ALL_LB
 
@@ -31,8 +33,9 @@ VIPS = (VipAssignment("198.51.100.41", 5), VipAssignment("198.51.100.42", 6))
 
 
 def _svc(bus: Bus, *flags: str, node: str = "n1") -> AnnouncerService:
+    # heartbeats every 1 ms: each _beat below finds one due, as the timer would every 100 ms
     args = build_parser().parse_args(["--node", node, "--interfaces", "l2lb-none-[0-9]+", "--no-netlink",
-                                      "--http-port", "0", *flags])
+                                      "--http-port", "0", "--heartbeat-interval-ms", "1", *flags])
     svc = AnnouncerService(args)
     svc.bus = bus
     return svc
@@ -54,17 +57,27 @@ class Leases:
     async def full(self, vips: tuple[VipAssignment, ...] = VIPS, ttl_ms: int = 10_000) -> None:
         self.seq += 1
         self.digest = assignments_digest(vips)
-        await self.svc._on_message(NodeAssignments("n1", self.term, self.seq, ttl_ms, time.time(), vips,
+        await self.svc.on_message(NodeAssignments("n1", self.term, self.seq, ttl_ms, time.time(), vips,
                                                    self.digest), _eid())
 
     async def renew(self, ttl_ms: int = 10_000) -> None:
         self.seq += 1
-        await self.svc._on_message(NodeRenewal("n1", self.term, self.seq, ttl_ms, time.time(), self.digest), _eid())
+        await self.svc.on_message(NodeRenewal("n1", self.term, self.seq, ttl_ms, time.time(), self.digest), _eid())
+
+
+async def _publish_one(svc: AnnouncerService) -> Published:
+    """One timer tick that finds a heartbeat due, carried out as the service does (publish, feed back)."""
+    await asyncio.sleep(0.002)
+    cmds = [c for c in svc.machine.feed(Tick(time.monotonic(), time.time())) if isinstance(c, PublishHeartbeat)]
+    assert len(cmds) == 1
+    res = await svc.publish(cmds[0])
+    svc.feed(res)
+    return res
 
 
 async def _beat(svc: AnnouncerService) -> tuple[Heartbeat, int]:
-    """Build and publish one heartbeat as the heartbeat loop does; returns it as read back from Redis."""
-    assert await svc._publish(svc.heartbeat())
+    """Build and publish one heartbeat as the timer does; returns it as read back from Redis."""
+    assert (await _publish_one(svc)).ok
     rows: Any = await svc.bus.redis.xrevrange(svc.bus.keys.heartbeats, count=1)  # type: ignore[union-attr]
     raw = rows[0][1][b"m"]
     msg = decode(raw)
@@ -111,7 +124,9 @@ async def test_omits_an_unchanged_map_and_sends_it_full_on_every_reason(bus: Bus
     hb, _ = await _beat(svc)
     assert hb.serving_omitted
     # (d) stopping: never omitted (and empty)
-    stop = svc.heartbeat(stopping=True)
+    last = [c for c in svc.machine.feed(Stop(time.monotonic(), time.time())) if isinstance(c, PublishHeartbeat)]
+    assert len(last) == 1
+    stop = last[0].heartbeat
     assert not stop.serving_omitted and stop.serving == {} and stop.stopping
     assert b"serving_omitted" not in encode(stop)
     assert (_count("full") - full0, _count("omitted") - omitted0) == (5, 4)
@@ -157,8 +172,8 @@ async def test_a_failed_publish_is_not_a_full_map_sent(bus: Bus) -> None:
         lz = Leases(svc)
         await lz.full()
         await lz.renew()
-        assert not await svc._publish(svc.heartbeat())
-        assert not await svc._publish(svc.heartbeat())
+        assert not (await _publish_one(svc)).ok
+        assert not (await _publish_one(svc)).ok
         svc.bus = bus
         hb, _ = await _beat(svc)
         assert not hb.serving_omitted and len(hb.serving) == 2  # leases never got the map: full
@@ -184,15 +199,17 @@ async def test_with_the_real_leases_service_steady_state_and_failover(bus: Bus) 
     h = Harness(bus)
     svc = _svc(bus, "--heartbeat-interval-ms", "50", "--heartbeat-full-every-ms", "500")
     stop = asyncio.Event()
-    consumer = bus.consumer(bus.keys.assignments, "announcer:n1", "t-n1", svc._on_message, block_ms=100)
-    tasks = [asyncio.create_task(consumer.run(stop)), asyncio.create_task(svc._heartbeats(stop))]
+    consumer = bus.consumer(bus.keys.assignments, "announcer:n1", "t-n1", svc.on_message, block_ms=100)
+    tasks = [asyncio.create_task(consumer.run(stop)), asyncio.create_task(svc._drive(stop)),
+             asyncio.create_task(svc._publisher())]
     try:
         await h.add_node("n2")
         h.start_leases(static_policies=[ALL_LB])
         for i in range(6):
             await h.allocate(f"ns/s{i}", f"198.51.100.{50 + i}")
-        await wait_for(lambda: len(svc.state.serving(time.monotonic())) + len(h.announcers["n2"].serving()) == 6, 5)
-        mine = dict(svc.state.serving(time.monotonic()))
+        st = svc.machine.state
+        await wait_for(lambda: len(st.serving(time.monotonic())) + len(h.announcers["n2"].serving()) == 6, 5)
+        mine = dict(svc.machine.state.serving(time.monotonic()))
         assert mine
         await asyncio.sleep(0.5)
         start: Any = await bus.redis.xrevrange(bus.keys.heartbeats, count=1)
@@ -210,9 +227,10 @@ async def test_with_the_real_leases_service_steady_state_and_failover(bus: Bus) 
         second = h.start_leases(static_policies=[ALL_LB], instance="leases-again")
         await wait_for(lambda: second.svc.m.result is not None, 5)
         await asyncio.sleep(0.5)
-        assert svc.state.serving(time.monotonic()) == mine
+        assert svc.machine.state.serving(time.monotonic()) == mine
         assert not [m for m in second.svc.m.recent_moves if m["from"] is not None]
     finally:
         stop.set()
+        svc._outbox.put_nowait(None)
         await asyncio.gather(*tasks, return_exceptions=True)
         await h.close()

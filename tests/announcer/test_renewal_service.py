@@ -19,7 +19,8 @@ from l2lb.core.messages import (
     decode,
 )
 from l2lb.obs.metrics import REGISTRY
-from services.announcer.main import AnnouncerService, build_parser
+from services.announcer.config import build_parser
+from services.announcer.main import AnnouncerService
 from tests.leases.harness import ALL_POLICY, Harness, wait_for
 
 VIP = "198.51.100.40"
@@ -36,25 +37,29 @@ def _assigned(result: str) -> float:
 def _answers(svc: AnnouncerService, ip: str = VIP) -> bool:
     frame = codec.build_arp(1, eth_dst=codec.BROADCAST_MAC, eth_src=ASKER, sha=ASKER,
                             spa=codec.ip_bytes("198.51.100.2"), tha=codec.ZERO_MAC, tpa=codec.ip_bytes(ip))
-    return svc.state.handle(frame, ETH0, time.monotonic()).reason == Outcome.ANSWERED
+    return svc.machine.state.handle(frame, ETH0, time.monotonic()).reason == Outcome.ANSWERED
 
 
 class Node:
-    """An AnnouncerService for ``node`` whose assignments consumer runs on the bus (no sockets opened)."""
+    """An AnnouncerService for ``node`` whose assignments consumer runs on the bus (no sockets opened, no
+    heartbeats: the timer does not run), in consumer group ``announcer:<group>`` (default: the node)."""
 
-    def __init__(self, bus: Bus, node: str):
+    def __init__(self, bus: Bus, node: str, group: str | None = None):
         args = build_parser().parse_args(["--node", node, "--interfaces", "l2lb-none-[0-9]+", "--no-netlink",
                                           "--http-port", "0"])
         self.svc = AnnouncerService(args)
         self.svc.bus = bus
         self.stop = asyncio.Event()
-        self.consumer = bus.consumer(bus.keys.assignments, f"announcer:{node}", f"t-{node}", self.svc._on_message,
-                                     on_resync=self.svc._on_resync, block_ms=100)
+        self.consumer = bus.consumer(bus.keys.assignments, f"announcer:{group or node}", f"t-{node}",
+                                     self.svc.on_message, on_resync=self.svc.on_resync, block_ms=100)
         self.task = asyncio.create_task(self.consumer.run(self.stop))
+        self.publisher = asyncio.create_task(self.svc._publisher())  # snapshot requests
 
     async def close(self) -> None:
         self.stop.set()
+        self.svc._outbox.put_nowait(None)
         await asyncio.wait_for(self.task, 5)
+        await asyncio.wait_for(self.publisher, 5)
 
 
 async def _requests(bus: Bus) -> list[SnapshotRequest]:
@@ -90,7 +95,7 @@ async def test_matching_renewals_keep_the_set_and_wrong_ones_let_it_expire(bus: 
             seq += 1
             await bus.publish(bus.keys.assignments, NodeRenewal("n1", 3, seq, 500, time.time(), d))
             await asyncio.sleep(0.1)
-        assert _answers(n.svc) and n.svc.state.serving(time.monotonic()) == {VIP: 5}
+        assert _answers(n.svc) and n.svc.machine.state.serving(time.monotonic()) == {VIP: 5}
         assert _assigned("renewed") - renewed0 >= 8
         assert await _requests(bus) == []
         # renewals naming another set (same IP, another epoch): nothing is extended, the VIP expires
@@ -100,9 +105,9 @@ async def test_matching_renewals_keep_the_set_and_wrong_ones_let_it_expire(bus: 
             seq += 1
             await bus.publish(bus.keys.assignments, NodeRenewal("n1", 3, seq, 500, time.time(), other))
             await asyncio.sleep(0.1)
-        expired_at = n.svc.state.deadline
+        expired_at = n.svc.machine.state.deadline
         assert expired_at is not None and expired_at - t0 < 0.6
-        assert not _answers(n.svc) and n.svc.state.serving(time.monotonic()) == {}
+        assert not _answers(n.svc) and n.svc.machine.state.serving(time.monotonic()) == {}
         assert _assigned("digest_mismatch") - mismatch0 >= 3  # before the set ran out
         assert _assigned("expired") + _assigned("digest_mismatch") - mismatch0 >= 10
         reqs = await _requests(bus)
@@ -121,15 +126,15 @@ async def test_renewals_for_other_nodes_count_as_leases_alive_but_change_nothing
     n = Node(bus, "n1")
     try:
         await _wait_consumer(bus, "n1")
-        before = n.svc._last_any_assignments
+        before = n.svc.machine.leases_heard_at
         await bus.publish(bus.keys.assignments, NodeRenewal("n2", 3, 7, 500, time.time(), "a" * 32))
-        await wait_for(lambda: n.svc._last_any_assignments > before, 2)
-        assert n.svc.state.deadline is None and await _requests(bus) == []
+        await wait_for(lambda: n.svc.machine.leases_heard_at > before, 2)
+        assert n.svc.machine.state.deadline is None and await _requests(bus) == []
         # an old renewal (backlog) is ignored entirely
-        before = n.svc._last_any_assignments
+        before = n.svc.machine.leases_heard_at
         await bus.publish(bus.keys.assignments, NodeRenewal("n2", 3, 8, 500, time.time() - 60, "a" * 32))
         await asyncio.sleep(0.3)
-        assert n.svc._last_any_assignments == before
+        assert n.svc.machine.leases_heard_at == before
     finally:
         await n.close()
 
@@ -148,16 +153,15 @@ async def test_late_announcer_gets_its_set_from_the_real_leases_service(bus: Bus
         mine = set(h.announcers["n1"].serving())
         assert mine
         # the real announcer of n1 starts late, with nothing applied
-        n = Node(bus, "n1-late")
-        n.svc.node = n.svc.state.node = "n1"
+        n = Node(bus, "n1", group="n1-late")
         asked0 = _assigned("snapshot_requested")
         t0 = time.monotonic()
-        t1 = await wait_for(lambda: set(n.svc.state.serving(time.monotonic())) == mine, 3)
+        t1 = await wait_for(lambda: set(n.svc.machine.state.serving(time.monotonic())) == mine, 3)
         print(f"late announcer: full set via snapshot request after {(t1 - t0) * 1000:.0f} ms")
         assert _assigned("snapshot_requested") - asked0 == 1
         assert any(r.requester == "announcer:n1" for r in await _requests(bus))
         await asyncio.sleep(2.0)  # kept on renewals alone, answering all along
-        assert set(n.svc.state.serving(time.monotonic())) == mine
+        assert set(n.svc.machine.state.serving(time.monotonic())) == mine
         assert all(_answers(n.svc, ip) for ip in mine)
         assert _assigned("snapshot_requested") - asked0 == 1
     finally:
@@ -179,7 +183,7 @@ async def test_term_that_went_backwards_recovers_through_snapshot_requests(bus: 
         await bus.publish(bus.keys.assignments, NodeAssignments("n1", 9, 1, 300, time.time(), vips, d))
         await wait_for(lambda: _answers(n.svc), 2)
         await asyncio.sleep(0.4)
-        assert not n.svc.state.valid(time.monotonic())
+        assert not n.svc.machine.state.valid(time.monotonic())
         asked0 = _assigned("snapshot_requested")
         seq = 0
         for _ in range(6):  # the new (lower-term) leader renews; every second we ask for the full set
@@ -197,10 +201,10 @@ async def test_term_that_went_backwards_recovers_through_snapshot_requests(bus: 
             await asyncio.sleep(0.3)
             if _answers(n.svc):
                 break
-        assert _answers(n.svc) and n.svc.state.last_order is not None and n.svc.state.last_order[0] == 2
+        assert _answers(n.svc) and n.svc.machine.state.last_order is not None and n.svc.machine.state.last_order[0] == 2
         assert 1.9 <= time.monotonic() - t0 < 3.0
         seq += 1
         await bus.publish(bus.keys.assignments, NodeRenewal("n1", 2, seq, 300, time.time(), d))
-        await wait_for(lambda: n.svc.state.last_order == (2, seq), 2)
+        await wait_for(lambda: n.svc.machine.state.last_order == (2, seq), 2)
     finally:
         await n.close()

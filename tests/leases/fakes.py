@@ -20,7 +20,7 @@ import uuid
 from l2lb.adapters.bus.client import Bus
 from l2lb.core.messages import Heartbeat, InterfaceInfo, Message, NodeAssignments, NodeRenewal, serving_digest
 
-RENEWAL_FRESH_S = 5.0  # as services.announcer.main: a renewal counts for min(this, its ttl / 2)
+RENEWAL_FRESH_S = 5.0  # as l2lb.core.announcer_machine: a renewal counts for min(this, its ttl / 2)
 
 
 class FakeAnnouncer:

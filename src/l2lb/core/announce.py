@@ -278,6 +278,26 @@ class AnnouncerState:
         self._defended.clear()
         return gone
 
+    def drop_superseded(self, claims: Iterable[tuple[str, int]]) -> tuple[Vip, ...]:
+        """Stop answering every VIP of ours that ``claims`` ((ip, epoch) given to another node) names with a
+        higher epoch: the epoch is the fencing token, so that is a later decision than ours. The digest is
+        forgotten (a renewal can no longer name what we hold: the next one asks for the full set). Returns
+        what was dropped."""
+        by_text = self._by_text
+        gone = [v for ip, epoch in claims if (v := by_text.get(ip)) is not None and epoch > v.epoch
+                and self.vips.get(v.addr) is v]
+        if not gone:
+            return ()
+        new = dict(self.vips)  # a new object: the hot path's memo of answers notices the change
+        for v in gone:
+            del new[v.addr]
+            self._garps.pop(v.addr, None)
+            self._defended.pop(v.addr, None)
+        self._by_text = {ip: v for ip, v in by_text.items() if v.addr in new}
+        self.vips = new
+        self.digest = ""
+        return tuple(gone)
+
     def extend(self, until: float) -> bool:
         """Keep the current set valid until ``until`` (monotonic) without a renewal message.
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, ClassVar, TypeVar
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "AllocationSnapshot",
     "Conflict",
     "Heartbeat",
+    "HeartbeatEncoder",
     "InterfaceInfo",
     "MessageError",
     "NodeAssignments",
@@ -288,6 +289,30 @@ def serving_digest(serving: Mapping[str, int]) -> str:
     rows = sorted(serving.items())
     raw = json.dumps(rows, separators=(",", ":"), ensure_ascii=True).encode()
     return hashlib.sha256(raw).hexdigest()[:32]
+
+
+class HeartbeatEncoder:
+    """``encode(heartbeat)``, byte for byte, without re-encoding an unchanged ``serving`` map.
+
+    With thousands of VIPs the map dominates the message (10k VIPs: ~200 KB, ~7 ms of JSON per
+    heartbeat, every 100 ms, on the loop that answers ARP). It is encoded once per change of the map
+    (the announcer passes the same dict object while its set is unchanged) and spliced into the encoding
+    of the rest. The splice point is unambiguous: inside JSON strings every quote is escaped, so
+    ``"serving":{}`` can only be the field itself.
+    """
+
+    def __init__(self) -> None:
+        self._src: dict[str, int] | None = None
+        self._enc = b"{}"
+
+    def __call__(self, hb: Heartbeat) -> bytes:
+        if not hb.serving:  # omitted or empty: nothing to splice (and the cached map stays cached)
+            return encode(hb)
+        if hb.serving is not self._src:
+            self._enc = json.dumps(hb.serving, separators=(",", ":")).encode()
+            self._src = hb.serving
+        small = encode(replace(hb, serving={}))
+        return small.replace(b'"serving":{}', b'"serving":' + self._enc, 1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,803 @@
+"""Every decision of the announcer, as one pure state machine: events in, commands out, clock passed in.
+
+The service (``services/announcer/main.py``) is a shell around it: its raw sockets, Redis consumer, link
+monitor and timers turn what happens into :data:`Event` values, it feeds them to :meth:`AnnouncerMachine.feed`
+and carries out the :data:`Command` values that come back, in order. A deterministic simulator drives the
+same interface with a virtual clock. Nothing here reads a clock, a socket, a file or a random source: the
+same events with the same times always give the same commands.
+
+API::
+
+    m = AnnouncerMachine(MachineConfig(node="n1", instance="7f3a09c2e1b4"), now=0.0)
+    cmds = m.feed(Tick(now=0.0, wall=1.7e9))        # any event -> list of commands, in order
+    replies, cmds = m.on_frames("eth0", frames, now)  # the hot path: same decisions as feed(Frames(...)),
+                                                      # replies as a plain list, no command objects for them
+    m.next_wakeup(now)       # monotonic time of the next Tick the machine needs (None: nothing timed)
+    m.answers(ip, "eth0", now)   # read-only: would a request for ``ip`` on eth0 be answered now
+    m.status(now)            # read-only view for /v1/status
+
+Clocks: every event carries ``now``, the caller's monotonic clock in seconds; events that produce messages
+for others also carry ``wall`` (Unix seconds, used only for ``sent_at``/``at`` fields and the backlog check
+of ``NodeAssignments.sent_at``). Conflict records made on the hot path get their wall time from the offset
+between the two clocks seen at the last event that carried both.
+
+Events (frozen dataclasses):
+
+* :class:`Tick` -- time passes; runs the timers (grace, expiry, GARP rounds, heartbeat due). ``bus_ok`` is
+  the bus client's own view of Redis (False while a command to Redis is failing).
+* :class:`Assignments` / :class:`Renewal` -- a ``NodeAssignments`` / ``NodeRenewal`` read from the bus (for
+  any node: messages for other nodes are the evidence that leases is alive, and a VIP given elsewhere with a
+  higher epoch stops ours at once), with its stream entry id; or a full set from ``--static-assignments``
+  (``source="file:..."``: no backlog checks).
+* :class:`Resync` -- the assignments consumer lost its position (stream trimmed, group recreated).
+* :class:`Published` -- the outcome of a :class:`PublishHeartbeat`: the Redis round trip (ok/failed, the
+  entry id Redis gave, how many of the queued conflicts went out before the heartbeat).
+* :class:`LinksChanged` -- every interface the link monitor allows, with link state and whether the shell
+  holds an open raw socket on it (an interface is *answering* when it is up with a socket).
+* :class:`LabelsChanged` -- the Node's labels from Kubernetes (merged under ``--node-labels``).
+* :class:`Frames` -- frames received on an answering interface (the simulator's form of :meth:`on_frames`).
+* :class:`Stop` -- graceful shutdown: stop answering, tell leases (a last heartbeat with ``stopping``).
+
+Commands (frozen dataclasses):
+
+* :class:`SendFrames` -- transmit frames on an interface (replies, GARP / unsolicited NA rounds, defences).
+* :class:`SetMulticast` -- the exact set of multicast MACs the socket on an interface must receive
+  (solicited-node groups of the IPv6 VIPs allowed there).
+* :class:`StartAnswering` / :class:`StopAnswering` -- the answered VIP set changed (the shell checks that
+  the kernel does not own an added VIP; a simulator records who answers what).
+* :class:`PublishHeartbeat` -- publish the queued conflicts, then the heartbeat, then feed back
+  :class:`Published`. At most one is outstanding (besides the last one of :class:`Stop`).
+* :class:`RequestSnapshot` -- ask leases for this node's full set.
+* :class:`ReportConflict` -- another MAC claimed a VIP we answer for, and we defended it (log it; the
+  conflict also rides on the next :class:`PublishHeartbeat`).
+* :class:`Log`, :class:`Count`, :class:`Gauge` -- facts for the log and the metrics (``l2lb_announcer_*``).
+
+Rules (each has a unit test in tests/announcer/test_machine*.py):
+
+1. The VIP set is the last ``NodeAssignments`` for this node that is newer in (term, seq) than anything
+   used before (:class:`~l2lb.core.announce.AnnouncerState`); it is answered for until ``now + ttl_ms`` of
+   the last accepted full set or matching ``NodeRenewal``, then dropped entirely -- unless a grace rule holds.
+2. Grace (leases outage): past the deadline the set is kept, 100 ms at a time (checked 50 ms ahead of
+   the deadline, so a late timer leaves no gap), while Redis round trips
+   succeed (a heartbeat published within max(300 ms, 3 heartbeat intervals), the bus client sees Redis),
+   no ``NodeAssignments``/``NodeRenewal`` for *any* node arrived after our last renewal's burst (leases is
+   down, so nobody was given our VIPs), no answering interface went down since that renewal, and the grace
+   began less than ``leases_outage_grace_ms`` ago. Anything else expires strictly.
+3. A VIP stops at once when a newer set for this node drops it or changes its epoch, or when a set for
+   another node names it with a higher epoch (the epoch is the fencing token: higher is a later decision).
+4. Messages stored in Redis longer ago than their ttl (Redis's clock, from our own entries' ids) or sent
+   longer ago than ttl + ``max_clock_skew_ms`` (sender's wall clock) are backlog and ignored.
+5. A renewal that cannot be matched (another digest, an expired set, an older term) asks for the full set,
+   at most once per second.
+6. Gratuitous ARP (request + reply) / unsolicited NA: ``garp_count`` rounds ``garp_interval_ms`` apart on
+   every takeover (new VIP or new epoch), for newly allowed interfaces, and on an interface that comes (back)
+   up; none once the set expired.
+7. Conflicts (RFC 5227): defended at most once per ``defend_interval_ms`` per VIP; each defence is reported.
+8. Heartbeats every ``heartbeat_interval_ms`` and at once after any change of what is answered, of the
+   interfaces or labels, or a conflict; the serving map is left out (digest only) while it is unchanged,
+   was sent in full in this leases term less than ``heartbeat_full_every_ms`` ago, and leases renewed by
+   digest within min(5 s, ttl/2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from l2lb.core import codec
+from l2lb.core.announce import AnnouncerState, ConflictSeen, Iface, stream_entry_age_ms
+from l2lb.core.fastpath import ReplyMemo
+from l2lb.core.messages import (
+    Conflict,
+    Heartbeat,
+    InterfaceInfo,
+    NodeAssignments,
+    NodeRenewal,
+    serving_digest,
+)
+
+__all__ = [
+    "AnnouncerMachine",
+    "Assignments",
+    "Command",
+    "Count",
+    "Event",
+    "Frames",
+    "Gauge",
+    "LabelsChanged",
+    "LinkState",
+    "LinksChanged",
+    "Log",
+    "MachineConfig",
+    "PublishHeartbeat",
+    "Published",
+    "Renewal",
+    "ReportConflict",
+    "RequestSnapshot",
+    "Resync",
+    "SendFrames",
+    "SetMulticast",
+    "StartAnswering",
+    "Stop",
+    "StopAnswering",
+    "Tick",
+    "is_backlog",
+]
+
+SNAPSHOT_REQUEST_INTERVAL_S = 1.0  # at most one SnapshotRequest per this interval after unmatched renewals
+SAME_BURST_S = 0.1  # leases sends every node's set in one burst: messages this close to ours are that burst
+GRACE_STEP_S = 0.1  # the grace keeps the set this much longer per check
+# ... and checks this long before the deadline, so a timer that runs a little late never leaves a gap in
+# which requests go unanswered (the hot path checks the deadline per frame)
+GRACE_LEAD_S = 0.05
+# Omit the serving map only while a leases service that understands it is renewing us: only leases
+# versions that know omitted maps send NodeRenewal, so an accepted one within this window says so. The
+# window is also at most half the renewal's ttl: when leases goes silent (crash, failover) the next one
+# gets full maps within about ttl/2, while our VIPs are still valid, so it can adopt them.
+RENEWAL_FRESH_S = 5.0
+OLD_WARNING_EVERY_S = 30.0
+LOG_VIPS = 20  # VIPs listed by name in a log line (the rest are counted)
+MAX_PENDING_CONFLICTS = 100  # conflicts kept for publication while Redis is down (the newest)
+RECENT_CONFLICTS = 20
+
+
+# -- configuration ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class MachineConfig:
+    node: str
+    instance: str  # random per process start (the shell draws it): part of every heartbeat
+    labels: Mapping[str, str] = field(default_factory=dict)  # --node-labels (win over the Node's labels)
+    bus: bool = True  # False: --no-bus (no heartbeats, no snapshot requests, no grace)
+    heartbeat_interval_ms: int = 100
+    heartbeat_full_every_ms: int = 2000
+    garp_count: int = 5
+    garp_interval_ms: int = 1000
+    reply_rate: float = 100.0
+    reply_burst: float = 50.0
+    defend_interval_ms: int = 10_000
+    max_clock_skew_ms: int = 5000
+    leases_outage_grace_ms: int = 60_000
+
+
+# -- events ----------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Tick:
+    now: float
+    wall: float
+    bus_ok: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Assignments:
+    msg: NodeAssignments
+    now: float
+    wall: float
+    entry_id: str | None = None  # the stream entry's id ("<ms>-<seq>", Redis's clock); None: not from Redis
+    source: str = "bus"  # "bus" or "file:<path>" (static assignments: no backlog checks)
+
+
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    msg: NodeRenewal
+    now: float
+    wall: float
+    entry_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    reason: str
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    ok: bool  # the heartbeat reached Redis
+    now: float
+    entry_id: str = ""  # id Redis gave our last successful XADD of this command (its clock)
+    conflicts_sent: int = 0  # how many of the command's conflicts reached Redis (in order)
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkState:
+    name: str
+    index: int
+    mac: str  # "02:00:00:00:00:01"
+    up: bool  # administratively up with carrier
+    socket: bool  # the shell holds an open raw socket on it
+    addresses: tuple[str, ...] = ()
+    oper: str = ""
+
+    @property
+    def answering(self) -> bool:
+        return self.up and self.socket
+
+
+@dataclass(frozen=True, slots=True)
+class LinksChanged:
+    links: tuple[LinkState, ...]
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class LabelsChanged:
+    labels: Mapping[str, str]
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Frames:
+    iface: str
+    frames: tuple[bytes, ...]
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    now: float
+    wall: float
+
+
+Event = Tick | Assignments | Renewal | Resync | Published | LinksChanged | LabelsChanged | Frames | Stop
+
+
+# -- commands --------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class SendFrames:
+    iface: str
+    frames: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SetMulticast:
+    iface: str
+    macs: frozenset[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class StartAnswering:
+    vips: tuple[tuple[str, int], ...]  # (ip, epoch)
+
+
+@dataclass(frozen=True, slots=True)
+class StopAnswering:
+    ips: tuple[str, ...]
+    reason: str  # "reassigned" (a newer set), "expired", "superseded" (higher epoch elsewhere), "stopping"
+
+
+@dataclass(frozen=True, slots=True)
+class PublishHeartbeat:
+    heartbeat: Heartbeat
+    conflicts: tuple[Conflict, ...] = ()  # publish these first, in order; stop at the first failure
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSnapshot:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReportConflict:
+    conflict: Conflict
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    level: str  # "debug" | "info" | "warning" | "error"
+    message: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    name: str  # "assignments" (label: result), "expiries", "heartbeats" (label: full|omitted)
+    label: str = ""
+    n: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Gauge:
+    name: str  # "leases_grace", "vips", "interfaces_up"
+    value: float
+
+
+Command = (SendFrames | SetMulticast | StartAnswering | StopAnswering | PublishHeartbeat | RequestSnapshot
+           | ReportConflict | Log | Count | Gauge)
+
+_NO_COMMANDS: tuple[Command, ...] = ()
+
+
+def is_backlog(msg: NodeAssignments | NodeRenewal, wall_now: float, skew_s: float) -> bool:
+    """Sent longer ago than its ttl plus the allowed clock skew (``skew_s`` <= 0: never)."""
+    return skew_s > 0 and wall_now - msg.sent_at > msg.ttl_ms / 1000.0 + skew_s
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    heartbeat: Heartbeat
+    term: int | None  # leases term when it was built
+    conflicts: tuple[Conflict, ...]
+
+
+class AnnouncerMachine:
+    """See the module docstring."""
+
+    def __init__(self, config: MachineConfig, now: float):
+        self.config = config
+        self.node = config.node
+        self.state = AnnouncerState(
+            config.node,
+            garp_count=config.garp_count,
+            garp_interval=config.garp_interval_ms / 1000.0,
+            reply_rate=config.reply_rate,
+            reply_burst=config.reply_burst,
+            defend_interval=config.defend_interval_ms / 1000.0,
+        )
+        self._hb_interval = config.heartbeat_interval_ms / 1000.0
+        self._hb_full_every = config.heartbeat_full_every_ms / 1000.0
+        self._grace_s = config.leases_outage_grace_ms / 1000.0
+        self._wall_offset = 0.0  # wall - monotonic, from the last event carrying both
+        self._bus_ok = False
+        self._stopped = False
+        # interfaces: every link the monitor allows (heartbeat content), and the answering ones with the
+        # memo of answers of each (the hot path)
+        self._links: dict[str, LinkState] = {}
+        self._answering: dict[str, tuple[Iface, ReplyMemo]] = {}
+        self._retired_memo_hits = 0
+        self._link_down_at: float | None = None  # last time an answering interface went down
+        self._kube_labels: dict[str, str] = {}
+        # leases liveness and the outage grace
+        self._last_any_assignments = now
+        self._grace_since: float | None = None
+        self._last_snapshot_request: float | None = None
+        self._last_old_warning: float | None = None
+        # Redis round trips: the last that worked (monotonic) and Redis's clock from our own entry's id
+        self._last_publish_ok: float | None = None
+        self._redis_clock: tuple[int, float] | None = None
+        # heartbeats
+        self._hb_seq = 0
+        self._hb_due = now  # the first one at once
+        self._hb_again = False  # a change happened while one was outstanding: the next one at once
+        self._outgoing: _Outgoing | None = None
+        self._digest_of: tuple[dict[str, int] | None, str] = (None, "")
+        self._full_sent: tuple[dict[str, int], str, float, int | None] | None = None
+        self._renewal_fresh_until: float | None = None
+        # conflicts: waiting for publication (oldest first) and the recent ones for the status API
+        self._pending: list[Conflict] = []
+        self.recent_conflicts: list[dict[str, Any]] = []
+
+    # -- the interface -------------------------------------------------------------------------------
+    def feed(self, ev: Event) -> list[Command]:
+        """Apply one event; the commands to carry out, in order."""
+        if isinstance(ev, Tick):
+            return self._tick(ev)
+        if isinstance(ev, Frames):
+            replies, cmds = self.on_frames(ev.iface, list(ev.frames), ev.now)
+            out: list[Command] = [SendFrames(ev.iface, tuple(replies))] if replies else []
+            out.extend(cmds)
+            return out
+        if isinstance(ev, Assignments):
+            self._wall_offset = ev.wall - ev.now
+            return self._on_assignments(ev)
+        if isinstance(ev, Renewal):
+            self._wall_offset = ev.wall - ev.now
+            return self._on_renewal(ev)
+        if isinstance(ev, Published):
+            return self._on_published(ev)
+        if isinstance(ev, LinksChanged):
+            return self._on_links(ev)
+        if isinstance(ev, LabelsChanged):
+            self._kube_labels = dict(ev.labels)
+            self._heartbeat_soon()
+            return []
+        if isinstance(ev, Resync):
+            return self._on_resync(ev)
+        if isinstance(ev, Stop):
+            return self._on_stop(ev)
+        raise TypeError(f"not an announcer event: {ev!r}")
+
+    def on_frames(self, ifname: str, frames: list[bytes], now: float) -> tuple[list[bytes], Sequence[Command]]:
+        """The hot path: decide about ``frames`` received on ``ifname``; (replies to send there, commands)."""
+        entry = self._answering.get(ifname)
+        if entry is None:
+            return [], _NO_COMMANDS
+        replies, conflicts = entry[1].handle_batch(frames, entry[0], now)
+        if conflicts:
+            return replies, self._conflicts(conflicts, now)
+        return replies, _NO_COMMANDS
+
+    def next_wakeup(self, now: float) -> float | None:
+        """Monotonic time of the next :class:`Tick` this machine needs (a GARP round, the validity
+        deadline, the next heartbeat), or None."""
+        t = self.state.next_event(now)
+        deadline = self.state.deadline
+        if t is not None and t == deadline and self._grace_s > 0 and self.config.bus and now < t - GRACE_LEAD_S:
+            t -= GRACE_LEAD_S  # the grace, if it holds, extends the set before it runs out
+        if self.config.bus and self._outgoing is None and not self._stopped:
+            t = self._hb_due if t is None else min(t, self._hb_due)
+        return t
+
+    def answers(self, ip: str, ifname: str, now: float) -> bool:
+        """Would a valid request for ``ip`` on ``ifname`` be answered at ``now`` (rate limits aside)?"""
+        if ifname not in self._answering or not self.state.valid(now):
+            return False
+        vip = self.state._by_text.get(ip)
+        return vip is not None and vip.addr in self.state.vips and vip.allowed_on(ifname)
+
+    @property
+    def answering_interfaces(self) -> frozenset[str]:
+        return frozenset(self._answering)
+
+    @property
+    def memo_hits(self) -> int:
+        """Requests answered from the memo since start (all interfaces, also closed ones)."""
+        return self._retired_memo_hits + sum(m.hits for _, m in self._answering.values())
+
+    @property
+    def leases_heard_at(self) -> float:
+        """When the last (non-backlog) NodeAssignments/NodeRenewal for any node arrived (monotonic)."""
+        return self._last_any_assignments
+
+    @property
+    def pending_conflicts(self) -> int:
+        return len(self._pending)
+
+    def effective_labels(self) -> dict[str, str]:
+        return {**self._kube_labels, **self.config.labels}
+
+    def status(self, now: float) -> dict[str, Any]:
+        st = self.state.status(now)
+        st["instance"] = self.config.instance
+        st["labels"] = self.effective_labels()
+        st["counters"] = dict(sorted(self.state.stats.items()))
+        st["conflicts"] = list(self.recent_conflicts)
+        st["leases_grace"] = self._grace_since is not None
+        return st
+
+    # -- timers --------------------------------------------------------------------------------------
+    def _tick(self, ev: Tick) -> list[Command]:
+        now = ev.now
+        self._wall_offset = ev.wall - now
+        self._bus_ok = ev.bus_ok
+        out: list[Command] = []
+        self._maybe_grace(now, out)
+        gone = self.state.expire(now)
+        if gone:
+            self._grace_since = None
+            out.append(Gauge("leases_grace", 0))
+            out.append(Count("expiries"))
+            out.append(Log("warning", "assignments expired without renewal: stopped answering",
+                           {"vips": [v.ip for v in gone[:LOG_VIPS]], "count": len(gone)}))
+            out.append(StopAnswering(tuple(v.ip for v in gone), "expired"))
+            self._multicast(out)
+            self._heartbeat_soon()
+            out.append(Gauge("vips", 0))
+        if self.state._garps:
+            frames = self.state.announcements_due(now, [i for i, _ in self._answering.values()])
+            self._send_grouped(frames, out)
+        if (self.config.bus and not self._stopped and self._outgoing is None and now >= self._hb_due):
+            out.append(self._publish(now, ev.wall))
+        return out
+
+    @staticmethod
+    def _send_grouped(frames: list[tuple[str, bytes]], out: list[Command]) -> None:
+        """(interface, frame) pairs -> one SendFrames per interface (the order on each kept)."""
+        by_iface: dict[str, list[bytes]] = {}
+        for ifname, frame in frames:
+            by_iface.setdefault(ifname, []).append(frame)
+        out.extend(SendFrames(ifname, tuple(fs)) for ifname, fs in by_iface.items())
+
+    # -- validity and the leases-outage grace ----------------------------------------------------------
+    def _maybe_grace(self, now: float, out: list[Command]) -> None:
+        """At the validity deadline, keep the set a little longer when the leases service is silent."""
+        deadline = self.state.deadline
+        if deadline is None or now < deadline - GRACE_LEAD_S or not self._leases_silent(now):
+            return
+        if not self.state.extend(now + GRACE_STEP_S):
+            return
+        if self._grace_since is None:
+            self._grace_since = now
+            out.append(Gauge("leases_grace", 1))
+            out.append(Log("warning", "no assignments for any node since our last renewal while Redis is reachable: "
+                           "the leases service is down; keeping our VIPs (grace up to "
+                           f"{self.config.leases_outage_grace_ms} ms; see --leases-outage-grace-ms)",
+                           {"vips": len(self.state.vips)}))
+
+    def _leases_silent(self, now: float) -> bool:
+        """True when it is safe to keep serving past the validity deadline: grace is enabled and not used
+        up, our own Redis round trips work, and no assignments for *any* node arrived since our last
+        renewal -- the leases service is down, so no other node can have been given our VIPs. A node cut
+        off from Redis never keeps its VIPs: that is the partition case."""
+        if self._grace_s <= 0 or not self.config.bus or not self._bus_ok:
+            return False
+        # the bus client's view lags a partition (a dead TCP path looks healthy until something times out,
+        # e.g. our own link went down): require a Redis round trip -- a heartbeat -- that completed just now
+        fresh = max(0.3, 3 * self._hb_interval)
+        if self._last_publish_ok is None or now - self._last_publish_ok > fresh:
+            return False
+        last = self.state.last_applied_at
+        # our link went down since the last renewal: we cannot know what we missed (a partition, not a
+        # leases outage), and assignments may still be on their way once it is back
+        if last is not None and self._link_down_at is not None and self._link_down_at >= last:
+            return False
+        # leases sends every node's set in one burst per renew interval: messages for other nodes within
+        # SAME_BURST_S of ours belong to that last burst; anything later means leases is alive
+        if last is None or self._last_any_assignments > last + SAME_BURST_S:
+            return False
+        started = self._grace_since if self._grace_since is not None else now
+        return now - started < self._grace_s
+
+    def _leases_alive(self, out: list[Command], now: float) -> None:
+        if self._grace_since is not None:
+            out.append(Log("info", "leases service is back: assignments renewed after a grace period",
+                           {"grace_s": round(now - self._grace_since, 3)}))
+            self._grace_since = None
+            out.append(Gauge("leases_grace", 0))
+
+    # -- assignments -------------------------------------------------------------------------------------
+    def _stale_entry(self, msg: NodeAssignments | NodeRenewal, ev: Assignments | Renewal,
+                     out: list[Command]) -> bool:
+        """Rule 4: backlog by the sender's clock (ttl + skew) or by Redis's clock (ttl)."""
+        if is_backlog(msg, ev.wall, self.config.max_clock_skew_ms / 1000.0):
+            out.append(Count("assignments", "too_old"))
+            last = self._last_old_warning
+            if last is None or ev.now - last > OLD_WARNING_EVERY_S:
+                self._last_old_warning = ev.now
+                out.append(Log("warning", "ignoring assignments older than their validity (backlog, or clocks out "
+                               "of sync: check NTP or raise --max-clock-skew-ms)",
+                               {"age_s": round(ev.wall - msg.sent_at, 3), "ttl_ms": msg.ttl_ms, "seq": msg.seq}))
+            return True
+        if ev.entry_id is None:
+            return False
+        # An entry Redis stored longer ago than its own ttl (measured on Redis's clock, so exact even with
+        # skewed host clocks) is a backlog replay -- after a link flap or reconnect we read what we missed,
+        # in order. Applying it could re-add a VIP that has moved meanwhile and GARP for it.
+        age = stream_entry_age_ms(ev.entry_id, self._redis_clock, ev.now)
+        if age is None or age <= msg.ttl_ms:
+            return False
+        out.append(Count("assignments", "backlog"))
+        return True
+
+    def _on_assignments(self, ev: Assignments) -> list[Command]:
+        out: list[Command] = []
+        msg = ev.msg
+        if ev.source == "bus":
+            if self._stale_entry(msg, ev, out):
+                return out
+            # leases is alive (the outage grace relies on this): renewals count as much as full sets
+            self._last_any_assignments = ev.now
+            if msg.node != self.node:
+                self._superseded(msg, ev.now, out)
+                return out
+            self._leases_alive(out, ev.now)
+        self._apply(msg, ev.source, ev.now, out)
+        return out
+
+    def _apply(self, msg: NodeAssignments, source: str, now: float, out: list[Command]) -> None:
+        ch = self.state.apply(msg, now)
+        out.append(Count("assignments", ch.reason))
+        if not ch.accepted:
+            if ch.reason not in ("other_node", "stale"):
+                out.append(Log("warning", "assignments rejected", {"reason": ch.reason, "term": msg.term,
+                                                                   "seq": msg.seq}))
+            return
+        if ch.reason == "term_reset":
+            out.append(Log("warning", "the leases term went backwards (election Lease recreated?); accepting it "
+                           "after our set expired and nothing newer came", {"term": msg.term, "seq": msg.seq}))
+        for ip in ch.invalid:
+            out.append(Log("warning", "ignoring an assigned VIP that is not a usable unicast IP", {"ip": ip}))
+        if ch.added or ch.removed:
+            out.append(Log("info", "VIP set changed", {
+                "source": source, "term": msg.term, "seq": msg.seq, "ttl_ms": msg.ttl_ms,
+                # a log line stays readable with 10k VIPs: the first few, then the counts
+                "added": [f"{v.ip}@{v.epoch}" for v in ch.added[:LOG_VIPS]],
+                "removed": [v.ip for v in ch.removed[:LOG_VIPS]],
+                "added_count": len(ch.added), "removed_count": len(ch.removed), "total": len(self.state.vips),
+            }))
+            if ch.removed:
+                out.append(StopAnswering(tuple(v.ip for v in ch.removed), "reassigned"))
+            if ch.added:
+                out.append(StartAnswering(tuple((v.ip, v.epoch) for v in ch.added)))
+            self._multicast(out)
+            self._heartbeat_soon()
+        out.append(Gauge("vips", len(self.state.vips)))
+
+    def _superseded(self, msg: NodeAssignments, now: float, out: list[Command]) -> None:
+        """Rule 3: another node was given one of our VIPs with a higher epoch: stop answering it now."""
+        if not self.state.vips or not msg.vips:
+            return
+        gone = self.state.drop_superseded((v.ip, v.epoch) for v in msg.vips)
+        if not gone:
+            return
+        out.append(Log("warning", "another node was given a VIP we answer for, with a higher epoch: stopped "
+                       "answering it", {"node": msg.node, "vips": [f"{v.ip}@{v.epoch}" for v in gone[:LOG_VIPS]],
+                                        "count": len(gone)}))
+        out.append(Count("assignments", "superseded", len(gone)))
+        out.append(StopAnswering(tuple(v.ip for v in gone), "superseded"))
+        self._multicast(out)
+        self._heartbeat_soon()
+        out.append(Gauge("vips", len(self.state.vips)))
+
+    def _on_renewal(self, ev: Renewal) -> list[Command]:
+        out: list[Command] = []
+        msg = ev.msg
+        if self._stale_entry(msg, ev, out):
+            return out
+        self._last_any_assignments = ev.now
+        if msg.node != self.node:
+            return out
+        self._leases_alive(out, ev.now)
+        ch = self.state.renew(msg, ev.now)
+        out.append(Count("assignments", ch.reason))
+        if ch.accepted:
+            self._renewal_fresh_until = ev.now + min(RENEWAL_FRESH_S, msg.ttl_ms / 2000.0)
+        elif ch.reason in ("digest_mismatch", "expired", "stale_term"):
+            self._request_full_set(ch.reason, ev.now, out)
+        elif ch.reason not in ("other_node", "stale"):
+            out.append(Log("warning", "renewal rejected", {"reason": ch.reason, "term": msg.term, "seq": msg.seq}))
+        return out
+
+    def _request_full_set(self, reason: str, now: float, out: list[Command]) -> None:
+        """Rule 5: ask leases for our full set, at most once per SNAPSHOT_REQUEST_INTERVAL_S."""
+        last = self._last_snapshot_request
+        if not self.config.bus or (last is not None and now - last < SNAPSHOT_REQUEST_INTERVAL_S):
+            return
+        self._last_snapshot_request = now
+        out.append(Count("assignments", "snapshot_requested"))
+        out.append(Log("info", "cannot use a renewal: asking leases for our full set", {"reason": reason}))
+        out.append(RequestSnapshot(reason))
+
+    def _on_resync(self, ev: Resync) -> list[Command]:
+        out: list[Command] = [Log("info", "assignments stream resync; asking leases for a snapshot",
+                                  {"reason": ev.reason})]
+        if self.config.bus:
+            out.append(RequestSnapshot(ev.reason))
+        return out
+
+    # -- interfaces --------------------------------------------------------------------------------------
+    def _on_links(self, ev: LinksChanged) -> list[Command]:
+        now = ev.now
+        out: list[Command] = []
+        old = self._links
+        new = {link.name: link for link in ev.links}
+        for link in ev.links:
+            if not link.up and link.name in self._answering:
+                self._link_down_at = now
+                out.append(Log("warning", "interface down: not answering on it",
+                               {"interface": link.name, "oper": link.oper}))
+        answering: dict[str, tuple[Iface, ReplyMemo]] = {}
+        for link in ev.links:
+            if not link.answering:
+                continue
+            mac = codec.mac_bytes(link.mac)
+            prev = self._answering.get(link.name)
+            if prev is not None and prev[0].index == link.index and prev[0].mac == mac:
+                answering[link.name] = prev
+                continue
+            answering[link.name] = (Iface(link.name, link.index, mac), ReplyMemo(self.state))
+            if link.name in old:
+                out.append(Log("info", "interface up: announcing again", {"interface": link.name, "mac": link.mac}))
+            self.state.kick(link.name, now)
+        for name, (_, memo) in self._answering.items():
+            if answering.get(name, (None, None))[1] is not memo:
+                self._retired_memo_hits += memo.hits
+        self._answering = answering
+        self._links = new
+        self._multicast(out)
+        out.append(Gauge("interfaces_up", len(answering)))
+        self._heartbeat_soon()
+        return out
+
+    def _multicast(self, out: list[Command]) -> None:
+        for name in self._answering:
+            out.append(SetMulticast(name, frozenset(self.state.multicast_macs(name))))
+
+    # -- conflicts (RFC 5227) ------------------------------------------------------------------------------
+    def _conflicts(self, seen: list[ConflictSeen], now: float) -> list[Command]:
+        out: list[Command] = []
+        for c in seen:
+            msg = Conflict(node=self.node, ip=c.ip, our_mac=c.our_mac, their_mac=c.their_mac, interface=c.interface,
+                           at=now + self._wall_offset, defended=c.defended)
+            self._pending.append(msg)
+            del self._pending[:-MAX_PENDING_CONFLICTS]
+            self.recent_conflicts = [msg.to_dict(), *self.recent_conflicts][:RECENT_CONFLICTS]
+            out.append(ReportConflict(msg))
+        self._heartbeat_soon()
+        return out
+
+    # -- heartbeats ----------------------------------------------------------------------------------------
+    def _heartbeat_soon(self) -> None:
+        if self._outgoing is not None:
+            self._hb_again = True
+        else:
+            self._hb_due = float("-inf")
+
+    def _publish(self, now: float, wall: float) -> PublishHeartbeat:
+        hb, term = self._heartbeat(now, wall, stopping=False)
+        conflicts = tuple(self._pending)
+        self._pending = []
+        self._outgoing = _Outgoing(hb, term, conflicts)
+        self._hb_again = False
+        return PublishHeartbeat(hb, conflicts)
+
+    def _heartbeat(self, now: float, wall: float, *, stopping: bool) -> tuple[Heartbeat, int | None]:
+        self._hb_seq += 1
+        ifs = tuple(
+            InterfaceInfo(name=link.name, mac=link.mac, up=link.up and link.name in self._answering,
+                          addresses=link.addresses, ifindex=link.index)
+            for link in self._links.values()
+        )
+        serving = {} if stopping else self.state.serving(now)
+        src, digest = self._digest_of
+        if src is not serving:
+            digest = serving_digest(serving)
+            self._digest_of = (serving, digest)
+        order = self.state.last_order
+        term = None if order is None else order[0]
+        omit = self._may_omit(serving, digest, now, stopping, term)
+        hb = Heartbeat(node=self.node, instance=self.config.instance, seq=self._hb_seq, sent_at=wall,
+                       interval_ms=self.config.heartbeat_interval_ms, labels=self.effective_labels(), interfaces=ifs,
+                       serving={} if omit else serving, stopping=stopping, serving_digest=digest,
+                       serving_omitted=omit)
+        return hb, term
+
+    def _may_omit(self, serving: dict[str, int], digest: str, now: float, stopping: bool, term: int | None) -> bool:
+        """Rule 8: the heartbeat may carry only the digest of ``serving``: leases renewed us within
+        min(RENEWAL_FRESH_S, ttl / 2) (it understands omitted maps), the map is the one last sent in full,
+        less than heartbeat_full_every_ms ago, in the same leases term (a new leader gets full maps at once),
+        and we are not stopping. An empty map always goes in full (it costs nothing)."""
+        if stopping or not serving or self._hb_full_every <= 0:
+            return False
+        fresh = self._renewal_fresh_until
+        sent = self._full_sent
+        if fresh is None or now >= fresh or sent is None:
+            return False
+        src, sent_digest, at, sent_term = sent
+        if src is not serving and sent_digest != digest:
+            return False
+        return now - at < self._hb_full_every and sent_term == term
+
+    def _on_published(self, ev: Published) -> list[Command]:
+        now = ev.now
+        out: list[Command] = []
+        if ev.ok or ev.conflicts_sent:
+            self._last_publish_ok = now
+            head = ev.entry_id.partition("-")[0]
+            if head.isdigit():
+                self._redis_clock = (int(head), now)
+        sent = self._outgoing
+        self._outgoing = None
+        if sent is None:  # the stopping heartbeat's outcome, or a stray one: nothing outstanding
+            return out
+        unsent = list(sent.conflicts[ev.conflicts_sent:])
+        if unsent:
+            self._pending = [*unsent, *self._pending][-MAX_PENDING_CONFLICTS:]
+        if ev.ok:
+            hb = sent.heartbeat
+            if not hb.serving_omitted:
+                self._full_sent = (hb.serving, hb.serving_digest, now, sent.term)
+            out.append(Count("heartbeats", "omitted" if hb.serving_omitted else "full"))
+        elif ev.error:
+            out.append(Log("debug", "publish failed", {"error": ev.error}))
+        self._hb_due = now if self._hb_again else now + self._hb_interval
+        self._hb_again = False
+        return out
+
+    # -- shutdown ----------------------------------------------------------------------------------------
+    def _on_stop(self, ev: Stop) -> list[Command]:
+        out: list[Command] = []
+        self._stopped = True
+        serving = self.state.serving(ev.now)
+        if serving:
+            out.append(StopAnswering(tuple(serving), "stopping"))
+        for _, memo in self._answering.values():
+            self._retired_memo_hits += memo.hits
+        self._answering = {}
+        if self.config.bus:
+            hb, _ = self._heartbeat(ev.now, ev.wall, stopping=True)
+            self._outgoing = None
+            out.append(PublishHeartbeat(hb))
+        return out
+
