@@ -1,0 +1,141 @@
+"""The simulator's kernel: one virtual clock, one seeded RNG, one event queue (pure, deterministic).
+
+Nothing here reads a real clock or does I/O: a run is a function of its seed. Events scheduled for
+the same instant run in the order they were scheduled (a sequence number breaks ties), so two runs
+with one seed execute the very same steps.
+
+Processes (:class:`Proc`) schedule their callbacks through the kernel; a callback of a process that
+died since it was scheduled is dropped, one of a paused process is held and runs on resume (as a
+SIGSTOPped process finds its timers overdue after SIGCONT). Each process reads its own clocks:
+``mono()`` (never steps) and ``wall()`` (sim time + an offset the fault "clock step" changes).
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+__all__ = ["Handle", "Kernel", "Proc"]
+
+
+@dataclass(slots=True)
+class Handle:
+    t: float
+    seq: int
+    fn: Callable[[], None]
+    cancelled: bool = False
+
+    def __lt__(self, other: Handle) -> bool:
+        return (self.t, self.seq) < (other.t, other.seq)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Kernel:
+    """Virtual time in seconds from 0; ``run_until`` executes every event up to a time."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.now = 0.0
+        self._heap: list[Handle] = []
+        self._seq = 0
+        self.steps = 0
+
+    def at(self, t: float, fn: Callable[[], None]) -> Handle:
+        self._seq += 1
+        h = Handle(max(t, self.now), self._seq, fn)
+        heapq.heappush(self._heap, h)
+        return h
+
+    def after(self, dt: float, fn: Callable[[], None]) -> Handle:
+        return self.at(self.now + max(dt, 0.0), fn)
+
+    def run_until(self, t_end: float, stop: Callable[[], bool] | None = None) -> None:
+        heap = self._heap
+        while heap and heap[0].t <= t_end:
+            h = heapq.heappop(heap)
+            if h.cancelled:
+                continue
+            self.now = h.t
+            self.steps += 1
+            h.fn()
+            if stop is not None and stop():
+                return
+        self.now = max(self.now, t_end)
+
+    def pending(self) -> int:
+        return sum(1 for h in self._heap if not h.cancelled)
+
+
+@dataclass(eq=False)
+class Proc:
+    """A simulated process on a node: its timers die with it and wait while it is paused."""
+
+    kernel: Kernel
+    node: str
+    name: str
+    alive: bool = True
+    paused: bool = False
+    incarnation: int = 0
+    wall_offset: float = 0.0
+    _held: list[Callable[[], None]] = field(default_factory=list)
+
+    def mono(self) -> float:
+        return self.kernel.now
+
+    def wall(self) -> float:
+        return self.kernel.now + self.wall_offset
+
+    def after(self, dt: float, fn: Callable[[], None]) -> Handle:
+        inc = self.incarnation
+
+        def run() -> None:
+            if not self.alive or self.incarnation != inc:
+                return
+            if self.paused:
+                self._held.append(fn)
+                return
+            fn()
+
+        return self.kernel.after(dt, run)
+
+    def deliver(self, fn: Callable[[], None], delay: float = 0.0) -> None:
+        """A message for this process: dropped if it dies first, held while it is paused."""
+        self.after(delay, fn)
+
+    def kill(self) -> None:
+        self.alive = False
+        self.paused = False
+        self._held.clear()
+
+    def pause(self) -> None:
+        if self.alive:
+            self.paused = True
+
+    def resume(self) -> None:
+        if not self.alive or not self.paused:
+            return
+        self.paused = False
+        held, self._held = self._held, []
+        inc = self.incarnation
+
+        def run(fn: Callable[[], None]) -> Callable[[], None]:
+            def go() -> None:
+                if self.alive and self.incarnation == inc:
+                    fn()
+            return go
+
+        for fn in held:
+            # a held callback runs now, in the order it came due (the process catches up)
+            self.kernel.after(0.0, run(fn))
+
+    def restart(self) -> None:
+        """A new incarnation of the process (old timers are void)."""
+        self.incarnation += 1
+        self.alive = True
+        self.paused = False
+        self._held.clear()

@@ -1,0 +1,79 @@
+"""The simulated LAN: nodes and one client on one L2 segment, links, partitions, message faults.
+
+Reachability is symmetric: two endpoints reach each other when both links are up and both are on the
+same side of the current partition. The client (``CLIENT``) is a LAN host with a link that never
+fails; partitions put it on one side (the side of the majority, unless a fault says otherwise).
+The control plane (API server) reaches nodes through their links too (``CTL``).
+
+Delivery delay = ``base_latency`` + jitter, plus the extra delay of an active "slow link" fault.
+Duplication and loss are per-message draws from the kernel's RNG (deterministic per seed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from l2lb.sim.kernel import Kernel
+
+__all__ = ["CLIENT", "CTL", "Lan", "LinkFaults"]
+
+CLIENT = "client"
+CTL = "ctl"
+
+
+@dataclass
+class LinkFaults:
+    loss: float = 0.0  # probability a message is lost
+    dup: float = 0.0  # probability a message is delivered twice
+    extra_delay: float = 0.0  # added to every delivery (seconds), with up to the same again as jitter
+
+
+@dataclass
+class Lan:
+    kernel: Kernel
+    nodes: list[str]
+    base_latency: float = 0.0002
+    jitter: float = 0.0003
+    link_up: dict[str, bool] = field(default_factory=dict)
+    side: dict[str, int] = field(default_factory=dict)
+    faults: dict[str, LinkFaults] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for n in [*self.nodes, CLIENT, CTL]:
+            self.link_up.setdefault(n, True)
+            self.side.setdefault(n, 0)
+            self.faults.setdefault(n, LinkFaults())
+
+    def reach(self, a: str, b: str) -> bool:
+        if a == b:
+            return True
+        return self.link_up[a] and self.link_up[b] and self.side[a] == self.side[b]
+
+    def set_link(self, node: str, up: bool) -> None:
+        self.link_up[node] = up
+
+    def partition(self, isolated: Iterable[str]) -> None:
+        """Put ``isolated`` on a side of their own (the client and the control plane stay on 0)."""
+        for n in isolated:
+            self.side[n] = 1
+
+    def heal(self) -> None:
+        for n in self.side:
+            self.side[n] = 0
+
+    def delay(self, a: str, b: str) -> float | None:
+        """Delivery delay of one message a -> b, or None when it is lost (unreachable or dropped)."""
+        if not self.reach(a, b):
+            return None
+        rng = self.kernel.rng
+        fa, fb = self.faults[a], self.faults[b]
+        loss = max(fa.loss, fb.loss)
+        if loss and rng.random() < loss:
+            return None
+        extra = fa.extra_delay + fb.extra_delay
+        return self.base_latency + rng.random() * self.jitter + (extra * (1 + rng.random()) if extra else 0.0)
+
+    def duplicated(self, a: str, b: str) -> bool:
+        p = max(self.faults[a].dup, self.faults[b].dup)
+        return bool(p) and self.kernel.rng.random() < p

@@ -1,0 +1,138 @@
+"""The simulator's kernel, LAN, Redis model and fault schedules (no real time, no I/O)."""
+
+from __future__ import annotations
+
+from l2lb.sim.faults import Fault, generate, shrink
+from l2lb.sim.kernel import Kernel, Proc
+from l2lb.sim.net import CLIENT, Lan
+from l2lb.sim.redis import Data, Entry, Redis, Server
+
+
+def test_events_run_in_time_then_schedule_order() -> None:
+    k = Kernel(1)
+    seen: list[str] = []
+    k.at(2.0, lambda: seen.append("b"))
+    k.at(1.0, lambda: seen.append("a1"))
+    k.at(1.0, lambda: seen.append("a2"))
+    h = k.at(1.5, lambda: seen.append("cancelled"))
+    h.cancel()
+    k.run_until(1.9)
+    assert seen == ["a1", "a2"] and k.now == 1.9
+    k.run_until(5)
+    assert seen == ["a1", "a2", "b"]
+
+
+def test_timers_of_a_dead_process_are_void_and_a_paused_one_catches_up() -> None:
+    k = Kernel(1)
+    p = Proc(k, "n1", "announcer")
+    seen: list[tuple[str, float]] = []
+    p.after(1.0, lambda: seen.append(("tick", k.now)))
+    p.pause()
+    k.run_until(3.0)
+    assert seen == []
+    p.resume()
+    k.run_until(3.0)
+    assert seen == [("tick", 3.0)]  # overdue timer runs on resume
+    p.after(1.0, lambda: seen.append(("late", k.now)))
+    p.kill()
+    p.restart()
+    k.run_until(10)
+    assert seen == [("tick", 3.0)]  # the old incarnation's timer never runs
+
+
+def test_same_seed_same_run() -> None:
+    def run(seed: int) -> list[float | None]:
+        k = Kernel(seed)
+        lan = Lan(k, ["n1", "n2"])
+        return [lan.delay("n1", "n2") for _ in range(20)]
+
+    assert run(7) == run(7)
+    assert run(7) != run(8)
+
+
+def test_partitions_and_links() -> None:
+    k = Kernel(1)
+    lan = Lan(k, ["n1", "n2", "n3"])
+    assert lan.reach("n1", CLIENT)
+    lan.partition(["n3"])
+    assert not lan.reach("n3", "n1") and not lan.reach("n3", CLIENT) and lan.reach("n1", "n2")
+    lan.heal()
+    lan.set_link("n2", False)
+    assert lan.delay("n1", "n2") is None and lan.reach("n1", "n3")
+
+
+def _redis(k: Kernel, lan: Lan, **kw: object) -> tuple[Redis, Server, Server]:
+    m = Server(Proc(k, "n1", "redis"), Data(1))
+    r = Server(Proc(k, "n2", "redis"), Data(1))
+    return Redis(k, lan, [m, r], **kw), m, r  # type: ignore[arg-type]
+
+
+def test_streams_reach_consumers_in_order_and_backlog_after_a_partition() -> None:
+    k = Kernel(3)
+    lan = Lan(k, ["n1", "n2", "n3"])
+    redis, _, _ = _redis(k, lan)
+    prod, cons = Proc(k, "n2", "prod"), Proc(k, "n3", "cons")
+    got: list[int] = []
+    redis.subscribe(cons, "s", "g", lambda e: got.append(e.payload), lambda: got.append(-1))
+    for i in range(3):
+        redis.xadd(prod, "s", i)
+    k.run_until(0.1)
+    assert got == [0, 1, 2]
+    lan.partition(["n3"])
+    redis.xadd(prod, "s", 3)
+    k.run_until(2.0)
+    assert got == [0, 1, 2]
+    lan.heal()
+    k.run_until(4.0)
+    assert got == [0, 1, 2, 3]  # the backlog, read after the consumer reconnected
+
+
+def test_failed_operations_report_after_the_timeout() -> None:
+    k = Kernel(3)
+    lan = Lan(k, ["n1", "n2"])
+    redis, master, _ = _redis(k, lan, op_timeout=0.5)
+    c = Proc(k, "n2", "c")
+    res: list[tuple[bool, float]] = []
+    redis.xadd(c, "s", 1, lambda ok, _r: res.append((ok, k.now)))
+    k.run_until(0.1)
+    assert res and res[0][0] and res[0][1] < 0.01
+    master.proc.pause()
+    redis.xadd(c, "s", 2, lambda ok, _r: res.append((ok, k.now)))
+    k.run_until(1.0)
+    assert res[1] == (False, 0.6)
+
+
+def test_restart_without_data_resyncs_consumers_and_sentinel_promotes_a_replica() -> None:
+    k = Kernel(5)
+    lan = Lan(k, ["n1", "n2", "n3"])
+    redis, master, replica = _redis(k, lan, sentinel_nodes=["n1", "n2", "n3"], down_after=1.0, election=0.2)
+    cons = Proc(k, "n3", "cons")
+    got: list[object] = []
+    redis.subscribe(cons, "s", "g", lambda e: got.append(e.payload), lambda: got.append("resync"))
+    master.persistent = False
+    redis.restart(master, 0.5)
+    k.run_until(2.0)
+    assert redis.master is master and "resync" in got
+    # now the master's node dies: the replica (which got every write) is promoted after down_after + election
+    redis.xadd(Proc(k, "n2", "p"), "s", "before")
+    k.run_until(2.1)
+    lan.set_link("n1", False)
+    master.proc.kill()
+    k.run_until(4.0)
+    assert redis.master is replica and redis.promotions == 1
+    redis.xadd(Proc(k, "n2", "p2"), "s", "after")
+    k.run_until(5.0)
+    assert got[-1] == "after"
+
+
+def test_generated_schedules_are_seeded_and_shrink_to_the_culprit() -> None:
+    a = generate(11, nodes=["n1", "n2", "n3"], minutes=10)
+    assert a == generate(11, nodes=["n1", "n2", "n3"], minutes=10)
+    assert a != generate(12, nodes=["n1", "n2", "n3"], minutes=10)
+    assert 20 <= len(a) <= 120 and all(f.t >= 5 for f in a)
+    culprit = Fault(33.0, "partition", "n2", 5.0)
+    other = Fault(34.0, "link_down", "n1", 1.0)
+    sched = [*a[:10], culprit, *a[10:20], other, *a[20:]]
+    smallest = shrink(sched, lambda fs: culprit in fs and other in fs)
+    assert smallest == [culprit, other]
+    assert Entry(1, 0.0, None).id == 1
