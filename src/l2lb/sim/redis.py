@@ -245,17 +245,23 @@ class Redis:
     def restart(self, server: Server, downtime: float) -> None:
         """SIGKILL + start again after ``downtime``; without persistence the data is gone."""
         server.proc.kill()
+        self.kernel.after(downtime, lambda: self.rejoin(server))
 
-        def back() -> None:
-            server.proc.restart()
+    def rejoin(self, server: Server) -> None:
+        """A killed server starts again: still the master -> with its data (persistent) or empty (a new
+        incarnation: consumers resync); a replica (or an old master that was replaced) -> a copy of the
+        master's data."""
+        server.proc.restart()
+        if server is self.master:
             if not server.persistent:
                 self._incarnations += 1
                 server.data = Data(self._incarnations, last_id=server.data.last_id)
-            self._kick()
+        else:
+            server.data = self.master.data.copy()
+        self.kick()
 
-        self.kernel.after(downtime, back)
-
-    def _kick(self) -> None:
+    def kick(self) -> None:
+        """Reachability changed: every consumer tries again now."""
         for s in self.subs:
             self._pump(s)
 
@@ -297,6 +303,6 @@ class Redis:
             self.promotions += 1
             if old.up():  # the old master becomes a replica of the new one (resyncs its data)
                 old.data = best.data.copy()
-            self._kick()
+            self.kick()
 
         self.kernel.after(self.election, done)

@@ -1,0 +1,284 @@
+"""A simulated Kubernetes API server (as far as l2lb's control plane uses it), leader election on its
+Leases (client-go's algorithm), and the allocator around the pure :class:`~l2lb.core.allocator.Allocator`.
+
+The API server lives on the control-plane host (``CTL``): a process on a node reaches it when the
+LAN connects the two and no API outage is on. Requests take one round trip; during an outage they
+fail after ``timeout``. Watches deliver every change to every watcher after the network delay (a
+watcher that cannot be reached re-lists when it can again, which in this model means: it is sent
+the objects as they are then).
+
+The allocator model does what ``services/allocator`` does with the pure allocator: on becoming
+leader it restores every Service's IPs from ``status.loadBalancer.ingress`` before it allocates
+anything new, publishes a snapshot, then reconciles each changed Service: allocate, write the
+status, publish the Allocation (every decision is the core's; the I/O is simulated).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from l2lb.core.allocator import Allocator
+from l2lb.core.messages import Allocation, AllocationSnapshot, PortSpec
+from l2lb.core.models import AllocationResult, ParseError, ServiceRequest
+from l2lb.core.parse import parse_pool, parse_service, status_ips
+from l2lb.sim.kernel import Kernel, Proc
+from l2lb.sim.net import CTL, Lan
+from l2lb.sim.redis import Redis
+
+__all__ = ["Api", "Elector", "SimAllocator"]
+
+Obj = dict[str, Any]
+
+
+@dataclass
+class _Lease:
+    holder: str = ""
+    transitions: int = 0
+    version: int = 0  # bumped on every write: what a candidate watches to see the holder is alive
+
+
+class Api:
+    def __init__(self, kernel: Kernel, lan: Lan, *, timeout: float = 1.0):
+        self.kernel = kernel
+        self.lan = lan
+        self.timeout = timeout
+        self.outage = False
+        self.services: dict[str, Obj] = {}
+        self.pools: dict[str, Obj] = {}
+        self.leases: dict[str, _Lease] = {}
+        self.watchers: list[tuple[Proc, Callable[[str, Obj | None], None]]] = []
+        self.writes = 0
+
+    def _rtt(self, p: Proc) -> float | None:
+        if self.outage or not p.alive:
+            return None
+        a, b = self.lan.delay(p.node, CTL), self.lan.delay(CTL, p.node)
+        return None if a is None or b is None else a + b
+
+    def request(self, p: Proc, fn: Callable[[], Any], done: Callable[[bool, Any], None]) -> None:
+        rtt = self._rtt(p)
+        if rtt is None:
+            p.after(self.timeout, lambda: done(False, None))
+            return
+        # the server applies the request half-way through the round trip
+        res: list[Any] = []
+
+        def at_server() -> None:
+            if self.outage:
+                return
+            res.append(fn())
+
+        self.kernel.after(rtt / 2, at_server)
+        p.after(rtt, lambda: done(bool(res), res[0] if res else None))
+
+    # -- Services ----------------------------------------------------------------------------------
+    def put_service(self, obj: Obj) -> None:
+        """A user's create/update (kubectl): always succeeds (the user retries until it does)."""
+        key = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
+        old = self.services.get(key)
+        if old is not None:
+            obj = {**obj, "status": old.get("status", {})}
+        self.services[key] = obj
+        self._notify(key, obj)
+
+    def delete_service(self, key: str) -> None:
+        if self.services.pop(key, None) is not None:
+            self._notify(key, None)
+
+    def write_status(self, key: str, ips: list[str]) -> bool:
+        obj = self.services.get(key)
+        if obj is None:
+            return False
+        ingress = [{"ip": ip, "ipMode": "VIP"} for ip in ips]
+        if (obj.get("status") or {}).get("loadBalancer", {}).get("ingress") == ingress:
+            return True
+        new = copy.deepcopy(obj)
+        new["status"] = {"loadBalancer": {"ingress": ingress} if ingress else {}}
+        self.services[key] = new
+        self.writes += 1
+        self._notify(key, new)
+        return True
+
+    def watch(self, p: Proc, fn: Callable[[str, Obj | None], None]) -> None:
+        self.watchers.append((p, fn))
+
+    def _notify(self, key: str, obj: Obj | None) -> None:
+        for p, fn in self.watchers:
+            d = None if self.outage else self.lan.delay(CTL, p.node)
+            if d is not None:
+                p.deliver(lambda fn=fn: fn(key, obj), d)  # type: ignore[misc]
+
+    def assigned_ips(self) -> set[str]:
+        return {ip for obj in self.services.values() for ip in status_ips(obj)}
+
+
+class Elector:
+    """client-go's leader election on one Lease, per candidate process."""
+
+    def __init__(self, api: Api, proc: Proc, name: str, on_change: Callable[[bool, int], None], *,
+                 lease_duration: float = 6.0, renew_deadline: float = 4.0, retry: float = 2.0):
+        self.api, self.proc, self.name, self.on_change = api, proc, name, on_change
+        self.lease_duration, self.renew_deadline, self.retry = lease_duration, renew_deadline, retry
+        self.leader = False
+        self.term = 0
+        self._seen: tuple[str, int] | None = None  # (holder, version) last observed
+        self._seen_at = 0.0
+        self._renewed_at = 0.0
+        self.proc.after(0.0, self._try)
+
+    def _try(self) -> None:
+        me = f"{self.proc.node}/{self.proc.name}/{self.proc.incarnation}"
+
+        def attempt() -> tuple[bool, int, tuple[str, int]]:
+            lease = self.api.leases.setdefault(self.name, _Lease())
+            now = self.api.kernel.now
+            obs = (lease.holder, lease.version)
+            if lease.holder == me:
+                lease.version += 1
+                return True, lease.transitions, (lease.holder, lease.version)
+            # expired as *this candidate* observed it (its own clock, since it first saw that record)
+            expired = lease.holder == "" or (self._seen == obs and now - self._seen_at >= self.lease_duration)
+            if expired:
+                lease.holder = me
+                lease.transitions += 1
+                lease.version += 1
+                return True, lease.transitions, (lease.holder, lease.version)
+            return False, lease.transitions, obs
+
+        def done(ok: bool, res: Any) -> None:
+            now = self.proc.mono()
+            if ok:
+                won, term, obs = res
+                if obs != self._seen:
+                    self._seen, self._seen_at = obs, now
+                if won:
+                    self._renewed_at = now
+                    if not self.leader:
+                        self.leader, self.term = True, term
+                        self.on_change(True, term)
+                elif self.leader:
+                    self._lose()
+            elif self.leader and now - self._renewed_at >= self.renew_deadline:
+                self._lose()
+            self.proc.after(self.retry if not self.leader else self.retry / 2, self._try)
+
+        self.api.request(self.proc, attempt, done)
+
+    def _lose(self) -> None:
+        self.leader = False
+        self.on_change(False, self.term)
+
+
+def allocation_of(alloc: Allocator, key: str, req: ServiceRequest | None, res: AllocationResult | None,
+                  term: int) -> Allocation:
+    ns, _, name = key.partition("/")
+    if req is None or res is None or not res.ips:
+        return Allocation(key=key, namespace=ns, name=name, uid="", generation=0, seq=0, term=term, deleted=True)
+    pool_labels = {p: dict(pool.labels) for p in sorted(set(res.pools.values())) if (pool := alloc.pool(p))}
+    return Allocation(key=key, namespace=ns, name=name, uid=req.uid, generation=req.generation, seq=0, term=term,
+                      ips=res.ips, external_ips=req.external_ips, ports=tuple(PortSpec(p, n) for p, n in req.ports),
+                      external_traffic_policy=req.external_traffic_policy, labels=dict(req.labels),
+                      ip_pools=dict(res.pools), pool_labels=pool_labels,
+                      load_balancer_class=req.load_balancer_class)
+
+
+@dataclass(eq=False)
+class SimAllocator:
+    proc: Proc
+    api: Api
+    redis: Redis
+    stream: str
+    snapshot_key: str
+    leader: bool = False
+    term: int = 0
+    seq: int = 0
+    alloc: Allocator = field(default_factory=Allocator)
+    published: dict[str, Allocation] = field(default_factory=dict)
+    dirty: set[str] = field(default_factory=set)
+    _busy: bool = False
+
+    def start(self) -> None:
+        self.api.watch(self.proc, self._on_service)
+
+    def on_leadership(self, leader: bool, term: int) -> None:
+        self.leader, self.term = leader, term
+        if leader:
+            self.proc.after(0.0, self._takeover)
+
+    def _on_service(self, key: str, _obj: Obj | None) -> None:
+        self.dirty.add(key)
+        if self.leader and not self._busy:
+            self.proc.after(0.0, self._reconcile)
+
+    def _request(self, obj: Obj) -> ServiceRequest | None:
+        try:
+            return parse_service(obj)
+        except ParseError:
+            return None
+
+    def _takeover(self) -> None:
+        if not self.leader:
+            return
+        self.alloc = Allocator()
+        for pobj in sorted(self.api.pools.values(), key=lambda o: str(o["metadata"]["name"])):
+            self.alloc.upsert_pool(parse_pool(pobj))
+        items = []
+        for _key, obj in sorted(self.api.services.items()):
+            req = self._request(obj)
+            if req is not None and req.handled:
+                items.append((req, status_ips(obj)))
+        results = self.alloc.restore(items)
+        self.published.clear()
+        self.dirty.clear()
+        for r in results:
+            self._apply(r.key, r)
+        self.seq += 1
+        snap = AllocationSnapshot(term=self.term, seq=self.seq,
+                                  allocations=tuple(self.published[k] for k in sorted(self.published)))
+        self.redis.xadd(self.proc, self.stream, snap)
+        self.redis.set_key(self.proc, self.snapshot_key, snap)
+
+    def _reconcile(self) -> None:
+        if not self.leader:
+            return
+        keys, self.dirty = sorted(self.dirty), set()
+        released = False
+        for key in keys:
+            obj = self.api.services.get(key)
+            if obj is None:
+                if self.alloc.release(key):
+                    released = True
+                self._publish(allocation_of(self.alloc, key, None, None, self.term))
+                continue
+            req = self._request(obj)
+            if req is None or (not req.handled and self.alloc.request(key) is None):
+                continue
+            res = self.alloc.allocate(req, status_ips(obj))
+            released = released or bool(res.released)
+            self._apply(key, res)
+        if released:
+            for r in self.alloc.retry():
+                self._apply(r.key, r)
+
+    def _apply(self, key: str, res: AllocationResult) -> None:
+        req = self.alloc.request(key)
+        ips = list(res.ips) if res.ok else []
+        self.api.request(self.proc, lambda: self.api.write_status(key, ips), lambda ok, _r: None)
+        self._publish(allocation_of(self.alloc, key, req, res, self.term))
+
+    def _publish(self, a: Allocation) -> None:
+        prev = self.published.get(a.key)
+        if prev is not None and prev.to_dict() | {"seq": 0, "term": 0} == a.to_dict() | {"seq": 0, "term": 0}:
+            return
+        if prev is None and a.deleted:
+            return
+        self.seq += 1
+        msg = replace(a, seq=self.seq, term=self.term)
+        if msg.deleted:
+            self.published.pop(a.key, None)
+        else:
+            self.published[a.key] = msg
+        self.redis.xadd(self.proc, self.stream, msg)

@@ -1,0 +1,574 @@
+"""A whole l2lb cluster on one virtual clock: the services' own state machines in simulated surroundings.
+
+What is real (the code the services run): :class:`~l2lb.core.leases_machine.LeasesMachine`,
+:class:`~l2lb.core.announcer_machine.AnnouncerMachine`, the allocator core, the election, message
+schemas. What is modelled: Redis (:mod:`l2lb.sim.redis`), the Kubernetes API server and leader
+election (:mod:`l2lb.sim.api`), the LAN and its client (:mod:`l2lb.sim.net`, :mod:`l2lb.sim.oracle`),
+processes, their clocks and their deaths (:mod:`l2lb.sim.kernel`).
+
+Each shell here does for its machine what ``services/<name>`` does for it in production: turn what
+happens into the machine's events, carry out its commands. Placement follows k8s/base as the lab's
+``--colocated`` mode does: Redis master (and with ``redis_ha`` its replicas and sentinels), the
+leases and allocator replicas on nodes, the API server on the control-plane host.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from l2lb.core import announcer_machine as am
+from l2lb.core import leases_machine as lm
+from l2lb.core.messages import (
+    AllocationSnapshot,
+    Conflict,
+    Heartbeat,
+    Message,
+    NodeAssignments,
+    NodeRenewal,
+    SnapshotRequest,
+)
+from l2lb.sim.api import Api, Elector, SimAllocator
+from l2lb.sim.faults import Fault
+from l2lb.sim.kernel import Kernel, Proc
+from l2lb.sim.net import CLIENT, Lan
+from l2lb.sim.oracle import Oracle, Violation
+from l2lb.sim.redis import Data, Entry, Redis, Server
+
+__all__ = ["World", "WorldConfig"]
+
+WALL_BASE = 1_765_000_000.0  # unix seconds at sim time 0 (plus each process's clock offset)
+LAN_IF = "enp0s25"
+POOL_CIDR = "198.51.100.128/25"
+
+S_ALLOC = "allocations"
+S_HB = "heartbeats"
+S_ASSIGN = "assignments"
+S_CONTROL = "control"
+K_ALLOC_SNAPSHOT = "snapshot:allocations"
+K_EPOCHS = "epochs"
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    nodes: int = 5
+    services: int = 4
+    redis_ha: bool = True  # master + 2 replicas + 3 sentinels on the first three nodes; else one Redis
+    redis_persistent: bool = False
+    leases_replicas: int = 2
+    allocator_replicas: int = 2
+    ttl_ms: int = 1000
+    renew_ms: int = 250
+    heartbeat_ms: int = 100
+    tick_ms: int = 50
+    lease_duration: float = 6.0
+    renew_deadline: float = 4.0
+    retry: float = 2.0
+    sentinel_down_after: float = 1.0
+    dual_allowed: float = 1.0
+
+    def node_names(self) -> list[str]:
+        return [f"n{i + 1}" for i in range(self.nodes)]
+
+
+def _entry_id(e: Entry) -> str:
+    return f"{int((WALL_BASE + e.at) * 1000)}-{e.id}"
+
+
+def _wall(p: Proc) -> float:
+    return WALL_BASE + p.wall()
+
+
+def service_obj(i: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"namespace": "apps", "name": f"svc-{i}", "uid": f"uid-{i}", "labels": {"app": f"a{i}"},
+                     "creationTimestamp": f"2026-01-01T00:00:{i % 60:02d}Z"},
+        "spec": {"type": "LoadBalancer", "ports": [{"protocol": "TCP", "port": 80 + i}]},
+        "status": {},
+    }
+
+
+POOL = {"apiVersion": "cilium.io/v2alpha1", "kind": "CiliumLoadBalancerIPPool",
+        "metadata": {"name": "lan", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"blocks": [{"cidr": POOL_CIDR}]}}
+POLICY = {"apiVersion": "cilium.io/v2alpha1", "kind": "CiliumL2AnnouncementPolicy",
+          "metadata": {"name": "lan", "creationTimestamp": "2026-01-01T00:00:00Z"},
+          "spec": {"interfaces": [f"^{LAN_IF}$"], "loadBalancerIPs": True}}
+
+
+class AnnouncerShell:
+    """What services/announcer does around its machine (sockets and netlink replaced by the LAN model)."""
+
+    def __init__(self, world: World, node: str):
+        self.w = world
+        self.node = node
+        self.proc = Proc(world.kernel, node, "announcer")
+        self.index = world.cfg.node_names().index(node) + 1
+        self.mac = f"02:00:00:00:00:{self.index:02x}"
+        self.machine: am.AnnouncerMachine | None = None
+        self.timer: Any = None
+        self.bus_ok = True
+        self.answering: dict[str, int] = {}
+        self.garps = 0
+
+    def start(self) -> None:
+        w, p = self.w, self.proc
+        inst = f"{self.node}-{p.incarnation}"
+        cfg = w.cfg
+        self.machine = am.AnnouncerMachine(am.MachineConfig(
+            node=self.node, instance=inst, heartbeat_interval_ms=cfg.heartbeat_ms), now=p.mono())
+        self.answering = {}
+        self._feed(am.LinksChanged(self._links(), p.mono()))
+        w.redis.subscribe(p, S_ASSIGN, f"announcer:{self.node}", self._on_entry,
+                          lambda: self._feed(am.Resync("redis lost its data", p.mono())))
+        self._feed(am.Tick(p.mono(), _wall(p), self.bus_ok))
+
+    def _links(self) -> tuple[am.LinkState, ...]:
+        return (am.LinkState(LAN_IF, 2, self.mac, self.w.lan.link_up[self.node], True,
+                             (f"203.0.113.{self.index}",)),)
+
+    def link_changed(self) -> None:
+        if self.proc.alive:
+            self.proc.deliver(lambda: self._feed(am.LinksChanged(self._links(), self.proc.mono())))
+
+    def _on_entry(self, e: Entry) -> None:
+        msg = e.payload
+        p = self.proc
+        if isinstance(msg, NodeAssignments):
+            self._feed(am.Assignments(msg, p.mono(), _wall(p), _entry_id(e)))
+        elif isinstance(msg, NodeRenewal):
+            self._feed(am.Renewal(msg, p.mono(), _wall(p), _entry_id(e)))
+
+    def _feed(self, ev: am.Event) -> None:
+        m = self.machine
+        if m is None or not self.proc.alive:
+            return
+        for c in m.feed(ev):
+            self._do(c)
+        self._arm()
+
+    def _arm(self) -> None:
+        m = self.machine
+        if m is None:
+            return
+        now = self.proc.mono()
+        t = m.next_wakeup(now)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if t is not None:
+            self.timer = self.proc.after(max(t - now, 0.001), self._tick)
+
+    def _tick(self) -> None:
+        self.timer = None
+        self._feed(am.Tick(self.proc.mono(), _wall(self.proc), self.bus_ok))
+
+    def _do(self, c: am.Command) -> None:
+        w, p = self.w, self.proc
+        if isinstance(c, am.StartAnswering):
+            self.answering.update(dict(c.vips))
+            w.oracle.answering(self.node, self.answering, w.kernel.now)
+        elif isinstance(c, am.StopAnswering):
+            for ip in c.ips:
+                self.answering.pop(ip, None)
+            w.oracle.answering(self.node, self.answering, w.kernel.now)
+        elif isinstance(c, am.PublishHeartbeat):
+            self._publish(c)
+        elif isinstance(c, am.RequestSnapshot):
+            w.redis.xadd(p, S_CONTROL, SnapshotRequest(topic="assignments", requester=f"announcer:{self.node}",
+                                                        reason=c.reason))
+        elif isinstance(c, am.SendFrames):
+            self.garps += len(c.frames)
+        elif isinstance(c, am.ReportConflict):
+            w.counters["conflicts_reported"] += 1
+
+    def _publish(self, c: am.PublishHeartbeat) -> None:
+        w, p = self.w, self.proc
+        msgs: list[Message] = [*c.conflicts, c.heartbeat]
+        sent = [0]
+
+        def one(i: int) -> None:
+            if i == len(msgs):
+                return
+
+            def done(ok: bool, entry_id: Any) -> None:
+                self.bus_ok = ok
+                if not ok:
+                    self._feed(am.Published(False, p.mono(), "", sent[0], "redis unreachable"))
+                    return
+                if i < len(msgs) - 1:
+                    sent[0] += 1
+                    one(i + 1)
+                    return
+                self._feed(am.Published(True, p.mono(), f"{int((WALL_BASE + w.kernel.now) * 1000)}-{entry_id}",
+                                        sent[0]))
+
+            w.redis.xadd(p, S_HB, msgs[i], done)
+
+        one(0)
+
+    def die(self) -> None:
+        self.proc.kill()
+        self.w.redis.unsubscribe_all(self.proc)
+        self.machine = None
+        self.timer = None
+        if self.answering:
+            self.answering = {}
+            self.w.oracle.answering(self.node, {}, self.w.kernel.now)
+
+    def restart(self) -> None:
+        self.proc.restart()
+        self.start()
+
+
+class LeasesShell:
+    """What services/leases does around its machine."""
+
+    def __init__(self, world: World, node: str, idx: int):
+        self.w = world
+        self.node = node
+        self.proc = Proc(world.kernel, node, f"leases-{idx}")
+        self.machine: lm.LeasesMachine | None = None
+        self.queue: deque[lm.Command] = deque()
+        self.waiting = False
+        self.elector: Elector | None = None
+
+    def now(self) -> lm.Now:
+        return lm.Now(self.proc.mono(), _wall(self.proc))
+
+    def start(self) -> None:
+        w, p, cfg = self.w, self.proc, self.w.cfg
+        params = lm.LeasesParams(renew_ms=cfg.renew_ms, ttl_ms=cfg.ttl_ms, leader_election=True, kube=False,
+                                 static_policies=(POLICY,))
+        self.machine = lm.LeasesMachine(params, self.now())
+        self.queue.clear()
+        self.waiting = False
+
+        def loaded(ok: bool, res: Any) -> None:
+            snap, epochs = res if ok else (None, {})
+            self._feed(lm.AllocationsLoaded(snap))
+            self._feed(lm.EpochsLoaded(dict(epochs)))
+            self._feed(lm.Started())
+            r = w.redis
+            r.subscribe(p, S_ALLOC, f"leases:{p.name}", self._on_alloc, self._alloc_resync, from_start=False)
+            r.subscribe(p, S_HB, f"leases:{p.name}", self._on_hb, lambda: self._feed(lm.HeartbeatsResynced("lost")))
+            r.subscribe(p, S_CONTROL, f"snapshots:assignments:{p.name}", self._on_control, lambda: None)
+            self.elector = Elector(w.api, p, "l2lb-leases", self._on_leader, lease_duration=cfg.lease_duration,
+                                   renew_deadline=cfg.renew_deadline, retry=cfg.retry)
+            self._loop()
+
+        w.redis.call(p, lambda d: (d.keys.get(K_ALLOC_SNAPSHOT), dict(d.hashes.get(K_EPOCHS, {}))), loaded)
+
+    def _alloc_resync(self) -> None:
+        def loaded(ok: bool, res: Any) -> None:
+            self._feed(lm.AllocationsLoaded(res if ok else None, reason="resync"))
+            if ok:
+                self._feed(lm.EpochsLoaded({}, restore=True))
+
+        self.w.redis.call(self.proc, lambda d: d.keys.get(K_ALLOC_SNAPSHOT), loaded)
+
+    def _on_leader(self, leader: bool, term: int) -> None:
+        self._feed(lm.LeadershipChanged(leader, term))
+
+    def _loop(self) -> None:
+        if self.machine is None:
+            return
+        self._feed(lm.Tick(bus_ok=self.w.redis.usable(self.proc)))
+        self.proc.after(self.w.cfg.tick_ms / 1000.0, self._loop)
+
+    def _on_alloc(self, e: Entry) -> None:
+        msg = e.payload
+        if isinstance(msg, AllocationSnapshot):
+            self._feed(lm.AllocationSnapshotReceived(msg))
+        else:
+            self._feed(lm.AllocationReceived(msg))
+
+    def _on_hb(self, e: Entry) -> None:
+        msg = e.payload
+        if isinstance(msg, Heartbeat):
+            self._feed(lm.HeartbeatReceived(msg, at=WALL_BASE + e.at))
+        elif isinstance(msg, Conflict):
+            self._feed(lm.ConflictReceived(msg))
+
+    def _on_control(self, e: Entry) -> None:
+        msg = e.payload
+        if isinstance(msg, SnapshotRequest) and msg.topic == "assignments":
+            self._feed(lm.SnapshotRequested(msg.requester, msg.reason))
+
+    def _feed(self, ev: lm.Event) -> None:
+        if self.machine is None or not self.proc.alive:
+            return
+        self.queue.extend(self.machine.handle(ev, self.now()))
+        self._drain()
+
+    def _drain(self) -> None:
+        w, p = self.w, self.proc
+        while self.queue and not self.waiting and self.machine is not None:
+            c = self.queue.popleft()
+            if isinstance(c, lm.PublishAssignments | lm.PublishRenewal):
+                self.waiting = True
+
+                def done(ok: bool, _r: Any, c: lm.Publish = c) -> None:
+                    self.waiting = False
+                    if self.machine is None:
+                        return
+                    if ok:
+                        w.published(c.msg)
+                        more = self.machine.handle(lm.Sent(c), self.now())
+                        self.queue.extend(more)
+                    else:
+                        self.queue.clear()
+                        self.queue.extend(self.machine.handle(lm.SendFailed(c, "redis unreachable"), self.now()))
+                    self._drain()
+
+                w.redis.xadd(p, S_ASSIGN, c.msg, done)
+            elif isinstance(c, lm.StoreEpochs):
+                w.redis.hset(p, K_EPOCHS, dict(c.epochs))
+            elif isinstance(c, lm.RequestSnapshot):
+                w.redis.xadd(p, S_CONTROL, SnapshotRequest(topic=c.topic, requester=f"leases:{p.name}",
+                                                            reason=c.reason))
+
+    def die(self) -> None:
+        self.proc.kill()
+        self.w.redis.unsubscribe_all(self.proc)
+        self.machine = None
+
+    def restart(self) -> None:
+        self.proc.restart()
+        self.start()
+
+
+class AllocShell:
+    def __init__(self, world: World, node: str, idx: int):
+        self.w = world
+        self.node = node
+        self.proc = Proc(world.kernel, node, f"allocator-{idx}")
+        self.core: SimAllocator | None = None
+
+    def start(self) -> None:
+        w, cfg = self.w, self.w.cfg
+        self.core = SimAllocator(self.proc, w.api, w.redis, S_ALLOC, K_ALLOC_SNAPSHOT)
+        self.core.start()
+        Elector(w.api, self.proc, "l2lb-allocator", self.core.on_leadership, lease_duration=cfg.lease_duration,
+                renew_deadline=cfg.renew_deadline, retry=cfg.retry)
+
+    def die(self) -> None:
+        self.proc.kill()
+        self.w.api.watchers = [(p, fn) for p, fn in self.w.api.watchers if p is not self.proc]
+        self.core = None
+
+    def restart(self) -> None:
+        self.proc.restart()
+        self.start()
+
+
+@dataclass
+class Report:
+    seed: int
+    sim_seconds: float
+    steps: int
+    faults: list[Fault]
+    violations: list[Violation]
+    outages: list[tuple[str, float, float]]  # vip, start, seconds
+    duals: list[tuple[str, float, float]]
+    counters: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+class World:
+    def __init__(self, cfg: WorldConfig, seed: int):
+        self.cfg = cfg
+        self.seed = seed
+        self.kernel = Kernel(seed)
+        names = cfg.node_names()
+        self.lan = Lan(self.kernel, names)
+        self.counters: Counter[str] = Counter()
+        self.oracle = Oracle(lambda n: self.lan.reach(n, CLIENT), dual_allowed=cfg.dual_allowed)
+        redis_nodes = names[:3] if cfg.redis_ha else names[:1]
+        servers = [Server(Proc(self.kernel, n, "redis"), Data(1), persistent=cfg.redis_persistent)
+                   for n in redis_nodes]
+        self.redis = Redis(self.kernel, self.lan, servers, sentinel_nodes=redis_nodes if cfg.redis_ha else None,
+                           down_after=cfg.sentinel_down_after)
+        self.api = Api(self.kernel, self.lan)
+        self.api.pools["lan"] = POOL
+        self.announcers = {n: AnnouncerShell(self, n) for n in names}
+        self.leases = [LeasesShell(self, names[i % len(names)], i) for i in range(cfg.leases_replicas)]
+        self.allocators = [AllocShell(self, names[(i + 1) % len(names)], i) for i in range(cfg.allocator_replicas)]
+        self.max_epoch: dict[str, int] = {}
+        self.fault_log: list[tuple[float, str]] = []
+
+    # -- observation hooks ---------------------------------------------------------------------------
+    def published(self, msg: NodeAssignments | NodeRenewal) -> None:
+        if isinstance(msg, NodeAssignments):
+            for v in msg.vips:
+                prev = self.max_epoch.get(v.ip, 0)
+                self.max_epoch[v.ip] = max(prev, v.epoch)
+
+    def start(self) -> None:
+        for s in [*self.announcers.values(), *self.leases, *self.allocators]:
+            s.start()
+        for i in range(self.cfg.services):
+            self.api.put_service(service_obj(i))
+        self._observe()
+
+    def _observe(self) -> None:
+        """Every 100 ms: what Services hold (for the oracle) and the time-based checks."""
+        self.oracle.set_assigned(self.api.assigned_ips(), self.kernel.now)
+        self.oracle.check(self.kernel.now)
+        self._check_duplicates()
+        self.kernel.after(0.1, self._observe)
+
+    def _check_duplicates(self) -> None:
+        seen: dict[str, str] = {}
+        for key, obj in sorted(self.api.services.items()):
+            for ing in ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []:
+                ip = ing.get("ip")
+                if ip in seen:
+                    self.oracle.violations.append(Violation(self.kernel.now, "duplicate_ip",
+                                                            f"{ip} held by {seen[ip]} and {key}"))
+                seen[ip] = key
+
+    # -- faults --------------------------------------------------------------------------------------
+    def procs_on(self, node: str) -> list[AnnouncerShell | LeasesShell | AllocShell]:
+        out: list[AnnouncerShell | LeasesShell | AllocShell] = [self.announcers[node]]
+        out += [s for s in self.leases if s.node == node]
+        out += [s for s in self.allocators if s.node == node]
+        return out
+
+    def redis_on(self, node: str) -> list[Server]:
+        return [s for s in self.redis.servers if s.node == node]
+
+    def _set_link(self, node: str, up: bool) -> None:
+        self.lan.set_link(node, up)
+        self.announcers[node].link_changed()
+        self.oracle.reachability_changed(self.kernel.now)
+        self.redis.kick()
+
+    def apply(self, f: Fault) -> None:
+        k = self.kernel
+        node = f.target if f.target in self.announcers else self.cfg.node_names()[0]
+        self.fault_log.append((k.now, f.text()))
+        self.counters[f"fault_{f.kind}"] += 1
+        back = max(f.duration, 0.05)
+        if f.kind == "node_death":
+            for s in self.procs_on(node):
+                s.die()
+            for r in self.redis_on(node):
+                r.proc.kill()
+            self._set_link(node, False)
+
+            def revive() -> None:
+                self._set_link(node, True)
+                for r in self.redis_on(node):
+                    self.redis.rejoin(r)
+                for s in self.procs_on(node):
+                    s.restart()
+
+            k.after(back, revive)
+        elif f.kind == "announcer_kill":
+            a = self.announcers[node]
+            a.die()
+            k.after(back, a.restart)
+        elif f.kind == "pause":
+            procs = [s.proc for s in self.procs_on(node)] + [r.proc for r in self.redis_on(node)]
+            p = procs[int(f.extra * 1000) % len(procs)] if f.extra else procs[0]
+            p.pause()
+            k.after(back, p.resume)
+        elif f.kind == "link_down":
+            self._set_link(node, False)
+            k.after(back, lambda: self._set_link(node, True))
+        elif f.kind == "partition":
+            self.lan.partition([node])
+            self.oracle.reachability_changed(k.now)
+            self.redis.kick()
+
+            def heal() -> None:
+                self.lan.heal()
+                self.oracle.reachability_changed(k.now)
+                self.redis.kick()
+
+            k.after(back, heal)
+        elif f.kind == "redis_restart":
+            m = self.redis.master
+            m.persistent = bool(f.extra)
+            self.redis.restart(m, back)
+        elif f.kind == "redis_stop":
+            m = self.redis.master
+            m.proc.pause()
+
+            def cont() -> None:
+                m.proc.resume()
+                self.redis.kick()
+
+            k.after(back, cont)
+        elif f.kind == "leases_kill":
+            self._kill_leader(self.leases, back)
+        elif f.kind == "allocator_kill":
+            self._kill_leader(self.allocators, back)
+        elif f.kind == "msg_faults":
+            lf = self.lan.faults[node]
+            lf.loss = min(f.extra, 0.99)
+            k.after(back, lambda: setattr(lf, "loss", 0.0))
+        elif f.kind == "clock_step":
+            for s in self.procs_on(node):
+                s.proc.wall_offset += f.extra
+        elif f.kind == "api_outage":
+            self.api.outage = True
+            k.after(back, lambda: setattr(self.api, "outage", False))
+        elif f.kind == "churn":
+            i = int(f.extra) % (self.cfg.services + 4)
+            key = f"apps/svc-{i}"
+            if key in self.api.services and i >= 1:
+                self.api.delete_service(key)
+            else:
+                self.api.put_service(service_obj(i))
+
+    def _kill_leader(self, shells: list[LeasesShell] | list[AllocShell], back: float) -> None:
+        for s in shells:
+            if s.proc.alive:
+                s.die()
+                self.kernel.after(back, s.restart)
+                return
+
+    # -- running -------------------------------------------------------------------------------------
+    def run(self, faults: list[Fault], seconds: float, *, settle: float = 20.0,
+            on_step: Callable[[], None] | None = None) -> Report:
+        self.start()
+        for f in faults:
+            self.kernel.at(f.t, lambda f=f: self.apply(f))  # type: ignore[misc]
+        stop_on_violation: Callable[[], bool] = lambda: bool(self.oracle.violations)  # noqa: E731
+        self.kernel.run_until(seconds, stop_on_violation)
+        if not self.oracle.violations:
+            self._final_check(seconds, settle)
+        self.oracle.close(self.kernel.now)
+        return Report(
+            seed=self.seed, sim_seconds=self.kernel.now, steps=self.kernel.steps, faults=list(faults),
+            violations=list(self.oracle.violations),
+            outages=[(e.vip, e.start, e.seconds) for e in self.oracle.outages],
+            duals=[(e.vip, e.start, e.seconds) for e in self.oracle.duals],
+            counters=dict(self.counters),
+        )
+
+    def _final_check(self, end: float, settle: float) -> None:
+        """After the last fault has healed: every Service has an IP and each IP one answering node."""
+        self.kernel.run_until(end + settle, lambda: bool(self.oracle.violations))
+        now = self.kernel.now
+        for key, obj in sorted(self.api.services.items()):
+            ips = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+            if not ips:
+                self.oracle.violations.append(Violation(now, "converge", f"{key} has no IP {settle:.0f} s after "
+                                                                         "the faults"))
+                continue
+            for ing in ips:
+                st = self.oracle.vips.get(ing["ip"])
+                n = len(st.visible) if st else 0
+                if n != 1:
+                    self.oracle.violations.append(Violation(now, "converge", f"{ing['ip']} of {key} answered by "
+                                                                             f"{n} nodes {settle:.0f} s after the "
+                                                                             "faults"))
