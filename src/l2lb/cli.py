@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lab": ("l2lb.lab.main", "build a netns cluster on this machine, run everything, show a failover"),
     "status": ("l2lb.lab.status", "show Services, IPs, announcing nodes, pools and nodes"),
     "allocate": ("l2lb.lab.allocate", "offline: allocate IPs for manifests (pools + Services) and print them"),
+    "sim": ("l2lb.sim.run", "deterministic simulation of a whole cluster under faults (seeds, invariants)"),
 }
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from l2lb.core.allocator import Allocator
-from l2lb.core.messages import Allocation, AllocationSnapshot, PortSpec
+from l2lb.core.messages import Allocation, AllocationSnapshot, PortSpec, SnapshotRequest
 from l2lb.core.models import AllocationResult, ParseError, ServiceRequest
 from l2lb.core.parse import parse_pool, parse_service, status_ips
 from l2lb.sim.kernel import Kernel, Proc
@@ -110,6 +110,13 @@ class Api:
             d = None if self.outage else self.lan.delay(CTL, p.node)
             if d is not None:
                 p.deliver(lambda fn=fn: fn(key, obj), d)  # type: ignore[misc]
+
+    def recover(self) -> None:
+        """The outage ends: every watch is re-established with a fresh list (what an informer does after
+        its watch broke: list, then watch again)."""
+        self.outage = False
+        for key, obj in sorted(self.services.items()):
+            self._notify(key, obj)
 
     def assigned_ips(self) -> set[str]:
         return {ip for obj in self.services.values() for ip in status_ips(obj)}
@@ -200,8 +207,20 @@ class SimAllocator:
     dirty: set[str] = field(default_factory=set)
     _busy: bool = False
 
-    def start(self) -> None:
+    def start(self, control_stream: str) -> None:
         self.api.watch(self.proc, self._on_service)
+        self.redis.subscribe(self.proc, control_stream, f"snapshots:allocations:{self.proc.name}",
+                             self._on_control, self._resynced)
+
+    def _on_control(self, e: Any) -> None:
+        msg = e.payload
+        if self.leader and isinstance(msg, SnapshotRequest) and msg.topic == "allocations":
+            self._snapshot()
+
+    def _resynced(self) -> None:
+        """Redis lost its data: the stored snapshot and the stream are gone; publish them again."""
+        if self.leader:
+            self._snapshot()
 
     def on_leadership(self, leader: bool, term: int) -> None:
         self.leader, self.term = leader, term
@@ -235,6 +254,9 @@ class SimAllocator:
         self.dirty.clear()
         for r in results:
             self._apply(r.key, r)
+        self._snapshot()
+
+    def _snapshot(self) -> None:
         self.seq += 1
         snap = AllocationSnapshot(term=self.term, seq=self.seq,
                                   allocations=tuple(self.published[k] for k in sorted(self.published)))

@@ -20,15 +20,15 @@ from dataclasses import dataclass, field
 __all__ = ["Handle", "Kernel", "Proc"]
 
 
-@dataclass(slots=True)
 class Handle:
-    t: float
-    seq: int
-    fn: Callable[[], None]
-    cancelled: bool = False
+    """A scheduled callback; :meth:`cancel` makes the kernel skip it."""
 
-    def __lt__(self, other: Handle) -> bool:
-        return (self.t, self.seq) < (other.t, other.seq)
+    __slots__ = ("cancelled", "fn", "t")
+
+    def __init__(self, t: float, fn: Callable[[], None]):
+        self.t = t
+        self.fn = fn
+        self.cancelled = False
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -41,34 +41,57 @@ class Kernel:
         self.seed = seed
         self.rng = random.Random(seed)
         self.now = 0.0
-        self._heap: list[Handle] = []
+        self._heap: list[tuple[float, int, Handle]] = []
         self._seq = 0
         self.steps = 0
+        self.elided = 0.0
 
     def at(self, t: float, fn: Callable[[], None]) -> Handle:
         self._seq += 1
-        h = Handle(max(t, self.now), self._seq, fn)
-        heapq.heappush(self._heap, h)
+        t = t if t > self.now else self.now
+        h = Handle(t, fn)
+        heapq.heappush(self._heap, (t, self._seq, h))
         return h
 
     def after(self, dt: float, fn: Callable[[], None]) -> Handle:
         return self.at(self.now + max(dt, 0.0), fn)
 
-    def run_until(self, t_end: float, stop: Callable[[], bool] | None = None) -> None:
+    def run_until(self, t_end: float | Callable[[], float], stop: Callable[[], bool] | None = None) -> None:
+        """Run every event due by ``t_end`` (a time, or a function giving it: it may move while running,
+        see :meth:`elide`); stop early when ``stop()`` turns true after an event."""
         heap = self._heap
-        while heap and heap[0].t <= t_end:
-            h = heapq.heappop(heap)
+        pop = heapq.heappop
+        if callable(t_end):
+            end = t_end
+        else:
+            def end() -> float:
+                return t_end
+        while heap and heap[0][0] <= end():
+            t, _, h = pop(heap)
             if h.cancelled:
                 continue
-            self.now = h.t
+            self.now = t
             self.steps += 1
             h.fn()
             if stop is not None and stop():
                 return
-        self.now = max(self.now, t_end)
+        self.now = max(self.now, end())
+
+    def elide(self, dt: float) -> None:
+        """Declare ``dt`` seconds of steady state as having passed without simulating them.
+
+        Nothing inside the simulation sees it: processes, Redis and the API server keep living on
+        ``now`` (the *perceived* time) without a jump. Only the outside -- the fault schedule and the
+        report's simulated duration, which use :meth:`real` -- moves ``dt`` ahead. The caller must have
+        established that the cluster is in a steady state (see ``World.steady``)."""
+        self.elided += dt
+
+    def real(self) -> float:
+        """Simulated time including elided steady stretches."""
+        return self.now + self.elided
 
     def pending(self) -> int:
-        return sum(1 for h in self._heap if not h.cancelled)
+        return sum(1 for _, _, h in self._heap if not h.cancelled)
 
 
 @dataclass(eq=False)

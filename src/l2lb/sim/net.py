@@ -38,6 +38,7 @@ class Lan:
     link_up: dict[str, bool] = field(default_factory=dict)
     side: dict[str, int] = field(default_factory=dict)
     faults: dict[str, LinkFaults] = field(default_factory=dict)
+    faulty: bool = False  # some LinkFaults is set (the fast path skips them otherwise)
 
     def __post_init__(self) -> None:
         for n in [*self.nodes, CLIENT, CTL]:
@@ -48,7 +49,12 @@ class Lan:
     def reach(self, a: str, b: str) -> bool:
         if a == b:
             return True
-        return self.link_up[a] and self.link_up[b] and self.side[a] == self.side[b]
+        up, side = self.link_up, self.side
+        return up[a] and up[b] and side[a] == side[b]
+
+    def set_faults(self, node: str, loss: float = 0.0, dup: float = 0.0, extra_delay: float = 0.0) -> None:
+        self.faults[node] = LinkFaults(loss, dup, extra_delay)
+        self.faulty = any(f.loss or f.dup or f.extra_delay for f in self.faults.values())
 
     def set_link(self, node: str, up: bool) -> None:
         self.link_up[node] = up
@@ -67,6 +73,8 @@ class Lan:
         if not self.reach(a, b):
             return None
         rng = self.kernel.rng
+        if not self.faulty:
+            return self.base_latency + rng.random() * self.jitter
         fa, fb = self.faults[a], self.faults[b]
         loss = max(fa.loss, fb.loss)
         if loss and rng.random() < loss:

@@ -65,6 +65,7 @@ class Oracle:
         self.outages: list[Episode] = []
         self.violations: list[Violation] = []
         self.now = 0.0
+        self.last_change = 0.0  # when any node's answered set last changed
 
     def _v(self, vip: str) -> _VipState:
         st = self.vips.get(vip)
@@ -76,6 +77,7 @@ class Oracle:
     def answering(self, node: str, vips: Mapping[str, int], now: float) -> None:
         """``node`` now answers exactly ``vips`` (vip -> epoch)."""
         self.now = now
+        self.last_change = now
         touched = set(vips)
         for vip, st in self.vips.items():
             if node in st.answering and vip not in vips:
@@ -119,6 +121,8 @@ class Oracle:
                 st.dark_since = None
         elif st.ever_answered and st.dark_since is None and vip in self.assigned:
             st.dark_since = now
+        if st.dark_since is not None and vip not in self.assigned:
+            st.dark_since = None  # released (its Service is gone): not an outage
         if len(visible) >= 2:
             if st.dual_since is None:
                 st.dual_since = now

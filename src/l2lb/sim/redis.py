@@ -16,6 +16,8 @@ keeps what reached it (the rest of the master's last writes are lost, as with re
 
 from __future__ import annotations
 
+import bisect
+
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +35,10 @@ class Entry:
     id: int  # strictly increasing per dataset lineage
     at: float  # server time of the XADD (the stream's own clock, as entry ids are in Redis)
     payload: Any
+
+
+def _entry_key(e: Entry) -> int:
+    return e.id
 
 
 @dataclass
@@ -97,6 +103,7 @@ class Redis:
         self._down_since: float | None = None
         self.promotions = 0
         self.writes_lost = 0
+        self.on_promote: Callable[[Server], None] | None = None
         if self.sentinel_nodes:
             self._watch()
 
@@ -127,7 +134,9 @@ class Redis:
         self.call(client, lambda d: self._append(d, stream, payload), done)
 
     def _append(self, d: Data, stream: str, payload: Any) -> int:
-        d.last_id += 1
+        # ids follow the server's clock like Redis's "<ms>-<seq>" ids (here in microseconds), so a promoted
+        # replica's new entries sort after everything the old master stored
+        d.last_id = max(d.last_id + 1, int(self.kernel.now * 1_000_000))
         e = Entry(d.last_id, self.kernel.now, payload)
         s = d.streams.setdefault(stream, [])
         s.append(e)
@@ -225,9 +234,14 @@ class Redis:
 
                 c.deliver(resync, rtt)
                 return
-        entries = d.streams.get(sub.stream, [])
-        # entries after the cursor (ids are increasing: binary search would do; streams here are short)
-        batch = [e for e in entries if e.id > sub.cursor]
+        entries = d.streams.get(sub.stream)
+        if not entries or entries[-1].id <= sub.cursor:
+            return
+        # entries after the cursor (ids increase along the stream); mostly just the newest one
+        if len(entries) == 1 or entries[-2].id <= sub.cursor:
+            batch = entries[-1:]
+        else:
+            batch = entries[bisect.bisect_right(entries, sub.cursor, key=_entry_key):]
         if not batch:
             return
         sub.cursor = batch[-1].id
@@ -301,6 +315,8 @@ class Redis:
             self.writes_lost += max(0, old.data.last_id - best.data.last_id)
             self.master = best
             self.promotions += 1
+            if self.on_promote is not None:
+                self.on_promote(best)
             if old.up():  # the old master becomes a replica of the new one (resyncs its data)
                 old.data = best.data.copy()
             self.kick()

@@ -68,6 +68,8 @@ class WorldConfig:
     retry: float = 2.0
     sentinel_down_after: float = 1.0
     dual_allowed: float = 1.0
+    elide: bool = True  # skip steady stretches between faults (see Kernel.elide); False: simulate every ms
+    steady_for: float = 6.0  # how long nothing may have changed before a stretch counts as steady
 
     def node_names(self) -> list[str]:
         return [f"n{i + 1}" for i in range(self.nodes)]
@@ -156,11 +158,15 @@ class AnnouncerShell:
             return
         now = self.proc.mono()
         t = m.next_wakeup(now)
+        if t is not None:
+            t = max(t, now + 0.001)
         if self.timer is not None:
+            if t is not None and self.timer.t == t:
+                return
             self.timer.cancel()
             self.timer = None
         if t is not None:
-            self.timer = self.proc.after(max(t - now, 0.001), self._tick)
+            self.timer = self.proc.after(t - now, self._tick)
 
     def _tick(self) -> None:
         self.timer = None
@@ -170,11 +176,13 @@ class AnnouncerShell:
         w, p = self.w, self.proc
         if isinstance(c, am.StartAnswering):
             self.answering.update(dict(c.vips))
-            w.oracle.answering(self.node, self.answering, w.kernel.now)
+            w.oracle.answering(self.node, self.answering, w.kernel.real())
+            w.log(f"{self.node} answers " + " ".join(f"{ip}@{e}" for ip, e in c.vips))
         elif isinstance(c, am.StopAnswering):
             for ip in c.ips:
                 self.answering.pop(ip, None)
-            w.oracle.answering(self.node, self.answering, w.kernel.now)
+            w.oracle.answering(self.node, self.answering, w.kernel.real())
+            w.log(f"{self.node} stops {' '.join(c.ips)} ({c.reason})")
         elif isinstance(c, am.PublishHeartbeat):
             self._publish(c)
         elif isinstance(c, am.RequestSnapshot):
@@ -217,7 +225,7 @@ class AnnouncerShell:
         self.timer = None
         if self.answering:
             self.answering = {}
-            self.w.oracle.answering(self.node, {}, self.w.kernel.now)
+            self.w.oracle.answering(self.node, {}, self.w.kernel.real())
 
     def restart(self) -> None:
         self.proc.restart()
@@ -252,25 +260,30 @@ class LeasesShell:
             self._feed(lm.AllocationsLoaded(snap))
             self._feed(lm.EpochsLoaded(dict(epochs)))
             self._feed(lm.Started())
-            r = w.redis
-            r.subscribe(p, S_ALLOC, f"leases:{p.name}", self._on_alloc, self._alloc_resync, from_start=False)
-            r.subscribe(p, S_HB, f"leases:{p.name}", self._on_hb, lambda: self._feed(lm.HeartbeatsResynced("lost")))
-            r.subscribe(p, S_CONTROL, f"snapshots:assignments:{p.name}", self._on_control, lambda: None)
             self.elector = Elector(w.api, p, "l2lb-leases", self._on_leader, lease_duration=cfg.lease_duration,
                                    renew_deadline=cfg.renew_deadline, retry=cfg.retry)
             self._loop()
 
-        w.redis.call(p, lambda d: (d.keys.get(K_ALLOC_SNAPSHOT), dict(d.hashes.get(K_EPOCHS, {}))), loaded)
+        # consumer groups first (at the streams' ends), then the stored state: nothing falls in between
+        r = w.redis
+        # a new group replays the (bounded) allocations stream, as services/leases does
+        r.subscribe(p, S_ALLOC, f"leases:{p.name}", self._on_alloc, self._alloc_resync, from_start=True)
+        r.subscribe(p, S_HB, f"leases:{p.name}", self._on_hb, lambda: self._feed(lm.HeartbeatsResynced("lost")))
+        r.subscribe(p, S_CONTROL, f"snapshots:assignments:{p.name}", self._on_control, lambda: None)
+        r.call(p, lambda d: (d.keys.get(K_ALLOC_SNAPSHOT), dict(d.hashes.get(K_EPOCHS, {}))), loaded)
 
     def _alloc_resync(self) -> None:
+        """Redis lost the stream (services/leases: load the snapshot key, then the stored epochs to restore)."""
         def loaded(ok: bool, res: Any) -> None:
-            self._feed(lm.AllocationsLoaded(res if ok else None, reason="resync"))
-            if ok:
-                self._feed(lm.EpochsLoaded({}, restore=True))
+            snap, epochs = res if ok else (None, {})
+            self._feed(lm.AllocationsLoaded(snap, reason="resync"))
+            self._feed(lm.EpochsLoaded(dict(epochs), restore=True))
 
-        self.w.redis.call(self.proc, lambda d: d.keys.get(K_ALLOC_SNAPSHOT), loaded)
+        self.w.redis.call(self.proc, lambda d: (d.keys.get(K_ALLOC_SNAPSHOT), dict(d.hashes.get(K_EPOCHS, {}))),
+                          loaded)
 
     def _on_leader(self, leader: bool, term: int) -> None:
+        self.w.log(f"{self.proc.node}/{self.proc.name} {'leads' if leader else 'lost leadership'} (term {term})")
         self._feed(lm.LeadershipChanged(leader, term))
 
     def _loop(self) -> None:
@@ -351,7 +364,7 @@ class AllocShell:
     def start(self) -> None:
         w, cfg = self.w, self.w.cfg
         self.core = SimAllocator(self.proc, w.api, w.redis, S_ALLOC, K_ALLOC_SNAPSHOT)
-        self.core.start()
+        self.core.start(S_CONTROL)
         Elector(w.api, self.proc, "l2lb-allocator", self.core.on_leadership, lease_duration=cfg.lease_duration,
                 renew_deadline=cfg.renew_deadline, retry=cfg.retry)
 
@@ -389,12 +402,13 @@ class World:
         names = cfg.node_names()
         self.lan = Lan(self.kernel, names)
         self.counters: Counter[str] = Counter()
-        self.oracle = Oracle(lambda n: self.lan.reach(n, CLIENT), dual_allowed=cfg.dual_allowed)
+        self.oracle = Oracle(self._answers_client, dual_allowed=cfg.dual_allowed)
         redis_nodes = names[:3] if cfg.redis_ha else names[:1]
         servers = [Server(Proc(self.kernel, n, "redis"), Data(1), persistent=cfg.redis_persistent)
                    for n in redis_nodes]
         self.redis = Redis(self.kernel, self.lan, servers, sentinel_nodes=redis_nodes if cfg.redis_ha else None,
                            down_after=cfg.sentinel_down_after)
+        self.redis.on_promote = lambda srv: self.log(f"sentinel promotes the redis on {srv.node}")
         self.api = Api(self.kernel, self.lan)
         self.api.pools["lan"] = POOL
         self.announcers = {n: AnnouncerShell(self, n) for n in names}
@@ -402,8 +416,22 @@ class World:
         self.allocators = [AllocShell(self, names[(i + 1) % len(names)], i) for i in range(cfg.allocator_replicas)]
         self.max_epoch: dict[str, int] = {}
         self.fault_log: list[tuple[float, str]] = []
+        self.trace: list[str] = []  # what happened, for reproducers (capped)
+        self.busy_until = 0.0  # perceived time until which a fault (or its aftermath) is in progress
+        self.next_fault_real: float | None = None
+        self.end_real = 0.0
 
     # -- observation hooks ---------------------------------------------------------------------------
+    def log(self, text: str) -> None:
+        if len(self.trace) < 20_000:
+            self.trace.append(f"t={self.kernel.real():9.3f} {text}")
+
+    def _answers_client(self, node: str) -> bool:
+        """The client gets ``node``'s answers: the link path exists and its announcer runs (a SIGSTOPped
+        process answers nothing; on SIGCONT its overdue timers run before any frame is read)."""
+        p = self.announcers[node].proc
+        return p.alive and not p.paused and self.lan.reach(node, CLIENT)
+
     def published(self, msg: NodeAssignments | NodeRenewal) -> None:
         if isinstance(msg, NodeAssignments):
             for v in msg.vips:
@@ -411,18 +439,55 @@ class World:
                 self.max_epoch[v.ip] = max(prev, v.epoch)
 
     def start(self) -> None:
-        for s in [*self.announcers.values(), *self.leases, *self.allocators]:
+        shells: list[AnnouncerShell | LeasesShell | AllocShell] = [*self.announcers.values(), *self.leases,
+                                                                     *self.allocators]
+        for s in shells:
             s.start()
         for i in range(self.cfg.services):
             self.api.put_service(service_obj(i))
         self._observe()
 
     def _observe(self) -> None:
-        """Every 100 ms: what Services hold (for the oracle) and the time-based checks."""
-        self.oracle.set_assigned(self.api.assigned_ips(), self.kernel.now)
-        self.oracle.check(self.kernel.now)
+        """Every 100 ms: what Services hold (for the oracle), the time-based checks, and elision of
+        steady stretches."""
+        k = self.kernel
+        self.oracle.set_assigned(self.api.assigned_ips(), k.real())
+        before = len(self.oracle.violations)
+        self.oracle.check(k.real())
+        for v in self.oracle.violations[before:]:
+            self.log(f"VIOLATION {v.invariant}: {v.detail}")
         self._check_duplicates()
-        self.kernel.after(0.1, self._observe)
+        if self.cfg.elide:
+            target = self.end_real if self.next_fault_real is None else min(self.next_fault_real, self.end_real)
+            gap = target - k.real()
+            if gap > 3.0 and self.steady():
+                k.elide(gap - 2.0)
+                self.counters["elided_ms"] += int((gap - 2.0) * 1000)
+        k.after(0.1, self._observe)
+
+    def steady(self) -> bool:
+        """Nothing is in progress and nothing has changed for ``steady_for`` seconds: every process is up
+        and reachable, Redis and the API server too, one leader each, every Service's IP answered by
+        exactly one node. Periodic traffic (heartbeats, renewals) then only repeats itself."""
+        k, lan, o = self.kernel, self.lan, self.oracle
+        if k.now < self.busy_until or k.real() - o.last_change < self.cfg.steady_for or self.api.outage:
+            return False
+        if not all(lan.link_up.values()) or any(lan.side.values()):
+            return False
+        shells: list[AnnouncerShell | LeasesShell | AllocShell] = [*self.announcers.values(), *self.leases,
+                                                                     *self.allocators]
+        if not all(s.proc.alive and not s.proc.paused for s in shells):
+            return False
+        if not all(r.up() for r in self.redis.servers):
+            return False
+        if sum(1 for s in self.leases if s.machine is not None and s.machine.is_leader) != 1:
+            return False
+        if sum(1 for a in self.allocators if a.core is not None and a.core.leader) != 1:
+            return False
+        if not o.assigned:
+            return False
+        return all((st := o.vips.get(ip)) is not None and len(st.visible) == 1 and st.dark_since is None
+                   for ip in o.assigned)
 
     def _check_duplicates(self) -> None:
         seen: dict[str, str] = {}
@@ -430,7 +495,7 @@ class World:
             for ing in ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []:
                 ip = ing.get("ip")
                 if ip in seen:
-                    self.oracle.violations.append(Violation(self.kernel.now, "duplicate_ip",
+                    self.oracle.violations.append(Violation(self.kernel.real(), "duplicate_ip",
                                                             f"{ip} held by {seen[ip]} and {key}"))
                 seen[ip] = key
 
@@ -447,15 +512,17 @@ class World:
     def _set_link(self, node: str, up: bool) -> None:
         self.lan.set_link(node, up)
         self.announcers[node].link_changed()
-        self.oracle.reachability_changed(self.kernel.now)
+        self.oracle.reachability_changed(self.kernel.real())
         self.redis.kick()
 
     def apply(self, f: Fault) -> None:
         k = self.kernel
         node = f.target if f.target in self.announcers else self.cfg.node_names()[0]
-        self.fault_log.append((k.now, f.text()))
+        self.fault_log.append((k.real(), f.text()))
+        self.log(f"FAULT {f.text()}")
         self.counters[f"fault_{f.kind}"] += 1
         back = max(f.duration, 0.05)
+        self.busy_until = max(self.busy_until, k.now + back + 1.0)
         if f.kind == "node_death":
             for s in self.procs_on(node):
                 s.die()
@@ -479,18 +546,25 @@ class World:
             procs = [s.proc for s in self.procs_on(node)] + [r.proc for r in self.redis_on(node)]
             p = procs[int(f.extra * 1000) % len(procs)] if f.extra else procs[0]
             p.pause()
-            k.after(back, p.resume)
+            self.oracle.reachability_changed(k.real())
+
+            def resume() -> None:
+                p.resume()
+                self.oracle.reachability_changed(k.real())
+                self.redis.kick()
+
+            k.after(back, resume)
         elif f.kind == "link_down":
             self._set_link(node, False)
             k.after(back, lambda: self._set_link(node, True))
         elif f.kind == "partition":
             self.lan.partition([node])
-            self.oracle.reachability_changed(k.now)
+            self.oracle.reachability_changed(k.real())
             self.redis.kick()
 
             def heal() -> None:
                 self.lan.heal()
-                self.oracle.reachability_changed(k.now)
+                self.oracle.reachability_changed(k.real())
                 self.redis.kick()
 
             k.after(back, heal)
@@ -512,16 +586,18 @@ class World:
         elif f.kind == "allocator_kill":
             self._kill_leader(self.allocators, back)
         elif f.kind == "msg_faults":
-            lf = self.lan.faults[node]
-            lf.loss = min(f.extra, 0.99)
-            k.after(back, lambda: setattr(lf, "loss", 0.0))
+            self.lan.set_faults(node, loss=min(f.extra, 0.99))
+            k.after(back, lambda: self.lan.set_faults(node))
         elif f.kind == "clock_step":
             for s in self.procs_on(node):
                 s.proc.wall_offset += f.extra
         elif f.kind == "api_outage":
             self.api.outage = True
-            k.after(back, lambda: setattr(self.api, "outage", False))
+            k.after(back, self.api.recover)
         elif f.kind == "churn":
+            if self.api.outage:  # the user's kubectl cannot reach the API server either: it retries
+                k.after(1.0, lambda: self.apply(f))
+                return
             i = int(f.extra) % (self.cfg.services + 4)
             key = f"apps/svc-{i}"
             if key in self.api.services and i >= 1:
@@ -537,28 +613,43 @@ class World:
                 return
 
     # -- running -------------------------------------------------------------------------------------
-    def run(self, faults: list[Fault], seconds: float, *, settle: float = 20.0,
-            on_step: Callable[[], None] | None = None) -> Report:
+    def run(self, faults: list[Fault], seconds: float, *, settle: float = 20.0) -> Report:
+        """Simulate ``seconds`` (real simulated time: elided steady stretches count) with ``faults``
+        applied at their times, then ``settle`` seconds without faults and the convergence check."""
+        k = self.kernel
+        self.end_real = seconds
         self.start()
-        for f in faults:
-            self.kernel.at(f.t, lambda f=f: self.apply(f))  # type: ignore[misc]
-        stop_on_violation: Callable[[], bool] = lambda: bool(self.oracle.violations)  # noqa: E731
-        self.kernel.run_until(seconds, stop_on_violation)
-        if not self.oracle.violations:
-            self._final_check(seconds, settle)
-        self.oracle.close(self.kernel.now)
+        failed: Callable[[], bool] = lambda: bool(self.oracle.violations)  # noqa: E731
+        pending = sorted(faults, key=lambda f: f.t)
+        for i, f in enumerate(pending):
+            if f.t >= seconds:
+                break
+            self.next_fault_real = f.t
+            k.run_until(lambda f=f: f.t - k.elided, failed)  # type: ignore[misc]
+            if failed():
+                break
+            self.next_fault_real = pending[i + 1].t if i + 1 < len(pending) else None
+            self.apply(f)
+        if not failed():
+            self.next_fault_real = None
+            k.run_until(lambda: seconds - k.elided, failed)
+        if not failed():
+            self._final_check(settle)
+        self.oracle.close(k.real())
         return Report(
-            seed=self.seed, sim_seconds=self.kernel.now, steps=self.kernel.steps, faults=list(faults),
+            seed=self.seed, sim_seconds=k.real(), steps=k.steps, faults=list(faults),
             violations=list(self.oracle.violations),
-            outages=[(e.vip, e.start, e.seconds) for e in self.oracle.outages],
+            outages=[(e.vip, e.start + 0.0, e.seconds) for e in self.oracle.outages],
             duals=[(e.vip, e.start, e.seconds) for e in self.oracle.duals],
             counters=dict(self.counters),
         )
 
-    def _final_check(self, end: float, settle: float) -> None:
+    def _final_check(self, settle: float) -> None:
         """After the last fault has healed: every Service has an IP and each IP one answering node."""
-        self.kernel.run_until(end + settle, lambda: bool(self.oracle.violations))
-        now = self.kernel.now
+        k = self.kernel
+        self.end_real = k.real()  # no more elision
+        k.run_until(max(k.now, self.busy_until) + settle, lambda: bool(self.oracle.violations))
+        now = k.real()
         for key, obj in sorted(self.api.services.items()):
             ips = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
             if not ips:
