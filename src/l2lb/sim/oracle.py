@@ -8,8 +8,8 @@ and records:
 * dual episodes: two or more nodes answering the client at once; a violation when one lasts longer
   than ``dual_allowed`` (the validity window);
 * outages: no node answering a VIP that is assigned (after it was answered once);
-* epoch order: a node that starts answering a VIP with an epoch lower than one already answered
-  by another node for it is a violation (epochs only grow across holders);
+* epoch order (:meth:`issued`): leases never gives a VIP to a node with an epoch lower than one a leader
+  of the same or an older term already issued for it (epochs, the fencing tokens, only grow);
 * answering an IP that no Service holds (beyond ``unassigned_grace`` after its release).
 """
 
@@ -50,6 +50,7 @@ class _VipState:
     ever_answered: bool = False
     max_epoch: int = 0
     max_epoch_node: str = ""
+    max_epoch_term: int = 0
     unassigned_since: float | None = None
 
 
@@ -84,18 +85,23 @@ class Oracle:
                 del st.answering[node]
                 touched.add(vip)
         for vip, epoch in vips.items():
-            st = self._v(vip)
-            old = st.answering.get(node)
-            if old != epoch:
-                if epoch < st.max_epoch and st.max_epoch_node != node:
-                    self.violations.append(Violation(now, "epoch_order",
-                                                     f"{node} answers {vip} with epoch {epoch} < {st.max_epoch} "
-                                                     f"already answered by {st.max_epoch_node}"))
-                if epoch >= st.max_epoch:
-                    st.max_epoch, st.max_epoch_node = epoch, node
-                st.answering[node] = epoch
+            self._v(vip).answering[node] = epoch
         for vip in sorted(touched):
             self._update(vip, now)
+
+    def issued(self, node: str, term: int, vips: Mapping[str, int], now: float) -> None:
+        """Leases (term ``term``) published ``node``'s full set ``vips`` (vip -> epoch)."""
+        for vip, epoch in vips.items():
+            st = self._v(vip)
+            if term >= st.max_epoch_term and (epoch < st.max_epoch or (epoch == st.max_epoch
+                                                                        and node != st.max_epoch_node)):
+                self.violations.append(Violation(now, "epoch_order",
+                                                 f"leases term {term} gives {vip} to {node} with epoch {epoch}; "
+                                                 f"{st.max_epoch_node} was given epoch {st.max_epoch} "
+                                                 f"(term {st.max_epoch_term})"))
+            if epoch > st.max_epoch:
+                st.max_epoch, st.max_epoch_node = epoch, node
+                st.max_epoch_term = max(st.max_epoch_term, term)
 
     def reachability_changed(self, now: float) -> None:
         self.now = now
@@ -136,7 +142,7 @@ class Oracle:
             if ep.seconds > self.dual_allowed:
                 self.violations.append(Violation(now, "dual_answer",
                                                  f"{vip} answered by {', '.join(ep.nodes)} for {ep.seconds:.3f} s"))
-        if st.answering and vip not in self.assigned:
+        if visible and vip not in self.assigned:  # a paused or cut-off node answers nobody
             if st.unassigned_since is None:
                 st.unassigned_since = now
         else:

@@ -17,7 +17,6 @@ keeps what reached it (the rest of the master's last writes are lost, as with re
 from __future__ import annotations
 
 import bisect
-
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any

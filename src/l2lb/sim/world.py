@@ -371,6 +371,9 @@ class AllocShell:
     def die(self) -> None:
         self.proc.kill()
         self.w.api.watchers = [(p, fn) for p, fn in self.w.api.watchers if p is not self.proc]
+        self.w.redis.unsubscribe_all(self.proc)
+        if self.core is not None:
+            self.core.leader = False  # the dead instance's callbacks must never act again
         self.core = None
 
     def restart(self) -> None:
@@ -414,7 +417,6 @@ class World:
         self.announcers = {n: AnnouncerShell(self, n) for n in names}
         self.leases = [LeasesShell(self, names[i % len(names)], i) for i in range(cfg.leases_replicas)]
         self.allocators = [AllocShell(self, names[(i + 1) % len(names)], i) for i in range(cfg.allocator_replicas)]
-        self.max_epoch: dict[str, int] = {}
         self.fault_log: list[tuple[float, str]] = []
         self.trace: list[str] = []  # what happened, for reproducers (capped)
         self.busy_until = 0.0  # perceived time until which a fault (or its aftermath) is in progress
@@ -434,9 +436,7 @@ class World:
 
     def published(self, msg: NodeAssignments | NodeRenewal) -> None:
         if isinstance(msg, NodeAssignments):
-            for v in msg.vips:
-                prev = self.max_epoch.get(v.ip, 0)
-                self.max_epoch[v.ip] = max(prev, v.epoch)
+            self.oracle.issued(msg.node, msg.term, {v.ip: v.epoch for v in msg.vips}, self.kernel.real())
 
     def start(self) -> None:
         shells: list[AnnouncerShell | LeasesShell | AllocShell] = [*self.announcers.values(), *self.leases,
