@@ -405,7 +405,11 @@ class World:
         names = cfg.node_names()
         self.lan = Lan(self.kernel, names)
         self.counters: Counter[str] = Counter()
-        self.oracle = Oracle(self._answers_client, dual_allowed=cfg.dual_allowed)
+        # a released IP stops being answered once leases acts on the release; while leases itself fails
+        # over (the announcers keep their sets under the leases-outage grace) that takes up to the leader
+        # election's takeover time
+        self.oracle = Oracle(self._answers_client, dual_allowed=cfg.dual_allowed,
+                             unassigned_grace=cfg.lease_duration + 2 * cfg.retry + 2.0)
         redis_nodes = names[:3] if cfg.redis_ha else names[:1]
         servers = [Server(Proc(self.kernel, n, "redis"), Data(1), persistent=cfg.redis_persistent)
                    for n in redis_nodes]
