@@ -340,6 +340,19 @@ class LeasesShell:
                 w.redis.xadd(p, S_ASSIGN, c.msg, done)
             elif isinstance(c, lm.StoreEpochs):
                 w.redis.hset(p, K_EPOCHS, dict(c.epochs))
+            elif isinstance(c, lm.LoadEpochs):
+                # services/leases awaits the read and carries out what EpochsLoaded gives before the rest
+                self.waiting = True
+
+                def loaded(ok: bool, res: Any) -> None:
+                    self.waiting = False
+                    if self.machine is None:
+                        return
+                    more = self.machine.handle(lm.EpochsLoaded(dict(res) if ok else {}), self.now())
+                    self.queue.extendleft(reversed(more))
+                    self._drain()
+
+                w.redis.call(p, lambda d: dict(d.hashes.get(K_EPOCHS, {})), loaded)
             elif isinstance(c, lm.RequestSnapshot):
                 w.redis.xadd(p, S_CONTROL, SnapshotRequest(topic=c.topic, requester=f"leases:{p.name}",
                                                             reason=c.reason))
