@@ -29,6 +29,7 @@ KINDS: dict[str, float] = {
     "clock_step": 0.5,  # one node's wall clock jumps by `extra` seconds
     "api_outage": 1.0,  # the API server unreachable for `duration`
     "churn": 2.0,  # a Service created or deleted
+    # (scenarios also use "create_service": a new Service svc-<extra>, drawn by no generator)
 }
 
 

@@ -17,7 +17,9 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from l2lb.sim import scenarios
 from l2lb.sim.faults import KINDS, Fault, generate, shrink
+from l2lb.sim.scenarios import SCENARIOS
 from l2lb.sim.world import Report, World, WorldConfig
 
 __all__ = ["Outcome", "main", "run_seed", "schedule"]
@@ -69,6 +71,40 @@ def _reproducer(args: argparse.Namespace, seed: int, faults: Sequence[Fault]) ->
     return f"l2lb sim --seed {seed} {flags} --faults-json '{spec}' --trace"
 
 
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else 0.0
+
+
+def run_scenarios(args: argparse.Namespace) -> int:
+    names = sorted(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    for n in names:
+        if n not in SCENARIOS:
+            raise SystemExit(f"l2lb sim: unknown scenario {n!r}; known: {', '.join(sorted(SCENARIOS))}")
+    print(f"{'scenario':26} {'rounds':>6} {'outage p50':>10} {'p99':>8} {'max':>8} {'dual max':>8}  violations")
+    failed = 0
+    for n in names:
+        sc = SCENARIOS[n]
+        seed = args.seed if args.seed is not None else 1
+        faults = scenarios.schedule(sc, seed, args.rounds)
+        minutes = (faults[-1].t + sc.period) / 60.0
+        out = run_seed(seed, sc.cfg, faults, minutes)
+        rep = out.report
+        worst: list[float] = []
+        skipped = {line.split("t=")[2].split()[0] for line in out.trace if " SKIPPED " in line}
+        faults = [f for f in faults if f"{f.t:.3f}" not in skipped and f.kind != "create_service"]
+        for f in faults:  # per round: the longest outage that began during the fault or its recovery
+            start, end = f.t - 0.01, f.t + f.duration + 5.0
+            worst.append(max((o[2] for o in rep.outages if start <= o[1] < end), default=0.0))
+        dual = max((d[2] for d in rep.duals), default=0.0)
+        print(f"{n:26} {len(faults):6} {_pct(worst, 0.5):9.3f}s {_pct(worst, 0.99):7.3f}s {max(worst):7.3f}s "
+              f"{dual:7.3f}s  {len(rep.violations)}")
+        for v in rep.violations[:3]:
+            print(f"      {v.invariant} at t={v.t:.3f}: {v.detail}")
+        failed += 0 if rep.ok else 1
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="l2lb sim", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,7 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-shrink", action="store_true", help="do not shrink failing schedules")
     ap.add_argument("--trace", action="store_true", help="print the trace of each run")
     ap.add_argument("--json", action="store_true", help="one JSON object per seed")
+    ap.add_argument("--scenario", help="run a named scenario instead of random faults: "
+                    + ", ".join(sorted(SCENARIOS)) + " (or 'all')")
+    ap.add_argument("--rounds", type=int, default=10, help="rounds of the scenario (default 10)")
     args = ap.parse_args(argv)
+    if args.scenario:
+        return run_scenarios(args)
     if args.nodes < 1 or args.services < 1 or args.minutes <= 0:
         ap.error("--nodes, --services and --minutes must be positive")
     cfg = _config(args)

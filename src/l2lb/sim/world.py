@@ -57,8 +57,8 @@ class WorldConfig:
     services: int = 4
     redis_ha: bool = True  # master + 2 replicas + 3 sentinels on the first three nodes; else one Redis
     redis_persistent: bool = False
-    leases_replicas: int = 2
-    allocator_replicas: int = 2
+    leases_nodes: tuple[int, ...] = (1, 2)  # node numbers of the leases replicas (the first leads at start)
+    allocator_nodes: tuple[int, ...] = (2, 3)
     ttl_ms: int = 1000
     renew_ms: int = 250
     heartbeat_ms: int = 100
@@ -432,8 +432,8 @@ class World:
         self.api = Api(self.kernel, self.lan)
         self.api.pools["lan"] = POOL
         self.announcers = {n: AnnouncerShell(self, n) for n in names}
-        self.leases = [LeasesShell(self, names[i % len(names)], i) for i in range(cfg.leases_replicas)]
-        self.allocators = [AllocShell(self, names[(i + 1) % len(names)], i) for i in range(cfg.allocator_replicas)]
+        self.leases = [LeasesShell(self, names[(n - 1) % len(names)], i) for i, n in enumerate(cfg.leases_nodes)]
+        self.allocators = [AllocShell(self, names[(n - 1) % len(names)], i) for i, n in enumerate(cfg.allocator_nodes)]
         self.fault_log: list[tuple[float, str]] = []
         self.trace: list[str] = []  # what happened, for reproducers (capped)
         self.busy_until = 0.0  # perceived time until which a fault (or its aftermath) is in progress
@@ -532,9 +532,32 @@ class World:
         self.oracle.reachability_changed(self.kernel.real())
         self.redis.kick()
 
+    def resolve(self, target: str) -> str:
+        """A fault's target: a node name, or what a node holds right now (scenarios):
+        ``@redis-master``, ``@leases-leader``, ``@allocator-leader``, ``@holder`` (a node answering VIPs
+        that runs nothing else)."""
+        if target in self.announcers:
+            return target
+        names = self.cfg.node_names()
+        if target == "@redis-master":
+            return self.redis.master.node
+        if target == "@leases-leader":
+            return next((s.node for s in self.leases if s.machine is not None and s.machine.is_leader), names[0])
+        if target == "@allocator-leader":
+            return next((a.node for a in self.allocators if a.core is not None and a.core.leader), names[0])
+        if target == "@holder":
+            busy = {s.node for s in self.redis.servers} | {s.node for s in self.leases} | {
+                a.node for a in self.allocators}
+            return next((n for n in names if n not in busy and self.announcers[n].answering), "")
+        return names[0]
+
     def apply(self, f: Fault) -> None:
         k = self.kernel
-        node = f.target if f.target in self.announcers else self.cfg.node_names()[0]
+        node = self.resolve(f.target)
+        if not node:
+            self.log(f"SKIPPED {f.text()}: no such node now")
+            self.counters["faults_skipped"] += 1
+            return
         self.fault_log.append((k.real(), f.text()))
         self.log(f"FAULT {f.text()}")
         self.counters[f"fault_{f.kind}"] += 1
@@ -611,6 +634,8 @@ class World:
         elif f.kind == "api_outage":
             self.api.outage = True
             k.after(back, self.api.recover)
+        elif f.kind == "create_service":
+            self.api.put_service(service_obj(int(f.extra)))
         elif f.kind == "churn":
             if self.api.outage:  # the user's kubectl cannot reach the API server either: it retries
                 k.after(1.0, lambda: self.apply(f))
