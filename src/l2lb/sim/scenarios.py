@@ -16,7 +16,7 @@ any VIP and of the VIPs whose holder survived, and the worst dual answer.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from l2lb.sim.faults import Fault
 from l2lb.sim.world import WorldConfig
@@ -32,7 +32,7 @@ class Scenario:
     duration: float
     extra: float = 0.0
     period: float = 60.0
-    cfg: WorldConfig = WorldConfig(nodes=3)
+    cfg: WorldConfig = field(default_factory=lambda: WorldConfig(nodes=3))
 
 
 _HA = WorldConfig(nodes=3, redis_ha=True, leases_nodes=(1, 3), allocator_nodes=(1, 2))
