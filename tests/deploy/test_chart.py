@@ -162,7 +162,8 @@ MATRIX: dict[str, dict[str, Any]] = {
                       "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}},
         "redis": {"ha": {"replicas": 5}, "storage": {"size": "2Gi", "storageClassName": "local-path"}},
     },
-    "monitoring": {"metrics": {"podMonitor": {"enabled": True, "labels": {"release": "prom"}},
+    "monitoring": {"announcer": {"metrics": {"expose": True}},
+                   "metrics": {"podMonitor": {"enabled": True, "labels": {"release": "prom"}},
                                "serviceMonitor": {"enabled": True},
                                "prometheusRule": {"enabled": True, "labels": {"release": "prom"}},
                                "dashboard": {"enabled": True}}},
@@ -230,6 +231,20 @@ def test_matrix_values_reach_the_objects(tmp_path: Path) -> None:
     assert kinds >= MONITORING_KINDS
     pm = one(mon, "PodMonitor", "l2lb")
     assert pm["metadata"]["labels"]["release"] == "prom" and pm["spec"]["podMetricsEndpoints"][0]["port"] == "http"
+    # announcers exposed: on the node's address with a token the PodMonitor sends; probes without a host
+    ann_pm = one(mon, "PodMonitor", "l2lb-announcer")["spec"]
+    assert ann_pm["podMetricsEndpoints"][0]["authorization"]["credentials"] == {"name": "l2lb-announcer-metrics",
+                                                                                 "key": "token"}
+    assert ann_pm["selector"]["matchLabels"]["app.kubernetes.io/component"] == "announcer"
+    token = one(mon, "Secret", "l2lb-announcer-metrics")["stringData"]["token"]
+    assert len(token) >= 32 and token.isalnum()
+    ds = one(mon, "DaemonSet", "l2lb-announcer")["spec"]["template"]["spec"]
+    actr = ds["containers"][0]
+    assert "--http-host=$(HOST_IP)" in actr["args"] and "--http-token-file=/etc/l2lb-metrics/token" in actr["args"]
+    assert "--http-host=127.0.0.1" not in actr["args"]
+    assert "host" not in actr["readinessProbe"]["httpGet"] and "host" not in actr["livenessProbe"]["httpGet"]
+    assert {"name": "metrics-token", "mountPath": "/etc/l2lb-metrics", "readOnly": True} in actr["volumeMounts"]
+    assert build_parser().parse_args(["--http-token-file=/etc/l2lb-metrics/token"]).http_token_file
     rule = one(mon, "PrometheusRule", "l2lb")
     rules_file = yaml.safe_load((CHART / "files/prometheus/l2lb-rules.yaml").read_text())
     assert rule["spec"] == rules_file

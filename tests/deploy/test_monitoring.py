@@ -205,23 +205,66 @@ def services(kube: KubeHandle, redis_url: str, tmp_path: Path) -> Iterator[list[
         s.stop()
 
 
+def _ns_get(ns: str, host: str, port: int, path: str, token: str | None = None) -> tuple[int, str]:
+    """GET inside network namespace ``ns`` (the announcer's address there is not reachable from here)."""
+    import socket
+
+    from l2lb.lab.netns import entered
+
+    with entered(ns):
+        s = socket.create_connection((host, port), timeout=2)
+    with s:
+        auth = f"Authorization: Bearer {token}\r\n" if token else ""
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n".encode())
+        raw = b""
+        while chunk := s.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" in head.lower():
+        out, rest = b"", body
+        while rest:
+            size_s, _, rest = rest.partition(b"\r\n")
+            if not int(size_s, 16):
+                break
+            out, rest = out + rest[:int(size_s, 16)], rest[int(size_s, 16) + 2:]
+        body = out
+    return int(head.split(b" ", 2)[1]), body.decode()
+
+
 def _announcer_metrics(tmp_path: Path) -> str:
-    """The announcer's /metrics from a real announcer answering one VIP in a namespace of its own."""
-    from tests.net.announcer_helpers import announcer, private_topology
+    """The announcer's /metrics from a real announcer answering one VIP in a namespace of its own, run the
+    way the chart runs it with announcer.metrics.expose: on the node's address, behind a bearer token
+    (/metrics refused without it, the probes open)."""
+    from tests.net.announcer_helpers import HTTP_PORT, AnnouncerProc, private_topology
 
     gen = private_topology()
     topo = next(gen)
     try:
         host = topo.add_host("n1", ifname="enp0s25", addrs=["198.51.100.2/24"])
+        token = tmp_path / "token"
+        token.write_text("s3cret-token\n")
         static = {"vips": [{"ip": "198.51.100.10", "epoch": 1, "interfaces": ["enp0s25"]}], "ttl_ms": 60000}
-        with announcer(host, "n1", tmp_path, static=static) as ann:
-            deadline = time.monotonic() + 15
-            text = ann.metrics()
-            while "l2lb_announcer_vips 1.0" not in text and time.monotonic() < deadline:
+        ann = AnnouncerProc(host, "n1", tmp_path, static=static,
+                            extra=["--http-host", "198.51.100.2", "--http-token-file", str(token)])
+        try:
+            deadline = time.monotonic() + 20
+            text = ""
+            while time.monotonic() < deadline:
+                assert ann.proc.poll() is None, ann.log()
+                try:
+                    code, text = _ns_get(host.ns, "198.51.100.2", HTTP_PORT, "/metrics", "s3cret-token")
+                except OSError:
+                    code = 0
+                if code == 200 and "l2lb_announcer_vips 1.0" in text:
+                    break
                 time.sleep(0.2)
-                text = ann.metrics()
-            assert "l2lb_announcer_vips 1.0" in text, text[-2000:]
+            assert "l2lb_announcer_vips 1.0" in text, ann.log()
+            assert _ns_get(host.ns, "198.51.100.2", HTTP_PORT, "/metrics")[0] == 401
+            assert _ns_get(host.ns, "198.51.100.2", HTTP_PORT, "/metrics", "wrong")[0] == 401
+            assert _ns_get(host.ns, "198.51.100.2", HTTP_PORT, "/readyz")[0] == 200  # the kubelet's probe
             return text
+        finally:
+            ann.stop()
     finally:
         with __import__("contextlib").suppress(StopIteration):
             next(gen)

@@ -74,3 +74,8 @@ imagePullSecrets:
 {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
+
+{{/* the Secret with the bearer token of the announcers' status API (announcer.metrics.expose) */}}
+{{- define "l2lb.announcerMetricsSecret" -}}
+{{- default "l2lb-announcer-metrics" .Values.announcer.metrics.tokenSecret -}}
+{{- end }}
