@@ -70,6 +70,16 @@ async def test_dashboard_follows_a_real_failover(bus: Bus, kube: KubeHandle, ser
         feed = await browser.wait_for(sid, "[...document.querySelectorAll('#feed li[data-type=move]')]"
                                            f".map(li => li.textContent).find(t => t.includes('{PIHOLE_IP}'))")
         assert f"{holder} → {other}" in feed
+        # the timeline: the IP's bar goes from the dead holder to the other node, the move carries its gap
+        # (the dead node's silence when the leases service named the new holder: missed heartbeats + a tick)
+        gap = await browser.wait_for(sid, f"document.querySelector('#timeline svg.vip[data-ip=\"{PIHOLE_IP}\"] "
+                                          ".move')?.dataset.gap", timeout=15)
+        assert 200 <= int(gap) <= 10_000, gap
+        holders = json.loads(await browser.evaluate(sid, "JSON.stringify([...document.querySelectorAll("
+                                                         f"'#timeline svg.vip[data-ip=\"{PIHOLE_IP}\"] rect.seg')]"
+                                                         ".map(r => r.dataset.node))"))
+        assert holders[-2:] == [holder, other], holders
+        assert f"(gap {gap} ms)" in feed or "(gap " in feed, feed
         # the node list shows the dead node
         dead = await browser.wait_for(sid, f"document.querySelector('#nodes tr[data-node={holder}]')"
                                            "?.children[1].textContent === 'no'")
