@@ -76,6 +76,7 @@ def test_view_counts_only_fresh_new_frames_of_our_cluster() -> None:
     assert v.receive(peers.encode(frame("n2", 1), KEY, MAC), now=10.0, wall=WALL) is not None
     assert v.receive(peers.encode(frame("n2", 1), KEY, MAC), now=10.1, wall=WALL) is None  # replayed
     assert v.receive(peers.encode(frame("n2", 2, wall=WALL - 5), KEY, MAC), now=10.1, wall=WALL) is None  # old
+    assert v.receive(peers.encode(frame("n2", 3, wall=WALL), KEY, MAC), now=10.1, wall=WALL) is not None
     assert v.receive(peers.encode(frame("n3", 1, cluster="other"), KEY, MAC), now=10.1, wall=WALL) is None
     assert v.receive(peers.encode(frame("n1", 9), KEY, MAC), now=10.1, wall=WALL) is None  # our own
     assert v.receive(b"\x00" * 20, now=10.1, wall=WALL) is None
@@ -124,3 +125,39 @@ def test_control_plane_evidence_and_claims() -> None:
     v.receive(peers.encode(frame("n4", 1, flags=REDIS_OK | CP_FRESH), None, MAC), 1.1, WALL)
     assert v.someone_has_control_plane(1.1)
     assert not v.someone_has_control_plane(1.1 + 1.0)
+
+
+def test_peers_with_skewed_clocks_are_heard_and_replays_are_not() -> None:
+    """A node whose wall clock is a day off (no RTC, no NTP yet) is still heard; its offset is reported.
+    A frame recorded earlier and replayed (an offset behind the stream) does not count."""
+    v = PeerView("n1")
+    skew = 86_400.0
+    for i in range(1, 6):
+        assert v.receive(peers.encode(frame("n2", i, wall=WALL + skew + i * 0.1), None, MAC),
+                         now=1.0 + i * 0.1, wall=WALL + i * 0.1) is not None
+    assert v.clock_offsets(1.5) == {"n2": skew}
+    recorded = peers.encode(frame("n2", 100, wall=WALL + skew - 60), None, MAC)  # a minute-old frame
+    assert v.receive(recorded, now=1.6, wall=WALL + 0.6) is None and v.rejected["stale"] == 1
+
+
+def test_a_first_frame_that_was_a_replay_is_overtaken_by_the_real_stream() -> None:
+    v = PeerView("n1")
+    assert v.receive(peers.encode(frame("n2", 1, wall=WALL - 120), None, MAC), now=1.0, wall=WALL) is not None
+    assert v.receive(peers.encode(frame("n2", 50, wall=WALL + 0.1), None, MAC), now=1.1, wall=WALL + 0.1) is not None
+    assert v.clock_offsets(1.1) == {"n2": 0.0}
+    assert v.receive(peers.encode(frame("n2", 51, wall=WALL - 100), None, MAC), now=1.2, wall=WALL + 0.2) is None
+
+
+def test_a_sender_whose_clock_stepped_back_is_heard_again_after_relearn_s() -> None:
+    v = PeerView("n1", relearn_s=3.0)
+    t, c = 1.0, 1
+    assert v.receive(peers.encode(frame("n2", c, wall=WALL + t), None, MAC), now=t, wall=WALL + t)
+    heard = []
+    for _ in range(50):  # NTP steps its clock 30 s back; it keeps sending every 100 ms
+        t += 0.1
+        c += 1
+        heard.append(v.receive(peers.encode(frame("n2", c, wall=WALL + t - 30), None, MAC), now=t, wall=WALL + t))
+    first = next(i for i, f in enumerate(heard) if f is not None)
+    assert 28 <= first <= 32  # ~3 s of rejected frames, then the new offset is adopted
+    assert all(f is not None for f in heard[first:])
+    assert v.clock_offsets(t) == {"n2": -30.0}

@@ -25,9 +25,19 @@ leases), each with its epoch: a peer that answers one of them with a lower epoch
 
 Receiving (:class:`PeerView`): a frame counts only if it parses, is for our cluster, carries a valid MAC
 (or, without a key, is unsigned: both sides unsigned), its counter is above the last one seen from the
-same (node, instance), and its wall clock is within ``replay_window_s`` of ours (a replayed old frame
-cannot keep a dead node alive). Evidence is kept with the receiver's monotonic time; a node is *heard*
-while its last good frame is younger than ``timeout_s``.
+same (node, instance), and its wall-clock *offset* to ours stays where that instance's stream has it.
+
+Clocks: nodes' wall clocks need not agree (a Raspberry Pi without RTC can be days off until NTP syncs;
+comparing absolute clocks would make such a node unheard by all its peers). Each instance's offset
+(its clock minus ours) is learned from its frames: it may move forward freely (a forward step, or the first
+frame we learnt it from was a replay), a frame whose offset is more than ``replay_window_s`` *behind* the
+learned one is old -- a replay -- and does not count. A stream that keeps arriving with new counters at a
+consistently lower offset for ``relearn_s`` (the sender's clock stepped back) is adopted again. The
+offsets are exposed (:meth:`PeerView.clock_offsets`) so a skewed node can be reported. Residual risk: frames
+of an instance recorded before we first heard it could be replayed to us in order; HMAC keeps them from
+being forged, and the first genuine frame moves the learned offset past them.
+Evidence is kept with the receiver's monotonic time; a node is *heard* while its last good frame is
+younger than ``timeout_s``.
 """
 
 from __future__ import annotations
@@ -219,8 +229,11 @@ class PeerView:
     key: bytes | None = None
     timeout_s: float = 0.35
     replay_window_s: float = 2.0
+    relearn_s: float = 3.0
     heard: dict[str, _Heard] = field(default_factory=dict)
     last_counter: dict[tuple[str, str], int] = field(default_factory=dict)
+    offset: dict[tuple[str, str], float] = field(default_factory=dict)  # sender clock - ours, seconds
+    _behind: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)  # since, offset
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> count (metrics)
 
     def receive(self, raw: bytes, now: float, wall: float) -> PeerFrame | None:
@@ -236,17 +249,28 @@ class PeerView:
         if f.node == self.node:
             self._reject("own")  # our own frame looped back (or a node name used twice: see the log)
             return None
-        if abs(f.wall_ms / 1000.0 - wall) > self.replay_window_s:
-            self._reject("stale")
-            return None
         k = (f.node, f.instance)
         if f.counter <= self.last_counter.get(k, -1):
             self._reject("replay")
             return None
+        off = f.wall_ms / 1000.0 - wall
+        learned = self.offset.get(k)
+        if learned is not None and off < learned - self.replay_window_s:
+            since, first = self._behind.get(k, (now, off))
+            if abs(off - first) > self.replay_window_s:
+                since, first = now, off
+            self._behind[k] = (since, first)
+            if now - since < self.relearn_s:
+                self._reject("stale")  # older than the stream we know: a replay, or the sender's clock stepped
+                return None
+            learned = None  # a steady stream with new counters at the lower offset: its clock stepped back
+        self._behind.pop(k, None)
+        self.offset[k] = off if learned is None else max(learned, off)
         self.last_counter[k] = f.counter
         if len(self.last_counter) > 4 * max(len(self.heard), 16):  # old instances of restarted peers
             live = {(h.frame.node, h.frame.instance) for h in self.heard.values()}
             self.last_counter = {kk: v for kk, v in self.last_counter.items() if kk in live or kk == k}
+            self.offset = {kk: v for kk, v in self.offset.items() if kk in self.last_counter}
         if f.stopping:
             self.heard.pop(f.node, None)
         else:
@@ -259,6 +283,11 @@ class PeerView:
     def alive(self, now: float) -> dict[str, PeerFrame]:
         """Peers heard within ``timeout_s`` (evidence older than that never counts)."""
         return {n: h.frame for n, h in sorted(self.heard.items()) if 0 <= now - h.at <= self.timeout_s}
+
+    def clock_offsets(self, now: float) -> dict[str, float]:
+        """Live peers' wall-clock offsets to ours (seconds; positive: theirs is ahead)."""
+        alive = self.alive(now)
+        return {n: round(self.offset.get((f.node, f.instance), 0.0), 3) for n, f in alive.items()}
 
     def heard_at(self, node: str) -> float | None:
         h = self.heard.get(node)
