@@ -116,8 +116,8 @@ POOL_SPEC: dict[str, Any] = {
         "allowFirstLastIPs": {
             "type": "string",
             "enum": ["Yes", "No"],
-            "description": "Allocate the first and last address of each CIDR too (always allowed for "
-            "/31, /32, /127, /128). Default No.",
+            "description": "No: keep the first and last address of each CIDR out of the pool (never for "
+            "/31, /32, /127, /128). Unset or Yes: every address is handed out (Cilium >= 1.16).",
         },
     },
 }
