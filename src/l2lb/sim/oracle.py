@@ -103,6 +103,17 @@ class Oracle:
                 st.max_epoch, st.max_epoch_node = epoch, node
                 st.max_epoch_term = max(st.max_epoch_term, term)
 
+    def rebuild_epochs(self, history: list[tuple[str, int, Mapping[str, int]]]) -> None:
+        """Forget issued epochs and learn them again from ``history`` (node, term, vips) without checks."""
+        for st in self.vips.values():
+            st.max_epoch, st.max_epoch_node, st.max_epoch_term = 0, "", 0
+        for node, term, vips in history:
+            for vip, epoch in vips.items():
+                st = self._v(vip)
+                if epoch > st.max_epoch:
+                    st.max_epoch, st.max_epoch_node = epoch, node
+                    st.max_epoch_term = max(st.max_epoch_term, term)
+
     def reachability_changed(self, now: float) -> None:
         self.now = now
         for vip in sorted(self.vips):

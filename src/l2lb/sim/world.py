@@ -326,12 +326,12 @@ class LeasesShell:
             if isinstance(c, lm.PublishAssignments | lm.PublishRenewal):
                 self.waiting = True
 
-                def done(ok: bool, _r: Any, c: lm.Publish = c) -> None:
+                def done(ok: bool, entry_id: Any, c: lm.Publish = c) -> None:
                     self.waiting = False
                     if self.machine is None:
                         return
                     if ok:
-                        w.published(c.msg)
+                        w.published(c.msg, int(entry_id))
                         more = self.machine.handle(lm.Sent(c), self.now())
                         self.queue.extend(more)
                     else:
@@ -430,7 +430,8 @@ class World:
                    for n in redis_nodes]
         self.redis = Redis(self.kernel, self.lan, servers, sentinel_nodes=redis_nodes if cfg.redis_ha else None,
                            down_after=cfg.sentinel_down_after)
-        self.redis.on_promote = lambda srv: self.log(f"sentinel promotes the redis on {srv.node}")
+        self.redis.on_promote = self._promoted
+        self.issued_log: list[tuple[int, str, int, dict[str, int]]] = []  # assignments written: id, node, term
         self.api = Api(self.kernel, self.lan)
         self.api.pools["lan"] = POOL
         self.announcers = {n: AnnouncerShell(self, n) for n in names}
@@ -453,9 +454,23 @@ class World:
         p = self.announcers[node].proc
         return p.alive and not p.paused and self.lan.reach(node, CLIENT)
 
-    def published(self, msg: NodeAssignments | NodeRenewal) -> None:
+    def published(self, msg: NodeAssignments | NodeRenewal, entry_id: int) -> None:
         if isinstance(msg, NodeAssignments):
-            self.oracle.issued(msg.node, msg.term, {v.ip: v.epoch for v in msg.vips}, self.kernel.real())
+            vips = {v.ip: v.epoch for v in msg.vips}
+            self.issued_log.append((entry_id, msg.node, msg.term, vips))
+            self.oracle.issued(msg.node, msg.term, vips, self.kernel.real())
+
+    def _promoted(self, srv: Server) -> None:
+        """Sentinel promoted a replica: the old master's last writes that had not reached it are lost -- also
+        what a cut-off leader decided into it. Epoch order is checked along the history that survived."""
+        self.log(f"sentinel promotes the redis on {srv.node}")
+        kept = {e.id for e in srv.data.streams.get(S_ASSIGN, [])}
+        first = min(kept) if kept else 0
+        survivors = [r for r in self.issued_log if r[0] in kept or r[0] < first]  # older ones: trimmed, not lost
+        if len(survivors) != len(self.issued_log):
+            self.log(f"{len(self.issued_log) - len(survivors)} assignment message(s) lost with the old master")
+            self.issued_log = survivors
+            self.oracle.rebuild_epochs([(node, term, vips) for _, node, term, vips in survivors])
 
     def start(self) -> None:
         shells: list[AnnouncerShell | LeasesShell | AllocShell] = [*self.announcers.values(), *self.leases,
