@@ -91,6 +91,10 @@ REDIS_PORT = 6379
 ALLOC_HTTP, LEASES_HTTP, ANN_HTTP = 9101, 9102, 9103
 ARGEN_SENDER_BASE = "198.51.100.20"  # .20-.83: no lab host, no pool address
 ARGEN_SENDERS = 64
+# the compare lab tops out far below bench/arp's two-namespace lab (every ARP broadcast reaches all three
+# nodes, and on each a Python or Go process reads it): finer steps than bench/arp's
+ARP_RATES = (2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 150_000)
+KERNEL_ARP_IP = "198.51.100.90"  # the kernel baseline: on the owner's LAN interface, no pool address
 SCALE_POOL = ("203.0.113.1", "203.0.113.250")  # 250 shared IPs for the 100/1000-Service scales
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -242,6 +246,35 @@ def rss_kib(pids: list[int]) -> int:
     return total
 
 
+class MachineLoad:
+    """The shared machine's load during a window: load average (1/5/15 min) at the start, the end and
+    the highest 1-min value sampled, and the whole machine's CPU use (/proc/stat, % of ALL CPUs) -- the
+    VM is shared with other agents, so every figure is printed with the load it was taken under."""
+
+    def __init__(self) -> None:
+        self.load0 = os.getloadavg()
+        self.max1 = self.load0[0]
+        self.busy0, self.total0 = self._stat()
+
+    @staticmethod
+    def _stat() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            vals = [int(x) for x in f.readline().split()[1:]]
+        idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
+        return sum(vals[:8]) - idle, sum(vals[:8])
+
+    def sample(self) -> None:
+        self.max1 = max(self.max1, os.getloadavg()[0])
+
+    def result(self) -> dict[str, Any]:
+        self.sample()
+        busy1, total1 = self._stat()
+        return {"loadavg_start": [round(x, 2) for x in self.load0],
+                "loadavg_end": [round(x, 2) for x in os.getloadavg()], "loadavg1_max": round(self.max1, 2),
+                "machine_cpu_busy_pct": round((busy1 - self.busy0) / max(1, total1 - self.total0) * 100, 1),
+                "cpus": os.cpu_count()}
+
+
 def scale_docs(n: int) -> list[dict[str, Any]]:
     """``n`` extra LoadBalancer Services on a second pool: four per IP (distinct ports, one sharing
     key per IP), so 1000 Services fit the 250 TEST-NET-3 addresses; namespace ``scale``."""
@@ -390,6 +423,7 @@ class Bench:
         self.nodes: list[LabNode] = []
         self.api: LabApiServer = None  # type: ignore[assignment]
         self.results: dict[str, Any] = {}
+        self._change_t = time.time()  # wall time of the last scale-up (quiesce's reference)
 
     # -- network --------------------------------------------------------------------------------
     def build_network(self) -> None:
@@ -431,6 +465,8 @@ class Bench:
         await asyncio.to_thread(self.api.apply_docs, harness.node_objects(self.nodes) + docs)
         svcs = [d for d in docs if d["kind"] == "Service"]
         await asyncio.to_thread(self.api.apply_docs, harness.endpoint_slices(svcs, self.nodes))
+        await asyncio.to_thread(self.api.clear_requests)  # quiesce() of the first scale counts from here
+        self._change_t = time.time()
         await system.start()
         await self.wait_ips("pihole", 3)
         owner = await self.wait_owner(60)
@@ -584,16 +620,19 @@ class Bench:
         async with self.lock.held():
             await asyncio.to_thread(self.api.clear_requests)
             t0 = time.monotonic()
+            load = MachineLoad()
             c0 = {k: cpu_ticks(v) for k, v in groups.items()}
             rss_max = {k: rss_kib(v) for k, v in groups.items()}
             while time.monotonic() - t0 < seconds:
                 await asyncio.sleep(min(5.0, seconds - (time.monotonic() - t0)))
+                load.sample()
                 for k, v in groups.items():
                     rss_max[k] = max(rss_max[k], rss_kib(v))
             dt = time.monotonic() - t0
             c1 = {k: cpu_ticks(v) for k, v in groups.items()}
+            machine = load.result()
             reqs = await asyncio.to_thread(self.api.requests, settle_s=0.5)
-        out: dict[str, Any] = {"seconds": round(dt, 1), "procs": {}}
+        out: dict[str, Any] = {"seconds": round(dt, 1), "procs": {}, "load": machine}
         for k in groups:
             out["procs"][k] = {"cpu_pct": round((c1[k] - c0[k]) / CLK_TCK / dt * 100, 2),
                                "rss_mib": round(rss_max[k] / 1024, 1)}
@@ -615,6 +654,8 @@ class Bench:
         base = docs[:3]
         svcs = [scale_service(i) for i in range(have, n)]
         t0 = time.monotonic()
+        await asyncio.to_thread(self.api.clear_requests)
+        self._change_t = time.time()
         await asyncio.to_thread(self.api.apply_docs, base)
         for i in range(0, len(svcs), 50):
             chunk = svcs[i:i + 50]
@@ -623,12 +664,33 @@ class Bench:
         await self.wait_ips("scale", n, timeout=600)
         say(f"  {n} extra Services created and given IPs in {time.monotonic() - t0:.1f} s")
 
+    async def quiesce(self, quiet_s: float, max_s: float) -> dict[str, Any]:
+        """Wait until the system has made no API request for ``quiet_s`` (leader-Lease renewals aside:
+        l2lb renews two forever), at most ``max_s``; the requests it made meanwhile (from the last
+        ``clear_requests()``, e.g. the start of a scale-up) are the cost of absorbing the change."""
+        t0 = time.time()
+        while True:
+            reqs = await asyncio.to_thread(self.api.requests, settle_s=0.0)
+            busy = [float(r["t"]) for r in reqs if r["resource"] != "leases"]
+            now = time.time()
+            last = max(busy, default=0.0)
+            if now - max(last, t0 - quiet_s) >= quiet_s or now - t0 >= max_s:
+                out = api_summary(reqs, now - self._change_t)
+                out["quiet"] = now - max(last, t0 - quiet_s) >= quiet_s
+                out["waited_s"] = round(now - t0, 1)
+                out["last_request_after_s"] = round(last - self._change_t, 1) if busy else None
+                return out
+            self.sup.check_alive()
+            await asyncio.sleep(2.0)
+
     async def churn_window(self, system: System, seconds: float) -> dict[str, Any]:
         """One Service replaced per second, a node's announcing process killed every 6 s (back 3 s later)."""
         await asyncio.to_thread(self.api.clear_requests)
         t0 = time.monotonic()
+        load = MachineLoad()
         next_replace, next_kill, revive_at, victim, k = t0 + 1.0, t0 + 2.0, 0.0, 0, 0
         while (now := time.monotonic()) < t0 + seconds:
+            load.sample()
             if now >= next_replace:
                 old = scale_service(k)
                 new = scale_service(k)  # the replacement takes the slot (IP, port) the old one frees
@@ -647,27 +709,47 @@ class Bench:
             await asyncio.sleep(0.05)
         if revive_at:
             await system.restart_announcer(self.nodes[victim % len(self.nodes)])
+        machine = load.result()
         reqs = await asyncio.to_thread(self.api.requests, settle_s=0.5)
-        return {"seconds": seconds, "replaced": k, "api": api_summary(reqs, time.monotonic() - t0)}
+        return {"seconds": seconds, "replaced": k, "api": api_summary(reqs, time.monotonic() - t0), "load": machine}
 
     # -- ARP ------------------------------------------------------------------------------------
     async def arp_section(self, system: System) -> dict[str, Any]:
+        """The system's announcer/speaker answering for the VIP, then the kernel of the same node
+        answering for KERNEL_ARP_IP on its LAN interface (the baseline, taken right after, under the
+        same load: every node's process still reads every broadcast)."""
         arp_run = load_bench("arp")
         owner = await self.wait_owner(30)
         binary = arp_run.go_binary()
         if not isinstance(binary, Path):
             return {"skipped": f"Go generator unavailable: {binary}"}
-        gen = arp_run.GoGenerator(self.client, binary, target=VIP, sender_base=ARGEN_SENDER_BASE,
-                                  senders=ARGEN_SENDERS)
-        mac = self.topo.hosts[owner].mac
+        node = self.topo.hosts[owner]
+        mac = node.mac
+        kw = {"rates": ARP_RATES, "latency_at": ()}
+
+        def gen(target: str) -> Any:
+            return arp_run.GoGenerator(self.client, binary, target=target, sender_base=ARGEN_SENDER_BASE,
+                                       senders=ARGEN_SENDERS)
+
         async with self.lock.held():
-            res = await asyncio.to_thread(arp_run.measure, gen, mac, self.a.arp_seconds, self.a.arp_max_rate,
-                                          system.name)
-        pid = self.sup.procs[system.announcer(self.node(owner))].pid or 0
-        res["rss_mib"] = round(rss_kib(proc_tree(pid)) / 1024, 1)
-        res["node"] = owner
-        # a VIP that moved during the load (missed heartbeats / memberlist probes) shows as total loss
-        res["node_after"] = await self.wait_owner(30)
+            load = MachineLoad()
+            res = await asyncio.to_thread(arp_run.measure, gen(VIP), mac, self.a.arp_seconds, self.a.arp_max_rate,
+                                          system.name, **kw)
+            res["load"] = load.result()
+            pid = self.sup.procs[system.announcer(self.node(owner))].pid or 0
+            res["rss_mib"] = round(rss_kib(proc_tree(pid)) / 1024, 1)
+            res["node"] = owner
+            # a VIP that moved during the load (missed heartbeats / memberlist probes) shows as total loss
+            res["node_after"] = await self.wait_owner(30)
+            node.exec(["ip", "addr", "add", f"{KERNEL_ARP_IP}/32", "dev", LAN_IF])
+            try:
+                load = MachineLoad()
+                kern = await asyncio.to_thread(arp_run.measure, gen(KERNEL_ARP_IP), mac, self.a.arp_seconds,
+                                               self.a.arp_max_rate, f"kernel of {owner}", **kw)
+                kern["load"] = load.result()
+                res["kernel"] = kern
+            finally:
+                node.exec(["ip", "addr", "del", f"{KERNEL_ARP_IP}/32", "dev", LAN_IF], check=False)
         self.client.exec(["ip", "neigh", "flush", "all"], check=False)
         return res
 
@@ -714,11 +796,22 @@ def analyse_udp(data: dict[str, Any], old: str, t_fault: float, t_heal: float) -
     return out
 
 
-def api_summary(reqs: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+def api_summary(reqs: list[dict[str, Any]], seconds: float, bucket_s: float = 10.0) -> dict[str, Any]:
+    """Requests by user and by verb+resource, and per ``bucket_s`` from the window's first request on
+    (``timeline``: tells a steady rate from a tail of work that is still dying down)."""
     by_user: Counter[str] = Counter(r["user"] for r in reqs)
     verbs: Counter[str] = Counter(f"{r['verb']} {r['resource']}" for r in reqs)
+    codes: Counter[str] = Counter(str(r["code"]) for r in reqs)
+    timeline: list[int] = []
+    ts = sorted(float(r["t"]) for r in reqs if r.get("t"))
+    if ts:
+        t0 = min(ts[0], time.time() - seconds)
+        timeline = [0] * max(1, int(seconds // bucket_s) + 1)
+        for t in ts:
+            timeline[min(len(timeline) - 1, max(0, int((t - t0) // bucket_s)))] += 1
     return {"requests": len(reqs), "req_per_s": round(len(reqs) / max(seconds, 1e-9), 2),
-            "by_user": dict(by_user.most_common()), "top": dict(verbs.most_common(8))}
+            "by_user": dict(by_user.most_common()), "top": dict(verbs.most_common(8)), "codes": dict(codes),
+            f"per_{bucket_s:.0f}s": timeline}
 
 
 # ------------------------------------------------------------------------------------------ cilium
@@ -788,6 +881,7 @@ async def cilium_section(b: Bench, a: argparse.Namespace) -> list[dict[str, Any]
             async with b.lock.held():
                 await asyncio.to_thread(api.clear_requests)
                 t0 = time.monotonic()
+                load = MachineLoad()
                 valid: list[int] = []
                 next_sample, next_kill, revive_at, victim = t0, t0 + 2.0, 0.0, 0
                 while (now := time.monotonic()) < t0 + a.api_seconds:
@@ -801,10 +895,12 @@ async def cilium_section(b: Bench, a: argparse.Namespace) -> list[dict[str, Any]
                         if revive_at and now >= revive_at:
                             await start(names[victim % len(names)])
                             revive_at, victim = 0.0, victim + 1
+                    load.sample()
                     await asyncio.sleep(0.1)
+                machine = load.result()
                 reqs = await asyncio.to_thread(api.requests, settle_s=0.5)
                 dt = time.monotonic() - t0
-            r = {"services": n_svc, "mode": "churn" if churn else "rest", "api": api_summary(reqs, dt),
+            r = {"services": n_svc, "mode": "churn" if churn else "rest", "api": api_summary(reqs, dt), "load": machine,
                  "announced": min(valid) if valid else 0,
                  "announced_mean": round(statistics.fmean(valid), 1) if valid else 0.0,
                  "demanded_req_per_s": round(len(names) * n_svc / 2.0, 1)}
@@ -861,6 +957,12 @@ async def timed_sections(b: Bench, system: System, a: argparse.Namespace, save: 
             for n in a.scales:
                 await b.scale_to(max(0, n - 3))
                 await asyncio.sleep(a.settle)
+                # at rest = after the system stopped reacting to the scale-up (MetalLB's controller may
+                # rewrite every Service's status for a while: its "reprocess all" retries)
+                q = await b.quiesce(a.quiet_seconds, a.quiesce_max)
+                res.setdefault("settle", {})[str(n)] = q
+                say(f"{system.name} {n} Services: quiet after {q['waited_s']} s more (quiet={q['quiet']}); "
+                    f"requests since the scale-up began {q['requests']} {q['by_user']} {q['top']}")
                 if "idle" in a.sections:
                     w = await b.idle_window(system, a.idle_seconds)
                     res["idle"][str(n)] = w
@@ -894,6 +996,13 @@ def failover_summary(rs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _ms(v: Any) -> str:
     return "n/a" if v is None or v != v else f"{float(v):,.0f} ms"
+
+
+def _load(m: dict[str, Any] | None) -> str:
+    if not m:
+        return "n/a"
+    return (f"avg {m['loadavg_start'][0]:.1f}->{m['loadavg_end'][0]:.1f} (max {m['loadavg1_max']:.1f}), "
+            f"machine CPU {m['machine_cpu_busy_pct']:.0f} % of {m['cpus']}")
 
 
 def _ratio(x: float, y: float) -> str:
@@ -930,11 +1039,16 @@ def report(res: dict[str, Any], a: argparse.Namespace) -> None:
             if "skipped" in r:
                 print(f"  {res[s]['label']:14s} skipped: {r['skipped']}")
                 continue
-            best = r.get("best") or {}
-            low = r["low"]
-            print(f"  {res[s]['label']:14s} at 1000/s p50 {low['p50_us']} us p99 {low['p99_us']} us; "
-                  "highest 0-loss rate "
-                  f"{best.get('achieved_rate', 'none')}/s ({r['stop'] or 'generator limit'}); RSS {r['rss_mib']} MiB")
+            for who, x in ((res[s]["label"], r), (f"  kernel ({r['node']})", r.get("kernel"))):
+                if not x:
+                    continue
+                best = x.get("best") or {}
+                low = x["low"]
+                print(f"  {who:14s} at 1000/s p50 {low['p50_us']} us p99 {low['p99_us']} us (min {low['min_us']}); "
+                      "highest 0-loss rate "
+                      f"{best.get('achieved_rate', 'none')}/s ({x['stop'] or 'generator limit'}); "
+                      f"load {_load(x.get('load'))}")
+            print(f"  {'':14s} RSS {r['rss_mib']} MiB; VIP on {r['node']} before, {r['node_after']} after")
     if sysnames_present and all("idle" in res[s] for s in sysnames):
         print(f"\nIdle cost over {a.idle_seconds:.0f} s (CPU % of one core, RSS MiB) and API requests at rest")
         for n in a.scales:
@@ -944,7 +1058,8 @@ def report(res: dict[str, Any], a: argparse.Namespace) -> None:
                     continue
                 print(f"  {n:5d} Services {res[s]['label']:14s} per node {w['per_node']['cpu_pct']:6.2f} % "
                       f"{w['per_node']['rss_mib']:6.1f} MiB | control plane {w['control_plane']['cpu_pct']:6.2f} % "
-                      f"{w['control_plane']['rss_mib']:6.1f} MiB | API {w['api']['req_per_s']:6.2f} req/s")
+                      f"{w['control_plane']['rss_mib']:6.1f} MiB | API {w['api']['req_per_s']:6.2f} req/s | "
+                      f"load {_load(w.get('load'))}")
             if len(sysnames) == 2 and str(n) in res["l2lb"]["idle"] and str(n) in res["metallb"]["idle"]:
                 m, l2 = res["metallb"]["idle"][str(n)], res["l2lb"]["idle"][str(n)]
                 print(f"  {'':14s} ratio l2lb/MetalLB per node: "
@@ -955,7 +1070,8 @@ def report(res: dict[str, Any], a: argparse.Namespace) -> None:
         for s in sysnames:
             if "churn" in res[s]:
                 c = res[s]["churn"]["api"]
-                print(f"  {res[s]['label']:14s} {c['req_per_s']:6.2f} req/s  {c['by_user']}")
+                print(f"  {res[s]['label']:14s} {c['req_per_s']:6.2f} req/s  {c['by_user']}; "
+                      f"load {_load(res[s]['churn'].get('load'))}")
     if "cilium" in res:
         print("\nCilium model (per-Service Lease election, 3 nodes), same real kube-apiserver build")
         for r in res["cilium"]:
@@ -963,7 +1079,8 @@ def report(res: dict[str, Any], a: argparse.Namespace) -> None:
                 print(f"  skipped: {r['skipped']}")
                 continue
             print(f"  {r['services']:5d} Services {r['mode']:5s} {r['req_per_s']:6.2f} req/s (demanded "
-                  f"{r['demanded_req_per_s']}/s), Leases with a live holder: min {r['announced']}/{r['services']}")
+                  f"{r['demanded_req_per_s']}/s), Leases with a live holder: min {r['announced']}/{r['services']}; "
+                  f"load {_load(r.get('load'))}")
 
 
 async def amain(a: argparse.Namespace) -> int:
@@ -1053,6 +1170,9 @@ def main() -> int:
     p.add_argument("--idle-seconds", type=float, default=60.0)
     p.add_argument("--api-seconds", type=float, default=60.0, help="length of the churn and Cilium windows")
     p.add_argument("--settle", type=float, default=10.0, help="seconds after scaling before measuring")
+    p.add_argument("--quiet-seconds", type=float, default=10.0,
+                   help="then wait for this long without an API request of the system (Lease renewals aside)")
+    p.add_argument("--quiesce-max", type=float, default=240.0, help="longest wait for --quiet-seconds")
     p.add_argument("--cilium-warmup", type=float, default=20.0)
     p.add_argument("--no-cilium-churn", dest="cilium_churn", action="store_false")
     p.add_argument("--cilium-qps", type=float, default=5.0, help="per-node client limit of the Cilium model")
