@@ -275,6 +275,25 @@ class MachineLoad:
                 "cpus": os.cpu_count()}
 
 
+def ctx_switches(pids: list[int]) -> int:
+    """Voluntary + involuntary context switches of every thread of ``pids``: how often they woke up."""
+    total = 0
+    for p in pids:
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                with open(f"/proc/{p}/task/{t}/status") as f:
+                    for line in f:
+                        if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                            total += int(line.split()[1])
+            except OSError:
+                continue
+    return total
+
+
 def scale_docs(n: int) -> list[dict[str, Any]]:
     """``n`` extra LoadBalancer Services on a second pool: four per IP (distinct ports, one sharing
     key per IP), so 1000 Services fit the 250 TEST-NET-3 addresses; namespace ``scale``."""
@@ -622,6 +641,7 @@ class Bench:
             t0 = time.monotonic()
             load = MachineLoad()
             c0 = {k: cpu_ticks(v) for k, v in groups.items()}
+            x0 = {k: ctx_switches(v) for k, v in groups.items()}
             rss_max = {k: rss_kib(v) for k, v in groups.items()}
             while time.monotonic() - t0 < seconds:
                 await asyncio.sleep(min(5.0, seconds - (time.monotonic() - t0)))
@@ -630,18 +650,22 @@ class Bench:
                     rss_max[k] = max(rss_max[k], rss_kib(v))
             dt = time.monotonic() - t0
             c1 = {k: cpu_ticks(v) for k, v in groups.items()}
+            x1 = {k: ctx_switches(v) for k, v in groups.items()}
             machine = load.result()
             reqs = await asyncio.to_thread(self.api.requests, settle_s=0.5)
         out: dict[str, Any] = {"seconds": round(dt, 1), "procs": {}, "load": machine}
         for k in groups:
             out["procs"][k] = {"cpu_pct": round((c1[k] - c0[k]) / CLK_TCK / dt * 100, 2),
-                               "rss_mib": round(rss_max[k] / 1024, 1)}
+                               "rss_mib": round(rss_max[k] / 1024, 1),
+                               "wakeups_per_s": round((x1[k] - x0[k]) / dt, 1)}
         nodes = [v for k, v in out["procs"].items() if k.startswith("node:")]
         out["per_node"] = {"cpu_pct": round(statistics.fmean(x["cpu_pct"] for x in nodes), 2),
-                           "rss_mib": round(statistics.fmean(x["rss_mib"] for x in nodes), 1)}
+                           "rss_mib": round(statistics.fmean(x["rss_mib"] for x in nodes), 1),
+                           "wakeups_per_s": round(statistics.fmean(x["wakeups_per_s"] for x in nodes), 1)}
         cps = [v for k, v in out["procs"].items() if k.startswith("cp:")]
         out["control_plane"] = {"cpu_pct": round(sum(x["cpu_pct"] for x in cps), 2),
-                                "rss_mib": round(sum(x["rss_mib"] for x in cps), 1)}
+                                "rss_mib": round(sum(x["rss_mib"] for x in cps), 1),
+                                "wakeups_per_s": round(sum(x["wakeups_per_s"] for x in cps), 1)}
         out["api"] = api_summary(reqs, dt)
         return out
 
