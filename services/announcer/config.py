@@ -68,13 +68,40 @@ def load_static(path: str, node: str, seq: int, wall: float) -> NodeAssignments:
     return NodeAssignments(node=node, term=0, seq=seq, ttl_ms=ttl, sent_at=wall, vips=tuple(vips))
 
 
-def machine_config(args: argparse.Namespace, instance: str) -> MachineConfig:
+MIN_PEER_KEY = 16
+
+
+def read_peer_key(args: argparse.Namespace) -> bytes | None:
+    """The peers' shared key: the file's bytes (surrounding whitespace removed) or L2LB_PEER_KEY; None when
+    neither is set. ValueError naming the fix when it is unusable."""
+    if args.peer_key_file:
+        try:
+            with open(args.peer_key_file, "rb") as f:
+                key = f.read().strip()
+        except OSError as e:
+            raise ValueError(f"--peer-key-file {args.peer_key_file}: {e.strerror}") from None
+        where = f"--peer-key-file {args.peer_key_file}"
+    elif os.environ.get("L2LB_PEER_KEY"):
+        key = os.environ["L2LB_PEER_KEY"].strip().encode()
+        where = "L2LB_PEER_KEY"
+    else:
+        return None
+    if len(key) < MIN_PEER_KEY:
+        raise ValueError(f"{where}: the peer key must have at least {MIN_PEER_KEY} bytes "
+                         "(e.g. head -c 32 /dev/urandom | base64)")
+    return key
+
+
+def machine_config(args: argparse.Namespace, instance: str, peer_key: bytes | None = None) -> MachineConfig:
     return MachineConfig(
         node=args.node, instance=instance, labels=parse_labels(args.node_labels or ""), bus=not args.no_bus,
         heartbeat_interval_ms=args.heartbeat_interval_ms, heartbeat_full_every_ms=args.heartbeat_full_every_ms,
         garp_count=args.garp_count, garp_interval_ms=args.garp_interval_ms, reply_rate=args.reply_rate,
         reply_burst=args.reply_burst, defend_interval_ms=args.defend_interval_ms,
         max_clock_skew_ms=args.max_clock_skew_ms, leases_outage_grace_ms=args.leases_outage_grace_ms,
+        peers=not args.no_peers, cluster=args.cluster_name, peer_key=peer_key,
+        peer_interval_ms=args.peer_interval_ms, peer_timeout_ms=args.peer_timeout_ms,
+        takeover_after_ms=args.takeover_after_ms,
     )
 
 
@@ -148,6 +175,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-bus", action="store_true", help="test/dev: run without Redis (static assignments only)"
     )
+    g = p.add_argument_group("LAN peer heartbeats (Redis-down freeze, succession takeovers)")
+    g.add_argument("--no-peers", action="store_true",
+                   help="send and hear no peer heartbeats (then Redis down = strict expiry, no LAN takeovers)")
+    g.add_argument("--cluster-name", default=env("L2LB_CLUSTER_NAME", "l2lb"),
+                   help="peers of another cluster name on the same LAN are ignored (env L2LB_CLUSTER_NAME)")
+    g.add_argument("--peer-key-file", default=env("L2LB_PEER_KEY_FILE") or None, metavar="FILE",
+                   help="shared key authenticating peer heartbeats (HMAC-SHA256), >= 16 bytes; or the key itself "
+                   "in env L2LB_PEER_KEY. Without one, frames go unsigned (lab/dev only: a warning at start)")
+    g.add_argument("--peer-interval-ms", type=int, default=env_int("L2LB_PEER_INTERVAL_MS", 100),
+                   help="a peer heartbeat on every answering interface this often (default 100)")
+    g.add_argument("--peer-timeout-ms", type=int, default=env_int("L2LB_PEER_TIMEOUT_MS", 350),
+                   help="a peer counts as heard this long after its last frame (default 350)")
+    g.add_argument("--takeover-after-ms", type=int, default=env_int("L2LB_TAKEOVER_AFTER_MS", 300),
+                   help="a successor takes a VIP over when its holder has been silent on the LAN this long (+150 ms "
+                   "per rank) and the control plane is silent (default 300)")
     add_http_log_args(p, http_port=9473)
     add_redis_args(p)
     _add_kube_args(p)
@@ -161,10 +203,20 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parse_labels(args.node_labels or "")
     except (re.error, ValueError) as e:
         parser.error(str(e))
-    for name in ("heartbeat_interval_ms", "garp_interval_ms", "link_poll_ms", "defend_interval_ms"):
+    for name in ("heartbeat_interval_ms", "garp_interval_ms", "link_poll_ms", "defend_interval_ms",
+                 "peer_interval_ms", "peer_timeout_ms", "takeover_after_ms"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if args.heartbeat_full_every_ms < 0:
         parser.error("--heartbeat-full-every-ms must be >= 0")
     if args.garp_count < 0 or args.reply_rate <= 0 or args.reply_burst < 1:
         parser.error("--garp-count must be >= 0, --reply-rate > 0 and --reply-burst >= 1")
+    if args.peer_timeout_ms <= args.peer_interval_ms:
+        parser.error(f"--peer-timeout-ms ({args.peer_timeout_ms}) must be larger than --peer-interval-ms "
+                     f"({args.peer_interval_ms}): a peer would count as silent between two of its frames")
+    if not args.cluster_name or len(args.cluster_name.encode()) > 255:
+        parser.error("--cluster-name must have 1 to 255 bytes")
+    try:
+        read_peer_key(args)
+    except ValueError as e:
+        parser.error(str(e))

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from l2lb.adapters.bus.client import Bus, BusError, bus_from_args
 from l2lb.adapters.http.server import StatusServer
 from l2lb.adapters.net.links import Link, LinkMonitor, read_links, vips_configured
+from l2lb.adapters.net.peerport import PeerPort
 from l2lb.adapters.net.rawsock import RawPort, RawSocketError
 from l2lb.core import codec
 from l2lb.core.announcer_machine import (
@@ -45,6 +46,7 @@ from l2lb.core.announcer_machine import (
     LinksChanged,
     LinkState,
     Log,
+    PeerFrameReceived,
     Published,
     PublishHeartbeat,
     Renewal,
@@ -52,6 +54,7 @@ from l2lb.core.announcer_machine import (
     RequestSnapshot,
     Resync,
     SendFrames,
+    SendPeerFrame,
     SetMulticast,
     StartAnswering,
     Stop,
@@ -62,7 +65,14 @@ from l2lb.obs.log import get_logger
 from l2lb.runtime.config import parse_with_config
 from l2lb.runtime.memory import pin_mmap_threshold
 from l2lb.runtime.run import run_service
-from services.announcer.config import build_parser, interface_pattern, load_static, machine_config, validate
+from services.announcer.config import (
+    build_parser,
+    interface_pattern,
+    load_static,
+    machine_config,
+    read_peer_key,
+    validate,
+)
 from services.announcer.metrics import AnnouncerMetrics
 
 if TYPE_CHECKING:
@@ -80,8 +90,9 @@ class AnnouncerService:
         self.node: str = args.node
         self.allow = interface_pattern(args.interfaces)
         self.instance = secrets.token_hex(6)
-        self.machine = AnnouncerMachine(machine_config(args, self.instance), time.monotonic())
+        self.machine = AnnouncerMachine(machine_config(args, self.instance, read_peer_key(args)), time.monotonic())
         self.ports: dict[str, RawPort] = {}
+        self.peer_ports: dict[str, PeerPort] = {}  # LAN peer heartbeats (unless --no-peers)
         self.port_errors: dict[str, str] = {}
         self.bus: Bus | None = None
         self.kube_labels: dict[str, str] = {}
@@ -110,6 +121,10 @@ class AnnouncerService:
                 if port is not None:
                     for frame in c.frames:
                         port.send(frame)
+            elif isinstance(c, SendPeerFrame):
+                pp = self.peer_ports.get(c.iface)
+                if pp is not None:
+                    pp.send(c.frame)
             elif isinstance(c, Count | Gauge):
                 self.metrics.fact(c)
             elif isinstance(c, Log):
@@ -172,12 +187,26 @@ class AnnouncerService:
         port.start(asyncio.get_running_loop(), self._on_frames)
         log.info("listening", extra={"interface": link.name, "ifindex": port.ifindex, "mac": link.mac,
                                      "rcvbuf": port.rcvbuf, "io": port.mode})
+        if not self.args.no_peers:
+            try:
+                peer = PeerPort(link.name)
+            except RawSocketError as e:  # ARP/NDP work without it; only the LAN evidence is missing
+                log.error("cannot open the peer heartbeat socket", extra={"interface": link.name, "error": str(e)})
+                return
+            self.peer_ports[link.name] = peer
+            peer.start(asyncio.get_running_loop(), self._on_peer_frame)
+
+    def _on_peer_frame(self, port: PeerPort, frame: bytes, mono: float, wall: float) -> None:
+        self.feed(PeerFrameReceived(port.ifname, frame, mono, wall))
 
     def _close_port(self, name: str) -> None:
         port = self.ports.pop(name, None)
         if port is not None:
             self._retired_send_errors += port.send_errors  # the metrics are cumulative
             port.close()
+        peer = self.peer_ports.pop(name, None)
+        if peer is not None:
+            peer.close()
 
     def _check_kernel_owned(self, ips: list[str]) -> None:
         for ip, ifname in vips_configured(read_links(None).values(), ips):
@@ -348,12 +377,18 @@ class AnnouncerService:
             tasks.append(asyncio.create_task(consumer.run(stop), name="assignments"))
         if self.args.kubeconfig:
             tasks.append(asyncio.create_task(self._kube_labels(stop), name="kube-labels"))
+        if self.machine.peers is not None and self.machine.config.peer_key is None:
+            log.warning("peer heartbeats are sent and accepted WITHOUT authentication (no --peer-key-file or "
+                        "L2LB_PEER_KEY): anyone on the LAN could fake a peer; lab/dev only")
+        self.metrics.unsigned(self.machine.peers is not None and self.machine.config.peer_key is None)
         log.info("announcer running", extra={"node": self.node, "instance": self.instance,
                                              "interfaces": sorted(self.ports), "bus": not self.args.no_bus})
         try:
             await stop.wait()
         finally:
-            log.info("stopping: no longer answering, telling leases to hand over")
+            log.info("stopping: no longer answering, telling leases and the peers to hand over")
+            last = self.machine.feed(Stop(time.monotonic(), time.time()))
+            self.carry(c for c in last if isinstance(c, SendPeerFrame))  # "stopping" to the peers first
             for name in list(self.ports):
                 self._close_port(name)
             self._outbox.put_nowait(None)
@@ -361,7 +396,9 @@ class AnnouncerService:
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                     await asyncio.wait_for(t, timeout=3.0)
-            for c in self.machine.feed(Stop(time.monotonic(), time.time())):
+            for c in last:
+                if isinstance(c, SendPeerFrame):
+                    continue
                 if isinstance(c, PublishHeartbeat):
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.publish(c), timeout=1.0)

@@ -41,6 +41,16 @@ _COUNTS: dict[str, Any] = {
         ("result",),
     ),
     "expiries": metrics.counter("l2lb_announcer_expiries_total", "Times the VIP set expired without renewal"),
+    "peer_frames": metrics.counter(
+        "l2lb_announcer_peers_frames_total",
+        "LAN peer heartbeats received, by result (accepted, or why not: bad_mac, replay, stale, other_cluster, "
+        "unsigned, signed, malformed, ...)",
+        ("result",),
+    ),
+    "takeovers": metrics.counter(
+        "l2lb_announcer_peers_takeovers_total",
+        "VIPs taken over on the LAN as a successor (holder and control plane silent, quorum heard)",
+    ),
     "heartbeats": metrics.counter(
         "l2lb_announcer_heartbeats_total",
         "Heartbeats published, by how the serving map went (full: in the message; omitted: only its digest)",
@@ -52,11 +62,27 @@ _GAUGES = {
         "l2lb_announcer_leases_grace", "1 while VIPs are kept past their validity because the leases service is silent"
     ),
     "vips": metrics.gauge("l2lb_announcer_vips", "VIPs currently answered for"),
+    "peers_frozen": metrics.gauge(
+        "l2lb_announcer_peers_frozen",
+        "1 while VIPs are kept past their validity because Redis is down for us and for a quorum of peers",
+    ),
+    "peers_held": metrics.gauge(
+        "l2lb_announcer_peers_held", "VIPs answered by a LAN takeover (not yet confirmed by leases)"
+    ),
     "interfaces_up": metrics.gauge(
         "l2lb_announcer_interfaces_up", "Allowed interfaces that are up with an open socket"
     ),
 }
 _valid = metrics.gauge("l2lb_announcer_assignment_remaining_seconds", "Validity left of the current VIP set")
+
+
+_peers_heard = metrics.gauge("l2lb_announcer_peers_heard", "Peers heard on the LAN within --peer-timeout-ms")
+_peers_quorum = metrics.gauge(
+    "l2lb_announcer_peers_quorum", "1 while this node and the peers it hears are a majority of the members"
+)
+_peers_unsigned = metrics.gauge(
+    "l2lb_announcer_peers_unsigned", "1 when peer heartbeats are not authenticated (no peer key: lab/dev only)"
+)
 
 
 class AnnouncerMetrics:
@@ -69,6 +95,10 @@ class AnnouncerMetrics:
             (counter.labels(c.label) if c.label else counter).inc(c.n)
         else:
             _GAUGES[c.name].set(c.value)
+
+    @staticmethod
+    def unsigned(on: bool) -> None:
+        _peers_unsigned.set(1 if on else 0)
 
     def sync(self, machine: AnnouncerMachine, now: float, kernel_drops: int, send_errors: int) -> None:
         """Add what the counters grew by since the last call (they are cumulative since start)."""
@@ -97,6 +127,9 @@ class AnnouncerMetrics:
                     _replies.inc(delta)
                 elif key == "conflict":
                     _conflicts.inc(delta)
+        if machine.peers is not None:
+            _peers_heard.set(len(machine.peers.alive(now)))
+            _peers_quorum.set(1 if machine.lan_quorum(now) else 0)
         st = machine.state
         _valid.set(max(0.0, st.deadline - now) if st.deadline is not None else 0.0)
         _GAUGES["vips"].set(st.serving_count(now))

@@ -85,7 +85,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from l2lb.core import codec
+from l2lb.core import codec, peers
 from l2lb.core.announce import AnnouncerState, ConflictSeen, Iface, stream_entry_age_ms
 from l2lb.core.fastpath import ReplyMemo
 from l2lb.core.messages import (
@@ -94,6 +94,7 @@ from l2lb.core.messages import (
     InterfaceInfo,
     NodeAssignments,
     NodeRenewal,
+    StandbyVip,
     serving_digest,
 )
 
@@ -110,6 +111,7 @@ __all__ = [
     "LinksChanged",
     "Log",
     "MachineConfig",
+    "PeerFrameReceived",
     "PublishHeartbeat",
     "Published",
     "Renewal",
@@ -117,6 +119,7 @@ __all__ = [
     "RequestSnapshot",
     "Resync",
     "SendFrames",
+    "SendPeerFrame",
     "SetMulticast",
     "StartAnswering",
     "Stop",
@@ -137,6 +140,9 @@ GRACE_LEAD_S = 0.05
 # gets full maps within about ttl/2, while our VIPs are still valid, so it can adopt them.
 RENEWAL_FRESH_S = 5.0
 OLD_WARNING_EVERY_S = 30.0
+REDIS_OK_S = 0.3  # the REDIS_OK flag of our peer frames: a Redis round trip worked this recently
+CP_FRESH_S = 0.5  # the CP_FRESH flag: a leases message arrived this recently
+PEER_REPLAY_WINDOW_S = 2.0
 LOG_VIPS = 20  # VIPs listed by name in a log line (the rest are counted)
 MAX_PENDING_CONFLICTS = 100  # conflicts kept for publication while Redis is down (the newest)
 RECENT_CONFLICTS = 20
@@ -158,6 +164,15 @@ class MachineConfig:
     defend_interval_ms: int = 10_000
     max_clock_skew_ms: int = 5000
     leases_outage_grace_ms: int = 60_000
+    # LAN peer heartbeats (l2lb.core.peers), the Redis-down freeze and succession takeovers
+    peers: bool = False
+    cluster: str = "l2lb"
+    peer_key: bytes | None = None  # None: frames go unsigned (lab/dev only)
+    peer_interval_ms: int = 100
+    peer_timeout_ms: int = 350
+    takeover_after_ms: int = 300  # a successor of rank r waits this + (r - 1) x takeover_rank_step_ms
+    takeover_rank_step_ms: int = 150
+    cp_silence_ms: int = 500  # no leases message for this long: the control plane is silent for us
 
 
 # -- events ----------------------------------------------------------------------------------------
@@ -235,12 +250,21 @@ class Frames:
 
 
 @dataclass(frozen=True, slots=True)
+class PeerFrameReceived:
+    iface: str
+    frame: bytes  # the whole Ethernet frame (EtherType 0x88b5)
+    now: float  # when it arrived (the kernel's receive time, on our monotonic clock: a frame that waited in
+    wall: float  # the socket while we were stopped is old evidence), and the same instant on the wall clock
+
+
+@dataclass(frozen=True, slots=True)
 class Stop:
     now: float
     wall: float
 
 
-Event = Tick | Assignments | Renewal | Resync | Published | LinksChanged | LabelsChanged | Frames | Stop
+Event = (Tick | Assignments | Renewal | Resync | Published | LinksChanged | LabelsChanged | Frames
+         | PeerFrameReceived | Stop)
 
 
 # -- commands --------------------------------------------------------------------------------------
@@ -248,6 +272,12 @@ Event = Tick | Assignments | Renewal | Resync | Published | LinksChanged | Label
 class SendFrames:
     iface: str
     frames: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SendPeerFrame:
+    iface: str
+    frame: bytes  # on the peer socket of the interface (EtherType 0x88b5, to peers.GROUP_MAC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +294,9 @@ class StartAnswering:
 @dataclass(frozen=True, slots=True)
 class StopAnswering:
     ips: tuple[str, ...]
-    reason: str  # "reassigned" (a newer set), "expired", "superseded" (higher epoch elsewhere), "stopping"
+    # "reassigned" (a newer set), "expired", "superseded" (higher epoch elsewhere), "peer_claim" (a peer took it
+    # over with a higher epoch), "stopping"
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,19 +324,21 @@ class Log:
 
 @dataclass(frozen=True, slots=True)
 class Count:
-    name: str  # "assignments" (label: result), "expiries", "heartbeats" (label: full|omitted)
+    # "assignments" (label: result), "expiries", "heartbeats" (label: full|omitted), "peer_frames" (label:
+    # accepted or why not), "takeovers"
+    name: str
     label: str = ""
     n: int = 1
 
 
 @dataclass(frozen=True, slots=True)
 class Gauge:
-    name: str  # "leases_grace", "vips", "interfaces_up"
+    name: str  # "leases_grace", "vips", "interfaces_up", "peers_heard", "peers_quorum", "peers_frozen", "peers_held"
     value: float
 
 
-Command = (SendFrames | SetMulticast | StartAnswering | StopAnswering | PublishHeartbeat | RequestSnapshot
-           | ReportConflict | Log | Count | Gauge)
+Command = (SendFrames | SendPeerFrame | SetMulticast | StartAnswering | StopAnswering | PublishHeartbeat
+           | RequestSnapshot | ReportConflict | Log | Count | Gauge)
 
 _NO_COMMANDS: tuple[Command, ...] = ()
 
@@ -367,6 +401,20 @@ class AnnouncerMachine:
         # conflicts: waiting for publication (oldest first) and the recent ones for the status API
         self._pending: list[Conflict] = []
         self.recent_conflicts: list[dict[str, Any]] = []
+        # LAN peers: what we hear (PeerView), the quorum membership and the standby list from our last full
+        # set, the VIPs we took over on the LAN (LAN-held: our claims), which rule keeps the set past its
+        # deadline, and when our next peer frame is due
+        self.peers = (peers.PeerView(config.node, config.cluster, config.peer_key, config.peer_timeout_ms / 1000.0,
+                                     PEER_REPLAY_WINDOW_S) if config.peers else None)
+        self._members: tuple[str, ...] = ()
+        self._standby: dict[str, StandbyVip] = {}
+        self.held: dict[str, int] = {}
+        self._keeping: str | None = None  # "grace" | "freeze" | "lan_held" while one keeps the set past D
+        self._last_leases_msg: float | None = None  # any NodeAssignments/NodeRenewal (CP_FRESH, cp silence)
+        self._peer_due = now
+        self._peer_counter = 0
+        self._held_digest_of: tuple[dict[str, int] | None, bytes] = (None, b"")
+        self._gone: set[str] = set()  # peers that said they were stopping (silent at once)
 
     # -- the interface -------------------------------------------------------------------------------
     def feed(self, ev: Event) -> list[Command]:
@@ -392,6 +440,8 @@ class AnnouncerMachine:
             self._kube_labels = dict(ev.labels)
             self._heartbeat_soon()
             return []
+        if isinstance(ev, PeerFrameReceived):
+            return self._on_peer_frame(ev)
         if isinstance(ev, Resync):
             return self._on_resync(ev)
         if isinstance(ev, Stop):
@@ -417,6 +467,8 @@ class AnnouncerMachine:
             t -= GRACE_LEAD_S  # the grace, if it holds, extends the set before it runs out
         if self.config.bus and self._outgoing is None and not self._stopped:
             t = self._hb_due if t is None else min(t, self._hb_due)
+        if self.peers is not None and not self._stopped:  # our frames; takeovers are checked with them
+            t = self._peer_due if t is None else min(t, self._peer_due)
         return t
 
     def answers(self, ip: str, ifname: str, now: float) -> bool:
@@ -434,6 +486,10 @@ class AnnouncerMachine:
     def memo_hits(self) -> int:
         """Requests answered from the memo since start (all interfaces, also closed ones)."""
         return self._retired_memo_hits + sum(m.hits for _, m in self._answering.values())
+
+    def lan_quorum(self, now: float) -> bool:
+        """We and the members we hear on the LAN make a majority of the members leases named."""
+        return self.peers is not None and self.peers.quorum(self._members, now)
 
     @property
     def leases_heard_at(self) -> float:
@@ -454,6 +510,18 @@ class AnnouncerMachine:
         st["counters"] = dict(sorted(self.state.stats.items()))
         st["conflicts"] = list(self.recent_conflicts)
         st["leases_grace"] = self._grace_since is not None
+        st["keeping"] = self._keeping
+        if self.peers is not None:
+            pv = self.peers
+            st["peers"] = {
+                "cluster": self.config.cluster, "signed": self.config.peer_key is not None,
+                "heard": {n: {"age_s": round(now - (pv.heard_at(n) or now), 3), "redis_ok": f.redis_ok,
+                              "cp_fresh": f.cp_fresh, "term": f.term, "vips": f.held_count,
+                              "claims": dict(f.claims)} for n, f in pv.alive(now).items()},
+                "members": list(self._members), "quorum": pv.quorum(self._members, now),
+                "someone_has_control_plane": pv.someone_has_control_plane(now),
+                "held": dict(self.held), "standby": len(self._standby), "rejected": dict(pv.rejected),
+            }
         return st
 
     # -- timers --------------------------------------------------------------------------------------
@@ -462,11 +530,14 @@ class AnnouncerMachine:
         self._wall_offset = ev.wall - now
         self._bus_ok = ev.bus_ok
         out: list[Command] = []
-        self._maybe_grace(now, out)
+        self._maybe_keep(now, out)
         gone = self.state.expire(now)
         if gone:
             self._grace_since = None
+            self._keeping = None
+            self.held.clear()
             out.append(Gauge("leases_grace", 0))
+            out.append(Gauge("peers_frozen", 0))
             out.append(Count("expiries"))
             out.append(Log("warning", "assignments expired without renewal: stopped answering",
                            {"vips": [v.ip for v in gone[:LOG_VIPS]], "count": len(gone)}))
@@ -474,9 +545,14 @@ class AnnouncerMachine:
             self._multicast(out)
             self._heartbeat_soon()
             out.append(Gauge("vips", 0))
+        if self.peers is not None and not self._stopped:
+            self._maybe_take_over(now, out)
         if self.state._garps:
             frames = self.state.announcements_due(now, [i for i, _ in self._answering.values()])
             self._send_grouped(frames, out)
+        if self.peers is not None and not self._stopped and now >= self._peer_due:
+            self._peer_due = now + self.config.peer_interval_ms / 1000.0
+            self._peer_frames(now, ev.wall, 0, out)
         if (self.config.bus and not self._stopped and self._outgoing is None and now >= self._hb_due):
             out.append(self._publish(now, ev.wall))
         return out
@@ -490,20 +566,32 @@ class AnnouncerMachine:
         out.extend(SendFrames(ifname, tuple(fs)) for ifname, fs in by_iface.items())
 
     # -- validity and the leases-outage grace ----------------------------------------------------------
-    def _maybe_grace(self, now: float, out: list[Command]) -> None:
-        """At the validity deadline, keep the set a little longer when the leases service is silent."""
+    def _maybe_keep(self, now: float, out: list[Command]) -> None:
+        """At the validity deadline (50 ms ahead), keep the set 100 ms longer when a rule allows it: the
+        leases-outage grace (rule 2), the Redis-down freeze or a LAN-held takeover (rule 9)."""
         deadline = self.state.deadline
-        if deadline is None or now < deadline - GRACE_LEAD_S or not self._leases_silent(now):
+        if deadline is None or now < deadline - GRACE_LEAD_S or not self.state.vips:
             return
-        if not self.state.extend(now + GRACE_STEP_S):
+        rule = ("grace" if self._leases_silent(now) else "freeze" if self._freeze_holds(now)
+                else "lan_held" if self.held and self._lan_ok(now) else None)
+        if rule is None or not self.state.extend(now + GRACE_STEP_S):
             return
-        if self._grace_since is None:
+        if rule == "grace" and self._grace_since is None:
             self._grace_since = now
             out.append(Gauge("leases_grace", 1))
             out.append(Log("warning", "no assignments for any node since our last renewal while Redis is reachable: "
                            "the leases service is down; keeping our VIPs (grace up to "
                            f"{self.config.leases_outage_grace_ms} ms; see --leases-outage-grace-ms)",
                            {"vips": len(self.state.vips)}))
+        if rule != self._keeping:
+            if rule == "freeze":
+                out.append(Gauge("peers_frozen", 1))
+                out.append(Log("warning", "Redis is unreachable for us and for the peers we hear (a quorum of "
+                               "the members): keeping our VIPs until it is back or a peer says otherwise",
+                               {"vips": len(self.state.vips), "members": len(self._members)}))
+            elif self._keeping == "freeze":
+                out.append(Gauge("peers_frozen", 0))
+            self._keeping = rule
 
     def _leases_silent(self, now: float) -> bool:
         """True when it is safe to keep serving past the validity deadline: grace is enabled and not used
@@ -530,6 +618,10 @@ class AnnouncerMachine:
         return now - started < self._grace_s
 
     def _leases_alive(self, out: list[Command], now: float) -> None:
+        if self._keeping == "freeze":
+            out.append(Gauge("peers_frozen", 0))
+            out.append(Log("info", "leases renews us again: the freeze is over", {}))
+        self._keeping = None
         if self._grace_since is not None:
             out.append(Log("info", "leases service is back: assignments renewed after a grace period",
                            {"grace_s": round(now - self._grace_since, 3)}))
@@ -567,7 +659,7 @@ class AnnouncerMachine:
             if self._stale_entry(msg, ev, out):
                 return out
             # leases is alive (the outage grace relies on this): renewals count as much as full sets
-            self._last_any_assignments = ev.now
+            self._last_any_assignments = self._last_leases_msg = ev.now
             if msg.node != self.node:
                 self._superseded(msg, ev.now, out)
                 return out
@@ -583,6 +675,14 @@ class AnnouncerMachine:
                 out.append(Log("warning", "assignments rejected", {"reason": ch.reason, "term": msg.term,
                                                                    "seq": msg.seq}))
             return
+        self._members = msg.members
+        self._standby = {sb.ip: sb for sb in msg.standby}
+        if self.held:  # an authoritative set: what it names stays (now given by leases), the rest is gone
+            out.append(Log("info", "leases decided about the VIPs we took over on the LAN",
+                           {"kept": sorted(ip for ip in self.held if self.state._by_text.get(ip) is not None),
+                            "dropped": sorted(ip for ip in self.held if self.state._by_text.get(ip) is None)}))
+            self.held.clear()
+            out.append(Gauge("peers_held", 0))
         if ch.reason == "term_reset":
             out.append(Log("warning", "the leases term went backwards (election Lease recreated?); accepting it "
                            "after our set expired and nothing newer came", {"term": msg.term, "seq": msg.seq}))
@@ -625,7 +725,7 @@ class AnnouncerMachine:
         msg = ev.msg
         if self._stale_entry(msg, ev, out):
             return out
-        self._last_any_assignments = ev.now
+        self._last_any_assignments = self._last_leases_msg = ev.now
         if msg.node != self.node:
             return out
         self._leases_alive(out, ev.now)
@@ -633,6 +733,8 @@ class AnnouncerMachine:
         out.append(Count("assignments", ch.reason))
         if ch.accepted:
             self._renewal_fresh_until = ev.now + min(RENEWAL_FRESH_S, msg.ttl_ms / 2000.0)
+            if self.held:  # leases is back: it decides about our takeovers in a full set
+                self._request_full_set("lan_takeover", ev.now, out)
         elif ch.reason in ("digest_mismatch", "expired", "stale_term"):
             self._request_full_set(ch.reason, ev.now, out)
         elif ch.reason not in ("other_node", "stale"):
@@ -693,6 +795,121 @@ class AnnouncerMachine:
     def _multicast(self, out: list[Command]) -> None:
         for name in self._answering:
             out.append(SetMulticast(name, frozenset(self.state.multicast_macs(name))))
+
+    # -- LAN peers: freeze, takeovers, claims (rule 9) ----------------------------------------------------
+    def _redis_ok(self, now: float) -> bool:
+        """A Redis round trip of ours worked within REDIS_OK_S."""
+        return self._last_publish_ok is not None and now - self._last_publish_ok <= REDIS_OK_S
+
+    def _lan_ok(self, now: float) -> bool:
+        """We answer on an interface, we and the members we hear make a quorum, and none of them still reaches
+        Redis *and* hears leases (if one did, we would be the one cut off)."""
+        pv = self.peers
+        return (pv is not None and bool(self._answering) and pv.quorum(self._members, now)
+                and not pv.someone_has_control_plane(now))
+
+    def _freeze_holds(self, now: float) -> bool:
+        """Redis is down for everybody: our round trips fail, and the quorum we hear says the same."""
+        return self.config.bus and not self._redis_ok(now) and self._lan_ok(now)
+
+    def _silent(self, node: str, now: float, wait: float) -> bool:
+        """We heard ``node`` on the LAN since we started, and not for ``wait`` seconds (a node we never heard
+        is never taken over from: it may simply not send peer frames)."""
+        assert self.peers is not None
+        at = self.peers.heard_at(node)
+        if at is None:
+            return node in self._gone  # it said it was stopping
+        return now - at >= wait
+
+    def _maybe_take_over(self, now: float, out: list[Command]) -> None:
+        """A successor takes a VIP over when its holder (and every successor ranked before it, which would
+        have claimed it by now) has been silent for takeover_after_ms (+ rank steps), the control plane is
+        silent for us, and the LAN gives a quorum that nobody with a live control plane is in."""
+        if not self._standby or not self._lan_ok(now):
+            return
+        last = self._last_leases_msg
+        cp_silent = (last is None or now - last >= self.config.cp_silence_ms / 1000.0) or not self._redis_ok(now)
+        if not cp_silent:
+            return
+        assert self.peers is not None
+        claims = self.peers.claims(now)
+        for ip, sb in sorted(self._standby.items()):
+            if sb.holder == self.node or ip in self.held:
+                continue
+            cur = self.state._by_text.get(ip)
+            if cur is not None and cur.epoch >= sb.epoch and self.state.vips.get(cur.addr) is cur:
+                continue
+            wait = (self.config.takeover_after_ms + (sb.rank - 1) * self.config.takeover_rank_step_ms) / 1000.0
+            if not self._silent(sb.holder, now, wait):
+                continue
+            claim = claims.get(ip)
+            if claim is not None and claim[1] >= sb.epoch:
+                continue  # a successor ranked before us has it
+            if sb.interfaces and not any(n in self._answering for n in sb.interfaces):
+                continue
+            vip = self.state.take_over(ip, sb.epoch, sb.interfaces, sb.services, now=now, valid_for=GRACE_STEP_S)
+            if vip is None:
+                continue
+            self.held[vip.ip] = vip.epoch
+            out.append(Log("warning", "took a VIP over on the LAN: its holder and the control plane are silent",
+                           {"ip": vip.ip, "epoch": vip.epoch, "holder": sb.holder, "rank": sb.rank}))
+            out.append(Count("takeovers"))
+            out.append(StartAnswering(((vip.ip, vip.epoch),)))
+            self._keeping = self._keeping or "lan_held"
+            self._peer_due = now  # our claim goes out with the next frames (this tick)
+        if self.held:
+            out.append(Gauge("peers_held", len(self.held)))
+            self._multicast(out)
+            self._heartbeat_soon()
+
+    def _peer_frames(self, now: float, wall: float, extra_flags: int, out: list[Command]) -> None:
+        """Our peer frame on every answering interface (each with its own counter)."""
+        serving = self.state.serving(now) if not extra_flags & peers.STOPPING else {}
+        src, digest = self._held_digest_of
+        if src is not serving:
+            digest = peers.held_digest(serving)
+            self._held_digest_of = (serving, digest)
+        flags = extra_flags | (peers.REDIS_OK if self._redis_ok(now) else 0)
+        last = self._last_leases_msg
+        if last is not None and now - last <= CP_FRESH_S:
+            flags |= peers.CP_FRESH
+        order = self.state.last_order
+        term = order[0] if order is not None and order[0] >= 0 else 0
+        claims = tuple(sorted(self.held.items()))
+        for name, (iface, _) in self._answering.items():
+            self._peer_counter += 1
+            frame = peers.PeerFrame(self.config.cluster, self.node, self.config.instance, self._peer_counter,
+                                    int(wall * 1000), flags, term, len(serving), digest, claims)
+            out.append(SendPeerFrame(name, peers.encode(frame, self.config.peer_key, iface.mac)))
+
+    def _on_peer_frame(self, ev: PeerFrameReceived) -> list[Command]:
+        pv = self.peers
+        if pv is None:
+            return []
+        before = dict(pv.rejected)
+        f = pv.receive(ev.frame, ev.now, ev.wall)
+        if f is None:
+            why = next((r for r, n in pv.rejected.items() if n != before.get(r, 0)), "rejected")
+            return [Count("peer_frames", why)]
+        out: list[Command] = [Count("peer_frames", "accepted")]
+        if f.stopping:
+            self._gone.add(f.node)
+        else:
+            self._gone.discard(f.node)
+        if f.claims and self.state.vips:
+            # rule 3: a peer took a VIP over with a higher epoch than ours: it is the later decision
+            gone = self.state.drop_superseded(f.claims)
+            if gone:
+                for v in gone:
+                    self.held.pop(v.ip, None)
+                out.append(Log("warning", "a peer took over a VIP we answer for, with a higher epoch: stopped "
+                               "answering it", {"node": f.node, "vips": [f"{v.ip}@{v.epoch}" for v in gone[:LOG_VIPS]],
+                                                "count": len(gone)}))
+                out.append(StopAnswering(tuple(v.ip for v in gone), "peer_claim"))
+                self._multicast(out)
+                self._heartbeat_soon()
+                out.append(Gauge("vips", len(self.state.vips)))
+        return out
 
     # -- conflicts (RFC 5227) ------------------------------------------------------------------------------
     def _conflicts(self, seen: list[ConflictSeen], now: float) -> list[Command]:
@@ -788,6 +1005,8 @@ class AnnouncerMachine:
     # -- shutdown ----------------------------------------------------------------------------------------
     def _on_stop(self, ev: Stop) -> list[Command]:
         out: list[Command] = []
+        if self.peers is not None and not self._stopped:
+            self._peer_frames(ev.now, ev.wall, peers.STOPPING, out)  # peers forget us at once
         self._stopped = True
         serving = self.state.serving(ev.now)
         if serving:
