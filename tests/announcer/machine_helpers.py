@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
-from l2lb.core import codec
+from l2lb.core import codec, peers
 from l2lb.core.announcer_machine import (
     AnnouncerMachine,
     Assignments,
@@ -14,9 +14,10 @@ from l2lb.core.announcer_machine import (
     LinksChanged,
     LinkState,
     MachineConfig,
+    PeerFrameReceived,
     Renewal,
 )
-from l2lb.core.messages import NodeAssignments, NodeRenewal, VipAssignment, assignments_digest
+from l2lb.core.messages import NodeAssignments, NodeRenewal, StandbyVip, VipAssignment, assignments_digest
 
 NODE = "n1"
 MAC = "02:00:00:00:01:01"
@@ -49,9 +50,26 @@ def vips(*pairs: tuple[str, int], ifaces: tuple[str, ...] = ()) -> tuple[VipAssi
 
 
 def assign(seq: int, vs: tuple[VipAssignment, ...], now: float, *, node: str = NODE, term: int = 1,
-           ttl_ms: int = 1000, entry_id: str | None = None) -> Assignments:
-    msg = NodeAssignments(node, term, seq, ttl_ms, WALL0 + now, vs, assignments_digest(vs))
+           ttl_ms: int = 1000, entry_id: str | None = None, standby: tuple[StandbyVip, ...] = (),
+           members: tuple[str, ...] = ()) -> Assignments:
+    msg = NodeAssignments(node, term, seq, ttl_ms, WALL0 + now, vs, assignments_digest(vs, standby, members),
+                          standby=standby, members=members)
     return Assignments(msg, now, WALL0 + now, entry_id)
+
+
+KEY = b"0123456789abcdef0123"
+_peer_counters: dict[str, int] = {}
+
+
+def peer(node: str, now: float, *, flags: int = 0, claims: tuple[tuple[str, int], ...] = (), key: bytes | None = KEY,
+         mac: bytes = OTHER, cluster: str = "l2lb", instance: str = "i-1", arrived: float | None = None,
+         wall_ms: int | None = None) -> PeerFrameReceived:
+    """A frame from peer ``node`` sent at ``now`` (arriving at ``arrived``, default the same instant)."""
+    n = _peer_counters[node] = _peer_counters.get(node, 0) + 1
+    at = now if arrived is None else arrived
+    raw = peers.encode(peers.PeerFrame(cluster, node, instance, n, int((WALL0 + now) * 1000) if wall_ms is None
+                                       else wall_ms, flags, 1, 0, b"\0" * 8, claims), key, mac)
+    return PeerFrameReceived("eth0", raw, at, WALL0 + at)
 
 
 def renew(seq: int, vs: tuple[VipAssignment, ...], now: float, *, node: str = NODE, term: int = 1,

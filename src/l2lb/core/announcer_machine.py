@@ -842,9 +842,8 @@ class AnnouncerMachine:
             wait = (self.config.takeover_after_ms + (sb.rank - 1) * self.config.takeover_rank_step_ms) / 1000.0
             if not self._silent(sb.holder, now, wait):
                 continue
-            claim = claims.get(ip)
-            if claim is not None and claim[1] >= sb.epoch:
-                continue  # a successor ranked before us has it
+            if ip in claims:
+                continue  # a successor (ranked before us: it waited less) has it already
             if sb.interfaces and not any(n in self._answering for n in sb.interfaces):
                 continue
             vip = self.state.take_over(ip, sb.epoch, sb.interfaces, sb.services, now=now, valid_for=GRACE_STEP_S)

@@ -1,0 +1,316 @@
+"""AnnouncerMachine with LAN peer heartbeats (rule 9): the Redis-down freeze, succession takeovers, claims.
+Pure: peers' frames are built with l2lb.core.peers and fed with the times we choose."""
+
+from __future__ import annotations
+
+import pytest
+
+from l2lb.core import peers
+from l2lb.core.announcer_machine import (
+    AnnouncerMachine,
+    Command,
+    Count,
+    Gauge,
+    Published,
+    RequestSnapshot,
+    SendFrames,
+    SendPeerFrame,
+    StartAnswering,
+    Stop,
+    StopAnswering,
+    Tick,
+)
+from l2lb.core.messages import StandbyVip, assignments_digest
+
+from .machine_helpers import (
+    KEY,
+    V4,
+    V4B,
+    WALL0,
+    answered,
+    assign,
+    garp_targets,
+    link,
+    links,
+    machine,
+    of,
+    peer,
+    renew,
+    vips,
+)
+
+MEMBERS = ("n1", "n2", "n3")
+DOWN = 0  # flags of a peer that has neither Redis nor leases
+UP = peers.REDIS_OK | peers.CP_FRESH
+
+
+def tick(t: float) -> Tick:
+    return Tick(t, WALL0 + t, True)
+
+
+def pm(**kw: object) -> AnnouncerMachine:
+    m = machine(**{"peers": True, "peer_key": KEY, **kw})
+    m.feed(links(link()))
+    return m
+
+
+class World:
+    """Drives one machine through time: ticks every 50 ms, peers' frames every 100 ms, heartbeats that work
+    while ``redis`` is up; records every command."""
+
+    def __init__(self, m: AnnouncerMachine):
+        self.m = m
+        self.t = 0.0
+        self.redis = True
+        self.peers: dict[str, int] = {}  # node -> flags, for the peers that send
+        self.claims: dict[str, tuple[tuple[str, int], ...]] = {}
+        self.cmds: list[tuple[float, Command]] = []
+
+    def feed(self, ev: object) -> list[Command]:
+        out = self.m.feed(ev)  # type: ignore[arg-type]
+        self.cmds.extend((self.t, c) for c in out)
+        return out
+
+    def run(self, until: float, *, check: str | None = None) -> list[float]:
+        """Advance to ``until``; returns the times (every 10 ms) at which ``check`` was NOT answered."""
+        misses = []
+        while self.t < until - 1e-9:
+            self.t = round(self.t + 0.01, 3)
+            step = round(self.t * 100)
+            if step % 10 == 0:
+                for node, flags in self.peers.items():
+                    self.feed(peer(node, self.t, flags=flags, claims=self.claims.get(node, ())))
+            if step % 5 == 0:
+                for c in self.feed(tick(self.t)):
+                    if c.__class__.__name__ == "PublishHeartbeat":
+                        self.feed(Published(self.redis, self.t, f"{int(1e9 + self.t * 1000)}-0" if self.redis else ""))
+            if check is not None and not answered(self.m, check, self.t):
+                misses.append(self.t)
+        return misses
+
+    def started(self) -> list[tuple[float, StartAnswering]]:
+        return [(t, c) for t, c in self.cmds if isinstance(c, StartAnswering)]
+
+    def stopped(self) -> list[tuple[float, StopAnswering]]:
+        return [(t, c) for t, c in self.cmds if isinstance(c, StopAnswering)]
+
+
+def _frozen_world(**kw: object) -> World:
+    """n1 holds V4 (ttl 1 s, renewed until 0.5); Redis dies at 0.5 for everybody; n2, n3 are heard."""
+    w = World(pm(**kw))
+    w.peers = {"n2": UP, "n3": UP}
+    w.feed(assign(1, vips((V4, 5)), 0.0, members=MEMBERS))
+    w.run(0.5, check=V4)
+    w.feed(renew(2, vips((V4, 5)), 0.5))
+    w.redis = False
+    w.peers = {"n2": DOWN, "n3": DOWN}  # their Redis round trips fail too, and leases is gone
+    return w
+
+
+# -- the Redis-down freeze -------------------------------------------------------------------------------
+def test_redis_down_for_everybody_freezes_the_assignment() -> None:
+    w = _frozen_world()
+    assert w.run(10.0, check=V4) == []  # 9.5 s past the last renewal, not one request unanswered
+    assert Gauge("peers_frozen", 1) in [c for _, c in w.cmds]
+    assert w.m.status(10.0)["keeping"] == "freeze" and w.m.lan_quorum(10.0)
+    # Redis comes back for n2, whose leases hears it again: we are the one cut off -> strict expiry
+    w.peers["n2"] = UP
+    misses = w.run(11.0, check=V4)
+    assert misses and misses[0] <= 10.2
+    assert [c.reason for _, c in w.stopped()] == ["expired"]
+
+
+@pytest.mark.parametrize("breaker", ["no_quorum", "stale_evidence", "members_unknown", "link_down", "no_peers"])
+def test_no_freeze_without_every_condition(breaker: str) -> None:
+    w = _frozen_world(**({"peers": False} if breaker == "no_peers" else {}))
+    if breaker == "no_quorum":  # members n1..n5: n1 + n2 + n3 would be 3 of 5, but n3 is not heard
+        w.feed(assign(3, vips((V4, 5)), 0.5, members=("n1", "n2", "n3", "n4", "n5")))
+        w.peers = {"n2": DOWN}
+    elif breaker == "stale_evidence":
+        w.peers = {}  # nobody sends after 0.5
+    elif breaker == "members_unknown":  # a leases without successors sends no member list
+        w.feed(assign(3, vips((V4, 5)), 0.5))
+    elif breaker == "link_down":
+        w.feed(links(link(up=False), now=0.5))
+    misses = w.run(3.0, check=V4)
+    assert misses and misses[0] <= 1.6  # within ttl of the last renewal (+ the 100 ms step)
+    assert w.stopped() and w.stopped()[-1][1].reason == "expired"
+
+
+def test_resumed_after_sigstop_expires_on_stale_evidence_and_yields_to_a_claim() -> None:
+    """The process is stopped 30 s: the peers' frames that waited in the socket carry their arrival times."""
+    w = _frozen_world()
+    w.run(2.0, check=V4)
+    stopped_at = w.t
+    # (a) the timer runs first after the resume: all evidence is 30 s old -> strict expiry
+    cmds = w.m.feed(tick(stopped_at + 30.0))
+    assert [c.reason for c in of(cmds, StopAnswering)] == ["expired"]
+    assert not answered(w.m, V4, stopped_at + 30.0)
+    # (b) the queued frames are read first: the last ones arrived just before the resume, and one of them
+    # says the successor took V4 over meanwhile (a higher epoch): stop at once
+    w2 = _frozen_world()
+    w2.run(2.0, check=V4)
+    t = w2.t + 30.0
+    for k in range(5):
+        w2.m.feed(peer("n2", t - 0.4 + k * 0.1, claims=((V4, 6),)))
+    cmds = w2.m.feed(peer("n3", t))
+    assert not of(cmds, StopAnswering)
+    assert [c.reason for _, c in [(0, c) for c in w2.m.feed(tick(t))] if isinstance(c, StopAnswering)] == []
+    assert not answered(w2.m, V4, t)  # dropped when the first claim frame was read
+    assert w2.m.status(t)["vips"] == []
+
+
+def test_frames_that_do_not_count() -> None:
+    m = pm()
+    m.feed(assign(1, vips((V4, 5)), 0.0, members=MEMBERS))
+    bad = [
+        peer("n2", 0.1, key=b"another-key-000000000"),  # wrong key
+        peer("n2", 0.1, key=None),  # unsigned while we have a key
+        peer("n2", 0.1, cluster="other"),  # another cluster on the same LAN
+        peer("n2", 0.1, wall_ms=int((WALL0 - 5) * 1000)),  # sent 5 s ago by its clock: replay window
+        peer("n1", 0.1),  # our own name
+    ]
+    reasons = [c.label for ev in bad for c in m.feed(ev) if isinstance(c, Count)]
+    assert reasons == ["bad_mac", "unsigned", "other_cluster", "stale", "own"]
+    good = peer("n2", 0.2)
+    assert Count("peer_frames", "accepted") in m.feed(good)
+    assert m.feed(good) == [Count("peer_frames", "replay")]  # the same frame again
+    assert list(m.status(0.2)["peers"]["heard"]) == ["n2"]
+
+
+def test_our_frames_say_what_we_know() -> None:
+    m = pm()
+    m.feed(links(link(), link("eth1", index=3, mac="02:00:00:00:01:02")))
+    out = m.feed(tick(0.0))
+    sent = of(out, SendPeerFrame)
+    assert [s.iface for s in sent] == ["eth0", "eth1"]
+    f = peers.decode(sent[0].frame, KEY)
+    assert (f.node, f.instance, f.flags, f.held_count, f.claims) == ("n1", "test0001", 0, 0, ())
+    assert sent[0].frame[6:12] == bytes.fromhex("020000000101") and sent[1].frame[6:12] == bytes.fromhex("020000000102")
+    assert peers.decode(sent[1].frame, KEY).counter == f.counter + 1
+    m.feed(assign(1, vips((V4, 5)), 0.05, members=MEMBERS))
+    m.feed(Published(True, 0.06, "1000-0"))
+    f = peers.decode(of(m.feed(tick(0.1)), SendPeerFrame)[0].frame, KEY)
+    assert f.redis_ok and f.cp_fresh and f.term == 1 and f.held_count == 1
+    assert f.held_digest == peers.held_digest({V4: 5})
+    f = peers.decode(of(m.feed(tick(0.7)), SendPeerFrame)[0].frame, KEY)
+    assert not f.redis_ok and not f.cp_fresh  # 300 ms / 500 ms later
+    assert m.next_wakeup(0.7) == pytest.approx(0.8)
+    last = of(m.feed(Stop(0.75, WALL0 + 0.75)), SendPeerFrame)
+    assert len(last) == 2 and peers.decode(last[0].frame, KEY).stopping
+    assert not of(m.feed(tick(0.9)), SendPeerFrame)
+    unsigned = machine(peers=True)
+    unsigned.feed(links(link()))
+    raw = of(unsigned.feed(tick(0.0)), SendPeerFrame)[0].frame
+    assert peers.decode(raw, None).flags & peers.UNSIGNED
+
+
+# -- succession --------------------------------------------------------------------------------------------
+def _successor(rank: int = 1, epoch: int = 7, holder: str = "n2") -> World:
+    """n1 is successor of rank ``rank`` for V4B (held by ``holder``); Redis and leases die at 0.5."""
+    w = World(pm())
+    w.peers = {"n2": UP, "n3": UP}
+    sb = (StandbyVip(V4B, holder, rank, epoch, ("eth0",), ("ns/web",)),)
+    w.feed(assign(1, vips((V4, 5)), 0.0, members=MEMBERS, standby=sb))
+    w.run(0.5)
+    w.redis = False
+    w.peers = {"n2": DOWN, "n3": DOWN}
+    w.run(2.0)
+    assert not w.started()[1:]  # only V4 at 0.0
+    return w
+
+
+def test_successor_takes_over_when_holder_and_control_plane_are_silent() -> None:
+    w = _successor()
+    del w.peers["n2"]  # the holder dies at 2.0 (its last frame arrived at 2.0)
+    w.run(2.28)
+    assert len(w.started()) == 1  # not yet: 300 ms of silence
+    w.run(2.6)
+    t, start = w.started()[-1]
+    assert start == StartAnswering(((V4B, 7),)) and 2.3 <= t <= 2.36
+    took = [c for at, c in w.cmds if at == t]
+    assert Count("takeovers") in took
+    claim = [peers.decode(c.frame, KEY) for c in took if isinstance(c, SendPeerFrame)]
+    assert claim and claim[0].claims == ((V4B, 7),)  # the claim goes out at once
+    assert V4B in [ip for c in took if isinstance(c, SendFrames) for ip in garp_targets(c.frames)]
+    assert w.m.status(t)["peers"]["held"] == {V4B: 7}
+    # LAN-held: answered for as long as the quorum is heard and nobody has the control plane
+    assert w.run(6.0, check=V4B) == []
+    # leases is back and decides: it names V4B for us (with a fresh epoch) -> kept, no longer a claim
+    cmds = w.feed(assign(2, vips((V4, 5), (V4B, 9)), 6.0, members=MEMBERS))
+    assert of(cmds, StartAnswering) == [StartAnswering(((V4B, 9),))]  # the new epoch is a takeover of its own
+    assert w.m.held == {} and answered(w.m, V4B, 6.0)
+
+
+@pytest.mark.parametrize("breaker", ["someone_has_cp", "holder_never_heard", "no_quorum", "cp_fresh_for_us",
+                                     "claimed_before_us"])
+def test_no_takeover_unless_every_condition_holds(breaker: str) -> None:
+    w = _successor(holder="n9" if breaker == "holder_never_heard" else "n2")
+    del w.peers["n2"]
+    if breaker == "someone_has_cp":
+        w.peers["n3"] = UP
+    elif breaker == "no_quorum":
+        del w.peers["n3"]
+    elif breaker == "claimed_before_us":  # a successor ranked before us took it (its epoch: ours - 1)
+        w.claims["n3"] = ((V4B, 6),)
+    elif breaker == "cp_fresh_for_us":  # leases still reaches us, and so does Redis
+        w.redis = True
+        for k in range(30):
+            w.feed(renew(10 + k, vips((V4, 5)), 2.0 + k * 0.1))
+            w.run(2.0 + (k + 1) * 0.1)
+    w.run(5.0)
+    assert [c for _, c in w.started()][1:] == []
+
+
+def test_rank_two_waits_longer_and_yields_to_rank_one() -> None:
+    w = _successor(rank=2, epoch=8)
+    del w.peers["n2"]
+    w.run(2.42)
+    assert len(w.started()) == 1  # 300 + 150 ms for rank 2
+    w.run(2.6)
+    assert [c for _, c in w.started()][-1] == StartAnswering(((V4B, 8),))
+
+
+def test_holder_stops_on_a_higher_epoch_claim_and_ignores_lower_ones() -> None:
+    m = pm()
+    m.feed(assign(1, vips((V4, 5), (V4B, 5)), 0.0, ttl_ms=10_000, members=MEMBERS))
+    assert not of(m.feed(peer("n2", 0.1, claims=((V4, 5), (V4B, 4)))), StopAnswering)
+    cmds = m.feed(peer("n2", 0.2, claims=((V4, 6),)))
+    assert of(cmds, StopAnswering) == [StopAnswering((V4,), "peer_claim")]
+    assert not answered(m, V4, 0.2) and answered(m, V4B, 0.2)
+
+
+def test_lan_held_vip_leases_does_not_name_is_dropped_and_a_renewal_asks_for_the_full_set() -> None:
+    w = _successor()
+    del w.peers["n2"]
+    w.run(2.6)
+    assert w.m.held == {V4B: 7}
+    # leases is back, renewing the set it gave us (its digest covers standby and members too)
+    sb = (StandbyVip(V4B, "n2", 1, 7, ("eth0",), ("ns/web",)),)
+    cmds = w.feed(renew(2, vips((V4, 5)), 2.6, ttl_ms=1000, digest=assignments_digest(vips((V4, 5)), sb, MEMBERS)))
+    assert RequestSnapshot("lan_takeover") in cmds and answered(w.m, V4B, 2.6)
+    cmds = w.feed(assign(3, vips((V4, 5)), 2.7, members=MEMBERS))
+    assert of(cmds, StopAnswering) == [StopAnswering((V4B,), "reassigned")] and not answered(w.m, V4B, 2.7)
+
+
+def test_lan_held_ends_without_quorum() -> None:
+    w = _successor()
+    del w.peers["n2"]
+    w.run(3.0)
+    assert w.m.held
+    del w.peers["n3"]  # alone now
+    misses = w.run(4.0, check=V4B)
+    assert misses and misses[0] <= 3.0 + 0.35 + 0.15
+    assert [c.reason for _, c in w.stopped()] == ["expired"]
+
+
+
+def test_no_freeze_while_our_redis_works_the_grace_limit_still_ends_a_leases_outage() -> None:
+    """Leases is dead, Redis is up for everybody: the leases-outage grace (here 2 s) keeps the set, then it
+    expires although a quorum is heard -- the freeze is for Redis being down, not leases."""
+    w = World(pm(leases_outage_grace_ms=2000))
+    w.peers = {"n2": peers.REDIS_OK, "n3": peers.REDIS_OK}  # Redis yes, leases no
+    w.feed(assign(1, vips((V4, 5)), 0.0, members=MEMBERS))
+    misses = w.run(4.0, check=V4)
+    assert misses and 2.9 <= misses[0] <= 3.1  # deadline 1.0 (grace checked from 0.95) + 2 s
+    assert [c.reason for _, c in w.stopped()] == ["expired"]
