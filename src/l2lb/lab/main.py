@@ -19,6 +19,7 @@ import contextlib
 import ipaddress
 import json
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -179,12 +180,21 @@ class Lab:
         for _name, i, p in anns:
             await wait_http_ready(f"http://{node_ip(i)}:{ANN_HTTP}/readyz", p)
 
+    def peer_key_file(self) -> Path:
+        """The announcers' shared peer key (as k8s gives it from a Secret): made once per lab."""
+        path = self.workdir / "peer.key"
+        if not path.exists():
+            path.write_text(secrets.token_hex(32))
+            path.chmod(0o600)
+        return path
+
     async def start_announcer(self, name: str, i: int) -> Any:
         ns = self.topo.hosts[name].ns
         return await self.sup.start(
             f"announcer-{name}",
             [*python_cli(), "announcer", "--node", name, "--interfaces", LAN_IF,
-             "--node-labels", f"kubernetes.io/hostname={name}", *self.common(ANN_HTTP, node_ip(i))],
+             "--node-labels", f"kubernetes.io/hostname={name}", "--peer-key-file", str(self.peer_key_file()),
+             *self.common(ANN_HTTP, node_ip(i))],
             ns=ns,
         )
 
