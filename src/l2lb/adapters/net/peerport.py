@@ -6,7 +6,7 @@ peer frame with claims is up to ~1.1 KB) and its hot path stays exactly as it is
 reaches it (its BPF filter admits ARP/NDP only). This socket is bound to EtherType 0x88b5, joins the peers'
 multicast group (``PACKET_ADD_MEMBERSHIP``, so a NIC's filter lets the group in), and its own classic BPF
 filter admits exactly: frames received (not sent) by this host, without an offloaded VLAN tag (those belong
-to a VLAN sub-interface), with EtherType 0x88b5. Each frame is read with its kernel receive time
+to a VLAN sub-interface), with EtherType 0x88b5, sent to the peers' group MAC. Each frame is read with its kernel receive time
 (``SO_TIMESTAMPNS``): a frame that waited in the socket while the process was stopped is old evidence, and
 the announcer's machine is told so. Ten frames a second per peer: one ``recvmsg`` per frame.
 """
@@ -55,7 +55,12 @@ PEER_BPF_PROGRAM: list[tuple[str | None, _Ins]] = [
     (None, (_LD_W_ABS, (_SKF_AD_OFF + _SKF_AD_VLAN_TAG_PRESENT) & 0xFFFFFFFF, None, None)),
     (None, (_JEQ_K, 0, None, "drop")),
     (None, (_LD_H_ABS, 12, None, None)),
-    (None, (_JEQ_K, ETH_P_L2LB, "accept", "drop")),
+    (None, (_JEQ_K, ETH_P_L2LB, None, "drop")),
+    # to the peers' group only (a NIC filters multicast by the groups joined; a veth or bridge port does not)
+    (None, (_LD_W_ABS, 0, None, None)),
+    (None, (_JEQ_K, int.from_bytes(GROUP_MAC[:4], "big"), None, "drop")),
+    (None, (_LD_H_ABS, 4, None, None)),
+    (None, (_JEQ_K, int.from_bytes(GROUP_MAC[4:], "big"), "accept", "drop")),
     ("accept", (_RET_K, 0x40000, None, None)),
     ("drop", (_RET_K, 0, None, None)),
 ]
