@@ -3,7 +3,8 @@
 # in-cluster Redis of k8s/base:   sh deploy/k8s/redis-secret.sh | kubectl apply -f -
 #
 # Keys: <user>-password for each Redis ACL user (allocator, leases, announcer; replication and
-# sentinel for Redis itself) and the DSN each service connects with: <service>-dsn through the
+# sentinel for Redis itself), peer-key (the announcers' shared key for their LAN peer heartbeats) and the DSN
+# each service connects with: <service>-dsn through the
 # sentinels (k8s/base: 3 Redis + Sentinel), <service>-dsn-single straight to the one Redis of
 # k8s/overlays/single-node. Run it ONCE: a second run would change the passwords (then restart
 # Redis and l2lb so both sides pick up the new Secret).
@@ -13,7 +14,7 @@
 set -eu
 ns=${L2LB_NAMESPACE:-l2lb-system}
 pw() { head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
-a=$(pw); l=$(pw); n=$(pw); r=$(pw); s=$(pw)
+a=$(pw); l=$(pw); n=$(pw); r=$(pw); s=$(pw); k=$(pw)
 single=${L2LB_REDIS_URL_BASE:-redis://l2lb-redis.${ns}.svc:6379/0}
 base=${L2LB_REDIS_URL_BASE:-redis+sentinel://l2lb-redis-sentinel.${ns}.svc:26379/l2lb/0?sentinel_password=${s}&socket_timeout=2&connect_timeout=1}
 scheme=${base%%://*}
@@ -40,6 +41,7 @@ stringData:
   announcer-password: "${n}"
   replication-password: "${r}"
   sentinel-password: "${s}"
+  peer-key: "${k}"
   allocator-dsn: "${scheme}://allocator:${a}@${rest}"
   leases-dsn: "${scheme}://leases:${l}@${rest}"
   announcer-dsn: "${scheme}://announcer:${n}@${rest}"
