@@ -415,6 +415,7 @@ class AnnouncerMachine:
         self._peer_counter = 0
         self._held_digest_of: tuple[dict[str, int] | None, bytes] = (None, b"")
         self._gone: set[str] = set()  # peers that said they were stopping (silent at once)
+        self._why_logged: float | None = None
 
     # -- the interface -------------------------------------------------------------------------------
     def feed(self, ev: Event) -> list[Command]:
@@ -574,7 +575,17 @@ class AnnouncerMachine:
             return
         rule = ("grace" if self._leases_silent(now) else "freeze" if self._freeze_holds(now)
                 else "lan_held" if self.held and self._lan_ok(now) else None)
-        if rule is None or not self.state.extend(now + GRACE_STEP_S):
+        if rule is None:
+            if self.peers is not None and self._why_logged != deadline:  # once per deadline: why not kept
+                self._why_logged = deadline
+                pv = self.peers
+                out.append(Log("info", "validity deadline reached and no rule keeps the set", {
+                    "in_s": round(deadline - now, 3), "redis_ok": self._redis_ok(now), "bus_ok": self._bus_ok,
+                    "members": len(self._members), "heard": sorted(pv.alive(now)),
+                    "quorum": pv.quorum(self._members, now), "answering": bool(self._answering),
+                    "someone_has_control_plane": pv.someone_has_control_plane(now)}))
+            return
+        if not self.state.extend(now + GRACE_STEP_S):
             return
         if rule == "grace" and self._grace_since is None:
             self._grace_since = now

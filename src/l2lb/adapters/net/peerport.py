@@ -6,9 +6,10 @@ peer frame with claims is up to ~1.1 KB) and its hot path stays exactly as it is
 reaches it (its BPF filter admits ARP/NDP only). This socket is bound to EtherType 0x88b5, joins the peers'
 multicast group (``PACKET_ADD_MEMBERSHIP``, so a NIC's filter lets the group in), and its own classic BPF
 filter admits exactly: frames received (not sent) by this host, without an offloaded VLAN tag (those belong
-to a VLAN sub-interface), with EtherType 0x88b5, sent to the peers' group MAC. Each frame is read with its kernel receive time
-(``SO_TIMESTAMPNS``): a frame that waited in the socket while the process was stopped is old evidence, and
-the announcer's machine is told so. Ten frames a second per peer: one ``recvmsg`` per frame.
+to a VLAN sub-interface), with EtherType 0x88b5, sent to the peers' group MAC. Each frame is read with its
+kernel receive time (``SO_TIMESTAMPNS``): a frame that waited in the socket while the process was stopped
+is old evidence, and the announcer's machine is told so. Ten frames a second per peer: one ``recvmsg`` per
+frame.
 """
 
 from __future__ import annotations
