@@ -135,8 +135,10 @@ async def test_redis_outage_partition_and_death_of_the_control_plane_node(tmp_pa
                 _report("redis-kill 5 s", r)
                 print(f"longest gaps (ms, probes unanswered in it): {_gaps(bench, t0)}")
                 assert r["worst_outage_ms"] is not None, r
-                assert r["worst_outage_ms"] <= 100, r  # gaps of <= 2 probe intervals are probe noise (0 ms)
-                assert r["vips_moved"] == [] and r["dual_max_ms"] <= 100, r
+                # Measured 0-34 ms (gaps of <= 2 probe intervals count as 0); strict expiry would be >= the 5 s of
+                # the outage. The bound leaves room for a process stalled by a loaded host (the prober's too).
+                assert r["worst_outage_ms"] <= 500, r
+                assert r["vips_moved"] == [] and r["dual_max_ms"] <= 100, r  # the same holders all along
                 assert r["converge_s"] is not None, r
 
                 # 2. a node cut off from Redis and from its peers stops within the validity window
