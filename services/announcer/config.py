@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--defend-interval-ms", type=int, default=10_000, help="at most one defence per VIP per interval"
     )
     p.add_argument("--max-clock-skew-ms", type=int, default=5000,
-                   help="bus assignments sent longer ago than ttl + this are backlog and ignored (0: never)")
+                   help="until the first Redis round trip tells us Redis's clock (which then decides alone), bus "
+                   "assignments sent longer ago than ttl + this by the sender's clock are backlog (0: never)")
     p.add_argument(
         "--leases-outage-grace-ms", type=int, default=env_int("L2LB_LEASES_OUTAGE_GRACE_MS", 60000),
         help="keep answering this long past the validity deadline when the leases service sends nothing "

@@ -351,3 +351,20 @@ def test_grace_leaves_no_gap_when_the_timer_runs_late() -> None:
         if not answered(m, V4, t):
             misses.append(t)
     assert misses == []
+
+
+def test_a_leases_whose_clock_is_behind_is_not_backlog_once_we_know_redis_clock() -> None:
+    """Regression (simulator F3): a leases leader 30 s behind made every announcer with a correct clock drop
+    its assignments (sent_at older than ttl + skew) -> the whole LAN dark. With Redis's clock known from our
+    own heartbeats, the entry's age on Redis's clock decides alone."""
+    m = machine()
+    m.feed(links(link()))
+    cmds = m.feed(replace(assign(1, vips((V4, 5)), 1.0), wall=WALL0 + 31.0))  # before any round trip: sender clock
+    assert Count("assignments", "too_old") in cmds and not answered(m, V4, 1.0)
+    beat_ok(m, 2.0, entry_ms=7_000_000)
+    ev = assign(2, vips((V4, 5)), 2.1, entry_id="7000050-0")  # stored 50 ms ago on Redis's clock
+    cmds = m.feed(replace(ev, msg=replace(ev.msg, sent_at=WALL0 + 2.1 - 30.0)))  # sender 30 s behind
+    assert of(cmds, StartAnswering) and answered(m, V4, 2.1)
+    # a real backlog entry is still refused, whatever its sender's clock says
+    ev = assign(3, vips((V4B, 5)), 2.2, entry_id="6998000-0")
+    assert m.feed(ev) == [Count("assignments", "backlog")]

@@ -65,8 +65,9 @@ Rules (each has a unit test in tests/announcer/test_machine*.py):
    began less than ``leases_outage_grace_ms`` ago. Anything else expires strictly.
 3. A VIP stops at once when a newer set for this node drops it or changes its epoch, or when a set for
    another node names it with a higher epoch (the epoch is the fencing token: higher is a later decision).
-4. Messages stored in Redis longer ago than their ttl (Redis's clock, from our own entries' ids) or sent
-   longer ago than ttl + ``max_clock_skew_ms`` (sender's wall clock) are backlog and ignored.
+4. Messages stored in Redis longer ago than their ttl (Redis's clock, from our own entries' ids) are backlog
+   and ignored; only while Redis's clock is unknown to us, those sent longer ago than ttl +
+   ``max_clock_skew_ms`` by the sender's wall clock (a sender with a skewed clock darkens nobody).
 5. A renewal that cannot be matched (another digest, an expired set, an older term) asks for the full set,
    at most once per second.
 6. Gratuitous ARP (request + reply) / unsolicited NA: ``garp_count`` rounds ``garp_interval_ms`` apart on
@@ -642,7 +643,18 @@ class AnnouncerMachine:
     # -- assignments -------------------------------------------------------------------------------------
     def _stale_entry(self, msg: NodeAssignments | NodeRenewal, ev: Assignments | Renewal,
                      out: list[Command]) -> bool:
-        """Rule 4: backlog by the sender's clock (ttl + skew) or by Redis's clock (ttl)."""
+        """Rule 4: backlog by Redis's clock (ttl) when we know it, else by the sender's clock (ttl + skew)."""
+        # An entry Redis stored longer ago than its own ttl (measured on Redis's clock, so exact whatever the
+        # host clocks say) is a backlog replay -- after a link flap or reconnect we read what we missed, in
+        # order. Applying it could re-add a VIP that has moved meanwhile and GARP for it.
+        age = None if ev.entry_id is None else stream_entry_age_ms(ev.entry_id, self._redis_clock, ev.now)
+        if age is not None:
+            if age <= msg.ttl_ms:
+                return False
+            out.append(Count("assignments", "backlog"))
+            return True
+        # Redis's clock unknown (before our first round trip): the sender's clock. Only then -- a leases leader
+        # whose clock is behind ours by more than the skew would otherwise darken every node (simulator F3).
         if is_backlog(msg, ev.wall, self.config.max_clock_skew_ms / 1000.0):
             out.append(Count("assignments", "too_old"))
             last = self._last_old_warning
@@ -652,16 +664,7 @@ class AnnouncerMachine:
                                "of sync: check NTP or raise --max-clock-skew-ms)",
                                {"age_s": round(ev.wall - msg.sent_at, 3), "ttl_ms": msg.ttl_ms, "seq": msg.seq}))
             return True
-        if ev.entry_id is None:
-            return False
-        # An entry Redis stored longer ago than its own ttl (measured on Redis's clock, so exact even with
-        # skewed host clocks) is a backlog replay -- after a link flap or reconnect we read what we missed,
-        # in order. Applying it could re-add a VIP that has moved meanwhile and GARP for it.
-        age = stream_entry_age_ms(ev.entry_id, self._redis_clock, ev.now)
-        if age is None or age <= msg.ttl_ms:
-            return False
-        out.append(Count("assignments", "backlog"))
-        return True
+        return False
 
     def _on_assignments(self, ev: Assignments) -> list[Command]:
         out: list[Command] = []
