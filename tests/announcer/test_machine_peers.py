@@ -314,3 +314,34 @@ def test_no_freeze_while_our_redis_works_the_grace_limit_still_ends_a_leases_out
     misses = w.run(4.0, check=V4)
     assert misses and 2.9 <= misses[0] <= 3.1  # deadline 1.0 (grace checked from 0.95) + 2 s
     assert [c.reason for _, c in w.stopped()] == ["expired"]
+
+
+def test_every_claim_reaches_the_holder_even_beyond_one_frame() -> None:
+    """Regression: one peer frame carries at most peers.MAX_CLAIMS (40) claims. A successor that took over 100
+    VIPs sends them all in every interval (pages), so a holder that was only silent (stopped, cut off from
+    the LAN) stops every one of them when it hears the successor again -- not just 40."""
+    n = 100
+    ips = [f"198.51.100.{i}" for i in range(1, n + 1)]
+    succ = machine(node="n2", peers=True, peer_key=KEY)
+    succ.feed(links(link(mac="02:00:00:00:01:02")))
+    sb = tuple(StandbyVip(ip, "n1", 1, 6) for ip in ips)
+    succ.feed(assign(1, vips(("203.0.113.1", 5)), 0.0, node="n2", members=MEMBERS, standby=sb))
+    for t in (0.0, 0.1):  # it hears n1 and n3 while Redis and leases work
+        succ.feed(peer("n1", t, flags=UP))
+        succ.feed(peer("n3", t, flags=UP))
+    t = 0.1
+    frames: list[bytes] = []
+    while t < 1.5 and not frames:
+        t = round(t + 0.1, 2)
+        succ.feed(peer("n3", t))  # n1 is silent from now on, Redis and leases are gone
+        out = succ.feed(Tick(t, WALL0 + t, False))
+        if len(succ.held) == n:
+            frames = [c.frame for c in out if isinstance(c, SendPeerFrame)]
+    assert len(succ.held) == n and len(frames) == 3  # 40 + 40 + 20
+    holder = pm()
+    holder.feed(assign(1, vips(*((ip, 5) for ip in ips)), t, ttl_ms=60_000, members=MEMBERS))
+    from l2lb.core.announcer_machine import PeerFrameReceived
+
+    stopped = [ip for f in frames for c in holder.feed(PeerFrameReceived("eth0", f, t, WALL0 + t))
+               if isinstance(c, StopAnswering) for ip in c.ips]
+    assert sorted(stopped) == sorted(ips) and holder.status(t)["vips"] == []

@@ -278,38 +278,46 @@ class AnnouncerState:
         self._defended.clear()
         return gone
 
-    def take_over(self, ip: str, epoch: int, interfaces: tuple[str, ...], services: tuple[str, ...], *,
-                  now: float, valid_for: float) -> Vip | None:
-        """Start answering ``ip`` with ``epoch`` without a message from leases (a successor's takeover on the
-        LAN), valid at least ``valid_for`` from ``now``; schedules its gratuitous announcements. The rest of
-        the set, its order fence and its digest are unchanged. None when ``ip`` is not a usable unicast IP or
-        is already answered with this epoch or a higher one."""
-        try:
-            parsed = ipaddress.ip_address(ip)
-        except ValueError:
-            return None
-        addr = parsed.packed
-        if parsed.is_multicast or parsed.is_unspecified:
-            return None
-        cur = self.vips.get(addr)
-        if cur is not None and cur.epoch >= epoch and self.valid(now):
-            return None
-        vip = Vip(ip=str(parsed), addr=addr, epoch=epoch, interfaces=_iface_set(interfaces), services=services,
-                  since=now)
-        if self.valid(now):
-            new = {a: v for a, v in self.vips.items() if a != addr}
-        else:  # our own set ran out: only a full message re-establishes it (as expire() would say)
-            new = {}
+    def take_over_many(self, entries: Iterable[tuple[str, int, tuple[str, ...], tuple[str, ...]]], *, now: float,
+                       valid_for: float) -> list[Vip]:
+        """Start answering each (ip, epoch, interfaces, services) without a message from leases (a successor's
+        takeover on the LAN), valid at least ``valid_for`` from ``now``; schedules their gratuitous
+        announcements. The rest of the set, its order fence and its digest are unchanged (an expired set is
+        dropped first, as :meth:`expire` would). Skips IPs that are not usable unicast addresses or are already
+        answered with that epoch or a higher one. Returns what was taken."""
+        valid = self.valid(now)
+        if not valid:  # our own set ran out: only a full message re-establishes it
             self.digest = ""
             self._garps.clear()
-        new[addr] = vip
-        self._by_text = {t: v for t, v in self._by_text.items() if v.addr in new and v.addr != addr}
-        self._by_text[vip.ip] = vip
+        new = dict(self.vips) if valid else {}
+        by_text = {t: v for t, v in self._by_text.items() if v.addr in new}
+        taken: list[Vip] = []
+        for ip, epoch, interfaces, services in entries:
+            try:
+                parsed = ipaddress.ip_address(ip)
+            except ValueError:
+                continue
+            addr = parsed.packed
+            if parsed.is_multicast or parsed.is_unspecified:
+                continue
+            cur = new.get(addr)
+            if cur is not None and cur.epoch >= epoch:
+                continue
+            vip = Vip(ip=str(parsed), addr=addr, epoch=epoch, interfaces=_iface_set(interfaces), services=services,
+                      since=now)
+            if cur is not None:
+                by_text = {t: v for t, v in by_text.items() if v.addr != addr}
+            new[addr] = vip
+            by_text[vip.ip] = vip
+            self._defended.pop(addr, None)
+            self._schedule(addr, now)
+            taken.append(vip)
+        if not taken:
+            return []
+        self._by_text = by_text
         self.vips = new  # a new object: the hot path's memo of answers notices the change
         self.deadline = now + valid_for if self.deadline is None else max(self.deadline, now + valid_for)
-        self._defended.pop(addr, None)
-        self._schedule(addr, now)
-        return vip
+        return taken
 
     def drop_superseded(self, claims: Iterable[tuple[str, int]]) -> tuple[Vip, ...]:
         """Stop answering every VIP of ours that ``claims`` ((ip, epoch) given to another node) names with a

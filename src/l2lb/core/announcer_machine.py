@@ -416,6 +416,9 @@ class AnnouncerMachine:
         self._peer_counter = 0
         self._held_digest_of: tuple[dict[str, int] | None, bytes] = (None, b"")
         self._gone: set[str] = set()  # peers that said they were stopping (silent at once)
+        # every live claim heard (vip -> node, epoch, when): a peer's claims span several frames (pages of
+        # peers.MAX_CLAIMS), PeerView keeps only its last frame
+        self._peer_claims: dict[str, tuple[str, int, float]] = {}
         self._why_logged: float | None = None
 
     # -- the interface -------------------------------------------------------------------------------
@@ -554,6 +557,9 @@ class AnnouncerMachine:
             self._send_grouped(frames, out)
         if self.peers is not None and not self._stopped and now >= self._peer_due:
             self._peer_due = now + self.config.peer_interval_ms / 1000.0
+            if self._peer_claims:
+                old = now - 2 * self.config.peer_timeout_ms / 1000.0
+                self._peer_claims = {ip: c for ip, c in self._peer_claims.items() if c[2] >= old}
             self._peer_frames(now, ev.wall, 0, out)
         if (self.config.bus and not self._stopped and self._outgoing is None and now >= self._hb_due):
             out.append(self._publish(now, ev.wall))
@@ -826,14 +832,14 @@ class AnnouncerMachine:
         """Redis is down for everybody: our round trips fail, and the quorum we hear says the same."""
         return self.config.bus and not self._redis_ok(now) and self._lan_ok(now)
 
-    def _silent(self, node: str, now: float, wait: float) -> bool:
-        """We heard ``node`` on the LAN since we started, and not for ``wait`` seconds (a node we never heard
-        is never taken over from: it may simply not send peer frames)."""
+    def _quiet_for(self, node: str, now: float) -> float:
+        """How long ``node`` has been silent on the LAN: 0 for a node we never heard since we started (it may
+        simply not send peer frames: never taken over from), infinite for one that said it was stopping."""
         assert self.peers is not None
         at = self.peers.heard_at(node)
         if at is None:
-            return node in self._gone  # it said it was stopping
-        return now - at >= wait
+            return float("inf") if node in self._gone else 0.0
+        return now - at
 
     def _maybe_take_over(self, now: float, out: list[Command]) -> None:
         """A successor takes a VIP over when its holder (and every successor ranked before it, which would
@@ -846,34 +852,46 @@ class AnnouncerMachine:
         if not cp_silent:
             return
         assert self.peers is not None
-        claims = self.peers.claims(now)
-        for ip, sb in sorted(self._standby.items()):
+        quiet: dict[str, float] = {}
+        timeout = self.config.peer_timeout_ms / 1000.0
+        due: list[StandbyVip] = []
+        for ip, sb in self._standby.items():
             if sb.holder == self.node or ip in self.held:
+                continue
+            q = quiet.get(sb.holder)
+            if q is None:
+                q = quiet[sb.holder] = self._quiet_for(sb.holder, now)
+            if q * 1000.0 < self.config.takeover_after_ms + (sb.rank - 1) * self.config.takeover_rank_step_ms:
                 continue
             cur = self.state._by_text.get(ip)
             if cur is not None and cur.epoch >= sb.epoch and self.state.vips.get(cur.addr) is cur:
                 continue
-            wait = (self.config.takeover_after_ms + (sb.rank - 1) * self.config.takeover_rank_step_ms) / 1000.0
-            if not self._silent(sb.holder, now, wait):
-                continue
-            if ip in claims:
+            claim = self._peer_claims.get(ip)
+            if claim is not None and now - claim[2] <= timeout:
                 continue  # a successor (ranked before us: it waited less) has it already
             if sb.interfaces and not any(n in self._answering for n in sb.interfaces):
                 continue
-            vip = self.state.take_over(ip, sb.epoch, sb.interfaces, sb.services, now=now, valid_for=GRACE_STEP_S)
-            if vip is None:
-                continue
+            due.append(sb)
+        if not due:
+            return
+        taken = self.state.take_over_many([(sb.ip, sb.epoch, sb.interfaces, sb.services) for sb in due],
+                                          now=now, valid_for=GRACE_STEP_S)
+        if not taken:
+            return
+        by_ip = {sb.ip: sb for sb in due}
+        for vip in taken:
             self.held[vip.ip] = vip.epoch
-            out.append(Log("warning", "took a VIP over on the LAN: its holder and the control plane are silent",
-                           {"ip": vip.ip, "epoch": vip.epoch, "holder": sb.holder, "rank": sb.rank}))
-            out.append(Count("takeovers"))
-            out.append(StartAnswering(((vip.ip, vip.epoch),)))
-            self._keeping = self._keeping or "lan_held"
-            self._peer_due = now  # our claim goes out with the next frames (this tick)
-        if self.held:
-            out.append(Gauge("peers_held", len(self.held)))
-            self._multicast(out)
-            self._heartbeat_soon()
+        first = [by_ip[v.ip] for v in taken[:LOG_VIPS] if v.ip in by_ip]
+        out.append(Log("warning", "took VIPs over on the LAN: their holder and the control plane are silent",
+                       {"vips": [f"{v.ip}@{v.epoch}" for v in taken[:LOG_VIPS]], "count": len(taken),
+                        "holders": sorted({sb.holder for sb in first}), "ranks": sorted({sb.rank for sb in first})}))
+        out.append(Count("takeovers", n=len(taken)))
+        out.append(StartAnswering(tuple((v.ip, v.epoch) for v in taken)))
+        out.append(Gauge("peers_held", len(self.held)))
+        self._keeping = self._keeping or "lan_held"
+        self._peer_due = now  # our claims go out with the next frames (this tick)
+        self._multicast(out)
+        self._heartbeat_soon()
 
     def _peer_frames(self, now: float, wall: float, extra_flags: int, out: list[Command]) -> None:
         """Our peer frame on every answering interface (each with its own counter)."""
@@ -888,12 +906,15 @@ class AnnouncerMachine:
             flags |= peers.CP_FRESH
         order = self.state.last_order
         term = order[0] if order is not None and order[0] >= 0 else 0
-        claims = tuple(sorted(self.held.items()))
+        held = sorted(self.held.items())
+        # every claim in every interval (pages of MAX_CLAIMS): a holder that hears only some would keep the rest
+        pages = [tuple(held[i:i + peers.MAX_CLAIMS]) for i in range(0, len(held), peers.MAX_CLAIMS)] or [()]
         for name, (iface, _) in self._answering.items():
-            self._peer_counter += 1
-            frame = peers.PeerFrame(self.config.cluster, self.node, self.config.instance, self._peer_counter,
-                                    int(wall * 1000), flags, term, len(serving), digest, claims)
-            out.append(SendPeerFrame(name, peers.encode(frame, self.config.peer_key, iface.mac)))
+            for claims in pages:
+                self._peer_counter += 1
+                frame = peers.PeerFrame(self.config.cluster, self.node, self.config.instance, self._peer_counter,
+                                        int(wall * 1000), flags, term, len(serving), digest, claims)
+                out.append(SendPeerFrame(name, peers.encode(frame, self.config.peer_key, iface.mac)))
 
     def _on_peer_frame(self, ev: PeerFrameReceived) -> list[Command]:
         pv = self.peers
@@ -909,6 +930,10 @@ class AnnouncerMachine:
             self._gone.add(f.node)
         else:
             self._gone.discard(f.node)
+        for ip, epoch in f.claims:
+            cur = self._peer_claims.get(ip)
+            if cur is None or epoch >= cur[1] or ev.now - cur[2] > self.config.peer_timeout_ms / 1000.0:
+                self._peer_claims[ip] = (f.node, epoch, ev.now)
         if f.claims and self.state.vips:
             # rule 3: a peer took a VIP over with a higher epoch than ours: it is the later decision
             gone = self.state.drop_superseded(f.claims)
