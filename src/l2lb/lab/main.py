@@ -406,6 +406,10 @@ class Lab:
         res["flapped_back"] = bool(after) and after[0] == old_mac
         return res
 
+    def status_urls(self) -> tuple[str, str]:
+        """(allocator, leases) status API base URLs, reachable from the control-plane namespace."""
+        return f"http://{CTL_IP}:{ALLOC_HTTP}", f"http://{CTL_IP}:{LEASES_HTTP}"
+
     async def inject(self, how: str, node: str) -> None:
         """The fault of a failover round ("kill": SIGKILL of the node's announcer; "linkdown")."""
         if how == "kill":
@@ -550,10 +554,10 @@ async def _run(lab: Lab) -> int:
         print()
         failed = [r for r in rounds if r["outage_ms"] is None or r["new_node"] is None]
         if args.keep:
+            alloc_url, leases_url = lab.status_urls()
             print(f"The lab keeps running. Logs: {lab.sup.logdir}. Look at it with:\n"
-                  f"  sudo ip netns exec {ctl_ns} l2lb status --allocator http://{CTL_IP}:{ALLOC_HTTP} "
-                  f"--leases http://{CTL_IP}:{LEASES_HTTP}\n"
-                  f"  status page: sudo ip netns exec {ctl_ns} curl http://{CTL_IP}:{LEASES_HTTP}/\n"
+                  f"  sudo ip netns exec {ctl_ns} l2lb status --allocator {alloc_url} --leases {leases_url}\n"
+                  f"  status page: sudo ip netns exec {ctl_ns} curl {leases_url}/\n"
                   f"  sudo ip netns exec {ctl_ns} kubectl --kubeconfig {lab.kubeconfig} get svc -A\n"
                   f"Remove it with: sudo l2lb lab --cleanup --prefix {args.prefix}")
         return 1 if failed else 0

@@ -433,6 +433,12 @@ class ColocatedLab(Lab):
             out[comp] = self.placement.host_of(lead) if lead else None
         return out
 
+    def status_urls(self) -> tuple[str, str]:
+        """The first replica of each (any replica serves the cluster view from Redis)."""
+        a, l_ = "allocator-a", "leases-a"
+        return (f"http://{host_ip(self.placement.host_of(a))}:{self.http_port(a)}",
+                f"http://{host_ip(self.placement.host_of(l_))}:{self.http_port(l_)}")
+
     # -- faults ---------------------------------------------------------------------------------
     async def inject(self, how: str, node: str) -> None:
         if how == "node":
