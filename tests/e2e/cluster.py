@@ -329,6 +329,8 @@ class Cluster:
         self.kube_bin: Path | None = None
         self.apiserver_bin: Path | None = None
         self._made: list[str] = []  # namespaces made, for teardown
+        self.node_root: Path | None = None  # the cached containerd root every node starts from (noderoot.py)
+        self.log: list[str] = []  # what the harness did that is worth a line in the results
 
     # ---- binaries and images
     def build(self) -> None:
@@ -340,9 +342,14 @@ class Cluster:
             coredns = build("coredns/build.sh")
         from tests.e2e.ociarchive import image_from_files
 
-        with self.timing.step("image_coredns"):
+        with self.timing.step("image_coredns"):  # deterministic archive, kept per machine (its name is its digest)
+            addons = Path(os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))) / "l2lb" / "images" / "addons"
             self.images["coredns"] = image_from_files(
-                COREDNS_REF, {"/coredns": coredns}, entrypoint=["/coredns"], out_dir=self.dir / "images")
+                COREDNS_REF, {"/coredns": coredns}, entrypoint=["/coredns"], out_dir=addons)
+            others = sorted((f for f in addons.glob("*.tar") if f != self.images["coredns"]),
+                            key=lambda f: f.stat().st_mtime, reverse=True)
+            for old in others[1:]:  # this one and the newest other one are kept
+                old.unlink(missing_ok=True)
         bindir = self.dir / "bin"
         bindir.mkdir(parents=True, exist_ok=True)
         link = bindir / "kubectl"
@@ -564,7 +571,7 @@ exec sleep 2147483647
     def boot_node(self, n: Node) -> None:
         """Start the node's holder, containerd (+ image import on the first boot), kubelet, kube-proxy."""
         self.boot_runtime(n)
-        if n.boots == 1:
+        if n.boots == 1 and self.node_root is None:
             self.import_images(n)
         self.boot_kubelet(n)
 
@@ -637,30 +644,43 @@ exec sleep 2147483647
         with self.timing.step("network"):
             self.start_network()
         self.start_control_plane()
+        for n in self.nodes:
+            self._node_files(n)
+        from tests.e2e import noderoot
+
+        if noderoot.enabled():  # every node's containerd root from the per-machine cache: no import
+            with self.timing.step("node_root_cache"):
+                self.node_root = noderoot.ensure_root(self.images, self.log)
+            with self.timing.step("node_roots_link"):
+                self._each_node(lambda n: noderoot.link_root(self.node_root, n.dir / "lib" / "containerd"))
         with self.timing.step("nodes_boot"):
             for n in self.nodes:
-                self._node_files(n)
                 self.boot_runtime(n)
-        with self.timing.step("image_import"):  # every node at once: I/O bound, ~1 GB per node
-            errors: list[BaseException] = []
-
-            def imp(n: Node) -> None:
-                try:
-                    self.import_images(n)
-                except BaseException as e:  # re-raised below, in the main thread
-                    errors.append(e)
-            threads = [threading.Thread(target=imp, args=(n,)) for n in self.nodes]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            if errors:
-                raise errors[0]
+        if self.node_root is None:
+            with self.timing.step("image_import"):  # every node at once: I/O bound, ~1 GB per node
+                self._each_node(self.import_images)
         with self.timing.step("kubelets_start"):
             for n in self.nodes:
                 self.boot_kubelet(n)
         with self.timing.step("nodes_ready"):
             wait_for("every node Ready", self._all_nodes_ready, timeout=node_ready_timeout, interval=1.0)
+
+    def _each_node(self, fn: Any) -> None:
+        """``fn(node)`` for every node at once (threads; no process is spawned from them)."""
+        errors: list[BaseException] = []
+
+        def one(n: Node) -> None:
+            try:
+                fn(n)
+            except BaseException as e:  # re-raised below, in the main thread
+                errors.append(e)
+        threads = [threading.Thread(target=one, args=(n,)) for n in self.nodes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
 
     def _all_nodes_ready(self) -> bool:
         nodes = self.kget("nodes")["items"]
