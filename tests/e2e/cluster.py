@@ -331,6 +331,7 @@ class Cluster:
         self._made: list[str] = []  # namespaces made, for teardown
         self.node_root: Path | None = None  # the cached containerd root every node starts from (noderoot.py)
         self.log: list[str] = []  # what the harness did that is worth a line in the results
+        self.tests_run = 0  # tests that used this cluster (a session shares one: tests/e2e/k8s_lab.py)
 
     # ---- binaries and images
     def build(self) -> None:

@@ -5,6 +5,9 @@ fast, and CI runs ``bash scripts/dev e2e`` after it.
 
 * ``e2e_images``: every e2e image (tests/e2e/images.py), built with the real builder when missing,
   else from the per-machine cache.
+* ``k8s_cluster``: the session's one real Kubernetes cluster (tests/e2e/k8s_lab.py), started at first
+  use, removed at the end; the k8s tests take it through their ``cluster`` fixture, which puts it
+  back to its just-started state first (test_k8s.py).
 * ``docker_engine_factory``: start a real dockerd in a network namespace; every engine it started is
   stopped at the end of the test, and the test fails if anything (process, cgroup, mount, state
   directory) survived.
@@ -19,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from l2lb.lab import netns
+from tests.e2e.cluster import Cluster
 from tests.e2e.engine import DOCKERD, DockerEngine
 from tests.e2e.images import Built, build_all
 
@@ -44,6 +48,13 @@ def require_root() -> None:
 def e2e_images() -> dict[str, Built]:
     require_root()
     return build_all()
+
+
+@pytest.fixture(scope="session")
+def k8s_cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    from tests.e2e.k8s_lab import session_cluster
+
+    yield from session_cluster(request)
 
 
 @pytest.fixture

@@ -71,13 +71,15 @@ def outage(records: Sequence[Sequence[Any]], fault_at: float) -> dict[str, Any]:
     }
 
 
-def arp_summary(tl: Timeline, old_mac: str, fault_at: float, *, window_s: float = 0.03) -> dict[str, Any]:
+def arp_summary(tl: Timeline, old_mac: str, fault_at: float, *, window_s: float = 0.03,
+                end: float | None = None) -> dict[str, Any]:
     """Who answered ARP for the VIP around the fault, from the observer's probes (every 10 ms).
 
     ``dual_answers``: times two different MACs answered within ``window_s`` of each other (two
     nodes claiming the VIP at once), ``dual_ms`` the time those overlaps span; ``moves``: the
     sequence of MACs that answered (a move back to the old node shows as a third entry);
-    ``silent_ms``: the longest time without any ARP answer after the fault.
+    ``silent_ms``: the longest time without any ARP answer after the fault (up to ``end``, when the
+    probing stopped: a VIP nobody answers for any more counts until then, ``answered_at_end`` False).
     """
     reps = sorted(tl.replies(), key=lambda a: a.t)
     after = [a for a in reps if a.t >= fault_at]
@@ -94,12 +96,17 @@ def arp_summary(tl: Timeline, old_mac: str, fault_at: float, *, window_s: float 
     for a in after:
         silent = max(silent, a.t - prev)
         prev = a.t
+    answered_at_end = None
+    if end is not None and end > fault_at:
+        silent = max(silent, end - prev)
+        answered_at_end = end - prev < 1.0
     garps = [a.t for a in tl.answers if a.kind == "garp" and a.t >= fault_at and a.mac != old_mac]
     return {
         "probes": tl.sent,
         "first_new_answer_ms": None if first_new is None else round((first_new - fault_at) * 1000, 1),
         "last_old_answer_ms": None if last_old is None else round((last_old - fault_at) * 1000, 1),
         "silent_ms": round(silent * 1000, 1),
+        "answered_at_end": answered_at_end,
         "dual_answers": len(dual),
         "dual_ms": round(sum(b.t - a.t for a, b in dual) * 1000, 1),
         "moves": moves,
@@ -139,6 +146,7 @@ class Measurement:
         self.arp: ArpProber | None = None
         self.timeline: Timeline | None = None
         self._thread: threading.Thread | None = None
+        self.ended: float | None = None  # when the probing stopped (monotonic)
 
     def start(self) -> None:
         self.out.unlink(missing_ok=True)
@@ -163,6 +171,7 @@ class Measurement:
 
     def stop(self) -> dict[str, Any]:
         assert self.proc is not None and self.arp is not None and self._thread is not None
+        self.ended = time.monotonic()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
@@ -224,7 +233,7 @@ def run_fault(*, name: str, what: str, roles: dict[str, list[str]], client_ns: s
         notes.append("after the undo: DNS answered again in "
                      + (f"{back * 1000:.0f} ms" if back is not None else "NOT within 120 s"))
     tl = m.timeline
-    arp = arp_summary(tl, old_mac, fault_at) if tl is not None else {}
+    arp = arp_summary(tl, old_mac, fault_at, end=m.ended) if tl is not None else {}
     return FaultResult(name=name, what=what, node=node, roles=roles.get(node, []), udp=outage(data["udp"], fault_at),
                        tcp=outage(data["tcp"], fault_at), arp=dict(arp), notes=notes)
 

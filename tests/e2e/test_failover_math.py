@@ -37,3 +37,18 @@ def test_arp_summary_dual_and_moves() -> None:
     assert s["moves"] == ["aa", "bb", "aa"]
     assert s["first_new_answer_ms"] == pytest.approx(10, abs=1)
     assert s["silent_ms"] == pytest.approx(195, abs=2)
+
+
+def test_arp_summary_counts_a_silence_that_lasts_to_the_end() -> None:
+    """Answers that stop after the fault and never come back: silent until the probing ended, not 0."""
+    from l2lb.lab.probe import Answer, Timeline
+    from tests.e2e.failover import arp_summary
+
+    tl = Timeline(vip="198.51.100.153", interval_s=0.01, sent=500)
+    tl.answers += [Answer(t / 100, "aa", "reply") for t in range(0, 103)]  # the old node, 20 ms past the fault
+    s = arp_summary(tl, "aa", fault_at=1.0, end=5.0)
+    assert s["silent_ms"] == pytest.approx(3980, abs=2) and s["answered_at_end"] is False
+    assert s["first_new_answer_ms"] is None and s["moves"] == ["aa"]
+    tl.answers += [Answer(t / 100, "bb", "reply") for t in range(300, 500)]  # a new node from 3.0 s on
+    s = arp_summary(tl, "aa", fault_at=1.0, end=5.0)
+    assert s["silent_ms"] == pytest.approx(1980, abs=2) and s["answered_at_end"] is True

@@ -1,10 +1,19 @@
 """l2lb run the way users run it, in a real 3-node Kubernetes (issue 20, items 2-5).
 
-One long scenario on one cluster (tests/e2e/cluster.py): install l2lb with docs/install.md's
-commands through a small overlay (images only), the seed's pool/policy/Services (addresses moved
-to TEST-NET-2), a DNS + HTTP pod behind them; a client namespace with default sysctls resolves over
-UDP and TCP and fetches the page through the VIPs; then the failover of the DNS VIP under four
-faults, measured on that traffic. Run with ``bash scripts/dev e2e`` (``pytest -m e2e``); results are
+One long scenario on the session's cluster (tests/e2e/k8s_lab.py, tests/e2e/cluster.py): install l2lb
+with docs/install.md's commands through a small overlay (images only), the seed's pool/policy/Services
+(addresses moved to TEST-NET-2), a DNS + HTTP Deployment behind them (2 replicas on two nodes); a client
+namespace with default sysctls resolves over UDP and TCP and fetches the page through the VIPs; then the
+failover of the DNS VIP, measured on that traffic, under the faults of ``L2LB_E2E_FAULTS`` (default all):
+
+* a  the announcing node's announcer pod is deleted        * b  its container is SIGKILLed
+* c  the announcing node's cable is pulled (40 s)           * d  the announcing node dies
+* d2 the Redis master's node dies                            * d1 the node of a 1-replica Pi-hole dies
+  (the app's outage, reported, not asserted)
+
+Every move of the VIP during the run, with the reason leases gave, is listed; a move outside a fault,
+or back to a node once its fault healed, fails the test (the election is sticky). Run with
+``bash scripts/dev e2e`` (``pytest -m e2e``), a measurement with ``bench/k8s/failover.sh``; results are
 printed and written to ``$L2LB_E2E_RESULTS`` (default ~/.cache/l2lb/e2e-k8s-results.json).
 """
 
@@ -19,13 +28,13 @@ from typing import Any
 
 import pytest
 
+from tests.e2e import k8s_lab
 from tests.e2e.cluster import (
     Cluster,
     ClusterError,
     Node,
     in_ns,
     run,
-    sweep_stale,
     wait_for,
 )
 from tests.e2e.failover import FaultResult, bench_lock, run_fault
@@ -39,67 +48,25 @@ DNS_ANSWER = "198.51.100.80"
 STABLE_S = 10.0  # the VIP on one node this long before a fault
 # a dead node stays dead this long (> the 50 s node-monitor grace), then powers on
 DEATH_WINDOW_S = float(os.environ.get("L2LB_E2E_DEATH_S", "75"))
-FAULTS = set(os.environ.get("L2LB_E2E_FAULTS", "a,b,c,d,d2").split(","))  # a subset for a shorter run
-IMAGE_NAMES = ("pause", "l2lb", "l2lb-announcer", "redis", "dnsmasq", "http")
+ALL_FAULTS = ("a", "b", "c", "d", "d2", "d1")
+# a subset for a shorter run (CI): e.g. L2LB_E2E_FAULTS=a,c,d; "all" (the default) = every fault
+_asked = os.environ.get("L2LB_E2E_FAULTS", "all").strip()
+FAULTS = set(ALL_FAULTS) if _asked in ("", "all") else {f.strip() for f in _asked.split(",") if f.strip()}
+if FAULTS - set(ALL_FAULTS):
+    raise ValueError(f"L2LB_E2E_FAULTS: unknown faults {sorted(FAULTS - set(ALL_FAULTS))}; "
+                     f"known: {','.join(ALL_FAULTS)} or all")
 
 pytestmark = [pytest.mark.e2e]
 
 
-def _images() -> dict[str, Path]:
-    override = os.environ.get("L2LB_E2E_IMAGES")  # {"name": "/path/archive.tar", ...}: these archives instead
-    if override:
-        given = {k: Path(v) for k, v in json.loads(override).items()}
-        missing = [n for n in IMAGE_NAMES if n not in given or not given[n].is_file()]
-        if missing:
-            raise ClusterError(f"L2LB_E2E_IMAGES names no existing archive for {missing}")
-        return {n: given[n] for n in IMAGE_NAMES}
-    from tests.e2e.images import build_all
-
-    built = build_all()
-    missing = [n for n in IMAGE_NAMES if n not in built]
-    if missing:
-        raise ClusterError(f"tests/e2e/images.py built no image for {missing}")
-    return {n: Path(built[n].archive) for n in IMAGE_NAMES}
-
-
-@pytest.fixture(scope="module")
-def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    # tests/e2e/conftest.py deselects e2e tests unless -m names e2e; this guard keeps a plain
-    # `pytest tests/` from starting a cluster should that conftest be absent
-    if "e2e" not in str(request.config.getoption("markexpr", "")) and os.environ.get("L2LB_E2E") != "1":
-        pytest.skip("end-to-end cluster: bash scripts/dev e2e (pytest -m e2e)")
-    if os.geteuid() != 0:
-        pytest.fail("the e2e cluster needs root (namespaces, cgroups, mounts)")
-    sweep_stale()
-    t0 = time.monotonic()
-    c = Cluster(nodes=3)
-    try:
-        with c.timing.step("images"):
-            c.images.update(_images())
-        c.build()
-        t_start = time.monotonic()
-        c.start()
-        c.timing.steps["cluster_start_total"] = round(time.monotonic() - t_start, 2)
-        _install_addons(c)
-        c.timing.steps["setup_total"] = round(time.monotonic() - t0, 2)
-        yield c
-    finally:
-        c.destroy()
-        leftovers = [ns for ns in run(["ip", "netns", "list"]).stdout.split() if ns.startswith(c.prefix)]
-        assert not leftovers, f"namespaces left behind: {leftovers}"
-
-
-def _install_addons(c: Cluster) -> None:
-    """What a cluster has before l2lb: cluster DNS, a default StorageClass with a volume."""
-    pv_dir = c.dir / "pv" / "redis"
-    for k in range(3):
-        (pv_dir / str(k)).mkdir(parents=True, exist_ok=True)
-        (pv_dir / str(k)).chmod(0o777)
-    storage = (E2E / "addons" / "storage.yaml").read_text().replace("@PV_DIR@", str(pv_dir))
-    c.kubectl("apply", "-f", "-", input=storage)
-    c.kubectl("apply", "-f", str(E2E / "addons" / "coredns.yaml"))
-    with c.timing.step("coredns_ready"):
-        c.kubectl("-n", "kube-system", "rollout", "status", "deploy/coredns", "--timeout=240s", timeout=260)
+@pytest.fixture
+def cluster(k8s_cluster: Cluster) -> Iterator[Cluster]:
+    """The session's cluster (tests/e2e/k8s_lab.py), back in its just-started state when a test used it before."""
+    if k8s_cluster.tests_run:
+        took = k8s_lab.reset(k8s_cluster)
+        print(f"\ne2e cluster reset in {took} s", flush=True)
+    k8s_cluster.tests_run += 1
+    yield k8s_cluster
 
 
 def _seed_testnet(tmp: Path) -> Path:
@@ -168,9 +135,12 @@ def _roles(c: Cluster) -> dict[str, list[str]]:
         if node in roles:
             roles[node].append("redis" if len(redis_pods) == 1 else
                                "redis-master" if pod == master else "redis-replica")
-    for p in c.kget("pods", "-n", "pihole")["items"]:  # the DNS/web backend (1 replica): its node's death is the app's
+    for p in c.kget("pods", "-n", "pihole")["items"]:  # the DNS/web backend: a 1-replica one's node death is the app's
         if p["spec"].get("nodeName") in roles:
             roles[p["spec"]["nodeName"]].append("pihole-backend")
+    for p in c.kget("pods", "-n", "kube-system", "-l", "k8s-app=kube-dns")["items"]:  # cluster DNS: the sentinels
+        if p["spec"].get("nodeName") in roles:  # and Redis clients resolve names through it
+            roles[p["spec"]["nodeName"]].append("coredns")
     for lease in ("l2lb-leases", "l2lb-allocator"):
         proc = c.kubectl("-n", "l2lb-system", "get", "lease", lease, "-o", "jsonpath={.spec.holderIdentity}",
                          check=False)
@@ -254,11 +224,12 @@ def check_traffic(c: Cluster, results: dict[str, Any]) -> None:
     assert "enp0s25" in names and "eth0" not in names, links  # (a veth named veth0... contains "eth0")
 
 
-@pytest.mark.timeout(3600)  # cluster start (+ builds when cold), install, four faults with reboots
+@pytest.mark.timeout(3600)  # cluster start (+ builds when cold), install, the faults with reboots
 def test_l2lb_in_a_real_cluster(cluster: Cluster, tmp_path: Path) -> None:
     c = cluster
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"),
-                               "machine": "2-core Firecracker VM, kernel 6.18", "timing": c.timing.steps}
+                               "machine": "2-core Firecracker VM, kernel 6.18", "timing": c.timing.steps,
+                               "harness": c.log, "faults_asked": sorted(FAULTS)}
     # ---- item 3: install as users do
     t_apply = install_l2lb(c, tmp_path)
     # ---- item 4: the first DNS answer through the VIP, then UDP, TCP and HTTP through the VIPs
@@ -266,27 +237,82 @@ def test_l2lb_in_a_real_cluster(cluster: Cluster, tmp_path: Path) -> None:
     results["apply_to_first_dns_answer_s"] = round(time.monotonic() - t_apply, 2)
     assert answer == DNS_ANSWER
     _wait_l2lb_ready(c)
+    _wait_pihole(c, 2)
     check_traffic(c, results)
-    # ---- item 5: failover under four faults
+    # ---- item 5: failover under the faults
     # timed figures: under the machine's shared benchmark lock when L2LB_BENCH_LOCK names it
     wait_s = float(os.environ.get("L2LB_BENCH_LOCK_WAIT", "600"))
-    with bench_lock(os.environ.get("L2LB_BENCH_LOCK"), wait_s=wait_s) as st:
-        results["bench_lock"] = st
-        results["faults"] = _failover(c, tmp_path, st)
-    out = Path(os.environ.get("L2LB_E2E_RESULTS", str(Path.home() / ".cache/l2lb/e2e-k8s-results.json")))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1, default=str))
-    print("\n" + json.dumps({k: v for k, v in results.items() if k != "faults"}, indent=1, default=str))
+    t_faults = time.time()
+    windows: list[dict[str, Any]] = []
+    try:
+        with bench_lock(os.environ.get("L2LB_BENCH_LOCK"), wait_s=wait_s) as st:
+            results["bench_lock"] = st
+            results["faults"] = _failover(c, tmp_path, st, windows)
+    finally:  # every move l2lb made while the faults ran, with its reason: also when a fault failed
+        results["moves"] = _moves(c, t_faults, windows)
+        # sticky: l2lb moves a VIP only because of a fault; never between faults, never back to a node
+        # once its fault healed (announcer back, cable in, node on again)
+        results["unexplained_moves"] = [m for m in results["moves"] if m["during"] is None or m["back_to_healed"]]
+        out = Path(os.environ.get("L2LB_E2E_RESULTS", str(Path.home() / ".cache/l2lb/e2e-k8s-results.json")))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1, default=str))
+    print("\n" + json.dumps({k: v for k, v in results.items() if k not in ("faults", "moves")}, indent=1,
+                            default=str))
     for f in results["faults"]:
         print(FaultResult(**f).line())
+    for m in results["moves"]:
+        print(f"move {m['t_s']:7.1f} s {m['from']} -> {m['to']} ({m['reason']}, gap {m.get('gap_ms')} ms) "
+              f"during {m['during']}")
     # what must hold whatever the placement: a lost announcer pod/container never darkens the VIP
-    # for good, nor does a cut cable of a node that does not run Redis; the rest is reported
+    # for good, nor does a cut cable of a node that does not run Redis (or a cluster DNS server the
+    # Redis clients and sentinels need), nor the death of the announcing node while the other
+    # Pi-hole replica and Redis live on; the rest is reported
+    infra = {"redis", "redis-master", "coredns"}
     for f in results["faults"]:
-        if f["name"] in ("a", "b") or (f["name"] == "c" and not {"redis", "redis-master"} & set(f["roles"])):
+        if f["name"] in ("a", "b") or (f["name"] in ("c", "d") and not infra & set(f["roles"])):
             assert f["udp"]["recovered"] and f["tcp"]["recovered"], f
+    # sticky: l2lb moves a VIP only because of a fault (a node or announcer that went away)
+    assert not results["unexplained_moves"], results["unexplained_moves"]
 
 
-def _failover(c: Cluster, tmp: Path, lock_state: str) -> list[dict[str, Any]]:
+def _wait_pihole(c: Cluster, replicas: int) -> None:
+    c.kubectl("-n", "pihole", "rollout", "status", "deploy/pihole", "--timeout=240s", timeout=260)
+    wait_for(f"{replicas} ready Pi-hole pods", lambda: len([
+        p for p in _pods(c, "pihole", "app=pihole") if p["metadata"].get("deletionTimestamp") is None
+        and any(cd["type"] == "Ready" and cd["status"] == "True" for cd in p["status"].get("conditions", []))
+    ]) == replicas, timeout=240, interval=1)
+
+
+def _moves(c: Cluster, since: float, windows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The DNS VIP's moves since ``since`` (wall clock) as leases recorded them (the cluster view's events in
+    Redis, read through a leases pod's /v1/events), each with the fault whose window it fell in: "<fault>"
+    from its injection until 5 s after it healed, "<fault> healed" from then until all was steady again,
+    None between faults; ``back_to_healed``: it went to the node whose fault had healed."""
+    for p in _pods(c, "l2lb-system", "app.kubernetes.io/component=leases"):
+        if p["status"].get("phase") != "Running":
+            continue
+        proc = c.kubectl("get", "--raw", f"/api/v1/namespaces/l2lb-system/pods/{p['metadata']['name']}:9100/proxy"
+                         "/v1/events?type=move&limit=1000", check=False, timeout=30)
+        if proc.returncode != 0:
+            continue
+        out = []
+        for ev in sorted(json.loads(proc.stdout)["items"], key=lambda e: e["at"]):
+            if ev["ip"] != DNS_VIP or ev["at"] < since:
+                continue
+            w = next((w for w in windows if w["inject"] - 1 <= ev["at"] <= w["steady"]), None)
+            healed = w is not None and ev["at"] > w["heal"] + 5
+            during = None if w is None else w["fault"] + (" healed" if healed else "")
+            out.append({"t_s": round(ev["at"] - since, 1), "from": ev["from"], "to": ev["to"],
+                        "reason": ev["reason"], "gap_ms": ev.get("gap_ms"), "during": during,
+                        "back_to_healed": healed and w is not None and ev["to"] == w["node"]})
+        return out
+    return [{"t_s": 0.0, "from": "", "to": "", "reason": "no leases pod answered /v1/events", "during": "?"}]
+
+
+def _failover(c: Cluster, tmp: Path, lock_state: str, windows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The faults asked for (L2LB_E2E_FAULTS), each measured on the client's DNS traffic. ``windows`` gets
+    each one's fault, node and wall times: injected, healed (announcer back: the end of its measurement;
+    cable in; node powered on), steady (every node Ready, l2lb rolled out, DNS answering)."""
     out: list[dict[str, Any]] = []
 
     def measure(name: str, what: str, pick: Callable[[], Node], act: Callable[[Node], object],
@@ -297,28 +323,47 @@ def _failover(c: Cluster, tmp: Path, lock_state: str) -> list[dict[str, Any]]:
         def inject() -> tuple[str, str]:
             node = pick()  # at the moment of the fault: the VIP may have moved since the last look
             chosen.append(node)
+            windows.append({"fault": name, "node": node.name, "inject": time.time(), "heal": float("inf"),
+                            "steady": float("inf")})
             act(node)
             return node.name, node.mac
 
         r = run_fault(name=name, what=what, roles=roles, client_ns=c.client_ns, observer_ns=c.observer_ns,
                       vip=DNS_VIP, dns_name=DNS_NAME, expect=DNS_ANSWER, inject=inject,
-                      settle=(lambda: undo(chosen[0])) if undo else None, out_dir=tmp,
+                      settle=(lambda: healed(undo, chosen[0])) if undo else None, out_dir=tmp,
                       max_seconds=max_s, min_seconds=min_s)
+        if windows[-1]["heal"] == float("inf"):
+            windows[-1]["heal"] = time.time()  # an announcer pod/container: back by the end of the measurement
         r.notes.append(lock_state)
         print(r.line(), flush=True)
         out.append(r.__dict__)
         return chosen[0]
 
+    def healed(undo: Callable[[Node], object], node: Node) -> None:
+        windows[-1]["heal"] = time.time()
+        undo(node)
+
+    def steady() -> None:  # the end of the current fault's window: everything back, DNS answering
+        wait_for("every node Ready", c._all_nodes_ready, timeout=240, interval=1)
+        _wait_l2lb_ready(c)
+        wait_for("DNS through the VIP", lambda: _dig(c) == DNS_ANSWER, timeout=300, interval=0.5)
+        windows[-1]["steady"] = time.time()
+
     def announcer_pod(node: Node) -> dict[str, Any]:
         return next(p for p in _pods(c, "l2lb-system", "app.kubernetes.io/component=announcer")
                     if p["spec"]["nodeName"] == node.name)
 
-    def back_to_steady() -> None:
-        _wait_l2lb_ready(c)
-        wait_for("DNS through the VIP", lambda: _dig(c) == DNS_ANSWER, timeout=300, interval=0.5)
-
     def announcing() -> Node:
         return _announcer_node(c)
+
+    def death(name: str, what: str, pick: Callable[[], Node]) -> None:
+        node = measure(name, what, pick, c.kill_node, None, DEATH_WINDOW_S, DEATH_WINDOW_S - 5)
+        t0 = time.monotonic()
+        windows[-1]["heal"] = time.time()
+        c.restart_node(node)
+        steady()
+        out[-1]["notes"].append(f"node powered on again: Ready + l2lb rolled out + DNS answers "
+                                f"{time.monotonic() - t0:.1f} s later")
 
     # (a) the announcer pod is deleted (kubectl delete pod: SIGTERM, 5 s grace; the DaemonSet recreates it)
     if "a" in FAULTS:
@@ -326,43 +371,45 @@ def _failover(c: Cluster, tmp: Path, lock_state: str) -> list[dict[str, Any]]:
         measure("a", "announcer pod deleted", announcing,
                 lambda n: c.kubectl("-n", "l2lb-system", "delete", "pod", announcer_pod(n)["metadata"]["name"],
                                     "--wait=false"), None, 45)
-        back_to_steady()
-    # (b) the announcer container is SIGKILLed (kubelet restarts it)
+        steady()
 
+    # (b) the announcer container is SIGKILLed (kubelet restarts it)
     def sigkill(n: Node) -> None:
         cid = announcer_pod(n)["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
         c.node_exec(n, ["ctr", "-n", "k8s.io", "task", "kill", "-s", "SIGKILL", cid])
     if "b" in FAULTS:
         _announcer_node(c, stable_s=STABLE_S)
         measure("b", "announcer container SIGKILLed", announcing, sigkill, None, 45)
-        back_to_steady()
+        steady()
     # (c) the announcing node's link goes down (cable out; kubelet and pods keep running), back after
     if "c" in FAULTS:
         _announcer_node(c, stable_s=STABLE_S)
         measure("c", "announcing node's link down", announcing, lambda n: c.cable(n, False),
                 lambda n: c.cable(n, True), 40)
-        wait_for("every node Ready again", c._all_nodes_ready, timeout=180, interval=1)
-        back_to_steady()
-    # (d) whole node death: the announcing node (with whatever else it runs), then the node running
-    # Redis if that was another one; each node is powered on again after its window
-    killed: set[str] = set()
-    for name in ("d", "d2"):
-        if name not in FAULTS:
-            continue
-        if name == "d":
+        steady()
+    # (d) whole node death of the announcing node (with whatever else it runs); the Pi-hole has 2
+    # replicas on two nodes, so the DNS service itself survives: what the client loses is l2lb's part
+    # (plus kube-proxy's: until the node is NotReady, ~50 s, Services still send some queries to the
+    # dead node's replica)
+    if "d" in FAULTS:
+        _announcer_node(c, stable_s=STABLE_S)
+        death("d", "whole node dies (announcing node)", announcing)
+    # (d2) the Redis master's node dies (when it is another node than the one (d) killed)
+    if "d2" in FAULTS:
+        redis = next((n for n, r in _roles(c).items() if "redis" in r or "redis-master" in r), None)
+        if redis is not None:
             _announcer_node(c, stable_s=STABLE_S)
-            pick, what = announcing, "whole node dies (announcing node)"
-        else:
-            redis = next((n for n, r in _roles(c).items() if "redis" in r or "redis-master" in r), None)
-            if redis is None or redis in killed:
-                break
-            pick, what = (lambda redis=redis: _node_of(c, redis)), "whole node dies (Redis master's node)"
-        node = measure(name, what, pick, c.kill_node, None, DEATH_WINDOW_S, DEATH_WINDOW_S - 5)
-        killed.add(node.name)
-        t0 = time.monotonic()
-        c.restart_node(node)
-        wait_for("every node Ready", c._all_nodes_ready, timeout=240, interval=1)
-        back_to_steady()
-        back = time.monotonic() - t0
-        out[-1]["notes"].append(f"node powered on again: Ready + l2lb rolled out + DNS answers {back:.1f} s later")
+            death("d2", "whole node dies (Redis master's node)", lambda: _node_of(c, redis))
+    # (d1) the 1-replica reality: one Pi-hole pod (a homelab's usual), its node dies. l2lb moves the
+    # VIP, but the only backend is gone until Kubernetes evicts and reschedules it (~5 min): reported,
+    # not asserted. The Pi-hole goes back to 2 replicas afterwards.
+    if "d1" in FAULTS:
+        c.kubectl("-n", "pihole", "scale", "deploy/pihole", "--replicas=1")
+        _wait_pihole(c, 1)
+        (pod,) = [p for p in _pods(c, "pihole", "app=pihole") if p["metadata"].get("deletionTimestamp") is None]
+        _announcer_node(c, stable_s=STABLE_S)
+        death("d1", "whole node dies (the only Pi-hole pod's, 1 replica)",
+              lambda: _node_of(c, pod["spec"]["nodeName"]))
+        c.kubectl("-n", "pihole", "scale", "deploy/pihole", "--replicas=2")
+        _wait_pihole(c, 2)
     return out
