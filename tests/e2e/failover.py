@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -36,7 +37,11 @@ def outage(records: Sequence[Sequence[Any]], fault_at: float) -> dict[str, Any]:
       the fault (or that are still open at the end: then ``recovered`` is False);
     * ``recovered_ms``: from the fault to the first answer that ends that gap;
     * ``lost``: queries sent from 1 s before the fault on that got no good answer in time;
-    * ``errors``: those queries' errors by kind.
+    * ``errors``: those queries' errors by kind;
+    * ``first_outage_ms``: the gap around the first lost query (from the last answer before it was sent
+      to the first answer after that; None when nothing was lost or it never ended) -- when a VIP moves,
+      the failover itself; ``lost_later``: queries lost after that gap ended (e.g. a Service still
+      sending some queries to a dead node's backend until Kubernetes marks it NotReady).
     """
     answers = sorted(r[1] for r in records if r[1] is not None)
     sent_after = [r for r in records if r[0] >= fault_at - 1.0]
@@ -60,9 +65,20 @@ def outage(records: Sequence[Sequence[Any]], fault_at: float) -> dict[str, Any]:
     recovered = True
     if open_gap > best_gap and open_gap > 1.5:  # answers stopped and never came back
         best_gap, best_end, recovered = open_gap, None, False
+    lost_sent = sorted(r[0] for r in sent_after if r[1] is None)
+    first_outage, lost_later = None, 0
+    if lost_sent:
+        t_lost = lost_sent[0]
+        start = max((t for t in answers if t <= t_lost), default=fault_at)
+        end = next((t for t in answers if t > t_lost), None)
+        if end is not None:
+            first_outage = round((end - start) * 1000, 1)
+            lost_later = sum(1 for t in lost_sent if t > end)
     return {
         "queries": len(records),
         "answered": len(answers),
+        "first_outage_ms": first_outage,
+        "lost_later": lost_later,
         "lost": sum(errors.values()),
         "errors": errors,
         "outage_ms": round(best_gap * 1000, 1),
@@ -128,7 +144,9 @@ class FaultResult:
     def line(self) -> str:
         def proto(d: dict[str, Any]) -> str:
             rec = f"{d['recovered_ms']:.0f}" if d["recovered_ms"] is not None else "never"
-            return f"outage {d['outage_ms']:8.0f} ms lost {d['lost']:5d} back at {rec:>6} ms"
+            first = "-" if d.get("first_outage_ms") is None else f"{d['first_outage_ms']:.0f}"
+            return (f"outage {d['outage_ms']:8.0f} ms (first {first:>6} ms) lost {d['lost']:5d} "
+                    f"(later {d.get('lost_later', 0)}) back at {rec:>6} ms")
         a = self.arp
         return (f"{self.name:<3} {self.what:<36} {self.node:<6} UDP {proto(self.udp)} | TCP {proto(self.tcp)} | "
                 f"ARP: new MAC at {a.get('first_new_answer_ms')} ms, no answer for {a.get('silent_ms')} ms, "
@@ -263,6 +281,10 @@ def _answers_flowing(client_ns: str, vip: str, dns_name: str, fault_at: float, q
 def bench_lock(path: str | None, *, wait_s: float = 600.0) -> Iterator[str]:
     """Hold the machine's shared benchmark lock (flock) while measuring, when a path is given;
     waits at most ``wait_s`` (then measures anyway). Yields what happened, for the results."""
+    held_by_caller = os.environ.get("L2LB_BENCH_LOCK_HELD")
+    if held_by_caller:  # e.g. bench/k8s/failover.sh runs the whole test under flock
+        yield f"held {held_by_caller} (by the caller, for the whole run)"
+        return
     if not path:
         yield "no lock asked (L2LB_BENCH_LOCK unset)"
         return

@@ -52,3 +52,15 @@ def test_arp_summary_counts_a_silence_that_lasts_to_the_end() -> None:
     tl.answers += [Answer(t / 100, "bb", "reply") for t in range(300, 500)]  # a new node from 3.0 s on
     s = arp_summary(tl, "aa", fault_at=1.0, end=5.0)
     assert s["silent_ms"] == pytest.approx(1980, abs=2) and s["answered_at_end"] is True
+
+
+def test_first_outage_apart_from_later_losses() -> None:
+    """A 300 ms failover, then every other query lost (a Service still balancing to a dead backend)."""
+    recs = [[t / 100, t / 100 + 0.002, None] for t in range(0, 100)]
+    recs += [[t / 100, None, "timeout"] for t in range(100, 130)]  # the VIP moves: nothing answers
+    recs += [[t / 100, t / 100 + 0.002, None] if t % 2 else [t / 100, None, "timeout"] for t in range(130, 300)]
+    o = outage(recs, fault_at=1.0)
+    assert o["first_outage_ms"] == pytest.approx(320, abs=1)  # last answer 0.992 .. first again 1.312
+    assert o["lost_later"] == 84 and o["lost"] == 30 + 85
+    recs = [[t / 100, t / 100 + 0.002, None] for t in range(200)]
+    assert outage(recs, fault_at=1.0)["first_outage_ms"] is None  # nothing lost: no outage to speak of
