@@ -7,7 +7,7 @@
 # ${XDG_CACHE_HOME:-$HOME/.cache}/l2lb/NAME-<version of MODULE in go.mod>-<sha256(go.mod go.sum *.go)[:16]>
 # (tests/e2e/cluster.py computes the same name). --path: only print where it is/would be.
 # A failed build leaves its output in .../l2lb/NAME-build.log. Gentle on a shared 2-core machine:
-# nice 15, GOMAXPROCS=1, go build -p 1; a flock per NAME serialises concurrent builds; the three
+# nice 15, GOMAXPROCS=1, go build -p 1 (L2LB_GO_NICE, L2LB_GO_JOBS change them); a flock per NAME serialises concurrent builds; the three
 # newest builds of NAME are kept. Used by kube-cluster/build.sh and coredns/build.sh.
 set -euo pipefail
 dir=$(cd "$1" && pwd); name=$2; module=$3; mode=${4:-}
@@ -44,8 +44,8 @@ echo "go-cached-build: building $name ($module $version from the Go module proxy
 start=$(date +%s)
 tmp="$bin.tmp.$$"
 set +e
-GOTOOLCHAIN=local GOFLAGS=-mod=mod GOMAXPROCS=1 CGO_ENABLED=0 \
-  nice -n 15 go build -p 1 -trimpath -ldflags="$ldflags" -o "$tmp" . >"$log" 2>&1
+GOTOOLCHAIN=local GOFLAGS=-mod=mod GOMAXPROCS="${L2LB_GO_JOBS:-1}" CGO_ENABLED=0 \
+  nice -n "${L2LB_GO_NICE:-15}" go build -p "${L2LB_GO_JOBS:-1}" -trimpath -ldflags="$ldflags" -o "$tmp" . >"$log" 2>&1
 rc=$?
 set -e
 end=$(date +%s)

@@ -8,7 +8,8 @@
 #
 # Cached as ${XDG_CACHE_HOME:-$HOME/.cache}/l2lb/docker-compose-<version>-<hash> (hash of go.mod,
 # go.sum, tools.go and this script); a failed build leaves its log in .../docker-compose-build.log.
-# Gentle on a shared 2-core machine: nice, GOMAXPROCS=1, go build -p 1.
+# Gentle on a shared 2-core machine: nice, GOMAXPROCS=1, go build -p 1; L2LB_GO_JOBS (default 1) and
+# L2LB_GO_NICE (default 15) change that (.ci/run: 2 jobs, not niced).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
@@ -37,8 +38,8 @@ echo "build.sh: building docker compose $version (Go module proxy) -> $bin" >&2
 start=$(date +%s)
 tmp="$bin.tmp.$$"
 set +e
-GOTOOLCHAIN=local GOFLAGS=-mod=mod GOMAXPROCS=1 CGO_ENABLED=0 \
-  nice -n 15 go build -p 1 -trimpath \
+GOTOOLCHAIN=local GOFLAGS=-mod=mod GOMAXPROCS="${L2LB_GO_JOBS:-1}" CGO_ENABLED=0 \
+  nice -n "${L2LB_GO_NICE:-15}" go build -p "${L2LB_GO_JOBS:-1}" -trimpath \
   -ldflags="-s -w -X github.com/docker/compose/v5/internal.Version=$version" \
   -o "$tmp" github.com/docker/compose/v5/cmd >"$log" 2>&1
 rc=$?

@@ -7,7 +7,8 @@
 # The binary is cached as ${XDG_CACHE_HOME:-$HOME/.cache}/l2lb/kube-apiserver-<k8s version>-<hash>,
 # the hash covering go.mod, go.sum and main.go (tests/support/kube_real.py computes the same name).
 # A failed build leaves its output in .../l2lb/kube-apiserver-build.log (the fixture shows it).
-# Gentle on a shared 2-core machine: nice, GOMAXPROCS=1, go build -p 1.
+# Gentle on a shared 2-core machine: nice, GOMAXPROCS=1, go build -p 1; L2LB_GO_JOBS (default 1) and
+# L2LB_GO_NICE (default 15) change that (.ci/run: 2 jobs, not niced).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
@@ -39,8 +40,8 @@ echo "build.sh: building kube-apiserver $version (k8s.io/kubernetes from the Go 
 start=$(date +%s)
 tmp="$bin.tmp.$$"
 set +e
-GOTOOLCHAIN=local GOFLAGS=-mod=mod GOMAXPROCS=1 CGO_ENABLED=0 \
-  nice -n 15 go build -p 1 -trimpath -ldflags="$ldflags" -o "$tmp" . >"$log" 2>&1
+GOTOOLCHAIN=local GOFLAGS=-mod=mod GOMAXPROCS="${L2LB_GO_JOBS:-1}" CGO_ENABLED=0 \
+  nice -n "${L2LB_GO_NICE:-15}" go build -p "${L2LB_GO_JOBS:-1}" -trimpath -ldflags="$ldflags" -o "$tmp" . >"$log" 2>&1
 rc=$?
 set -e
 end=$(date +%s)

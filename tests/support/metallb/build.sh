@@ -11,7 +11,8 @@
 #                         (applied at run time; never committed here)
 #   build.json            version, build seconds, sizes
 # <hash> covers go.mod and go.sum (tests/support/metallb/harness.py computes the same name).
-# Gentle on a shared 2-core machine: nice 15, GOMAXPROCS=1, go build -p 1, one build at a time (flock).
+# Gentle on a shared 2-core machine: nice 15, GOMAXPROCS=1, go build -p 1, one build at a time (flock);
+# L2LB_GO_JOBS (default 1) and L2LB_GO_NICE (default 15) change that (.ci/run: 2 jobs, not niced).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
@@ -39,13 +40,13 @@ echo "build.sh: building MetalLB $version (go.universe.tf/metallb from the Go mo
 tmp="$out.tmp.$$"
 rm -rf "$tmp"
 mkdir -p "$tmp/crds"
-export GOTOOLCHAIN=local GOFLAGS=-mod=mod GOMAXPROCS=1 CGO_ENABLED=0
+export GOTOOLCHAIN=local GOFLAGS=-mod=mod GOMAXPROCS="${L2LB_GO_JOBS:-1}" CGO_ENABLED=0
 start=$(date +%s)
 : >"$log"
 rc=0
 for prog in speaker controller; do
   ldflags="-s -w"
-  if ! nice -n 15 go build -p 1 -trimpath -ldflags="$ldflags" -o "$tmp/$prog" "go.universe.tf/metallb/$prog" >>"$log" 2>&1; then
+  if ! nice -n "${L2LB_GO_NICE:-15}" go build -p "${L2LB_GO_JOBS:-1}" -trimpath -ldflags="$ldflags" -o "$tmp/$prog" "go.universe.tf/metallb/$prog" >>"$log" 2>&1; then
     rc=1
     break
   fi
