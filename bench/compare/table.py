@@ -106,6 +106,8 @@ def detail(r: dict[str, Any]) -> list[str]:
                 w = (x.get("idle") or {}).get(str(n))
                 if w:
                     out.append(f"| {n} | {x['label']} | {load(w.get('load'))} |")
+    if not scales and not r.get("cilium") and not any("churn" in x for _s, x in systems):
+        return out
     out += ["", "Kubernetes API requests (the real kube-apiserver's audit log): at rest (the 60 s idle window), "
             "absorbing a scale-up (from its start until 10 s without a request, Lease renewals aside), under churn", "",
             "| window | system | requests | req/s | by user | by kind (top 5) |", "|---|---|---|---|---|---|"]
@@ -183,8 +185,8 @@ def main(path: str, with_detail: bool = False) -> int:
             f"| idle cost, {n} Services, 60 s at rest: per node / control plane (CPU % of a core, RSS) | "
             f"announcer {cost(a['per_node'])} / allocator+leases+redis {cost(a['control_plane'])} | {ml}: speaker "
             f"{cost(b['per_node'])} / controller {cost(b['control_plane'])} "
-            f"(per node CPU {ratio(b['per_node']['cpu_pct'], a['per_node']['cpu_pct'])}, "
-            f"RSS {ratio(b['per_node']['rss_mib'], a['per_node']['rss_mib'])} of l2lb's) |")
+            f"(l2lb per node: {ratio(a['per_node']['cpu_pct'], b['per_node']['cpu_pct'])} the CPU, "
+            f"{ratio(a['per_node']['rss_mib'], b['per_node']['rss_mib'])} the RSS) |")
     cil = {(x.get("services"), x.get("mode")): x for x in r.get("cilium", []) if "skipped" not in x}
     for n in ("3", "100", "1000"):
         a, b = (l2.get("idle") or {}).get(n), (m.get("idle") or {}).get(n)
