@@ -46,7 +46,8 @@ async def test_dashboard_shows_seed_services_and_follows_a_failover(bus: Bus, se
     pihole = [r for r in rows if r["ip"] == PIHOLE_IP]
     assert {r["key"] for r in pihole} == {"pihole/pihole-dns-tcp", "pihole/pihole-dns-udp"}
     assert all(r["node"] == "node-a" for r in pihole)
-    # pools as bars, nodes listed, live feed connected
+    # pools as bars, nodes listed, live feed connected (the pools part may render after the services)
+    await browser.wait_for(sid, "document.querySelector('.pool .bar > div') !== null")
     width = await browser.evaluate(sid, "document.querySelector('.pool .bar > div').style.width")
     assert width == f"{100 * 2 / 126:.1f}%"
     await browser.wait_for(sid, "document.querySelectorAll('#nodes tbody tr').length === 2")

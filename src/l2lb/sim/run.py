@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from l2lb.sim import scenarios
 from l2lb.sim.faults import KINDS, Fault, generate, shrink
@@ -58,7 +58,7 @@ def _parse_kinds(text: str | None) -> dict[str, float] | None:
 
 def _config(args: argparse.Namespace) -> WorldConfig:
     return WorldConfig(nodes=args.nodes, services=args.services, redis_ha=not args.single_redis,
-                       elide=not args.no_elide)
+                       elide=not args.no_elide, peers=not args.no_peers)
 
 
 def _reproducer(args: argparse.Namespace, seed: int, faults: Sequence[Fault]) -> str:
@@ -68,6 +68,8 @@ def _reproducer(args: argparse.Namespace, seed: int, faults: Sequence[Fault]) ->
         flags += " --single-redis"
     if args.no_elide:
         flags += " --no-elide"
+    if args.no_peers:
+        flags += " --no-peers"
     return f"l2lb sim --seed {seed} {flags} --faults-json '{spec}' --trace"
 
 
@@ -88,7 +90,7 @@ def run_scenarios(args: argparse.Namespace) -> int:
         seed = args.seed if args.seed is not None else 1
         faults = scenarios.schedule(sc, seed, args.rounds)
         minutes = (faults[-1].t + sc.period) / 60.0
-        out = run_seed(seed, sc.cfg, faults, minutes)
+        out = run_seed(seed, replace(sc.cfg, peers=not args.no_peers), faults, minutes)
         rep = out.report
         worst: list[float] = []
         skipped = {line.split("t=")[2].split()[0] for line in out.trace if " SKIPPED " in line}
@@ -117,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nodes", type=int, default=5)
     ap.add_argument("--services", type=int, default=4)
     ap.add_argument("--single-redis", action="store_true", help="one Redis (no replicas, no Sentinel)")
+    ap.add_argument("--no-peers", action="store_true",
+                    help="announcers without LAN peer heartbeats (no freeze, no takeovers): the behaviour before them")
     ap.add_argument("--no-elide", action="store_true", help="simulate steady stretches too (slower)")
     ap.add_argument("--faults-json", help="replay this schedule (a JSON list of faults, as a reproducer prints)")
     ap.add_argument("--no-shrink", action="store_true", help="do not shrink failing schedules")

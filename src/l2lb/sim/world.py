@@ -70,6 +70,7 @@ class WorldConfig:
     dual_allowed: float = 1.0
     elide: bool = True  # skip steady stretches between faults (see Kernel.elide); False: simulate every ms
     steady_for: float = 6.0  # how long nothing may have changed before a stretch counts as steady
+    peers: bool = True  # the announcers' LAN peer heartbeats (freeze, takeovers); False: the behaviour before them
 
     def node_names(self) -> list[str]:
         return [f"n{i + 1}" for i in range(self.nodes)]
@@ -121,7 +122,8 @@ class AnnouncerShell:
         inst = f"{self.node}-{p.incarnation}"
         cfg = w.cfg
         self.machine = am.AnnouncerMachine(am.MachineConfig(
-            node=self.node, instance=inst, heartbeat_interval_ms=cfg.heartbeat_ms), now=p.mono())
+            node=self.node, instance=inst, heartbeat_interval_ms=cfg.heartbeat_ms,
+            peers=cfg.peers, peer_key=b"sim-peer-key-0123456789" if cfg.peers else None), now=p.mono())
         self.answering = {}
         self._feed(am.LinksChanged(self._links(), p.mono()))
         w.redis.subscribe(p, S_ASSIGN, f"announcer:{self.node}", self._on_entry,
@@ -131,6 +133,11 @@ class AnnouncerShell:
     def _links(self) -> tuple[am.LinkState, ...]:
         return (am.LinkState(LAN_IF, 2, self.mac, self.w.lan.link_up[self.node], True,
                              (f"203.0.113.{self.index}",)),)
+
+    def peer_frame(self, frame: bytes) -> None:
+        """A peer's LAN heartbeat reached this node (the kernel's receive time: now)."""
+        p = self.proc
+        self._feed(am.PeerFrameReceived(LAN_IF, frame, p.mono(), _wall(p)))
 
     def link_changed(self) -> None:
         if self.proc.alive:
@@ -192,6 +199,8 @@ class AnnouncerShell:
                                                         reason=c.reason))
         elif isinstance(c, am.SendFrames):
             self.garps += len(c.frames)
+        elif isinstance(c, am.SendPeerFrame):
+            w.peer_frame(self.node, c.frame)
         elif isinstance(c, am.ReportConflict):
             w.counters["conflicts_reported"] += 1
 
@@ -522,6 +531,20 @@ class World:
             return False
         return all((st := o.vips.get(ip)) is not None and len(st.visible) == 1 and st.dark_since is None
                    for ip in o.assigned)
+
+    def peer_frame(self, src: str, frame: bytes) -> None:
+        """Multicast on the LAN: every other node's announcer the segment reaches, after the link delay
+        (loss and duplication of an active message fault apply; a paused receiver reads it on SIGCONT)."""
+        self.counters["peer_frames"] += 1
+        for node, a in self.announcers.items():
+            if node == src or not a.proc.alive:
+                continue
+            d = self.lan.delay(src, node)
+            if d is None:
+                continue
+            a.proc.deliver(lambda a=a: a.peer_frame(frame), d)  # type: ignore[misc]
+            if self.lan.faulty and self.lan.duplicated(src, node):
+                a.proc.deliver(lambda a=a: a.peer_frame(frame), d * 2)  # type: ignore[misc]
 
     def check_sticky(self, node: str, ips: tuple[str, ...]) -> None:
         """The election is sticky: a VIP stays where it is while its node is healthy. A move away from a
