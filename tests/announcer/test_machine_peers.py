@@ -64,6 +64,8 @@ class World:
         self.redis = True
         self.peers: dict[str, int] = {}  # node -> flags, for the peers that send
         self.claims: dict[str, tuple[tuple[str, int], ...]] = {}
+        self.held: dict[str, int] = {}  # node -> VIPs it says it answers for
+        self.instance: dict[str, str] = {}
         self.cmds: list[tuple[float, Command]] = []
 
     def feed(self, ev: object) -> list[Command]:
@@ -79,7 +81,8 @@ class World:
             step = round(self.t * 100)
             if step % 10 == 0:
                 for node, flags in self.peers.items():
-                    self.feed(peer(node, self.t, flags=flags, claims=self.claims.get(node, ())))
+                    self.feed(peer(node, self.t, flags=flags, claims=self.claims.get(node, ()),
+                                   held=self.held.get(node, 0), instance=self.instance.get(node, "i-1")))
             if step % 5 == 0:
                 for c in self.feed(tick(self.t)):
                     if c.__class__.__name__ == "PublishHeartbeat":
@@ -261,6 +264,50 @@ def test_no_takeover_unless_every_condition_holds(breaker: str) -> None:
         for k in range(30):
             w.feed(renew(10 + k, vips((V4, 5)), 2.0 + k * 0.1))
             w.run(2.0 + (k + 1) * 0.1)
+    w.run(5.0)
+    assert [c for _, c in w.started()][1:] == []
+
+
+@pytest.mark.parametrize("cp_back", [False, True])
+def test_a_holder_that_restarted_without_its_set_is_taken_over_from(cp_back: bool) -> None:
+    """The holder's node blinks (or its pod is recreated) while leases is dead: its new instance is heard at
+    once but answers for nothing, so its VIPs are dark until the control plane returns (simulator seed 11:
+    6.1 s). Heard serving nothing since it was last heard serving counts as silence for its VIPs; a control
+    plane that reaches us again leaves the decision to it."""
+    w = World(pm())
+    w.peers, w.held = {"n2": UP, "n3": UP}, {"n2": 1}
+    sb = (StandbyVip(V4B, "n2", 1, 7, ("eth0",), ("ns/web",)),)
+    w.feed(assign(1, vips((V4, 5)), 0.0, members=MEMBERS, standby=sb))
+    w.run(0.5)
+    w.redis = False
+    w.peers = {"n2": DOWN, "n3": DOWN}
+    w.run(2.0)
+    assert not w.started()[1:]  # n2 is heard answering for its VIP: nothing to take over
+    w.held["n2"], w.instance["n2"] = 0, "i-2"  # restarted at 2.0, without its set
+    if cp_back:
+        w.redis = True
+        for k in range(30):
+            w.feed(renew(10 + k, vips((V4, 5)), 2.0 + k * 0.1))
+            w.run(2.0 + (k + 1) * 0.1)
+        assert [c for _, c in w.started()][1:] == []
+        return
+    w.run(2.6)
+    t, start = w.started()[-1]
+    assert start == StartAnswering(((V4B, 7),)) and 2.3 <= t <= 2.36
+
+
+@pytest.mark.parametrize("case", ["never_heard_serving", "same_instance_serves_nothing"])
+def test_a_holder_heard_serving_nothing_is_not_taken_over_from_unless_it_restarted(case: str) -> None:
+    """A peer heard answering for nothing since we started may simply be starting; the same instance that
+    stopped answering had its VIPs moved by the control plane (our standby list may be older than that):
+    neither is taken over from."""
+    w = _successor()
+    if case == "same_instance_serves_nothing":
+        w.held["n2"] = 1
+        w.run(2.5)
+        w.held["n2"] = 0
+    else:
+        w.instance["n2"] = "i-2"
     w.run(5.0)
     assert [c for _, c in w.started()][1:] == []
 

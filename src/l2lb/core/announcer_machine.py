@@ -416,6 +416,10 @@ class AnnouncerMachine:
         self._peer_counter = 0
         self._held_digest_of: tuple[dict[str, int] | None, bytes] = (None, b"")
         self._gone: set[str] = set()  # peers that said they were stopping (silent at once)
+        # when each peer (which instance of it) was last heard answering for at least one VIP: a holder that
+        # restarted (node blip, pod recreated) is heard again at once but serves nothing until the control plane
+        # gives it its set
+        self._serving_heard: dict[str, tuple[str, float]] = {}
         # every live claim heard (vip -> node, epoch, when): a peer's claims span several frames (pages of
         # peers.MAX_CLAIMS), PeerView keeps only its last frame
         self._peer_claims: dict[str, tuple[str, int, float]] = {}
@@ -839,7 +843,16 @@ class AnnouncerMachine:
         at = self.peers.heard_at(node)
         if at is None:
             return float("inf") if node in self._gone else 0.0
-        return now - at
+        quiet = now - at
+        frame = self.peers.heard[node].frame
+        served = self._serving_heard.get(node)
+        if frame.held_count == 0 and served is not None and served[0] != frame.instance:
+            # a new instance answering for nothing (restarted without its set) since the old one was last heard
+            # serving: as silent as a dead one for its VIPs. The same instance serving nothing had its VIPs
+            # moved by the control plane (our standby list may be stale): not silent. One never heard serving
+            # is never taken over from (it may be starting).
+            quiet = max(quiet, now - served[1])
+        return quiet
 
     def _maybe_take_over(self, now: float, out: list[Command]) -> None:
         """A successor takes a VIP over when its holder (and every successor ranked before it, which would
@@ -930,6 +943,8 @@ class AnnouncerMachine:
             self._gone.add(f.node)
         else:
             self._gone.discard(f.node)
+            if f.held_count > 0:
+                self._serving_heard[f.node] = (f.instance, ev.now)
         for ip, epoch in f.claims:
             cur = self._peer_claims.get(ip)
             if cur is None or epoch >= cur[1] or ev.now - cur[2] > self.config.peer_timeout_ms / 1000.0:
