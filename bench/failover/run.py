@@ -31,6 +31,9 @@ of every process of the node at one instant), per scenario = what the dying node
     sudo python bench/failover/run.py --colocated --redis-ha --rounds 10      # Redis + Sentinel on 3 nodes
     sudo python bench/failover/run.py --colocated --placement ctl --rounds 3 \
         --scenarios redis-kill,redis-stop,redis-restart [--no-persistence]    # Redis outages, classic lab
+
+``--baseline no-peers [--baseline-rounds N]`` runs the same scenarios again with announcers started with
+``--no-peers`` (no LAN heartbeats: no freeze while Redis is down, no succession) and prints both side by side.
 """
 
 from __future__ import annotations
@@ -267,25 +270,50 @@ async def run_colocated(a: argparse.Namespace) -> int:
         print(f"bench/failover: unknown scenario(s) {unknown}; known: "
               f"{', '.join((*nodedeath.SCENARIOS, *nodedeath.REDIS_FAULTS))}", file=sys.stderr)
         return 2
-    workdir = Path(tempfile.mkdtemp(prefix="l2lb-bench-nodes-"))
-    netns.sweep(a.prefix)
-    res = await nodedeath.run(a, workdir, Progress())
+    # l2lb as configured first, then the baseline (the same lab, announcers with --no-peers: the failover
+    # rules before the LAN peer heartbeats) with its own number of rounds
+    variants: list[tuple[str, argparse.Namespace]] = [("no-peers" if a.no_peers else "l2lb", a)]
+    if a.baseline == "no-peers" and not a.no_peers:
+        base = argparse.Namespace(**vars(a))
+        base.no_peers = True
+        base.rounds = a.baseline_rounds if a.baseline_rounds is not None else a.rounds
+        base.json = f"{a.json}.baseline-partial" if a.json else None
+        variants.append(("no-peers", base))
+    runs: dict[str, dict[str, Any]] = {}
+    for name, args in variants:
+        workdir = Path(tempfile.mkdtemp(prefix="l2lb-bench-nodes-"))
+        netns.sweep(a.prefix)
+        print(f"== {name}: announcers {'without' if args.no_peers else 'with'} LAN peer heartbeats, "
+              f"{args.rounds} rounds per scenario", flush=True)
+        runs[name] = await nodedeath.run(args, workdir, Progress())
+        if a.json:  # what is measured so far survives an interrupted baseline
+            Path(a.json).write_text(nodedeath.dumps(runs[name] if len(variants) == 1 else {"variants": runs}))
+    res = runs[variants[0][0]]
     print()
     print(f"{a.nodes} nodes, placement {res['placement']}, leader election {res['leader_election']}, "
           f"Redis persistence {'on' if res['persistence'] else 'off'}, "
-          f"ARP probe every {a.probe_ms:.0f} ms, {a.services} + 2 Services; node down at most {a.max_down_s:.0f} s")
-    if res.get("cost_at_rest"):
-        c = res["cost_at_rest"]
-        print(f"cost at rest over {c['seconds']} s: Kubernetes API {c['api_requests_per_s']} req/s; " + "; ".join(
-            f"{k} x{v['processes']}: CPU {v['cpu_pct']:.1f} %, RSS {v['rss_mib']:.0f} MiB"
-            for k, v in sorted(c["components"].items())))
-    if res["results"]:
+          f"ARP probe every {a.probe_ms:.0f} ms, {a.services} + 2 Services; node down at most {a.max_down_s:.0f} s"
+          + (f"; Redis down {a.redis_down_s:.0f} s, restart gap {a.restart_gap_s:.1f} s"
+             if any(s in nodedeath.REDIS_FAULTS for s in a.scenarios) else ""))
+    for name, r in runs.items():
+        if r.get("cost_at_rest"):
+            c = r["cost_at_rest"]
+            print(f"cost at rest ({name}) over {c['seconds']} s: Kubernetes API {c['api_requests_per_s']} req/s; "
+                  + "; ".join(f"{k} x{v['processes']}: CPU {v['cpu_pct']:.1f} %, RSS {v['rss_mib']:.0f} MiB"
+                              for k, v in sorted(c["components"].items())))
+    if len(runs) > 1:
+        print(nodedeath.compare_table({name: r["results"] for name, r in runs.items()}))
+    elif res["results"]:
         print(nodedeath.table(res["results"]))
-    for n in res["notes"]:
-        print(f"note: {n}")
+    for name, r in runs.items():
+        for n in r["notes"]:
+            print(f"note ({name}): {n}")
     if a.json:
-        Path(a.json).write_text(nodedeath.dumps(res))
-    return 0 if not res["cleanup"]["leftover_namespaces"] else 1
+        Path(a.json).write_text(nodedeath.dumps(res if len(runs) == 1 else {"variants": runs}))
+        for _name, args in variants[1:]:
+            if args.json:
+                Path(args.json).unlink(missing_ok=True)
+    return 0 if not any(r["cleanup"]["leftover_namespaces"] for r in runs.values()) else 1
 
 
 async def main_async(a: argparse.Namespace) -> int:
@@ -397,6 +425,12 @@ def main() -> int:
     g.add_argument("--cost-s", type=float, default=0.0,
                    help="first measure the cost at rest (CPU, RSS per component, API requests/s) over this many s")
     g.add_argument("--seed", type=int, default=1)
+    g.add_argument("--no-peers", action="store_true",
+                   help="announcers without LAN peer heartbeats (the rules before them: no freeze, no succession)")
+    g.add_argument("--baseline", choices=("no-peers", "none"), default="none",
+                   help="no-peers: after l2lb's rounds, run the same scenarios with --no-peers announcers and print "
+                        "both side by side")
+    g.add_argument("--baseline-rounds", type=int, help="rounds per scenario of the baseline (default: --rounds)")
     a = p.parse_args()
     if a.quick:
         a.rounds, a.cilium_kills = 3, 1

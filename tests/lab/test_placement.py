@@ -9,6 +9,7 @@ import pytest
 
 from l2lb.lab.nodedeath import (
     Bench,
+    compare_table,
     first_ok_after,
     summarize,
     takeover_s,
@@ -124,6 +125,30 @@ def test_summary_over_rounds() -> None:
     assert s["rounds_ended_by_return"] == 1 and s["lost_allocations"] == 1 and s["failed_to_converge"] == 1
     assert s["recovered_without_node"] == 1 and s["leases_takeover_s"]["never"] == 1
     assert s["dual_max_ms"] == 20.0
+    assert s["vips_moved"] == 0 and s["vips_with_outage_max"] == 0
+
+
+def test_redis_fault_summary_counts_moved_and_dark_vips() -> None:
+    rounds = [{"worst_outage_ms": 30000.0, "outages": [{"ms": 30000.0}] * 8, "vips_with_outage": 8,
+               "vips_moved": ["198.51.100.1", "198.51.100.2"], "converge_s": 1.0},
+              {"worst_outage_ms": 0.0, "outages": [], "vips_with_outage": 0, "vips_moved": [], "converge_s": 1.0}]
+    s = summarize(rounds)
+    assert s["vips_moved"] == 2 and s["vips_with_outage_max"] == 8
+
+
+def test_compare_table_puts_the_baseline_beside_l2lb_per_scenario() -> None:
+    def one(ms: float, moved: list[str]) -> dict[str, object]:
+        return summarize([{"worst_outage_ms": ms, "outages": [{"ms": ms}], "vips_with_outage": 1 if ms else 0,
+                           "vips_moved": moved, "converge_s": 1.0}])
+
+    text = compare_table({"no-peers": {"redis-kill": one(30000.0, ["x"]), "leases": one(6700.0, [])},
+                          "l2lb": {"redis-kill": one(0.0, []), "leases": one(380.0, [])}})
+    lines = text.splitlines()
+    rows = [ln.split() for ln in lines[1:5]]
+    # per scenario: the baseline's row, then l2lb's, in the order the scenarios were run
+    assert [r[:2] for r in rows] == [["redis-kill", "no-peers"], ["redis-kill", "l2lb"],
+                                     ["leases", "no-peers"], ["leases", "l2lb"]]
+    assert "30,000" in lines[1] and "6,700" in lines[3] and "380" in lines[4]
 
 
 def _bench(placement: Placement) -> Bench:

@@ -188,12 +188,19 @@ class Lab:
             path.chmod(0o600)
         return path
 
+    def peer_args(self) -> list[str]:
+        """The announcers' LAN peer options: the shared key, or ``--no-peers`` when the lab's args ask for
+        the behaviour without peer heartbeats (the baseline of the failover benchmarks)."""
+        if getattr(self.args, "no_peers", False):
+            return ["--no-peers"]
+        return ["--peer-key-file", str(self.peer_key_file())]
+
     async def start_announcer(self, name: str, i: int) -> Any:
         ns = self.topo.hosts[name].ns
         return await self.sup.start(
             f"announcer-{name}",
             [*python_cli(), "announcer", "--node", name, "--interfaces", LAN_IF,
-             "--node-labels", f"kubernetes.io/hostname={name}", "--peer-key-file", str(self.peer_key_file()),
+             "--node-labels", f"kubernetes.io/hostname={name}", *self.peer_args(),
              *self.common(ANN_HTTP, node_ip(i))],
             ns=ns,
         )

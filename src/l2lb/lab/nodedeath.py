@@ -204,6 +204,8 @@ def summarize(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         **{k: stats(v) | {"n": len(v), "never": sum(1 for r in rounds if r.get(k) is None and k in r)}
            for k, v in takeovers.items()},
         "converge_after_return_s": stats([float(r["converge_s"]) for r in rounds if r.get("converge_s") is not None]),
+        "vips_moved": sum(len(r.get("vips_moved", [])) for r in rounds),
+        "vips_with_outage_max": max((int(r.get("vips_with_outage", 0)) for r in rounds), default=0),
     }
 
 
@@ -705,25 +707,50 @@ def fmt_s(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.2f} s"
 
 
-def table(results: Mapping[str, Mapping[str, Any]]) -> str:
-    """The report: one line per scenario."""
-    head = (f"  {'scenario':14s} {'n':>3s} {'p50':>9s} {'p99':>9s} {'max':>9s} {'by-return':>9s} {'dual max':>9s} "
-            f"{'lost':>4s} {'dup':>3s} {'leases':>7s} {'alloc':>7s} {'redis':>7s} {'newIP':>7s} {'again':>5s} "
-            f"{'ret.gap':>8s}")
-    lines = [head]
-    for name, s in results.items():
-        o = s["outage_worst_vip_ms"]
-        lines.append(
-            f"  {name:14s} {s['rounds']:3d} {fmt_ms(o['p50']):>9s} {fmt_ms(o['p99']):>9s} {fmt_ms(o['max']):>9s} "
-            f"{s['rounds_ended_by_return']:9d} {fmt_ms(s['dual_max_ms']):>9s} {s['lost_allocations']:4d} "
+TABLE_LEGEND = ("  (outage: worst VIP per round; by-return: rounds whose outage only the node's return (or Redis's) "
+                "ended; dark: most VIPs with a gap in one round; moved: VIPs answered by another node after a Redis "
+                "fault (all rounds); leases/alloc: leadership takeover, redis: writable again, newIP: Service created "
+                "after the fault got an IP -- all max over rounds; again: every round converged after the node came "
+                "back; ret.gap: longest gap of any VIP that began when the node came back)")
+
+
+def _head(label: str) -> str:
+    return (f"  {label} {'n':>3s} {'p50':>9s} {'p99':>9s} {'max':>9s} {'by-return':>9s} {'dark':>4s} "
+            f"{'moved':>5s} {'dual max':>9s} {'lost':>4s} {'dup':>3s} {'leases':>7s} {'alloc':>7s} {'redis':>7s} "
+            f"{'newIP':>7s} {'again':>5s} {'ret.gap':>8s}")
+
+
+def _row(label: str, s: Mapping[str, Any]) -> str:
+    o = s["outage_worst_vip_ms"]
+    return (f"  {label} {s['rounds']:3d} {fmt_ms(o['p50']):>9s} {fmt_ms(o['p99']):>9s} {fmt_ms(o['max']):>9s} "
+            f"{s['rounds_ended_by_return']:9d} {s.get('vips_with_outage_max', 0):4d} {s.get('vips_moved', 0):5d} "
+            f"{fmt_ms(s['dual_max_ms']):>9s} {s['lost_allocations']:4d} "
             f"{s['duplicate_ips']:3d} {fmt_s(s['leases_takeover_s']['max']):>7s} "
             f"{fmt_s(s['allocator_takeover_s']['max']):>7s} {fmt_s(s['redis_writable_s']['max']):>7s} "
             f"{fmt_s(s['new_service_ip_s']['max']):>7s} "
             f"{'yes' if s['failed_to_converge'] == 0 else 'NO':>5s} {fmt_ms(s['after_return_max_ms']):>8s}")
-    lines.append("  (outage: worst VIP per round; by-return: rounds whose outage only the node's return ended; "
-                 "leases/alloc: leadership takeover, redis: writable again, newIP: Service created after the fault "
-                 "got an IP -- all max over rounds; again: every round converged after the node came back; "
-                 "ret.gap: longest gap of any VIP that began when the node came back)")
+
+
+def table(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """The report: one line per scenario."""
+    lines = [_head(f"{'scenario':14s}")]
+    lines += [_row(f"{name:14s}", s) for name, s in results.items()]
+    lines.append(TABLE_LEGEND)
+    return "\n".join(lines)
+
+
+def compare_table(variants: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+    """The report of one run with several variants (e.g. the baseline ``no-peers`` and ``l2lb``): per
+    scenario one line per variant, in the order given, so that each figure stands beside its baseline."""
+    scenarios: list[str] = []
+    for results in variants.values():
+        scenarios += [s for s in results if s not in scenarios]
+    lines = [_head(f"{'scenario':14s} {'variant':9s}")]
+    for sc in scenarios:
+        for name, results in variants.items():
+            if sc in results:
+                lines.append(_row(f"{sc:14s} {name:9s}", results[sc]))
+    lines.append(TABLE_LEGEND)
     return "\n".join(lines)
 
 
@@ -740,7 +767,8 @@ async def run(args: Any, workdir: Path, progress: Any) -> dict[str, Any]:
 
     placement = args.placement_obj
     lab_args = argparse.Namespace(nodes=args.nodes, manifests=None, probe_ms=args.probe_ms, round_timeout=10.0,
-                                  timeout=60.0, json_logs=False, keep=False, sentinel_down_ms=args.sentinel_down_ms)
+                                  timeout=60.0, json_logs=False, keep=False, sentinel_down_ms=args.sentinel_down_ms,
+                                  no_peers=bool(getattr(args, "no_peers", False)))
     lab = ColocatedLab(lab_args, workdir, netns.Topology(args.prefix), Supervisor(workdir / "logs"), progress,
                        placement=placement, persist=not args.no_persistence, fast_le=args.fast_le,
                        le_backend=getattr(args, "le_backend", "kube"))
@@ -806,6 +834,7 @@ async def run(args: Any, workdir: Path, progress: Any) -> dict[str, Any]:
             lab.topo.destroy()
     left = [n for n in netns.list_namespaces() if n.startswith(args.prefix)]
     return {"placement": placement.describe(), "persistence": not args.no_persistence, "cost_at_rest": cost,
+            "peers": not getattr(args, "no_peers", False),
             "leader_election": getattr(args, "le_backend", "kube"),
             "results": {k: summarize(v) for k, v in raw.items()}, "raw": raw,
             "notes": bench.notes if bench else [], "cleanup": {"forced_kill": forced, "leftover_namespaces": left}}
