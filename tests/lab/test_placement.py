@@ -73,6 +73,8 @@ def test_vip_outage_measures_the_longest_gap_after_the_fault() -> None:
     assert o is not None
     assert o.ms == pytest.approx(500, abs=1) and o.end_s == pytest.approx(0.49, abs=0.01)
     assert not o.ended_by_return
+    # 24 probes were sent into it unanswered (1.02 .. 1.48), never more than one interval apart
+    assert o.unanswered == 24 and o.max_spacing_ms == pytest.approx(20, abs=1)
     # the gap spans the node's return: ended by it
     o2 = vip_outage("v", probes, t_fault=1.01, t_end=4.0, t_return=1.2, interval=iv)
     assert o2 is not None and o2.ended_by_return
@@ -95,6 +97,16 @@ def test_vip_outage_measures_the_longest_gap_after_the_fault() -> None:
     early = _probes([(t, not (0.2 < t < 0.6)) for t in ts])
     e = vip_outage("v", early, t_fault=1.0, t_end=3.98, t_return=None, interval=iv)
     assert e is not None and e.ms == 0
+
+
+def test_vip_outage_tells_a_stalled_prober_from_a_silent_vip() -> None:
+    iv = 0.02
+    # the prober sent nothing between 1.0 and 1.5 (its process stalled): a gap without unanswered probes
+    ts = [round(i * iv, 3) for i in range(200) if not (1.0 < i * iv < 1.5)]
+    o = vip_outage("v", _probes([(t, True) for t in ts]), t_fault=0.9, t_end=3.98, t_return=None, interval=iv)
+    assert o is not None and o.ms == pytest.approx(500, abs=1)
+    assert o.unanswered == 0 and o.max_spacing_ms == pytest.approx(500, abs=1)
+    assert o.to_dict()["unanswered"] == 0
 
 
 def test_takeover_and_writable_again() -> None:

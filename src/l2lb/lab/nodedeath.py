@@ -83,11 +83,14 @@ class VipOutage:
     end_s: float | None  # None: never answered again within the window
     ended_by_return: bool  # still open when the node returned / Redis came back
     after_return_ms: float = 0.0  # longest stretch that began after the return (the return's own cost)
+    unanswered: int = 0  # probes sent into the longest stretch and not answered
+    max_spacing_ms: float = 0.0  # longest time between two probes sent in it (long: the prober itself stalled)
 
     def to_dict(self) -> dict[str, Any]:
         return {"vip": self.vip, "ms": round(self.ms, 1), "start_s": round(self.start_s, 3),
                 "end_s": None if self.end_s is None else round(self.end_s, 3), "ended_by_return": self.ended_by_return,
-                "after_return_ms": round(self.after_return_ms, 1)}
+                "after_return_ms": round(self.after_return_ms, 1), "unanswered": self.unanswered,
+                "max_spacing_ms": round(self.max_spacing_ms, 1)}
 
 
 def vip_outage(vip: str, probes: Sequence[tuple[float, frozenset[str]]], *, t_fault: float, t_end: float,
@@ -98,13 +101,18 @@ def vip_outage(vip: str, probes: Sequence[tuple[float, frozenset[str]]], *, t_fa
     gaps that end after ``t_fault`` and begin before ``t_return`` (the node's return or Redis's);
     one still open at ``t_end`` lasts until ``t_end`` (``end_s`` None). Gaps that begin after the
     return are reported apart (``after_return_ms``). Gaps no longer than two probe intervals are
-    probe noise. None when the VIP was not answered at all (not announced).
+    probe noise. None when the VIP was not answered at all (not announced). The longest gap also
+    says how many probes went unanswered in it and the longest time between two probes sent: a gap
+    with no unanswered probe and one long spacing is the prober's own stall, not the VIP's silence.
     """
     until = t_return if t_return is not None else t_end
     last_ok: float | None = None
-    best = (0.0, 0.0, 0.0, False)  # ms, start, end, ended_by_return
+    best = (0.0, 0.0, 0.0, False, 0, 0.0)  # ms, start, end, ended_by_return, unanswered, max spacing
     after = 0.0
     noise = 2 * interval + 1e-9
+    missed = 0  # unanswered probes since the last answered one
+    prev_sent: float | None = None
+    spacing = 0.0  # longest spacing of sent probes since the last answered one
 
     def gap(a: float, b: float) -> None:
         nonlocal best, after
@@ -112,26 +120,32 @@ def vip_outage(vip: str, probes: Sequence[tuple[float, frozenset[str]]], *, t_fa
         if a >= until:
             after = max(after, ms)
         elif ms > best[0]:
-            best = (ms, a - t_fault, b - t_fault, t_return is not None and a < t_return <= b)
+            best = (ms, a - t_fault, b - t_fault, t_return is not None and a < t_return <= b, missed, spacing * 1000)
 
     for t, got in probes:
         if t > t_end:
             break
+        if prev_sent is not None:
+            spacing = max(spacing, t - prev_sent)
+        prev_sent = t
         if not got:
+            missed += 1
             continue
         if last_ok is not None and t > t_fault and t - last_ok > noise:
             gap(last_ok, t)
-        last_ok = t
+        last_ok, missed, spacing = t, 0, 0.0
     if last_ok is None:
         return None
     open_gap = t_end - last_ok > noise
     if open_gap:
+        if prev_sent is not None:
+            spacing = max(spacing, t_end - prev_sent)
         gap(last_ok, t_end)
-    ms, start, end, by_return = best
+    ms, start, end, by_return, unanswered, max_spacing = best
     end_s: float | None = end
     if open_gap and ms > 0 and abs(end - (t_end - t_fault)) < 1e-9:
         end_s = None
-    return VipOutage(vip, ms, start, end_s, by_return or end_s is None, after)
+    return VipOutage(vip, ms, start, end_s, by_return or end_s is None, after, unanswered, max_spacing)
 
 
 def pct(values: Sequence[float], p: float) -> float | None:
