@@ -787,3 +787,52 @@ def test_a_leader_that_lost_and_regained_leadership_never_brings_back_its_old_ep
     now = {ip: e for n, s in _sets(d).items() if n != "c" for ip, e in s.items()}
     assert set(now) == set(old)
     assert all(now[ip] > later[ip] for ip in old), (now, later)
+
+
+def test_a_leader_elected_while_redis_is_down_moves_nothing_when_it_comes_back() -> None:
+    """Lab, co-located, the node with Redis and the leases leader dies (h22lab AFTER run): the standby's
+    heartbeat reader stalls before its bus notices, every node expires one tick after the other (so the
+    "every node silent at once" guard never fires), it becomes leader while Redis is down, and when Redis is
+    back the dead node's last heartbeats (read from the stream's backlog) revive it for a moment. The new
+    leader must not elect on that: it waits for the bus, then for fresh heartbeats, and adopts what the
+    living nodes serve (their frozen sets) -- their VIPs do not move, none goes to the dead node."""
+    d0 = _cluster(nodes=("a", "b", "c"), ips=6)
+    serving = _sets(d0)
+    d = Driver(static_policies=(ALL_LB,), wall=d0.wall + 5, leader_election=True)
+    d(AllocationsLoaded(None))
+    for i in range(6):
+        d(AllocationReceived(alloc(f"ns/s{i}", IPS[i])))
+    d(LeadershipChanged(False, term=1))  # a standby: another instance leads
+    for n in ("a", "b", "c"):
+        d.beat(n, serving=serving[n])
+        d.advance(0.05)
+    a_last = d.wall
+    # node a (Redis, the leader) dies: no heartbeat from anyone; the bus has not noticed yet
+    for _ in range(100):
+        d.advance(0.05)
+        d(Tick())
+    assert not d.m.tracker.alive()
+    d(Tick(bus_ok=False))
+    d(LeadershipChanged(True, term=2))
+    for _ in range(100):  # 5 s of Redis outage
+        d.advance(0.05)
+        d(Tick(bus_ok=False))
+    mark = len(d.commands)
+    d(Tick())  # Redis is back
+    d.seqs["a"] = d.seqs.get("a", 0) + 1  # a's last heartbeat, stored before it died, read only now
+    d(HeartbeatReceived(hb("a", seq=d.seqs["a"], serving=serving["a"]), at=a_last))
+    d(Tick())
+    for _ in range(20):  # b and c heartbeat again: they kept their sets through the outage (frozen)
+        d.advance(0.05)
+        for n in ("b", "c"):
+            d.beat(n, serving=serving[n])
+        d(Tick())
+    got = _sets(d)
+    for n in ("b", "c"):
+        for ip in serving[n]:
+            assert ip in got.get(n, {}), f"{ip} moved off {n}: {got}"
+    for c in d.published(mark):
+        if isinstance(c, PublishAssignments):
+            assert not (c.msg.node == "a" and c.msg.vips), f"the dead node was given {c.msg.vips}"
+    assert not got.get("a")
+    assert {ip for s in got.values() for ip in s} == set(IPS[:6])  # a's VIPs went to b and c

@@ -399,6 +399,7 @@ class LeasesMachine:
         self.leader_known = not params.leader_election
         self.leader_since = 0.0
         self.started = now.mono
+        self.resumed = float("-inf")  # when the bus came back after a stall (heartbeats can be read again)
         self.snapshot_loaded = False
         self.dirty = True
         self.adopt_pending = False
@@ -750,6 +751,13 @@ class LeasesMachine:
         if self._stalled:
             self._stalled = False
             self._refresh_liveness(now)
+            # what the nodes serve now is known only from their next heartbeats: no election before them
+            # (ready_to_elect waits startup_grace_ms, and a leader not yet adopted reads the epochs it could
+            # not read while the bus was down)
+            self.resumed = now.mono
+            if self.is_leader and self.adopt_pending:
+                self.epochs_pending = True
+                self._out.append(LoadEpochs())
             self._log("info", "bus ready again: node timeouts resumed")
         alive = [st for st in self.tracker.nodes.values() if st.alive]
         expiring = [st for st in alive if t - st.last_seen > self.tracker.timeout_s(st.heartbeat)]
@@ -794,13 +802,18 @@ class LeasesMachine:
         return all(inf.synced or inf.error.startswith(("404", "403")) for inf in self.informers)
 
     def ready_to_elect(self, now: Now) -> bool:
-        if not self.is_leader or not self.snapshot_loaded:
+        """Leader with the allocations, the informers and (to adopt) the epoch store and the nodes' maps, past
+        the startup grace -- and not while the bus is down, nor within the startup grace after it came back:
+        a leader that took over meanwhile knows nothing the nodes serve (their heartbeats could not be read;
+        they may all have expired one tick after the other), and the first heartbeats read from the stream
+        can be a dead node's backlog. Electing then moves VIPs the living nodes kept answering."""
+        if not self.is_leader or not self.snapshot_loaded or self._stalled:
             return False
         if not self.informers_synced() and now.mono - self.started < self.p.sync_timeout_s:
             return False
         if self.adopt_pending and (self.epochs_pending or self.maps_missing(now)):
             return False
-        return now.mono - self.started >= self.p.startup_grace_ms / 1000.0
+        return now.mono - max(self.started, self.resumed) >= self.p.startup_grace_ms / 1000.0
 
     def maps_missing(self, now: Now) -> list[str]:
         """Live nodes whose serving map we do not know yet (they send only its digest and we have not
@@ -809,7 +822,7 @@ class LeasesMachine:
         ends that long + 1 s after start (or after becoming leader) at the latest."""
         if not self.map_unknown:
             return []
-        since = max(self.started, self.leader_since)
+        since = max(self.started, self.leader_since, self.resumed)
         if now.mono - since >= (self.p.heartbeat_full_every_ms + 1000) / 1000.0:
             return []
         alive = self.tracker.alive()
