@@ -91,7 +91,12 @@ def test_scripts_dev_installs_from_the_lock_only() -> None:
     unpinned = [ln for ln in installs if "[test]" in ln]
     assert all("tmp/venv" in ln for ln in unpinned), unpinned
     assert 'VENV=${L2LB_VENV:-$ROOT/.venv}' in dev
-    assert "exec bash scripts/dev test" in read(".ci/run")
+    # CI: README's test command, then (only if it passed: set -e) the end-to-end suite
+    ci = [ln.strip() for ln in read(".ci/run").splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    assert "set -euo pipefail" in ci
+    test_at = ci.index("bash scripts/dev test")
+    e2e_at = [i for i, ln in enumerate(ci) if ln.endswith("bash scripts/dev e2e")]
+    assert e2e_at and test_at < e2e_at[0], ci
 
 
 GO_MODULES = sorted(p.parent for p in ROOT.rglob("go.mod") if ".venv" not in p.parts and ".git" not in p.parts)
