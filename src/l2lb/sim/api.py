@@ -3,9 +3,9 @@ Leases (client-go's algorithm), and the allocator around the pure :class:`~l2lb.
 
 The API server lives on the control-plane host (``CTL``): a process on a node reaches it when the
 LAN connects the two and no API outage is on. Requests take one round trip; during an outage they
-fail after ``timeout``. Watches deliver every change to every watcher after the network delay (a
-watcher that cannot be reached re-lists when it can again, which in this model means: it is sent
-the objects as they are then).
+fail after ``timeout``. Watches deliver every change to every watcher after the network delay. A
+watcher that misses a change (its node unreachable, an API outage) re-lists when it can again, as an
+informer does: it is sent every object as it is then, and a deletion for each object it knew that is gone.
 
 The allocator model does what ``services/allocator`` does with the pure allocator: on becoming
 leader it restores every Service's IPs from ``status.loadBalancer.ingress`` before it allocates
@@ -34,6 +34,15 @@ Obj = dict[str, Any]
 
 
 @dataclass
+class _Watch:
+    proc: Proc
+    fn: Callable[[str, Obj | None], None]
+    known: set[str] = field(default_factory=set)  # keys this watcher was last sent as existing
+    behind: bool = False  # it missed a change: re-list when it can
+    polling: bool = False
+
+
+@dataclass
 class _Lease:
     holder: str = ""
     transitions: int = 0
@@ -49,7 +58,7 @@ class Api:
         self.services: dict[str, Obj] = {}
         self.pools: dict[str, Obj] = {}
         self.leases: dict[str, _Lease] = {}
-        self.watchers: list[tuple[Proc, Callable[[str, Obj | None], None]]] = []
+        self.watchers: list[_Watch] = []
         self.writes = 0
 
     def _rtt(self, p: Proc) -> float | None:
@@ -103,20 +112,54 @@ class Api:
         return True
 
     def watch(self, p: Proc, fn: Callable[[str, Obj | None], None]) -> None:
-        self.watchers.append((p, fn))
+        self.watchers.append(_Watch(p, fn))
+
+    def unwatch(self, p: Proc) -> None:
+        self.watchers = [w for w in self.watchers if w.proc is not p]
+
+    def _send(self, w: _Watch, key: str, obj: Obj | None, d: float) -> None:
+        if obj is None:
+            w.known.discard(key)
+        else:
+            w.known.add(key)
+        w.proc.deliver(lambda: w.fn(key, obj), d)
 
     def _notify(self, key: str, obj: Obj | None) -> None:
-        for p, fn in self.watchers:
-            d = None if self.outage else self.lan.delay(CTL, p.node)
-            if d is not None:
-                p.deliver(lambda fn=fn: fn(key, obj), d)  # type: ignore[misc]
+        for w in self.watchers:
+            d = None if self.outage else self.lan.delay(CTL, w.proc.node)
+            if d is not None and not w.behind:
+                self._send(w, key, obj, d)
+            else:
+                self._fell_behind(w)
+
+    def _fell_behind(self, w: _Watch) -> None:
+        w.behind = True
+        if not w.polling:
+            w.polling = True
+            self.kernel.after(0.5, lambda: self._relist(w))
+
+    def _relist(self, w: _Watch) -> None:
+        """The watcher's informer lists again once it reaches the API server: every object as it is now,
+        and a deletion for every object it knew that is gone."""
+        w.polling = False
+        if w not in self.watchers:
+            return
+        d = None if self.outage else self.lan.delay(CTL, w.proc.node)
+        if d is None:
+            self._fell_behind(w)
+            return
+        w.behind = False
+        for key in sorted(w.known - set(self.services)):
+            self._send(w, key, None, d)
+        for key, obj in sorted(self.services.items()):
+            self._send(w, key, obj, d)
 
     def recover(self) -> None:
         """The outage ends: every watch is re-established with a fresh list (what an informer does after
         its watch broke: list, then watch again)."""
         self.outage = False
-        for key, obj in sorted(self.services.items()):
-            self._notify(key, obj)
+        for w in self.watchers:
+            self._relist(w)
 
     def assigned_ips(self) -> set[str]:
         return {ip for obj in self.services.values() for ip in status_ips(obj)}

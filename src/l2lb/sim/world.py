@@ -394,7 +394,7 @@ class AllocShell:
 
     def die(self) -> None:
         self.proc.kill()
-        self.w.api.watchers = [(p, fn) for p, fn in self.w.api.watchers if p is not self.proc]
+        self.w.api.unwatch(self.proc)
         self.w.redis.unsubscribe_all(self.proc)
         if self.core is not None:
             self.core.leader = False  # the dead instance's callbacks must never act again
