@@ -98,7 +98,8 @@ class AnnouncerService:
         self.kube_labels: dict[str, str] = {}
         self.static_seq = 0
         self.last_static_error = ""
-        self._wake = asyncio.Event()  # the machine may want a Tick sooner than planned
+        self._wake = asyncio.Event()  # the machine wants a Tick sooner than planned
+        self._planned = 0.0  # monotonic time of the Tick the timer waits for
         self._outbox: asyncio.Queue[PublishHeartbeat | RequestSnapshot | None] = asyncio.Queue()
         self._encode_hb = HeartbeatEncoder()
         self.metrics = AnnouncerMetrics()
@@ -112,7 +113,17 @@ class AnnouncerService:
     # -- feeding the machine and carrying out its commands ---------------------------------------------
     def feed(self, ev: Event) -> None:
         self.carry(self.machine.feed(ev))
-        self._wake.set()  # it may have scheduled something (a GARP round, a heartbeat)
+        self._wake_if_sooner()
+
+    def _wake_if_sooner(self) -> None:
+        """Wake the timer when the machine now wants its Tick before the one the timer waits for (a GARP round,
+        a heartbeat at once). Routine events (peer frames, renewals, publish outcomes) leave it asleep: at rest
+        one wakeup per peer interval does the Tick, the heartbeat and the peer frame."""
+        if self._wake.is_set():
+            return
+        nxt = self.machine.next_wakeup(time.monotonic())
+        if nxt is not None and nxt < self._planned:
+            self._wake.set()
 
     def carry(self, cmds: Iterable[Command]) -> None:
         for c in cmds:
@@ -152,7 +163,7 @@ class AnnouncerService:
             port.send_many(replies)
         if cmds:
             self.carry(cmds)
-            self._wake.set()
+            self._wake_if_sooner()
 
     # -- interfaces: sockets follow the links; the machine hears which ones answer -----------------------
     def _on_links(self, old: dict[str, Link], new: dict[str, Link]) -> None:
@@ -275,9 +286,15 @@ class AnnouncerService:
                 self.sync_metrics()
                 next_metrics = now + 1.0
             nxt = self.machine.next_wakeup(now)
-            timeout = 1.0 if nxt is None else min(1.0, max(0.0, nxt - time.monotonic()))
+            now = time.monotonic()
+            self._planned = now + (1.0 if nxt is None else min(1.0, max(0.0, nxt - now)))
+            if self._planned <= now:
+                await asyncio.sleep(0)  # due already: let the other tasks run first, as a 0-s timeout did
+                continue
+            # asyncio.timeout, not wait_for: no task per wait (wait_for wraps the wait in one)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+                async with asyncio.timeout(self._planned - now):
+                    await self._wake.wait()
 
     def sync_metrics(self) -> None:
         drops = 0

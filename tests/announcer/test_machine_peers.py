@@ -12,6 +12,7 @@ from l2lb.core.announcer_machine import (
     Count,
     Gauge,
     Published,
+    PublishHeartbeat,
     RequestSnapshot,
     SendFrames,
     SendPeerFrame,
@@ -395,3 +396,85 @@ def test_every_claim_reaches_the_holder_even_beyond_one_frame() -> None:
     stopped = [ip for f in frames for c in holder.feed(PeerFrameReceived("eth0", f, t, WALL0 + t))
                if isinstance(c, StopAnswering) for ip in c.ips]
     assert sorted(stopped) == sorted(ips) and holder.status(t)["vips"] == []
+
+
+# -- one wakeup per interval at rest; takeovers on time without extra wakeups -------------------------------
+def test_heartbeat_goes_with_the_peer_frame() -> None:
+    """At rest one Tick sends the heartbeat and the peer frame: after a publish completes, the next heartbeat
+    is due with the next peer frame (never later than an interval after the completion, as without peers)."""
+    m = pm()
+    first = m.feed(tick(0.0))
+    assert of(first, PublishHeartbeat) and of(first, SendPeerFrame)
+    m.feed(Published(True, 0.004, "1000-0"))
+    assert m.next_wakeup(0.004) == pytest.approx(0.1)  # not 0.104: the peer frame's tick
+    both = m.feed(tick(0.1))
+    assert of(both, PublishHeartbeat) and of(both, SendPeerFrame)
+    m.feed(Published(True, 0.195, "1095-0"))  # a slow round trip: the next peer frame is only 5 ms away
+    assert m.next_wakeup(0.195) == pytest.approx(0.2)
+    assert not of(m.feed(tick(0.2)), PublishHeartbeat)  # too close to the last one: an interval after it
+    assert m.next_wakeup(0.2) == pytest.approx(0.295)
+    plain = machine()  # without peers: an interval after the completion, as before
+    plain.feed(links(link()))
+    plain.feed(tick(0.0))
+    plain.feed(Published(True, 0.004, "1000-0"))
+    assert plain.next_wakeup(0.004) == pytest.approx(0.104)
+
+
+def test_takeover_wakeup_is_on_time_when_driven_only_by_next_wakeup() -> None:
+    """The timer ticks only when the machine asks (next_wakeup) or an event makes it due: the takeover
+    happens exactly when the holder has been silent for takeover_after_ms, not with the next peer frame."""
+    w = _successor()
+    w.feed(peer("n2", 2.03, flags=DOWN))  # the holder's last frame (it dies right after)
+    t, frames, started = 2.03, [2.05, 2.15, 2.25, 2.35, 2.45], []
+    while t < 2.5:
+        nxt = w.m.next_wakeup(t)
+        assert nxt is not None and nxt > t - 1e-9
+        if frames and frames[0] <= nxt:
+            t = frames.pop(0)
+            w.t = t
+            w.feed(peer("n3", t, flags=DOWN))
+            continue
+        t = w.t = nxt
+        for c in w.feed(tick(t)):
+            if isinstance(c, StartAnswering):
+                started.append((t, c))
+            elif c.__class__.__name__ == "PublishHeartbeat":
+                w.feed(Published(False, t, "", error="down"))
+    assert started and started[0][1] == StartAnswering(((V4B, 7),))
+    assert started[0][0] == pytest.approx(2.33, abs=1e-5)
+
+
+def test_no_extra_wakeups_at_rest_with_standby_vips() -> None:
+    """Successors at rest (leases renews every 200 ms, Redis works, peers heard): every tick sends the peer
+    frame and the heartbeat together, whatever the standby list holds; no tick for the takeover checks."""
+    m = pm()
+    sb = tuple(StandbyVip(f"203.0.113.{i}", "n2" if i % 2 else "n3", 1 + i % 2, 7, ("eth0",), ("ns/web",))
+               for i in range(1, 20))
+    m.feed(assign(1, vips((V4, 5)), 0.0, members=MEMBERS, standby=sb))
+    digest = assignments_digest(vips((V4, 5)), sb, MEMBERS)
+    events = sorted([(round(k / 10 + 0.05, 3), "peers") for k in range(30)]
+                    + [(round(k / 5 + 0.07, 3), "renew") for k in range(15)])
+    t, seq = 0.0, 1
+    ticks: list[tuple[float, bool, bool]] = []
+    while t < 3.0:
+        nxt = m.next_wakeup(t)
+        assert nxt is not None
+        nxt = max(nxt, t)
+        while events and events[0][0] <= nxt:
+            at, what = events.pop(0)
+            if what == "peers":
+                m.feed(peer("n2", at, flags=UP))
+                m.feed(peer("n3", at, flags=UP))
+            else:
+                seq += 1
+                m.feed(renew(seq, vips((V4, 5)), at, ttl_ms=1000, digest=digest))
+            nxt = max(m.next_wakeup(at) or nxt, at)
+        t = nxt
+        out = m.feed(tick(t))
+        if of(out, PublishHeartbeat):
+            m.feed(Published(True, t + 0.002, f"{int(1e9 + t * 1000)}-0"))
+        if t >= 0.5:
+            ticks.append((round(t, 4), bool(of(out, SendPeerFrame)), bool(of(out, PublishHeartbeat))))
+    # every tick sends the peer frame and the heartbeat (the VIP's GARP rounds aside: once a second)
+    assert all(f and h for t, f, h in ticks if abs(t - round(t)) > 1e-6), str(ticks)
+    assert 25 <= len(ticks) <= 29, str(ticks)

@@ -409,6 +409,8 @@ class AnnouncerMachine:
                                      PEER_REPLAY_WINDOW_S) if config.peers else None)
         self._members: tuple[str, ...] = ()
         self._standby: dict[str, StandbyVip] = {}
+        self._standby_waits: tuple[tuple[str, float], ...] = ()  # (holder, silence before a takeover) pairs
+        self._check_soon = False  # a peer frame may have made a takeover due: tick at once
         self.held: dict[str, int] = {}
         self._keeping: str | None = None  # "grace" | "freeze" | "lan_held" while one keeps the set past D
         self._last_leases_msg: float | None = None  # any NodeAssignments/NodeRenewal (CP_FRESH, cp silence)
@@ -478,7 +480,40 @@ class AnnouncerMachine:
             t = self._hb_due if t is None else min(t, self._hb_due)
         if self.peers is not None and not self._stopped:  # our frames; takeovers are checked with them
             t = self._peer_due if t is None else min(t, self._peer_due)
+            if self._standby_waits:
+                tk = self._takeover_wakeup(now)
+                if tk is not None and tk < t:
+                    t = tk
         return t
+
+    def _takeover_wakeup(self, now: float) -> float | None:
+        """The next moment a takeover condition changes by itself (a holder silent long enough, the control
+        plane silent, our Redis round trips too old), so a takeover happens then and not only with the next
+        peer frame; only moments still ahead (conditions that hold already are checked on every event, see
+        ``_check_soon``). At rest all of them lie beyond the next peer frame: no extra wakeups."""
+        if self._check_soon:
+            return now
+        assert self.peers is not None
+        best: float | None = None
+        last = self._last_leases_msg
+        cp_silent = last is None or now - last >= self.config.cp_silence_ms / 1000.0
+        ok = self._last_publish_ok
+        redis_ok = ok is not None and now - ok <= REDIS_OK_S
+        if not cp_silent and redis_ok:
+            assert last is not None and ok is not None
+            best = min(last + self.config.cp_silence_ms / 1000.0, ok + REDIS_OK_S)
+            if best <= now:
+                best = None
+        else:
+            heard = self.peers.heard_at
+            for holder, wait in self._standby_waits:
+                at = heard(holder)
+                if at is None:
+                    continue
+                due = at + wait + 1e-6  # just past it: _maybe_take_over compares the silence with >=
+                if due > now and (best is None or due < best):
+                    best = due
+        return best
 
     def answers(self, ip: str, ifname: str, now: float) -> bool:
         """Would a valid request for ``ip`` on ``ifname`` be answered at ``now`` (rate limits aside)?"""
@@ -555,6 +590,7 @@ class AnnouncerMachine:
             self._heartbeat_soon()
             out.append(Gauge("vips", 0))
         if self.peers is not None and not self._stopped:
+            self._check_soon = False
             self._maybe_take_over(now, out)
         if self.state._garps:
             frames = self.state.announcements_due(now, [i for i, _ in self._answering.values()])
@@ -701,6 +737,9 @@ class AnnouncerMachine:
             return
         self._members = msg.members
         self._standby = {sb.ip: sb for sb in msg.standby}
+        self._standby_waits = tuple(sorted({
+            (sb.holder, (self.config.takeover_after_ms + (sb.rank - 1) * self.config.takeover_rank_step_ms) / 1000.0)
+            for sb in msg.standby if sb.holder != self.node}))
         if self.held:  # an authoritative set: what it names stays (now given by leases), the rest is gone
             out.append(Log("info", "leases decided about the VIPs we took over on the LAN",
                            {"kept": sorted(ip for ip in self.held if self.state._by_text.get(ip) is not None),
@@ -939,6 +978,10 @@ class AnnouncerMachine:
             why = next((r for r, n in pv.rejected.items() if n != before.get(r, 0)), "rejected")
             return [Count("peer_frames", why)]
         out: list[Command] = [Count("peer_frames", "accepted")]
+        if self._standby_waits and not self._check_soon:
+            last = self._last_leases_msg
+            if (last is None or ev.now - last >= self.config.cp_silence_ms / 1000.0) or not self._redis_ok(ev.now):
+                self._check_soon = True  # the control plane is silent: this frame may complete a takeover's quorum
         if f.stopping:
             self._gone.add(f.node)
         else:
@@ -1051,9 +1094,18 @@ class AnnouncerMachine:
             out.append(Count("heartbeats", "omitted" if hb.serving_omitted else "full"))
         elif ev.error:
             out.append(Log("debug", "publish failed", {"error": ev.error}))
-        self._hb_due = now if self._hb_again else now + self._hb_interval
+        self._hb_due = now if self._hb_again else self._next_heartbeat(now)
         self._hb_again = False
         return out
+
+    def _next_heartbeat(self, now: float) -> float:
+        """An interval after the last one completed; with peer frames, the next peer frame when that is due
+        between a tenth of an interval and an interval from now (never later than without peers), so one
+        wakeup sends both: at rest heartbeat and peer frame share every tick."""
+        due = now + self._hb_interval
+        if self.peers is not None and now + self._hb_interval / 10.0 <= self._peer_due <= due:
+            return self._peer_due
+        return due
 
     # -- shutdown ----------------------------------------------------------------------------------------
     def _on_stop(self, ev: Stop) -> list[Command]:
