@@ -313,3 +313,34 @@ async def test_cli_args_and_env(redis_url: str, monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(DSNError) as ei:
         await bus_from_args(args)
     assert "s3cret" not in str(ei.value) and "--redis redis://u:***@h:nope/0" in str(ei.value)
+
+
+async def test_acks_ride_with_the_next_read(bus: Bus, running: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One round trip per entry: a handled entry's XACK goes out in one pipeline with the next XREADGROUP (no
+    separate XACK), before that read blocks (nothing stays pending while the consumer waits), and a consumer
+    stopped right after handling acks what it handled (nothing is redelivered to the next one)."""
+    s = bus.keys.heartbeats
+    separate: list[tuple[str, ...]] = []
+    real_xack = bus.redis.xack
+
+    async def counting_xack(stream: str, group: str, *ids: str) -> int:
+        separate.append(ids)
+        return await real_xack(stream, group, *ids)
+
+    monkeypatch.setattr(bus.redis, "xack", counting_xack)
+    rec = Recorder()
+    c = bus.consumer(s, "g-pipe", "c1", rec, block_ms=500)
+    stop, task = running.start(c)
+    await wait_until(lambda: c.running and c._incarnation is not None, what="consumer set up")
+    await asyncio.sleep(0.05)
+    for i in range(1, 11):
+        await bus.publish(s, hb(seq=i))
+        await wait_until(lambda n=i: len(rec.seen) == n, what=f"message {i}")  # type: ignore[misc]
+        await wait_until(lambda: c._unacked == [], what="ack sent with the next read")
+        assert (await bus.redis.xpending(s, "g-pipe"))["pending"] == 0  # while blocked in the next read
+    assert separate == []
+    await bus.publish(s, hb(seq=11))
+    await wait_until(lambda: len(rec.seen) == 11, what="message 11")
+    stop.set()
+    await asyncio.wait_for(task, 3)
+    assert (await bus.redis.xpending(s, "g-pipe"))["pending"] == 0
