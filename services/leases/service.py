@@ -107,12 +107,27 @@ class LeasesService:
         while q:
             c = q.popleft()
             if isinstance(c, lm.PublishAssignments | lm.PublishRenewal):
-                try:
-                    await self.bus.publish(self.bus.keys.assignments, c.msg)
-                except Exception as e:  # Redis hiccup: the machine retries on the next tick
-                    q = deque(self.m.handle(lm.SendFailed(c, repr(e)), self.now()))
-                    continue
-                q.extend(self.m.handle(lm.Sent(c), self.now()))
+                # the publishes that follow in the list go out with it in one round trip (a renewal round
+                # is one per node); Sent/SendFailed are fed in order, as if sent one by one
+                batch: list[lm.PublishAssignments | lm.PublishRenewal] = [c]
+                while q and isinstance(q[0], lm.PublishAssignments | lm.PublishRenewal):
+                    nxt = q.popleft()
+                    assert isinstance(nxt, lm.PublishAssignments | lm.PublishRenewal)
+                    batch.append(nxt)
+                results: list[str | BaseException]
+                if len(batch) == 1:
+                    try:
+                        results = [await self.bus.publish(self.bus.keys.assignments, c.msg)]
+                    except Exception as e:  # Redis hiccup: the machine retries on the next tick
+                        results = [e]
+                else:
+                    results = list(await self.bus.publish_many(self.bus.keys.assignments, [b.msg for b in batch]))
+                for b, r in zip(batch, results, strict=True):
+                    if isinstance(r, BaseException):  # the rest of the list is dropped: retried next tick
+                        q = deque(self.m.handle(lm.SendFailed(b, repr(r)), self.now()))
+                        break
+                    q.extend(self.m.handle(lm.Sent(b), self.now()))
+                continue
             elif isinstance(c, lm.Log):
                 getattr(log, c.level)(c.message, extra=dict(c.fields))
             elif isinstance(c, lm.Metric):
@@ -240,7 +255,8 @@ class LeasesService:
             except Exception as e:  # never let one step stop the loop: the machine retries next tick
                 await self.feed(lm.SendFailed(None, repr(e)))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.cfg.tick_ms / 1000.0)
+                async with asyncio.timeout(self.cfg.tick_ms / 1000.0):  # no task per tick (wait_for makes one)
+                    await stop.wait()
 
     # -- status ------------------------------------------------------------------------------------
     def role(self) -> str:

@@ -200,3 +200,34 @@ def test_full_every_ms_flag(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--full-every-ms must be >= 0, got -1" in capsys.readouterr().err
     assert config_from_args(build_parser().parse_args(["--no-kube"])).full_every_ms == 30000
     assert config_from_args(build_parser().parse_args(["--no-kube", "--full-every-ms", "0"])).full_every_ms == 0
+
+
+async def test_a_renewal_round_goes_out_in_one_round_trip(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The renewals of one tick (one per node) are XADDed in one pipeline (Bus.publish_many), in node order,
+    and the announcers keep their sets on them."""
+    await _setup(h, nodes=3)
+    svc = h.leases[0].svc
+    await asyncio.sleep(0.3)
+    single: list[Message] = []
+    batches: list[list[Message]] = []
+    real_one, real_many = svc.bus.publish, svc.bus.publish_many
+
+    async def one(stream: str, msg: Message) -> str:
+        single.append(msg)
+        return await real_one(stream, msg)
+
+    async def many(stream: str, msgs: list[Message]) -> list[Any]:
+        batches.append(list(msgs))
+        return await real_many(stream, msgs)
+
+    monkeypatch.setattr(svc.bus, "publish", one)
+    monkeypatch.setattr(svc.bus, "publish_many", many)
+    held = {n: dict(a.serving()) for n, a in h.announcers.items()}
+    await asyncio.sleep(2.0)  # 2x the ttl: the sets live on renewals only
+    assert {n: dict(a.serving()) for n, a in h.announcers.items()} == held
+    renewal_batches = [b for b in batches if all(isinstance(m, NodeRenewal) for m in b)]
+    assert len(renewal_batches) >= 6  # every 250 ms
+    for b in renewal_batches:
+        nodes = [m.node for m in b if isinstance(m, NodeRenewal)]
+        assert nodes == sorted(nodes) and len(nodes) == len(set(nodes)) >= 2
+    assert not [m for m in single if isinstance(m, NodeRenewal)]
