@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -43,8 +44,11 @@ def run_service(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        if prof is not None:  # from L2LB_PROFILE_AFTER s on (default 0): the start-up left out
+            loop.call_later(float(os.environ.get("L2LB_PROFILE_AFTER") or 0), prof[0].enable)
         await main(stop)
 
+    prof = _profiler(name)
     try:
         runner(_wrapped())
     except KeyboardInterrupt:
@@ -72,8 +76,26 @@ def run_service(
         log.exception(f"{name} crashed; this is a bug, please report it with the log above")
         return 1
     finally:
+        if prof is not None:
+            prof[0].disable()
+            prof[0].dump_stats(prof[1])
+            log.info("profile written (L2LB_PROFILE)", extra={"file": prof[1]})
         sys.stderr.flush()
     return 0
+
+
+def _profiler(name: str) -> tuple[Any, str] | None:
+    """``L2LB_PROFILE=DIR``: run the service under cProfile (from ``L2LB_PROFILE_AFTER`` seconds after the
+    start on) and write ``DIR/<name>-<pid>.prof`` when it stops (SIGTERM/SIGINT); read it with
+    ``python -m pstats``. For finding where idle CPU goes (bench/compare idle);
+    costs CPU itself, so never while measuring."""
+    where = os.environ.get("L2LB_PROFILE")
+    if not where:
+        return None
+    import cProfile
+
+    os.makedirs(where, exist_ok=True)
+    return cProfile.Profile(), os.path.join(where, f"{name}-{os.getpid()}.prof")
 
 
 async def run_until_stopped(stop: asyncio.Event, tasks: Sequence[asyncio.Task[Any]], *, grace: float = 5.0) -> None:
