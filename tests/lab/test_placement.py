@@ -75,6 +75,7 @@ def test_vip_outage_measures_the_longest_gap_after_the_fault() -> None:
     assert not o.ended_by_return
     # 24 probes were sent into it unanswered (1.02 .. 1.48), never more than one interval apart
     assert o.unanswered == 24 and o.max_spacing_ms == pytest.approx(20, abs=1)
+    assert o.silent_ms == pytest.approx(480, abs=1)  # from the first unanswered probe (1.02) to the answer (1.5)
     # the gap spans the node's return: ended by it
     o2 = vip_outage("v", probes, t_fault=1.01, t_end=4.0, t_return=1.2, interval=iv)
     assert o2 is not None and o2.ended_by_return
@@ -106,7 +107,11 @@ def test_vip_outage_tells_a_stalled_prober_from_a_silent_vip() -> None:
     o = vip_outage("v", _probes([(t, True) for t in ts]), t_fault=0.9, t_end=3.98, t_return=None, interval=iv)
     assert o is not None and o.ms == pytest.approx(500, abs=1)
     assert o.unanswered == 0 and o.max_spacing_ms == pytest.approx(500, abs=1)
-    assert o.to_dict()["unanswered"] == 0
+    assert o.to_dict()["unanswered"] == 0 and o.silent_ms == 0
+    # the probe sent just after the stall is late and counted unanswered: silent only from it to the answer
+    late = [(t, frozenset() if t == 1.5 else frozenset({"m"})) for t in ts]
+    o2 = vip_outage("v", late, t_fault=0.9, t_end=3.98, t_return=None, interval=iv)
+    assert o2 is not None and o2.ms == pytest.approx(520, abs=1) and o2.silent_ms == pytest.approx(20, abs=1)
 
 
 def test_takeover_and_writable_again() -> None:
@@ -146,6 +151,9 @@ def test_redis_fault_summary_counts_moved_and_dark_vips() -> None:
               {"worst_outage_ms": 0.0, "outages": [], "vips_with_outage": 0, "vips_moved": [], "converge_s": 1.0}]
     s = summarize(rounds)
     assert s["vips_moved"] == 2 and s["vips_with_outage_max"] == 8
+    assert s["silent_worst_vip_ms"]["max"] is None  # rounds measured before the field: not made up
+    s2 = summarize([{**rounds[0], "worst_silent_ms": 29980.0}, {**rounds[1], "worst_silent_ms": 20.0}])
+    assert s2["silent_worst_vip_ms"]["max"] == 29980.0
 
 
 def test_compare_table_puts_the_baseline_beside_l2lb_per_scenario() -> None:

@@ -85,12 +85,13 @@ class VipOutage:
     after_return_ms: float = 0.0  # longest stretch that began after the return (the return's own cost)
     unanswered: int = 0  # probes sent into the longest stretch and not answered
     max_spacing_ms: float = 0.0  # longest time between two probes sent in it (long: the prober itself stalled)
+    silent_ms: float = 0.0  # from its first unanswered probe to the answer: the outage without the prober's stalls
 
     def to_dict(self) -> dict[str, Any]:
         return {"vip": self.vip, "ms": round(self.ms, 1), "start_s": round(self.start_s, 3),
                 "end_s": None if self.end_s is None else round(self.end_s, 3), "ended_by_return": self.ended_by_return,
                 "after_return_ms": round(self.after_return_ms, 1), "unanswered": self.unanswered,
-                "max_spacing_ms": round(self.max_spacing_ms, 1)}
+                "max_spacing_ms": round(self.max_spacing_ms, 1), "silent_ms": round(self.silent_ms, 1)}
 
 
 def vip_outage(vip: str, probes: Sequence[tuple[float, frozenset[str]]], *, t_fault: float, t_end: float,
@@ -107,12 +108,13 @@ def vip_outage(vip: str, probes: Sequence[tuple[float, frozenset[str]]], *, t_fa
     """
     until = t_return if t_return is not None else t_end
     last_ok: float | None = None
-    best = (0.0, 0.0, 0.0, False, 0, 0.0)  # ms, start, end, ended_by_return, unanswered, max spacing
+    best = (0.0, 0.0, 0.0, False, 0, 0.0, 0.0)  # ms, start, end, ended_by_return, unanswered, max spacing, silent
     after = 0.0
     noise = 2 * interval + 1e-9
     missed = 0  # unanswered probes since the last answered one
     prev_sent: float | None = None
     spacing = 0.0  # longest spacing of sent probes since the last answered one
+    first_missed: float | None = None  # the first unanswered probe since the last answered one
 
     def gap(a: float, b: float) -> None:
         nonlocal best, after
@@ -120,7 +122,9 @@ def vip_outage(vip: str, probes: Sequence[tuple[float, frozenset[str]]], *, t_fa
         if a >= until:
             after = max(after, ms)
         elif ms > best[0]:
-            best = (ms, a - t_fault, b - t_fault, t_return is not None and a < t_return <= b, missed, spacing * 1000)
+            silent = 0.0 if first_missed is None else (b - first_missed) * 1000
+            best = (ms, a - t_fault, b - t_fault, t_return is not None and a < t_return <= b, missed, spacing * 1000,
+                    silent)
 
     for t, got in probes:
         if t > t_end:
@@ -130,10 +134,11 @@ def vip_outage(vip: str, probes: Sequence[tuple[float, frozenset[str]]], *, t_fa
         prev_sent = t
         if not got:
             missed += 1
+            first_missed = t if first_missed is None else first_missed
             continue
         if last_ok is not None and t > t_fault and t - last_ok > noise:
             gap(last_ok, t)
-        last_ok, missed, spacing = t, 0, 0.0
+        last_ok, missed, spacing, first_missed = t, 0, 0.0, None
     if last_ok is None:
         return None
     open_gap = t_end - last_ok > noise
@@ -141,11 +146,11 @@ def vip_outage(vip: str, probes: Sequence[tuple[float, frozenset[str]]], *, t_fa
         if prev_sent is not None:
             spacing = max(spacing, t_end - prev_sent)
         gap(last_ok, t_end)
-    ms, start, end, by_return, unanswered, max_spacing = best
+    ms, start, end, by_return, unanswered, max_spacing, silent_ms = best
     end_s: float | None = end
     if open_gap and ms > 0 and abs(end - (t_end - t_fault)) < 1e-9:
         end_s = None
-    return VipOutage(vip, ms, start, end_s, by_return or end_s is None, after, unanswered, max_spacing)
+    return VipOutage(vip, ms, start, end_s, by_return or end_s is None, after, unanswered, max_spacing, silent_ms)
 
 
 def pct(values: Sequence[float], p: float) -> float | None:
@@ -207,6 +212,8 @@ def summarize(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "rounds": len(rounds),
         "outage_worst_vip_ms": stats(worst),
         "outage_any_vip_ms": stats(every),
+        # the same without the prober's own stalls (from the first unanswered probe; rounds that have it)
+        "silent_worst_vip_ms": stats([float(r["worst_silent_ms"]) for r in rounds if "worst_silent_ms" in r]),
         "rounds_ended_by_return": sum(1 for r in rounds if r.get("ended_by_return")),
         "dual_max_ms": max((float(r.get("dual_max_ms", 0)) for r in rounds), default=0.0),
         "after_return_max_ms": max((float(r.get("after_return_max_ms", 0)) for r in rounds), default=0.0),
@@ -641,6 +648,7 @@ class Bench:
             "outages": [o.to_dict() for o in outs],
             "worst_outage_ms": None if worst is None else round(worst.ms, 1),
             "worst_outage_vip": None if worst is None else worst.vip,
+            "worst_silent_ms": round(max((o.silent_ms for o in outs), default=0.0), 1),
             "ended_by_return": any(o.ended_by_return for o in outs if o.ms > 0),
             "vips_with_outage": sum(1 for o in outs if o.ms > 0),
             "after_return_max_ms": round(max((o.after_return_ms for o in outs), default=0.0), 1),
@@ -721,23 +729,26 @@ def fmt_s(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.2f} s"
 
 
-TABLE_LEGEND = ("  (outage: worst VIP per round; by-return: rounds whose outage only the node's return (or Redis's) "
-                "ended; dark: most VIPs with a gap in one round; moved: VIPs answered by another node after a Redis "
-                "fault (all rounds); leases/alloc: leadership takeover, redis: writable again, newIP: Service created "
-                "after the fault got an IP -- all max over rounds; again: every round converged after the node came "
-                "back; ret.gap: longest gap of any VIP that began when the node came back)")
+TABLE_LEGEND = (
+    "  (outage: worst VIP per round; by-return: rounds whose outage only the node's return (or Redis's) ended; "
+    "dark: most VIPs with a gap in one round; moved: VIPs answered by another node after a Redis fault (all "
+    "rounds); silent: the worst VIP's gap counted from its first unanswered probe (without the prober's own "
+    "stalls), max over rounds; leases/alloc: leadership takeover, redis: writable again, newIP: Service created "
+    "after the fault got an IP -- all max over rounds; again: every round converged after the node came back; "
+    "ret.gap: longest gap of any VIP that began when the node came back)")
 
 
 def _head(label: str) -> str:
     return (f"  {label} {'n':>3s} {'p50':>9s} {'p99':>9s} {'max':>9s} {'by-return':>9s} {'dark':>4s} "
-            f"{'moved':>5s} {'dual max':>9s} {'lost':>4s} {'dup':>3s} {'leases':>7s} {'alloc':>7s} {'redis':>7s} "
-            f"{'newIP':>7s} {'again':>5s} {'ret.gap':>8s}")
+            f"{'moved':>5s} {'silent':>9s} {'dual max':>9s} {'lost':>4s} {'dup':>3s} {'leases':>7s} {'alloc':>7s} "
+            f"{'redis':>7s} {'newIP':>7s} {'again':>5s} {'ret.gap':>8s}")
 
 
 def _row(label: str, s: Mapping[str, Any]) -> str:
     o = s["outage_worst_vip_ms"]
     return (f"  {label} {s['rounds']:3d} {fmt_ms(o['p50']):>9s} {fmt_ms(o['p99']):>9s} {fmt_ms(o['max']):>9s} "
             f"{s['rounds_ended_by_return']:9d} {s.get('vips_with_outage_max', 0):4d} {s.get('vips_moved', 0):5d} "
+            f"{fmt_ms((s.get('silent_worst_vip_ms') or {}).get('max')):>9s} "
             f"{fmt_ms(s['dual_max_ms']):>9s} {s['lost_allocations']:4d} "
             f"{s['duplicate_ips']:3d} {fmt_s(s['leases_takeover_s']['max']):>7s} "
             f"{fmt_s(s['allocator_takeover_s']['max']):>7s} {fmt_s(s['redis_writable_s']['max']):>7s} "
