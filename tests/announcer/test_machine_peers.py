@@ -478,3 +478,32 @@ def test_no_extra_wakeups_at_rest_with_standby_vips() -> None:
     # every tick sends the peer frame and the heartbeat (the VIP's GARP rounds aside: once a second)
     assert all(f and h for t, f, h in ticks if abs(t - round(t)) > 1e-6), str(ticks)
     assert 25 <= len(ticks) <= 29, str(ticks)
+
+
+@pytest.mark.parametrize("late_ms", [0, 150])
+def test_redis_back_after_a_freeze_hands_over_to_the_grace_whatever_leases_last_burst_looked_like(late_ms: int) -> None:
+    """Lab (h22lab AFTER run: Redis restarted without data after 3 s, load ~7 on 2 cores): leases' last renewal
+    burst before Redis went away reached us, then another node's message 150 ms later. When Redis came back the
+    freeze ended (our round trips work again) and the leases-outage grace refused ("a message after our renewal:
+    leases is alive"), so 2 of 3 announcers went dark for 1.1 s until leases renewed them. What came before the
+    freeze was judged by it already: Redis was down for everybody, nobody could move a VIP."""
+    w = World(pm())
+    w.peers = {"n2": UP, "n3": UP}
+    w.feed(assign(1, vips((V4, 5)), 0.0, members=MEMBERS))
+    assert w.run(0.5, check=V4) == []
+    w.feed(renew(2, vips((V4, 5)), 0.5, digest=assignments_digest(vips((V4, 5)), (), MEMBERS)))
+    assert w.m.state.last_applied_at == 0.5
+    w.run(0.5 + late_ms / 1000.0)
+    w.feed(renew(7, (), w.t, node="n2", digest="x"))  # the same burst, for another node, late
+    w.redis = False
+    w.peers = {"n2": DOWN, "n3": DOWN}
+    assert w.run(3.5, check=V4) == []  # frozen
+    w.redis = True  # back for everybody; leases has not spoken yet (it waits for heartbeats, reloads, ...)
+    w.peers = {"n2": peers.REDIS_OK, "n3": peers.REDIS_OK}
+    assert w.run(5.0, check=V4) == []
+    assert not w.stopped()
+    # leases speaks again, for the others only: it is alive and does not name us -> strict expiry
+    w.feed(renew(8, (), w.t, node="n2", digest="y"))
+    misses = w.run(7.0, check=V4)
+    assert misses and misses[0] <= 5.0 + 1.2
+    assert [c.reason for _, c in w.stopped()] == ["expired"]

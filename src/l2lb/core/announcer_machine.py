@@ -413,6 +413,9 @@ class AnnouncerMachine:
         self._check_soon = False  # a peer frame may have made a takeover due: tick at once
         self.held: dict[str, int] = {}
         self._keeping: str | None = None  # "grace" | "freeze" | "lan_held" while one keeps the set past D
+        # when the freeze began keeping the set (until leases renews us or the set expires): leases messages
+        # from before it do not say leases is alive once Redis is back (the freeze judged them already)
+        self._freeze_since: float | None = None
         self._last_leases_msg: float | None = None  # any NodeAssignments/NodeRenewal (CP_FRESH, cp silence)
         self._peer_due = now
         self._peer_counter = 0
@@ -579,6 +582,7 @@ class AnnouncerMachine:
         if gone:
             self._grace_since = None
             self._keeping = None
+            self._freeze_since = None
             self.held.clear()
             out.append(Gauge("leases_grace", 0))
             out.append(Gauge("peers_frozen", 0))
@@ -641,6 +645,8 @@ class AnnouncerMachine:
                            "the leases service is down; keeping our VIPs (grace up to "
                            f"{self.config.leases_outage_grace_ms} ms; see --leases-outage-grace-ms)",
                            {"vips": len(self.state.vips)}))
+        if rule == "freeze" and self._freeze_since is None:
+            self._freeze_since = now
         if rule != self._keeping:
             if rule == "freeze":
                 out.append(Gauge("peers_frozen", 1))
@@ -669,13 +675,19 @@ class AnnouncerMachine:
         if last is not None and self._link_down_at is not None and self._link_down_at >= last:
             return False
         # leases sends every node's set in one burst per renew interval: messages for other nodes within
-        # SAME_BURST_S of ours belong to that last burst; anything later means leases is alive
-        if last is None or self._last_any_assignments > last + SAME_BURST_S:
+        # SAME_BURST_S of ours belong to that last burst; anything later means leases is alive -- unless it came
+        # before a freeze kept our set (Redis was down for everybody: nobody could move a VIP; a burst stretched
+        # by a loaded leases must not darken us when Redis is back and leases has not spoken yet)
+        since = last + SAME_BURST_S if last is not None else None
+        if since is not None and self._freeze_since is not None:
+            since = max(since, self._freeze_since)
+        if since is None or self._last_any_assignments > since:
             return False
         started = self._grace_since if self._grace_since is not None else now
         return now - started < self._grace_s
 
     def _leases_alive(self, out: list[Command], now: float) -> None:
+        self._freeze_since = None
         if self._keeping == "freeze":
             out.append(Gauge("peers_frozen", 0))
             out.append(Log("info", "leases renews us again: the freeze is over", {}))
