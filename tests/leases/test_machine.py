@@ -836,3 +836,19 @@ def test_a_leader_elected_while_redis_is_down_moves_nothing_when_it_comes_back()
             assert not (c.msg.node == "a" and c.msg.vips), f"the dead node was given {c.msg.vips}"
     assert not got.get("a")
     assert {ip for s in got.values() for ip in s} == set(IPS[:6])  # a's VIPs went to b and c
+
+
+def test_a_member_that_dies_stays_one_until_it_is_forgotten() -> None:
+    """The quorum announcers count on the LAN must not shrink to the nodes alive during a burst of faults:
+    a dead member stays in the list (it only makes the quorum harder to reach) until the tracker forgets it."""
+    d = _cluster(nodes=("a", "b", "c"), ips=3)
+    _step(d, 0.3, nodes=("a", "b", "c"))
+    assert d.m.members == ("a", "b", "c")
+    out = _step(d, 3.0, nodes=("a", "b"))  # c dies: its VIP moves, members stay
+    assert not d.m.tracker.nodes["c"].alive and d.m.moves_total >= 1
+    assert d.m.members == ("a", "b", "c")
+    assert all(c.msg.members == ("a", "b", "c") for c in _full(out))
+    d.m.tracker.forget("c")  # e.g. its Node object was deleted, or it was pruned after an hour
+    d(AllocationReceived(alloc("ns/s3", IPS[3])))
+    _step(d, 0.3, nodes=("a", "b"))
+    assert d.m.members == ("a", "b")
