@@ -344,3 +344,37 @@ async def test_acks_ride_with_the_next_read(bus: Bus, running: Running, monkeypa
     stop.set()
     await asyncio.wait_for(task, 3)
     assert (await bus.redis.xpending(s, "g-pipe"))["pending"] == 0
+
+
+async def test_noack_consumer_leaves_nothing_pending_and_sends_no_xack(
+        bus: Bus, running: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``noack=True`` (leases reading heartbeats): entries are read with XREADGROUP NOACK, never pending, never
+    acknowledged, a failing handler drops the entry (no redelivery)."""
+    s = bus.keys.heartbeats
+    xacks: list[tuple[str, ...]] = []
+    real_xack = bus.redis.xack
+
+    async def counting_xack(stream: str, group: str, *ids: str) -> int:
+        xacks.append(ids)
+        return await real_xack(stream, group, *ids)
+
+    seen: list[int] = []
+
+    async def handler(msg: Message, eid: str) -> None:
+        assert isinstance(msg, Heartbeat)
+        seen.append(msg.seq)
+        if msg.seq == 3:
+            raise RuntimeError("boom")
+
+    c = bus.consumer(s, "g-noack", "c1", handler, block_ms=300, noack=True)
+    running.start(c)
+    await wait_until(lambda: c.running and c._incarnation is not None, what="consumer set up")
+    monkeypatch.setattr(bus.redis, "xack", counting_xack)
+    for i in range(1, 6):
+        await bus.publish(s, hb(seq=i))
+    await wait_until(lambda: len(seen) == 5, what="5 messages")
+    await asyncio.sleep(0.4)
+    assert seen == [1, 2, 3, 4, 5]  # 3 failed and is not delivered again
+    assert xacks == []
+    assert (await bus.redis.xpending(s, "g-noack"))["pending"] == 0  # with acks, 3 would be pending
+    assert c._unacked == []

@@ -536,7 +536,10 @@ class Consumer:
     ``max_deliveries`` (handler failures before dead-lettering, 5), ``check_interval`` (s between
     incarnation/trim checks, 1.0), ``stats_interval`` (s between full checks with lag/pending, 5.0),
     ``forget_after`` (s: idle consumers of the group with nothing pending are deleted, 3600),
-    ``backoff`` (:class:`Backoff`). ``check()`` runs the checks at once (tests, status pages).
+    ``backoff`` (:class:`Backoff`), ``noack`` (XREADGROUP NOACK: entries never wait in the group's
+    pending list, so no XACK, no redelivery after a crash or a failed handler: for a stream of
+    superseded-at-once messages whose group lives as long as the process, e.g. leases reading
+    heartbeats; one round trip per read). ``check()`` runs the checks at once (tests, status pages).
     """
 
     def __init__(
@@ -558,6 +561,7 @@ class Consumer:
         stats_interval: float = 5.0,
         forget_after: float = 3600.0,
         backoff: Backoff | None = None,
+        noack: bool = False,
     ) -> None:
         if block_ms >= bus.dsn.socket_timeout * 1000:
             raise ValueError(
@@ -578,6 +582,7 @@ class Consumer:
         self.check_interval = check_interval
         self.stats_interval = stats_interval
         self.forget_after = forget_after
+        self.noack = noack
         self._next_forget = 0.0
         self.backoff = backoff or Backoff()
         self._r = bus.redis
@@ -829,7 +834,8 @@ class Consumer:
     async def _read(self, stop_task: asyncio.Task[bool]) -> list[tuple[Any, Any]] | None:
         acks = self._unacked
         read = asyncio.ensure_future(self._ack_and_read(acks) if acks else self._r.xreadgroup(
-            self.group, self.name, {self.stream: ">"}, count=self.batch, block=self.block_ms))
+            self.group, self.name, {self.stream: ">"}, count=self.batch, block=self.block_ms,
+            noack=self.noack))
         done, _ = await asyncio.wait({read, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         if read not in done:
             read.cancel()
@@ -845,6 +851,10 @@ class Consumer:
             return []
         entries: list[tuple[Any, Any]] = res[0][1]
         return entries
+
+    def handled_noack(self, n: int) -> None:
+        """Entries read with NOACK are done once handled (nothing pending to acknowledge)."""
+        _consumed.labels(*self._labels).inc(n)
 
     async def _ack_and_read(self, acks: list[str]) -> Any:
         """XACK of the entries handled last and the next XREADGROUP in one round trip (a pipeline): a
@@ -927,6 +937,11 @@ class Consumer:
                 _handler_errors.labels(*self._labels).inc()
                 n = max(self._failures.get(eid, 0) + 1, (deliveries or {}).get(eid, 0))
                 self._failures[eid] = n
+                if self.noack:  # read with NOACK: nothing is pending, nothing comes again
+                    log.warning("handler failed; entry dropped (read without acknowledgement)",
+                                extra=self._x(id=eid, error=repr(e)), exc_info=True)
+                    self._failures.pop(eid, None)
+                    continue
                 if n >= self.max_deliveries:
                     await self._deadletter(
                         eid, fields, "handler_failed", f"{n} failed deliveries, last: {e!r}"
@@ -941,7 +956,9 @@ class Consumer:
             self._failures.pop(eid, None)
             acks.append(eid)
             self.handled += 1
-        if acks and defer:
+        if acks and defer and self.noack:
+            self.handled_noack(len(acks))
+        elif acks and defer:
             self._unacked.extend(acks)
         elif acks:
             await self._r.xack(self.stream, self.group, *acks)
