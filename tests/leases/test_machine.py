@@ -29,6 +29,7 @@ from l2lb.core.leases_machine import (
     PublishAssignments,
     PublishRenewal,
     RequestSnapshot,
+    Sent,
     ServiceEvent,
     SnapshotRequested,
     StatusPart,
@@ -145,6 +146,34 @@ def test_snapshot_requests_from_an_announcer_and_from_the_bus() -> None:
     d(SnapshotRequested("announcer:ghost"))
     d.advance(0.05)
     assert _full(d(Tick())) == [] and d.m.want_full == set()
+
+
+def test_a_request_that_arrives_while_a_renewal_is_in_flight_is_still_answered() -> None:
+    """Simulator finding (seed 13 after the announcer's wakeup change): a restarted announcer asks for its full
+    set right after a renewal it cannot use; the request reached leases while the next renewal to that node
+    was in flight, and that renewal's acknowledgement cleared the request. The retries (every 1.2 s = 4
+    renewal rounds) hit the same phase: the node stayed dark 6.2 s. A renewal never answers a request."""
+    d = _cluster()
+    _step(d, 0.1)
+    out: list[Command] = []
+    asked = False
+    for _ in range(20):
+        d.advance(0.05)
+        todo = list(d.m.handle(Tick(), d.now()))
+        while todo:
+            c = todo.pop(0)
+            out.append(c)
+            if isinstance(c, PublishRenewal) and c.msg.node == "a" and not asked:
+                out += d.m.handle(SnapshotRequested("announcer:a", "digest_mismatch"), d.now())
+                asked = True
+            if isinstance(c, PublishAssignments | PublishRenewal):
+                todo += d.m.handle(Sent(c), d.now())
+        if asked:
+            break
+    assert asked
+    d.advance(0.05)
+    out += d(Tick())
+    assert [(c.msg.node, c.requested) for c in _full(out)] == [("a", True)]
 
 
 def test_a_standby_ignores_snapshot_requests() -> None:

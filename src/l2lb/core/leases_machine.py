@@ -1116,7 +1116,9 @@ class LeasesMachine:
             self._metric("l2lb_leases_published_total", 1, c.why)
         else:
             self._metric("l2lb_leases_published_total", 1, "renew_digest")
-        if not (isinstance(c, PublishAssignments) and c.requested):
+        if isinstance(c, PublishAssignments) and not c.requested:
+            # a full set went out anyway (a change): it answers a request. A renewal never does (it names a
+            # digest the node could not use: the request must stay until its full set goes out)
             self.want_full.discard(c.msg.node)
         self._continue(now)
 
