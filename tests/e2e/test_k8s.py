@@ -48,7 +48,7 @@ DNS_ANSWER = "198.51.100.80"
 STABLE_S = 10.0  # the VIP on one node this long before a fault
 # a dead node stays dead this long (> the 50 s node-monitor grace), then powers on
 DEATH_WINDOW_S = float(os.environ.get("L2LB_E2E_DEATH_S", "75"))
-ALL_FAULTS = ("a", "b", "c", "d", "d2", "d1")
+ALL_FAULTS = ("a", "b", "c", "d", "d2", "d1", "dm")
 # a subset for a shorter run (CI): e.g. L2LB_E2E_FAULTS=a,c,d; "all" (the default) = every fault
 _asked = os.environ.get("L2LB_E2E_FAULTS", "all").strip()
 FAULTS = set(ALL_FAULTS) if _asked in ("", "all") else {f.strip() for f in _asked.split(",") if f.strip()}
@@ -164,6 +164,54 @@ def _redis_master(c: Cluster, pods: list[str]) -> str | None:
         if proc.returncode == 0 and host:
             return host.split(".", 1)[0]
     return None
+
+
+def _arrange_dm(c: Cluster, node: Node) -> list[str]:
+    """Puts a CoreDNS replica and the Redis master on ``node`` (fault dm); returns what it did. CoreDNS: the
+    other nodes cordoned while one CoreDNS pod elsewhere is deleted, so its replacement lands on ``node``.
+    Redis: the other replica's Redis paused (its sentinels call it down after 1 s) during SENTINEL FAILOVER,
+    so the sentinels can only promote ``node``'s replica."""
+    done: list[str] = []
+    dns = c.kget("pods", "-n", "kube-system", "-l", "k8s-app=kube-dns")["items"]
+    if not any(p["spec"].get("nodeName") == node.name for p in dns):
+        others = [o.name for o in c.nodes if o.name != node.name]
+        for name in others:
+            c.kubectl("cordon", name)
+        try:
+            c.kubectl("-n", "kube-system", "delete", "pod", dns[0]["metadata"]["name"], timeout=90)
+            c.kubectl("-n", "kube-system", "rollout", "status", "deploy/coredns", "--timeout=120s", timeout=140)
+        finally:
+            for name in others:
+                c.kubectl("uncordon", name)
+        done.append(f"CoreDNS pod {dns[0]['metadata']['name']} on {dns[0]['spec'].get('nodeName')} replaced "
+                    f"by one on {node.name}")
+    for _ in range(3):
+        pods = _pods(c, "l2lb-system", "app.kubernetes.io/component=redis")
+        master = _redis_master(c, [p["metadata"]["name"] for p in pods])
+        (mine,) = [p["metadata"]["name"] for p in pods if p["spec"].get("nodeName") == node.name]
+        if master == mine:
+            return done
+        paused: list[tuple[Node, str]] = []
+        try:
+            for p in pods:
+                if p["metadata"]["name"] in (master, mine):
+                    continue
+                cid = next(s["containerID"] for s in p["status"]["containerStatuses"]
+                           if s["name"] == "redis").split("://", 1)[1]
+                host = _node_of(c, p["spec"]["nodeName"])
+                c.node_exec(host, ["ctr", "-n", "k8s.io", "task", "pause", cid])
+                paused.append((host, cid))
+            time.sleep(3)
+            c.kubectl("-n", "l2lb-system", "exec", mine, "-c", "sentinel", "--", "redis-cli", "--no-auth-warning",
+                      "-p", "26379", "sentinel", "failover", "l2lb", timeout=20)
+            wait_for(f"{mine} the Redis master", lambda who=mine: _redis_master(c, [who]) == who,
+                     timeout=40, interval=1)
+        finally:
+            for host, cid in paused:
+                c.node_exec(host, ["ctr", "-n", "k8s.io", "task", "resume", cid])
+        done.append(f"Redis master {master} -> {mine} (SENTINEL FAILOVER, the other replica paused)")
+        time.sleep(5)  # the old master and the paused replica reconfigured as replicas
+    raise ClusterError(f"could not make the Redis pod on {node.name} the master: {done}")
 
 
 def _wait_l2lb_ready(c: Cluster, timeout: float = 240) -> None:
@@ -400,6 +448,17 @@ def _failover(c: Cluster, tmp: Path, lock_state: str, windows: list[dict[str, An
         if redis is not None:
             _announcer_node(c, stable_s=STABLE_S)
             death("d2", "whole node dies (Redis master's node)", lambda: _node_of(c, redis))
+    # (dm) what (d) hits when the placement is unlucky: the announcing node also runs the Redis master and
+    # one of the 2 CoreDNS replicas (kubeadm's default). Both are put there first (_arrange_dm), then it dies.
+    if "dm" in FAULTS:
+        target = _announcer_node(c, stable_s=STABLE_S)
+        windows.append({"fault": "dm arranging", "node": target.name, "inject": time.time(),
+                        "heal": time.time(), "steady": float("inf")})
+        arranged = _arrange_dm(c, target)
+        steady()
+        _announcer_node(c, stable_s=STABLE_S)
+        death("dm", "whole node dies (announcing node + Redis master + a CoreDNS)", lambda: target)
+        out[-1]["notes"].append("arranged before: " + ("; ".join(arranged) or "nothing, already so"))
     # (d1) the 1-replica reality: one Pi-hole pod (a homelab's usual), its node dies. l2lb moves the
     # VIP, but the only backend is gone until Kubernetes evicts and reschedules it (~5 min): reported,
     # not asserted. The Pi-hole goes back to 2 replicas afterwards.
