@@ -160,7 +160,8 @@ MATRIX: dict[str, dict[str, Any]] = {
         "leases": {"leaderElection": {"leaseDuration": 4, "renewDeadline": 3, "retryPeriod": 1}},
         "announcer": {"interfaces": ["enp0s25", "eth[0-9]+"], "optIn": True,
                       "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}},
-        "redis": {"ha": {"replicas": 5}, "storage": {"size": "2Gi", "storageClassName": "local-path"}},
+        "redis": {"ha": {"replicas": 5}, "storage": {"size": "2Gi", "storageClassName": "local-path"},
+                  "dnsConfig": {"options": [{"name": "timeout", "value": "2"}, {"name": "ndots", "value": "1"}]}},
     },
     "monitoring": {"announcer": {"metrics": {"expose": True}},
                    "metrics": {"podMonitor": {"enabled": True, "labels": {"release": "prom"}},
@@ -217,6 +218,8 @@ def test_matrix_values_reach_the_objects(tmp_path: Path) -> None:
     assert env["L2LB_REDIS_REPLICAS"] == "5"
     claim = sts["spec"]["volumeClaimTemplates"][0]["spec"]
     assert claim["storageClassName"] == "local-path" and claim["resources"]["requests"]["storage"] == "2Gi"
+    assert sts["spec"]["template"]["spec"]["dnsConfig"] == {"options": [{"name": "timeout", "value": "2"},
+                                                                        {"name": "ndots", "value": "1"}]}
     # the announcer flags parse as the announcer parses them
     from services.announcer.main import build_parser
 

@@ -368,6 +368,10 @@ def test_redis_ha_by_default_and_single_node_mode() -> None:
         assert script.exists(), script
     assert _env(ctrs["redis"])["L2LB_REDIS_MODE"] == "sentinel"
     assert int(_env(ctrs["sentinel"])["L2LB_SENTINEL_DOWN_MS"]) <= 2000
+    # Sentinel resolves names synchronously and enters TILT (no failover for 30 s) after a loop > 2 s: a lookup
+    # that kube-proxy sends to a dead node's CoreDNS must give up well before (timeout x attempts, seconds)
+    opts = {o["name"]: int(o["value"]) for o in pod["dnsConfig"]["options"]}
+    assert opts["timeout"] * opts["attempts"] < 2, opts
     (cm,) = [c for c in by_kind(base, "ConfigMap") if c["metadata"]["name"].startswith("l2lb-redis")]
     assert {v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v} == {cm["metadata"]["name"]}
     assert {"redis.conf", "peers.sh", "start-redis.sh", "start-sentinel.sh"} <= set(cm["data"])

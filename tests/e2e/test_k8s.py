@@ -23,6 +23,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +215,37 @@ def _arrange_dm(c: Cluster, node: Node) -> list[str]:
     raise ClusterError(f"could not make the Redis pod on {node.name} the master: {done}")
 
 
+def _sentinel_story(c: Cluster, since: float, dead: str) -> dict[str, Any]:
+    """What the sentinels of the Redis pods that survived a node death logged since ``since`` (wall clock):
+    the first +switch-master (a new master: seconds after ``since``), how often they entered TILT mode, how
+    many name lookups failed, and the lines that say so (kubectl logs --timestamps)."""
+    story: dict[str, Any] = {"switch_master_s": None, "tilt_entered": 0, "failed_lookups": 0, "lines": []}
+    keys = ("+sdown master", "+odown", "+tilt", "-tilt", "Failed to resolve", "+try-failover", "+promoted-slave",
+            "+switch-master", "Next failover delay")
+    for p in _pods(c, "l2lb-system", "app.kubernetes.io/component=redis"):
+        if p["spec"].get("nodeName") == dead:
+            continue
+        name = p["metadata"]["name"]
+        proc = c.kubectl("-n", "l2lb-system", "logs", name, "-c", "sentinel", "--timestamps", check=False, timeout=30)
+        for line in proc.stdout.splitlines():
+            stamp, _, msg = line.partition(" ")
+            try:  # RFC 3339 with nanoseconds: keep microseconds
+                head, _, frac = stamp.rstrip("Z").partition(".")
+                at = datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00").timestamp()
+            except ValueError:
+                continue
+            if at < since or not any(k in msg for k in keys):
+                continue
+            rel = round(at - since, 1)
+            story["lines"].append(f"{name} +{rel:6.1f} s {msg.strip()[-160:]}")
+            story["tilt_entered"] += "+tilt" in msg
+            story["failed_lookups"] += "Failed to resolve" in msg
+            if "+switch-master" in msg and (story["switch_master_s"] is None or rel < story["switch_master_s"]):
+                story["switch_master_s"] = rel
+    story["lines"].sort(key=lambda x: float(x.split("+", 1)[1].split(" s ", 1)[0]))
+    return story
+
+
 def _wait_l2lb_ready(c: Cluster, timeout: float = 240) -> None:
     for kind, name in (("statefulset", "l2lb-redis"), ("deploy", "l2lb-allocator"), ("deploy", "l2lb-leases"),
                        ("daemonset", "l2lb-announcer")):
@@ -301,6 +333,7 @@ def test_l2lb_in_a_real_cluster(cluster: Cluster, tmp_path: Path) -> None:
         # sticky: l2lb moves a VIP only because of a fault; never between faults, never back to a node
         # once its fault healed (announcer back, cable in, node on again)
         results["unexplained_moves"] = [m for m in results["moves"] if m["during"] is None or m["back_to_healed"]]
+        results["sentinels"] = {w["fault"]: w["sentinels"] for w in windows if "sentinels" in w}
         out = Path(os.environ.get("L2LB_E2E_RESULTS", str(Path.home() / ".cache/l2lb/e2e-k8s-results.json")))
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1, default=str))
@@ -412,6 +445,12 @@ def _failover(c: Cluster, tmp: Path, lock_state: str, windows: list[dict[str, An
         steady()
         out[-1]["notes"].append(f"node powered on again: Ready + l2lb rolled out + DNS answers "
                                 f"{time.monotonic() - t0:.1f} s later")
+        story = _sentinel_story(c, windows[-1]["inject"], node.name)
+        windows[-1]["sentinels"] = story
+        out[-1]["notes"].append(f"sentinels (surviving pods): new master {story['switch_master_s']} s after the "
+                                f"kill, TILT entered {story['tilt_entered']} times, {story['failed_lookups']} "
+                                f"failed name lookups")
+        print("\n".join(story["lines"]), flush=True)
 
     # (a) the announcer pod is deleted (kubectl delete pod: SIGTERM, 5 s grace; the DaemonSet recreates it)
     if "a" in FAULTS:
