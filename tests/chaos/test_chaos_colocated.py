@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from l2lb.lab import chaos, netns
+from l2lb.lab import chaos
 from l2lb.lab.placement import Placement
+from tests.support.netns import require_netns_privileges
 
 pytestmark = [pytest.mark.chaos, pytest.mark.net, pytest.mark.slow]
 
@@ -29,11 +30,7 @@ PARTITION_STOP_HA_TODAY_S = 3 + 1 + 1.5  # max-lag + validity + margin
 
 @pytest.mark.timeout(400)
 async def test_colocated_chaos_run_keeps_every_invariant(tmp_path: Path) -> None:
-    ok, why = netns.have_privileges()
-    if not ok:
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
+    require_netns_privileges()
     prefix = f"lk{os.getpid() % 100000:05d}"
     report = await chaos.run_chaos(SEED, DURATION, prefix=prefix, workdir=tmp_path, quiet=True,
                                    placement=Placement.k8s(3, ha=True), node_faults=True,

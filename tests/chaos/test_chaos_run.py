@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from l2lb.lab import chaos, netns
+from tests.support.netns import require_netns_privileges
 
 pytestmark = [pytest.mark.chaos, pytest.mark.net, pytest.mark.slow]
 
@@ -17,11 +18,7 @@ DURATION = float(os.environ.get("L2LB_CHAOS_SECONDS", "60"))
 
 @pytest.mark.timeout(400)
 async def test_fixed_seed_chaos_run_keeps_every_invariant(tmp_path: Path) -> None:
-    ok, why = netns.have_privileges()
-    if not ok:
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
+    require_netns_privileges()
     prefix = f"lc{os.getpid() % 100000:05d}"
     report = await chaos.run_chaos(SEED, DURATION, prefix=prefix, workdir=tmp_path, quiet=True)
     text = report.text()

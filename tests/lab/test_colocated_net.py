@@ -13,6 +13,7 @@ from l2lb.lab import netns
 from l2lb.lab.main import Progress
 from l2lb.lab.placement import ColocatedLab, Placement, host_ip, redis_ping
 from l2lb.lab.procs import Supervisor, wait_http_ready
+from tests.support.netns import require_netns_privileges
 
 pytestmark = [pytest.mark.net, pytest.mark.slow]
 
@@ -23,11 +24,7 @@ def _netns_inode(path: str) -> int:
 
 @pytest.mark.timeout(240)
 async def test_colocated_processes_live_in_their_nodes_and_die_with_them(tmp_path: Path) -> None:
-    ok, why = netns.have_privileges()
-    if not ok:
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
+    require_netns_privileges()
     prefix = f"lp{os.getpid() % 100000:05d}"
     args = argparse.Namespace(nodes=3, manifests=None, probe_ms=10.0, round_timeout=10.0, timeout=60.0,
                               json_logs=False, keep=False)

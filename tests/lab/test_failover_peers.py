@@ -31,6 +31,7 @@ from l2lb.lab.main import Progress, repo_root
 from l2lb.lab.nodedeath import PROBE_SRC, Bench, Observers, extra_services
 from l2lb.lab.placement import ColocatedLab, Placement, heal_partition, partition
 from l2lb.lab.procs import Supervisor
+from tests.support.netns import require_netns_privileges
 
 pytestmark = [pytest.mark.net, pytest.mark.slow]
 
@@ -98,11 +99,7 @@ async def _partition_round(bench: Bench, lab: ColocatedLab, node: str) -> dict[s
 
 @pytest.mark.timeout(900)
 async def test_redis_outage_partition_and_death_of_the_control_plane_node(tmp_path: Path) -> None:
-    ok, why = netns.have_privileges()
-    if not ok:
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
+    require_netns_privileges()
     root = repo_root()
     assert root is not None
     prefix = f"lf{os.getpid() % 100000:05d}"

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from l2lb.lab import netns
+from tests.support.netns import require_netns_privileges
 
 pytestmark = [pytest.mark.net, pytest.mark.slow]
 PIHOLE = "198.51.100.153"
@@ -32,11 +33,7 @@ def _processes_mentioning(text: str) -> list[str]:
 
 @pytest.mark.timeout(300)
 def test_lab_runs_measures_failover_and_cleans_up(tmp_path: Path) -> None:
-    ok, why = netns.have_privileges()
-    if not ok:
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
+    require_netns_privileges()
     prefix = f"lb{os.getpid() % 100000:05d}"
     report = tmp_path / "report.json"
     work = tmp_path / "lab"

@@ -35,6 +35,16 @@ def _prefix() -> str:
     return f"{PREFIX_ROOT}{_b36(os.getpid(), 5)}{_b36(next(_counter) % 1296, 2)}"
 
 
+def require_netns_privileges() -> None:
+    """Skip a test that needs network namespaces when the machine cannot make them, with the reason; in CI
+    (which runs as root with iproute2) the same lack is a failure, never a silent skip."""
+    ok, why = netns.have_privileges()
+    if not ok:
+        if os.environ.get("CI"):
+            pytest.fail(f"network tests need privileges in CI: {why}")
+        pytest.skip(why)
+
+
 def _owner_pid(ns: str) -> int | None:
     if len(ns) < 8 or ns[0] != PREFIX_ROOT or not all(c in _DIGITS for c in ns[1:8]):
         return None
@@ -54,11 +64,7 @@ def _sweep_stale_namespaces() -> Iterator[None]:
 
 @pytest.fixture
 def topology() -> Iterator[netns.Topology]:
-    ok, why = netns.have_privileges()
-    if not ok:
-        if os.environ.get("CI"):
-            pytest.fail(f"network tests need privileges in CI: {why}")
-        pytest.skip(why)
+    require_netns_privileges()
     topo = netns.Topology(_prefix())
     try:
         yield topo
