@@ -367,6 +367,27 @@ def test_no_freeze_while_our_redis_works_the_grace_limit_still_ends_a_leases_out
     assert [c.reason for _, c in w.stopped()] == ["expired"]
 
 
+@pytest.mark.parametrize("members", [MEMBERS, ("n1", "n2")])
+def test_a_holder_cut_off_from_its_peers_gets_no_grace_when_the_others_can_take_over(
+        members: tuple[str, ...]) -> None:
+    """Co-located chaos finding: the holder runs the Redis master and is cut off from the other nodes (the
+    LAN clients still reach it); its Redis works and leases is silent for it, so the leases-outage grace
+    used to keep its VIPs for seconds while the majority's successor took them over on the LAN: dual.
+    With 3 members the others make a majority without us: no grace, expiry at the deadline. With 2
+    members nobody can take over (no majority without us): the grace keeps the set as before."""
+    w = World(pm(leases_outage_grace_ms=5000))
+    w.peers = {n: UP for n in members if n != "n1"}
+    w.feed(assign(1, vips((V4, 5)), 0.0, members=members))
+    w.run(0.5, check=V4)
+    w.peers = {}  # cut off from every peer; our own Redis round trips go on working, leases says nothing
+    misses = w.run(4.0, check=V4)
+    if len(members) == 3:
+        assert misses and misses[0] <= 1.05, misses[:3]  # the validity deadline (1.0), no grace
+        assert [c.reason for _, c in w.stopped()] == ["expired"]
+    else:
+        assert misses == [] and w.stopped() == []
+
+
 def test_every_claim_reaches_the_holder_even_beyond_one_frame() -> None:
     """Regression: one peer frame carries at most peers.MAX_CLAIMS (40) claims. A successor that took over 100
     VIPs sends them all in every interval (pages), so a holder that was only silent (stopped, cut off from
