@@ -388,6 +388,14 @@ def test_a_holder_cut_off_from_its_peers_gets_no_grace_when_the_others_can_take_
         assert misses == [] and w.stopped() == []
 
 
+def test_a_holder_that_never_heard_a_peer_keeps_the_grace() -> None:
+    """Peer frames that never flow (blocked on this LAN, another key) stop every takeover too: the
+    leases-outage grace then keeps the set as it did before the peers existed."""
+    w = World(pm(leases_outage_grace_ms=5000))
+    w.feed(assign(1, vips((V4, 5)), 0.0, members=MEMBERS))
+    assert w.run(4.0, check=V4) == [] and w.stopped() == []
+
+
 def test_every_claim_reaches_the_holder_even_beyond_one_frame() -> None:
     """Regression: one peer frame carries at most peers.MAX_CLAIMS (40) claims. A successor that took over 100
     VIPs sends them all in every interval (pages), so a holder that was only silent (stopped, cut off from

@@ -664,10 +664,13 @@ class AnnouncerMachine:
         and not us. So with peers on, the grace needs the majority on our side (we hear it), or members so
         few that the others cannot make one without us (1 or 2 members: nobody takes over, as before). A node
         cut off from its peers while its own Redis still works (it runs the Redis master) then expires at its
-        deadline instead of answering beside its successor (co-located chaos run, seed 20261206: 2.75 s)."""
+        deadline instead of answering beside its successor (co-located chaos run, seed 20261206: 2.75 s).
+        A node that never heard a peer keeps the grace: then no frame flows on this LAN for anyone."""
         pv = self.peers
         members = self._members
-        if pv is None or not members:
+        if pv is None or not members or not pv.heard:
+            # no peer frame ever reached us (frames blocked on this LAN, keys that differ): nobody hears
+            # anybody, so nobody takes over on the LAN either -- the grace is as safe as without peers
             return True
         others = len(members) - (1 if self.config.node in members else 0)
         if others < peers.quorum_size(len(members)):
