@@ -18,6 +18,8 @@ from l2lb.adapters.bus.status import StatusPublisher
 from l2lb.adapters.http.cluster import ClusterAPI, mount_cluster_api
 from l2lb.adapters.http.server import StatusServer
 
+from .cdp import Browser, chromium_path
+
 PIHOLE_IP = "198.51.100.153"
 
 
@@ -125,3 +127,16 @@ async def serve(bus: Bus, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     finally:
         for s in started:
             await asyncio.wait_for(s.stop(), 10)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """A headless Chromium over CDP (tests that use it skip when it is not installed)."""
+    exe = chromium_path()
+    assert exe is not None
+    b = Browser(exe)
+    try:
+        await b.start()
+        yield b
+    finally:
+        await b.close()

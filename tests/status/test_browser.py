@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,18 +17,6 @@ pytestmark = pytest.mark.skipif(chromium_path() is None, reason="chromium not in
 
 ROWS = """JSON.stringify([...document.querySelectorAll('#services tbody tr')].map(tr => ({
   key: tr.dataset.key, ip: tr.dataset.ip, node: tr.querySelector('.node').textContent})))"""
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    exe = chromium_path()
-    assert exe is not None
-    b = Browser(exe)
-    try:
-        await b.start()
-        yield b
-    finally:
-        await b.close()
 
 
 def rows_of(raw: str) -> list[dict[str, str]]:

@@ -11,7 +11,6 @@ import base64
 import json
 import os
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -90,18 +89,6 @@ def seed_history(api: Any, now: float) -> None:
         h.add(now - 3300 + k * 700, [{"name": "default-pool", "used": a, "total": 126},
                                      {"name": "dmz-ipv6-pool", "used": b, "total": 256}])
     api.pool_history = h
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    exe = chromium_path()
-    assert exe is not None
-    b = Browser(exe)
-    try:
-        await b.start()
-        yield b
-    finally:
-        await b.close()
 
 
 async def _screenshot(browser: Browser, sid: str, name: str) -> None:
