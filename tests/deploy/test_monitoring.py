@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ import yaml
 from tests.deploy.chart_support import CHART
 from tests.deploy.support import ROOT
 from tests.support.kube import KubeHandle, free_port
-from tests.support.procs import http_get
+from tests.support.procs import http_get, stop_process
 
 RULES = CHART / "files" / "prometheus" / "l2lb-rules.yaml"
 RULE_TESTS = ROOT / "tests" / "deploy" / "prometheus" / "l2lb-rules.test.yaml"
@@ -173,13 +172,7 @@ class Service:
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, wait=15)
         self._log.close()
 
 

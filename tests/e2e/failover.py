@@ -14,7 +14,6 @@ import contextlib
 import itertools
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from typing import Any
 
 from l2lb.lab.probe import ArpProber, Timeline
 from tests.e2e.cluster import OBSERVER_IP, ClusterError
+from tests.support.procs import stop_process
 
 PROBE = Path(__file__).resolve().parent / "dnsprobe.py"
 
@@ -190,13 +190,7 @@ class Measurement:
     def stop(self) -> dict[str, Any]:
         assert self.proc is not None and self.arp is not None and self._thread is not None
         self.ended = time.monotonic()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        stop_process(self.proc, wait=15)
         self._thread.join(self.max_seconds + 5)
         self.arp.close()
         err = self.proc.stderr.read() if self.proc.stderr else ""
