@@ -29,6 +29,9 @@ of every process of the node at one instant), per scenario = what the dying node
 
     sudo python bench/failover/run.py --colocated --rounds 10 --scenarios redis,leases,allocator,all,nothing
     sudo python bench/failover/run.py --colocated --redis-ha --rounds 10      # Redis + Sentinel on 3 nodes
+    sudo python bench/failover/run.py --colocated --nodes 5 --services 8 --rounds 2 --scenarios pairs \
+        [--stagger-ms 300]                    # two of 5 nodes die at once (or the second during the failover)
+    sudo python bench/failover/run.py --colocated --cost-compare --cost-s 90   # idle: single Redis | Redis HA
     sudo python bench/failover/run.py --colocated --placement ctl --rounds 3 \
         --scenarios redis-kill,redis-stop,redis-restart [--no-persistence]    # Redis outages, classic lab
 
@@ -250,6 +253,44 @@ def fmt(v: float) -> str:
     return "n/a" if v != v else f"{v:,.0f} ms"
 
 
+async def run_cost_compare(a: argparse.Namespace) -> int:
+    """The cost at rest of single Redis and of Redis HA (3 Redis + 3 Sentinels), one lab after the other in
+    this one run, printed side by side."""
+    import os
+
+    from l2lb.lab import nodedeath
+    from l2lb.lab.placement import Placement
+
+    if a.nodes < 3:
+        print("bench/failover: --cost-compare needs --nodes >= 3 (Redis HA runs on 3 nodes)", file=sys.stderr)
+        return 2
+    costs: dict[str, Any] = {}
+    placements: dict[str, str] = {}
+    load = [os.getloadavg()]
+    for name, ha in (("single Redis", False), ("Redis HA", True)):
+        args = argparse.Namespace(**vars(a))
+        args.redis_ha, args.rounds, args.scenarios, args.json = ha, 0, [], None
+        args.placement_obj = Placement.k8s(a.nodes, ha=ha)
+        args.cost_s, args.cost_settle_s = a.cost_s or 90.0, 15.0  # Sentinel's discovery settles first
+        netns.sweep(a.prefix)
+        print(f"== {name}: {args.placement_obj.describe()}, {args.cost_s:.0f} s at rest", flush=True)
+        r = await nodedeath.run(args, Path(tempfile.mkdtemp(prefix="l2lb-bench-cost-")), Progress())
+        costs[name], placements[name] = r["cost_at_rest"], r["placement"]
+        load.append(os.getloadavg())
+        if r["cleanup"]["leftover_namespaces"]:
+            print(f"bench/failover: namespaces left: {r['cleanup']['leftover_namespaces']}", file=sys.stderr)
+            return 1
+    print()
+    print(f"Cost at rest, {a.nodes} nodes co-located as k8s/base places them, {a.services} + 2 Services, nothing "
+          f"happening (CPU % of one core, RSS, commands/s; load average 1 min at start / between / end: "
+          f"{' / '.join(f'{x[0]:.1f}' for x in load)})")
+    print(nodedeath.cost_table(costs))
+    if a.json:
+        Path(a.json).write_text(nodedeath.dumps({"cost_at_rest": costs, "placements": placements,
+                                                 "loadavg": load, "nodes": a.nodes, "services": a.services}))
+    return 0
+
+
 async def run_colocated(a: argparse.Namespace) -> int:
     from l2lb.lab import nodedeath
     from l2lb.lab.placement import Placement, PlacementError
@@ -264,12 +305,16 @@ async def run_colocated(a: argparse.Namespace) -> int:
     except PlacementError as e:
         print(f"bench/failover: {e}", file=sys.stderr)
         return 2
-    a.scenarios = [s.strip() for s in a.scenarios.split(",") if s.strip()]
-    unknown = [s for s in a.scenarios if s not in (*nodedeath.SCENARIOS, *nodedeath.REDIS_FAULTS)]
-    if unknown:
-        print(f"bench/failover: unknown scenario(s) {unknown}; known: "
-              f"{', '.join((*nodedeath.SCENARIOS, *nodedeath.REDIS_FAULTS))}", file=sys.stderr)
+    try:
+        a.scenarios = nodedeath.expand_scenarios(a.scenarios, a.nodes)
+    except ValueError as e:
+        print(f"bench/failover: {e}", file=sys.stderr)
         return 2
+    if a.stagger_ms < 0:
+        print("bench/failover: --stagger-ms must be >= 0", file=sys.stderr)
+        return 2
+    if a.cost_compare:
+        return await run_cost_compare(a)
     # l2lb as configured first, then the baseline (the same lab, announcers with --no-peers: the failover
     # rules before the LAN peer heartbeats) with its own number of rounds
     variants: list[tuple[str, argparse.Namespace]] = [("no-peers" if a.no_peers else "l2lb", a)]
@@ -293,6 +338,7 @@ async def run_colocated(a: argparse.Namespace) -> int:
     print(f"{a.nodes} nodes, placement {res['placement']}, leader election {res['leader_election']}, "
           f"Redis persistence {'on' if res['persistence'] else 'off'}, "
           f"ARP probe every {a.probe_ms:.0f} ms, {a.services} + 2 Services; node down at most {a.max_down_s:.0f} s"
+          + (f"; several dying nodes {a.stagger_ms:.0f} ms apart" if a.stagger_ms else "")
           + (f"; Redis down {a.redis_down_s:.0f} s, restart gap {a.restart_gap_s:.1f} s"
              if any(s in nodedeath.REDIS_FAULTS for s in a.scenarios) else ""))
     for name, r in runs.items():
@@ -305,6 +351,13 @@ async def run_colocated(a: argparse.Namespace) -> int:
         print(nodedeath.compare_table({name: r["results"] for name, r in runs.items()}))
     elif res["results"]:
         print(nodedeath.table(res["results"]))
+    for name, r in runs.items():
+        for sc, summ in r["results"].items():
+            if summ.get("orphaned") or summ.get("successors_hit"):
+                print(f"{sc} ({name}): rounds in which every replica died: "
+                      + (", ".join(f"{c} {k}" for c, k in summ["orphaned"].items()) or "none")
+                      + (f"; VIPs the next victim had taken over when it died: {summ['successors_hit']}"
+                         if a.stagger_ms else ""))
     for name, r in runs.items():
         for n in r["notes"]:
             print(f"note ({name}): {n}")
@@ -408,8 +461,14 @@ def main() -> int:
     g.add_argument("--placement", help="'ctl' (everything in the control-plane namespace, standbys included) or "
                    "a layout like 'redis=1;allocator=1,2;leases=1,3' (default: k8s/base's)")
     g.add_argument("--scenarios", default="redis,leases,allocator,all,nothing",
-                   help="comma list: redis, leases, allocator, all, nothing (node deaths); redis-kill, "
-                        "redis-stop, redis-restart (Redis faults)")
+                   help="comma list: redis, leases, allocator, all, nothing (node deaths: what the dying node "
+                        "holds); two nodes dying at once: joined with '+' (redis+leases, leases+allocator, "
+                        "all+nothing, ...) or 'pairs' (redis+leases, redis+allocator, leases+allocator, "
+                        "all+nothing, nothing+nothing; use --nodes 5); redis-kill, redis-stop, redis-restart "
+                        "(Redis faults)")
+    g.add_argument("--stagger-ms", type=float, default=0.0,
+                   help="several dying nodes: each dies this long after the previous one, i.e. during the "
+                        "failover of the first (default 0: at the same instant)")
     g.add_argument("--no-persistence", action="store_true", help="Redis without its append-only file")
     g.add_argument("--max-down-s", type=float, default=20.0, help="a dead node returns after at most this long")
     g.add_argument("--redis-down-s", type=float, default=30.0, help="Redis kill/stop lasts this long")
@@ -424,6 +483,9 @@ def main() -> int:
                    help="leader election of allocator and leases: kube (the Lease) or redis (short TTL key)")
     g.add_argument("--cost-s", type=float, default=0.0,
                    help="first measure the cost at rest (CPU, RSS per component, API requests/s) over this many s")
+    g.add_argument("--cost-compare", action="store_true",
+                   help="only the cost at rest, of single Redis and of Redis HA (3 Redis + 3 Sentinels) one "
+                        "after the other in this run, printed side by side (over --cost-s, default 90 s)")
     g.add_argument("--seed", type=int, default=1)
     g.add_argument("--no-peers", action="store_true",
                    help="announcers without LAN peer heartbeats (the rules before them: no freeze, no succession)")

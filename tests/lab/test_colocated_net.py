@@ -67,6 +67,26 @@ async def test_colocated_processes_live_in_their_nodes_and_die_with_them(tmp_pat
                                   lab.sup.procs["leases-a"])
             # the append-only file kept the dataset across the "reboot"
             assert (tmp_path / "redis-0" / "appendonlydir").is_dir()
+
+            # two nodes at one instant (bench/failover --scenarios redis+leases ...): exactly their processes
+            with pytest.raises(ValueError, match="distinct"):
+                lab.nodes_death(["node-2", "node-2"])
+            lab.nodes_death(["node-2", "node-3"])
+            for node in ("node-2", "node-3"):
+                await lab.reap(node)
+                for name in lab.procs_on(node):
+                    assert not lab.sup.procs[name].alive, name
+                peer = lab.topo.hosts[node].peer
+                assert netns.ns_exec(lab.topo.switch, ["cat", f"/sys/class/net/{peer}/operstate"]).stdout.strip() \
+                    == "down", node
+            for name in lab.procs_on("node-1"):
+                assert lab.sup.procs[name].alive, name
+            assert lab.dead == {"node-2", "node-3"}
+            assert [d["node"] for d in lab.deaths[-2:]] == ["node-2", "node-3"]
+            assert lab.deaths[-1]["t"] == lab.deaths[-2]["t"]  # one instant for both
+            with pytest.raises(RuntimeError, match="already dead"):
+                lab.nodes_death(["node-1", "node-3"])
+            assert "node-1" not in lab.dead  # nothing done when one of them was dead already
     finally:
         await lab.sup.stop_all()
         lab.topo.destroy()

@@ -8,9 +8,14 @@ import random
 import pytest
 
 from l2lb.lab.nodedeath import (
+    PAIRS,
     Bench,
+    ScenarioError,
     compare_table,
+    cost_table,
+    expand_scenarios,
     first_ok_after,
+    scenario_parts,
     summarize,
     takeover_s,
     vip_outage,
@@ -171,10 +176,10 @@ def test_compare_table_puts_the_baseline_beside_l2lb_per_scenario() -> None:
     assert "30,000" in lines[1] and "6,700" in lines[3] and "380" in lines[4]
 
 
-def _bench(placement: Placement) -> Bench:
+def _bench(placement: Placement, nodes: int = 3) -> Bench:
     lab = ColocatedLab.__new__(ColocatedLab)
     lab.placement = placement
-    lab.args = argparse.Namespace(nodes=3)
+    lab.args = argparse.Namespace(nodes=nodes)
     lab.dead = set()
     return Bench(lab, None, None, None, rng=random.Random(3))  # type: ignore[arg-type]
 
@@ -209,3 +214,81 @@ def test_plan_refuses_what_the_placement_cannot_do() -> None:
     ha = _bench(Placement.k8s(3, ha=True))
     got = ha.plan("all", {"redis": "node-2", "leases": "node-1", "allocator": "node-1"})
     assert got == ("node-1", [("redis", "onto")])
+
+
+def test_scenarios_of_several_dying_nodes() -> None:
+    assert scenario_parts("redis") == [frozenset({"redis"})]
+    assert scenario_parts("redis+leases") == [frozenset({"redis"}), frozenset({"leases"})]
+    assert scenario_parts("all+nothing") == [frozenset({"redis", "leases", "allocator"}), frozenset()]
+    for bad, msg in (("all+leases", "named for two dying nodes"), ("redis+bogus", "unknown part"),
+                     ("leases+leases", "named for two dying nodes")):
+        with pytest.raises(ScenarioError, match=msg):
+            scenario_parts(bad)
+    assert expand_scenarios("redis, pairs,redis-kill", 5) == ["redis", *PAIRS, "redis-kill"]
+    assert "leases+allocator" in PAIRS and "redis+leases" in PAIRS
+    with pytest.raises(ScenarioError, match="kills 2 of 2 nodes"):
+        expand_scenarios("nothing+nothing", 2)
+    with pytest.raises(ScenarioError, match="Redis faults"):
+        expand_scenarios("redis-crash", 3)
+    with pytest.raises(ScenarioError, match="empty"):
+        expand_scenarios(" , ", 3)
+
+
+def test_plan_group_places_each_role_on_its_dying_node() -> None:
+    b = _bench(Placement.k8s(5), nodes=5)  # single Redis on node-1, allocator on 1,2, leases on 1,3
+    everything_on_1 = {"redis": "node-1", "leases": "node-1", "allocator": "node-1"}
+    # the single Redis cannot move: node-1 dies holding it, the leases leader goes to its other replica
+    # (node-3, the other victim) and the allocator's off both victims (node-2)
+    got = b.plan_group(scenario_parts("redis+leases"), everything_on_1)
+    assert got == (("node-1", "node-3"), [("leases", "onto", "node-3"), ("allocator", "off", None)])
+    assert b.orphaned(got[0]) == ["redis", "leases"]  # no replica of either survives that pair
+    # both leaders on two dying nodes, Redis on neither: node-1 (Redis) must live
+    got = b.plan_group(scenario_parts("leases+allocator"), {**everything_on_1, "leases": "node-3"})
+    assert got is not None and got[0] == ("node-3", "node-2") and got[1] == [("allocator", "onto", "node-2")]
+    assert b.orphaned(got[0]) == []
+    got = b.plan_group(scenario_parts("nothing+nothing"), everything_on_1)
+    assert got is not None and "node-1" not in got[0] and len(set(got[0])) == 2 and got[1] == []
+    # the single-node API keeps its answer and refuses a group
+    assert b.plan("all", everything_on_1) == ("node-1", [])
+    with pytest.raises(ScenarioError, match="kills 2 nodes"):
+        b.plan("all+nothing", everything_on_1)
+    # a dead node is never planned
+    b.lab.dead = {"node-3"}
+    assert b.plan_group(scenario_parts("redis+leases"), everything_on_1) is None
+
+
+def test_plan_group_with_sentinel_moves_the_master_and_counts_the_sentinel_majority() -> None:
+    b = _bench(Placement.k8s(5, ha=True), nodes=5)  # Redis + Sentinel on 1..3
+    roles = {"redis": "node-1", "leases": "node-1", "allocator": "node-2"}
+    # the cheapest: no Sentinel failover, the leases leader off node-1 (to node-3)
+    assert b.plan_group(scenario_parts("redis+allocator"), roles) == (("node-1", "node-2"), [("leases", "off", None)])
+    # a leadership restart is cheaper than a Sentinel failover: the master stays, the leader moves
+    got = b.plan_group(scenario_parts("redis+leases"), {**roles, "allocator": "node-1"})
+    assert got == (("node-1", "node-3"), [("leases", "onto", "node-3"), ("allocator", "off", None)])
+    # with the master on node-2 and every leader on node-1, "all+nothing" must fail the master over
+    got = b.plan_group(scenario_parts("all+nothing"), {"redis": "node-2", "leases": "node-1", "allocator": "node-1"})
+    assert got is not None and got[0][0] == "node-1" and got[1] == [("redis", "onto", "node-1")]
+    assert b.orphaned(("node-1", "node-2")) == ["allocator", "sentinel majority"]
+    assert b.orphaned(("node-4", "node-5")) == []
+
+
+def test_cost_table_puts_single_redis_and_redis_ha_side_by_side() -> None:
+    single = {"seconds": 90.2, "api_requests_per_s": 1.0, "components": {
+        "announcer": {"processes": 3, "cpu_pct": 8.4, "rss_mib": 165.0},
+        "redis": {"processes": 1, "cpu_pct": 1.5, "rss_mib": 10.0, "commands_per_s": 60.4},
+        "apiserver": {"processes": 1, "cpu_pct": 3.0, "rss_mib": 300.0}}}
+    ha = {"seconds": 90.0, "api_requests_per_s": 1.05, "components": {
+        "announcer": {"processes": 3, "cpu_pct": 8.6, "rss_mib": 166.0},
+        "redis": {"processes": 3, "cpu_pct": 4.5, "rss_mib": 30.0, "commands_per_s": 120.0},
+        "sentinel": {"processes": 3, "cpu_pct": 2.1, "rss_mib": 24.0, "commands_per_s": 30.0},
+        "apiserver": {"processes": 1, "cpu_pct": 3.0, "rss_mib": 300.0}}}
+    lines = cost_table({"single Redis": single, "Redis HA": ha}).splitlines()
+    assert "single Redis" in lines[0] and lines[0].index("single Redis") < lines[0].index("Redis HA")
+    rows = {ln.split()[0]: ln for ln in lines[1:]}
+    assert [ln.split()[0] for ln in lines[1:5]] == ["redis", "sentinel", "announcer", "apiserver"]
+    assert "x1 1.50 % 10 MiB 60 cmd/s" in rows["redis"] and "x3 4.50 % 30 MiB 120 cmd/s" in rows["redis"]
+    assert rows["sentinel"].split()[1] == "-"  # no sentinel in single mode
+    total = next(ln for ln in lines if "l2lb total" in ln)
+    assert "9.90 % 175 MiB" in total and "15.20 % 220 MiB" in total  # the lab's API server is not l2lb's
+    assert next(ln for ln in lines if "commands/s" in ln and "Sentinel" in ln).split()[-2:] == ["60", "150"]
+    assert next(ln for ln in lines if "requests/min" in ln).split()[-2:] == ["60", "63"]

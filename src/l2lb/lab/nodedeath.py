@@ -67,7 +67,58 @@ WANTS: dict[str, frozenset[str]] = {
     "redis": frozenset({"redis"}), "leases": frozenset({"leases"}), "allocator": frozenset({"allocator"}),
     "all": frozenset({"redis", "leases", "allocator"}), "nothing": frozenset(),
 }
+# node deaths of several nodes at once: what each dying node holds, joined with "+" (e.g. "redis+leases":
+# one node holds the Redis master, another the leases leader; "nothing+nothing": two plain announcers)
+PAIRS = ("redis+leases", "redis+allocator", "leases+allocator", "all+nothing", "nothing+nothing")
 PROBE_SRC = [f"198.51.100.{i}" for i in range(210, 250)]
+
+
+class ScenarioError(ValueError):
+    """A scenario name that cannot be used (the message says what to fix)."""
+
+
+def scenario_parts(scenario: str) -> list[frozenset[str]]:
+    """What each dying node of a node-death scenario holds: ``redis`` -> [{redis}]; ``redis+leases`` ->
+    [{redis}, {leases}] (two nodes die). A role can be held by one dying node only."""
+    names = [x.strip() for x in scenario.split("+")]
+    bad = [x for x in names if x not in SCENARIOS]
+    if bad:
+        raise ScenarioError(f"scenario {scenario!r}: unknown part(s) {bad}; each part is one of "
+                            f"{', '.join(SCENARIOS)} (several dying nodes: joined with '+', e.g. redis+leases)")
+    parts = [WANTS[x] for x in names]
+    seen: set[str] = set()
+    for part in parts:
+        if part & seen:
+            raise ScenarioError(f"scenario {scenario!r}: {sorted(part & seen)} named for two dying nodes "
+                                f"(one node holds each role)")
+        seen |= part
+    return parts
+
+
+def expand_scenarios(spec: str, nodes: int) -> list[str]:
+    """The bench's --scenarios list: names (redis, leases, ..., redis-kill, ...), deaths of several nodes
+    joined with '+' (redis+leases) and ``pairs`` (every scenario of :data:`PAIRS`). ScenarioError says what
+    is wrong."""
+    out: list[str] = []
+    for item in (x.strip() for x in spec.split(",")):
+        if not item:
+            continue
+        for sc in PAIRS if item == "pairs" else (item,):
+            if sc in REDIS_FAULTS:
+                out.append(sc)
+                continue
+            try:
+                parts = scenario_parts(sc)
+            except ScenarioError as e:
+                raise ScenarioError(f"{e}; Redis faults: {', '.join(REDIS_FAULTS)}; 'pairs' = "
+                                    f"{', '.join(PAIRS)}") from None
+            if len(parts) >= nodes:
+                raise ScenarioError(f"scenario {sc!r} kills {len(parts)} of {nodes} nodes: nobody would be left "
+                                    f"to take over (--nodes {2 * len(parts) + 1} keeps a majority)")
+            out.append(sc)
+    if not out:
+        raise ScenarioError("--scenarios is empty")
+    return out
 BENCH_NS = "bench"
 
 
@@ -226,6 +277,10 @@ def summarize(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
            for k, v in takeovers.items()},
         "converge_after_return_s": stats([float(r["converge_s"]) for r in rounds if r.get("converge_s") is not None]),
         "vips_moved": sum(len(r.get("vips_moved", [])) for r in rounds),
+        # several dying nodes: rounds in which a component lost every replica (nobody could take it over)
+        "orphaned": {c: sum(1 for r in rounds if c in r.get("orphaned", ()))
+                     for c in sorted({c for r in rounds for c in r.get("orphaned", ())})},
+        "successors_hit": sum(len(r.get("successors_hit", ())) for r in rounds),
         "vips_with_outage_max": max((int(r.get("vips_with_outage", 0)) for r in rounds), default=0),
     }
 
@@ -292,6 +347,7 @@ class Bench:
     redis_down_s: float = 30.0
     restart_gap_s: float = 0.0  # redis-restart: down this long between the exit and the start
     settle_s: float = 1.0
+    stagger_s: float = 0.0  # several dying nodes: each dies this long after the previous one (0: one instant)
     rng: random.Random = field(default_factory=lambda: random.Random(1))
     round_no: int = 0
     svc_counter: int = 0  # bench/svc-N Services created so far
@@ -406,46 +462,62 @@ class Bench:
         raise RuntimeError(f"Redis master did not move to {onto} within 36 s (refusals: {refused[-3:]})")
 
     def plan(self, scenario: str, roles: Mapping[str, str | None]) -> tuple[str, list[tuple[str, str]]] | None:
-        """(victim, moves) with the fewest moves; a move is (component, "onto"|"off")."""
+        """(victim, moves) with the fewest moves for one dying node; a move is (component, "onto"|"off")."""
+        got = self.plan_group(scenario_parts(scenario), roles)
+        if got is None:
+            return None
+        if len(got[0]) != 1:
+            raise ScenarioError(f"scenario {scenario!r} kills {len(got[0])} nodes; use plan_group")
+        return got[0][0], [(comp, how) for comp, how, _onto in got[1]]
+
+    def plan_group(self, parts: Sequence[frozenset[str]], roles: Mapping[str, str | None]
+                   ) -> tuple[tuple[str, ...], list[tuple[str, str, str | None]]] | None:
+        """(victims, moves) with the fewest moves: ``victims[i]`` will hold exactly the roles ``parts[i]``
+        names; a move is (component, "onto", victim) or (component, "off", None) (off every victim).
+        None when the placement cannot do it (a role whose replicas cannot reach the node that should
+        hold it, or a single Redis that would have to move)."""
+        import itertools
+
         p = self.lab.placement
-        wants = WANTS[scenario]
         hosts = {"redis": set(p.redis), "leases": set(p.leases), "allocator": set(p.allocator)}
-        best: tuple[int, float, str, list[tuple[str, str]]] | None = None  # cost, tie-break, node, moves
-        for node in self.lab.node_names():
-            if node in self.lab.dead:
-                continue
-            moves: list[tuple[str, str]] = []
+        live = [n for n in self.lab.node_names() if n not in self.lab.dead]
+        best: tuple[int, float, tuple[str, ...], list[tuple[str, str, str | None]]] | None = None
+        for victims in itertools.permutations(live, len(parts)):
+            moves: list[tuple[str, str, str | None]] = []
             feasible = True
             for comp in ("redis", "leases", "allocator"):
-                here = roles.get(comp) == node
-                if comp in wants and not here:
-                    movable = node in hosts[comp] and (comp != "redis" or p.ha)
-                    feasible &= movable
-                    moves.append((comp, "onto"))
-                elif comp not in wants and here:
-                    others = hosts[comp] - {node}
-                    feasible &= bool(others) and (comp != "redis" or p.ha)
-                    moves.append((comp, "off"))
+                target = next((v for v, part in zip(victims, parts, strict=True) if comp in part), None)
+                cur = roles.get(comp)
+                movable = comp != "redis" or p.ha
+                if target is not None and cur != target:
+                    feasible &= movable and target in hosts[comp]
+                    moves.append((comp, "onto", target))
+                elif target is None and cur in victims:
+                    # the role goes to a replica on a node that stays up
+                    feasible &= movable and bool(hosts[comp] - set(victims))
+                    moves.append((comp, "off", None))
             if feasible:
                 # a Sentinel failover is slower and less sure than a graceful restart of a leader
-                cost = sum(3 if comp == "redis" else 1 for comp, _ in moves)
-                key = (cost, self.rng.random(), node, moves)
+                cost = sum(3 if comp == "redis" else 1 for comp, _h, _o in moves)
+                key = (cost, self.rng.random(), victims, moves)
                 if best is None or key[:2] < best[:2]:
                     best = key
         return None if best is None else (best[2], best[3])
 
-    async def arrange(self, scenario: str) -> str:
+    async def arrange(self, scenario: str) -> list[str]:
+        """Move the roles so that the scenario's dying nodes hold what it names; returns those nodes."""
+        parts = scenario_parts(scenario)
         roles = await self.lab.roles(self.client)
-        planned = self.plan(scenario, roles)
+        planned = self.plan_group(parts, roles)
         if planned is None:
             raise RuntimeError(f"scenario {scenario!r} impossible with placement {self.lab.placement.describe()}")
-        victim, moves = planned
-        for comp, how in moves:
+        victims, moves = planned
+        for comp, _how, onto in moves:
             if comp == "redis":
-                if how == "onto":
-                    await self.move_master(victim)
+                if onto is not None:
+                    await self.move_master(onto)
                 else:
-                    others = [h for h in self.lab.placement.redis if h != victim and h not in self.lab.dead]
+                    others = [h for h in self.lab.placement.redis if h not in victims and h not in self.lab.dead]
                     await self.move_master(self.rng.choice(others))
                 continue
             lead = await self.lab.leader(self.client, comp)
@@ -453,20 +525,34 @@ class Bench:
                 raise RuntimeError(f"no {comp} leader to move")
             await self.graceful_restart(lead, comp)
         roles = await self.lab.roles(self.client)
-        got = {c for c, h in roles.items() if h == victim}
-        if got != set(WANTS[scenario]):
-            raise RuntimeError(f"arranging {scenario} on {victim}: it holds {sorted(got)} ({roles})")
-        return victim
+        for victim, part in zip(victims, parts, strict=True):
+            got = {c for c, h in roles.items() if h == victim}
+            if got != set(part):
+                raise RuntimeError(f"arranging {scenario} on {'+'.join(victims)}: {victim} holds {sorted(got)} "
+                                   f"({roles})")
+        return list(victims)
 
-    async def ensure_holds(self, victim: str, want: int = 2) -> list[str]:
+    def orphaned(self, victims: Sequence[str]) -> list[str]:
+        """Components with no replica left once ``victims`` are dead (nobody can take their role over)."""
+        p = self.lab.placement
+        hosts = {"redis": p.redis, "sentinel": p.sentinels, "allocator": p.allocator, "leases": p.leases}
+        out = [c for c, hs in hosts.items() if hs and all(h in victims or h in self.lab.dead for h in hs)]
+        if p.ha and "sentinel" not in out:
+            alive = [h for h in p.sentinels if h not in victims and h not in self.lab.dead]
+            if len(alive) < len(p.sentinels) // 2 + 1:
+                out.append("sentinel majority")
+        return out
+
+    async def ensure_holds(self, victim: str, want: int = 2, keep: Sequence[str] = ()) -> list[str]:
         """Make ``victim`` answer for at least ``want`` VIPs.
 
         The election is sticky and never rebalances, so a node that died in the previous round
         comes back holding nothing. New IPs go to the least-loaded node: create ``want`` Services
-        (they land on the victim), then delete as many bench Services of the busiest other node, so
-        the number of VIPs stays the same.
+        (they land on the victim), then delete as many bench Services of the busiest other node (not one
+        of ``keep``: the other dying nodes), so the number of VIPs stays the same.
         """
         mac = self.lab.topo.hosts[victim].mac
+        kept = {self.lab.topo.hosts[k].mac for k in keep}
         held: list[str] = []
         for _ in range(3):
             vipmap = await self.vips()
@@ -476,7 +562,7 @@ class Bench:
             load: dict[str, list[str]] = {}
             for v, svcs in vipmap.items():
                 got = self.answered_by(v)
-                if ":" in v or got is None or len(got) != 1 or got == frozenset({mac}):
+                if ":" in v or got is None or len(got) != 1 or got == frozenset({mac}) or got & kept:
                     continue
                 if all(k.startswith(f"{BENCH_NS}/svc-") for k in svcs):
                     load.setdefault(next(iter(got)), []).extend(svcs)
@@ -511,21 +597,36 @@ class Bench:
         return status_ips(obj)
 
     async def node_round(self, scenario: str) -> dict[str, Any]:
+        """One node death (``redis``, ``leases``, ...) or the death of several nodes (``redis+leases``: at
+        one instant, or ``stagger_s`` apart: the next one dies while the previous failover is under way)."""
         lab = self.lab
         self.round_no += 1
         await self.wait_steady(90, what=f"before round {self.round_no}")
-        victim = await self.arrange(scenario)
-        await self.wait_steady(90, what=f"after arranging {scenario} on {victim}")
-        await self.ensure_holds(victim)
+        victims = await self.arrange(scenario)
+        await self.wait_steady(90, what=f"after arranging {scenario} on {'+'.join(victims)}")
+        for v in victims:
+            await self.ensure_holds(v, keep=[x for x in victims if x != v])
         roles = await lab.roles(self.client)
         vipmap = await self.vips()
         v4 = sorted(v for v in vipmap if ":" not in v)
         before = {k: tuple(sorted(v)) for k, v in ((f"{s['metadata']['namespace']}/{s['metadata']['name']}",
                                                      status_ips(s)) for s in await self.services())}
-        victim_mac = lab.topo.hosts[victim].mac
-        held = [v for v in v4 if self.answered_by(v) == frozenset({victim_mac})]
+        victim_macs = {lab.topo.hosts[v].mac for v in victims}
+        held = {v: [ip for ip in v4 if self.answered_by(ip) == frozenset({lab.topo.hosts[v].mac})] for v in victims}
+        orphaned = self.orphaned(victims)
         await asyncio.sleep(0.5)
-        t_fault = lab.node_death(victim)
+        deaths: list[float] = []
+        successors_hit: list[str] = []  # the first victim's VIPs that a later victim answered when it died
+        if self.stagger_s > 0:
+            for i, v in enumerate(victims):
+                if i:
+                    await asyncio.sleep(self.stagger_s)
+                    mac = lab.topo.hosts[v].mac
+                    successors_hit += [ip for ip in held[victims[0]] if mac in (self.answered_by(ip, 0.1) or ())]
+                deaths.append(lab.node_death(v))
+        else:
+            deaths = [lab.nodes_death(victims)] * len(victims)
+        t_fault = deaths[0]
         new_svc = f"nd-{self.round_no}"
         t_new: float | None = None
         await asyncio.sleep(0.2)
@@ -537,13 +638,14 @@ class Bench:
             t_created = None
         recovered: float | None = None
         ok_since: float | None = None
+        dead = set(victims)
         while time.monotonic() - t_fault < self.max_down_s:
             await asyncio.sleep(0.1)
             if t_new is None and t_created is not None and await self._ip_of(new_svc):
                 t_new = time.monotonic()
             leaders = {c: await lab.leader(self.client, c) for c in ("leases", "allocator")}
-            live_leaders = all(x and lab.placement.host_of(x) != victim for x in leaders.values())
-            if self.healthy(v4, {victim_mac}) and t_new is not None and live_leaders and self.obs.writable_now():
+            live_leaders = all(x and lab.placement.host_of(x) not in dead for x in leaders.values())
+            if self.healthy(v4, victim_macs) and t_new is not None and live_leaders and self.obs.writable_now():
                 ok_since = ok_since or time.monotonic()
                 if time.monotonic() - ok_since >= 0.5:
                     recovered = ok_since - t_fault
@@ -551,10 +653,11 @@ class Bench:
             else:
                 ok_since = None
         t_return = time.monotonic()
-        await lab.node_return(victim)
+        for v in victims:
+            await lab.node_return(v)
         converge: float | None = None
         try:
-            converge = await self.wait_steady(90, what=f"after {victim} returned")
+            converge = await self.wait_steady(90, what=f"after {'+'.join(victims)} returned")
         except RuntimeError as e:
             self.notes.append(f"round {self.round_no} ({scenario}): {e}")
         if t_new is None and t_created is not None and await self._ip_of(new_svc):
@@ -570,12 +673,15 @@ class Bench:
             await self.client.delete(RESOURCES["services"], new_svc, BENCH_NS)
         res = self.analyse(v4, t_fault, t_end, t_return)
         res.update({
-            "scenario": scenario, "round": self.round_no, "victim": victim, "roles_before": roles,
-            "victim_held_vips": held, "recovered_s": None if recovered is None else round(recovered, 3),
+            "scenario": scenario, "round": self.round_no, "victim": "+".join(victims), "victims": victims,
+            "roles_before": roles, "victim_held_vips": held[victims[0]] if len(victims) == 1 else held,
+            "orphaned": orphaned, "deaths_s": [round(t - t_fault, 3) for t in deaths],
+            "successors_hit": successors_hit,
+            "recovered_s": None if recovered is None else round(recovered, 3),
             "returned_s": round(t_return - t_fault, 3), "converge_s": None if converge is None else round(converge, 3),
             "new_service_ip_s": None if t_new is None or t_created is None else round(t_new - t_fault, 3),
-            "leases_takeover_s": _r(takeover_s(self.obs.leaders["leases"], t_fault, {victim})),
-            "allocator_takeover_s": _r(takeover_s(self.obs.leaders["allocator"], t_fault, {victim})),
+            "leases_takeover_s": _r(takeover_s(self.obs.leaders["leases"], t_fault, dead)),
+            "allocator_takeover_s": _r(takeover_s(self.obs.leaders["allocator"], t_fault, dead)),
             "lost_allocations": lost, "duplicate_ips": dup,
         })
         back, worst = first_ok_after(self.obs.writes, t_fault)
@@ -679,9 +785,23 @@ async def _api_requests(url: str) -> float:
                if line.startswith("l2lb_apiserver_requests_total{"))
 
 
+async def _commands_processed(lab: ColocatedLab) -> dict[str, int]:
+    """INFO stats total_commands_processed of every live Redis and Sentinel process (by process name)."""
+    out: dict[str, int] = {}
+    for name, comp, host in lab.placement.processes():
+        if comp not in ("redis", "sentinel") or host in lab.dead:
+            continue
+        port = REDIS_PORT if comp == "redis" else SENTINEL_PORT
+        with contextlib.suppress(Exception):
+            info = await redis_command(host_ip(host), port, "INFO", "stats", timeout=2)
+            out[name] = int(info["total_commands_processed"])
+    return out
+
+
 async def measure_cost(lab: ColocatedLab, seconds: float) -> dict[str, Any]:
     """Cost at rest: CPU (% of one core) and RSS per component over ``seconds`` with nothing else
-    happening, and the Kubernetes API requests/s of all services together."""
+    happening, the Kubernetes API requests/s of all services together and the commands/s each Redis
+    and Sentinel process served (INFO stats; the INFO calls themselves are 2 commands per process)."""
     from l2lb.lab.main import API_PORT, CTL_IP
 
     def comp(name: str) -> str:
@@ -691,7 +811,9 @@ async def measure_cost(lab: ColocatedLab, seconds: float) -> dict[str, Any]:
     t0 = time.monotonic()
     cpu0 = {n: _proc_cpu_rss(pid)[0] for n, pid in procs.items()}
     api0 = await _api_requests(f"http://{CTL_IP}:{API_PORT}/metrics")
+    cmd0 = await _commands_processed(lab)
     await asyncio.sleep(seconds)
+    cmd1 = await _commands_processed(lab)
     api1 = await _api_requests(f"http://{CTL_IP}:{API_PORT}/metrics")
     dt = time.monotonic() - t0
     out: dict[str, dict[str, float]] = {}
@@ -701,9 +823,53 @@ async def measure_cost(lab: ColocatedLab, seconds: float) -> dict[str, Any]:
         c["processes"] += 1
         c["cpu_pct"] += (cpu1 - cpu0[n]) / dt * 100
         c["rss_mib"] += rss
+    for n in cmd0.keys() & cmd1.keys():
+        c = out.setdefault(comp(n), {"processes": 0, "cpu_pct": 0.0, "rss_mib": 0.0})
+        c["commands_per_s"] = c.get("commands_per_s", 0.0) + (cmd1[n] - cmd0[n] - 1) / dt  # minus our INFO
     for c in out.values():
         c["cpu_pct"], c["rss_mib"] = round(c["cpu_pct"], 2), round(c["rss_mib"], 1)
-    return {"seconds": round(dt, 1), "components": out, "api_requests_per_s": round((api1 - api0) / dt, 2)}
+        if "commands_per_s" in c:
+            c["commands_per_s"] = round(c["commands_per_s"], 1)
+    return {"seconds": round(dt, 1), "components": out, "api_requests_per_s": round((api1 - api0) / dt, 2),
+            "redis_commands_per_process": {n: round((cmd1[n] - cmd0[n] - 1) / dt, 1)
+                                           for n in sorted(cmd0.keys() & cmd1.keys())}}
+
+
+COST_ORDER = ("redis", "sentinel", "announcer", "leases", "allocator", "apiserver")
+
+
+def cost_table(columns: Mapping[str, Mapping[str, Any]]) -> str:
+    """Costs at rest side by side (one column per variant, e.g. single Redis | Redis HA): per component
+    CPU % of one core, RSS and Redis commands/s; the l2lb total (without the lab's API server) and the
+    Kubernetes API requests per minute."""
+    comps: list[str] = []
+    for c in columns.values():
+        comps += [k for k in c["components"] if k not in comps]
+    comps.sort(key=lambda k: (COST_ORDER.index(k) if k in COST_ORDER else len(COST_ORDER), k))
+
+    def cell(c: Mapping[str, Any] | None) -> str:
+        if not c:
+            return "-"
+        txt = f"x{int(c['processes'])} {c['cpu_pct']:.2f} % {c['rss_mib']:.0f} MiB"
+        return txt + (f" {c['commands_per_s']:.0f} cmd/s" if "commands_per_s" in c else "")
+
+    cells = {k: [cell(col["components"].get(k)) for col in columns.values()] for k in comps}
+    width = 3 + max(24, *(len(n) for n in columns), *(len(c) for row in cells.values() for c in row))
+    lines = [f"  {'':34s}" + "".join(f"{n:>{width}s}" for n in columns)]
+    for k in comps:
+        lines.append(f"  {k:34s}" + "".join(f"{c:>{width}s}" for c in cells[k]))
+
+    def total(col: Mapping[str, Any], key: str) -> float:
+        return float(sum(v.get(key, 0.0) for k, v in col["components"].items() if k != "apiserver"))
+
+    totals = [f"{total(col, 'cpu_pct'):.2f} % {total(col, 'rss_mib'):.0f} MiB" for col in columns.values()]
+    lines.append(f"  {'l2lb total (CPU %, RSS MiB)':34s}" + "".join(f"{t:>{width}s}" for t in totals))
+    lines.append(f"  {'Redis + Sentinel commands/s':34s}" + "".join(
+        f"{total(col, 'commands_per_s'):>{width}.0f}" for col in columns.values()))
+    lines.append(f"  {'Kubernetes API requests/min':34s}" + "".join(
+        f"{col['api_requests_per_s'] * 60:>{width}.0f}" for col in columns.values()))
+    lines.append(f"  {'window (s)':34s}" + "".join(f"{col['seconds']:>{width}.0f}" for col in columns.values()))
+    return "\n".join(lines)
 
 
 def _r(v: float | None) -> float | None:
@@ -815,7 +981,7 @@ async def run(args: Any, workdir: Path, progress: Any) -> dict[str, Any]:
                 await lab.bring_up()
             if getattr(args, "cost_s", 0) > 0:
                 with progress.step(f"cost at rest: {args.cost_s:.0f} s of nothing"):
-                    await asyncio.sleep(5)  # let the start-up settle
+                    await asyncio.sleep(getattr(args, "cost_settle_s", 5.0))  # let the start-up settle
                     cost = await measure_cost(lab, args.cost_s)
                 progress.say(f"  {json.dumps(cost)}")
             client = await KubeClient.create(str(lab.kubeconfig), qps=200, burst=400, user_agent="l2lb-bench")
@@ -823,7 +989,8 @@ async def run(args: Any, workdir: Path, progress: Any) -> dict[str, Any]:
             obs = Observers(lab, client)
             bench = Bench(lab, client, prober, obs, max_down_s=args.max_down_s, redis_down_s=args.redis_down_s,
                           rng=random.Random(args.seed), svc_counter=args.services,
-                          restart_gap_s=getattr(args, "restart_gap_s", 0.0))
+                          restart_gap_s=getattr(args, "restart_gap_s", 0.0),
+                          stagger_s=getattr(args, "stagger_ms", 0.0) / 1000)
             tasks = [asyncio.create_task(prober.run(stop)), asyncio.create_task(obs.poll_leaders(stop)),
                      asyncio.create_task(obs.write_redis(stop))]
             try:

@@ -456,15 +456,26 @@ class ColocatedLab(Lab):
 
     def node_death(self, node: str) -> float:
         """Cable out and SIGKILL of every process of ``node`` at the same instant; returns that instant."""
-        if node in self.dead:
-            raise RuntimeError(f"{node} is already dead")
+        return self.nodes_death([node])
+
+    def nodes_death(self, nodes: list[str]) -> float:
+        """The death of several nodes at one instant: every cable out first (so that no FIN/RST of a dying
+        socket leaves any of them), then SIGKILL of every process of each; returns that instant."""
+        if len(set(nodes)) != len(nodes) or not nodes:
+            raise ValueError(f"nodes to kill must be distinct and not empty: {nodes}")
+        for node in nodes:
+            if node in self.dead:
+                raise RuntimeError(f"{node} is already dead")
         t = time.monotonic()
-        self.topo.cut(node, False)  # first, so that no FIN/RST of a dying socket leaves the node
-        for proc in self.procs_on(node):
-            self.sup.signal(proc, signal.SIGKILL)
-        self.dead.add(node)
-        self.deaths.append({"node": node, "t": t, "procs": self.procs_on(node),
-                            "took_ms": round((time.monotonic() - t) * 1000, 1)})
+        for node in nodes:
+            self.topo.cut(node, False)
+        for node in nodes:
+            for proc in self.procs_on(node):
+                self.sup.signal(proc, signal.SIGKILL)
+        self.dead.update(nodes)
+        took = round((time.monotonic() - t) * 1000, 1)
+        for node in nodes:
+            self.deaths.append({"node": node, "t": t, "procs": self.procs_on(node), "took_ms": took})
         return t
 
     async def reap(self, node: str) -> None:
