@@ -209,6 +209,24 @@ def decode(raw: bytes, key: bytes | None) -> PeerFrame:
                      tuple(claims))
 
 
+_DECODED: dict[tuple[bytes, bytes | None], PeerFrame] = {}
+_DECODED_MAX = 64
+
+
+def _decode_memo(raw: bytes, key: bytes | None) -> PeerFrame:
+    """:func:`decode` with a small memo of the last good frames (pure: the same bytes and key always give
+    the same immutable frame; errors are not memoised). One multicast frame reaches every receiver of a
+    process that runs several views -- the deterministic simulator -- with the very same bytes."""
+    k = (raw, key)
+    f = _DECODED.get(k)
+    if f is None:
+        f = decode(raw, key)
+        if len(_DECODED) >= _DECODED_MAX:
+            _DECODED.clear()
+        _DECODED[k] = f
+    return f
+
+
 def quorum_size(members: int) -> int:
     """Nodes (counting oneself) that must hear each other for a majority of ``members``."""
     return members // 2 + 1
@@ -239,7 +257,7 @@ class PeerView:
     def receive(self, raw: bytes, now: float, wall: float) -> PeerFrame | None:
         """Take one received frame; the frame when it counts, else None (the reason is counted)."""
         try:
-            f = decode(raw, self.key)
+            f = _decode_memo(raw, self.key)
         except PeerError as e:
             self._reject(e.reason)
             return None

@@ -21,14 +21,17 @@ __all__ = ["Handle", "Kernel", "Proc"]
 
 
 class Handle:
-    """A scheduled callback; :meth:`cancel` makes the kernel skip it."""
+    """A scheduled callback; :meth:`cancel` makes the kernel skip it. ``proc``/``inc``: the process (and its
+    incarnation) it belongs to, if any: void when that process died, held while it is paused."""
 
-    __slots__ = ("cancelled", "fn", "t")
+    __slots__ = ("cancelled", "fn", "inc", "proc", "t")
 
-    def __init__(self, t: float, fn: Callable[[], None]):
+    def __init__(self, t: float, fn: Callable[[], None], proc: Proc | None = None, inc: int = 0):
         self.t = t
         self.fn = fn
         self.cancelled = False
+        self.proc = proc
+        self.inc = inc
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -46,36 +49,57 @@ class Kernel:
         self.steps = 0
         self.elided = 0.0
 
-    def at(self, t: float, fn: Callable[[], None]) -> Handle:
+    def at(self, t: float, fn: Callable[[], None], proc: Proc | None = None) -> Handle:
         self._seq += 1
-        t = t if t > self.now else self.now
-        h = Handle(t, fn)
+        if t < self.now:
+            t = self.now
+        h = Handle(t, fn, proc, proc.incarnation if proc is not None else 0)
         heapq.heappush(self._heap, (t, self._seq, h))
         return h
 
-    def after(self, dt: float, fn: Callable[[], None]) -> Handle:
-        return self.at(self.now + max(dt, 0.0), fn)
+    def after(self, dt: float, fn: Callable[[], None], proc: Proc | None = None) -> Handle:
+        return self.at(self.now + dt if dt > 0.0 else self.now, fn, proc)
 
     def run_until(self, t_end: float | Callable[[], float], stop: Callable[[], bool] | None = None) -> None:
         """Run every event due by ``t_end`` (a time, or a function giving it: it may move while running,
         see :meth:`elide`); stop early when ``stop()`` turns true after an event."""
         heap = self._heap
         pop = heapq.heappop
-        if callable(t_end):
-            end = t_end
-        else:
-            def end() -> float:
-                return t_end
-        while heap and heap[0][0] <= end():
-            t, _, h = pop(heap)
-            if h.cancelled:
-                continue
-            self.now = t
-            self.steps += 1
-            h.fn()
-            if stop is not None and stop():
-                return
-        self.now = max(self.now, end())
+        moving = callable(t_end)
+        elided = self.elided
+        limit = t_end() if callable(t_end) else t_end
+        steps = self.steps
+        try:
+            while heap:
+                if heap[0][0] > limit:
+                    if not moving or self.elided == elided:
+                        break
+                    elided = self.elided  # an elision moved the end (see elide)
+                    limit = t_end()  # type: ignore[operator]
+                    continue
+                t, _, h = pop(heap)
+                if h.cancelled:
+                    continue
+                p = h.proc
+                if p is not None:
+                    if not p.alive or p.incarnation != h.inc:
+                        continue
+                    if p.paused:
+                        p._held.append(h.fn)
+                        continue
+                self.now = t
+                steps += 1
+                h.fn()
+                if moving and self.elided != elided:
+                    elided = self.elided
+                    limit = t_end()  # type: ignore[operator]
+                if stop is not None and stop():
+                    return
+        finally:
+            self.steps = steps
+        end = t_end() if callable(t_end) else t_end
+        if end > self.now:
+            self.now = end
 
     def elide(self, dt: float) -> None:
         """Declare ``dt`` seconds of steady state as having passed without simulating them.
@@ -114,17 +138,8 @@ class Proc:
         return self.kernel.now + self.wall_offset
 
     def after(self, dt: float, fn: Callable[[], None]) -> Handle:
-        inc = self.incarnation
-
-        def run() -> None:
-            if not self.alive or self.incarnation != inc:
-                return
-            if self.paused:
-                self._held.append(fn)
-                return
-            fn()
-
-        return self.kernel.after(dt, run)
+        """``fn`` after ``dt``, unless this incarnation died by then; held while paused (see Kernel.run_until)."""
+        return self.kernel.after(dt, fn, self)
 
     def deliver(self, fn: Callable[[], None], delay: float = 0.0) -> None:
         """A message for this process: dropped if it dies first, held while it is paused."""

@@ -536,6 +536,16 @@ class World:
         """Multicast on the LAN: every other node's announcer the segment reaches, after the link delay
         (loss and duplication of an active message fault apply; a paused receiver reads it on SIGCONT)."""
         self.counters["peer_frames"] += 1
+        lan = self.lan
+        if not lan.faulty:
+            # one event delivers the frame to every receiver (one delay draw: a multicast on one segment);
+            # each receiver's incarnation as at the send (a restarted process never gets it), held if paused
+            to = [(a, a.proc.incarnation) for node, a in self.announcers.items()
+                  if node != src and a.proc.alive and lan.reach(src, node)]
+            if to:
+                self.kernel.after(lan.base_latency + self.kernel.rng.random() * lan.jitter,
+                                  lambda: self._frame_arrives(to, frame))
+            return
         for node, a in self.announcers.items():
             if node == src or not a.proc.alive:
                 continue
@@ -545,6 +555,17 @@ class World:
             a.proc.deliver(lambda a=a: a.peer_frame(frame), d)  # type: ignore[misc]
             if self.lan.faulty and self.lan.duplicated(src, node):
                 a.proc.deliver(lambda a=a: a.peer_frame(frame), d * 2)  # type: ignore[misc]
+
+    @staticmethod
+    def _frame_arrives(to: list[tuple[AnnouncerShell, int]], frame: bytes) -> None:
+        for a, inc in to:
+            p = a.proc
+            if not p.alive or p.incarnation != inc:
+                continue
+            if p.paused:
+                p._held.append(lambda a=a: a.peer_frame(frame))  # type: ignore[misc]
+                continue
+            a.peer_frame(frame)
 
     def check_sticky(self, node: str, ips: tuple[str, ...]) -> None:
         """The election is sticky: a VIP stays where it is while its node is healthy. A move away from a
