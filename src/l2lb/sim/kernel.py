@@ -51,8 +51,7 @@ class Kernel:
 
     def at(self, t: float, fn: Callable[[], None], proc: Proc | None = None) -> Handle:
         self._seq += 1
-        if t < self.now:
-            t = self.now
+        t = max(t, self.now)
         h = Handle(t, fn, proc, proc.incarnation if proc is not None else 0)
         heapq.heappush(self._heap, (t, self._seq, h))
         return h
@@ -98,8 +97,7 @@ class Kernel:
         finally:
             self.steps = steps
         end = t_end() if callable(t_end) else t_end
-        if end > self.now:
-            self.now = end
+        self.now = max(self.now, end)
 
     def elide(self, dt: float) -> None:
         """Declare ``dt`` seconds of steady state as having passed without simulating them.

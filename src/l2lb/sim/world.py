@@ -14,6 +14,7 @@ leases and allocator replicas on nodes, the API server on the control-plane host
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from l2lb.core.messages import (
 from l2lb.sim.api import Api, Elector, SimAllocator
 from l2lb.sim.faults import Fault
 from l2lb.sim.kernel import Kernel, Proc
-from l2lb.sim.net import CLIENT, Lan
+from l2lb.sim.net import CLIENT, CTL, Lan
 from l2lb.sim.oracle import Oracle, Violation
 from l2lb.sim.redis import Data, Entry, Redis, Server
 
@@ -69,7 +70,7 @@ class WorldConfig:
     sentinel_down_after: float = 1.0
     dual_allowed: float = 1.0
     elide: bool = True  # skip steady stretches between faults (see Kernel.elide); False: simulate every ms
-    steady_for: float = 6.0  # how long nothing may have changed before a stretch counts as steady
+    steady_for: float = 2.0  # how long nothing may have changed before a stretch counts as steady (World.steady)
     peers: bool = True  # the announcers' LAN peer heartbeats (freeze, takeovers); False: the behaviour before them
 
     def node_names(self) -> list[str]:
@@ -384,13 +385,14 @@ class AllocShell:
         self.node = node
         self.proc = Proc(world.kernel, node, f"allocator-{idx}")
         self.core: SimAllocator | None = None
+        self.elector: Elector | None = None
 
     def start(self) -> None:
         w, cfg = self.w, self.w.cfg
         self.core = SimAllocator(self.proc, w.api, w.redis, S_ALLOC, K_ALLOC_SNAPSHOT)
         self.core.start(S_CONTROL)
-        Elector(w.api, self.proc, "l2lb-allocator", self.core.on_leadership, lease_duration=cfg.lease_duration,
-                renew_deadline=cfg.renew_deadline, retry=cfg.retry)
+        self.elector = Elector(w.api, self.proc, "l2lb-allocator", self.core.on_leadership,
+                               lease_duration=cfg.lease_duration, renew_deadline=cfg.renew_deadline, retry=cfg.retry)
 
     def die(self) -> None:
         self.proc.kill()
@@ -441,6 +443,8 @@ class World:
                            down_after=cfg.sentinel_down_after)
         self.redis.on_promote = self._promoted
         self.issued_log: list[tuple[int, str, int, dict[str, int]]] = []  # assignments written: id, node, term
+        self.issued_last: dict[str, tuple[int, dict[str, int]]] = {}  # node -> the last set issued (term, vips)
+        self.issued_changes = 0
         self.api = Api(self.kernel, self.lan)
         self.api.pools["lan"] = POOL
         self.announcers = {n: AnnouncerShell(self, n) for n in names}
@@ -448,9 +452,14 @@ class World:
         self.allocators = [AllocShell(self, names[(n - 1) % len(names)], i) for i, n in enumerate(cfg.allocator_nodes)]
         self.fault_log: list[tuple[float, str]] = []
         self.trace: list[str] = []  # what happened, for reproducers (capped)
-        self.busy_until = 0.0  # perceived time until which a fault (or its aftermath) is in progress
-        self.next_fault_real: float | None = None
-        self.end_real = 0.0
+        self.busy_until = 0.0  # real time until which a fault (or its aftermath) is in progress
+        # what happens from outside (faults, and their ends: a node back, a link up) on the real clock, so an
+        # elided steady stretch in between keeps each where the schedule put it: (real time, seq, action)
+        self._outside: list[tuple[float, int, Callable[[], None]]] = []
+        self._outside_seq = 0
+        self.bound_real = 0.0  # elision may go up to this real time (the next outside event or the run's end)
+        self.last_change = 0.0  # real time of the last change of anything World.steady watches
+        self._fingerprint: tuple[Any, ...] = ()
 
     # -- observation hooks ---------------------------------------------------------------------------
     def log(self, text: str) -> None:
@@ -467,6 +476,9 @@ class World:
         if isinstance(msg, NodeAssignments):
             vips = {v.ip: v.epoch for v in msg.vips}
             self.issued_log.append((entry_id, msg.node, msg.term, vips))
+            if self.issued_last.get(msg.node) != (msg.term, vips):  # not the periodic full set again
+                self.issued_last[msg.node] = (msg.term, vips)
+                self.issued_changes += 1
             self.oracle.issued(msg.node, msg.term, vips, self.kernel.real())
 
     def _promoted(self, srv: Server) -> None:
@@ -494,43 +506,108 @@ class World:
         """Every 100 ms: what Services hold (for the oracle), the time-based checks, and elision of
         steady stretches."""
         k = self.kernel
-        self.oracle.set_assigned(self.api.assigned_ips(), k.real())
+        now = k.real()
+        self.oracle.set_assigned(self.api.assigned_ips(), now)
         before = len(self.oracle.violations)
-        self.oracle.check(k.real())
+        self.oracle.check(now)
         for v in self.oracle.violations[before:]:
             self.log(f"VIOLATION {v.invariant}: {v.detail}")
         self._check_duplicates()
         if self.cfg.elide:
-            target = self.end_real if self.next_fault_real is None else min(self.next_fault_real, self.end_real)
-            gap = target - k.real()
-            if gap > 3.0 and self.steady():
-                k.elide(gap - 2.0)
-                self.counters["elided_ms"] += int((gap - 2.0) * 1000)
+            fp = self._state_fingerprint()
+            if fp != self._fingerprint:
+                self._fingerprint = fp
+                self.last_change = now
+            gap = self.bound_real - now
+            if gap > 0.3 and self.steady():
+                # up to just before the next outside event; the rest of the gap keeps its sub-100 ms part, so
+                # the event still falls at any phase of the processes' periodic timers
+                dt = int((gap - 0.2) * 10) / 10
+                k.elide(dt)
+                self.counters["elided_ms"] += int(dt * 1000)
         k.after(0.1, self._observe)
 
+    def _state_fingerprint(self) -> tuple[Any, ...]:
+        """What changes when the cluster decides something (answers, assignments, statuses, leaders,
+        Redis's master or dataset, a watcher falling behind); periodic traffic changes none of it."""
+        lead = next((s.machine for s in self.leases if s.machine is not None and s.machine.is_leader), None)
+        return (self.oracle.last_change, self.issued_changes, self.api.writes, len(self.api.services),
+                self.redis.promotions, self.redis.master.node, self.redis.master.data.incarnation,
+                tuple((n, ls.holder, ls.transitions) for n, ls in sorted(self.api.leases.items())),
+                tuple(s.machine is not None and s.machine.is_leader for s in self.leases),
+                tuple((a.core.leader, a.core.seq) if a.core is not None else None for a in self.allocators),
+                tuple(sorted(lead.tracker.alive())) if lead is not None else (),
+                tuple(a.machine._keeping if a.machine is not None else "-" for a in self.announcers.values()),
+                tuple(w.behind for w in self.api.watchers), self.counters["conflicts_reported"])
+
     def steady(self) -> bool:
-        """Nothing is in progress and nothing has changed for ``steady_for`` seconds: every process is up
-        and reachable, Redis and the API server too, one leader each, every Service's IP answered by
-        exactly one node. Periodic traffic (heartbeats, renewals) then only repeats itself."""
-        k, lan, o = self.kernel, self.lan, self.oracle
-        if k.now < self.busy_until or k.real() - o.last_change < self.cfg.steady_for or self.api.outage:
+        """Nothing can change until the next outside event (a fault or its end), so the stretch up to it can
+        be elided (Kernel.elide). Degraded states count (a node dead, cut off, Redis promoted) once
+        nothing has changed for ``steady_for`` seconds -- longer than every chain of the machines' short
+        timers (peer timeouts, takeovers, liveness expiry, Redis and API time-outs) -- and no long timer
+        can be pending:
+
+        * no process is paused (it would perceive the elided stretch on SIGCONT);
+        * each leader election is settled: its holder renews (alive, running, reaches the API server) or
+          no candidate is alive; every process that thinks it leads is the renewing holder (a candidate
+          that sees a dead holder takes over after ``lease_duration``, a cut-off leader steps down after
+          ``renew_deadline``: both longer than ``steady_for``);
+        * Sentinel has no promotion pending (the master is up for a quorum, or no replica can be promoted);
+        * no announcer keeps its set past its validity (the leases-outage grace runs up to 60 s, the
+          Redis-down freeze and a LAN-held takeover until something changes);
+        * the oracle has no dual answer and no answer for an unassigned IP in progress (its time-based
+          checks would judge the elided stretch).
+        """
+        if self.kernel.real() - self.last_change < self.cfg.steady_for:
             return False
-        if not all(lan.link_up.values()) or any(lan.side.values()):
-            return False
+        return self.steady_conditions()
+
+    def steady_conditions(self) -> bool:
+        """:meth:`steady` but for the time since the last change."""
+        o = self.oracle
         shells: list[AnnouncerShell | LeasesShell | AllocShell] = [*self.announcers.values(), *self.leases,
                                                                      *self.allocators]
-        if not all(s.proc.alive and not s.proc.paused for s in shells):
+        if any(s.proc.paused for s in shells) or any(r.proc.paused for r in self.redis.servers):
             return False
-        if not all(r.up() for r in self.redis.servers):
+        if not self._elections_settled() or not self._sentinel_settled():
             return False
-        if sum(1 for s in self.leases if s.machine is not None and s.machine.is_leader) != 1:
-            return False
-        if sum(1 for a in self.allocators if a.core is not None and a.core.leader) != 1:
+        if any(a.machine is not None and a.machine._keeping is not None for a in self.announcers.values()):
             return False
         if not o.assigned:
             return False
-        return all((st := o.vips.get(ip)) is not None and len(st.visible) == 1 and st.dark_since is None
-                   for ip in o.assigned)
+        return all(st.dual_since is None and st.unassigned_since is None for st in o.vips.values())
+
+    def _renews(self, p: Proc) -> bool:
+        return p.alive and not p.paused and not self.api.outage and self.lan.reach(p.node, CTL)
+
+    def _elections_settled(self) -> bool:
+        groups: list[tuple[str, list[tuple[Proc, Elector | None]]]] = [
+            ("l2lb-leases", [(s.proc, s.elector) for s in self.leases]),
+            ("l2lb-allocator", [(a.proc, a.elector) for a in self.allocators])]
+        for name, members in groups:
+            lease = self.api.leases.get(name)
+            holder = lease.holder if lease is not None else ""
+            holder_renews = False
+            for p, e in members:
+                me = f"{p.node}/{p.name}/{p.incarnation}"
+                renews = me == holder and self._renews(p)
+                holder_renews = holder_renews or renews
+                if e is not None and p.alive and e.leader and not renews:
+                    return False  # it steps down after renew_deadline
+            if not holder_renews and any(p.alive for p, _ in members):
+                return False  # a candidate takes over after lease_duration (or is about to try)
+        return True
+
+    def _sentinel_settled(self) -> bool:
+        r = self.redis
+        if not r.sentinel_nodes:
+            return True
+        m = r.master
+        alive = [n for n in r.sentinel_nodes if self.lan.link_up.get(n, False)]
+        down = [n for n in alive if not (m.up() and self.lan.reach(n, m.node))]
+        if len(down) < len(r.sentinel_nodes) // 2 + 1:
+            return r._down_since is None
+        return not any(s is not m and s.up() and any(self.lan.reach(n, s.node) for n in down) for s in r.servers)
 
     def peer_frame(self, src: str, frame: bytes) -> None:
         """Multicast on the LAN: every other node's announcer the segment reaches, after the link delay
@@ -573,7 +650,7 @@ class World:
         the policy unchanged) is a violation (seen once in the real-cluster e2e: a VIP moved back ~35 s
         after an announcer restart)."""
         k = self.kernel
-        if k.now < self.busy_until or not self._answers_client(node) or not self.lan.link_up[node]:
+        if k.real() < self.busy_until or not self._answers_client(node) or not self.lan.link_up[node]:
             return
         still = [ip for ip in ips if ip in self.oracle.assigned]
         if still:
@@ -637,7 +714,9 @@ class World:
         self.log(f"FAULT {f.text()}")
         self.counters[f"fault_{f.kind}"] += 1
         back = max(f.duration, 0.05)
-        self.busy_until = max(self.busy_until, k.now + back + 5.0)  # the fault, and recovering from it
+        self.busy_until = max(self.busy_until, k.real() + back + 5.0)  # the fault, and recovering from it
+        self.last_change = k.real()
+        later = self._later
         if f.kind == "node_death":
             for s in self.procs_on(node):
                 s.die()
@@ -652,11 +731,11 @@ class World:
                 for s in self.procs_on(node):
                     s.restart()
 
-            k.after(back, revive)
+            later(back, revive)
         elif f.kind == "announcer_kill":
             a = self.announcers[node]
             a.die()
-            k.after(back, a.restart)
+            later(back, a.restart)
         elif f.kind == "pause":
             procs = [s.proc for s in self.procs_on(node)] + [r.proc for r in self.redis_on(node)]
             p = procs[int(f.extra * 1000) % len(procs)] if f.extra else procs[0]
@@ -668,10 +747,10 @@ class World:
                 self.oracle.reachability_changed(k.real())
                 self.redis.kick()
 
-            k.after(back, resume)
+            later(back, resume)
         elif f.kind == "link_down":
             self._set_link(node, False)
-            k.after(back, lambda: self._set_link(node, True))
+            later(back, lambda: self._set_link(node, True))
         elif f.kind == "partition":
             self.lan.partition([node])
             self.oracle.reachability_changed(k.real())
@@ -682,11 +761,12 @@ class World:
                 self.oracle.reachability_changed(k.real())
                 self.redis.kick()
 
-            k.after(back, heal)
+            later(back, heal)
         elif f.kind == "redis_restart":
             m = self.redis.master
             m.persistent = bool(f.extra)
-            self.redis.restart(m, back)
+            m.proc.kill()  # SIGKILL; it starts again after `back` (Redis.restart on the outside clock)
+            later(back, lambda: self.redis.rejoin(m))
         elif f.kind == "redis_stop":
             m = self.redis.master
             m.proc.pause()
@@ -695,25 +775,25 @@ class World:
                 m.proc.resume()
                 self.redis.kick()
 
-            k.after(back, cont)
+            later(back, cont)
         elif f.kind == "leases_kill":
             self._kill_leader(self.leases, back)
         elif f.kind == "allocator_kill":
             self._kill_leader(self.allocators, back)
         elif f.kind == "msg_faults":
             self.lan.set_faults(node, loss=min(f.extra, 0.99))
-            k.after(back, lambda: self.lan.set_faults(node))
+            later(back, lambda: self.lan.set_faults(node))
         elif f.kind == "clock_step":
             for s in self.procs_on(node):
                 s.proc.wall_offset += f.extra
         elif f.kind == "api_outage":
             self.api.outage = True
-            k.after(back, self.api.recover)
+            later(back, self.api.recover)
         elif f.kind == "create_service":
             self.api.put_service(service_obj(int(f.extra)))
         elif f.kind == "churn":
             if self.api.outage:  # the user's kubectl cannot reach the API server either: it retries
-                k.after(1.0, lambda: self.apply(f))
+                later(1.0, lambda: self.apply(f))
                 return
             i = int(f.extra) % (self.cfg.services + 4)
             key = f"apps/svc-{i}"
@@ -726,31 +806,41 @@ class World:
         for s in shells:
             if s.proc.alive:
                 s.die()
-                self.kernel.after(back, s.restart)
+                self._later(back, s.restart)
                 return
 
     # -- running -------------------------------------------------------------------------------------
+    def _later(self, dt: float, fn: Callable[[], None]) -> None:
+        """An outside event ``dt`` seconds of real simulated time from now (elided stretches count)."""
+        self._outside_seq += 1
+        heapq.heappush(self._outside, (self.kernel.real() + dt, self._outside_seq, fn))
+
+    def _run_to(self, end: float) -> None:
+        """Simulate up to real time ``end``: the kernel's events and, at their times, the outside events."""
+        k = self.kernel
+        failed: Callable[[], bool] = lambda: bool(self.oracle.violations)  # noqa: E731
+        while not failed():
+            nxt = self._outside[0][0] if self._outside else end
+            self.bound_real = target = min(nxt, end)
+            k.run_until(lambda target=target: target - k.elided, failed)  # type: ignore[misc]
+            if failed() or not self._outside or nxt > end:
+                return
+            _, _, fn = heapq.heappop(self._outside)
+            fn()
+            self.last_change = k.real()
+
     def run(self, faults: list[Fault], seconds: float, *, settle: float = 20.0) -> Report:
         """Simulate ``seconds`` (real simulated time: elided steady stretches count) with ``faults``
         applied at their times, then ``settle`` seconds without faults and the convergence check."""
         k = self.kernel
-        self.end_real = seconds
         self.start()
-        failed: Callable[[], bool] = lambda: bool(self.oracle.violations)  # noqa: E731
-        pending = sorted(faults, key=lambda f: f.t)
-        for i, f in enumerate(pending):
-            if f.t >= seconds:
-                break
-            self.next_fault_real = f.t
-            k.run_until(lambda f=f: f.t - k.elided, failed)  # type: ignore[misc]
-            if failed():
-                break
-            self.next_fault_real = pending[i + 1].t if i + 1 < len(pending) else None
-            self.apply(f)
-        if not failed():
-            self.next_fault_real = None
-            k.run_until(lambda: seconds - k.elided, failed)
-        if not failed():
+        for f in sorted(faults, key=lambda f: f.t):
+            if f.t < seconds:
+                self._outside_seq += 1
+                heapq.heappush(self._outside, (f.t, self._outside_seq, lambda f=f: self.apply(f)))  # type: ignore[misc]
+        self._run_to(seconds)
+        # what is left outside are the ends of the faults (a node back, a link up): they run in the final check
+        if not self.oracle.violations:
             self._final_check(settle)
         self.oracle.close(k.real())
         return Report(
@@ -764,8 +854,7 @@ class World:
     def _final_check(self, settle: float) -> None:
         """After the last fault has healed: every Service has an IP and each IP one answering node."""
         k = self.kernel
-        self.end_real = k.real()  # no more elision
-        k.run_until(max(k.now, self.busy_until) + settle, lambda: bool(self.oracle.violations))
+        self._run_to(max(k.real(), self.busy_until) + settle)  # busy_until: 5 s after the last fault's end
         now = k.real()
         for key, obj in sorted(self.api.services.items()):
             ips = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
