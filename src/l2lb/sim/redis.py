@@ -78,6 +78,7 @@ class Sub:
     incarnation: int = -1
     polling: bool = False
     in_flight: bool = False
+    active: bool = True  # False once unsubscribed
 
 
 class Redis:
@@ -98,6 +99,7 @@ class Redis:
         self.repl_delay = repl_delay
         self.maxlen = maxlen
         self.subs: list[Sub] = []
+        self.by_stream: dict[str, list[Sub]] = {}
         self._incarnations = 1
         self._down_since: float | None = None
         self.promotions = 0
@@ -142,9 +144,8 @@ class Redis:
         if len(s) > self.maxlen:
             del s[: len(s) - self.maxlen]
         self._replicate(stream, e)
-        for sub in self.subs:
-            if sub.stream == stream:
-                self._pump(sub)
+        for sub in self.by_stream.get(stream, ()):
+            self._pump(sub)
         return e.id
 
     def _replicate(self, stream: str, e: Entry) -> None:
@@ -194,15 +195,20 @@ class Redis:
             if not from_start:
                 sub.cursor = self.master.data.last_id
         self.subs.append(sub)
+        self.by_stream.setdefault(stream, []).append(sub)
         self._pump(sub)
         return sub
 
     def unsubscribe_all(self, consumer: Proc) -> None:
-        self.subs = [s for s in self.subs if s.consumer is not consumer]
+        for s in self.subs:
+            if s.consumer is consumer:
+                s.active = False
+        self.subs = [s for s in self.subs if s.active]
+        self.by_stream = {k: [s for s in v if s.active] for k, v in self.by_stream.items()}
 
     def _pump(self, sub: Sub) -> None:
         """Deliver what ``sub`` has not seen, or start polling until it can."""
-        if sub.in_flight or sub not in self.subs:
+        if sub.in_flight or not sub.active:
             return
         c = sub.consumer
         if not c.alive:

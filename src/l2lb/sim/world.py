@@ -182,7 +182,11 @@ class AnnouncerShell:
 
     def _do(self, c: am.Command) -> None:
         w, p = self.w, self.proc
-        if isinstance(c, am.StartAnswering):
+        if isinstance(c, am.SendPeerFrame):  # the most frequent first
+            w.peer_frame(self.node, c.frame)
+        elif isinstance(c, am.PublishHeartbeat):
+            self._publish(c)
+        elif isinstance(c, am.StartAnswering):
             self.answering.update(dict(c.vips))
             w.oracle.answering(self.node, self.answering, w.kernel.real())
             w.log(f"{self.node} answers " + " ".join(f"{ip}@{e}" for ip, e in c.vips))
@@ -193,15 +197,11 @@ class AnnouncerShell:
             w.log(f"{self.node} stops {' '.join(c.ips)} ({c.reason})")
             if c.reason == "reassigned":
                 w.check_sticky(self.node, c.ips)
-        elif isinstance(c, am.PublishHeartbeat):
-            self._publish(c)
         elif isinstance(c, am.RequestSnapshot):
             w.redis.xadd(p, S_CONTROL, SnapshotRequest(topic="assignments", requester=f"announcer:{self.node}",
                                                         reason=c.reason))
         elif isinstance(c, am.SendFrames):
             self.garps += len(c.frames)
-        elif isinstance(c, am.SendPeerFrame):
-            w.peer_frame(self.node, c.frame)
         elif isinstance(c, am.ReportConflict):
             w.counters["conflicts_reported"] += 1
 
