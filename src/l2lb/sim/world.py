@@ -547,9 +547,11 @@ class World:
         timers (peer timeouts, takeovers, liveness expiry, Redis and API time-outs) -- and no long timer
         can be pending:
 
-        * no process is paused (it would perceive the elided stretch on SIGCONT);
-        * each leader election is settled: its holder renews (alive, running, reaches the API server) or
-          no candidate is alive; every process that thinks it leads is the renewing holder (a candidate
+        * no process is paused (it would perceive the elided stretch on SIGCONT), no message fault is on (its
+          losses are drawn per message: a random process);
+        * each leader election is settled: its holder leads and renews (alive, running, reaches the API
+          server) or no candidate is alive; every process that thinks it leads is the renewing holder (a
+          holder that lost leadership in an API outage takes it again at its next try; a candidate
           that sees a dead holder takes over after ``lease_duration``, a cut-off leader steps down after
           ``renew_deadline``: both longer than ``steady_for``);
         * Sentinel has no promotion pending (the master is up for a quorum, or no replica can be promoted);
@@ -569,8 +571,8 @@ class World:
                                                                      *self.allocators]
         if any(s.proc.paused for s in shells) or any(r.proc.paused for r in self.redis.servers):
             return False
-        if not self._elections_settled() or not self._sentinel_settled():
-            return False
+        if self.lan.faulty or not self._elections_settled() or not self._sentinel_settled():
+            return False  # (message loss or duplication: a random process, never steady)
         if any(a.machine is not None and a.machine._keeping is not None for a in self.announcers.values()):
             return False
         if not o.assigned:
@@ -590,7 +592,7 @@ class World:
             holder_renews = False
             for p, e in members:
                 me = f"{p.node}/{p.name}/{p.incarnation}"
-                renews = me == holder and self._renews(p)
+                renews = me == holder and e is not None and e.leader and self._renews(p)
                 holder_renews = holder_renews or renews
                 if e is not None and p.alive and e.leader and not renews:
                     return False  # it steps down after renew_deadline
