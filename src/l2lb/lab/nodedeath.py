@@ -924,8 +924,8 @@ def _row(label: str, s: Mapping[str, Any]) -> str:
 
 def table(results: Mapping[str, Mapping[str, Any]]) -> str:
     """The report: one line per scenario."""
-    lines = [_head(f"{'scenario':14s}")]
-    lines += [_row(f"{name:14s}", s) for name, s in results.items()]
+    lines = [_head(f"{'scenario':16s}")]
+    lines += [_row(f"{name:16s}", s) for name, s in results.items()]
     lines.append(TABLE_LEGEND)
     return "\n".join(lines)
 
@@ -936,11 +936,11 @@ def compare_table(variants: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> st
     scenarios: list[str] = []
     for results in variants.values():
         scenarios += [s for s in results if s not in scenarios]
-    lines = [_head(f"{'scenario':14s} {'variant':9s}")]
+    lines = [_head(f"{'scenario':16s} {'variant':9s}")]
     for sc in scenarios:
         for name, results in variants.items():
             if sc in results:
-                lines.append(_row(f"{sc:14s} {name:9s}", results[sc]))
+                lines.append(_row(f"{sc:16s} {name:9s}", results[sc]))
     lines.append(TABLE_LEGEND)
     return "\n".join(lines)
 
