@@ -19,8 +19,10 @@ printed and written to ``$L2LB_E2E_RESULTS`` (default ~/.cache/l2lb/e2e-k8s-resu
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -157,14 +159,47 @@ def _roles(c: Cluster) -> dict[str, list[str]]:
 
 
 def _redis_master(c: Cluster, pods: list[str]) -> str | None:
-    """The Redis pod the sentinels name as master (k8s/base runs Redis + Sentinel in 3 pods)."""
+    """The Redis pod the sentinels name as master (k8s/base runs Redis + Sentinel in 3 pods). The sentinels
+    name it by its own Service's ClusterIP (Service l2lb-redis-N, k8s/base/redis) or, before that, by its
+    name behind the headless Service (l2lb-redis-N.l2lb-redis-headless...)."""
     for pod in pods:
         proc = c.kubectl("-n", "l2lb-system", "exec", pod, "-c", "sentinel", "--", "redis-cli", "--no-auth-warning",
                          "-p", "26379", "sentinel", "get-master-addr-by-name", "l2lb", check=False, timeout=20)
         host = proc.stdout.split("\n", 1)[0].strip()
-        if proc.returncode == 0 and host:
+        if proc.returncode != 0 or not host:
+            continue
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
             return host.split(".", 1)[0]
+        by_ip = {s["spec"].get("clusterIP"): s["metadata"]["name"] for s in c.kget("svc", "-n", "l2lb-system")["items"]}
+        return by_ip.get(host, host)
     return None
+
+
+def _time_new_service(c: Cluster, name: str, since: float, out: dict[str, Any], timeout: float = 240) -> None:
+    """Creates LoadBalancer Service ``name`` (pihole namespace) and records in ``out`` the seconds from ``since``
+    (monotonic: the node's kill) until it was created and until its status got an IP: what a user who adds a
+    Service while the control plane fails over waits (the allocator needs the Redis master)."""
+    manifest = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "pihole"},
+                "spec": {"type": "LoadBalancer", "selector": {"app": "pihole"},
+                         "ports": [{"name": "probe", "port": 9, "targetPort": 80, "protocol": "TCP"}]}}
+    try:
+        c.kubectl("create", "-f", "-", input=json.dumps(manifest), timeout=30)
+        out["created_s"] = round(time.monotonic() - since, 2)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            proc = c.kubectl("-n", "pihole", "get", "svc", name, "-o",
+                             "jsonpath={.status.loadBalancer.ingress[0].ip}", check=False, timeout=20)
+            if proc.returncode == 0 and proc.stdout.strip():
+                out["ip"] = proc.stdout.strip()
+                out["ip_s"] = round(time.monotonic() - since, 2)
+                return
+            time.sleep(0.5)
+        out["ip_s"] = None
+        out["error"] = f"no IP within {timeout:.0f} s"
+    except (ClusterError, OSError, ValueError) as e:  # recorded, the fault's other figures still count
+        out["error"] = str(e)[-300:]
 
 
 def _arrange_dm(c: Cluster, node: Node) -> list[str]:
@@ -334,6 +369,7 @@ def test_l2lb_in_a_real_cluster(cluster: Cluster, tmp_path: Path) -> None:
         # once its fault healed (announcer back, cable in, node on again)
         results["unexplained_moves"] = [m for m in results["moves"] if m["during"] is None or m["back_to_healed"]]
         results["sentinels"] = {w["fault"]: w["sentinels"] for w in windows if "sentinels" in w}
+        results["new_service"] = {w["fault"]: w["new_service"] for w in windows if "new_service" in w}
         out = Path(os.environ.get("L2LB_E2E_RESULTS", str(Path.home() / ".cache/l2lb/e2e-k8s-results.json")))
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1, default=str))
@@ -438,13 +474,30 @@ def _failover(c: Cluster, tmp: Path, lock_state: str, windows: list[dict[str, An
         return _announcer_node(c)
 
     def death(name: str, what: str, pick: Callable[[], Node]) -> None:
-        node = measure(name, what, pick, c.kill_node, None, DEATH_WINDOW_S, DEATH_WINDOW_S - 5)
+        # right after the kill a new LoadBalancer Service is created: how long until it gets an IP
+        svc = f"e2e-new-{name}"
+        alloc: dict[str, Any] = {"service": svc}
+        probe: list[threading.Thread] = []
+
+        def kill(n: Node) -> None:
+            c.kill_node(n)
+            t = threading.Thread(target=_time_new_service, args=(c, svc, time.monotonic(), alloc), daemon=True)
+            t.start()
+            probe.append(t)
+
+        node = measure(name, what, pick, kill, None, DEATH_WINDOW_S, DEATH_WINDOW_S - 5)
         t0 = time.monotonic()
         windows[-1]["heal"] = time.time()
         c.restart_node(node)
         steady()
         out[-1]["notes"].append(f"node powered on again: Ready + l2lb rolled out + DNS answers "
                                 f"{time.monotonic() - t0:.1f} s later")
+        for t in probe:
+            t.join(timeout=300)
+        windows[-1]["new_service"] = alloc
+        out[-1]["notes"].append(f"a Service created {alloc.get('created_s')} s after the kill got IP "
+                                f"{alloc.get('ip')} {alloc.get('ip_s')} s after the kill {alloc.get('error', '')}")
+        c.kubectl("-n", "pihole", "delete", "svc", svc, "--ignore-not-found", "--wait=false", check=False)
         story = _sentinel_story(c, windows[-1]["inject"], node.name)
         windows[-1]["sentinels"] = story
         out[-1]["notes"].append(f"sentinels (surviving pods): new master {story['switch_master_s']} s after the "
