@@ -216,6 +216,10 @@ def test_matrix_values_reach_the_objects(tmp_path: Path) -> None:
     assert sts["spec"]["replicas"] == 5
     env = {e["name"]: e.get("value") for c in sts["spec"]["template"]["spec"]["containers"] for e in c["env"]}
     assert env["L2LB_REDIS_REPLICAS"] == "5"
+    # a Service per Redis pod (their ClusterIPs are what Redis and the sentinels use: peers.sh)
+    per_pod = {s["metadata"]["name"]: s["spec"]["selector"]["statefulset.kubernetes.io/pod-name"]
+               for s in by_kind(docs, "Service") if "statefulset.kubernetes.io/pod-name" in s["spec"]["selector"]}
+    assert per_pod == {f"l2lb-redis-{i}": f"l2lb-redis-{i}" for i in range(5)}
     claim = sts["spec"]["volumeClaimTemplates"][0]["spec"]
     assert claim["storageClassName"] == "local-path" and claim["resources"]["requests"]["storage"] == "2Gi"
     assert sts["spec"]["template"]["spec"]["dnsConfig"] == {"options": [{"name": "timeout", "value": "2"},

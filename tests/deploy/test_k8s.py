@@ -339,7 +339,8 @@ def test_overlays_do_what_they_say() -> None:
     assert "metallb.io" in groups and "cilium.io" not in groups
     ext = built("external-redis")
     assert not by_kind(ext, "StatefulSet")
-    assert "l2lb-redis" not in {s["metadata"]["name"] for s in by_kind(ext, "Service")}
+    assert not {s["metadata"]["name"] for s in by_kind(ext, "Service")} & {
+        "l2lb-redis", "l2lb-redis-headless", "l2lb-redis-sentinel", "l2lb-redis-0", "l2lb-redis-1", "l2lb-redis-2"}
     base = built("base")
     groups = {g for r in one(base, "ClusterRole", "l2lb-allocator")["rules"] for g in r["apiGroups"]}
     assert not groups & {"cilium.io", "metallb.io"}
@@ -368,8 +369,19 @@ def test_redis_ha_by_default_and_single_node_mode() -> None:
         assert script.exists(), script
     assert _env(ctrs["redis"])["L2LB_REDIS_MODE"] == "sentinel"
     assert int(_env(ctrs["sentinel"])["L2LB_SENTINEL_DOWN_MS"]) <= 2000
-    # Sentinel resolves names synchronously and enters TILT (no failover for 30 s) after a loop > 2 s: a lookup
-    # that kube-proxy sends to a dead node's CoreDNS must give up well before (timeout x attempts, seconds)
+    # no DNS in Sentinel's loop (it resolves synchronously and enters TILT, no failover for 30 s, after a loop
+    # > 2 s): every pod has its own ClusterIP Service, whose address Redis and Sentinel use and announce
+    for i in range(sts["spec"]["replicas"]):
+        svc = one(base, "Service", f"l2lb-redis-{i}")
+        assert svc["spec"].get("clusterIP") != "None" and svc["spec"]["publishNotReadyAddresses"] is True
+        assert svc["spec"]["selector"]["statefulset.kubernetes.io/pod-name"] == f"l2lb-redis-{i}"
+        assert svc["spec"]["selector"].items() >= pod_labels(sts).items() - {("statefulset.kubernetes.io/pod-name",
+                                                                            f"l2lb-redis-{i}")}
+        assert {(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]} == {(6379, "redis"), (26379, "sentinel")}
+    conf = (ROOT / "k8s/base/redis/start-sentinel.sh").read_text()
+    assert "sentinel resolve-hostnames no" in conf and "sentinel announce-hostnames no" in conf
+    assert "sentinel myid $myid" in conf  # the same id at every start: a restarted sentinel is the same voter
+    # the start scripts' own lookups (each pod's Service, once) give up fast and are retried
     opts = {o["name"]: int(o["value"]) for o in pod["dnsConfig"]["options"]}
     assert opts["timeout"] * opts["attempts"] < 2, opts
     (cm,) = [c for c in by_kind(base, "ConfigMap") if c["metadata"]["name"].startswith("l2lb-redis")]
@@ -391,7 +403,8 @@ def test_redis_ha_by_default_and_single_node_mode() -> None:
     (redis,) = sts1["spec"]["template"]["spec"]["containers"]
     assert redis["name"] == "redis" and _env(redis)["L2LB_REDIS_MODE"] == "single"
     assert _env(redis)["L2LB_REDIS_REPLICAS"] == "1"
-    assert "l2lb-redis-sentinel" not in {s["metadata"]["name"] for s in by_kind(single, "Service")}
+    assert not {"l2lb-redis-sentinel", "l2lb-redis-0", "l2lb-redis-1", "l2lb-redis-2"} & {
+        s["metadata"]["name"] for s in by_kind(single, "Service")}
     for kind, name in (("Deployment", "l2lb-allocator"), ("Deployment", "l2lb-leases"),
                        ("DaemonSet", "l2lb-announcer")):
         ctr = one(single, kind, name)["spec"]["template"]["spec"]["containers"][0]

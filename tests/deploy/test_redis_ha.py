@@ -146,13 +146,24 @@ async def sentinel_knows(ip: str, what: str) -> int:
     return sum(1 for e in _entries(reply) if not bad & set(e.get("flags", "").split(",")))
 
 
+async def sentinel_entries(ip: str) -> int:
+    """How many other sentinels the sentinel at ``ip`` counts, healthy or not: every one counts as a voter."""
+    try:
+        return len(_entries(await cmd(ip, 26379, "SENTINEL", "SENTINELS", "l2lb", pw=PW["sentinel"])))
+    except Exception:
+        return -1
+
+
 async def settled(pods: list[Pod], live: list[int], master: str) -> bool:
     """Every live sentinel names ``master`` and knows the other live sentinels and every live replica
-    (before that, a death of the master could not be failed over); the master has them online."""
+    (before that, a death of the master could not be failed over); the master has them online. Each counts
+    exactly the other pods' sentinels (a restarted one comes back with the same id: start-sentinel.sh)."""
     for i in live:
         if await sentinel_master(IPS[i]) != master:
             return False
         if await sentinel_knows(IPS[i], "SENTINELS") < len(live) - 1:
+            return False
+        if await sentinel_entries(IPS[i]) != len(IPS) - 1:
             return False
         if await sentinel_knows(IPS[i], "REPLICAS") < len(live) - 1:
             return False

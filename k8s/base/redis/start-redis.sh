@@ -12,6 +12,8 @@ fi
 . "$tmpl/peers.sh"
 master=$(find_master)
 echo "l2lb redis: I am $SELF; master: $master"
+# replica-announce-ip: the master lists this replica (INFO) under this pod's Service ClusterIP, and the
+# sentinels reach it there (peers.sh)
 # min-replicas-to-write: a master cut off from its replicas (its node partitioned: the sentinels
 # promote another) refuses writes after min-replicas-max-lag seconds, so l2lb's services on its side
 # cannot go on with a second, diverging Redis until Sentinel demotes it
