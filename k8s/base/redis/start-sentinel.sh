@@ -6,8 +6,9 @@
 # Only IP addresses (peers.sh: each pod's Service ClusterIP): resolve-hostnames no, so Sentinel never
 # calls the resolver from its loop (a name it is given is refused, not looked up). Its id (myid) is
 # derived from the pod's name and address, the same at every start (this file is rewritten at each
-# start): the other sentinels know a restarted one as the sentinel they already count, rather than
-# seeing a new id at a known address (+sentinel-invalid-addr) and adding one more voter.
+# start): the other sentinels know a restarted one as the sentinel they already count. With a new id
+# at a known address, Redis 7 drops the old entry (+sentinel-invalid-addr) but 6.2 keeps it (port 0)
+# among the voters, and a failover then needs more votes than the live sentinels can give.
 set -eu
 tmpl=${L2LB_REDIS_TMPL:-/etc/redis-tmpl}
 . "$tmpl/peers.sh"
