@@ -60,6 +60,7 @@ class Api:
         self.leases: dict[str, _Lease] = {}
         self.watchers: list[_Watch] = []
         self.writes = 0
+        self.changes = 0  # every create, update, deletion or status write of a Service
 
     def _rtt(self, p: Proc) -> float | None:
         if self.outage or not p.alive:
@@ -91,10 +92,12 @@ class Api:
         if old is not None:
             obj = {**obj, "status": old.get("status", {})}
         self.services[key] = obj
+        self.changes += 1
         self._notify(key, obj)
 
     def delete_service(self, key: str) -> None:
         if self.services.pop(key, None) is not None:
+            self.changes += 1
             self._notify(key, None)
 
     def write_status(self, key: str, ips: list[str]) -> bool:
@@ -108,6 +111,7 @@ class Api:
         new["status"] = {"loadBalancer": {"ingress": ingress} if ingress else {}}
         self.services[key] = new
         self.writes += 1
+        self.changes += 1
         self._notify(key, new)
         return True
 

@@ -174,7 +174,7 @@ class AnnouncerShell:
             self.timer.cancel()
             self.timer = None
         if t is not None:
-            self.timer = self.proc.after(t - now, self._tick)
+            self.timer = self.w.kernel.at(t, self._tick, self.proc)  # (at t exactly: the check above holds)
 
     def _tick(self) -> None:
         self.timer = None
@@ -460,6 +460,8 @@ class World:
         self.bound_real = 0.0  # elision may go up to this real time (the next outside event or the run's end)
         self.last_change = 0.0  # real time of the last change of anything World.steady watches
         self._fingerprint: tuple[Any, ...] = ()
+        self._observed = 0
+        self._api_seen = -1
 
     # -- observation hooks ---------------------------------------------------------------------------
     def log(self, text: str) -> None:
@@ -507,12 +509,17 @@ class World:
         steady stretches."""
         k = self.kernel
         now = k.real()
-        self.oracle.set_assigned(self.api.assigned_ips(), now)
+        self._observed += 1
+        if self.api.changes != self._api_seen or self._observed % 10 == 0:
+            # what Services hold changes only with them (answers and reachability reach the oracle as they
+            # change); a full refresh every second all the same
+            self._api_seen = self.api.changes
+            self.oracle.set_assigned(self.api.assigned_ips(), now)
+            self._check_duplicates()
         before = len(self.oracle.violations)
         self.oracle.check(now)
         for v in self.oracle.violations[before:]:
             self.log(f"VIOLATION {v.invariant}: {v.detail}")
-        self._check_duplicates()
         if self.cfg.elide:
             fp = self._state_fingerprint()
             if fp != self._fingerprint:
@@ -554,6 +561,7 @@ class World:
           holder that lost leadership in an API outage takes it again at its next try; a candidate
           that sees a dead holder takes over after ``lease_duration``, a cut-off leader steps down after
           ``renew_deadline``: both longer than ``steady_for``);
+        * the leases leader's view of node liveness matches which announcers can publish heartbeats;
         * Sentinel has no promotion pending (the master is up for a quorum, or no replica can be promoted);
         * no announcer keeps its set past its validity (the leases-outage grace runs up to 60 s, the
           Redis-down freeze and a LAN-held takeover until something changes);
@@ -571,13 +579,29 @@ class World:
                                                                      *self.allocators]
         if any(s.proc.paused for s in shells) or any(r.proc.paused for r in self.redis.servers):
             return False
-        if self.lan.faulty or not self._elections_settled() or not self._sentinel_settled():
+        if self.lan.faulty or not self._elections_settled() or not self._sentinel_settled() or not (
+                self._liveness_settled()):
             return False  # (message loss or duplication: a random process, never steady)
         if any(a.machine is not None and a.machine._keeping is not None for a in self.announcers.values()):
             return False
         if not o.assigned:
             return False
         return all(st.dual_since is None and st.unassigned_since is None for st in o.vips.values())
+
+    def _liveness_settled(self) -> bool:
+        """The leases leader counts a node alive exactly when its announcer runs and can publish heartbeats
+        (so no expiry and no comeback is pending), and the leader itself reads the heartbeats."""
+        s = next((s for s in self.leases if s.machine is not None and s.machine.is_leader), None)
+        if s is None or s.machine is None:
+            return True
+        if not self.redis.usable(s.proc):
+            return False
+        alive = set(s.machine.tracker.alive())
+        for node, a in self.announcers.items():
+            beats = a.proc.alive and not a.proc.paused and a.machine is not None and self.redis.usable(a.proc)
+            if beats != (node in alive):
+                return False
+        return True
 
     def _renews(self, p: Proc) -> bool:
         return p.alive and not p.paused and not self.api.outage and self.lan.reach(p.node, CTL)
