@@ -461,6 +461,7 @@ class World:
         self.last_change = 0.0  # real time of the last change of anything World.steady watches
         self._fingerprint: tuple[Any, ...] = ()
         self._observed = 0
+        self.hold_until = 0.0  # real time before which no stretch is steady (a fault with a longer quiet timer)
         self._api_seen = -1
 
     # -- observation hooks ---------------------------------------------------------------------------
@@ -568,7 +569,8 @@ class World:
         * the oracle has no dual answer and no answer for an unassigned IP in progress (its time-based
           checks would judge the elided stretch).
         """
-        if self.kernel.real() - self.last_change < self.cfg.steady_for:
+        now = self.kernel.real()
+        if now - self.last_change < self.cfg.steady_for or now < self.hold_until:
             return False
         return self.steady_conditions()
 
@@ -812,6 +814,9 @@ class World:
         elif f.kind == "clock_step":
             for s in self.procs_on(node):
                 s.proc.wall_offset += f.extra
+            # peers judge a stepped clock's frames stale for relearn_s (3 s) before they learn the new offset:
+            # a quiet stretch longer than steady_for may end in a change
+            self.hold_until = max(self.hold_until, k.real() + 4.0)
         elif f.kind == "api_outage":
             self.api.outage = True
             later(back, self.api.recover)
