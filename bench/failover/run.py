@@ -353,6 +353,10 @@ async def run_colocated(a: argparse.Namespace) -> int:
         print(nodedeath.table(res["results"]))
     for name, r in runs.items():
         for sc, summ in r["results"].items():
+            ts = summ.get("to_survivor_ms") or {}
+            if a.second != "none" and ts.get("max") is not None:
+                print(f"{sc} ({name}): the dead nodes' VIPs until a surviving node answered, worst per round p50 "
+                      f"{ts['p50']:.0f} / p99 {ts['p99']:.0f} / max {ts['max']:.0f} ms")
             if summ.get("orphaned") or summ.get("successors_hit"):
                 print(f"{sc} ({name}): rounds in which every replica died: "
                       + (", ".join(f"{c} {k}" for c, k in summ["orphaned"].items()) or "none")
@@ -466,6 +470,9 @@ def main() -> int:
                         "all+nothing, ...) or 'pairs' (redis+leases, redis+allocator, leases+allocator, "
                         "all+nothing, nothing+nothing; use --nodes 5); redis-kill, redis-stop, redis-restart "
                         "(Redis faults)")
+    g.add_argument("--second", choices=("none", "successor"), default="none",
+                   help="successor: in single node deaths, the node that first answers one of the dead node's VIPs "
+                        "dies at that instant too (a death during the previous failover, on the node taking over)")
     g.add_argument("--stagger-ms", type=float, default=0.0,
                    help="several dying nodes: each dies this long after the previous one, i.e. during the "
                         "failover of the first (default 0: at the same instant)")

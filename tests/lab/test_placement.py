@@ -18,6 +18,7 @@ from l2lb.lab.nodedeath import (
     scenario_parts,
     summarize,
     takeover_s,
+    to_survivor_ms,
     vip_outage,
 )
 from l2lb.lab.placement import ColocatedLab, Placement, PlacementError, host_ip
@@ -292,3 +293,18 @@ def test_cost_table_puts_single_redis_and_redis_ha_side_by_side() -> None:
     assert "9.90 % 175 MiB" in total and "15.20 % 220 MiB" in total  # the lab's API server is not l2lb's
     assert next(ln for ln in lines if "commands/s" in ln and "Sentinel" in ln).split()[-2:] == ["60", "150"]
     assert next(ln for ln in lines if "requests/min" in ln).split()[-2:] == ["60", "63"]
+
+
+def test_to_survivor_counts_a_successor_that_died_as_part_of_the_outage() -> None:
+    a, b, c = frozenset({"aa"}), frozenset({"bb"}), frozenset({"cc"})
+    none: frozenset[str] = frozenset()
+    # the victim (aa) answers until 0.98, dies at 1.0; bb takes over at 1.30 and dies; cc answers at 1.72
+    probes = [(0.96, a), (0.98, a), (1.0, none), (1.30, b), (1.32, b), (1.34, none), (1.70, none), (1.72, c)]
+    assert to_survivor_ms(probes, t_fault=1.0, dead_macs={"aa", "bb"}) == pytest.approx(740.0)
+    # when bb survives, its first answer ends the outage
+    assert to_survivor_ms(probes, t_fault=1.0, dead_macs={"aa"}) == pytest.approx(320.0)
+    # nobody alive answered: None (not 0)
+    assert to_survivor_ms(probes[:6], t_fault=1.0, dead_macs={"aa", "bb"}) is None
+    s = summarize([{"worst_outage_ms": 400.0, "outages": [], "worst_to_survivor_ms": 740.0, "converge_s": 1.0},
+                   {"worst_outage_ms": 300.0, "outages": [], "worst_to_survivor_ms": 320.0, "converge_s": 1.0}])
+    assert s["to_survivor_ms"]["max"] == 740.0 and s["to_survivor_ms"]["p50"] == 320.0

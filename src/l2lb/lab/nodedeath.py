@@ -204,6 +204,22 @@ def vip_outage(vip: str, probes: Sequence[tuple[float, frozenset[str]]], *, t_fa
     return VipOutage(vip, ms, start, end_s, by_return or end_s is None, after, unanswered, max_spacing, silent_ms)
 
 
+def to_survivor_ms(probes: Sequence[tuple[float, frozenset[str]]], *, t_fault: float, dead_macs: set[str]
+                   ) -> float | None:
+    """From the last answer before the fault to the first answer after it by a node that is not dead: what a
+    client sees when the VIP's first successor dies too (its short answers in between do not help a client
+    that moved to it). None when no survivor answered."""
+    last: float | None = None
+    for t, got in probes:
+        if t <= t_fault:
+            if got:
+                last = t
+            continue
+        if got and not got & dead_macs:
+            return None if last is None else (t - last) * 1000
+    return None
+
+
 def pct(values: Sequence[float], p: float) -> float | None:
     if not values:
         return None
@@ -281,6 +297,9 @@ def summarize(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "orphaned": {c: sum(1 for r in rounds if c in r.get("orphaned", ()))
                      for c in sorted({c for r in rounds for c in r.get("orphaned", ())})},
         "successors_hit": sum(len(r.get("successors_hit", ())) for r in rounds),
+        # the dead nodes' VIPs: from their last answer until a surviving node answered (a successor that died)
+        "to_survivor_ms": stats([float(r["worst_to_survivor_ms"]) for r in rounds
+                                 if r.get("worst_to_survivor_ms") is not None]),
         "vips_with_outage_max": max((int(r.get("vips_with_outage", 0)) for r in rounds), default=0),
     }
 
@@ -348,6 +367,7 @@ class Bench:
     restart_gap_s: float = 0.0  # redis-restart: down this long between the exit and the start
     settle_s: float = 1.0
     stagger_s: float = 0.0  # several dying nodes: each dies this long after the previous one (0: one instant)
+    second: str = "none"  # "successor": the node that first answers one of the victim's VIPs dies at that instant
     rng: random.Random = field(default_factory=lambda: random.Random(1))
     round_no: int = 0
     svc_counter: int = 0  # bench/svc-N Services created so far
@@ -627,6 +647,27 @@ class Bench:
         else:
             deaths = [lab.nodes_death(victims)] * len(victims)
         t_fault = deaths[0]
+        if self.second == "successor" and len(victims) == 1:
+            # the node taking one of the victim's VIPs over dies as soon as the client hears it (mid-failover)
+            first_mac = lab.topo.hosts[victims[0]].mac
+            macs = lab.mac_to_node()
+            while time.monotonic() - t_fault < 5 and len(victims) == 1:
+                for ip in held[victims[0]]:
+                    hist = self.prober.history.get(ip, [])
+                    got = hist[-1][1] if hist and hist[-1][0] > t_fault else frozenset()
+                    other = [m for m in got if m != first_mac and macs.get(m) not in (None, *victims)]
+                    if other:
+                        nxt = macs[other[0]]
+                        deaths.append(lab.node_death(nxt))
+                        successors_hit.append(ip)
+                        victims.append(nxt)
+                        victim_macs.add(other[0])
+                        held[nxt] = []
+                        break
+                else:
+                    await asyncio.sleep(0.002)
+            if len(victims) == 1:
+                self.notes.append(f"round {self.round_no}: no successor answered {victims[0]}'s VIPs within 5 s")
         new_svc = f"nd-{self.round_no}"
         t_new: float | None = None
         await asyncio.sleep(0.2)
@@ -672,7 +713,11 @@ class Bench:
         with contextlib.suppress(KubeError, TimeoutError, aiohttp.ClientError, OSError), KubeClient.deadline(5):
             await self.client.delete(RESOURCES["services"], new_svc, BENCH_NS)
         res = self.analyse(v4, t_fault, t_end, t_return)
+        survivor = {ip: to_survivor_ms(self.prober.history.get(ip, []), t_fault=t_fault, dead_macs=victim_macs)
+                    for v in victims for ip in held[v]}
         res.update({
+            "to_survivor_ms": {ip: None if ms is None else round(ms, 1) for ip, ms in survivor.items()},
+            "worst_to_survivor_ms": max((ms for ms in survivor.values() if ms is not None), default=None),
             "scenario": scenario, "round": self.round_no, "victim": "+".join(victims), "victims": victims,
             "roles_before": roles, "victim_held_vips": held[victims[0]] if len(victims) == 1 else held,
             "orphaned": orphaned, "deaths_s": [round(t - t_fault, 3) for t in deaths],
@@ -990,7 +1035,8 @@ async def run(args: Any, workdir: Path, progress: Any) -> dict[str, Any]:
             bench = Bench(lab, client, prober, obs, max_down_s=args.max_down_s, redis_down_s=args.redis_down_s,
                           rng=random.Random(args.seed), svc_counter=args.services,
                           restart_gap_s=getattr(args, "restart_gap_s", 0.0),
-                          stagger_s=getattr(args, "stagger_ms", 0.0) / 1000)
+                          stagger_s=getattr(args, "stagger_ms", 0.0) / 1000,
+                          second=getattr(args, "second", "none"))
             tasks = [asyncio.create_task(prober.run(stop)), asyncio.create_task(obs.poll_leaders(stop)),
                      asyncio.create_task(obs.write_redis(stop))]
             try:
