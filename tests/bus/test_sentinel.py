@@ -115,6 +115,24 @@ async def test_sentinel_discovery_and_failover(sentinel_setup: tuple[RedisProces
     assert failover_s < 15
 
 
+async def test_sentinel_names_are_looked_up_once(sentinel_setup: tuple[RedisProcess, RedisProcess, SentinelProc],
+                                                make_bus: Factory) -> None:
+    """A sentinel given by name (localhost here, a Service name in Kubernetes): its address, looked up at
+    connect, is asked first from then on, the name last; discovery goes through the address."""
+    master, _, sent = sentinel_setup
+    bus = await make_bus(f"redis+sentinel://localhost:{sent.port}/mymaster/0", health_interval=0.2)
+    assert bus.readiness()[0], bus.readiness()
+    assert bus._sentinel is not None
+    hosts = [s.connection_pool.connection_kwargs["host"] for s in bus._sentinel.sentinels]
+    assert "127.0.0.1" in hosts and hosts[-1] == "localhost", hosts
+    assert all(h != "localhost" for h in hosts[:-1]), hosts
+    assert bus.dsn.hosts == (("localhost", sent.port),)  # logs and readiness still name what was configured
+    info = await bus.redis.info("server")
+    assert int(info["tcp_port"]) == master.port
+    # the sentinel that answered moves to the front of the list: the address, not the name
+    assert bus._sentinel.sentinels[0].connection_pool.connection_kwargs["host"] == "127.0.0.1"
+
+
 @pytest.mark.slow
 async def test_bus_leaves_a_deposed_master_that_is_still_up(
         sentinel_setup: tuple[RedisProcess, RedisProcess, SentinelProc], make_bus: Factory, running: Running) -> None:

@@ -21,11 +21,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import os
 import random
 import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -239,7 +242,7 @@ class Bus:
         up not-ready (see :meth:`readiness`) and keeps retrying in the background.
         """
         d = parse_dsn(dsn)
-        client, sentinel = _make_client(d, client_name)
+        client, sentinel = _make_client(await _pin_sentinel_addresses(d), client_name)
         bus = cls(client, d, Keys(prefix), client_name=client_name, maxlen=maxlen,
                   health_interval=health_interval)
         bus._sentinel = sentinel
@@ -985,6 +988,46 @@ class Consumer:
             # Losing the copy is better than blocking the stream forever: log and go on.
             err = self.bus._wrap(e, "XADD", dl)
             log.error("cannot write the dead-letter stream", extra=self._x(error=str(err)))
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # a lookup given up on: its late error is not "never retrieved"
+
+
+async def _pin_sentinel_addresses(d: RedisDSN) -> RedisDSN:
+    """Sentinel DSNs that name their sentinels: the names' addresses now, asked before the names from then
+    on. In Kubernetes the name is a Service's (l2lb-redis-sentinel), whose ClusterIP lasts as long as the
+    Service, so finding the new master after a node death needs no name lookup -- lookups that kube-proxy
+    still sends to a dead node's CoreDNS fail until the node is NotReady (~40 s; measured, e2e fault dm).
+    The names stay in the list, after the addresses (a Service made again gets another address). Not with
+    TLS (the certificate names the host), nor when the lookup fails now (the names alone, as before)."""
+    if not d.sentinel or d.tls:
+        return d
+    loop = asyncio.get_running_loop()
+    pinned: list[tuple[str, int]] = []
+    for host, port in d.hosts:
+        if _is_ip(host):
+            continue
+        lookup = asyncio.ensure_future(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        lookup.add_done_callback(_retrieve)
+        try:
+            infos = await asyncio.wait_for(asyncio.shield(lookup), max(d.connect_timeout, 1.0) * 3)
+        except (OSError, TimeoutError):
+            continue
+        for *_, sockaddr in infos:
+            addr = (str(sockaddr[0]), port)
+            if addr not in pinned and addr not in d.hosts:
+                pinned.append(addr)
+    return replace(d, hosts=(*pinned, *d.hosts)) if pinned else d
 
 
 def _make_client(d: RedisDSN, client_name: str) -> tuple[aioredis.Redis, Sentinel | None]:
