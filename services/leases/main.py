@@ -91,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="collect heartbeats this long after start before the first election (default 500)",
     )
     p.add_argument(
+        "--reconnect-grace-ms",
+        type=int,
+        default=2000,
+        help="after Redis came back, its master changed or no node was heard at all for a while, a node not heard "
+        "since then is declared dead this much later than its missed heartbeats say (its client may wait for a "
+        "socket time-out on the old master) -- unless the nodes heard since report it silent on the LAN too "
+        "(default 2000; about the DSN's socket_timeout)",
+    )
+    p.add_argument(
         "--heartbeat-full-every-ms",
         type=int,
         default=env_int("L2LB_HEARTBEAT_FULL_EVERY_MS", 2000),
@@ -154,6 +163,8 @@ def config_from_args(args: argparse.Namespace) -> LeasesConfig:
         raise ValueError(f"--successors must be >= 0, got {args.successors}")
     if args.full_every_ms < 0:
         raise ValueError(f"--full-every-ms must be >= 0, got {args.full_every_ms}")
+    if args.reconnect_grace_ms < 0:
+        raise ValueError(f"--reconnect-grace-ms must be >= 0, got {args.reconnect_grace_ms}")
     if args.heartbeat_full_every_ms < 0:
         raise ValueError(f"--heartbeat-full-every-ms must be >= 0, got {args.heartbeat_full_every_ms}")
     if args.ttl_ms <= args.renew_ms:
@@ -176,6 +187,7 @@ def config_from_args(args: argparse.Namespace) -> LeasesConfig:
         successors=args.successors,
         missed=args.missed,
         startup_grace_ms=args.startup_grace_ms,
+        reconnect_grace_ms=args.reconnect_grace_ms,
         lag_tolerance_ms=args.lag_tolerance_ms,
         policy_kinds=() if args.no_kube else kinds,
         leader_election=not (args.no_leader_election or args.no_kube),

@@ -44,6 +44,8 @@ METRICS: dict[str, Any] = {name: kind(name, doc, labels) for kind, name, doc, la
      "(digest matched the last full map), unknown (omitted, but no full map with that digest seen from that "
      "instance yet)", ("serving",)),
     (metrics.gauge, "l2lb_leases_policy_errors", "Announcement policies that cannot be used", ()),
+    (metrics.counter, "l2lb_leases_reconnect_graces_total", "Times heartbeats flowed again after the bus came back, "
+     "the Redis master changed or no node was heard at all (nodes not heard since get --reconnect-grace-ms)", ()),
 )}
 POLICY_RESOURCES = {"cilium": "cilium_l2policies", "metallb": "metallb_l2ads", "l2lb": "l2lb_l2policies"}
 
@@ -58,6 +60,7 @@ class LeasesConfig:
     full_every_ms: int = 30000  # full set at least this often per node; 0 = every renewal is full
     missed: int = 3
     startup_grace_ms: int = 500
+    reconnect_grace_ms: int = 2000
     policy_kinds: tuple[str, ...] = ("cilium", "metallb", "l2lb")
     leader_election: bool = True
     lease_duration: float = 15.0
@@ -83,7 +86,8 @@ class LeasesService:
         self.mono, self.wall = monotonic, wall
         self.m = lm.LeasesMachine(lm.LeasesParams(
             renew_ms=cfg.renew_ms, ttl_ms=cfg.ttl_ms, full_every_ms=cfg.full_every_ms, missed=cfg.missed,
-            startup_grace_ms=cfg.startup_grace_ms, lag_tolerance_ms=cfg.lag_tolerance_ms,
+            startup_grace_ms=cfg.startup_grace_ms, reconnect_grace_ms=cfg.reconnect_grace_ms,
+            lag_tolerance_ms=cfg.lag_tolerance_ms,
             heartbeat_full_every_ms=cfg.heartbeat_full_every_ms, sync_timeout_s=cfg.sync_timeout_s,
             leader_election=cfg.leader_election, kube=kube is not None, conditions=cfg.conditions,
             mirror_leases=cfg.mirror_leases, events=cfg.events, static_policies=tuple(cfg.static_policies),
@@ -248,7 +252,7 @@ class LeasesService:
             elections, t0 = self.m.elections, time.perf_counter()
             try:
                 infs = tuple(lm.InformerState(n, i.synced, str(i.last_error or "")) for n, i in self.informers.items())
-                cmds = self.m.handle(lm.Tick(self.bus.readiness()[0], infs), self.now())
+                cmds = self.m.handle(lm.Tick(self.bus.readiness()[0], infs, self.bus.master_moves), self.now())
                 if self.m.elections != elections:
                     ELECTION_SECONDS.observe(time.perf_counter() - t0)
                 await self.do(cmds)

@@ -13,12 +13,13 @@ _text = st.text(alphabet=st.characters(codec="utf-8"), max_size=12) | st.sampled
 
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(_text, _text, max_size=4), st.dictionaries(_text, st.integers(0, 2**40), max_size=5),
-       _text, st.booleans())
-def test_encoder_matches_encode(labels: dict[str, str], serving: dict[str, int], ifname: str, stopping: bool) -> None:
+       _text, st.booleans(), st.none() | st.lists(_text, max_size=3).map(tuple))
+def test_encoder_matches_encode(labels: dict[str, str], serving: dict[str, int], ifname: str, stopping: bool,
+                                lan_heard: tuple[str, ...] | None) -> None:
     enc = HeartbeatEncoder()
     hb = Heartbeat(node="n1", instance="abc", seq=3, sent_at=1.5, interval_ms=100, labels=labels,
                    interfaces=(InterfaceInfo(ifname, "02:00:00:00:00:01", True, ("198.51.100.2/24",), 3),),
-                   serving=serving, stopping=stopping)
+                   serving=serving, stopping=stopping, lan_heard=lan_heard)
     assert enc(hb) == encode(hb)
     assert enc(hb) == encode(hb)  # cached path
     assert decode(enc(hb)) == hb
@@ -41,3 +42,22 @@ def test_backlog_detection() -> None:
     assert is_backlog(m, 106.1, 5.0)
     assert not is_backlog(m, 1000.0, 0.0)  # check disabled
     assert not is_backlog(m, 90.0, 5.0)  # sender clock ahead: not backlog
+
+
+def test_lan_heard_is_optional_on_the_wire_and_checked() -> None:
+    """An older announcer sends no ``lan_heard`` (None: no LAN evidence); anything but a list of names is refused."""
+    import json
+
+    import pytest
+
+    from l2lb.core.messages import MessageError
+
+    hb = Heartbeat(node="n", instance="i", seq=1, sent_at=0.0, interval_ms=100)
+    raw = encode(hb)
+    assert b"lan_heard" not in raw and decode(raw) == hb
+    with_lan = Heartbeat(node="n", instance="i", seq=1, sent_at=0.0, interval_ms=100, lan_heard=())
+    assert b'"lan_heard":[]' in encode(with_lan) and decode(encode(with_lan)) == with_lan
+    bad = json.loads(raw)
+    bad["lan_heard"] = ["n2", 3]
+    with pytest.raises(MessageError, match="lan_heard"):
+        decode(json.dumps(bad).encode())

@@ -536,3 +536,27 @@ def test_redis_back_after_a_freeze_hands_over_to_the_grace_whatever_leases_last_
     misses = w.run(7.0, check=V4)
     assert misses and misses[0] <= 5.0 + 1.2
     assert [c.reason for _, c in w.stopped()] == ["expired"]
+
+
+@pytest.mark.parametrize("with_peers", [True, False])
+def test_heartbeats_name_the_lan_peers_heard(with_peers: bool) -> None:
+    """Leases tells a node whose Redis client is late after a reconnect from a dead one by what the others hear
+    on the LAN: every heartbeat lists the peers heard within the peer timeout (None without peers)."""
+    from l2lb.core.messages import Heartbeat, decode, encode
+
+    w = World(pm() if with_peers else machine())
+    w.peers = {"n2": UP, "n3": UP}
+    w.run(1.0)
+    w.peers = {"n3": UP}  # n2 falls silent
+    w.run(2.0)
+    hbs = [(t, c.heartbeat) for t, c in w.cmds if isinstance(c, PublishHeartbeat)]
+    assert hbs
+    if not with_peers:
+        assert all(hb.lan_heard is None for _, hb in hbs)
+        return
+    assert [hb.lan_heard for t, hb in hbs if 0.5 < t <= 1.0] and all(
+        hb.lan_heard == ("n2", "n3") for t, hb in hbs if 0.5 < t <= 1.0)
+    assert all(hb.lan_heard == ("n3",) for t, hb in hbs if t >= 1.5)  # n2 dropped after the peer timeout
+    last = hbs[-1][1]
+    back = decode(encode(last))
+    assert isinstance(back, Heartbeat) and back.lan_heard == ("n3",) and back == last

@@ -63,3 +63,22 @@ def test_prune_and_status() -> None:
     assert t.prune(20.0, after_s=10) == ["a"] and t.nodes == {}
     with pytest.raises(ValueError):
         NodeTracker(missed=0)
+
+
+def test_reconnect_grace_counts_silence_from_the_floor_for_nodes_not_heard_since() -> None:
+    t = NodeTracker(missed=3)
+    t.observe(hb("a", seq=1, interval_ms=100), now=10.0)
+    t.observe(hb("b", seq=1, interval_ms=100), now=10.0)
+    t.reconnected(11.0, grace_s=2.0)  # heartbeats flow again from 11.0 (the bus is back)
+    t.observe(hb("a", seq=2), now=11.0)  # a is heard at once: back on its normal timeout
+    assert t.deadline(t.nodes["a"]) == pytest.approx(11.3)
+    assert t.deadline(t.nodes["b"]) == pytest.approx(13.3)  # 11.0 + 0.3 + 2.0, not 10.0 + 0.3
+    assert t.in_grace(t.nodes["b"], 12.0) and not t.in_grace(t.nodes["a"], 11.2)
+    assert t.status(12.0)[1]["reconnect_grace"] is True
+    assert t.tick(11.31) == {"a"}
+    assert t.tick(13.29) == set() and t.next_deadline() == pytest.approx(13.3)
+    assert t.tick(13.31) == {"b"}
+    t.shift(-5.0)  # the liveness clock rebased: the floor moves with the nodes
+    assert t.floor == pytest.approx(6.0) and t.nodes["b"].last_seen == pytest.approx(5.0)
+    t.reconnected(4.0, grace_s=1.0)  # an older floor never moves it back
+    assert t.floor == pytest.approx(6.0)

@@ -1085,7 +1085,8 @@ class AnnouncerMachine:
         hb = Heartbeat(node=self.node, instance=self.config.instance, seq=self._hb_seq, sent_at=wall,
                        interval_ms=self.config.heartbeat_interval_ms, labels=self.effective_labels(), interfaces=ifs,
                        serving={} if omit else serving, stopping=stopping, serving_digest=digest,
-                       serving_omitted=omit)
+                       serving_omitted=omit,
+                       lan_heard=None if self.peers is None else tuple(self.peers.alive(now)))
         return hb, term
 
     def _may_omit(self, serving: dict[str, int], digest: str, now: float, stopping: bool, term: int | None) -> bool:

@@ -113,6 +113,10 @@ class LeasesParams:
     full_every_ms: int = 30000  # full set at least this often per node; 0 = every renewal is full
     missed: int = 3
     startup_grace_ms: int = 500
+    # after the bus came back, the Redis master changed or every node was silent at once, a node not heard
+    # since then is timed out this much later (its client may still wait for a socket time-out on the old
+    # master; see NodeTracker.reconnected and docs/ARCHITECTURE.md "Liveness clock")
+    reconnect_grace_ms: int = 2000
     lag_tolerance_ms: int = 2000
     heartbeat_full_every_ms: int = 2000  # the announcers' setting: how long unknown serving maps are waited for
     sync_timeout_s: float = 30.0
@@ -204,6 +208,7 @@ class InformerState:
 class Tick:
     bus_ok: bool = True
     informers: tuple[InformerState, ...] = ()
+    bus_generation: int = 0  # changes when the bus moved to another Redis master (Sentinel named a new one)
 
 
 # -- commands ---------------------------------------------------------------------------------------
@@ -413,6 +418,9 @@ class LeasesMachine:
         self._rebase = False
         self._stalled = False
         self._silent = False
+        self._reconnect_pending = ""  # why the next heartbeat read starts a reconnect grace ("" = none pending)
+        self._bus_generation: int | None = None
+        self.reconnects = 0
         self.dual: list[str] = []
         # Heartbeats without the serving map (serving_omitted): per node the last full map with the
         # (instance, digest) it came with; nodes whose current map we do not know (omitted, no match);
@@ -519,17 +527,22 @@ class LeasesMachine:
     # -- heartbeats ---------------------------------------------------------------------------------
     def _on_heartbeat(self, ev: HeartbeatReceived, now: Now) -> None:
         at = now.wall if ev.at is None else ev.at
+        prev = self.hb_clock  # the newest stream time before this heartbeat: when a silence began
         if self._rebase:  # a new Redis dataset (maybe another host's clock): keep relative ages
             delta = at - self.hb_now(now)
-            for ns in self.tracker.nodes.values():
-                ns.last_seen += delta
-                ns.since += delta
+            self.tracker.shift(delta)
+            prev += delta
             self.hb_clock = at
             self.hb_clock_mono = now.mono
             self._rebase = False
         if at > self.hb_clock:
+            gap = at - self.hb_clock if self.hb_clock > 0 else 0.0
             self.hb_clock = at
             self.hb_clock_mono = now.mono
+            if gap > 0.0 and not self._reconnect_pending and gap > self._all_silent_after():
+                self._reconnect_pending = f"no heartbeat from any node for {gap * 1000:.0f} ms"
+        if self._reconnect_pending:
+            self._start_reconnect_grace(self._reconnect_pending, prev)
         hb, kind = self._with_serving(ev.hb)
         if self.tracker.observe(hb, at):
             self.dirty = True
@@ -555,6 +568,22 @@ class LeasesMachine:
                     and (h.node, h.epoch) in zip(plan.nodes, plan.epochs, strict=True):
                 self._takeovers[ip] = h  # a successor took it over on the LAN with the epoch reserved for it
                 self.dirty = True
+
+    def _all_silent_after(self) -> float:
+        """A gap in the heartbeat stream longer than this (every live node's timeout) means every node was
+        silent at once: Redis or the way to it stalled, not the nodes (inf: no live node)."""
+        return min((self.tracker.timeout_s(st.heartbeat) for st in self.tracker.nodes.values() if st.alive),
+                   default=float("inf"))
+
+    def _start_reconnect_grace(self, why: str, since: float) -> None:
+        """Heartbeats flow again from the stream time just read on (``hb_clock``): the nodes not heard since then
+        count their silence from it, plus the reconnect grace (their clients may still be finding Redis)."""
+        self._reconnect_pending = ""
+        self.tracker.reconnected(self.hb_clock, self.p.reconnect_grace_ms / 1000.0, since if since > 0 else None)
+        self.reconnects += 1
+        self._metric("l2lb_leases_reconnect_graces_total")
+        self._log("info", "heartbeats flow again: nodes not heard since get the reconnect grace", why=why,
+                  grace_ms=self.p.reconnect_grace_ms)
 
     def _with_serving(self, hb: Heartbeat) -> tuple[Heartbeat, str]:
         """A heartbeat whose serving map was omitted becomes one carrying the map this node's instance
@@ -582,6 +611,7 @@ class LeasesMachine:
         self._refresh_liveness(now)
         if self.hb_clock > 0:
             self._rebase = True
+        self._reconnect_pending = f"heartbeats stream resync ({ev.reason})"
 
     def _refresh_liveness(self, now: Now) -> None:
         """Give every live node a fresh timeout (after we could not read heartbeats for a while)."""
@@ -705,7 +735,7 @@ class LeasesMachine:
     # -- the tick -----------------------------------------------------------------------------------
     def _on_tick(self, ev: Tick, now: Now) -> None:
         self.informers = ev.informers
-        self._liveness_tick(ev.bus_ok, now)
+        self._liveness_tick(ev.bus_ok, ev.bus_generation, now)
         if self._stages or self._inflight:
             return  # the previous tick's sends are not all acknowledged yet
         if self.is_leader and self.snapshot_loaded:
@@ -741,7 +771,7 @@ class LeasesMachine:
         while self._stages and not self._inflight:
             self._stages.popleft()(now)
 
-    def _liveness_tick(self, bus_ok: bool, now: Now) -> None:
+    def _liveness_tick(self, bus_ok: bool, ev_generation: int, now: Now) -> None:
         t = self.hb_now(now)
         if not bus_ok:
             if not self._stalled:
@@ -759,8 +789,17 @@ class LeasesMachine:
                 self.epochs_pending = True
                 self._out.append(LoadEpochs())
             self._log("info", "bus ready again: node timeouts resumed")
+            # the nodes' clients reconnect too, each at its own pace: timeouts count from the first heartbeat
+            # read now on (until then from now on our clock), plus the reconnect grace
+            self.tracker.reconnected(self.hb_now(now), self.p.reconnect_grace_ms / 1000.0, self.hb_clock or None)
+            self._reconnect_pending = "bus ready again"
+        if ev_generation != self._bus_generation:
+            if self._bus_generation is not None:
+                self._log("info", "the bus moved to another Redis master", generation=ev_generation)
+                self._reconnect_pending = "another redis master"
+            self._bus_generation = ev_generation
         alive = [st for st in self.tracker.nodes.values() if st.alive]
-        expiring = [st for st in alive if t - st.last_seen > self.tracker.timeout_s(st.heartbeat)]
+        expiring = [st for st in alive if t > self.tracker.deadline(st)]
         if len(alive) >= 2 and len(expiring) == len(alive):
             # Every node silent at once: far likelier our heartbeat reader stalled than the whole
             # cluster died (and with every node dead there is nowhere to move IPs to anyway).

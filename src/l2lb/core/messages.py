@@ -250,6 +250,10 @@ class Heartbeat:
     # ``instance`` last sent in full with ``serving_digest`` (a reader without it knows the map is unknown).
     serving_digest: str = ""
     serving_omitted: bool = False
+    # ``lan_heard``: the nodes whose LAN peer frames this announcer heard within its peer timeout when it
+    # built this heartbeat (sorted); None: it has no LAN peers (--no-peers, or an older announcer). Leases
+    # uses it only right after a reconnect, to tell a node whose Redis client is late from a dead one.
+    lan_heard: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -262,6 +266,8 @@ class Heartbeat:
             d["serving_digest"] = self.serving_digest
         if self.serving_omitted:
             d["serving_omitted"] = True
+        if self.lan_heard is not None:
+            d["lan_heard"] = list(self.lan_heard)
         return d
 
     @classmethod
@@ -280,6 +286,7 @@ class Heartbeat:
             interfaces=tuple(InterfaceInfo.from_obj(i) for i in _opt(d, "interfaces", list, [])),
             serving=dict(serving), stopping=_opt(d, "stopping", bool, False),
             serving_digest=digest, serving_omitted=omitted,
+            lan_heard=_str_list(d, "lan_heard") if "lan_heard" in d else None,
         )
 
 

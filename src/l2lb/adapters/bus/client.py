@@ -221,6 +221,7 @@ class Bus:
         self.incarnation_id: str | None = None
         self._sentinel: Sentinel | None = None
         self._master: tuple[str, int] | None = None  # the master the sentinels named last (Sentinel DSNs)
+        self.master_moves = 0  # times the sentinels named another master (leases: its nodes reconnect too)
         # stream -> (monotonic time, XINFO GROUPS answer), shared by this Bus's consumers
         self._groups_cache: dict[str, tuple[float, Any]] = {}
 
@@ -364,6 +365,7 @@ class Bus:
             log.warning("redis master moved: reconnecting every connection",
                         extra={"old": f"{self._master[0]}:{self._master[1]}", "new": f"{master[0]}:{master[1]}"})
             _master_moves.inc()
+            self.master_moves += 1
         self._master = master
         # every tick, not only on the move: a connection busy in a read while we dropped it may have
         # come back to the old address (redis-py gives no other handle on in-use connections)
