@@ -335,7 +335,14 @@ class SimAllocator:
     def _apply(self, key: str, res: AllocationResult) -> None:
         req = self.alloc.request(key)
         ips = list(res.ips) if res.ok else []
-        self.api.request(self.proc, lambda: self.api.write_status(key, ips), lambda ok, _r: None)
+
+        def written(ok: bool, _r: Any) -> None:
+            # services/allocator retries a failed status write (the Service is dirty again, next round)
+            if not ok and self.leader and key in self.api.services:
+                self.dirty.add(key)
+                self.proc.after(0.5, self._reconcile)
+
+        self.api.request(self.proc, lambda: self.api.write_status(key, ips), written)
         self._publish(allocation_of(self.alloc, key, req, res, self.term))
 
     def _publish(self, a: Allocation) -> None:
@@ -350,4 +357,14 @@ class SimAllocator:
             self.published.pop(a.key, None)
         else:
             self.published[a.key] = msg
-        self.redis.xadd(self.proc, self.stream, msg)
+        self._send(msg)
+
+    def _send(self, msg: Allocation) -> None:
+        """The bus publish of services/allocator waits until Redis takes the message: sent again until it
+        does, while this instance leads and the message is still the latest for its Service."""
+        def done(ok: bool, _r: Any) -> None:
+            latest = self.published.get(msg.key)
+            if not ok and self.leader and (latest is msg or (msg.deleted and latest is None)):
+                self.proc.after(0.5, lambda: self._send(msg))
+
+        self.redis.xadd(self.proc, self.stream, msg, done)
