@@ -153,3 +153,25 @@ def test_a_lost_status_write_or_allocation_publish_is_sent_again(seed: int) -> N
     faults = [Fault(20.0, "msg_faults", "@allocator-leader", 6.0, extra=0.5), Fault(21.0, "churn", "n1", extra=6.0)]
     out = run_seed(seed, CFG, faults, 1.0)
     assert out.report.ok, "\n".join([str(v) for v in out.report.violations] + out.trace[-30:])
+
+
+@pytest.mark.xfail(strict=True, reason="simulator finding S1 (notes/sim-findings.md), leases' NodeTracker: open")
+def test_a_replayed_heartbeat_of_an_unseen_older_instance_does_not_silence_the_live_one() -> None:
+    """Simulator finding (seed 4 at 0.2 faults/min, 60 min): the Redis master restarts empty, is SIGSTOPped, and
+    Sentinel promotes a replica of the old lineage; consumers resync and the leases leader reads n2's heartbeats
+    of instance n2-0 (one it never saw) after those of the live n2-2. The tracker takes n2-0 as the current
+    instance and ignores n2-2 for good (``old_instances``): n2 counts dead while its announcer runs."""
+    from l2lb.core.messages import Heartbeat
+    from l2lb.core.nodes import NodeTracker
+
+    def hb(instance: str, seq: int) -> Heartbeat:
+        return Heartbeat(node="n2", instance=instance, seq=seq, sent_at=0.0, interval_ms=100)
+
+    t = NodeTracker()
+    t.observe(hb("n2-1", 5), 10.0)
+    t.observe(hb("n2-2", 1), 20.0)
+    t.observe(hb("n2-0", 30), 20.05)  # replayed from the promoted replica's stream
+    for i in range(2, 30):
+        t.observe(hb("n2-2", i), 20.0 + i * 0.1)
+    t.tick(22.95)
+    assert t.is_alive("n2")
