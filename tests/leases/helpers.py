@@ -34,9 +34,9 @@ def alloc(key: str, *ips: str, etp: str = "Cluster", labels: dict[str, str] | No
 def hb(node: str, *, seq: int = 1, labels: dict[str, str] | None = None,
        ifaces: tuple[tuple[str, bool], ...] = (("eth0", True),), serving: dict[str, int] | None = None,
        stopping: bool = False, instance: str = "i1", interval_ms: int = 100,
-       lan_heard: tuple[str, ...] | None = None) -> Heartbeat:
+       lan_heard: tuple[str, ...] | None = None, sent_at: float = 0.0) -> Heartbeat:
     return Heartbeat(
-        node=node, instance=instance, seq=seq, sent_at=0.0, interval_ms=interval_ms,
+        node=node, instance=instance, seq=seq, sent_at=sent_at, interval_ms=interval_ms,
         labels=labels or {"kubernetes.io/hostname": node},
         interfaces=tuple(InterfaceInfo(name=n, mac="02:00:00:00:00:01", up=up) for n, up in ifaces),
         serving=serving or {}, stopping=stopping, lan_heard=lan_heard,

@@ -34,6 +34,34 @@ def test_stale_and_duplicate_heartbeats_ignored() -> None:
     assert t.is_alive("a")
 
 
+
+def test_an_unseen_instance_sent_before_the_live_one_is_a_replay_not_a_restart() -> None:
+    """Simulator finding S1: a consumer resynced from a promoted replica replays a node's heartbeats of an
+    instance older than the live one; the live instance stays current and keeps the node alive."""
+    t = NodeTracker()
+    t.observe(hb("a", seq=40, instance="i2", sent_at=500.0), now=10.0)
+    assert not t.observe(hb("a", seq=90, instance="i1", sent_at=120.0), now=10.05)
+    assert t.nodes["a"].heartbeat.instance == "i2"
+    t.observe(hb("a", seq=41, instance="i2", sent_at=500.1), now=10.1)
+    assert t.nodes["a"].last_seen == 10.1
+    # a restart proper (sent later) is still taken at once, and the old instance ignored after it
+    t.observe(hb("a", seq=1, instance="i3", sent_at=500.2), now=10.2)
+    assert t.nodes["a"].heartbeat.instance == "i3"
+    assert not t.observe(hb("a", seq=42, instance="i2", sent_at=500.3), now=10.3)
+    assert t.nodes["a"].heartbeat.instance == "i3" and t.nodes["a"].last_seen == 10.2
+
+
+def test_after_a_clock_step_back_a_new_instance_is_taken_once_the_old_one_went_silent() -> None:
+    t = NodeTracker()  # 3 missed x 100 ms
+    t.observe(hb("a", seq=7, instance="i1", sent_at=1000.0), now=5.0)
+    # the node's clock stepped back 30 s and its announcer restarted: sent "before" i1 while i1 is live
+    assert not t.observe(hb("a", seq=1, instance="i2", sent_at=970.1), now=5.1)
+    assert t.nodes["a"].heartbeat.instance == "i1"
+    # i1 silent for longer than its timeout: i2 is the node now
+    t.observe(hb("a", seq=3, instance="i2", sent_at=970.5), now=5.5)
+    assert t.nodes["a"].heartbeat.instance == "i2" and t.nodes["a"].last_seen == 5.5
+    assert t.tick(5.6) == set() and t.is_alive("a")
+
 def test_stopping_and_interfaces_down_are_immediate() -> None:
     t = NodeTracker()
     t.observe(hb("a", seq=1), now=0.0)

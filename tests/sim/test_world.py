@@ -155,7 +155,6 @@ def test_a_lost_status_write_or_allocation_publish_is_sent_again(seed: int) -> N
     assert out.report.ok, "\n".join([str(v) for v in out.report.violations] + out.trace[-30:])
 
 
-@pytest.mark.xfail(strict=True, reason="simulator finding S1 (notes/sim-findings.md), leases' NodeTracker: open")
 def test_a_replayed_heartbeat_of_an_unseen_older_instance_does_not_silence_the_live_one() -> None:
     """Simulator finding (seed 4 at 0.2 faults/min, 60 min): the Redis master restarts empty, is SIGSTOPped, and
     Sentinel promotes a replica of the old lineage; consumers resync and the leases leader reads n2's heartbeats
@@ -164,14 +163,15 @@ def test_a_replayed_heartbeat_of_an_unseen_older_instance_does_not_silence_the_l
     from l2lb.core.messages import Heartbeat
     from l2lb.core.nodes import NodeTracker
 
-    def hb(instance: str, seq: int) -> Heartbeat:
-        return Heartbeat(node="n2", instance=instance, seq=seq, sent_at=0.0, interval_ms=100)
+    def hb(instance: str, seq: int, sent_at: float) -> Heartbeat:
+        return Heartbeat(node="n2", instance=instance, seq=seq, sent_at=1_000 + sent_at, interval_ms=100)
 
     t = NodeTracker()
-    t.observe(hb("n2-1", 5), 10.0)
-    t.observe(hb("n2-2", 1), 20.0)
-    t.observe(hb("n2-0", 30), 20.05)  # replayed from the promoted replica's stream
+    t.observe(hb("n2-1", 5, 10.0), 10.0)
+    t.observe(hb("n2-2", 1, 20.0), 20.0)
+    assert not t.observe(hb("n2-0", 30, 3.0), 20.05)  # replayed from the promoted replica's stream, sent at 3 s
+    assert t.nodes["n2"].heartbeat.instance == "n2-2"
     for i in range(2, 30):
-        t.observe(hb("n2-2", i), 20.0 + i * 0.1)
-    t.tick(22.95)
-    assert t.is_alive("n2")
+        t.observe(hb("n2-2", i, 20.0 + i * 0.1), 20.0 + i * 0.1)
+    assert t.tick(22.95) == set()
+    assert t.is_alive("n2") and t.nodes["n2"].heartbeat.seq == 29

@@ -236,7 +236,7 @@ class Heartbeat:
     node: str
     instance: str  # random id of this announcer process (a restart is a new instance)
     seq: int  # strictly increasing per instance
-    sent_at: float  # wall clock (seconds), for lag metrics only; liveness uses receipt time
+    sent_at: float  # wall clock (s): lag metrics, which of two instances is older; liveness uses receipt time
     interval_ms: int
     labels: dict[str, str] = field(default_factory=dict)
     interfaces: tuple[InterfaceInfo, ...] = ()

@@ -148,6 +148,13 @@ class NodeTracker:
         if hb.instance == cur.instance and hb.seq <= cur.seq:
             return False
         if hb.instance != cur.instance:
+            if hb.sent_at < cur.sent_at and st.alive and now - st.last_seen <= self.timeout_s(cur):
+                # an instance we never saw, sent before the live one's last heartbeat: a replay (a consumer
+                # resynced from a promoted replica reads the stream from its start), not a restart. Taking it
+                # would put the live instance among the old ones and ignore it for good (simulator finding
+                # S1). Both instances ran on this node, so their wall clocks compare; after a clock step
+                # backwards a real new instance is still taken once the old one has gone silent.
+                return False
             st.old_instances.add(cur.instance)
             if len(st.old_instances) > 16:
                 st.old_instances.pop()
