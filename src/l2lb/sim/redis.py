@@ -102,6 +102,7 @@ class Redis:
         self.subs: list[Sub] = []
         self._repl: list[tuple[float, int, Server, Server, str, Entry]] = []  # writes on their way to replicas
         self._repl_seq = 0
+        self._repl_last: dict[tuple[str, str], float] = {}
         self.by_stream: dict[str, list[Sub]] = {}
         self._incarnations = 1
         self._down_since: float | None = None
@@ -160,7 +161,10 @@ class Redis:
             if d is None or not r.up() or r.data.incarnation != src.data.incarnation:
                 continue
             self._repl_seq += 1
-            heapq.heappush(self._repl, (self.kernel.now + d + self.repl_delay, self._repl_seq, r, src, stream, e))
+            # one ordered replication link per replica (as Redis's): a write never overtakes an earlier one
+            due = max(self.kernel.now + d + self.repl_delay, self._repl_last.get((src.node, r.node), 0.0))
+            self._repl_last[(src.node, r.node)] = due
+            heapq.heappush(self._repl, (due, self._repl_seq, r, src, stream, e))
         self._sync()
 
     def _sync(self) -> None:
