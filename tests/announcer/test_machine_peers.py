@@ -63,6 +63,7 @@ class World:
         self.m = m
         self.t = 0.0
         self.redis = True
+        self.bus = True  # the shell's view of the bus (Tick.bus_ok)
         self.peers: dict[str, int] = {}  # node -> flags, for the peers that send
         self.claims: dict[str, tuple[tuple[str, int], ...]] = {}
         self.held: dict[str, int] = {}  # node -> VIPs it says it answers for
@@ -85,7 +86,7 @@ class World:
                     self.feed(peer(node, self.t, flags=flags, claims=self.claims.get(node, ()),
                                    held=self.held.get(node, 0), instance=self.instance.get(node, "i-1")))
             if step % 5 == 0:
-                for c in self.feed(tick(self.t)):
+                for c in self.feed(Tick(self.t, WALL0 + self.t, self.bus)):
                     if c.__class__.__name__ == "PublishHeartbeat":
                         self.feed(Published(self.redis, self.t, f"{int(1e9 + self.t * 1000)}-0" if self.redis else ""))
             if check is not None and not answered(self.m, check, self.t):
@@ -366,6 +367,25 @@ def test_no_freeze_while_our_redis_works_the_grace_limit_still_ends_a_leases_out
     assert misses and 2.9 <= misses[0] <= 3.1  # deadline 1.0 (grace checked from 0.95) + 2 s
     assert [c.reason for _, c in w.stopped()] == ["expired"]
 
+
+
+@pytest.mark.parametrize("refused_at", [3.0, 3.02, 3.05, 3.07])
+def test_a_master_that_starts_refusing_writes_during_the_grace_hands_over_to_the_freeze(refused_at: float) -> None:
+    """Lab finding (5 nodes, Redis HA, two nodes dead at once: the leases leader and both Redis replicas): the
+    surviving master refuses every write (NOREPLICAS, min-replicas-to-write 1). A holder kept its set through
+    the leases-outage grace; when its bus failed, its last Redis round trip was still fresh (REDIS_OK_S), so
+    at that deadline neither the grace (the bus is failing) nor the freeze (Redis looked fine) held: 4 VIPs
+    dark for 12.8 s. The bus failing now is Redis failing us: the freeze takes over at once."""
+    w = World(pm())
+    w.peers = {"n2": peers.REDIS_OK, "n3": peers.REDIS_OK}  # Redis yes, leases no (its node died)
+    w.feed(assign(1, vips((V4, 5)), 0.0, members=MEMBERS))
+    assert w.run(refused_at, check=V4) == []
+    assert w.m.status(w.t)["keeping"] == "grace"
+    w.redis, w.bus = False, False  # every write refused from now on, for everybody
+    assert w.run(refused_at + 0.3, check=V4) == []
+    w.peers = {"n2": DOWN, "n3": DOWN}  # their round trips fail too
+    assert w.run(8.0, check=V4) == [] and w.stopped() == []
+    assert w.m.status(w.t)["keeping"] == "freeze"
 
 @pytest.mark.parametrize("members", [MEMBERS, ("n1", "n2")])
 def test_a_holder_cut_off_from_its_peers_gets_no_grace_when_the_others_can_take_over(

@@ -904,8 +904,11 @@ class AnnouncerMachine:
                 and not pv.someone_has_control_plane(now))
 
     def _freeze_holds(self, now: float) -> bool:
-        """Redis is down for everybody: our round trips fail, and the quorum we hear says the same."""
-        return self.config.bus and not self._redis_ok(now) and self._lan_ok(now)
+        """Redis is down for everybody: our round trips fail (the bus fails now, or none worked within
+        REDIS_OK_S), and the quorum we hear says the same. The bus failing counts at once: a master that starts
+        refusing writes (NOREPLICAS) while the grace keeps us must hand over to the freeze at the next
+        deadline, not drop the set while our last round trip still looks fresh (5 nodes, two dead: 12.8 s dark)."""
+        return self.config.bus and (not self._bus_ok or not self._redis_ok(now)) and self._lan_ok(now)
 
     def _quiet_for(self, node: str, now: float) -> float:
         """How long ``node`` has been silent on the LAN: 0 for a node we never heard since we started (it may
