@@ -3,6 +3,7 @@ caught and its schedule shrunk to the one fault that matters."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -175,3 +176,22 @@ def test_a_replayed_heartbeat_of_an_unseen_older_instance_does_not_silence_the_l
         t.observe(hb("n2-2", i, 20.0 + i * 0.1), 20.0 + i * 0.1)
     assert t.tick(22.95) == set()
     assert t.is_alive("n2") and t.nodes["n2"].heartbeat.seq == 29
+
+
+@pytest.mark.xfail(strict=True, reason="simulator finding S3 (notes/sim-findings.md): open")
+def test_seed_4_no_dual_answer_while_the_leases_leaders_node_loses_half_its_messages() -> None:
+    """Simulator finding S3 (seed 4 at 1 fault/min, 10 min, shrunk to 7 faults): while n1 (the leases leader's
+    node) loses half its messages, leadership moves to n2 and 198.51.100.130 is answered by n2 and n5 for
+    1.04 s (> dual_allowed). Passes with core before 7502f1f (leases reconnect grace)."""
+    faults = [Fault(**f) for f in json.loads(S3_FAULTS)]
+    out = run_seed(4, CFG, faults, 10)
+    assert out.report.ok, "\n".join([str(v) for v in out.report.violations] + out.trace[-30:])
+
+
+S3_FAULTS = """[{"t": 145.271, "kind": "node_death", "target": "n2", "duration": 1.073, "extra": 0.0},
+ {"t": 218.915, "kind": "announcer_kill", "target": "n4", "duration": 0.552, "extra": 0.0},
+ {"t": 247.067, "kind": "announcer_kill", "target": "n2", "duration": 0.151, "extra": 0.0},
+ {"t": 275.186, "kind": "node_death", "target": "n5", "duration": 27.095, "extra": 0.0},
+ {"t": 276.277, "kind": "pause", "target": "n3", "duration": 11.835, "extra": 0.0},
+ {"t": 319.822, "kind": "link_down", "target": "n4", "duration": 2.226, "extra": 0.0},
+ {"t": 358.246, "kind": "msg_faults", "target": "n1", "duration": 14.123, "extra": 0.5}]"""
