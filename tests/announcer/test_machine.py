@@ -230,6 +230,22 @@ def test_unmatched_renewals_ask_for_the_full_set_at_most_once_per_second() -> No
     assert not of(machine(bus=False).feed(renew(1, vips((V4, 5)), 0.0)), RequestSnapshot)
 
 
+def test_while_the_set_is_valid_but_runs_out_soon_the_full_set_is_asked_every_250_ms() -> None:
+    """Simulator seed 26: a set whose renewals stopped matching (a peer's claim had stopped one of its VIPs)
+    asked once, and expired before the once-per-second limit let it ask again: 6.5 s dark while leases was
+    alive. While the set is valid and would expire within a second, asking every 250 ms; once expired, 1/s."""
+    m = machine()
+    m.feed(links(link()))
+    m.feed(assign(1, vips((V4, 5)), 0.0))  # valid until 1.0
+    asks = []
+    for i in range(1, 26):
+        now = round(i * 0.1, 3)
+        cmds = m.feed(renew(i + 1, vips((V4, 6)), now))  # another epoch: the digest does not match
+        if of(cmds, RequestSnapshot):
+            asks.append(now)
+    assert asks == pytest.approx([0.1, 0.4, 0.7, 1.7])  # the set expired at 1.0: back to once per second
+
+
 # -- rule 6: gratuitous announcements ---------------------------------------------------------------------
 def test_garp_burst_schedule() -> None:
     m = machine(bus=False, garp_count=3, garp_interval_ms=1000)

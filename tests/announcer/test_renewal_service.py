@@ -111,7 +111,9 @@ async def test_matching_renewals_keep_the_set_and_wrong_ones_let_it_expire(bus: 
         assert _assigned("digest_mismatch") - mismatch0 >= 3  # before the set ran out
         assert _assigned("expired") + _assigned("digest_mismatch") - mismatch0 >= 10
         reqs = await _requests(bus)
-        assert 1 <= len(reqs) <= 2 and all(r.requester == "announcer:n1" for r in reqs)  # at most one per second
+        # at most one per second, or one per 250 ms while the set is still valid (it expires ~0.4 s in): 1 + 1,
+        # a third if a renewal lands just past a boundary
+        assert 1 <= len(reqs) <= 3 and all(r.requester == "announcer:n1" for r in reqs)
         assert _assigned("snapshot_requested") - asked0 == len(reqs)
         # the full set re-establishes it; renewals of it work again
         seq += 1

@@ -47,8 +47,24 @@ def test_an_unseen_instance_sent_before_the_live_one_is_a_replay_not_a_restart()
     # a restart proper (sent later) is still taken at once, and the old instance ignored after it
     t.observe(hb("a", seq=1, instance="i3", sent_at=500.2), now=10.2)
     assert t.nodes["a"].heartbeat.instance == "i3"
-    assert not t.observe(hb("a", seq=42, instance="i2", sent_at=500.3), now=10.3)
+    assert not t.observe(hb("a", seq=42, instance="i2", sent_at=500.15), now=10.3)  # i2's last, delayed
     assert t.nodes["a"].heartbeat.instance == "i3" and t.nodes["a"].last_seen == 10.2
+
+
+def test_a_replay_taken_while_the_live_instance_was_silent_gives_way_when_the_live_one_is_heard() -> None:
+    """S1 through an outage: the live instance is silent (Redis down) beyond its timeout, so a replayed older
+    instance read after the resync is taken; the live instance's next heartbeat (sent later) wins it back."""
+    t = NodeTracker()
+    t.observe(hb("a", seq=40, instance="i2", sent_at=500.0), now=10.0)
+    assert t.tick(12.0) == {"a"}  # Redis down: silent
+    t.observe(hb("a", seq=90, instance="i1", sent_at=120.0), now=14.0)  # replay from a promoted replica
+    assert t.nodes["a"].heartbeat.instance == "i1"
+    t.observe(hb("a", seq=41, instance="i2", sent_at=504.1), now=14.1)
+    assert t.nodes["a"].heartbeat.instance == "i2" and t.nodes["a"].last_seen == 14.1
+    assert not t.observe(hb("a", seq=91, instance="i1", sent_at=120.1), now=14.2)  # the rest of the replay
+    for k in range(2, 20):
+        t.observe(hb("a", seq=40 + k, instance="i2", sent_at=504.0 + k * 0.1), now=14.0 + k * 0.1)
+    assert t.tick(16.0) == set() and t.is_alive("a") and t.nodes["a"].heartbeat.instance == "i2"
 
 
 def test_after_a_clock_step_back_a_new_instance_is_taken_once_the_old_one_went_silent() -> None:

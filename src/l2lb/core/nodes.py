@@ -144,7 +144,11 @@ class NodeTracker:
             return True
         cur = st.heartbeat
         if hb.instance in st.old_instances:
-            return False
+            if hb.sent_at <= cur.sent_at:
+                return False
+            # sent after the current instance's last heartbeat: this one lives, the current one was a replay
+            # taken while the live one was silent (a Redis outage, then a resync from a promoted replica)
+            st.old_instances.discard(hb.instance)
         if hb.instance == cur.instance and hb.seq <= cur.seq:
             return False
         if hb.instance != cur.instance:
