@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from l2lb.core.leases_machine import AllocationReceived, AllocationsLoaded, Log, Tick
+from l2lb.core.leases_machine import AllocationReceived, AllocationsLoaded, Log, RequestSnapshot, Tick
 from tests.leases.helpers import ALL_LB, Driver, alloc
 
 IPS = [f"198.51.100.{1 + i}" for i in range(6)]
@@ -135,6 +135,29 @@ def test_a_node_still_on_the_old_master_keeps_its_vips_for_the_grace(master_move
     else:
         assert "c" not in {n for ip, n in _holders(d).items() if before[ip] == "c"} and d.m.moves_total > moves
 
+
+def test_another_redis_master_asks_the_allocator_for_a_snapshot_once() -> None:
+    """Replication is asynchronous: the last Allocation written to the deposed master may be missing on the new
+    one, and nothing would send it again (co-located chaos run: a Service's IP never announced). A master
+    change asks for an allocation snapshot -- once per change, not on every tick, and not without a change."""
+    d = _cluster()
+    def asks() -> list[RequestSnapshot]:
+        return [c for c in d.commands if isinstance(c, RequestSnapshot) and c.reason == "redis master moved"]
+    d(Tick(bus_generation=0))
+    d.advance(0.05)
+    d(Tick(bus_generation=0))
+    assert asks() == []
+    d.advance(0.05)
+    d(Tick(bus_generation=1))
+    d.advance(0.05)
+    d(Tick(bus_generation=1))
+    assert asks() == [RequestSnapshot("allocations", "redis master moved")]
+    d.advance(0.05)
+    d(Tick(bus_ok=False, bus_generation=2))  # seen only once the bus works again
+    assert len(asks()) == 1
+    d.advance(0.05)
+    d(Tick(bus_generation=2))
+    assert len(asks()) == 2
 
 def test_a_node_heard_after_the_return_that_dies_then_gets_its_normal_timeout() -> None:
     """The grace is for nodes not heard since the return: c heartbeats after it, then dies -- dead after its

@@ -797,6 +797,10 @@ class LeasesMachine:
             if self._bus_generation is not None:
                 self._log("info", "the bus moved to another Redis master", generation=ev_generation)
                 self._reconnect_pending = "another redis master"
+                # replication is asynchronous: what reached the old master last (an Allocation, a snapshot)
+                # may be missing on the new one, and nothing else would ever send it again (co-located
+                # chaos run: a Service's IP never announced after a Sentinel failover)
+                self._out.append(RequestSnapshot("allocations", "redis master moved"))
             self._bus_generation = ev_generation
         alive = [st for st in self.tracker.nodes.values() if st.alive]
         expiring = [st for st in alive if t > self.tracker.deadline(st)]
