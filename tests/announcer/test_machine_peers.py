@@ -332,6 +332,55 @@ def test_holder_stops_on_a_higher_epoch_claim_and_ignores_lower_ones() -> None:
     assert not answered(m, V4, 0.2) and answered(m, V4B, 0.2)
 
 
+def test_a_vip_a_peer_still_claims_with_a_lower_epoch_is_claimed_back_until_that_peer_stops() -> None:
+    """Simulator finding S3: a peer took V4 over on the LAN (epoch 5) and then missed, behind a lossy link, the
+    leases messages that gave V4 to us with epoch 6. Leases' messages to it can keep getting lost; our frames
+    claim V4 with our higher epoch so that it stops on rule 3, and claim it only while it is heard claiming."""
+    m = pm()
+    m.feed(assign(1, vips((V4, 6), (V4B, 6)), 0.0, ttl_ms=10_000, members=MEMBERS))
+
+    def claims_at(t: float) -> list[tuple[tuple[str, int], ...]]:
+        out = m.feed(tick(t))
+        return [peers.decode(c.frame, KEY).claims for c in out if isinstance(c, SendPeerFrame)]
+
+    assert claims_at(0.1) == [()]  # nobody claims what we answer: no claims (they are for takeovers)
+    m.feed(peer("n2", 0.15, claims=((V4, 5),)))
+    m.feed(peer("n3", 0.15, claims=((V4B, 7),)))  # a higher epoch than ours: we stop, we do not claim it
+    assert claims_at(0.2) == [((V4, 6),)]
+    assert not answered(m, V4B, 0.2) and answered(m, V4, 0.2)
+    assert claims_at(0.6) == [()]  # n2 has not claimed V4 for longer than peer_timeout: no longer contested
+    # (the peer that hears our claim stops: test_holder_stops_on_a_higher_epoch_claim_and_ignores_lower_ones)
+
+
+def test_a_claim_with_an_epoch_at_least_our_standby_epoch_cancels_that_succession() -> None:
+    """S3 continued: the lossy peer also kept the old leader's standby list, which named it successor of V4B with
+    epoch 7; once it hears V4B claimed with epoch 7 or more, that plan is older than a decision made since and
+    it never takes V4B over with it (it would answer again, with the older epoch, whenever the holder's frames
+    are lost)."""
+    w = _successor(epoch=7)
+    w.claims["n2"] = ((V4B, 9),)  # the holder claims V4B (contested) with the epoch leases gave it since
+    w.run(2.2)
+    assert w.m.status(2.2)["peers"]["standby"] == 0
+    assert Count("standby", "superseded") in [c for _, c in w.cmds]
+    del w.peers["n2"]  # the holder falls silent (lost frames, or dead): no takeover with the stale plan
+    w.run(5.0)
+    assert [c for _, c in w.started()][1:] == []
+
+
+def test_the_holders_own_claim_does_not_hold_off_its_successor() -> None:
+    """A holder that claims its VIP (contested) and dies: its claim is not a successor's, so the successor takes
+    over after takeover_after_ms as usual, not after the claim has aged out."""
+    w = _successor(epoch=7)
+    w.claims["n2"] = ((V4B, 5),)  # lower than our standby epoch: the plan stands
+    w.run(2.2)
+    assert w.m.status(2.2)["peers"]["standby"] == 1 and w.m._peer_claims[V4B][0] == "n2"
+    del w.peers["n2"]  # its last frame arrived at 2.2
+    w.run(2.8)
+    t, start = w.started()[-1]
+    assert start == StartAnswering(((V4B, 7),))
+    assert 2.5 <= t <= 2.56  # (held off by the claim, it would be 2.6: claims count for peer_timeout_ms, 350 ms)
+
+
 def test_lan_held_vip_leases_does_not_name_is_dropped_and_a_renewal_asks_for_the_full_set() -> None:
     w = _successor()
     del w.peers["n2"]

@@ -962,7 +962,7 @@ class AnnouncerMachine:
             if cur is not None and cur.epoch >= sb.epoch and self.state.vips.get(cur.addr) is cur:
                 continue
             claim = self._peer_claims.get(ip)
-            if claim is not None and now - claim[2] <= timeout:
+            if claim is not None and claim[0] != sb.holder and now - claim[2] <= timeout:
                 continue  # a successor (ranked before us: it waited less) has it already
             if sb.interfaces and not any(n in self._answering for n in sb.interfaces):
                 continue
@@ -1001,7 +1001,7 @@ class AnnouncerMachine:
             flags |= peers.CP_FRESH
         order = self.state.last_order
         term = order[0] if order is not None and order[0] >= 0 else 0
-        held = sorted(self.held.items())
+        held = sorted(self._claims(serving, now).items())
         # every claim in every interval (pages of MAX_CLAIMS): a holder that hears only some would keep the rest
         pages = [tuple(held[i:i + peers.MAX_CLAIMS]) for i in range(0, len(held), peers.MAX_CLAIMS)] or [()]
         for name, (iface, _) in self._answering.items():
@@ -1010,6 +1010,22 @@ class AnnouncerMachine:
                 frame = peers.PeerFrame(self.config.cluster, self.node, self.config.instance, self._peer_counter,
                                         int(wall * 1000), flags, term, len(serving), digest, claims)
                 out.append(SendPeerFrame(name, peers.encode(frame, self.config.peer_key, iface.mac)))
+
+    def _claims(self, serving: dict[str, int], now: float) -> dict[str, int]:
+        """What our peer frames claim: the VIPs we took over on the LAN, and every VIP we answer that a live peer
+        still claims with a lower epoch. The second kind is a peer's takeover that leases has since decided
+        otherwise: that peer stops on our higher epoch (rule 3) even when it misses leases' messages for it."""
+        if not self._peer_claims or not serving:
+            return self.held
+        timeout = self.config.peer_timeout_ms / 1000.0
+        claims = self.held
+        for ip, (node, epoch, at) in self._peer_claims.items():
+            ours = serving.get(ip)
+            if ours is not None and ours > epoch and node != self.node and now - at <= timeout and ip not in claims:
+                if claims is self.held:
+                    claims = dict(self.held)
+                claims[ip] = ours
+        return claims
 
     def _on_peer_frame(self, ev: PeerFrameReceived) -> list[Command]:
         pv = self.peers
@@ -1031,10 +1047,18 @@ class AnnouncerMachine:
             self._gone.discard(f.node)
             if f.held_count > 0:
                 self._serving_heard[f.node] = (f.instance, ev.now)
+        stale: list[str] = []
         for ip, epoch in f.claims:
             cur = self._peer_claims.get(ip)
             if cur is None or epoch >= cur[1] or ev.now - cur[2] > self.config.peer_timeout_ms / 1000.0:
                 self._peer_claims[ip] = (f.node, epoch, ev.now)
+            sb = self._standby.get(ip)
+            if sb is not None and sb.epoch <= epoch:
+                stale.append(ip)  # a later decision than our succession plan for it: never take it over with that
+        if stale:
+            for ip in stale:
+                del self._standby[ip]
+            out.append(Count("standby", "superseded", len(stale)))
         if f.claims and self.state.vips:
             # rule 3: a peer took a VIP over with a higher epoch than ours: it is the later decision
             gone = self.state.drop_superseded(f.claims)
