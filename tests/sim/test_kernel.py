@@ -136,3 +136,26 @@ def test_generated_schedules_are_seeded_and_shrink_to_the_culprit() -> None:
     smallest = shrink(sched, lambda fs: culprit in fs and other in fs)
     assert smallest == [culprit, other]
     assert Entry(1, 0.0, None).id == 1
+
+
+def test_loss_on_a_tcp_connection_delays_and_never_drops_unless_it_outlasts_the_time_out() -> None:
+    """Redis, replication and the API server run over TCP: a lost segment goes again after the retransmission
+    time-out (200 ms, doubling), so message loss delays them; the peers' LAN frames are datagrams and get lost."""
+    from l2lb.sim.net import RTO_MIN
+
+    lan = Lan(Kernel(7), ["n1", "n2"])
+    lan.set_faults("n1", loss=0.5)
+    frames = [lan.delay("n1", "n2") for _ in range(400)]
+    assert 120 < sum(d is None for d in frames) < 280  # datagrams: about half lost
+    tcp = [lan.stream_delay("n1", "n2", give_up=1e6) for _ in range(400)]
+    assert all(d is not None for d in tcp)  # giving up would take 23 losses in a row
+    late = [d for d in tcp if d is not None and d >= RTO_MIN]
+    assert 120 < len(late) < 280 and max(late) >= RTO_MIN * 3  # one loss: +200 ms; two in a row: +600 ms
+    short = [lan.stream_delay("n1", "n2", give_up=0.5) for _ in range(400)]
+    assert 60 < sum(d is None for d in short) < 140  # two losses in a row (p = 1/4; 0.2 + 0.4 > 0.5): time-out
+    lan.set_faults("n1")
+    k1, k2 = Kernel(3), Kernel(3)
+    a, b = Lan(k1, ["n1", "n2"]), Lan(k2, ["n1", "n2"])
+    assert [a.delay("n1", "n2") for _ in range(5)] == [b.stream_delay("n1", "n2", 1.0) for _ in range(5)]
+    b.set_link("n2", False)
+    assert b.stream_delay("n1", "n2", 1.0) is None

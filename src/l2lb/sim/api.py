@@ -40,6 +40,7 @@ class _Watch:
     known: set[str] = field(default_factory=set)  # keys this watcher was last sent as existing
     behind: bool = False  # it missed a change: re-list when it can
     polling: bool = False
+    last_due: float = 0.0  # when its latest event arrives (events on one connection arrive in order)
 
 
 @dataclass
@@ -65,8 +66,11 @@ class Api:
     def _rtt(self, p: Proc) -> float | None:
         if self.outage or not p.alive:
             return None
-        a, b = self.lan.delay(p.node, CTL), self.lan.delay(CTL, p.node)
-        return None if a is None or b is None else a + b
+        a = self.lan.stream_delay(p.node, CTL, self.timeout)
+        if a is None:
+            return None
+        b = self.lan.stream_delay(CTL, p.node, self.timeout - a)
+        return None if b is None else a + b
 
     def request(self, p: Proc, fn: Callable[[], Any], done: Callable[[bool, Any], None]) -> None:
         rtt = self._rtt(p)
@@ -126,11 +130,14 @@ class Api:
             w.known.discard(key)
         else:
             w.known.add(key)
-        w.proc.deliver(lambda: w.fn(key, obj), d)
+        # one connection per watch: an event delayed by a retransmission holds back the ones after it
+        due = max(self.kernel.now + d, w.last_due)
+        w.last_due = due
+        w.proc.deliver(lambda: w.fn(key, obj), due - self.kernel.now)
 
     def _notify(self, key: str, obj: Obj | None) -> None:
         for w in self.watchers:
-            d = None if self.outage else self.lan.delay(CTL, w.proc.node)
+            d = None if self.outage else self.lan.stream_delay(CTL, w.proc.node, self.timeout)
             if d is not None and not w.behind:
                 self._send(w, key, obj, d)
             else:
@@ -148,7 +155,7 @@ class Api:
         w.polling = False
         if w not in self.watchers:
             return
-        d = None if self.outage else self.lan.delay(CTL, w.proc.node)
+        d = None if self.outage else self.lan.stream_delay(CTL, w.proc.node, self.timeout)
         if d is None:
             self._fell_behind(w)
             return

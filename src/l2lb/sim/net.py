@@ -6,7 +6,10 @@ fails; partitions put it on one side (the side of the majority, unless a fault s
 The control plane (API server) reaches nodes through their links too (``CTL``).
 
 Delivery delay = ``base_latency`` + jitter, plus the extra delay of an active "slow link" fault.
-Duplication and loss are per-message draws from the kernel's RNG (deterministic per seed).
+Duplication and loss are per-message draws from the kernel's RNG (deterministic per seed). Loss drops a
+datagram (the peers' LAN frames: :meth:`Lan.delay`); on a TCP connection (Redis commands, stream reads and
+replication, the API server) it only delays: the segment goes again after the retransmission time-out
+(:meth:`Lan.stream_delay`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from dataclasses import dataclass, field
 
 from l2lb.sim.kernel import Kernel
 
-__all__ = ["CLIENT", "CTL", "Lan", "LinkFaults"]
+__all__ = ["CLIENT", "CTL", "RTO_MIN", "Lan", "LinkFaults"]
+
+RTO_MIN = 0.2  # Linux's TCP_RTO_MIN: a LAN connection sends a lost segment again after 200 ms, then 400, 800...
 
 CLIENT = "client"
 CTL = "ctl"
@@ -81,6 +86,24 @@ class Lan:
             return None
         extra = fa.extra_delay + fb.extra_delay
         return self.base_latency + rng.random() * self.jitter + (extra * (1 + rng.random()) if extra else 0.0)
+
+    def stream_delay(self, a: str, b: str, give_up: float) -> float | None:
+        """Delivery delay of one message a -> b on a TCP connection: each lost transmission costs a
+        retransmission time-out (``RTO_MIN``, doubling) instead of the message; None when a and b do not reach
+        each other, or when the retransmissions outlast ``give_up`` (the client's socket time-out). Without
+        message faults the same draws as :meth:`delay`."""
+        d = self.delay(a, b)
+        if d is not None or not self.faulty or not self.reach(a, b):
+            return d
+        waited, rto = 0.0, RTO_MIN
+        while True:
+            waited += rto
+            rto *= 2
+            if waited > give_up:
+                return None
+            d = self.delay(a, b)
+            if d is not None:
+                return waited + d
 
     def duplicated(self, a: str, b: str) -> bool:
         p = max(self.faults[a].dup, self.faults[b].dup)

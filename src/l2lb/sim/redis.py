@@ -27,6 +27,8 @@ from l2lb.sim.net import Lan
 
 __all__ = ["Data", "Done", "Entry", "Redis", "Server", "Sub"]
 
+REPL_TIMEOUT = 60.0  # Redis's repl-timeout: a replication link that cannot deliver for this long is dropped
+
 Done = Callable[[bool, Any], None]
 
 
@@ -118,9 +120,11 @@ class Redis:
         return m.up() and client.alive and self.lan.reach(client.node, m.node)
 
     def _rtt(self, client: Proc) -> float | None:
-        d1 = self.lan.delay(client.node, self.master.node)
-        d2 = self.lan.delay(self.master.node, client.node)
-        return None if d1 is None or d2 is None else d1 + d2
+        d1 = self.lan.stream_delay(client.node, self.master.node, self.op_timeout)
+        if d1 is None:
+            return None
+        d2 = self.lan.stream_delay(self.master.node, client.node, self.op_timeout - d1)
+        return None if d2 is None else d1 + d2
 
     # -- operations --------------------------------------------------------------------------------
     def call(self, client: Proc, fn: Callable[[Data], Any], done: Done | None = None) -> None:
@@ -137,6 +141,10 @@ class Redis:
 
     def xadd(self, client: Proc, stream: str, payload: Any, done: Done | None = None) -> None:
         self.call(client, lambda d: self._append(d, stream, payload), done)
+
+    def xadd_many(self, client: Proc, stream: str, payloads: list[Any], done: Done | None = None) -> None:
+        """Several XADDs in one round trip (a pipeline, as the bus's publish_many): ``done(ok, [ids])``."""
+        self.call(client, lambda d: [self._append(d, stream, p) for p in payloads], done)
 
     def _append(self, d: Data, stream: str, payload: Any) -> int:
         # ids follow the server's clock like Redis's "<ms>-<seq>" ids (here in microseconds), so a promoted
@@ -157,7 +165,7 @@ class Redis:
         for r in self.servers:
             if r is src:
                 continue
-            d = self.lan.delay(src.node, r.node)
+            d = self.lan.stream_delay(src.node, r.node, REPL_TIMEOUT)
             if d is None or not r.up() or r.data.incarnation != src.data.incarnation:
                 continue
             self._repl_seq += 1

@@ -334,22 +334,27 @@ class LeasesShell:
         while self.queue and not self.waiting and self.machine is not None:
             c = self.queue.popleft()
             if isinstance(c, lm.PublishAssignments | lm.PublishRenewal):
+                # as services/leases: the publishes that follow go out with it in one round trip (publish_many)
+                batch: list[lm.Publish] = [c]
+                while self.queue and isinstance(self.queue[0], lm.PublishAssignments | lm.PublishRenewal):
+                    batch.append(self.queue.popleft())  # type: ignore[arg-type]
                 self.waiting = True
 
-                def done(ok: bool, entry_id: Any, c: lm.Publish = c) -> None:
+                def done(ok: bool, entry_ids: Any, batch: list[lm.Publish] = batch) -> None:
                     self.waiting = False
                     if self.machine is None:
                         return
                     if ok:
-                        w.published(c.msg, int(entry_id))
-                        more = self.machine.handle(lm.Sent(c), self.now())
-                        self.queue.extend(more)
+                        for b, entry_id in zip(batch, entry_ids, strict=True):
+                            w.published(b.msg, int(entry_id))
+                            self.queue.extend(self.machine.handle(lm.Sent(b), self.now()))
                     else:
                         self.queue.clear()
-                        self.queue.extend(self.machine.handle(lm.SendFailed(c, "redis unreachable"), self.now()))
+                        self.queue.extend(self.machine.handle(lm.SendFailed(batch[0], "redis unreachable"),
+                                                              self.now()))
                     self._drain()
 
-                w.redis.xadd(p, S_ASSIGN, c.msg, done)
+                w.redis.xadd_many(p, S_ASSIGN, [b.msg for b in batch], done)
             elif isinstance(c, lm.StoreEpochs):
                 w.redis.hset(p, K_EPOCHS, dict(c.epochs))
             elif isinstance(c, lm.LoadEpochs):
