@@ -66,11 +66,7 @@ class Api:
     def _rtt(self, p: Proc) -> float | None:
         if self.outage or not p.alive:
             return None
-        a = self.lan.stream_delay(p.node, CTL, self.timeout)
-        if a is None:
-            return None
-        b = self.lan.stream_delay(CTL, p.node, self.timeout - a)
-        return None if b is None else a + b
+        return self.lan.rtt(p.node, CTL, self.timeout)
 
     def request(self, p: Proc, fn: Callable[[], Any], done: Callable[[bool, Any], None]) -> None:
         rtt = self._rtt(p)

@@ -44,15 +44,20 @@ class Lan:
     side: dict[str, int] = field(default_factory=dict)
     faults: dict[str, LinkFaults] = field(default_factory=dict)
     faulty: bool = False  # some LinkFaults is set (the fast path skips them otherwise)
+    calm: bool = True  # every link up, no partition, no message fault: everything reaches everything
 
     def __post_init__(self) -> None:
         for n in [*self.nodes, CLIENT, CTL]:
             self.link_up.setdefault(n, True)
             self.side.setdefault(n, 0)
             self.faults.setdefault(n, LinkFaults())
+        self._update()
+
+    def _update(self) -> None:
+        self.calm = not self.faulty and all(self.link_up.values()) and not any(self.side.values())
 
     def reach(self, a: str, b: str) -> bool:
-        if a == b:
+        if a == b or self.calm:
             return True
         up, side = self.link_up, self.side
         return up[a] and up[b] and side[a] == side[b]
@@ -60,24 +65,30 @@ class Lan:
     def set_faults(self, node: str, loss: float = 0.0, dup: float = 0.0, extra_delay: float = 0.0) -> None:
         self.faults[node] = LinkFaults(loss, dup, extra_delay)
         self.faulty = any(f.loss or f.dup or f.extra_delay for f in self.faults.values())
+        self._update()
 
     def set_link(self, node: str, up: bool) -> None:
         self.link_up[node] = up
+        self._update()
 
     def partition(self, isolated: Iterable[str]) -> None:
         """Put ``isolated`` on a side of their own (the client and the control plane stay on 0)."""
         for n in isolated:
             self.side[n] = 1
+        self._update()
 
     def heal(self) -> None:
         for n in self.side:
             self.side[n] = 0
+        self._update()
 
     def delay(self, a: str, b: str) -> float | None:
         """Delivery delay of one message a -> b, or None when it is lost (unreachable or dropped)."""
+        rng = self.kernel.rng
+        if self.calm:
+            return self.base_latency + rng.random() * self.jitter
         if not self.reach(a, b):
             return None
-        rng = self.kernel.rng
         if not self.faulty:
             return self.base_latency + rng.random() * self.jitter
         fa, fb = self.faults[a], self.faults[b]
@@ -104,6 +115,18 @@ class Lan:
             d = self.delay(a, b)
             if d is not None:
                 return waited + d
+
+    def rtt(self, a: str, b: str, give_up: float) -> float | None:
+        """A request a -> b and its answer b -> a on one TCP connection (:meth:`stream_delay` each, the answer
+        within what is left of ``give_up``), or None."""
+        if self.calm:  # (the same draws as below, without the calls)
+            r, base, jitter = self.kernel.rng.random, self.base_latency, self.jitter
+            return (base + r() * jitter) + (base + r() * jitter)
+        d1 = self.stream_delay(a, b, give_up)
+        if d1 is None:
+            return None
+        d2 = self.stream_delay(b, a, give_up - d1)
+        return None if d2 is None else d1 + d2
 
     def duplicated(self, a: str, b: str) -> bool:
         p = max(self.faults[a].dup, self.faults[b].dup)

@@ -116,21 +116,24 @@ class Redis:
 
     # -- reachability ----------------------------------------------------------------------------
     def usable(self, client: Proc) -> bool:
-        m = self.master
-        return m.up() and client.alive and self.lan.reach(client.node, m.node)
+        mp = self.master.proc
+        return mp.alive and not mp.paused and client.alive and self.lan.reach(client.node, mp.node)
 
     def _rtt(self, client: Proc) -> float | None:
-        d1 = self.lan.stream_delay(client.node, self.master.node, self.op_timeout)
-        if d1 is None:
+        """A round trip to the master, or None when the client cannot use it (see :meth:`usable`)."""
+        mp = self.master.proc
+        if not (mp.alive and not mp.paused and client.alive):
             return None
-        d2 = self.lan.stream_delay(self.master.node, client.node, self.op_timeout - d1)
-        return None if d2 is None else d1 + d2
+        lan = self.lan
+        if not lan.calm and not lan.reach(client.node, mp.node):
+            return None
+        return lan.rtt(client.node, mp.node, self.op_timeout)
 
     # -- operations --------------------------------------------------------------------------------
     def call(self, client: Proc, fn: Callable[[Data], Any], done: Done | None = None) -> None:
         """Run ``fn`` on the master's data if ``client`` reaches it; ``done(ok, result)`` after the round trip
         (or ``done(False, None)`` after ``op_timeout``)."""
-        rtt = self._rtt(client) if self.usable(client) else None
+        rtt = self._rtt(client)
         if rtt is None:
             if done is not None:
                 client.after(self.op_timeout, lambda: done(False, None))
@@ -235,7 +238,7 @@ class Redis:
         c = sub.consumer
         if not c.alive:
             return
-        rtt = self._rtt(c) if self.usable(c) else None
+        rtt = self._rtt(c)
         if rtt is None:
             if not sub.polling:
                 sub.polling = True

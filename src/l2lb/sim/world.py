@@ -117,6 +117,12 @@ class AnnouncerShell:
         self.bus_ok = True
         self.answering: dict[str, int] = {}
         self.garps = 0
+        # what the shell does for each command type (by exact type: the machine's commands are final classes)
+        self._do: dict[type, Callable[[Any], None]] = {
+            am.SendPeerFrame: self._send_peer_frame, am.PublishHeartbeat: self._publish,
+            am.StartAnswering: self._start_answering, am.StopAnswering: self._stop_answering,
+            am.RequestSnapshot: self._request_snapshot, am.SendFrames: self._send_frames,
+            am.ReportConflict: self._report_conflict}
 
     def start(self) -> None:
         w, p = self.w, self.proc
@@ -138,7 +144,8 @@ class AnnouncerShell:
     def peer_frame(self, frame: bytes) -> None:
         """A peer's LAN heartbeat reached this node (the kernel's receive time: now)."""
         p = self.proc
-        self._feed(am.PeerFrameReceived(LAN_IF, frame, p.mono(), _wall(p)))
+        now = p.kernel.now
+        self._feed(am.PeerFrameReceived(LAN_IF, frame, now, WALL_BASE + (now + p.wall_offset)))
 
     def link_changed(self) -> None:
         if self.proc.alive:
@@ -156,8 +163,11 @@ class AnnouncerShell:
         m = self.machine
         if m is None or not self.proc.alive:
             return
+        do = self._do
         for c in m.feed(ev):
-            self._do(c)
+            h = do.get(type(c))  # (Log, Count, Gauge, SetMulticast: nothing to do here)
+            if h is not None:
+                h(c)
         self._arm()
 
     def _arm(self) -> None:
@@ -180,30 +190,33 @@ class AnnouncerShell:
         self.timer = None
         self._feed(am.Tick(self.proc.mono(), _wall(self.proc), self.bus_ok))
 
-    def _do(self, c: am.Command) -> None:
-        w, p = self.w, self.proc
-        if isinstance(c, am.SendPeerFrame):  # the most frequent first
-            w.peer_frame(self.node, c.frame)
-        elif isinstance(c, am.PublishHeartbeat):
-            self._publish(c)
-        elif isinstance(c, am.StartAnswering):
-            self.answering.update(dict(c.vips))
-            w.oracle.answering(self.node, self.answering, w.kernel.real())
-            w.log(f"{self.node} answers " + " ".join(f"{ip}@{e}" for ip, e in c.vips))
-        elif isinstance(c, am.StopAnswering):
-            for ip in c.ips:
-                self.answering.pop(ip, None)
-            w.oracle.answering(self.node, self.answering, w.kernel.real())
-            w.log(f"{self.node} stops {' '.join(c.ips)} ({c.reason})")
-            if c.reason == "reassigned":
-                w.check_sticky(self.node, c.ips)
-        elif isinstance(c, am.RequestSnapshot):
-            w.redis.xadd(p, S_CONTROL, SnapshotRequest(topic="assignments", requester=f"announcer:{self.node}",
-                                                        reason=c.reason))
-        elif isinstance(c, am.SendFrames):
-            self.garps += len(c.frames)
-        elif isinstance(c, am.ReportConflict):
-            w.counters["conflicts_reported"] += 1
+    def _send_peer_frame(self, c: am.SendPeerFrame) -> None:
+        self.w.peer_frame(self.node, c.frame)
+
+    def _start_answering(self, c: am.StartAnswering) -> None:
+        w = self.w
+        self.answering.update(dict(c.vips))
+        w.oracle.answering(self.node, self.answering, w.kernel.real())
+        w.log(f"{self.node} answers " + " ".join(f"{ip}@{e}" for ip, e in c.vips))
+
+    def _stop_answering(self, c: am.StopAnswering) -> None:
+        w = self.w
+        for ip in c.ips:
+            self.answering.pop(ip, None)
+        w.oracle.answering(self.node, self.answering, w.kernel.real())
+        w.log(f"{self.node} stops {' '.join(c.ips)} ({c.reason})")
+        if c.reason == "reassigned":
+            w.check_sticky(self.node, c.ips)
+
+    def _request_snapshot(self, c: am.RequestSnapshot) -> None:
+        self.w.redis.xadd(self.proc, S_CONTROL, SnapshotRequest(topic="assignments",
+                                                                 requester=f"announcer:{self.node}", reason=c.reason))
+
+    def _send_frames(self, c: am.SendFrames) -> None:
+        self.garps += len(c.frames)
+
+    def _report_conflict(self, _c: am.ReportConflict) -> None:
+        self.w.counters["conflicts_reported"] += 1
 
     def _publish(self, c: am.PublishHeartbeat) -> None:
         w, p = self.w, self.proc
@@ -242,6 +255,11 @@ class AnnouncerShell:
     def restart(self) -> None:
         self.proc.restart()
         self.start()
+
+
+# the leases machine's commands its shell carries out here (the others are logs, metrics, status, Kubernetes writes)
+_LEASES_DONE_HERE = frozenset({lm.PublishAssignments, lm.PublishRenewal, lm.StoreEpochs, lm.LoadEpochs,
+                               lm.RequestSnapshot})
 
 
 class LeasesShell:
@@ -333,6 +351,8 @@ class LeasesShell:
         w, p = self.w, self.proc
         while self.queue and not self.waiting and self.machine is not None:
             c = self.queue.popleft()
+            if type(c) not in _LEASES_DONE_HERE:
+                continue  # logs, metrics, Kubernetes writes (kube=False), status: nothing to do here
             if isinstance(c, lm.PublishAssignments | lm.PublishRenewal):
                 # as services/leases: the publishes that follow go out with it in one round trip (publish_many)
                 batch: list[lm.Publish] = [c]
