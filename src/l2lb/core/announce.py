@@ -430,10 +430,11 @@ class AnnouncerState:
 
     def next_event(self, now: float) -> float | None:
         """Monotonic time of the next GARP round or expiry, if any."""
-        times = [g.next_at for g in self._garps.values()]
-        if self.deadline is not None and self.vips:
-            times.append(self.deadline)
-        return min(times) if times else None
+        t = self.deadline if self.vips else None
+        for g in self._garps.values():
+            if t is None or g.next_at < t:
+                t = g.next_at
+        return t
 
     # -- frames ----------------------------------------------------------------------------------
     def _count(self, key: str, n: int = 1) -> None:

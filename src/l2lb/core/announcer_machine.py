@@ -82,7 +82,7 @@ Rules (each has a unit test in tests/announcer/test_machine*.py):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -343,6 +343,7 @@ Command = (SendFrames | SendPeerFrame | SetMulticast | StartAnswering | StopAnsw
            | RequestSnapshot | ReportConflict | Log | Count | Gauge)
 
 _NO_COMMANDS: tuple[Command, ...] = ()
+_PEER_FRAME_ACCEPTED = Count("peer_frames", "accepted")  # (immutable: one for every accepted frame)
 
 
 def is_backlog(msg: NodeAssignments | NodeRenewal, wall_now: float, skew_s: float) -> bool:
@@ -434,34 +435,29 @@ class AnnouncerMachine:
     # -- the interface -------------------------------------------------------------------------------
     def feed(self, ev: Event) -> list[Command]:
         """Apply one event; the commands to carry out, in order."""
-        if isinstance(ev, Tick):
-            return self._tick(ev)
-        if isinstance(ev, Frames):
-            replies, cmds = self.on_frames(ev.iface, list(ev.frames), ev.now)
-            out: list[Command] = [SendFrames(ev.iface, tuple(replies))] if replies else []
-            out.extend(cmds)
-            return out
-        if isinstance(ev, Assignments):
-            self._wall_offset = ev.wall - ev.now
-            return self._on_assignments(ev)
-        if isinstance(ev, Renewal):
-            self._wall_offset = ev.wall - ev.now
-            return self._on_renewal(ev)
-        if isinstance(ev, Published):
-            return self._on_published(ev)
-        if isinstance(ev, LinksChanged):
-            return self._on_links(ev)
-        if isinstance(ev, LabelsChanged):
-            self._kube_labels = dict(ev.labels)
-            self._heartbeat_soon()
-            return []
-        if isinstance(ev, PeerFrameReceived):
-            return self._on_peer_frame(ev)
-        if isinstance(ev, Resync):
-            return self._on_resync(ev)
-        if isinstance(ev, Stop):
-            return self._on_stop(ev)
-        raise TypeError(f"not an announcer event: {ev!r}")
+        handler = _HANDLERS.get(type(ev))
+        if handler is None:
+            raise TypeError(f"not an announcer event: {ev!r}")
+        return handler(self, ev)
+
+    def _on_frames_event(self, ev: Frames) -> list[Command]:
+        replies, cmds = self.on_frames(ev.iface, list(ev.frames), ev.now)
+        out: list[Command] = [SendFrames(ev.iface, tuple(replies))] if replies else []
+        out.extend(cmds)
+        return out
+
+    def _on_assignments_event(self, ev: Assignments) -> list[Command]:
+        self._wall_offset = ev.wall - ev.now
+        return self._on_assignments(ev)
+
+    def _on_renewal_event(self, ev: Renewal) -> list[Command]:
+        self._wall_offset = ev.wall - ev.now
+        return self._on_renewal(ev)
+
+    def _on_labels(self, ev: LabelsChanged) -> list[Command]:
+        self._kube_labels = dict(ev.labels)
+        self._heartbeat_soon()
+        return []
 
     def on_frames(self, ifname: str, frames: list[bytes], now: float) -> tuple[list[bytes], Sequence[Command]]:
         """The hot path: decide about ``frames`` received on ``ifname``; (replies to send there, commands)."""
@@ -480,10 +476,11 @@ class AnnouncerMachine:
         deadline = self.state.deadline
         if t is not None and t == deadline and self._grace_s > 0 and self.config.bus and now < t - GRACE_LEAD_S:
             t -= GRACE_LEAD_S  # the grace, if it holds, extends the set before it runs out
-        if self.config.bus and self._outgoing is None and not self._stopped:
-            t = self._hb_due if t is None else min(t, self._hb_due)
+        if self.config.bus and self._outgoing is None and not self._stopped and (t is None or self._hb_due < t):
+            t = self._hb_due
         if self.peers is not None and not self._stopped:  # our frames; takeovers are checked with them
-            t = self._peer_due if t is None else min(t, self._peer_due)
+            if t is None or self._peer_due < t:
+                t = self._peer_due
             if self._standby_waits:
                 tk = self._takeover_wakeup(now)
                 if tk is not None and tk < t:
@@ -1031,12 +1028,10 @@ class AnnouncerMachine:
         pv = self.peers
         if pv is None:
             return []
-        before = dict(pv.rejected)
         f = pv.receive(ev.frame, ev.now, ev.wall)
         if f is None:
-            why = next((r for r, n in pv.rejected.items() if n != before.get(r, 0)), "rejected")
-            return [Count("peer_frames", why)]
-        out: list[Command] = [Count("peer_frames", "accepted")]
+            return [Count("peer_frames", pv.last_rejected)]
+        out: list[Command] = [_PEER_FRAME_ACCEPTED]
         if self._standby_waits and not self._check_soon:
             last = self._last_leases_msg
             if (last is None or ev.now - last >= self.config.cp_silence_ms / 1000.0) or not self._redis_ok(ev.now):
@@ -1193,3 +1188,17 @@ class AnnouncerMachine:
             out.append(PublishHeartbeat(hb))
         return out
 
+
+# each event type's handler (by exact type: events are final classes)
+_HANDLERS: dict[type, Callable[[AnnouncerMachine, Any], list[Command]]] = {
+    Tick: AnnouncerMachine._tick,
+    PeerFrameReceived: AnnouncerMachine._on_peer_frame,
+    Published: AnnouncerMachine._on_published,
+    Renewal: AnnouncerMachine._on_renewal_event,
+    Assignments: AnnouncerMachine._on_assignments_event,
+    Frames: AnnouncerMachine._on_frames_event,
+    LinksChanged: AnnouncerMachine._on_links,
+    LabelsChanged: AnnouncerMachine._on_labels,
+    Resync: AnnouncerMachine._on_resync,
+    Stop: AnnouncerMachine._on_stop,
+}

@@ -146,7 +146,7 @@ def encode(frame: PeerFrame, key: bytes | None, src_mac: bytes) -> bytes:
         body.append(addr.version)
         body += addr.packed
         body += struct.pack("!Q", epoch)
-    mac = hmac.new(key, bytes(body), hashlib.sha256).digest()[:MAC_LEN] if key else b"\0" * MAC_LEN
+    mac = hmac.digest(key, bytes(body), "sha256")[:MAC_LEN] if key else b"\0" * MAC_LEN
     return GROUP_MAC + src_mac + struct.pack("!H", ETH_P_L2LB) + bytes(body) + mac
 
 
@@ -166,7 +166,7 @@ def decode(raw: bytes, key: bytes | None) -> PeerFrame:
     if key:
         if flags & UNSIGNED:
             raise PeerError("unsigned", "an unsigned frame, and we have a key")
-        if not hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest()[:MAC_LEN]):
+        if not hmac.compare_digest(mac, hmac.digest(key, body, "sha256")[:MAC_LEN]):
             raise PeerError("bad_mac")
     elif not flags & UNSIGNED:
         raise PeerError("signed", "a signed frame, and we have no key (set the same peer key on every node)")
@@ -253,6 +253,7 @@ class PeerView:
     offset: dict[tuple[str, str], float] = field(default_factory=dict)  # sender clock - ours, seconds
     _behind: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)  # since, offset
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> count (metrics)
+    last_rejected: str = ""  # why the last frame that did not count did not
 
     def receive(self, raw: bytes, now: float, wall: float) -> PeerFrame | None:
         """Take one received frame; the frame when it counts, else None (the reason is counted)."""
@@ -297,6 +298,7 @@ class PeerView:
 
     def _reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        self.last_rejected = reason
 
     def alive(self, now: float) -> dict[str, PeerFrame]:
         """Peers heard within ``timeout_s`` (evidence older than that never counts)."""
