@@ -629,3 +629,21 @@ def test_heartbeats_name_the_lan_peers_heard(with_peers: bool) -> None:
     last = hbs[-1][1]
     back = decode(encode(last))
     assert isinstance(back, Heartbeat) and back.lan_heard == ("n3",) and back == last
+
+
+def test_our_frames_clock_never_steps_back_with_the_wall_clock() -> None:
+    """Simulator seed 14: NTP stepped two nodes' clocks 30 s back 0.6 s apart. Their frames, stamped with the wall
+    clock, looked like replays to every peer for relearn_s (3 s): each took the other's VIPs over while the other
+    still answered (1.03 s dual). Frames carry the wall clock at start moved on by the monotonic clock."""
+    m = pm()
+    view = peers.PeerView("n2", key=KEY)
+    stamps = []
+    for i in range(1, 41):
+        t = i * 0.05
+        wall = WALL0 + t - (30.0 if t > 1.0 else 0.0)  # stepped back at 1.0
+        for c in m.feed(Tick(t, wall, True)):
+            if isinstance(c, SendPeerFrame):
+                f = view.receive(c.frame, t + 0.001, WALL0 + t)
+                assert f is not None, (t, view.rejected)
+                stamps.append(f.wall_ms)
+    assert len(stamps) >= 15 and stamps == sorted(stamps) and stamps[-1] - stamps[0] >= 1500

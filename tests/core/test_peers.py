@@ -161,3 +161,25 @@ def test_a_sender_whose_clock_stepped_back_is_heard_again_after_relearn_s() -> N
     assert 28 <= first <= 32  # ~3 s of rejected frames, then the new offset is adopted
     assert all(f is not None for f in heard[first:])
     assert v.clock_offsets(t) == {"n2": -30.0}
+
+
+def test_a_step_of_our_own_wall_clock_keeps_every_peer_heard() -> None:
+    """Simulator seed 23: NTP stepped n4's clock 30 s forward; with offsets kept against our wall clock every
+    peer's next frames looked 30 s old (stale) for relearn_s, so n4 heard nobody, took a live holder's VIPs over
+    and then lost them with its quorum (1.9 s dark). Offsets are kept against our monotonic clock."""
+    v = PeerView("n1", relearn_s=3.0)
+    t, c = 1.0, 1
+    assert v.receive(peers.encode(frame("n2", c, wall=WALL + t), None, MAC), now=t, wall=WALL + t)
+    for step in (30.0, -30.0, 86_400.0):
+        own = step
+        heard = []
+        for _ in range(5):
+            t += 0.1
+            c += 1
+            heard.append(v.receive(peers.encode(frame("n2", c, wall=WALL + t), None, MAC), now=t, wall=WALL + t + own))
+        assert all(f is not None for f in heard), step
+        assert v.clock_offsets(t) == {"n2": -own}  # still reported against our (stepped) wall clock
+        t += 0.1
+        c += 1
+        v.receive(peers.encode(frame("n2", c, wall=WALL + t), None, MAC), now=t, wall=WALL + t)  # stepped back
+    assert "stale" not in v.rejected

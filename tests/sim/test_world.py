@@ -208,3 +208,21 @@ def test_the_model_carries_redis_traffic_as_the_services_do(seed: int) -> None:
     out = run_seed(seed, CFG, schedule(seed, CFG, 10, 2.0), 10)
     worst = max((o[2] for o in out.report.outages), default=0.0)
     assert out.report.ok and worst < 1.0, (worst, out.trace[-30:])
+
+
+SEED_14_FAULTS = """[{"t": 38.619, "kind": "partition", "target": "n2", "duration": 12.832, "extra": 0.0},
+ {"t": 47.369, "kind": "clock_step", "target": "n1", "duration": 0.0, "extra": -30.0},
+ {"t": 47.956, "kind": "clock_step", "target": "n5", "duration": 0.0, "extra": -30.0},
+ {"t": 48.301, "kind": "redis_restart", "target": "n2", "duration": 6.99, "extra": 1.0}]"""
+
+
+def test_seeds_14_and_23_wall_clock_steps_do_not_make_a_live_node_unheard() -> None:
+    """Seed 23 (1.9 s dark): n4's clock stepped 30 s forward and every peer's frames looked 30 s old to it, so it
+    took a live holder's VIPs over and lost them with its quorum. Seed 14 (shrunk; 1.03 s dual): two clocks
+    stepped 30 s back and their frames looked like replays to their peers, who took their VIPs over while they
+    still answered. core.peers keeps offsets against the monotonic clock; frames carry a clock that never steps."""
+    out = run_seed(14, CFG, [Fault(**f) for f in json.loads(SEED_14_FAULTS)], 1.0)
+    assert out.report.ok, "\n".join([str(v) for v in out.report.violations] + out.trace[-30:])
+    out = run_seed(23, CFG, schedule(23, CFG, 10, 2.0), 10)
+    worst = max((o[2] for o in out.report.outages), default=0.0)
+    assert out.report.ok and worst < 1.0, (worst, out.trace[-30:])

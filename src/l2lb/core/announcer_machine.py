@@ -430,6 +430,7 @@ class AnnouncerMachine:
         # every live claim heard (vip -> node, epoch, when): a peer's claims span several frames (pages of
         # peers.MAX_CLAIMS), PeerView keeps only its last frame
         self._peer_claims: dict[str, tuple[str, int, float]] = {}
+        self._frame_clock: float | None = None  # our peer frames' clock - monotonic (see _peer_frames)
         self._why_logged: float | None = None
 
     # -- the interface -------------------------------------------------------------------------------
@@ -999,13 +1000,19 @@ class AnnouncerMachine:
         order = self.state.last_order
         term = order[0] if order is not None and order[0] >= 0 else 0
         held = sorted(self._claims(serving, now).items())
+        if self._frame_clock is None:
+            self._frame_clock = wall - now
+        # our frames' clock: the wall clock when we started, moved on by the monotonic clock. Peers tell replays
+        # by it, so it must never step back: an NTP step of our wall clock would make us unheard for relearn_s
+        # and our successors would take our VIPs over while we answer them (simulator seed 14: 1.03 s dual)
+        stamp = int((now + self._frame_clock) * 1000)
         # every claim in every interval (pages of MAX_CLAIMS): a holder that hears only some would keep the rest
         pages = [tuple(held[i:i + peers.MAX_CLAIMS]) for i in range(0, len(held), peers.MAX_CLAIMS)] or [()]
         for name, (iface, _) in self._answering.items():
             for claims in pages:
                 self._peer_counter += 1
                 frame = peers.PeerFrame(self.config.cluster, self.node, self.config.instance, self._peer_counter,
-                                        int(wall * 1000), flags, term, len(serving), digest, claims)
+                                        stamp, flags, term, len(serving), digest, claims)
                 out.append(SendPeerFrame(name, peers.encode(frame, self.config.peer_key, iface.mac)))
 
     def _claims(self, serving: dict[str, int], now: float) -> dict[str, int]:

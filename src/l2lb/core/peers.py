@@ -28,14 +28,17 @@ Receiving (:class:`PeerView`): a frame counts only if it parses, is for our clus
 same (node, instance), and its wall-clock *offset* to ours stays where that instance's stream has it.
 
 Clocks: nodes' wall clocks need not agree (a Raspberry Pi without RTC can be days off until NTP syncs;
-comparing absolute clocks would make such a node unheard by all its peers). Each instance's offset
-(its clock minus ours) is learned from its frames: it may move forward freely (a forward step, or the first
-frame we learnt it from was a replay), a frame whose offset is more than ``replay_window_s`` *behind* the
-learned one is old -- a replay -- and does not count. A stream that keeps arriving with new counters at a
-consistently lower offset for ``relearn_s`` (the sender's clock stepped back) is adopted again. The
-offsets are exposed (:meth:`PeerView.clock_offsets`) so a skewed node can be reported. Residual risk: frames
-of an instance recorded before we first heard it could be replayed to us in order; HMAC keeps them from
-being forged, and the first genuine frame moves the learned offset past them.
+comparing absolute clocks would make such a node unheard by all its peers). Each instance's offset (its wall
+clock minus our *monotonic* clock, so that a step of our own wall clock moves nothing: every peer's frames
+would look stale to us for ``relearn_s``) is learned from its frames: it may move forward freely (a forward
+step, or the first frame we learnt it from was a replay), a frame whose offset is more than
+``replay_window_s`` *behind* the learned one is old -- a replay -- and does not count. A stream that keeps
+arriving with new counters at a consistently lower offset for ``relearn_s`` (the sender's clock stepped back)
+is adopted again. The offsets are exposed (:meth:`PeerView.clock_offsets`) so a skewed node can be reported.
+The announcer stamps its frames with its wall clock *at start* moved on by its monotonic clock, so its own NTP
+steps never make it unheard (the stepped-back rule is for senders that stamp their raw wall clock). Residual
+risk: frames of an instance recorded before we first heard it could be replayed to us in order; HMAC keeps
+them from being forged, and the first genuine frame moves the learned offset past them.
 Evidence is kept with the receiver's monotonic time; a node is *heard* while its last good frame is
 younger than ``timeout_s``.
 """
@@ -250,7 +253,8 @@ class PeerView:
     relearn_s: float = 3.0
     heard: dict[str, _Heard] = field(default_factory=dict)
     last_counter: dict[tuple[str, str], int] = field(default_factory=dict)
-    offset: dict[tuple[str, str], float] = field(default_factory=dict)  # sender clock - ours, seconds
+    offset: dict[tuple[str, str], float] = field(default_factory=dict)  # sender's wall - our monotonic, seconds
+    _own: float = 0.0  # our wall - our monotonic at the last frame (for clock_offsets)
     _behind: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)  # since, offset
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> count (metrics)
     last_rejected: str = ""  # why the last frame that did not count did not
@@ -272,7 +276,8 @@ class PeerView:
         if f.counter <= self.last_counter.get(k, -1):
             self._reject("replay")
             return None
-        off = f.wall_ms / 1000.0 - wall
+        off = f.wall_ms / 1000.0 - now
+        self._own = wall - now
         learned = self.offset.get(k)
         if learned is not None and off < learned - self.replay_window_s:
             since, first = self._behind.get(k, (now, off))
@@ -307,7 +312,7 @@ class PeerView:
     def clock_offsets(self, now: float) -> dict[str, float]:
         """Live peers' wall-clock offsets to ours (seconds; positive: theirs is ahead)."""
         alive = self.alive(now)
-        return {n: round(self.offset.get((f.node, f.instance), 0.0), 3) for n, f in alive.items()}
+        return {n: round(self.offset.get((f.node, f.instance), self._own) - self._own, 3) for n, f in alive.items()}
 
     def heard_at(self, node: str) -> float | None:
         h = self.heard.get(node)
