@@ -398,6 +398,9 @@ class AnnouncerMachine:
         self._hb_due = now  # the first one at once
         self._hb_again = False  # a change happened while one was outstanding: the next one at once
         self._outgoing: _Outgoing | None = None
+        # the heartbeat's interfaces and labels, and what they were built from (see _heartbeat)
+        self._hb_parts: tuple[object, object, object, tuple[InterfaceInfo, ...], dict[str, str]] = (
+            None, None, None, (), {})
         self._digest_of: tuple[dict[str, int] | None, str] = (None, "")
         self._full_sent: tuple[dict[str, int], str, float, int | None] | None = None
         self._renewal_fresh_until: float | None = None
@@ -1106,11 +1109,17 @@ class AnnouncerMachine:
 
     def _heartbeat(self, now: float, wall: float, *, stopping: bool) -> tuple[Heartbeat, int | None]:
         self._hb_seq += 1
-        ifs = tuple(
-            InterfaceInfo(name=link.name, mac=link.mac, up=link.up and link.name in self._answering,
-                          addresses=link.addresses, ifindex=link.index)
-            for link in self._links.values()
-        )
+        links, answering, kube_labels, ifs, labels = self._hb_parts
+        if links is not self._links or answering is not self._answering or kube_labels is not self._kube_labels:
+            # rebuilt only when the links, the answering interfaces or the labels were replaced (each is replaced,
+            # never changed in place); the heartbeats in between share these immutable parts
+            ifs = tuple(
+                InterfaceInfo(name=link.name, mac=link.mac, up=link.up and link.name in self._answering,
+                              addresses=link.addresses, ifindex=link.index)
+                for link in self._links.values()
+            )
+            labels = self.effective_labels()
+            self._hb_parts = (self._links, self._answering, self._kube_labels, ifs, labels)
         serving = {} if stopping else self.state.serving(now)
         src, digest = self._digest_of
         if src is not serving:
@@ -1120,7 +1129,7 @@ class AnnouncerMachine:
         term = None if order is None else order[0]
         omit = self._may_omit(serving, digest, now, stopping, term)
         hb = Heartbeat(node=self.node, instance=self.config.instance, seq=self._hb_seq, sent_at=wall,
-                       interval_ms=self.config.heartbeat_interval_ms, labels=self.effective_labels(), interfaces=ifs,
+                       interval_ms=self.config.heartbeat_interval_ms, labels=labels, interfaces=ifs,
                        serving={} if omit else serving, stopping=stopping, serving_digest=digest,
                        serving_omitted=omit,
                        lan_heard=None if self.peers is None else tuple(self.peers.alive(now)))

@@ -162,7 +162,9 @@ class NodeTracker:
             st.old_instances.add(cur.instance)
             if len(st.old_instances) > 16:
                 st.old_instances.pop()
-        changed = _relevant(hb) != _relevant(cur)
+        # (an announcer passes the same labels and interfaces objects while they are unchanged)
+        changed = (hb.labels is not cur.labels or hb.interfaces is not cur.interfaces) and (
+            _relevant(hb) != _relevant(cur))
         self._neighbours(hb, cur.lan_heard)
         st.heartbeat = hb
         st.last_seen = now

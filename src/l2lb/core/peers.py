@@ -132,6 +132,22 @@ def _str8(s: str, what: str) -> bytes:
     return bytes([len(b)]) + b
 
 
+_ETHERTYPE = struct.pack("!H", ETH_P_L2LB)
+_NAMES: dict[tuple[str, str, str], bytes] = {}  # (cluster, node, instance) -> their str8 fields (a sender's
+_NAMES_MAX = 64  # are the same in every frame it sends)
+
+
+def _names(cluster: str, node: str, instance: str) -> bytes:
+    k = (cluster, node, instance)
+    b = _NAMES.get(k)
+    if b is None:
+        b = _str8(cluster, "cluster") + _str8(node, "node") + _str8(instance, "instance")
+        if len(_NAMES) >= _NAMES_MAX:
+            _NAMES.clear()
+        _NAMES[k] = b
+    return b
+
+
 def encode(frame: PeerFrame, key: bytes | None, src_mac: bytes) -> bytes:
     """The whole Ethernet frame. At most :data:`MAX_CLAIMS` claims (the highest epochs) are carried."""
     if len(src_mac) != 6:
@@ -139,25 +155,28 @@ def encode(frame: PeerFrame, key: bytes | None, src_mac: bytes) -> bytes:
     flags = frame.flags | (0 if key else UNSIGNED)
     if key:
         flags &= ~UNSIGNED
-    claims = sorted(frame.claims, key=lambda c: (-c[1], c[0]))[:MAX_CLAIMS]
-    body = bytearray(_HEAD.pack(MAGIC, VERSION, flags, frame.counter, frame.wall_ms, frame.term,
-                                frame.held_count, frame.held_digest))
-    body += _str8(frame.cluster, "cluster") + _str8(frame.node, "node") + _str8(frame.instance, "instance")
-    body.append(len(claims))
-    for ip, epoch in claims:
-        addr = ipaddress.ip_address(ip)
-        body.append(addr.version)
-        body += addr.packed
-        body += struct.pack("!Q", epoch)
-    mac = hmac.digest(key, bytes(body), "sha256")[:MAC_LEN] if key else b"\0" * MAC_LEN
-    return GROUP_MAC + src_mac + struct.pack("!H", ETH_P_L2LB) + bytes(body) + mac
+    body = _HEAD.pack(MAGIC, VERSION, flags, frame.counter, frame.wall_ms, frame.term, frame.held_count,
+                      frame.held_digest) + _names(frame.cluster, frame.node, frame.instance)
+    if frame.claims:
+        claims = sorted(frame.claims, key=lambda c: (-c[1], c[0]))[:MAX_CLAIMS]
+        tail = bytearray([len(claims)])
+        for ip, epoch in claims:
+            addr = ipaddress.ip_address(ip)
+            tail.append(addr.version)
+            tail += addr.packed
+            tail += struct.pack("!Q", epoch)
+        body += tail
+    else:
+        body += b"\0"  # no claims
+    mac = hmac.digest(key, body, "sha256")[:MAC_LEN] if key else b"\0" * MAC_LEN
+    return b"".join((GROUP_MAC, src_mac, _ETHERTYPE, body, mac))
 
 
 def decode(raw: bytes, key: bytes | None) -> PeerFrame:
     """Parse and authenticate one frame; :class:`PeerError` with a reason for anything else."""
     if len(raw) < 14 + _HEAD.size + 4 + MAC_LEN:
         raise PeerError("short")
-    if struct.unpack_from("!H", raw, 12)[0] != ETH_P_L2LB:
+    if raw[12:14] != _ETHERTYPE:
         raise PeerError("not_l2lb")
     body, mac = raw[14:-MAC_LEN], raw[-MAC_LEN:]
     # Ethernet padding: frames shorter than 60 bytes are padded; ours are always longer (header alone is 42)
@@ -258,6 +277,7 @@ class PeerView:
     _behind: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)  # since, offset
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> count (metrics)
     last_rejected: str = ""  # why the last frame that did not count did not
+    _alive: tuple[float, dict[str, PeerFrame]] | None = field(default=None, repr=False, compare=False)
 
     def receive(self, raw: bytes, now: float, wall: float) -> PeerFrame | None:
         """Take one received frame; the frame when it counts, else None (the reason is counted)."""
@@ -299,6 +319,7 @@ class PeerView:
             self.heard.pop(f.node, None)
         else:
             self.heard[f.node] = _Heard(f, now)
+        self._alive = None
         return f
 
     def _reject(self, reason: str) -> None:
@@ -306,8 +327,14 @@ class PeerView:
         self.last_rejected = reason
 
     def alive(self, now: float) -> dict[str, PeerFrame]:
-        """Peers heard within ``timeout_s`` (evidence older than that never counts)."""
-        return {n: h.frame for n, h in sorted(self.heard.items()) if 0 <= now - h.at <= self.timeout_s}
+        """Peers heard within ``timeout_s`` (evidence older than that never counts). Built once per frame
+        received and time asked (a tick asks several times); callers must not modify it."""
+        memo = self._alive
+        if memo is not None and memo[0] == now:
+            return memo[1]
+        alive = {n: h.frame for n, h in sorted(self.heard.items()) if 0 <= now - h.at <= self.timeout_s}
+        self._alive = (now, alive)
+        return alive
 
     def clock_offsets(self, now: float) -> dict[str, float]:
         """Live peers' wall-clock offsets to ours (seconds; positive: theirs is ahead)."""
