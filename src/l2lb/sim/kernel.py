@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass, field
 
 __all__ = ["Handle", "Kernel", "Proc"]
@@ -64,9 +64,11 @@ class Kernel:
         heapq.heappush(self._heap, (t, self._seq, h))
         return h
 
-    def run_until(self, t_end: float | Callable[[], float], stop: Callable[[], bool] | None = None) -> None:
+    def run_until(self, t_end: float | Callable[[], float], stop: Callable[[], bool] | None = None, *,
+                  stop_on: Sized | None = None) -> None:
         """Run every event due by ``t_end`` (a time, or a function giving it: it may move while running,
-        see :meth:`elide`); stop early when ``stop()`` turns true after an event."""
+        see :meth:`elide`); stop early when ``stop()`` turns true, or ``stop_on`` (a list the events append
+        to) is no longer empty, after an event."""
         heap = self._heap
         pop = heapq.heappop
         moving = callable(t_end)
@@ -97,6 +99,8 @@ class Kernel:
                 if moving and self.elided != elided:
                     elided = self.elided
                     limit = t_end()  # type: ignore[operator]
+                if stop_on:
+                    return
                 if stop is not None and stop():
                     return
         finally:

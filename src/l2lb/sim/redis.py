@@ -152,8 +152,9 @@ class Redis:
     def _append(self, d: Data, stream: str, payload: Any) -> int:
         # ids follow the server's clock like Redis's "<ms>-<seq>" ids (here in microseconds), so a promoted
         # replica's new entries sort after everything the old master stored
-        d.last_id = max(d.last_id + 1, int(self.kernel.now * 1_000_000))
-        e = Entry(d.last_id, self.kernel.now, payload)
+        now = self.kernel.now
+        d.last_id = max(d.last_id + 1, int(now * 1_000_000))
+        e = Entry(d.last_id, now, payload)
         s = d.streams.setdefault(stream, [])
         s.append(e)
         if len(s) > self.maxlen:
@@ -165,16 +166,19 @@ class Redis:
 
     def _replicate(self, stream: str, e: Entry) -> None:
         src = self.master
+        src_node, inc, now, last = src.proc.node, src.data.incarnation, self.kernel.now, self._repl_last
         for r in self.servers:
             if r is src:
                 continue
-            d = self.lan.stream_delay(src.node, r.node, REPL_TIMEOUT)
-            if d is None or not r.up() or r.data.incarnation != src.data.incarnation:
+            rp = r.proc
+            d = self.lan.stream_delay(src_node, rp.node, REPL_TIMEOUT)
+            if d is None or not rp.alive or rp.paused or r.data.incarnation != inc:
                 continue
             self._repl_seq += 1
             # one ordered replication link per replica (as Redis's): a write never overtakes an earlier one
-            due = max(self.kernel.now + d + self.repl_delay, self._repl_last.get((src.node, r.node), 0.0))
-            self._repl_last[(src.node, r.node)] = due
+            link = (src_node, rp.node)
+            due = max(now + d + self.repl_delay, last.get(link, 0.0))
+            last[link] = due
             heapq.heappush(self._repl, (due, self._repl_seq, r, src, stream, e))
         self._sync()
 
