@@ -63,12 +63,12 @@ _peer_counters: dict[str, int] = {}
 
 def peer(node: str, now: float, *, flags: int = 0, claims: tuple[tuple[str, int], ...] = (), key: bytes | None = KEY,
          mac: bytes = OTHER, cluster: str = "l2lb", instance: str = "i-1", arrived: float | None = None,
-         wall_ms: int | None = None, held: int = 0) -> PeerFrameReceived:
+         wall_ms: int | None = None, held: int = 0, term: int = 1) -> PeerFrameReceived:
     """A frame from peer ``node`` sent at ``now`` (arriving at ``arrived``, default the same instant)."""
     n = _peer_counters[node] = _peer_counters.get(node, 0) + 1
     at = now if arrived is None else arrived
     raw = peers.encode(peers.PeerFrame(cluster, node, instance, n, int((WALL0 + now) * 1000) if wall_ms is None
-                                       else wall_ms, flags, 1, held, b"\0" * 8, claims), key, mac)
+                                       else wall_ms, flags, term, held, b"\0" * 8, claims), key, mac)
     return PeerFrameReceived("eth0", raw, at, WALL0 + at)
 
 

@@ -68,6 +68,7 @@ class World:
         self.claims: dict[str, tuple[tuple[str, int], ...]] = {}
         self.held: dict[str, int] = {}  # node -> VIPs it says it answers for
         self.instance: dict[str, str] = {}
+        self.terms: dict[str, int] = {}  # node -> the leases term its frames name (default 1)
         self.cmds: list[tuple[float, Command]] = []
 
     def feed(self, ev: object) -> list[Command]:
@@ -84,7 +85,8 @@ class World:
             if step % 10 == 0:
                 for node, flags in self.peers.items():
                     self.feed(peer(node, self.t, flags=flags, claims=self.claims.get(node, ()),
-                                   held=self.held.get(node, 0), instance=self.instance.get(node, "i-1")))
+                                   held=self.held.get(node, 0), instance=self.instance.get(node, "i-1"),
+                                   term=self.terms.get(node, 1)))
             if step % 5 == 0:
                 for c in self.feed(Tick(self.t, WALL0 + self.t, self.bus)):
                     if c.__class__.__name__ == "PublishHeartbeat":
@@ -358,13 +360,24 @@ def test_a_claim_with_an_epoch_at_least_our_standby_epoch_cancels_that_successio
     it never takes V4B over with it (it would answer again, with the older epoch, whenever the holder's frames
     are lost)."""
     w = _successor(epoch=7)
-    w.claims["n2"] = ((V4B, 9),)  # the holder claims V4B (contested) with the epoch leases gave it since
+    w.claims["n2"] = ((V4B, 9),)  # the holder claims V4B (contested) with the epoch a later leader gave it
+    w.terms["n2"] = 2
     w.run(2.2)
     assert w.m.status(2.2)["peers"]["standby"] == 0
     assert Count("standby", "superseded") in [c for _, c in w.cmds]
     del w.peers["n2"]  # the holder falls silent (lost frames, or dead): no takeover with the stale plan
     w.run(5.0)
     assert [c for _, c in w.started()][1:] == []
+
+
+def test_a_fellow_successors_claim_of_the_same_term_keeps_our_plan() -> None:
+    """Simulator seed 1: n3 and n4 were successors of one VIP under the same leader; both took it over at once,
+    n4 yielded to n3's higher epoch, and the rule above then cancelled n4's plan -- so when n3's link went down
+    nobody took the VIP (4.9 s dark). A claim from the term of our own plan is that plan at work: it stays."""
+    w = _successor(rank=2, epoch=7)
+    w.claims["n3"] = ((V4B, 8),)  # the rank-1 successor took it over, with its (higher) epoch of the same plan
+    w.run(2.2)
+    assert w.m.status(2.2)["peers"]["standby"] == 1
 
 
 def test_the_holders_own_claim_does_not_hold_off_its_successor() -> None:

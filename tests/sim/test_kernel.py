@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from l2lb.sim.api import Api
 from l2lb.sim.faults import Fault, generate, shrink
 from l2lb.sim.kernel import Kernel, Proc
 from l2lb.sim.net import CLIENT, Lan
@@ -159,3 +160,66 @@ def test_loss_on_a_tcp_connection_delays_and_never_drops_unless_it_outlasts_the_
     assert [a.delay("n1", "n2") for _ in range(5)] == [b.stream_delay("n1", "n2", 1.0) for _ in range(5)]
     b.set_link("n2", False)
     assert b.stream_delay("n1", "n2", 1.0) is None
+
+
+def _api(nodes: list[str]) -> tuple[Kernel, Api]:
+    k = Kernel(5)
+    return k, Api(k, Lan(k, nodes))
+
+
+def test_two_candidates_that_find_the_lease_expired_race_and_one_gets_409() -> None:
+    """The Lease's holder stops renewing; both standbys see its record unchanged for lease_duration by their own
+    clocks at the same moment, and both PUT with the resourceVersion they read: the second write is a 409."""
+    from l2lb.sim.api import Elector
+
+    k, api = _api(["n1", "n2", "n3"])
+    api.lan.base_latency = 0.05  # a slow API server: both reads land before the first write
+    changes: list[tuple[str, bool]] = []
+    holder = Proc(k, "n1", "leases")
+    Elector(api, holder, "l", lambda lead, _t: changes.append(("n1", lead)))
+    k.run_until(0.5)
+    assert changes == [("n1", True)]
+    a, b = Proc(k, "n2", "leases"), Proc(k, "n3", "leases")
+    # same retry phase; 5.5 s: the record they saw at 4.5 s is expired for both at their try at 10.5 s
+    Elector(api, a, "l", lambda lead, _t: changes.append(("n2", lead)), lease_duration=5.5)
+    Elector(api, b, "l", lambda lead, _t: changes.append(("n3", lead)), lease_duration=5.5)
+    k.run_until(3.0)
+    holder.kill()
+    k.run_until(20.0)
+    winners = [n for n, lead in changes[1:] if lead]
+    assert len(winners) == 1 and api.conflicts >= 1
+    assert api.leases["l"].holder.startswith(winners[0] + "/") and api.leases["l"].transitions == 2
+
+
+def test_429s_delay_requests_by_retry_after_and_fail_them_past_the_deadline() -> None:
+    from l2lb.sim.api import RETRY_AFTER
+
+    k, api = _api(["n1"])
+    p = Proc(k, "n1", "allocator")
+    done: list[tuple[bool, float]] = []
+    api.throttle = 1.0  # every request answered 429: the deadline (1 s) passes first
+    api.request(p, lambda: "ok", lambda ok, _r: done.append((ok, k.now)))
+    k.run_until(5.0)
+    assert done == [(False, done[0][1])] and 0.99 <= done[0][1] <= 1.01 and api.throttled >= 1
+    api.throttle, api.timeout = 0.5, 30.0
+    done.clear()
+    for _ in range(40):
+        api.request(p, lambda: "ok", lambda ok, _r: done.append((ok, k.now)))
+    k.run_until(100.0)
+    late = [t - 5.0 for ok, t in done if ok and t - 5.0 >= RETRY_AFTER]
+    assert len(done) == 40 and all(ok for ok, _ in done) and 8 <= len(late) <= 32
+
+
+def test_a_compaction_answers_every_watch_410_and_the_informers_list_again() -> None:
+    k, api = _api(["n1"])
+    p = Proc(k, "n1", "allocator")
+    seen: list[tuple[str, bool]] = []
+    api.watch(p, lambda key, obj: seen.append((key, obj is not None)))
+    svc = {"metadata": {"namespace": "a", "name": "s"}, "spec": {"type": "LoadBalancer"}}
+    api.put_service(svc)
+    k.run_until(1.0)
+    assert seen == [("a/s", True)]
+    api.expire_watches()
+    api.delete_service("a/s")  # happens while the watch is gone: only the re-list tells
+    k.run_until(3.0)
+    assert seen[-1] == ("a/s", False) and api.gone == 1 and not api.watchers[0].behind

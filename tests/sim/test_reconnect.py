@@ -33,7 +33,7 @@ def test_a_holder_that_dies_during_or_just_after_a_redis_sigstop_loses_its_vip_w
     faults = [Fault(30.0, "redis_stop", "n1", 1.383), Fault(30.0 + after_s, "node_death", "n4", 20.0)]
     out = run_seed(19, CFG, faults, 1.0)
     assert out.report.ok, "\n".join([str(v) for v in out.report.violations] + out.trace[-30:])
-    assert any(line.endswith("n4 answers 198.51.100.131@1765000000500") for line in out.trace[:20])
+    assert any(" n4 answers 198.51.100.131@" in line for line in out.trace[:20])  # n4 holds it
     worst = max((o[2] for o in out.report.outages if o[1] >= 29.9), default=0.0)
     assert worst <= 0.5, "\n".join(out.trace)
     taken = [line for line in out.trace if " answers " in line and "198.51.100.131@" in line and " n4 " not in line]

@@ -414,6 +414,7 @@ class AnnouncerMachine:
                                      PEER_REPLAY_WINDOW_S) if config.peers else None)
         self._members: tuple[str, ...] = ()
         self._standby: dict[str, StandbyVip] = {}
+        self._standby_term = -1  # the leases term that made the standby list
         self._standby_waits: tuple[tuple[str, float], ...] = ()  # (holder, silence before a takeover) pairs
         self._check_soon = False  # a peer frame may have made a takeover due: tick at once
         self.held: dict[str, int] = {}
@@ -771,6 +772,7 @@ class AnnouncerMachine:
             return
         self._members = msg.members
         self._standby = {sb.ip: sb for sb in msg.standby}
+        self._standby_term = msg.term
         self._standby_waits = tuple(sorted({
             (sb.holder, (self.config.takeover_after_ms + (sb.rank - 1) * self.config.takeover_rank_step_ms) / 1000.0)
             for sb in msg.standby if sb.holder != self.node}))
@@ -1058,8 +1060,10 @@ class AnnouncerMachine:
             if cur is None or epoch >= cur[1] or ev.now - cur[2] > self.config.peer_timeout_ms / 1000.0:
                 self._peer_claims[ip] = (f.node, epoch, ev.now)
             sb = self._standby.get(ip)
-            if sb is not None and sb.epoch <= epoch:
-                stale.append(ip)  # a later decision than our succession plan for it: never take it over with that
+            if sb is not None and sb.epoch <= epoch and f.term > self._standby_term:
+                # a leader of a later term has decided about it (a fellow successor of our own plan claims with
+                # an epoch of the same term): never take it over with that plan
+                stale.append(ip)
         if stale:
             for ip in stale:
                 del self._standby[ip]

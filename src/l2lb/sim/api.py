@@ -1,11 +1,16 @@
 """A simulated Kubernetes API server (as far as l2lb's control plane uses it), leader election on its
 Leases (client-go's algorithm), and the allocator around the pure :class:`~l2lb.core.allocator.Allocator`.
 
-The API server lives on the control-plane host (``CTL``): a process on a node reaches it when the
-LAN connects the two and no API outage is on. Requests take one round trip; during an outage they
-fail after ``timeout``. Watches deliver every change to every watcher after the network delay. A
-watcher that misses a change (its node unreachable, an API outage) re-lists when it can again, as an
-informer does: it is sent every object as it is then, and a deletion for each object it knew that is gone.
+The API server lives on the control-plane host (``CTL``): a process on a node reaches it when the LAN connects
+the two and no API outage is on. Requests take one round trip; during an outage they fail after ``timeout``.
+While the server throttles (API Priority and Fairness), a share of requests is answered 429 with
+``Retry-After``: the client waits and sends it again, as l2lb's KubeClient does, and the request fails only
+when that outlasts its deadline. A compaction (``expire_watches``) answers every watch 410 Gone: the informers
+list again. Lease writes are optimistic (409 Conflict on a stale ``resourceVersion``): two candidates that
+both find the Lease expired race, and one of them loses. Watches deliver every change to every watcher after
+the network delay. A watcher that misses a change (its node unreachable, an API outage) re-lists when it can
+again, as an informer does: it is sent every object as it is then, and a deletion for each object it knew that
+is gone.
 
 The allocator model does what ``services/allocator`` does with the pure allocator: on becoming
 leader it restores every Service's IPs from ``status.loadBalancer.ingress`` before it allocates
@@ -31,6 +36,8 @@ from l2lb.sim.redis import Redis
 __all__ = ["Api", "Elector", "SimAllocator"]
 
 Obj = dict[str, Any]
+
+RETRY_AFTER = 1.0  # seconds a 429 asks the client to wait (kube-apiserver's default Retry-After is 1)
 
 
 @dataclass
@@ -62,16 +69,32 @@ class Api:
         self.watchers: list[_Watch] = []
         self.writes = 0
         self.changes = 0  # every create, update, deletion or status write of a Service
+        self.throttle = 0.0  # share of requests answered 429 (an api_throttle fault)
+        self.throttled = 0  # 429s answered
+        self.conflicts = 0  # 409s answered (Lease writes on a stale resourceVersion)
+        self.gone = 0  # watches answered 410 Gone
 
     def _rtt(self, p: Proc) -> float | None:
         if self.outage or not p.alive:
             return None
         return self.lan.rtt(p.node, CTL, self.timeout)
 
-    def request(self, p: Proc, fn: Callable[[], Any], done: Callable[[bool, Any], None]) -> None:
+    def request(self, p: Proc, fn: Callable[[], Any], done: Callable[[bool, Any], None],
+                deadline: float | None = None) -> None:
+        now = self.kernel.now
+        if deadline is None:
+            deadline = now + self.timeout
         rtt = self._rtt(p)
         if rtt is None:
-            p.after(self.timeout, lambda: done(False, None))
+            p.after(max(0.0, deadline - now), lambda: done(False, None))
+            return
+        if self.throttle and self.kernel.rng.random() < self.throttle:
+            # 429 Too Many Requests: the client sends it again after Retry-After, within its deadline
+            self.throttled += 1
+            if now + rtt + RETRY_AFTER >= deadline:
+                p.after(max(rtt, deadline - now), lambda: done(False, None))
+            else:
+                p.after(rtt + RETRY_AFTER, lambda: self.request(p, fn, done, deadline))
             return
         # the server applies the request half-way through the round trip
         res: list[Any] = []
@@ -161,6 +184,12 @@ class Api:
         for key, obj in sorted(self.services.items()):
             self._send(w, key, obj, d)
 
+    def expire_watches(self) -> None:
+        """The server compacted its history past every watch (410 Gone): each informer lists again."""
+        for w in self.watchers:
+            self.gone += 1
+            self._fell_behind(w)
+
     def recover(self) -> None:
         """The outage ends: every watch is re-established with a fresh list (what an informer does after
         its watch broke: list, then watch again)."""
@@ -173,7 +202,9 @@ class Api:
 
 
 class Elector:
-    """client-go's leader election on one Lease, per candidate process."""
+    """client-go's leader election on one Lease, per candidate process, as l2lb's LeaderElector does it: the
+    leader renews with a PUT from its last write (fast path); otherwise a GET, then -- when the Lease is ours,
+    free, or expired by our clock -- a PUT with the resourceVersion read (409 when someone wrote in between)."""
 
     def __init__(self, api: Api, proc: Proc, name: str, on_change: Callable[[bool, int], None], *,
                  lease_duration: float = 6.0, renew_deadline: float = 4.0, retry: float = 2.0):
@@ -184,45 +215,95 @@ class Elector:
         self._seen: tuple[str, int] | None = None  # (holder, version) last observed
         self._seen_at = 0.0
         self._renewed_at = 0.0
+        self._wrote: int | None = None  # the version of our last successful write
         self.proc.after(0.0, self._try)
 
+    def _me(self) -> str:
+        return f"{self.proc.node}/{self.proc.name}/{self.proc.incarnation}"
+
+    def _put(self, expect: int) -> tuple[int, int] | None:
+        """At the server: take or renew the Lease if it is still at ``expect`` (else 409: None)."""
+        lease = self.api.leases.setdefault(self.name, _Lease())
+        if lease.version != expect:
+            self.api.conflicts += 1
+            return None
+        if lease.holder != self._me():
+            lease.holder = self._me()
+            lease.transitions += 1
+        lease.version += 1
+        return lease.transitions, lease.version
+
     def _try(self) -> None:
-        me = f"{self.proc.node}/{self.proc.name}/{self.proc.incarnation}"
+        if self.leader and self._wrote is not None:
+            expect = self._wrote
 
-        def attempt() -> tuple[bool, int, tuple[str, int]]:
+            def renewed(ok: bool, res: Any) -> None:
+                if ok and res is not None:
+                    self._won(res)
+                elif ok:
+                    self._get()  # 409: someone wrote the Lease; read it (the adapter falls back the same way)
+                else:
+                    self._failed()
+
+            self.api.request(self.proc, lambda: self._put(expect), renewed)
+            return
+        self._get()
+
+    def _get(self) -> None:
+        def read() -> tuple[str, int]:
             lease = self.api.leases.setdefault(self.name, _Lease())
-            now = self.api.kernel.now
-            obs = (lease.holder, lease.version)
-            if lease.holder == me:
-                lease.version += 1
-                return True, lease.transitions, (lease.holder, lease.version)
-            # expired as *this candidate* observed it (its own clock, since it first saw that record)
-            expired = lease.holder == "" or (self._seen == obs and now - self._seen_at >= self.lease_duration)
-            if expired:
-                lease.holder = me
-                lease.transitions += 1
-                lease.version += 1
-                return True, lease.transitions, (lease.holder, lease.version)
-            return False, lease.transitions, obs
+            return lease.holder, lease.version
 
-        def done(ok: bool, res: Any) -> None:
+        def got(ok: bool, res: Any) -> None:
+            if not ok:
+                self._failed()
+                return
+            holder, version = res
             now = self.proc.mono()
-            if ok:
-                won, term, obs = res
-                if obs != self._seen:
-                    self._seen, self._seen_at = obs, now
-                if won:
-                    self._renewed_at = now
-                    if not self.leader:
-                        self.leader, self.term = True, term
-                        self.on_change(True, term)
-                elif self.leader:
+            if res != self._seen:
+                self._seen, self._seen_at = res, now
+            # expired as *this candidate* observed it (its own clock, since it first saw that record)
+            if holder and holder != self._me() and now - self._seen_at < self.lease_duration:
+                self._wrote = None
+                if self.leader:
                     self._lose()
-            elif self.leader and now - self._renewed_at >= self.renew_deadline:
-                self._lose()
-            self.proc.after(self.retry if not self.leader else self.retry / 2, self._try)
+                self._again()
+                return
 
-        self.api.request(self.proc, attempt, done)
+            def put(ok: bool, res: Any) -> None:
+                if ok and res is not None:
+                    self._won(res)
+                elif ok:  # 409: another candidate won the race
+                    self._wrote = None
+                    if self.leader:
+                        self._lose()
+                    self._again()
+                else:
+                    self._failed()
+
+            self.api.request(self.proc, lambda: self._put(version), put)
+
+        self.api.request(self.proc, read, got)
+
+    def _won(self, res: tuple[int, int]) -> None:
+        term, version = res
+        now = self.proc.mono()
+        self._wrote = version
+        self._seen, self._seen_at = (self._me(), version), now
+        self._renewed_at = now
+        if not self.leader:
+            self.leader, self.term = True, term
+            self.on_change(True, term)
+        self._again()
+
+    def _failed(self) -> None:
+        if self.leader and self.proc.mono() - self._renewed_at >= self.renew_deadline:
+            self._wrote = None
+            self._lose()
+        self._again()
+
+    def _again(self) -> None:
+        self.proc.after(self.retry if not self.leader else self.retry / 2, self._try)
 
     def _lose(self) -> None:
         self.leader = False

@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["KINDS", "Fault", "generate", "shrink"]
+__all__ = ["KINDS", "KINDS_BEFORE_API_FAULTS", "Fault", "generate", "shrink"]
 
 # kind -> weight of the draw
 KINDS: dict[str, float] = {
@@ -28,9 +28,15 @@ KINDS: dict[str, float] = {
     "msg_faults": 1.0,  # loss/duplication/delay on one node's link for `duration`
     "clock_step": 0.5,  # one node's wall clock jumps by `extra` seconds
     "api_outage": 1.0,  # the API server unreachable for `duration`
+    "api_throttle": 0.75,  # the API server answers a share `extra` of requests 429 (Retry-After 1 s) for `duration`
+    "watch_expired": 0.5,  # the API server compacts its history: every watch gets 410 Gone and lists again
     "churn": 2.0,  # a Service created or deleted
     # (scenarios also use "create_service": a new Service svc-<extra>, drawn by no generator)
 }
+# the weights before api_throttle and watch_expired (2026-12-06): regression tests that replay a seed's
+# schedule of that time pass them, so the seed keeps meaning the schedule it was found with
+KINDS_BEFORE_API_FAULTS: dict[str, float] = {k: w for k, w in KINDS.items()
+                                             if k not in ("api_throttle", "watch_expired")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +87,10 @@ def generate(seed: int, *, nodes: Sequence[str], minutes: float, per_minute: flo
         elif kind == "churn":
             dur = 0.0
             extra = float(rng.randrange(1_000_000))
+        elif kind == "api_throttle":
+            extra = rng.choice((0.5, 0.9, 1.0))  # share of requests answered 429
+        elif kind == "watch_expired":
+            dur = 0.0
         out.append(Fault(round(t, 3), kind, node, dur, extra))
     return out
 

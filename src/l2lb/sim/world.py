@@ -618,9 +618,9 @@ class World:
                                                                      *self.allocators]
         if any(s.proc.paused for s in shells) or any(r.proc.paused for r in self.redis.servers):
             return False
-        if self.lan.faulty or not self._elections_settled() or not self._sentinel_settled() or not (
-                self._liveness_settled()):
-            return False  # (message loss or duplication: a random process, never steady)
+        if self.lan.faulty or self.api.throttle or not self._elections_settled() or not (
+                self._sentinel_settled()) or not self._liveness_settled():
+            return False  # (message loss or duplication, 429s: a random process, never steady)
         if any(a.machine is not None and a.machine._keeping is not None for a in self.announcers.values()):
             return False
         if not o.assigned:
@@ -857,6 +857,15 @@ class World:
         elif f.kind == "api_outage":
             self.api.outage = True
             later(back, self.api.recover)
+        elif f.kind == "api_throttle":
+            self.api.throttle = min(f.extra, 1.0)
+
+            def unthrottle() -> None:
+                self.api.throttle = 0.0
+
+            later(back, unthrottle)
+        elif f.kind == "watch_expired":
+            self.api.expire_watches()
         elif f.kind == "create_service":
             self.api.put_service(service_obj(int(f.extra)))
         elif f.kind == "churn":
@@ -911,6 +920,7 @@ class World:
         if not self.oracle.violations:
             self._final_check(settle)
         self.oracle.close(k.real())
+        self.counters.update(api_429=self.api.throttled, api_409=self.api.conflicts, api_410=self.api.gone)
         return Report(
             seed=self.seed, sim_seconds=k.real(), steps=k.steps, faults=list(faults),
             violations=list(self.oracle.violations),
