@@ -148,6 +148,21 @@ def _names(cluster: str, node: str, instance: str) -> bytes:
     return b
 
 
+_KEYED: dict[bytes, hmac.HMAC] = {}  # key -> HMAC-SHA256 state after the key (copied for each frame)
+
+
+def _mac(key: bytes, body: bytes) -> bytes:
+    """HMAC-SHA256(key, body)[:MAC_LEN] (the key's inner and outer state are computed once per key)."""
+    keyed = _KEYED.get(key)
+    if keyed is None:
+        if len(_KEYED) >= 8:
+            _KEYED.clear()
+        keyed = _KEYED[key] = hmac.new(key, digestmod=hashlib.sha256)
+    h = keyed.copy()
+    h.update(body)
+    return h.digest()[:MAC_LEN]
+
+
 def encode(frame: PeerFrame, key: bytes | None, src_mac: bytes) -> bytes:
     """The whole Ethernet frame. At most :data:`MAX_CLAIMS` claims (the highest epochs) are carried."""
     if len(src_mac) != 6:
@@ -168,7 +183,7 @@ def encode(frame: PeerFrame, key: bytes | None, src_mac: bytes) -> bytes:
         body += tail
     else:
         body += b"\0"  # no claims
-    mac = hmac.digest(key, body, "sha256")[:MAC_LEN] if key else b"\0" * MAC_LEN
+    mac = _mac(key, body) if key else b"\0" * MAC_LEN
     return b"".join((GROUP_MAC, src_mac, _ETHERTYPE, body, mac))
 
 
@@ -188,7 +203,7 @@ def decode(raw: bytes, key: bytes | None) -> PeerFrame:
     if key:
         if flags & UNSIGNED:
             raise PeerError("unsigned", "an unsigned frame, and we have a key")
-        if not hmac.compare_digest(mac, hmac.digest(key, body, "sha256")[:MAC_LEN]):
+        if not hmac.compare_digest(mac, _mac(key, body)):
             raise PeerError("bad_mac")
     elif not flags & UNSIGNED:
         raise PeerError("signed", "a signed frame, and we have no key (set the same peer key on every node)")
@@ -308,17 +323,23 @@ class PeerView:
                 self._reject("stale")  # older than the stream we know: a replay, or the sender's clock stepped
                 return None
             learned = None  # a steady stream with new counters at the lower offset: its clock stepped back
-        self._behind.pop(k, None)
-        self.offset[k] = off if learned is None else max(learned, off)
+        if self._behind:
+            self._behind.pop(k, None)
+        self.offset[k] = off if learned is None or off > learned else learned
         self.last_counter[k] = f.counter
-        if len(self.last_counter) > 4 * max(len(self.heard), 16):  # old instances of restarted peers
+        n = len(self.last_counter)
+        if n > 64 and n > 4 * len(self.heard):  # old instances of restarted peers (4 x max(heard, 16))
             live = {(h.frame.node, h.frame.instance) for h in self.heard.values()}
             self.last_counter = {kk: v for kk, v in self.last_counter.items() if kk in live or kk == k}
             self.offset = {kk: v for kk, v in self.offset.items() if kk in self.last_counter}
-        if f.stopping:
+        if f.flags & STOPPING:
             self.heard.pop(f.node, None)
         else:
-            self.heard[f.node] = _Heard(f, now)
+            h = self.heard.get(f.node)
+            if h is None:
+                self.heard[f.node] = _Heard(f, now)
+            else:
+                h.frame, h.at = f, now
         self._alive = None
         return f
 

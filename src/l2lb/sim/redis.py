@@ -43,6 +43,9 @@ def _entry_key(e: Entry) -> int:
     return e.id
 
 
+TRIM_CHUNK = 1000  # trimmed entries are removed from a stream's list this many at a time (see Data.start)
+
+
 @dataclass
 class Data:
     incarnation: int
@@ -50,9 +53,18 @@ class Data:
     keys: dict[str, Any] = field(default_factory=dict)
     hashes: dict[str, dict[str, Any]] = field(default_factory=dict)
     last_id: int = 0
+    # stream -> how many entries at the start of its list are trimmed already (MAXLEN): a stream is
+    # ``streams[name][start[name]:]`` (removing one entry per XADD from the front of a long list costs more
+    # than all the rest of the XADD)
+    start: dict[str, int] = field(default_factory=dict)
+
+    def entries(self, stream: str) -> list[Entry]:
+        s = self.streams.get(stream, [])
+        lo = self.start.get(stream, 0)
+        return s[lo:] if lo else s
 
     def copy(self) -> Data:
-        return Data(self.incarnation, {k: list(v) for k, v in self.streams.items()}, dict(self.keys),
+        return Data(self.incarnation, {k: self.entries(k)[:] for k in self.streams}, dict(self.keys),
                     {k: dict(v) for k, v in self.hashes.items()}, self.last_id)
 
 
@@ -157,8 +169,12 @@ class Redis:
         e = Entry(d.last_id, now, payload)
         s = d.streams.setdefault(stream, [])
         s.append(e)
-        if len(s) > self.maxlen:
-            del s[: len(s) - self.maxlen]
+        if len(s) - d.start.get(stream, 0) > self.maxlen:
+            lo = len(s) - self.maxlen
+            if lo >= TRIM_CHUNK:
+                del s[:lo]
+                lo = 0
+            d.start[stream] = lo
         self._replicate(stream, e)
         for sub in self.by_stream.get(stream, ()):
             self._pump(sub)
@@ -269,13 +285,14 @@ class Redis:
                 c.deliver(resync, rtt)
                 return
         entries = d.streams.get(sub.stream)
-        if not entries or entries[-1].id <= sub.cursor:
+        lo = d.start.get(sub.stream, 0)  # (entries before it are trimmed)
+        if not entries or len(entries) <= lo or entries[-1].id <= sub.cursor:
             return
         # entries after the cursor (ids increase along the stream); mostly just the newest one
-        if len(entries) == 1 or entries[-2].id <= sub.cursor:
+        if len(entries) - lo == 1 or entries[-2].id <= sub.cursor:
             batch = entries[-1:]
         else:
-            batch = entries[bisect.bisect_right(entries, sub.cursor, key=_entry_key):]
+            batch = entries[bisect.bisect_right(entries, sub.cursor, lo=lo, key=_entry_key):]
         if not batch:
             return
         sub.cursor = batch[-1].id

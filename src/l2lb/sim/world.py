@@ -525,7 +525,7 @@ class World:
         """Sentinel promoted a replica: the old master's last writes that had not reached it are lost -- also
         what a cut-off leader decided into it. Epoch order is checked along the history that survived."""
         self.log(f"sentinel promotes the redis on {srv.node}")
-        kept = {e.id for e in srv.data.streams.get(S_ASSIGN, [])}
+        kept = {e.id for e in srv.data.entries(S_ASSIGN)}
         first = min(kept) if kept else 0
         survivors = [r for r in self.issued_log if r[0] in kept or r[0] < first]  # older ones: trimmed, not lost
         if len(survivors) != len(self.issued_log):
