@@ -223,3 +223,27 @@ def test_a_compaction_answers_every_watch_410_and_the_informers_list_again() -> 
     api.delete_service("a/s")  # happens while the watch is gone: only the re-list tells
     k.run_until(3.0)
     assert seen[-1] == ("a/s", False) and api.gone == 1 and not api.watchers[0].behind
+
+
+def test_a_stopped_process_perceives_an_elided_stretch_on_sigcont() -> None:
+    """Elision freezes what the running processes perceive (they were steady through the stretch); a SIGSTOPped
+    process would perceive the whole stop in reality: on SIGCONT its clock jumps by what was elided while it
+    was stopped, and its timers due within that are overdue (they run at once, in order)."""
+    k = Kernel(1)
+    stopped, running = Proc(k, "n1", "a"), Proc(k, "n2", "b")
+    ran: list[tuple[str, float, float]] = []
+    stopped.after(5.0, lambda: ran.append(("stopped", k.now, stopped.mono())))
+    stopped.after(30.0, lambda: ran.append(("stopped-late", k.now, stopped.mono())))
+    running.after(5.0, lambda: ran.append(("running", k.now, running.mono())))
+    k.run_until(1.0)
+    stopped.pause()
+    k.run_until(2.0)
+    k.elide(10.0)  # steady: nothing runs, the outside clock moves on
+    stopped.resume()
+    k.run_until(2.0)
+    assert ran == [("stopped", 2.0, 12.0)]  # due at 5 on its clock, which reads 12 now
+    assert stopped.mono() - k.now == 10.0 and running.mono() == k.now
+    k.run_until(6.0)
+    assert ran[-1] == ("running", 5.0, 5.0)  # the running process did not perceive the stretch
+    k.run_until(21.0)
+    assert ran[-1] == ("stopped-late", 20.0, 30.0)  # a timer beyond the stretch keeps its time on its clock

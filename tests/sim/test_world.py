@@ -145,6 +145,21 @@ def test_elision_keeps_the_verdict_and_the_final_assignment(seed: int) -> None:
     assert _assignment(full) == _assignment(fast)
 
 
+def test_a_long_stop_is_elided_and_the_stopped_holder_finds_its_set_run_out() -> None:
+    """A SIGSTOP is elided too once the others settled around the stopped process (its VIPs moved, another
+    candidate leads). On SIGCONT the process perceives the whole stop (Proc.resume): n1's announcer, stopped
+    30 s, finds its set run out at once -- as when every ms is simulated -- instead of perceiving the fraction
+    of a second that was simulated and answering on."""
+    faults = [Fault(20.0, "pause", "n1", 30.0)]
+    full, fast = World(replace(CFG, elide=False), 1), World(CFG, 1)
+    a, b = full.run(list(faults), 80.0), fast.run(list(faults), 80.0)
+    assert b.counters.get("elided_ms", 0) > 75_000, b.counters  # the stop too (29 s of it)
+    assert a.ok and b.ok, (a.violations, b.violations)
+    assert _assignment(full) == _assignment(fast)
+    for w in (full, fast):
+        assert "t=   50.000 n1 stops 198.51.100.130 (expired)" in w.trace, [t for t in w.trace if " n1 " in t]
+
+
 @pytest.mark.parametrize("seed", [2, 8])
 def test_a_lost_status_write_or_allocation_publish_is_sent_again(seed: int) -> None:
     """Simulator-model finding (seed 2 at 1 fault/min, 60 min: a churn while the allocator leader's link lost
@@ -179,21 +194,21 @@ def test_a_replayed_heartbeat_of_an_unseen_older_instance_does_not_silence_the_l
 
 
 def test_seed_4_no_dual_answer_while_the_leases_leaders_node_loses_half_its_messages() -> None:
-    """Simulator finding S3 (seed 4 at 1 fault/min, 10 min, shrunk to 7 faults): while n1 (the leases leader's
+    """Simulator finding S3 (seed 4 at 1 fault/min, 10 min, shrunk): while n1 (the leases leader's
     node) loses half its messages, leadership moves to n2, which gets .128/.131 from the new leader; n1 had
     taken them over on the LAN before and misses the messages that move them: both answered for 1.04 s
     (> dual_allowed). Fixed in the announcer: a VIP a peer still claims with a lower epoch is claimed back
-    (the peer stops on rule 3), and a claim at or above a standby epoch cancels that succession plan."""
+    (the peer stops on rule 3), and a claim at or above a standby epoch cancels that succession plan. (Shrunk
+    again to 5 faults when the elision rule changed: which stretches are elided changes the random draws
+    after them; this schedule fails with the announcer before the fix.)"""
     faults = [Fault(**f) for f in json.loads(S3_FAULTS)]
     out = run_seed(4, CFG, faults, 10)
     assert out.report.ok, "\n".join([str(v) for v in out.report.violations] + out.trace[-30:])
 
 
 S3_FAULTS = """[{"t": 145.271, "kind": "node_death", "target": "n2", "duration": 1.073, "extra": 0.0},
+ {"t": 193.907, "kind": "pause", "target": "n3", "duration": 5.147, "extra": 0.0},
  {"t": 218.915, "kind": "announcer_kill", "target": "n4", "duration": 0.552, "extra": 0.0},
- {"t": 247.067, "kind": "announcer_kill", "target": "n2", "duration": 0.151, "extra": 0.0},
- {"t": 275.186, "kind": "node_death", "target": "n5", "duration": 27.095, "extra": 0.0},
- {"t": 276.277, "kind": "pause", "target": "n3", "duration": 11.835, "extra": 0.0},
  {"t": 319.822, "kind": "link_down", "target": "n4", "duration": 2.226, "extra": 0.0},
  {"t": 358.246, "kind": "msg_faults", "target": "n1", "duration": 14.123, "extra": 0.5}]"""
 

@@ -389,6 +389,7 @@ class AnnouncerMachine:
         self._last_any_assignments = now
         self._grace_since: float | None = None
         self._last_snapshot_request: float | None = None
+        self._unmatched_since: float | None = None  # a renewal we could not use since our last accepted full set
         self._last_old_warning: float | None = None
         # Redis round trips: the last that worked (monotonic) and Redis's clock from our own entry's id
         self._last_publish_ok: float | None = None
@@ -491,6 +492,72 @@ class AnnouncerMachine:
                 if tk is not None and tk < t:
                     t = tk
         return t
+
+    def unsettled(self, now: float) -> str:
+        """Why one of this machine's decisions (what it answers, a takeover, keeping the set past its deadline)
+        may still change by itself at a later time, or "" when none can -- provided the periodic inputs go on
+        as they are (renewals of the set, the same peers' frames, our heartbeats' round trips): a change of
+        those is news, and news is the caller's to watch. A simulator skips a stretch of time only while
+        every machine is settled; the timers counted here are the ones that would otherwise be cut short.
+
+        Unsettled: a takeover check is due; the set is kept past its deadline by a rule (grace, freeze,
+        LAN-held); renewals do not match the set (a full set is asked for); the set is not renewed (no accepted
+        renewal for half its ttl: it runs out at the deadline); the control plane is silent for us (or our
+        Redis round trips are not fresh) while we are a successor of a holder we do not hear (a takeover comes
+        due);
+        a peer we heard has missed its frames and is not timed out yet (quorum and takeover rules change when
+        it is). (A successor whose control plane is silent is settled while it hears every holder it stands
+        by for, or while the LAN would not let it take over: no quorum, or a peer with a control plane.) Also
+        while recent history that the rules read differs from what the periodic inputs leave
+        behind (a fault arriving now would meet a state that rest would have overwritten): leases spoke after
+        our last renewal's burst, a lower term is being waited out, a full set was asked for within the
+        request interval, a peer's clock offset is being relearnt, a peer's takeover claim is recent."""
+        if self._stopped:
+            return ""
+        if self._check_soon:
+            return "a takeover check is due"
+        if self._keeping is not None:
+            return f"the set is kept past its deadline ({self._keeping})"
+        if self._unmatched_since is not None:
+            return "renewals do not match our set: waiting for the full set"
+        st = self.state
+        if st.vips and st.deadline is not None:
+            last = st.last_applied_at
+            if last is None or now - last > (st.deadline - last) / 2.0:
+                return f"the set is not renewed: it runs out in {st.deadline - now:.3f} s"
+            if self._last_any_assignments > last + SAME_BURST_S:
+                # leases spoke after our last renewal's burst: were it silent from now on, the grace would not
+                # hold (until our next renewal: at rest every node is renewed in one burst)
+                return "leases spoke after our last renewal"
+        if st._regress_since is not None:
+            return "a lower leases term is waited out"
+        last_req = self._last_snapshot_request
+        if last_req is not None and now - last_req < SNAPSHOT_REQUEST_INTERVAL_S:
+            return "a full set was asked for just now (the next request waits)"
+        pv = self.peers
+        if pv is not None:
+            if pv.relearning(now):
+                return "a peer's clock offset is being relearnt"
+            timeout = self.config.peer_timeout_ms / 1000.0
+            if any(now - at <= timeout for _, _, at in self._peer_claims.values()):
+                return "a peer's takeover claim is recent"
+            last_cp = self._last_leases_msg
+            cp_silent = last_cp is None or now - last_cp >= self.config.cp_silence_ms / 1000.0
+            missed = 1.5 * self.config.peer_interval_ms / 1000.0
+            if self._standby and (cp_silent or not self._redis_ok(now)) and self._lan_ok(now):
+                # the control plane is silent for us and the LAN would let us take over: a holder we do not hear
+                # (any more) is taken over once its silence is long enough
+                for ip, sb in self._standby.items():
+                    if sb.holder != self.node and ip not in self.held and self._quiet_for(sb.holder, now) > missed:
+                        return f"the control plane is silent for us and holder {sb.holder} too: a takeover may come due"
+            for node, h in pv.heard.items():
+                if missed < now - h.at <= pv.timeout_s:
+                    return f"peer {node} missed its frames: it times out in {pv.timeout_s - (now - h.at):.3f} s"
+        return ""
+
+    def settled(self, now: float) -> bool:
+        """No decision of this machine changes by itself (see :meth:`unsettled`)."""
+        return not self.unsettled(now)
 
     def _takeover_wakeup(self, now: float) -> float | None:
         """The next moment a takeover condition changes by itself (a holder silent long enough, the control
@@ -770,6 +837,7 @@ class AnnouncerMachine:
                 out.append(Log("warning", "assignments rejected", {"reason": ch.reason, "term": msg.term,
                                                                    "seq": msg.seq}))
             return
+        self._unmatched_since = None
         self._members = msg.members
         self._standby = {sb.ip: sb for sb in msg.standby}
         self._standby_term = msg.term
@@ -835,6 +903,8 @@ class AnnouncerMachine:
             if self.held:  # leases is back: it decides about our takeovers in a full set
                 self._request_full_set("lan_takeover", ev.now, out)
         elif ch.reason in ("digest_mismatch", "expired", "stale_term"):
+            if self._unmatched_since is None:
+                self._unmatched_since = ev.now
             self._request_full_set(ch.reason, ev.now, out)
         elif ch.reason not in ("other_node", "stale"):
             out.append(Log("warning", "renewal rejected", {"reason": ch.reason, "term": msg.term, "seq": msg.seq}))

@@ -858,6 +858,53 @@ class LeasesMachine:
             return False
         return now.mono - max(self.started, self.resumed) >= self.p.startup_grace_ms / 1000.0
 
+    def unsettled(self, now: Now) -> str:
+        """Why a decision of this instance (who holds which IP, what each node is told, which nodes are alive)
+        may still change by itself at a later time, or "" when none can -- provided the periodic inputs go on
+        as they are (each live node's heartbeats at its interval, ticks): a change of those is news, and news
+        is the caller's to watch. A simulator skips a stretch of time only while every machine is settled.
+
+        A standby decides nothing (it elects once it leads: news). A leader is unsettled while it publishes,
+        has an election or adoption pending (also one that waits for the startup grace, the epoch store, the
+        nodes' maps), owes a node its full set, has LAN takeovers to adopt or a reconnect grace to start, while
+        a live node has missed a heartbeat and is not timed out yet, or while no heartbeat at all was read for
+        longer than the nodes' interval (the liveness clock runs on without them after lag_tolerance_ms); and
+        within the startup grace after a start or the bus coming back (an election that a fault makes due
+        then waits for it: rest would have left that behind)."""
+        if not self.is_leader:
+            return ""
+        if self._inflight or self._stages:
+            return "publishing"
+        if self.dirty or self.adopt_pending:
+            return "an election is pending"
+        if self.want_full:
+            return "full sets requested"
+        if self._takeovers:
+            return "LAN takeovers to adopt"
+        if self.epochs_pending:
+            return "waiting for the epoch store"
+        if self._reconnect_pending:
+            return "a reconnect grace is pending"
+        if self._stalled or self._silent:
+            return ""  # every liveness decision waits for the bus / the heartbeats to come back (news)
+        if now.mono - max(self.started, self.resumed) < self.p.startup_grace_ms / 1000.0:
+            return "within the startup grace (an election now would wait for it)"
+        alive = [st for st in self.tracker.nodes.values() if st.alive]
+        if not alive:
+            return ""
+        interval = max(self.tracker.timeout_s(st.heartbeat) for st in alive) / self.tracker.missed
+        if now.mono - self.hb_clock_mono > 1.5 * interval:
+            return f"no heartbeat read for {now.mono - self.hb_clock_mono:.3f} s"
+        t = self.hb_now(now)
+        for st in alive:
+            if t - st.last_seen > 1.5 * self.tracker.timeout_s(st.heartbeat) / self.tracker.missed:
+                return f"node {st.node} missed heartbeats: it times out at {self.tracker.deadline(st):.3f}"
+        return ""
+
+    def settled(self, now: Now) -> bool:
+        """No decision of this instance changes by itself (see :meth:`unsettled`)."""
+        return not self.unsettled(now)
+
     def maps_missing(self, now: Now) -> list[str]:
         """Live nodes whose serving map we do not know yet (they send only its digest and we have not
         seen the full map), while that is worth waiting for: adopting holders without them could move

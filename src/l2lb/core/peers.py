@@ -343,6 +343,11 @@ class PeerView:
         self._alive = None
         return f
 
+    def relearning(self, now: float) -> bool:
+        """A peer's frames are judged stale now and its clock offset is relearnt within ``relearn_s`` (its
+        clock stepped back, or a replay): who we hear changes when that is over."""
+        return any(now - since < self.relearn_s for since, _ in self._behind.values())
+
     def _reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
         self.last_rejected = reason

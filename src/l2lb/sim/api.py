@@ -80,22 +80,27 @@ class Api:
         return self.lan.rtt(p.node, CTL, self.timeout)
 
     def request(self, p: Proc, fn: Callable[[], Any], done: Callable[[bool, Any], None],
-                deadline: float | None = None) -> None:
+                deadline: float | None = None) -> bool:
+        """One request; False when it is certain to fail (``done(False, None)`` at the deadline)."""
         now = self.kernel.now
         if deadline is None:
             deadline = now + self.timeout
         rtt = self._rtt(p)
         if rtt is None:
             p.after(max(0.0, deadline - now), lambda: done(False, None))
-            return
+            return False
         if self.throttle and self.kernel.rng.random() < self.throttle:
             # 429 Too Many Requests: the client sends it again after Retry-After, within its deadline
             self.throttled += 1
             if now + rtt + RETRY_AFTER >= deadline:
                 p.after(max(rtt, deadline - now), lambda: done(False, None))
-            else:
-                p.after(rtt + RETRY_AFTER, lambda: self.request(p, fn, done, deadline))
-            return
+                return False
+
+            def again() -> None:
+                self.request(p, fn, done, deadline)
+
+            p.after(rtt + RETRY_AFTER, again)
+            return True
         # the server applies the request half-way through the round trip
         res: list[Any] = []
 
@@ -106,6 +111,7 @@ class Api:
 
         self.kernel.after(rtt / 2, at_server)
         p.after(rtt, lambda: done(bool(res), res[0] if res else None))
+        return True
 
     # -- Services ----------------------------------------------------------------------------------
     def put_service(self, obj: Obj) -> None:
@@ -216,7 +222,12 @@ class Elector:
         self._seen_at = 0.0
         self._renewed_at = 0.0
         self._wrote: int | None = None  # the version of our last successful write
+        self.failing_until = float("-inf")  # kernel time at which a request that cannot succeed fails
         self.proc.after(0.0, self._try)
+
+    def _request(self, fn: Callable[[], Any], done: Callable[[bool, Any], None]) -> None:
+        if not self.api.request(self.proc, fn, done):
+            self.failing_until = self.api.kernel.now + self.api.timeout
 
     def _me(self) -> str:
         return f"{self.proc.node}/{self.proc.name}/{self.proc.incarnation}"
@@ -245,7 +256,7 @@ class Elector:
                 else:
                     self._failed()
 
-            self.api.request(self.proc, lambda: self._put(expect), renewed)
+            self._request(lambda: self._put(expect), renewed)
             return
         self._get()
 
@@ -281,9 +292,9 @@ class Elector:
                 else:
                     self._failed()
 
-            self.api.request(self.proc, lambda: self._put(version), put)
+            self._request(lambda: self._put(version), put)
 
-        self.api.request(self.proc, read, got)
+        self._request(read, got)
 
     def _won(self, res: tuple[int, int]) -> None:
         term, version = res
@@ -337,6 +348,11 @@ class SimAllocator:
     published: dict[str, Allocation] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)
     _busy: bool = False
+    outstanding: int = 0  # requests (status writes, publishes) and retries not finished: see World.steady
+
+    def settled(self) -> bool:
+        """Nothing of this allocator is on its way (a request, a retry, a reconcile of dirty Services)."""
+        return not self.leader or (not self.outstanding and not self.dirty)
 
     def start(self, control_stream: str) -> None:
         self.api.watch(self.proc, self._on_service)
@@ -356,12 +372,21 @@ class SimAllocator:
     def on_leadership(self, leader: bool, term: int) -> None:
         self.leader, self.term = leader, term
         if leader:
-            self.proc.after(0.0, self._takeover)
+            self._later(0.0, self._takeover)
+
+    def _later(self, dt: float, fn: Callable[[], None]) -> None:
+        self.outstanding += 1
+
+        def run() -> None:
+            self.outstanding -= 1
+            fn()
+
+        self.proc.after(dt, run)
 
     def _on_service(self, key: str, _obj: Obj | None) -> None:
         self.dirty.add(key)
         if self.leader and not self._busy:
-            self.proc.after(0.0, self._reconcile)
+            self._later(0.0, self._reconcile)
 
     def _request(self, obj: Obj) -> ServiceRequest | None:
         try:
@@ -421,11 +446,13 @@ class SimAllocator:
         ips = list(res.ips) if res.ok else []
 
         def written(ok: bool, _r: Any) -> None:
+            self.outstanding -= 1
             # services/allocator retries a failed status write (the Service is dirty again, next round)
             if not ok and self.leader and key in self.api.services:
                 self.dirty.add(key)
-                self.proc.after(0.5, self._reconcile)
+                self._later(0.5, self._reconcile)
 
+        self.outstanding += 1
         self.api.request(self.proc, lambda: self.api.write_status(key, ips), written)
         self._publish(allocation_of(self.alloc, key, req, res, self.term))
 
@@ -447,8 +474,10 @@ class SimAllocator:
         """The bus publish of services/allocator waits until Redis takes the message: sent again until it
         does, while this instance leads and the message is still the latest for its Service."""
         def done(ok: bool, _r: Any) -> None:
+            self.outstanding -= 1
             latest = self.published.get(msg.key)
             if not ok and self.leader and (latest is msg or (msg.deleted and latest is None)):
-                self.proc.after(0.5, lambda: self._send(msg))
+                self._later(0.5, lambda: self._send(msg))
 
+        self.outstanding += 1
         self.redis.xadd(self.proc, self.stream, msg, done)

@@ -117,6 +117,29 @@ class Kernel:
         established that the cluster is in a steady state (see ``World.steady``)."""
         self.elided += dt
 
+    def advance_clock(self, proc: Proc, jump: float) -> list[Callable[[], None]]:
+        """``proc``'s clock jumped ``jump`` ahead of the kernel's: its live timers (and what is on its way to it)
+        come due ``jump`` earlier. Those due by now are cancelled and returned (callbacks in due order); the
+        others keep their handles, moved."""
+        now = self.now
+        due: list[tuple[float, int, Handle]] = []
+        keep: list[tuple[float, int, Handle]] = []
+        for entry in self._heap:
+            t, seq, h = entry
+            if h.proc is proc and not h.cancelled and h.inc == proc.incarnation:
+                if t - jump <= now:
+                    h.cancelled = True
+                    due.append(entry)
+                    continue
+                h.t = t - jump
+                keep.append((h.t, seq, h))
+            else:
+                keep.append(entry)
+        heapq.heapify(keep)
+        self._heap[:] = keep  # (in place: run_until holds the list)
+        due.sort(key=lambda e: (e[0], e[1]))
+        return [h.fn for _, _, h in due]
+
     def real(self) -> float:
         """Simulated time including elided steady stretches."""
         return self.now + self.elided
@@ -136,10 +159,13 @@ class Proc:
     paused: bool = False
     incarnation: int = 0
     wall_offset: float = 0.0
+    # the monotonic clock runs ahead of the kernel's by what was elided while this process was paused (see resume)
+    mono_offset: float = 0.0
     _held: list[Callable[[], None]] = field(default_factory=list)
+    _paused_at_elided: float = 0.0
 
     def mono(self) -> float:
-        return self.kernel.now
+        return self.kernel.now + self.mono_offset
 
     def wall(self) -> float:
         return self.kernel.now + self.wall_offset
@@ -162,14 +188,27 @@ class Proc:
         self.paused = False
         self._held.clear()
 
+    def at_mono(self, t: float, fn: Callable[[], None]) -> Handle:
+        """``fn`` at time ``t`` of this process's monotonic clock."""
+        return self.kernel.at(t - self.mono_offset, fn, self)
+
     def pause(self) -> None:
         if self.alive:
             self.paused = True
+            self._paused_at_elided = self.kernel.elided
 
     def resume(self) -> None:
+        """SIGCONT: what came due while the process was stopped runs now, in order. A stretch elided meanwhile
+        (Kernel.elide) passed for this process as it does for the outside, unlike for the running ones, which
+        were steady through it: its monotonic clock jumps by it, and its timers come due that much earlier (those
+        due within it are overdue)."""
         if not self.alive or not self.paused:
             return
         self.paused = False
+        jump = self.kernel.elided - self._paused_at_elided
+        if jump > 0:
+            self.mono_offset += jump
+            self._held.extend(self.kernel.advance_clock(self, jump))
         held, self._held = self._held, []
         inc = self.incarnation
 

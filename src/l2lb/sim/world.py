@@ -70,7 +70,7 @@ class WorldConfig:
     sentinel_down_after: float = 1.0
     dual_allowed: float = 1.0
     elide: bool = True  # skip steady stretches between faults (see Kernel.elide); False: simulate every ms
-    steady_for: float = 2.0  # how long nothing may have changed before a stretch counts as steady (World.steady)
+    steady_for: float = 0.1  # how long nothing may have changed before a stretch counts as steady (World.steady)
     peers: bool = True  # the announcers' LAN peer heartbeats (freeze, takeovers); False: the behaviour before them
 
     def node_names(self) -> list[str]:
@@ -141,11 +141,16 @@ class AnnouncerShell:
         return (am.LinkState(LAN_IF, 2, self.mac, self.w.lan.link_up[self.node], True,
                              (f"203.0.113.{self.index}",)),)
 
+    def sends_frames(self) -> bool:
+        """Its peer frames go out (it runs and answers on its link: frames go on answering interfaces)."""
+        p, m = self.proc, self.machine
+        return p.alive and not p.paused and m is not None and bool(m.answering_interfaces)
+
     def peer_frame(self, frame: bytes) -> None:
         """A peer's LAN heartbeat reached this node (the kernel's receive time: now)."""
         p = self.proc
         now = p.kernel.now
-        self._feed(am.PeerFrameReceived(LAN_IF, frame, now, WALL_BASE + (now + p.wall_offset)))
+        self._feed(am.PeerFrameReceived(LAN_IF, frame, now + p.mono_offset, WALL_BASE + (now + p.wall_offset)))
 
     def link_changed(self) -> None:
         if self.proc.alive:
@@ -174,17 +179,18 @@ class AnnouncerShell:
         m = self.machine
         if m is None:
             return
-        now = self.proc.mono()
+        p = self.proc
+        now = p.mono()
         t = m.next_wakeup(now)
         if t is not None:
-            t = max(t, now + 0.001)
+            t = max(t, now + 0.001) - p.mono_offset  # on the kernel's clock
         if self.timer is not None:
             if t is not None and self.timer.t == t:
                 return
             self.timer.cancel()
             self.timer = None
         if t is not None:
-            self.timer = self.w.kernel.at(t, self._tick, self.proc)  # (at t exactly: the check above holds)
+            self.timer = self.w.kernel.at(t, self._tick, p)  # (at t exactly: the check above holds)
 
     def _tick(self) -> None:
         self.timer = None
@@ -249,11 +255,12 @@ class AnnouncerShell:
     def _heartbeat_published(self, ok: bool, entry_id: Any) -> None:
         """The XADD of a heartbeat without conflicts before it (what ``_publish``'s last ``done`` does)."""
         self.bus_ok = ok
-        now = self.proc.kernel.now
+        p = self.proc
+        now = p.kernel.now  # Redis's clock (the entry id); ours runs mono_offset ahead
         if not ok:
-            self._feed(am.Published(False, now, "", 0, "redis unreachable"))
+            self._feed(am.Published(False, now + p.mono_offset, "", 0, "redis unreachable"))
             return
-        self._feed(am.Published(True, now, f"{int((WALL_BASE + now) * 1000)}-{entry_id}", 0))
+        self._feed(am.Published(True, now + p.mono_offset, f"{int((WALL_BASE + now) * 1000)}-{entry_id}", 0))
 
     def die(self) -> None:
         self.proc.kill()
@@ -564,10 +571,10 @@ class World:
                 self._fingerprint = fp
                 self.last_change = now
             gap = self.bound_real - now
-            if gap > 0.3 and self.steady():
-                # up to just before the next outside event; the rest of the gap keeps its sub-100 ms part, so
-                # the event still falls at any phase of the processes' periodic timers
-                dt = int((gap - 0.2) * 10) / 10
+            if gap >= 0.1 and self.steady():
+                # up to just before the next outside event: the rest of the gap is its sub-100 ms part, so the
+                # event still falls at any phase of the processes' periodic timers and of this 100 ms grid
+                dt = int(gap * 10 - 1e-6) / 10
                 k.elide(dt)
                 self.counters["elided_ms"] += int(dt * 1000)
         k.after(0.1, self._observe)
@@ -575,36 +582,47 @@ class World:
     def _state_fingerprint(self) -> tuple[Any, ...]:
         """What changes when the cluster decides something (answers, assignments, statuses, leaders,
         Redis's master or dataset, a watcher falling behind); periodic traffic changes none of it."""
-        lead = next((s.machine for s in self.leases if s.machine is not None and s.machine.is_leader), None)
+        lead = self._leader()
         return (self.oracle.last_change, self.issued_changes, self.api.writes, len(self.api.services),
                 self.redis.promotions, self.redis.master.node, self.redis.master.data.incarnation,
                 tuple((n, ls.holder, ls.transitions) for n, ls in sorted(self.api.leases.items())),
                 tuple(s.machine is not None and s.machine.is_leader for s in self.leases),
                 tuple((a.core.leader, a.core.seq) if a.core is not None else None for a in self.allocators),
-                tuple(sorted(lead.tracker.alive())) if lead is not None else (),
+                tuple(sorted(lead.machine.tracker.alive())) if lead is not None and lead.machine is not None else (),
                 tuple(a.machine._keeping if a.machine is not None else "-" for a in self.announcers.values()),
                 tuple(w.behind for w in self.api.watchers), self.counters["conflicts_reported"])
 
     def steady(self) -> bool:
         """Nothing can change until the next outside event (a fault or its end), so the stretch up to it can
-        be elided (Kernel.elide). Degraded states count (a node dead, cut off, Redis promoted) once
-        nothing has changed for ``steady_for`` seconds -- longer than every chain of the machines' short
-        timers (peer timeouts, takeovers, liveness expiry, Redis and API time-outs) -- and no long timer
-        can be pending:
+        be elided (Kernel.elide). Degraded states count (a node dead, cut off, Redis promoted). Steady when the
+        decisions (:meth:`_state_fingerprint`) have not changed for ``steady_for`` (one observation: the
+        messages a change set off have landed, each within milliseconds) and nothing can change them by itself:
 
-        * no process is paused (it would perceive the elided stretch on SIGCONT), no message fault is on (its
-          losses are drawn per message: a random process);
+        * every machine is settled (``AnnouncerMachine.unsettled``, ``LeasesMachine.unsettled``: no timer of
+          its own can change a decision while its periodic inputs go on) and those inputs do go on: an
+          announcer with a valid set reads the assignments and a leases leader renews it, it holds the set
+          leases last sent it, its Redis round trips work exactly when it reaches the master, it hears exactly
+          the peers that send frames and reach it; the leases leader counts alive exactly the announcers that
+          can publish heartbeats (:meth:`_liveness_settled`);
+        * no message fault is on (its losses are drawn per message: a random process). A SIGSTOPped process is
+          left out of these checks: nothing of it runs until SIGCONT, which is an outside event, and then it
+          perceives the elided stretch as having passed (Proc.resume); the others must have settled around it
+          (its peers and leases count it silent, another candidate holds its leader election);
         * each leader election is settled: its holder leads and renews (alive, running, reaches the API
-          server) or no candidate is alive; every process that thinks it leads is the renewing holder (a
-          holder that lost leadership in an API outage takes it again at its next try; a candidate
-          that sees a dead holder takes over after ``lease_duration``, a cut-off leader steps down after
-          ``renew_deadline``: both longer than ``steady_for``);
-        * the leases leader's view of node liveness matches which announcers can publish heartbeats;
+          server) or no candidate is alive; every process that thinks it leads is the renewing holder and
+          has no request on its way that fails (a holder that lost leadership in an API outage takes it
+          again at its next try; a candidate that sees a dead holder takes over after ``lease_duration``, a
+          cut-off leader steps down after ``renew_deadline``);
         * Sentinel has no promotion pending (the master is up for a quorum, or no replica can be promoted);
+        * the allocator leader has no request, retry or dirty Service on its way; no API watcher that can reach
+          the API server is behind (it re-lists);
         * no announcer keeps its set past its validity (the leases-outage grace runs up to 60 s, the
           Redis-down freeze and a LAN-held takeover until something changes);
         * the oracle has no dual answer and no answer for an unassigned IP in progress (its time-based
           checks would judge the elided stretch).
+
+        Checked empirically as well (notes/h24Q.md): simulated every ms, no stretch this rule would elide
+        ends in a change before the next outside event.
         """
         now = self.kernel.real()
         if now - self.last_change < self.cfg.steady_for or now < self.hold_until:
@@ -614,23 +632,71 @@ class World:
     def steady_conditions(self) -> bool:
         """:meth:`steady` but for the time since the last change."""
         o = self.oracle
-        shells: list[AnnouncerShell | LeasesShell | AllocShell] = [*self.announcers.values(), *self.leases,
-                                                                     *self.allocators]
-        if any(s.proc.paused for s in shells) or any(r.proc.paused for r in self.redis.servers):
-            return False
         if self.lan.faulty or self.api.throttle or not self._elections_settled() or not (
                 self._sentinel_settled()) or not self._liveness_settled():
             return False  # (message loss or duplication, 429s: a random process, never steady)
-        if any(a.machine is not None and a.machine._keeping is not None for a in self.announcers.values()):
+        if any(a.machine is not None and not a.proc.paused and a.machine._keeping is not None
+               for a in self.announcers.values()):
             return False
         if not o.assigned:
             return False
-        return all(st.dual_since is None and st.unassigned_since is None for st in o.vips.values())
+        if not all(st.dual_since is None and st.unassigned_since is None for st in o.vips.values()):
+            return False
+        return self.unsettled() == ""
+
+    def unsettled(self) -> str:
+        """What can still change by itself without an outside event: a machine's own timers (its ``unsettled``),
+        or an input that is not the periodic one its machine has been getting. "" when nothing can."""
+        redis = self.redis
+        ls = self._leader()
+        lead = ls.machine if ls is not None and redis.usable(ls.proc) else None
+        for node, a in self.announcers.items():
+            m, p = a.machine, a.proc
+            if m is None or not p.alive or p.paused:
+                continue  # (a stopped process perceives the elided stretch on SIGCONT: Proc.resume)
+            now = p.mono()
+            why = m.unsettled(now)
+            if why:
+                return f"{node} announcer: {why}"
+            usable = redis.usable(p)
+            if m.state.vips and m.state.valid(now) and (not usable or lead is None):
+                return f"{node} announcer: its set runs out (nothing renews it)"
+            if lead is not None and lead.tracker.is_alive(node):
+                sent = lead.published.get(node)
+                if sent is not None and (sent.digest() != m.state.digest or (
+                        bool(sent.vips) and not m.state.valid(now))):
+                    return f"{node} announcer: does not hold the set leases sent it"
+            if m._redis_ok(now) != usable:
+                return f"{node} announcer: its Redis round trips {'fail' if usable else 'work'} from now on"
+            if m.peers is not None:
+                heard = set(m.peers.alive(now))
+                running = {n for n, b in self.announcers.items() if n != node and b.sends_frames()
+                           and self.lan.reach(n, node)}
+                if heard != running:
+                    return f"{node} announcer: hears {sorted(heard)} of the peers {sorted(running)} that reach it"
+        for s in self.leases:
+            if s.machine is not None and s.proc.alive and not s.proc.paused:
+                why = s.machine.unsettled(s.now())
+                if why:
+                    return f"{s.proc.node}/{s.proc.name}: {why}"
+        for al in self.allocators:
+            if al.core is not None and al.proc.alive and not al.proc.paused and not al.core.settled():
+                return f"{al.proc.node}/{al.proc.name}: requests on their way"
+        api = self.api
+        for w in api.watchers:
+            if w.behind and not api.outage and w.proc.alive and self.lan.reach(w.proc.node, CTL):
+                return f"{w.proc.node}/{w.proc.name}: re-lists its watch"
+        return ""
+
+    def _leader(self) -> LeasesShell | None:
+        """The leases instance that leads and runs (a stopped one may still think it leads)."""
+        return next((s for s in self.leases if s.machine is not None and s.machine.is_leader and s.proc.alive
+                     and not s.proc.paused), None)
 
     def _liveness_settled(self) -> bool:
         """The leases leader counts a node alive exactly when its announcer runs and can publish heartbeats
         (so no expiry and no comeback is pending), and the leader itself reads the heartbeats."""
-        s = next((s for s in self.leases if s.machine is not None and s.machine.is_leader), None)
+        s = self._leader()
         if s is None or s.machine is None:
             return True
         if not self.redis.usable(s.proc):
@@ -657,9 +723,10 @@ class World:
                 me = f"{p.node}/{p.name}/{p.incarnation}"
                 renews = me == holder and e is not None and e.leader and self._renews(p)
                 holder_renews = holder_renews or renews
-                if e is not None and p.alive and e.leader and not renews:
-                    return False  # it steps down after renew_deadline
-            if not holder_renews and any(p.alive for p, _ in members):
+                if e is not None and p.alive and not p.paused and e.leader and (
+                        not renews or e.failing_until > self.kernel.now):
+                    return False  # it steps down after renew_deadline (also when a request sent earlier fails)
+            if not holder_renews and any(p.alive and not p.paused for p, _ in members):
                 return False  # a candidate takes over after lease_duration (or is about to try)
         return True
 
@@ -851,9 +918,7 @@ class World:
         elif f.kind == "clock_step":
             for s in self.procs_on(node):
                 s.proc.wall_offset += f.extra
-            # peers judge a stepped clock's frames stale for relearn_s (3 s) before they learn the new offset:
-            # a quiet stretch longer than steady_for may end in a change
-            self.hold_until = max(self.hold_until, k.real() + 4.0)
+            # (peers judge a stepped-back clock's frames stale for relearn_s: their machines say so, see steady)
         elif f.kind == "api_outage":
             self.api.outage = True
             later(back, self.api.recover)
