@@ -38,7 +38,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--node-faults", action="store_true",
                    help="also node deaths (cable out + SIGKILL of everything on the node), partitions of one "
                         "node from all but the LAN clients, Redis down for everybody while a node dies")
+    p.add_argument("--kinds", help="only these fault kinds, comma-separated, equally weighted (e.g. 'loss', "
+                                   "'loss,node_death'); 'loss' (10 or 50 %% of one node's frames for 3-8 s, LAN "
+                                   "clients exempt) is drawn only when named here")
     a = p.parse_args(argv)
+    kinds = [k.strip() for k in a.kinds.split(",") if k.strip()] if a.kinds else None
+    if kinds:
+        unknown = sorted(set(kinds) - set(chaos.ALL_FAULT_KINDS))
+        if unknown:
+            print(f"chaos: unknown fault kind(s) {unknown}; choose from {', '.join(chaos.ALL_FAULT_KINDS)}",
+                  file=sys.stderr)
+            return 2
     placement = None
     if a.colocated:
         from l2lb.lab.placement import Placement, PlacementError
@@ -53,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         report = asyncio.run(chaos.run_chaos(a.seed, a.duration, nodes=a.nodes, prefix=a.prefix, churn_per_s=a.churn,
                                              probe_ms=a.probe_ms, workdir=Path(a.workdir) if a.workdir else None,
                                              quiet=a.quiet, placement=placement, le_backend=a.le_backend,
-                                             node_faults=a.node_faults))
+                                             node_faults=a.node_faults, kinds=kinds))
     except RuntimeError as e:
         print(f"chaos: {e}", file=sys.stderr)
         return 2

@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from l2lb.adapters.bus.client import Bus, BusError, bus_from_args
+from l2lb.adapters.bus.client import Bus, BusError, Consumer, bus_from_args
 from l2lb.adapters.http.server import StatusServer
 from l2lb.adapters.net.links import Link, LinkMonitor, read_links, vips_configured
 from l2lb.adapters.net.peerport import PeerPort
@@ -95,6 +95,7 @@ class AnnouncerService:
         self.peer_ports: dict[str, PeerPort] = {}  # LAN peer heartbeats (unless --no-peers)
         self.port_errors: dict[str, str] = {}
         self.bus: Bus | None = None
+        self.consumer: Consumer | None = None  # the assignments stream's (its reads feed Tick.reads_ok)
         self.kube_labels: dict[str, str] = {}
         self.static_seq = 0
         self.last_static_error = ""
@@ -281,7 +282,9 @@ class AnnouncerService:
         while not stop.is_set():
             self._wake.clear()
             now = time.monotonic()
-            self.carry(self.machine.feed(Tick(now, time.time(), self.bus is not None and self.bus.readiness()[0])))
+            reads_ok = self.consumer is None or self.consumer.reads_ok(now)
+            self.carry(self.machine.feed(Tick(now, time.time(), self.bus is not None and self.bus.readiness()[0],
+                                              reads_ok)))
             if now >= next_metrics:
                 self.sync_metrics()
                 next_metrics = now + 1.0
@@ -391,6 +394,7 @@ class AnnouncerService:
             self.server.add_ready_check("bus", self.bus.readiness)
             consumer = self.bus.consumer(self.bus.keys.assignments, f"announcer:{self.node}", self.instance,
                                          self.on_message, on_resync=self.on_resync, block_ms=500)
+            self.consumer = consumer
             tasks.append(asyncio.create_task(consumer.run(stop), name="assignments"))
         if self.args.kubeconfig:
             tasks.append(asyncio.create_task(self._kube_labels(stop), name="kube-labels"))

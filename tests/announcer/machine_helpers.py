@@ -73,9 +73,9 @@ def peer(node: str, now: float, *, flags: int = 0, claims: tuple[tuple[str, int]
 
 
 def renew(seq: int, vs: tuple[VipAssignment, ...], now: float, *, node: str = NODE, term: int = 1,
-          ttl_ms: int = 1000, digest: str | None = None) -> Renewal:
+          ttl_ms: int = 1000, digest: str | None = None, entry_id: str | None = None) -> Renewal:
     msg = NodeRenewal(node, term, seq, ttl_ms, WALL0 + now, assignments_digest(vs) if digest is None else digest)
-    return Renewal(msg, now, WALL0 + now)
+    return Renewal(msg, now, WALL0 + now, entry_id)
 
 
 def who_has(ip: str, asker: bytes | None = None) -> bytes:

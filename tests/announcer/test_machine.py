@@ -48,8 +48,8 @@ from .machine_helpers import (
 )
 
 
-def tick(now: float, bus_ok: bool = True) -> Tick:
-    return Tick(now, WALL0 + now, bus_ok)
+def tick(now: float, bus_ok: bool = True, reads_ok: bool = True) -> Tick:
+    return Tick(now, WALL0 + now, bus_ok, reads_ok)
 
 
 def beat_ok(m: AnnouncerMachine, now: float, entry_ms: int | None = None) -> list[Command]:
@@ -129,7 +129,7 @@ def test_grace_keeps_answering_while_leases_is_silent_for_every_node() -> None:
 
 
 @pytest.mark.parametrize("breaker", ["leases_alive", "redis_stale", "bus_not_ok", "link_went_down", "no_bus",
-                                     "grace_off"])
+                                     "grace_off", "reads_overdue"])
 def test_no_grace_unless_every_condition_holds(breaker: str) -> None:
     m, t = _graced(**({"bus": False} if breaker == "no_bus" else {}),
                    **({"leases_outage_grace_ms": 0} if breaker == "grace_off" else {}))
@@ -140,6 +140,10 @@ def test_no_grace_unless_every_condition_holds(breaker: str) -> None:
         t = 0.75
     elif breaker == "bus_not_ok":
         bus_ok = False
+    elif breaker == "reads_overdue":  # our writes work but our stream read is stuck: we may be the deaf one
+        cmds = m.feed(tick(t, True, False))
+        assert of(cmds, StopAnswering) == [StopAnswering((V4,), "expired")] and not answered(m, V4, t)
+        return
     elif breaker == "link_went_down":
         m.feed(links(link(up=False), now=0.42))
         m.feed(links(link(), now=0.44))
@@ -206,6 +210,23 @@ def test_backlog_by_redis_clock_and_by_sender_clock_is_ignored() -> None:
     cmds = m.feed(replace(stale, now=20.0, wall=WALL0 + 20.0))
     assert Count("assignments", "too_old") in cmds and not of(cmds, Log)
     assert of(m.feed(replace(stale, now=42.0, wall=WALL0 + 42.0)), Log)
+
+
+def test_a_message_read_late_is_valid_for_its_ttl_from_when_leases_sent_it() -> None:
+    """bench/chaos --kinds loss (2026-12-06): node-1's reads stalled behind a lossy link's TCP retransmissions; a
+    full set leases had sent 0.4 s earlier, still naming a VIP leases had since moved to node-3, arrived and was
+    valid for a whole second from its reading: 1.9 s of dual answers. Validity runs from Redis's time of the
+    entry (the age the backlog rule measures), so leases' move is safe once the old holder's last message
+    has run out, whenever it was read."""
+    m = machine()
+    m.feed(links(link()))
+    beat_ok(m, 10.0, entry_ms=5_000_000)
+    m.feed(assign(1, vips((V4, 5)), 10.4, entry_id="5000000-0"))  # stored 0.4 s before we read it
+    assert answered(m, V4, 10.95) and not answered(m, V4, 11.0)  # valid until 10.0 + 1 s, not 10.4 + 1 s
+    m.feed(assign(2, vips((V4, 5)), 11.5, entry_id="5001500-0"))  # read at once: a full second
+    m.feed(renew(3, vips((V4, 5)), 12.3, entry_id="5002000-0"))  # a renewal read 0.3 s late
+    assert answered(m, V4, 12.95) and not answered(m, V4, 13.05)
+    assert m.status(12.3)["vips"] and 0.69 <= m.status(12.3)["remaining_s"] <= 0.71
 
 
 def test_static_assignments_skip_the_backlog_checks_and_leases_liveness() -> None:

@@ -11,6 +11,7 @@ from l2lb.adapters.bus.client import Bus
 from l2lb.adapters.bus.seq import SeqFilter
 from l2lb.core.messages import Heartbeat, Message, NodeAssignments
 from l2lb.obs.metrics import REGISTRY
+from tests.support.redis_server import RedisProcess
 
 from .conftest import Recorder, Running, hb, na, wait_until
 
@@ -378,3 +379,29 @@ async def test_noack_consumer_leaves_nothing_pending_and_sends_no_xack(
     assert xacks == []
     assert (await bus.redis.xpending(s, "g-noack"))["pending"] == 0  # with acks, 3 would be pending
     assert c._unacked == []
+
+
+async def test_a_read_that_does_not_come_back_is_overdue(bus: Bus, running: Running,
+                                                       redis_server: RedisProcess) -> None:
+    """reads_ok (the announcer's Tick.reads_ok): an idle blocking read returns every block_ms, so one that has not
+    returned block_ms + 0.3 s after it went out means the path from Redis is stalled (here: Redis SIGSTOPped; on a
+    lossy link: TCP retransmissions) -- while the next write might still work."""
+    import os
+    import signal
+    import time
+
+    c = bus.consumer(bus.keys.assignments, "g-overdue", "c1", Recorder(), block_ms=200)
+    running.start(c)
+    await wait_until(lambda: c.running and c._incarnation is not None, what="consumer set up")
+    for _ in range(10):  # idle: reads come back every 200 ms
+        await asyncio.sleep(0.1)
+        assert c.reads_ok(time.monotonic())
+    assert redis_server.proc is not None
+    pid = redis_server.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        await asyncio.sleep(1.0)
+        assert not c.reads_ok(time.monotonic())
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    await wait_until(lambda: c.reads_ok(time.monotonic()), what="reads come back")

@@ -115,3 +115,30 @@ def test_partition_cuts_a_node_off_from_all_but_the_clients(topology: netns.Topo
     for h in topology.hosts.values():  # entries that failed during the partition
         h.exec(["ip", "neigh", "flush", "all"], check=False)
     assert ping("node-2", "198.51.100.11")
+
+
+def test_loss_drops_a_share_of_a_nodes_frames_but_not_the_clients(topology: netns.Topology) -> None:
+    """The chaos suite's ``loss`` fault (the real-time check of the simulator's message-loss model): about half of
+    node-1's frames are dropped at the switch, both ways; the LAN client's pass; healed, nothing is dropped."""
+    from l2lb.lab.placement import heal_loss, lossy
+
+    for name, ip in (("node-1", "198.51.100.11"), ("node-2", "198.51.100.12"), ("client", "198.51.100.100")):
+        topology.add_host(name, addrs=[f"{ip}/24"])
+    for h in ("node-2", "client"):  # resolve first: ARP itself is lossy once the fault is on
+        topology.hosts[h].exec(["ping", "-c", "1", "-W", "1", "198.51.100.11"], check=False)
+
+    def received(src: str, n: int = 100) -> int:
+        out = topology.hosts[src].exec(["ping", "-c", str(n), "-i", "0.01", "-W", "1", "-q", "198.51.100.11"],
+                                       check=False, timeout=30).stdout
+        return int(out.split(" received")[0].rsplit(" ", 1)[-1])
+
+    with pytest.raises(ValueError):
+        lossy(topology, "node-1", 0.0, allow_macs=[])
+    lossy(topology, "node-1", 0.5, allow_macs=[topology.hosts["client"].mac])
+    try:
+        got = received("node-2")
+        assert 10 <= got <= 45, got  # a request and its reply each pass with p = 0.5: ~25 of 100
+        assert received("client") == 100
+    finally:
+        heal_loss(topology, "node-1")
+    assert received("node-2") == 100

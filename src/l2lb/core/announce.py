@@ -148,7 +148,7 @@ class AnnouncerState:
     _serving_of: dict[bytes, Vip] | None = None
 
     # -- assignments -------------------------------------------------------------------------
-    def apply(self, msg: NodeAssignments, now: float) -> Change:
+    def apply(self, msg: NodeAssignments, now: float, age_s: float = 0.0) -> Change:
         if msg.node != self.node:
             return Change(False, "other_node")
         order = (msg.term, msg.seq)
@@ -174,7 +174,7 @@ class AnnouncerState:
         same = bool(msg.digest) and msg.digest == self.digest
         self.digest = msg.digest
         expired = self.deadline is not None and now >= self.deadline
-        self.deadline = now + msg.ttl_ms / 1000.0
+        self.deadline = _valid_until(msg.ttl_ms, now, age_s)
         if same and not expired:
             # the set we hold, re-sent in full (leases' periodic safety net): nothing to rebuild, and the
             # same dict object keeps the hot path's memo of answers valid
@@ -234,7 +234,7 @@ class AnnouncerState:
         self.vips = new
         return Change(True, reason, tuple(added), tuple(removed), tuple(invalid))
 
-    def renew(self, msg: NodeRenewal, now: float) -> Change:
+    def renew(self, msg: NodeRenewal, now: float, age_s: float = 0.0) -> Change:
         """Keep the current set valid for ``msg.ttl_ms`` more from ``now``, when ``msg`` is newer in
         (term, seq) than anything used so far and names the digest of the set applied last, which
         must still be valid. Never adds, removes or changes a VIP.
@@ -261,7 +261,7 @@ class AnnouncerState:
         self._regress_since = None
         self.last_order = order
         self.last_applied_at = now
-        self.deadline = now + msg.ttl_ms / 1000.0
+        self.deadline = _valid_until(msg.ttl_ms, now, age_s)
         return Change(True, "renewed")
 
     def expire(self, now: float) -> tuple[Vip, ...]:
@@ -571,6 +571,13 @@ class AnnouncerState:
         if isinstance(owned, Vip):
             return self._defend(owned, iface, their, now)
         return Verdict(Outcome.NOT_REQUEST)
+
+
+def _valid_until(ttl_ms: int, now: float, age_s: float) -> float:
+    """A message is valid for its ttl from when leases sent it (``age_s`` ago, by Redis's clock when known), not
+    from when we read it: a message that waited in a slow read (a lossy link's TCP retransmissions) must not
+    keep a VIP past the moment leases counts on when it gives that VIP to another node."""
+    return now + ttl_ms / 1000.0 - min(max(age_s, 0.0), ttl_ms / 1000.0)
 
 
 def stream_entry_age_ms(entry_id: str, redis_clock: tuple[int, float] | None, now: float) -> float | None:

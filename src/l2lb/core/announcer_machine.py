@@ -183,6 +183,9 @@ class Tick:
     now: float
     wall: float
     bus_ok: bool = True
+    # our reads of the assignments stream complete (False: a read is overdue -- blocked far past its block time,
+    # e.g. TCP retransmissions on a lossy link: silence from leases may then be ours, not leases')
+    reads_ok: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,6 +438,8 @@ class AnnouncerMachine:
         # every live claim heard (vip -> node, epoch, when): a peer's claims span several frames (pages of
         # peers.MAX_CLAIMS), PeerView keeps only its last frame
         self._peer_claims: dict[str, tuple[str, int, float]] = {}
+        self._entry_age_s = 0.0  # how long ago Redis stored the stream entry being handled (0: unknown)
+        self._reads_ok = True  # Tick.reads_ok
         self._frame_clock: float | None = None  # our peer frames' clock - monotonic (see _peer_frames)
         self._why_logged: float | None = None
 
@@ -646,6 +651,7 @@ class AnnouncerMachine:
         now = ev.now
         self._wall_offset = ev.wall - now
         self._bus_ok = ev.bus_ok
+        self._reads_ok = ev.reads_ok
         out: list[Command] = []
         self._maybe_keep(now, out)
         gone = self.state.expire(now)
@@ -752,8 +758,8 @@ class AnnouncerMachine:
         up, our own Redis round trips work, and no assignments for *any* node arrived since our last
         renewal -- the leases service is down, so no other node can have been given our VIPs. A node cut
         off from Redis never keeps its VIPs: that is the partition case."""
-        if self._grace_s <= 0 or not self.config.bus or not self._bus_ok:
-            return False
+        if self._grace_s <= 0 or not self.config.bus or not self._bus_ok or not self._reads_ok:
+            return False  # (reads overdue: we may be the one who cannot hear leases -- bench/chaos --kinds loss)
         # the bus client's view lags a partition (a dead TCP path looks healthy until something times out,
         # e.g. our own link went down): require a Redis round trip -- a heartbeat -- that completed just now
         fresh = max(0.3, 3 * self._hb_interval)
@@ -796,6 +802,7 @@ class AnnouncerMachine:
         # host clocks say) is a backlog replay -- after a link flap or reconnect we read what we missed, in
         # order. Applying it could re-add a VIP that has moved meanwhile and GARP for it.
         age = None if ev.entry_id is None else stream_entry_age_ms(ev.entry_id, self._redis_clock, ev.now)
+        self._entry_age_s = 0.0 if age is None else max(0.0, age / 1000.0)
         if age is not None:
             if age <= msg.ttl_ms:
                 return False
@@ -826,11 +833,11 @@ class AnnouncerMachine:
                 self._superseded(msg, ev.now, out)
                 return out
             self._leases_alive(out, ev.now)
-        self._apply(msg, ev.source, ev.now, out)
+        self._apply(msg, ev.source, ev.now, out, self._entry_age_s if ev.source == "bus" else 0.0)
         return out
 
-    def _apply(self, msg: NodeAssignments, source: str, now: float, out: list[Command]) -> None:
-        ch = self.state.apply(msg, now)
+    def _apply(self, msg: NodeAssignments, source: str, now: float, out: list[Command], age_s: float = 0.0) -> None:
+        ch = self.state.apply(msg, now, age_s)
         out.append(Count("assignments", ch.reason))
         if not ch.accepted:
             if ch.reason not in ("other_node", "stale"):
@@ -896,7 +903,7 @@ class AnnouncerMachine:
         if msg.node != self.node:
             return out
         self._leases_alive(out, ev.now)
-        ch = self.state.renew(msg, ev.now)
+        ch = self.state.renew(msg, ev.now, self._entry_age_s)
         out.append(Count("assignments", ch.reason))
         if ch.accepted:
             self._renewal_fresh_until = ev.now + min(RENEWAL_FRESH_S, msg.ttl_ms / 2000.0)

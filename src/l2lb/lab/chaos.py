@@ -45,7 +45,7 @@ from l2lb.core.models import ParseError, ServiceRequest
 from l2lb.core.parse import IP_ANNOTATIONS, parse_service, status_ips
 from l2lb.lab import netns
 from l2lb.lab.main import ANN_HTTP, API_PORT, CTL_IP, LAN_IF, Lab, Progress, node_ip
-from l2lb.lab.placement import ColocatedLab, Placement, heal_partition, partition
+from l2lb.lab.placement import ColocatedLab, Placement, heal_loss, heal_partition, lossy, partition
 from l2lb.lab.procs import Supervisor, python_cli, wait_http_ready
 from l2lb.obs import metrics
 from l2lb.obs.log import get_logger
@@ -458,6 +458,10 @@ FAULT_WEIGHTS = [5, 3, 1, 1, 1, 1, 1, 1, 3]
 # (every Redis process stopped) while a node dies
 NODE_FAULT_KINDS = ["node_death", "partition", "redis_down_node_death"]
 NODE_FAULT_WEIGHTS = [3, 2, 1]
+# only when asked by name (run_chaos(kinds=...), bench/chaos --kinds): message loss on one node's link (10 or
+# 50 % of its frames, LAN clients exempt) -- the real-time check of the simulator's msg_faults model
+EXTRA_FAULT_KINDS = ["loss"]
+ALL_FAULT_KINDS = FAULT_KINDS + NODE_FAULT_KINDS + EXTRA_FAULT_KINDS
 PARTITION_STOP_S = 2.0  # a partitioned node must not answer any more this long after the cut (ttl 1 s + margin)
 PROCESS_ROLES = ("allocator", "leases", "standby", "announcer")
 
@@ -520,11 +524,17 @@ class ChaosRun:
     def __init__(self, lab: ChaosLab, seed: int, duration: float, *, churn_per_s: float = 1.0,
                  probe_ms: float = 50.0, fault_gap: tuple[float, float] = (0.5, 2.0),
                  converge_bound: float = CONVERGE_BOUND_S, node_faults: bool = False,
-                 partition_stop_s: float = PARTITION_STOP_S):
+                 partition_stop_s: float = PARTITION_STOP_S, kinds: Sequence[str] | None = None):
         self.lab = lab
         self.partition_stop_s = partition_stop_s
         self.kinds = FAULT_KINDS + (NODE_FAULT_KINDS if node_faults else [])
         self.weights = FAULT_WEIGHTS + (NODE_FAULT_WEIGHTS if node_faults else [])
+        if kinds:  # exactly these, equally weighted
+            unknown = sorted(set(kinds) - set(ALL_FAULT_KINDS))
+            if unknown:
+                raise ValueError(f"unknown fault kind(s) {unknown}: choose from {ALL_FAULT_KINDS}")
+            self.kinds, self.weights = list(kinds), [1] * len(kinds)
+        self.lossy: list[tuple[str, float, float, float]] = []  # node, loss, start, end (monotonic)
         self.partitions: list[tuple[str, float, float]] = []  # node, start, end (monotonic)
         self.dead_nodes: set[str] = set()
         self.rng = random.Random(seed)  # faults
@@ -683,6 +693,17 @@ class ChaosRun:
                 await self._hold(0.5, 2.0)
             finally:
                 await self.node_return(target)
+        elif kind == "loss":
+            target = rng.choice(lab.node_names())
+            loss = rng.choice((0.1, 0.5))
+            label = f"{target} {loss:.0%}"
+            lossy(lab.topo, target, loss, allow_macs=[lab.topo.hosts["client"].mac])
+            start = time.monotonic()
+            try:
+                await self._hold(3.0, 8.0)
+            finally:
+                heal_loss(lab.topo, target)
+                self.lossy.append((target, loss, start, time.monotonic()))
         elif kind == "link_down":
             target = rng.choice(lab.node_names())
             lab.topo.hosts[target].link(False)
@@ -855,6 +876,7 @@ class ChaosRun:
             await self.node_return(node)
         for node in self.lab.node_names():
             heal_partition(self.lab.topo, node)
+            heal_loss(self.lab.topo, node)
         for name in self.lab.topo.hosts:
             if name.startswith("node-"):
                 self.lab.topo.hosts[name].link(True)
@@ -1001,7 +1023,7 @@ async def run_chaos(seed: int, duration: float, *, nodes: int = 3, prefix: str =
                     probe_ms: float = 50.0, workdir: Path | None = None, quiet: bool = False,
                     converge_bound: float = CONVERGE_BOUND_S, placement: Placement | None = None,
                     le_backend: str = "kube", node_faults: bool = False,
-                    partition_stop_s: float = PARTITION_STOP_S) -> ChaosReport:
+                    partition_stop_s: float = PARTITION_STOP_S, kinds: Sequence[str] | None = None) -> ChaosReport:
     """Build the lab, run ``duration`` seconds of seeded faults and churn, converge, clean up, report.
 
     ``placement``: run Redis, allocator and leases where it says (co-located in node namespaces);
@@ -1031,7 +1053,7 @@ async def run_chaos(seed: int, duration: float, *, nodes: int = 3, prefix: str =
                 await lab.bring_up()
             run = ChaosRun(lab, seed, duration, churn_per_s=churn_per_s, probe_ms=probe_ms,
                            converge_bound=converge_bound, node_faults=node_faults,
-                           partition_stop_s=partition_stop_s)
+                           partition_stop_s=partition_stop_s, kinds=kinds)
             client = await KubeClient.create(str(lab.kubeconfig), qps=200, burst=400, user_agent="l2lb-chaos")
             run.client = client
             stop = asyncio.Event()

@@ -514,6 +514,31 @@ def partition(topo: netns.Topology, node: str, *, allow_macs: list[str]) -> None
     _nft(topo.switch, text)
 
 
+def lossy(topo: netns.Topology, node: str, loss: float, *, allow_macs: list[str]) -> None:
+    """Drop a share ``loss`` of the frames to and from ``node`` at the switch, at random (nftables numgen, bridge
+    family): TCP connections (Redis, the API server) retransmit, the peers' raw frames are lost. Frames to and
+    from ``allow_macs`` and the chaos prober pass, so the LAN clients still see what the node answers."""
+    if not 0.0 < loss <= 1.0:
+        raise ValueError(f"loss must be in (0, 1], not {loss}")
+    port = topo.hosts[node].peer
+    pfx, mask = PROBER_MAC_PREFIX
+    pct = max(1, min(100, round(loss * 100)))
+    rules = []
+    for direction, addr in (("iifname", "daddr"), ("oifname", "saddr")):
+        rules += [f'{direction} "{port}" ether {addr} {m} accept' for m in allow_macs]
+        rules += [f'{direction} "{port}" ether {addr} & {mask} == {pfx} accept',
+                  f'{direction} "{port}" numgen random mod 100 < {pct} drop']
+    table = f"loss_{node.replace('-', '_')}"
+    text = (f"table bridge {table} {{\n chain lose {{\n  type filter hook forward priority 0; policy accept;\n  "
+            + "\n  ".join(rules) + "\n }\n}\n")
+    _nft(topo.switch, text)
+
+
+def heal_loss(topo: netns.Topology, node: str) -> None:
+    netns.run(["ip", "netns", "exec", topo.switch, "nft", "delete", "table", "bridge",
+               f"loss_{node.replace('-', '_')}"], check=False)
+
+
 def _nft(ns: str, text: str) -> None:
     import subprocess
 

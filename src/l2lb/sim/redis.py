@@ -93,7 +93,12 @@ class Sub:
     incarnation: int = -1
     polling: bool = False
     in_flight: bool = False
+    flight_since: float = 0.0  # when the delivery in flight was read (Sub.reads_ok)
     active: bool = True  # False once unsubscribed
+
+    def reads_ok(self, now: float) -> bool:
+        """As the bus consumer's: no delivery overdue (the real one blocks 500 ms when idle; + 300 ms slack)."""
+        return not self.in_flight or now - self.flight_since <= 0.8
 
 
 class Redis:
@@ -297,6 +302,7 @@ class Redis:
             return
         sub.cursor = batch[-1].id
         sub.in_flight = True
+        sub.flight_since = self.kernel.now
 
         def got() -> None:
             sub.in_flight = False

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from l2lb.sim.faults import Fault
 from l2lb.sim.world import WorldConfig
 
-__all__ = ["SCENARIOS", "Scenario", "schedule"]
+__all__ = ["LAB_CHAOS", "SCENARIOS", "Scenario", "chaos_loss_schedule", "schedule"]
 
 
 @dataclass(frozen=True)
@@ -76,3 +76,23 @@ def schedule(sc: Scenario, seed: int, rounds: int) -> list[Fault]:
             out.append(Fault(t - 10.0, "create_service", "", 0.0, float(100 + i)))
         out.append(Fault(t, sc.kind, sc.target, sc.duration, sc.extra))
     return out
+
+
+# the shape of bench/chaos's co-located Redis HA lab: 3 nodes, the fast leader election its processes run with
+LAB_CHAOS = WorldConfig(nodes=3, leases_nodes=(1, 2), allocator_nodes=(2, 3), lease_duration=2.0,
+                        renew_deadline=1.5, retry=0.3)
+
+
+def chaos_loss_schedule(seed: int, duration: float, nodes: list[str]) -> list[Fault]:
+    """``bench/chaos --kinds loss``'s fault loop: 0.5-2 s apart, one node loses 10 or 50 % of its messages for
+    3-8 s (the lab's LAN clients are exempt, as the simulator's oracle is)."""
+    rng = random.Random(seed)
+    out: list[Fault] = []
+    t = 5.0
+    while True:
+        t += rng.uniform(0.5, 2.0)
+        if t >= duration:
+            return out
+        dur = rng.uniform(3.0, 8.0)
+        out.append(Fault(round(t, 3), "msg_faults", rng.choice(nodes), round(dur, 3), rng.choice((0.1, 0.5))))
+        t += dur

@@ -36,7 +36,7 @@ from l2lb.sim.faults import Fault
 from l2lb.sim.kernel import Kernel, Proc
 from l2lb.sim.net import CLIENT, CTL, Lan
 from l2lb.sim.oracle import Oracle, Violation
-from l2lb.sim.redis import Data, Entry, Redis, Server
+from l2lb.sim.redis import Data, Entry, Redis, Server, Sub
 
 __all__ = ["World", "WorldConfig"]
 
@@ -114,6 +114,7 @@ class AnnouncerShell:
         self.mac = f"02:00:00:00:00:{self.index:02x}"
         self.machine: am.AnnouncerMachine | None = None
         self.timer: Any = None
+        self.sub: Sub | None = None  # its assignments stream subscription (Tick.reads_ok)
         self.bus_ok = True
         self.answering: dict[str, int] = {}
         self.garps = 0
@@ -133,9 +134,9 @@ class AnnouncerShell:
             peers=cfg.peers, peer_key=b"sim-peer-key-0123456789" if cfg.peers else None), now=p.mono())
         self.answering = {}
         self._feed(am.LinksChanged(self._links(), p.mono()))
-        w.redis.subscribe(p, S_ASSIGN, f"announcer:{self.node}", self._on_entry,
-                          lambda: self._feed(am.Resync("redis lost its data", p.mono())))
-        self._feed(am.Tick(p.mono(), _wall(p), self.bus_ok))
+        self.sub = w.redis.subscribe(p, S_ASSIGN, f"announcer:{self.node}", self._on_entry,
+                                     lambda: self._feed(am.Resync("redis lost its data", p.mono())))
+        self._feed(am.Tick(p.mono(), _wall(p), self.bus_ok, self.sub.reads_ok(p.mono())))
 
     def _links(self) -> tuple[am.LinkState, ...]:
         return (am.LinkState(LAN_IF, 2, self.mac, self.w.lan.link_up[self.node], True,
@@ -194,7 +195,8 @@ class AnnouncerShell:
 
     def _tick(self) -> None:
         self.timer = None
-        self._feed(am.Tick(self.proc.mono(), _wall(self.proc), self.bus_ok))
+        now = self.proc.mono()
+        self._feed(am.Tick(now, _wall(self.proc), self.bus_ok, self.sub is None or self.sub.reads_ok(now)))
 
     def _send_peer_frame(self, c: am.SendPeerFrame) -> None:
         self.w.peer_frame(self.node, c.frame)

@@ -72,6 +72,7 @@ log = get_logger("l2lb.bus")
 DEFAULT_DSN = "redis://127.0.0.1:6379/0"
 DEFAULT_MAXLEN = 10_000
 DEADLETTER_MAXLEN = 10_000
+READ_OVERDUE_SLACK_S = 0.3  # a blocking read that has not returned block_ms + this after it went out is overdue
 PAYLOAD_FIELD = b"m"
 
 Handler = Callable[[Message, str], Awaitable[None]]
@@ -598,6 +599,7 @@ class Consumer:
         self._next_check = 0.0
         self._next_stats = 0.0
         self._pos: tuple[int, int] = (0, 0)  # newest stream position known to be delivered to the group
+        self._read_since: float | None = None  # monotonic time the read in progress went out (None: none)
         self._next_claim = 0.0
         self._last_full = False
         # observable state (status pages, tests)
@@ -836,7 +838,21 @@ class Consumer:
             await self._resync("stream_trimmed")
 
     # -- reading -------------------------------------------------------------------------------
+    def reads_ok(self, now: float) -> bool:
+        """False while a read is overdue (it went out longer than block_ms + a little ago and has not returned):
+        the path from Redis to us is stalled, whatever our writes say (the announcer's leases-outage grace
+        relies on hearing leases' silence, not on failing to hear it)."""
+        since = self._read_since
+        return since is None or now - since <= self.block_ms / 1000.0 + READ_OVERDUE_SLACK_S
+
     async def _read(self, stop_task: asyncio.Task[bool]) -> list[tuple[Any, Any]] | None:
+        self._read_since = time.monotonic()
+        try:
+            return await self._read_once(stop_task)
+        finally:
+            self._read_since = None
+
+    async def _read_once(self, stop_task: asyncio.Task[bool]) -> list[tuple[Any, Any]] | None:
         acks = self._unacked
         read = asyncio.ensure_future(self._ack_and_read(acks) if acks else self._r.xreadgroup(
             self.group, self.name, {self.stream: ">"}, count=self.batch, block=self.block_ms,
