@@ -378,6 +378,7 @@ class AnnouncerMachine:
         self._hb_interval = config.heartbeat_interval_ms / 1000.0
         self._hb_full_every = config.heartbeat_full_every_ms / 1000.0
         self._grace_s = config.leases_outage_grace_ms / 1000.0
+        self._cp_silence_s = config.cp_silence_ms / 1000.0
         self._wall_offset = 0.0  # wall - monotonic, from the last event carrying both
         self._bus_ok = False
         self._stopped = False
@@ -574,12 +575,12 @@ class AnnouncerMachine:
         assert self.peers is not None
         best: float | None = None
         last = self._last_leases_msg
-        cp_silent = last is None or now - last >= self.config.cp_silence_ms / 1000.0
+        cp_silent = last is None or now - last >= self._cp_silence_s
         ok = self._last_publish_ok
         redis_ok = ok is not None and now - ok <= REDIS_OK_S
         if not cp_silent and redis_ok:
             assert last is not None and ok is not None
-            best = min(last + self.config.cp_silence_ms / 1000.0, ok + REDIS_OK_S)
+            best = min(last + self._cp_silence_s, ok + REDIS_OK_S)
             if best <= now:
                 best = None
         else:
@@ -1023,7 +1024,7 @@ class AnnouncerMachine:
         if not self._standby or not self._lan_ok(now):
             return
         last = self._last_leases_msg
-        cp_silent = (last is None or now - last >= self.config.cp_silence_ms / 1000.0) or not self._redis_ok(now)
+        cp_silent = (last is None or now - last >= self._cp_silence_s) or not self._redis_ok(now)
         if not cp_silent:
             return
         assert self.peers is not None
@@ -1123,7 +1124,7 @@ class AnnouncerMachine:
         out: list[Command] = [_PEER_FRAME_ACCEPTED]
         if self._standby_waits and not self._check_soon:
             last = self._last_leases_msg
-            if (last is None or ev.now - last >= self.config.cp_silence_ms / 1000.0) or not self._redis_ok(ev.now):
+            if (last is None or ev.now - last >= self._cp_silence_s) or not self._redis_ok(ev.now):
                 self._check_soon = True  # the control plane is silent: this frame may complete a takeover's quorum
         if f.stopping:
             self._gone.add(f.node)

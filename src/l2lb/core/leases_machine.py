@@ -312,6 +312,8 @@ class Metric:
     op: str = "inc"  # inc | set | clear (every labelled child)
 
 
+_METRICS: dict[tuple[Any, ...], Metric] = {}  # see LeasesMachine._metric
+
 Publish = PublishAssignments | PublishRenewal
 Command = (Publish | StoreEpochs | LoadEpochs | RequestSnapshot | WriteCondition | WriteLease | ServiceEvent
            | PolicyEvent | StatusEvent | StatusPart | Log | Metric)
@@ -457,7 +459,13 @@ class LeasesMachine:
         self._out.append(Log(level, message, fields))
 
     def _metric(self, name: str, value: float = 1.0, *labels: str, op: str = "inc") -> None:
-        self._out.append(Metric(name, value, labels, op))
+        key = (name, value, type(value), labels, op)
+        m = _METRICS.get(key)  # (several per heartbeat and per tick; a Metric is immutable: one per value)
+        if m is None:
+            if len(_METRICS) >= 256:
+                _METRICS.clear()
+            m = _METRICS[key] = Metric(name, value, labels, op)
+        self._out.append(m)
 
     # -- clocks -------------------------------------------------------------------------------------
     def hb_now(self, now: Now) -> float:
@@ -824,9 +832,10 @@ class LeasesMachine:
                 self._log("warning", "node is dead", node=n, reason=self.tracker.nodes[n].reason)
         self._metric("l2lb_leases_nodes_alive", sum(1 for st in self.tracker.nodes.values() if st.alive), op="set")
         claims: dict[str, int] = {}
-        for hb in self.tracker.alive().values():
-            for ip in hb.serving:
-                claims[ip] = claims.get(ip, 0) + 1
+        for st in self.tracker.nodes.values():
+            if st.alive:
+                for ip in st.heartbeat.serving:
+                    claims[ip] = claims.get(ip, 0) + 1
         dual = sorted(ip for ip, n in claims.items() if n > 1)
         self._metric("l2lb_leases_dual_announced_ips", len(dual), op="set")
         if dual and dual != self.dual:

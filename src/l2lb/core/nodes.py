@@ -75,6 +75,7 @@ class NodeTracker:
         self._heard: set[str] = set()  # nodes heard at or after the floor
         self._lan: tuple[frozenset[str], frozenset[str]] | None = None  # cache of lan_evidence()
         self.lan_neighbours: dict[str, set[str]] = {}  # node -> the nodes that listed it in their lan_heard
+        self._timeouts: dict[int, float] = {}  # advertised interval -> timeout (see timeout_s)
 
     def reconnected(self, at: float, grace_s: float, since: float | None = None) -> None:
         """Heartbeats can flow again from ``at`` on (the bus is back, another master, every node was silent
@@ -127,8 +128,14 @@ class NodeTracker:
         return st.alive and now > st.last_seen + self.timeout_s(st.heartbeat) and now <= self.deadline(st)
 
     def timeout_s(self, hb: Heartbeat) -> float:
-        iv = min(max(hb.interval_ms, self.min_interval_ms), self.max_interval_ms)
-        return self.missed * iv / 1000.0
+        t = self._timeouts.get(hb.interval_ms)  # (asked for every node on every tick and heartbeat)
+        if t is None:
+            iv = min(max(hb.interval_ms, self.min_interval_ms), self.max_interval_ms)
+            t = self.missed * iv / 1000.0
+            if len(self._timeouts) >= 16:
+                self._timeouts.clear()
+            self._timeouts[hb.interval_ms] = t
+        return t
 
     def observe(self, hb: Heartbeat, now: float) -> bool:
         """Record one heartbeat received at ``now``; True when something the election uses changed."""
