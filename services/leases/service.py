@@ -150,10 +150,12 @@ class LeasesService:
             elif isinstance(c, lm.StatusEvent):
                 self.status_parts.emit(c.kind, **c.fields)
             elif isinstance(c, lm.StoreEpochs):
-                try:  # the wall-clock part keeps epochs increasing without Redis
+                try:
                     await self.bus.redis.hset(self.bus.keys.epochs, mapping={k: str(v) for k, v in c.epochs.items()})
-                except Exception as e:
-                    log.warning("cannot store epochs", extra={"error": repr(e), "ips": len(c.epochs)})
+                except Exception as e:  # nothing naming these epochs goes out: the machine stores them first next tick
+                    log.warning("cannot store epochs; this tick's publishes wait for them",
+                                extra={"error": repr(e), "ips": len(c.epochs)})
+                    q = deque(self.m.handle(lm.SendFailed(None, f"cannot store epochs: {e!r}"), self.now()))
             elif isinstance(c, lm.LoadEpochs):
                 await self.load_epochs()
             elif isinstance(c, lm.RequestSnapshot):

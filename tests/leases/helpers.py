@@ -60,6 +60,7 @@ class Driver:
         self.m = LeasesMachine(LeasesParams(**params), self.now())
         self.commands: list[Command] = []
         self.fail = 0
+        self.fail_store = 0  # the next StoreEpochs fail (the executor feeds SendFailed(None) and drops the rest)
         self.failed: list[Command] = []
         self.store: dict[str, int] = {}  # the epoch store (StoreEpochs / LoadEpochs)
         self.seqs: dict[str, int] = {}
@@ -86,6 +87,11 @@ class Driver:
                     continue
                 todo += self.m.handle(Sent(c), self.now())
             elif isinstance(c, StoreEpochs):
+                if self.fail_store:
+                    self.fail_store -= 1
+                    self.failed.append(c)
+                    todo = list(self.m.handle(SendFailed(None, "injected store failure"), self.now()))
+                    continue
                 self.store.update(c.epochs)
             elif isinstance(c, LoadEpochs):
                 todo += self.m.handle(EpochsLoaded(dict(self.store)), self.now())

@@ -94,6 +94,51 @@ def _step(d: Driver, seconds: float, nodes: tuple[str, ...] = ("a", "b")) -> lis
 
 
 # -- table cases ----------------------------------------------------------------------------------------
+def test_no_epoch_is_published_before_it_is_stored() -> None:
+    """Simulator finding S4: a leader behind a lossy link had its StoreEpochs fail and published the epochs all
+    the same; the next leader started from the store and handed out lower ones. A failed store drops what
+    follows it (SendFailed(None)); the next tick stores those epochs again before any publish."""
+    d = _cluster(ips=0)
+    d.fail_store = 1
+    mark = len(d.commands)
+    d(AllocationReceived(alloc("ns/s0", IPS[0])))
+    d.advance(0.3)
+    d(Tick())
+    first = d.commands[mark:]
+    assert isinstance(d.failed[-1], StoreEpochs) and not d.store.get(IPS[0])
+    epoch = d.failed[-1].epochs[IPS[0]]  # type: ignore[attr-defined]
+    assert not [c for c in first if isinstance(c, PublishAssignments) and any(v.ip == IPS[0] for v in c.msg.vips)]
+    mark = len(d.commands)
+    d.advance(0.3)
+    d(Tick())
+    nxt = d.commands[mark:]
+    stores = [i for i, c in enumerate(nxt) if isinstance(c, StoreEpochs) and IPS[0] in c.epochs]
+    pubs = [i for i, c in enumerate(nxt)
+            if isinstance(c, PublishAssignments) and any(v.ip == IPS[0] for v in c.msg.vips)]
+    assert stores and pubs and stores[0] < pubs[0] and d.store[IPS[0]] >= epoch
+    assert all(v.epoch <= d.store[IPS[0]] for c in d.published() if isinstance(c, PublishAssignments)
+               for v in c.msg.vips if v.ip == IPS[0])
+
+
+def test_a_failed_store_of_a_term_we_no_longer_lead_is_never_written_again() -> None:
+    d = _cluster(ips=0, leader_election=True)
+    d(LeadershipChanged(True, 1))
+    d.advance(0.6)
+    d(Tick())
+    d.fail_store = 1
+    d(AllocationReceived(alloc("ns/s0", IPS[0])))
+    d.advance(0.3)
+    d(Tick())
+    assert isinstance(d.failed[-1], StoreEpochs)
+    d(LeadershipChanged(False, 1))
+    d(LeadershipChanged(True, 3))  # leading again, later: another leader may have stored higher epochs since
+    mark = len(d.commands)
+    d.advance(0.3)
+    d(Tick())
+    assert d.m._unstored == {} and not [c for c in d.commands[mark:] if isinstance(c, StoreEpochs)
+                                        and c.epochs == d.failed[-1].epochs]  # type: ignore[attr-defined]
+
+
 def test_first_tick_stores_epochs_then_publishes_balanced_sets_then_renews_by_digest() -> None:
     d = _cluster()
     cmds = d.commands

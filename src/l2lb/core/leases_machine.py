@@ -42,7 +42,9 @@ Commands out:
 =====================  ===============================================================================
 ``PublishAssignments`` a full NodeAssignments on the assignments stream (acknowledge: Sent/SendFailed)
 ``PublishRenewal``     a NodeRenewal naming the digest of the node's last full set (acknowledge)
-``StoreEpochs``        write these epochs to the epoch store (best effort; before the publishes after it)
+``StoreEpochs``        write these epochs to the epoch store before the publishes after it; when the write
+                      fails feed ``SendFailed(None, error)`` and drop the rest (never publish an epoch
+                      that is not stored: the next leader starts from the store)
 ``RequestSnapshot``    ask the producer of ``topic`` for a snapshot (best effort)
 ``WriteCondition``     the ``l2lb.io/Announced`` condition of a Service (coalesced per Service)
 ``WriteLease``         the mirror Lease of a Service (holder "" = delete it)
@@ -55,7 +57,8 @@ Commands out:
 
 Executor contract: carry the commands out in order; after each Publish* feed back ``Sent(cmd)`` or
 ``SendFailed(cmd, error)`` and carry out what that returns after the rest of the list; after a
-``SendFailed`` drop the rest of the list (the machine retries on the next tick). A tick publishes in
+``SendFailed`` drop the rest of the list (the machine retries on the next tick, epochs whose store
+failed first). A tick publishes in
 stages (changed sets, losers first; then the renewal round; then requested full sets): a stage is
 computed when every publish of the one before was acknowledged, from the state those sends left.
 Only ``Tick`` and ``Sent`` produce Publish* commands. Kubernetes commands are idempotent intents:
@@ -437,6 +440,8 @@ class LeasesMachine:
         # a tick's publishing stages: the next one is computed once the sends of the current one are in
         self._stages: deque[Callable[[Now], None]] = deque()
         self._inflight: list[Publish] = []
+        self._storing: dict[str, int] = {}  # epochs in StoreEpochs not yet followed by an acknowledged publish
+        self._unstored: dict[str, int] = {}  # epochs whose store failed: stored again before the next publish
         self._pending_prune: dict[str, NodeSet] | None = None
         self._out: list[Command] = []
         if params.static_policies:
@@ -697,6 +702,9 @@ class LeasesMachine:
 
     def _on_leadership(self, ev: LeadershipChanged, now: Now) -> None:
         self.leader_known = True
+        # epochs of a term we no longer lead are never stored again (another leader may have stored higher ones)
+        self._unstored.clear()
+        self._storing.clear()
         if ev.leader and not self.is_leader:
             self.term = ev.term
             self.is_leader = True
@@ -729,7 +737,7 @@ class LeasesMachine:
             for ip, h in self.holders.items():
                 known[ip] = max(known.get(ip, 0), h.epoch)
             if known:
-                self._out.append(StoreEpochs(known))
+                self._store(known)
 
     def _on_kube_written(self, ev: KubeWritten, _now: Now) -> None:
         c = ev.command
@@ -758,6 +766,9 @@ class LeasesMachine:
             self._adopt(now)
             self.adopt_pending = False
             self.dirty = True
+        if self._unstored:  # a store failed last time: these epochs go first, whatever else this tick sends
+            unstored, self._unstored = self._unstored, {}
+            self._store(unstored)
         if self.dirty:
             self.dirty = False
             self._run_election(now, self._adopt_takeovers())
@@ -952,7 +963,7 @@ class LeasesMachine:
         def renewed(ip: str, node: str, old: int) -> Holder:
             epoch = max(self.last_epochs.get(ip, 0) + 1, old + 1, fresh)
             self.last_epochs[ip] = epoch
-            self._out.append(StoreEpochs({ip: epoch}))
+            self._store({ip: epoch})
             return Holder(node, epoch)
 
         for ip, h in list(reported.items()):
@@ -1019,7 +1030,7 @@ class LeasesMachine:
             self.last_epochs[ip] = max(self.last_epochs.get(ip, 0), e)
             stored[ip] = self.last_epochs[ip]
         if stored:
-            self._out.append(StoreEpochs(stored))  # stored before anything names them
+            self._store(stored)  # stored before anything names them
         orphans: dict[str, Holder] = {}
         for m in res.moves:
             if m.new is None and m.reason == "no_eligible_node" and m.old is not None:
@@ -1112,6 +1123,10 @@ class LeasesMachine:
             sets[n] = NodeSet(tuple(vips[n]), tuple(standby.get(n, ())), self.members)
         self._sets_cache = (res, alive, sets)
         return dict(sets)
+
+    def _store(self, epochs: Mapping[str, int]) -> None:
+        self._storing.update(epochs)
+        self._out.append(StoreEpochs(dict(epochs)))
 
     def _send(self, c: Publish) -> None:
         self._inflight.append(c)
@@ -1207,6 +1222,7 @@ class LeasesMachine:
                 self._full(n, sets[n], "snapshot", now, requested=True)
 
     def _on_sent(self, ev: Sent, now: Now) -> None:
+        self._storing.clear()  # the executor goes on only after a store worked: every one before this is in
         c = ev.command
         self._inflight = [x for x in self._inflight if x is not c]
         if isinstance(c, PublishAssignments):
@@ -1224,6 +1240,9 @@ class LeasesMachine:
     def _on_send_failed(self, ev: SendFailed, _now: Now) -> None:
         """A publish failed (Redis hiccup): the rest of this tick is dropped and retried next tick."""
         unsent, self._inflight = self._inflight, []
+        if self.is_leader:
+            self._unstored.update(self._storing)
+        self._storing.clear()
         for c in unsent:
             if isinstance(c, PublishAssignments) and c.requested:
                 self.want_full.add(c.msg.node)  # still wanted

@@ -397,7 +397,19 @@ class LeasesShell:
 
                 w.redis.xadd_many(p, S_ASSIGN, [b.msg for b in batch], done)
             elif isinstance(c, lm.StoreEpochs):
-                w.redis.hset(p, K_EPOCHS, dict(c.epochs))
+                # services/leases awaits the write; when it fails, the publishes after it are dropped
+                self.waiting = True
+
+                def stored(ok: bool, _res: Any) -> None:
+                    self.waiting = False
+                    if self.machine is None:
+                        return
+                    if not ok:
+                        self.queue.clear()
+                        self.queue.extend(self.machine.handle(lm.SendFailed(None, "cannot store epochs"), self.now()))
+                    self._drain()
+
+                w.redis.hset(p, K_EPOCHS, dict(c.epochs), stored)
             elif isinstance(c, lm.LoadEpochs):
                 # services/leases awaits the read and carries out what EpochsLoaded gives before the rest
                 self.waiting = True
