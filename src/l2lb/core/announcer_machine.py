@@ -1021,11 +1021,11 @@ class AnnouncerMachine:
         """A successor takes a VIP over when its holder (and every successor ranked before it, which would
         have claimed it by now) has been silent for takeover_after_ms (+ rank steps), the control plane is
         silent for us, and the LAN gives a quorum that nobody with a live control plane is in."""
-        if not self._standby or not self._lan_ok(now):
+        if not self._standby:
             return
         last = self._last_leases_msg
         cp_silent = (last is None or now - last >= self._cp_silence_s) or not self._redis_ok(now)
-        if not cp_silent:
+        if not cp_silent or not self._lan_ok(now):  # (the cheap test first: at rest leases speaks)
             return
         assert self.peers is not None
         quiet: dict[str, float] = {}

@@ -552,7 +552,8 @@ class LeasesMachine:
             gap = at - self.hb_clock if self.hb_clock > 0 else 0.0
             self.hb_clock = at
             self.hb_clock_mono = now.mono
-            if gap > 0.0 and not self._reconnect_pending and gap > self._all_silent_after():
+            if (gap > 0.0 and not self._reconnect_pending
+                    and gap > self.tracker.timeout_floor_s and gap > self._all_silent_after()):  # (floor: cheap first)
                 self._reconnect_pending = f"no heartbeat from any node for {gap * 1000:.0f} ms"
         if self._reconnect_pending:
             self._start_reconnect_grace(self._reconnect_pending, prev)

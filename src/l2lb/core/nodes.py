@@ -76,6 +76,7 @@ class NodeTracker:
         self._lan: tuple[frozenset[str], frozenset[str]] | None = None  # cache of lan_evidence()
         self.lan_neighbours: dict[str, set[str]] = {}  # node -> the nodes that listed it in their lan_heard
         self._timeouts: dict[int, float] = {}  # advertised interval -> timeout (see timeout_s)
+        self.timeout_floor_s = missed * min(min_interval_ms, max_interval_ms) / 1000.0  # no timeout is shorter
 
     def reconnected(self, at: float, grace_s: float, since: float | None = None) -> None:
         """Heartbeats can flow again from ``at`` on (the bus is back, another master, every node was silent

@@ -296,7 +296,9 @@ class LeasesShell:
         self.elector: Elector | None = None
 
     def now(self) -> lm.Now:
-        return lm.Now(self.proc.mono(), _wall(self.proc))
+        p = self.proc
+        t = p.kernel.now
+        return lm.Now(t, WALL_BASE + (t + p.wall_offset))  # (mono(), _wall(): the most frequent call here)
 
     def start(self) -> None:
         w, p, cfg = self.w, self.proc, self.w.cfg
