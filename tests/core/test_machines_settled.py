@@ -126,16 +126,42 @@ def test_a_renewed_set_is_settled_and_one_not_renewed_is_not_until_it_runs_out()
     assert not m.state.valid(t) and m.settled(t), m.unsettled(t)
 
 
-def test_a_set_kept_by_the_leases_outage_grace_is_unsettled() -> None:
+def test_the_leases_outage_grace_is_settled_until_it_runs_out_and_counts_skipped_time() -> None:
+    """Leases silent, Redis fine: the grace keeps the set (up to 60 s). Nothing changes until it runs out, which
+    next_decision_at says; time skipped without the machine perceiving it (skipped) counts against it."""
     m = machine()
     m.feed(links(link()))
     m.feed(assign(1, vips((V4, 5)), 0.0))
     t = 0.0
-    while t < 1.5:  # no renewal, Redis fine: the grace keeps the set (up to 60 s)
+    while t < 1.5:
         t = round(t + 0.05, 3)
         _tick(m, t)
     assert m.state.valid(t) and m.status(t)["keeping"] == "grace"
-    assert m.unsettled(t) == "the set is kept past its deadline (grace)"
+    assert m.settled(t), m.unsettled(t)
+    end = m.next_decision_at(t)
+    assert end is not None and 60.0 < end < 61.0
+    m.skipped(59.0)  # 59 s passed unperceived: the grace has less than a second left
+    assert m.next_decision_at(t) == end - 59.0
+    while m.state.valid(t):
+        t = round(t + 0.05, 3)
+        _tick(m, t)
+    assert t <= end - 59.0 + 0.2, (t, end)  # it ran out on time
+    assert m.next_decision_at(t) is None and m.settled(t)
+
+
+def test_a_set_kept_by_the_freeze_is_unsettled() -> None:
+    m = machine(peers=True, peer_key=KEY)
+    m.feed(links(link()))
+    m.feed(assign(1, vips((V4, 5)), 0.0, members=("n1", "n2", "n3")))
+    t = 0.0
+    while t < 1.5:  # Redis down for us and for the peers we hear (a quorum): the freeze keeps the set
+        t = round(t + 0.05, 3)
+        if round(t * 100) % 10 == 0:
+            m.feed(peer("n2", t))
+            m.feed(peer("n3", t))
+        _tick(m, t, ok=False)
+    assert m.status(t)["keeping"] == "freeze"
+    assert m.unsettled(t) == "the set is kept past its deadline (freeze)"
 
 
 def test_a_peer_that_stops_sending_is_unsettled_until_it_times_out() -> None:

@@ -506,28 +506,28 @@ class AnnouncerMachine:
         those is news, and news is the caller's to watch. A simulator skips a stretch of time only while
         every machine is settled; the timers counted here are the ones that would otherwise be cut short.
 
-        Unsettled: a takeover check is due; the set is kept past its deadline by a rule (grace, freeze,
-        LAN-held); renewals do not match the set (a full set is asked for); the set is not renewed (no accepted
-        renewal for half its ttl: it runs out at the deadline); the control plane is silent for us (or our
-        Redis round trips are not fresh) while we are a successor of a holder we do not hear (a takeover comes
-        due);
-        a peer we heard has missed its frames and is not timed out yet (quorum and takeover rules change when
-        it is). (A successor whose control plane is silent is settled while it hears every holder it stands
-        by for, or while the LAN would not let it take over: no quorum, or a peer with a control plane.) Also
-        while recent history that the rules read differs from what the periodic inputs leave
-        behind (a fault arriving now would meet a state that rest would have overwritten): leases spoke after
-        our last renewal's burst, a lower term is being waited out, a full set was asked for within the
-        request interval, a peer's clock offset is being relearnt, a peer's takeover claim is recent."""
+        Unsettled: a takeover check is due; the set is kept past its deadline by the freeze or a LAN-held takeover
+        (the leases-outage grace is settled: see :meth:`next_decision_at`); renewals do not match the set (a full
+        set is asked for); the set is not renewed (no accepted renewal for half its ttl: it runs out at the
+        deadline); the control plane is silent for us (or our Redis round trips are not fresh) while we are a
+        successor of a holder we do not hear (a takeover comes due); a peer we heard has missed its frames and is
+        not timed out yet (quorum and takeover rules change when it is). (A successor whose control plane is silent
+        is settled while it hears every holder it stands by for, or while the LAN would not let it take over: no
+        quorum, or a peer with a control plane.) Also while recent history that the rules read differs from what the
+        periodic inputs leave behind (a fault arriving now would meet a state that rest would have overwritten):
+        leases spoke after our last renewal's burst, a lower term is being waited out, a full set was asked for
+        within the request interval, a peer's clock offset is being relearnt, a peer's takeover claim is recent."""
         if self._stopped:
             return ""
         if self._check_soon:
             return "a takeover check is due"
-        if self._keeping is not None:
+        grace = self._keeping == "grace"
+        if self._keeping is not None and not grace:
             return f"the set is kept past its deadline ({self._keeping})"
         if self._unmatched_since is not None:
             return "renewals do not match our set: waiting for the full set"
         st = self.state
-        if st.vips and st.deadline is not None:
+        if st.vips and st.deadline is not None and not grace:
             last = st.last_applied_at
             if last is None or now - last > (st.deadline - last) / 2.0:
                 return f"the set is not renewed: it runs out in {st.deadline - now:.3f} s"
@@ -564,6 +564,35 @@ class AnnouncerMachine:
     def settled(self, now: float) -> bool:
         """No decision of this machine changes by itself (see :meth:`unsettled`)."""
         return not self.unsettled(now)
+
+    def redis_ok(self, now: float) -> bool:
+        """A Redis round trip of ours worked within REDIS_OK_S (the REDIS_OK flag of our peer frames)."""
+        return self._redis_ok(now)
+
+    def frame_flags(self, now: float) -> tuple[bool, bool]:
+        """(REDIS_OK, CP_FRESH) as our next peer frame would carry them."""
+        last = self._last_leases_msg
+        return self._redis_ok(now), last is not None and now - last <= CP_FRESH_S
+
+    def control_plane_heard(self, now: float) -> bool:
+        """A leases message (for any node) arrived within cp_silence_ms: the control plane is not silent for us."""
+        last = self._last_leases_msg
+        return last is not None and now - last < self.config.cp_silence_ms / 1000.0
+
+    def next_decision_at(self, now: float) -> float | None:
+        """When a decision of a settled machine changes by itself all the same (monotonic), or None: the end of
+        the leases-outage grace while it keeps the set (with leases silent and Redis reachable nothing else
+        changes until then)."""
+        if self._keeping == "grace" and self._grace_since is not None:
+            return self._grace_since + self._grace_s
+        return None
+
+    def skipped(self, dt: float) -> None:
+        """``dt`` of settled time passed that this machine did not perceive (a simulator skipped it; the clock it
+        is fed did not move): what measures a stretch of time across it counts it -- the leases-outage grace.
+        (Everything else it times is refreshed by its periodic inputs, which is what settled means.)"""
+        if self._grace_since is not None:
+            self._grace_since -= dt
 
     def _takeover_wakeup(self, now: float) -> float | None:
         """The next moment a takeover condition changes by itself (a holder silent long enough, the control

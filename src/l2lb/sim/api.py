@@ -29,7 +29,7 @@ from l2lb.core.allocator import Allocator
 from l2lb.core.messages import Allocation, AllocationSnapshot, PortSpec, SnapshotRequest
 from l2lb.core.models import AllocationResult, ParseError, ServiceRequest
 from l2lb.core.parse import parse_pool, parse_service, status_ips
-from l2lb.sim.kernel import Kernel, Proc
+from l2lb.sim.kernel import Handle, Kernel, Proc
 from l2lb.sim.net import CTL, Lan
 from l2lb.sim.redis import Redis
 
@@ -223,6 +223,7 @@ class Elector:
         self._renewed_at = 0.0
         self._wrote: int | None = None  # the version of our last successful write
         self.failing_until = float("-inf")  # kernel time at which a request that cannot succeed fails
+        self._next: Handle | None = None  # the next try
         self.proc.after(0.0, self._try)
 
     def _request(self, fn: Callable[[], Any], done: Callable[[bool, Any], None]) -> None:
@@ -231,6 +232,30 @@ class Elector:
 
     def _me(self) -> str:
         return f"{self.proc.node}/{self.proc.name}/{self.proc.incarnation}"
+
+    # -- for the simulator's elision (World._elections): client-go's timers on this process's clock
+    def has_seen(self, record: tuple[str, int]) -> bool:
+        """The Lease record (holder, version) is the one this candidate last read."""
+        return self._seen == record
+
+    def takeover_at(self) -> float:
+        """When the record it last read counts as expired (its clock): its next try after that takes over."""
+        return self._seen_at + self.lease_duration
+
+    def step_down_at(self) -> float:
+        """When a leader that cannot renew steps down at its next failed try (its clock)."""
+        return self._renewed_at + self.renew_deadline
+
+    def age(self, dt: float) -> None:
+        """``dt`` elided while nobody renewed the Lease: the record it read and its last renewal are that much
+        older, and its tries went on every retry period through it (a running process perceives no elided
+        stretch; these timers would have run through it): the next try comes where that grid puts it."""
+        self._seen_at -= dt
+        self._renewed_at -= dt
+        h = self._next
+        if h is not None and not h.cancelled and h.t >= self.api.kernel.now:
+            h.cancel()
+            self._next = self.proc.after((h.t - self.api.kernel.now - dt) % self._interval(), self._try)
 
     def _put(self, expect: int) -> tuple[int, int] | None:
         """At the server: take or renew the Lease if it is still at ``expect`` (else 409: None)."""
@@ -314,7 +339,10 @@ class Elector:
         self._again()
 
     def _again(self) -> None:
-        self.proc.after(self.retry if not self.leader else self.retry / 2, self._try)
+        self._next = self.proc.after(self._interval(), self._try)
+
+    def _interval(self) -> float:
+        return self.retry if not self.leader else self.retry / 2
 
     def _lose(self) -> None:
         self.leader = False

@@ -588,11 +588,18 @@ class World:
                 self.last_change = now
             gap = self.bound_real - now
             if gap >= 0.1 and self.steady():
-                # up to just before the next outside event: the rest of the gap is its sub-100 ms part, so the
-                # event still falls at any phase of the processes' periodic timers and of this 100 ms grid
-                dt = int(gap * 10 - 1e-6) / 10
-                k.elide(dt)
-                self.counters["elided_ms"] += int(dt * 1000)
+                # (or to where a timer that runs through steady time comes due: a leader election's, the grace's)
+                gap = min(gap, self._elections()[1] - now, self._timers_due() - now)
+                if gap >= 0.1:
+                    # up to just before the next outside event: the rest of the gap is its sub-100 ms part, so
+                    # the event still falls at any phase of the processes' periodic timers and of this 100 ms grid
+                    dt = int(gap * 10 - 1e-6) / 10
+                    k.elide(dt)
+                    self._elections(age=dt)
+                    for a in self.announcers.values():
+                        if a.machine is not None and a.proc.alive and not a.proc.paused:
+                            a.machine.skipped(dt)
+                    self.counters["elided_ms"] += int(dt * 1000)
         k.after(0.1, self._observe)
 
     def _state_fingerprint(self) -> tuple[Any, ...]:
@@ -616,24 +623,28 @@ class World:
 
         * every machine is settled (``AnnouncerMachine.unsettled``, ``LeasesMachine.unsettled``: no timer of
           its own can change a decision while its periodic inputs go on) and those inputs do go on: an
-          announcer with a valid set reads the assignments and a leases leader renews it, it holds the set
-          leases last sent it, its Redis round trips work exactly when it reaches the master, it hears exactly
-          the peers that send frames and reach it; the leases leader counts alive exactly the announcers that
+          announcer with a valid set reads the assignments and a leases leader renews it (or the grace keeps
+          it), it holds the set leases last sent it, its Redis round trips work and it hears the control plane
+          exactly when it reaches the master and a leader's messages do, it hears exactly the peers that send
+          frames and reach it; the leases leader counts alive exactly the announcers that
           can publish heartbeats (:meth:`_liveness_settled`);
         * no message fault is on (its losses are drawn per message: a random process). A SIGSTOPped process is
           left out of these checks: nothing of it runs until SIGCONT, which is an outside event, and then it
           perceives the elided stretch as having passed (Proc.resume); the others must have settled around it
           (its peers and leases count it silent, another candidate holds its leader election);
         * each leader election is settled: its holder leads and renews (alive, running, reaches the API
-          server) or no candidate is alive; every process that thinks it leads is the renewing holder and
-          has no request on its way that fails (a holder that lost leadership in an API outage takes it
-          again at its next try; a candidate that sees a dead holder takes over after ``lease_duration``, a
-          cut-off leader steps down after ``renew_deadline``);
+          server), or nobody renews the Lease and what is pending is one of client-go's timers -- a candidate
+          that has seen the stale record takes over ``lease_duration`` after it first saw it, a holder cut off
+          from the API server steps down ``renew_deadline`` after its last renewal -- which run through an
+          elided stretch as they would have (:meth:`_elections`: the stretch ends before the first comes due,
+          and what was elided is aged into them). Unsettled: a process that thinks it leads while another holds
+          the Lease (and it reaches the API server), a renewal request on its way that fails. The leases-outage
+          grace is such a timer too (it keeps the sets while no leader renews them, up to 60 s:
+          ``AnnouncerMachine.next_decision_at``/``skipped``);
         * Sentinel has no promotion pending (the master is up for a quorum, or no replica can be promoted);
         * the allocator leader has no request, retry or dirty Service on its way; no API watcher that can reach
           the API server is behind (it re-lists);
-        * no announcer keeps its set past its validity (the leases-outage grace runs up to 60 s, the
-          Redis-down freeze and a LAN-held takeover until something changes);
+        * no announcer keeps its set past its validity by the Redis-down freeze or a LAN-held takeover;
         * the oracle has no dual answer and no answer for an unassigned IP in progress (its time-based
           checks would judge the elided stretch).
 
@@ -651,7 +662,7 @@ class World:
         if self.lan.faulty or self.api.throttle or not self._elections_settled() or not (
                 self._sentinel_settled()) or not self._liveness_settled():
             return False  # (message loss or duplication, 429s: a random process, never steady)
-        if any(a.machine is not None and not a.proc.paused and a.machine._keeping is not None
+        if any(a.machine is not None and not a.proc.paused and a.machine._keeping not in (None, "grace")
                for a in self.announcers.values()):
             return False
         if not o.assigned:
@@ -675,21 +686,28 @@ class World:
             if why:
                 return f"{node} announcer: {why}"
             usable = redis.usable(p)
-            if m.state.vips and m.state.valid(now) and (not usable or lead is None):
+            if m.state.vips and m.state.valid(now) and (not usable or lead is None) and m._keeping != "grace":
                 return f"{node} announcer: its set runs out (nothing renews it)"
             if lead is not None and lead.tracker.is_alive(node):
                 sent = lead.published.get(node)
                 if sent is not None and (sent.digest() != m.state.digest or (
                         bool(sent.vips) and not m.state.valid(now))):
                     return f"{node} announcer: does not hold the set leases sent it"
-            if m._redis_ok(now) != usable:
+            if m.redis_ok(now) != usable:
                 return f"{node} announcer: its Redis round trips {'fail' if usable else 'work'} from now on"
+            if m.control_plane_heard(now) != (usable and lead is not None):
+                return f"{node} announcer: the control plane {'is heard' if lead else 'goes silent'} from now on"
             if m.peers is not None:
                 heard = set(m.peers.alive(now))
                 running = {n for n, b in self.announcers.items() if n != node and b.sends_frames()
                            and self.lan.reach(n, node)}
                 if heard != running:
                     return f"{node} announcer: hears {sorted(heard)} of the peers {sorted(running)} that reach it"
+                for n in heard:  # what it last heard from each is what that peer says now (flags, VIPs, claims)
+                    f, pm, pp = m.peers.heard[n].frame, self.announcers[n].machine, self.announcers[n].proc
+                    if pm is not None and ((f.redis_ok, f.cp_fresh) != pm.frame_flags(pp.mono()) or f.claims != tuple(
+                            sorted(pm.held.items())) or f.held_count != len(pm.state.serving(pp.mono()))):
+                        return f"{node} announcer: {n}'s next frame says something new"
         for s in self.leases:
             if s.machine is not None and s.proc.alive and not s.proc.paused:
                 why = s.machine.unsettled(s.now())
@@ -703,6 +721,17 @@ class World:
             if w.behind and not api.outage and w.proc.alive and self.lan.reach(w.proc.node, CTL):
                 return f"{w.proc.node}/{w.proc.name}: re-lists its watch"
         return ""
+
+    def _timers_due(self) -> float:
+        """Real time at which a settled announcer's decision changes by itself (the grace runs out), or inf."""
+        now, due = self.kernel.real(), float("inf")
+        for a in self.announcers.values():
+            m, p = a.machine, a.proc
+            if m is not None and p.alive and not p.paused:
+                t = m.next_decision_at(p.mono())
+                if t is not None:
+                    due = min(due, now + t - p.mono())
+        return due
 
     def _leader(self) -> LeasesShell | None:
         """The leases instance that leads and runs (a stopped one may still think it leads)."""
@@ -728,23 +757,61 @@ class World:
         return p.alive and not p.paused and not self.api.outage and self.lan.reach(p.node, CTL)
 
     def _elections_settled(self) -> bool:
-        groups: list[tuple[str, list[tuple[Proc, Elector | None]]]] = [
-            ("l2lb-leases", [(s.proc, s.elector) for s in self.leases]),
-            ("l2lb-allocator", [(a.proc, a.elector) for a in self.allocators])]
-        for name, members in groups:
+        return self._elections()[0]
+
+    def _election_groups(self) -> list[tuple[str, list[tuple[Proc, Elector | None]]]]:
+        return [("l2lb-leases", [(s.proc, s.elector) for s in self.leases]),
+                ("l2lb-allocator", [(a.proc, a.elector) for a in self.allocators])]
+
+    def _elections(self, age: float = 0.0) -> tuple[bool, float]:
+        """(settled, real time by which an elided stretch must end). Each leader election is settled when its
+        holder leads and renews, or -- while nobody renews the Lease -- until a timer of client-go's comes due:
+        a candidate that reaches the API server and has seen the stale record takes over ``lease_duration``
+        after it first saw it, a holder cut off from the API server steps down ``renew_deadline`` after its
+        last renewal. Those timers run through an elided stretch as they would have (``age``: what was just
+        elided is aged into them; see Elector.age), so an elided stretch ends before the first comes due.
+        Unsettled: a process that thinks it leads while another holds the Lease, a candidate that has not seen
+        the stale record yet, a free Lease, a renewal request on its way that fails."""
+        bound = float("inf")
+        now = self.kernel.real()
+        settled = True
+        for name, members in self._election_groups():
             lease = self.api.leases.get(name)
             holder = lease.holder if lease is not None else ""
-            holder_renews = False
+            record = (holder, lease.version if lease is not None else 0)
+            renewing = ""
             for p, e in members:
                 me = f"{p.node}/{p.name}/{p.incarnation}"
-                renews = me == holder and e is not None and e.leader and self._renews(p)
-                holder_renews = holder_renews or renews
-                if e is not None and p.alive and not p.paused and e.leader and (
-                        not renews or e.failing_until > self.kernel.now):
-                    return False  # it steps down after renew_deadline (also when a request sent earlier fails)
-            if not holder_renews and any(p.alive and not p.paused for p, _ in members):
-                return False  # a candidate takes over after lease_duration (or is about to try)
-        return True
+                if me == holder and e is not None and e.leader and p.alive and self._renews(p):
+                    renewing = me
+            for p, e in members:
+                if e is None or not p.alive or p.paused:
+                    continue  # (a stopped one perceives the stretch on SIGCONT: Proc.resume)
+                me = f"{p.node}/{p.name}/{p.incarnation}"
+                reaches = self._renews(p)
+                if e.leader:
+                    if me == renewing:
+                        if e.failing_until > self.kernel.now:
+                            settled = False
+                        continue
+                    if age:
+                        e.age(age)
+                    if reaches:
+                        settled = False  # another holds the Lease: it finds out at its next try
+                    else:
+                        bound = min(bound, now + e.step_down_at() - p.mono())
+                    continue
+                if renewing:
+                    continue
+                if age:
+                    e.age(age)
+                if not reaches:
+                    continue  # its tries fail until the API server is back (an outside event)
+                if not holder or not e.has_seen(record):
+                    settled = False
+                else:
+                    bound = min(bound, now + e.takeover_at() - p.mono())
+        return settled, bound
 
     def _sentinel_settled(self) -> bool:
         r = self.redis
