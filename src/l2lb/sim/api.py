@@ -246,6 +246,11 @@ class Elector:
         """When a leader that cannot renew steps down at its next failed try (its clock)."""
         return self._renewed_at + self.renew_deadline
 
+    def next_try(self) -> float | None:
+        """Kernel time of its next try (None: a request is on its way)."""
+        h = self._next
+        return h.t if h is not None and not h.cancelled and h.t >= self.api.kernel.now else None
+
     def age(self, dt: float) -> None:
         """``dt`` elided while nobody renewed the Lease: the record it read and its last renewal are that much
         older, and its tries went on every retry period through it (a running process perceives no elided

@@ -637,8 +637,9 @@ class World:
           that has seen the stale record takes over ``lease_duration`` after it first saw it, a holder cut off
           from the API server steps down ``renew_deadline`` after its last renewal -- which run through an
           elided stretch as they would have (:meth:`_elections`: the stretch ends before the first comes due,
-          and what was elided is aged into them). Unsettled: a process that thinks it leads while another holds
-          the Lease (and it reaches the API server), a renewal request on its way that fails. The leases-outage
+          and what was elided is aged into them); a candidate that has not read the stale record yet, a free
+          Lease, a process that thinks it leads while another holds the Lease: the stretch ends before their
+          next try (unsettled while a request of theirs, or a renewal that fails, is on its way). The leases-outage
           grace is such a timer too (it keeps the sets while no leader renews them, up to 60 s:
           ``AnnouncerMachine.next_decision_at``/``skipped``);
         * Sentinel has no promotion pending (the master is up for a quorum, or no replica can be promoted);
@@ -770,8 +771,9 @@ class World:
         after it first saw it, a holder cut off from the API server steps down ``renew_deadline`` after its
         last renewal. Those timers run through an elided stretch as they would have (``age``: what was just
         elided is aged into them; see Elector.age), so an elided stretch ends before the first comes due.
-        Unsettled: a process that thinks it leads while another holds the Lease, a candidate that has not seen
-        the stale record yet, a free Lease, a renewal request on its way that fails."""
+        A process that thinks it leads while another holds the Lease, a candidate that has not seen the stale
+        record yet, a free Lease: something changes at their next try, the stretch ends before it. Unsettled:
+        a request of theirs on its way, a renewal request on its way that fails."""
         bound = float("inf")
         now = self.kernel.real()
         settled = True
@@ -797,7 +799,7 @@ class World:
                     if age:
                         e.age(age)
                     if reaches:
-                        settled = False  # another holds the Lease: it finds out at its next try
+                        bound, settled = self._at_next_try(e, bound, settled)  # another holds the Lease: it finds out
                     else:
                         bound = min(bound, now + e.step_down_at() - p.mono())
                     continue
@@ -808,10 +810,18 @@ class World:
                 if not reaches:
                     continue  # its tries fail until the API server is back (an outside event)
                 if not holder or not e.has_seen(record):
-                    settled = False
+                    bound, settled = self._at_next_try(e, bound, settled)  # it takes the Lease / sees the record then
                 else:
                     bound = min(bound, now + e.takeover_at() - p.mono())
         return settled, bound
+
+    def _at_next_try(self, e: Elector, bound: float, settled: bool) -> tuple[float, bool]:
+        """Something changes at ``e``'s next try: the elided stretch ends before it (unsettled: a request is on its
+        way)."""
+        t = e.next_try()
+        if t is None:
+            return bound, False
+        return min(bound, t + self.kernel.elided), settled
 
     def _sentinel_settled(self) -> bool:
         r = self.redis
