@@ -70,7 +70,8 @@ class WorldConfig:
     sentinel_down_after: float = 1.0
     dual_allowed: float = 1.0
     elide: bool = True  # skip steady stretches between faults (see Kernel.elide); False: simulate every ms
-    steady_for: float = 0.1  # how long nothing may have changed before a stretch counts as steady (World.steady)
+    observe_every: float = 0.05  # the observation grid (oracle checks, the fingerprint, elision); 1/it an integer
+    steady_for: float = 0.05  # how long nothing may have changed before a stretch counts as steady (World.steady)
     peers: bool = True  # the announcers' LAN peer heartbeats (freeze, takeovers); False: the behaviour before them
 
     def node_names(self) -> list[str]:
@@ -521,6 +522,7 @@ class World:
         self.last_change = 0.0  # real time of the last change of anything World.steady watches
         self._fingerprint: tuple[Any, ...] = ()
         self._observed = 0
+        self._per_second = round(1.0 / cfg.observe_every)
         self.hold_until = 0.0  # real time before which no stretch is steady (a fault with a longer quiet timer)
         self._api_seen = -1
 
@@ -566,12 +568,12 @@ class World:
         self._observe()
 
     def _observe(self) -> None:
-        """Every 100 ms: what Services hold (for the oracle), the time-based checks, and elision of
+        """Every ``observe_every``: what Services hold (for the oracle), the time-based checks, and elision of
         steady stretches."""
         k = self.kernel
         now = k.real()
         self._observed += 1
-        if self.api.changes != self._api_seen or self._observed % 10 == 0:
+        if self.api.changes != self._api_seen or self._observed % self._per_second == 0:
             # what Services hold changes only with them (answers and reachability reach the oracle as they
             # change); a full refresh every second all the same
             self._api_seen = self.api.changes
@@ -587,20 +589,21 @@ class World:
                 self._fingerprint = fp
                 self.last_change = now
             gap = self.bound_real - now
-            if gap >= 0.1 and self.steady():
+            grid = self.cfg.observe_every
+            if gap >= grid and self.steady():
                 # (or to where a timer that runs through steady time comes due: a leader election's, the grace's)
                 gap = min(gap, self._elections()[1] - now, self._timers_due() - now)
-                if gap >= 0.1:
-                    # up to just before the next outside event: the rest of the gap is its sub-100 ms part, so
-                    # the event still falls at any phase of the processes' periodic timers and of this 100 ms grid
-                    dt = int(gap * 10 - 1e-6) / 10
+                if gap >= grid:
+                    # up to just before the next outside event: the rest of the gap is its part below the grid, so
+                    # the event still falls at any phase of the processes' periodic timers and of this grid
+                    dt = int(gap * self._per_second - 1e-6) / self._per_second
                     k.elide(dt)
                     self._elections(age=dt)
                     for a in self.announcers.values():
                         if a.machine is not None and a.proc.alive and not a.proc.paused:
                             a.machine.skipped(dt)
                     self.counters["elided_ms"] += int(dt * 1000)
-        k.after(0.1, self._observe)
+        k.after(self.cfg.observe_every, self._observe)
 
     def _state_fingerprint(self) -> tuple[Any, ...]:
         """What changes when the cluster decides something (answers, assignments, statuses, leaders,
@@ -618,7 +621,7 @@ class World:
     def steady(self) -> bool:
         """Nothing can change until the next outside event (a fault or its end), so the stretch up to it can
         be elided (Kernel.elide). Degraded states count (a node dead, cut off, Redis promoted). Steady when the
-        decisions (:meth:`_state_fingerprint`) have not changed for ``steady_for`` (one observation: the
+        decisions (:meth:`_state_fingerprint`) have not changed for ``steady_for`` (one observation, 50 ms: the
         messages a change set off have landed, each within milliseconds) and nothing can change them by itself:
 
         * every machine is settled (``AnnouncerMachine.unsettled``, ``LeasesMachine.unsettled``: no timer of
