@@ -152,6 +152,27 @@ def test_no_grace_unless_every_condition_holds(breaker: str) -> None:
     assert not answered(m, V4, t)
 
 
+@pytest.mark.parametrize("last_word_at", [0.2, 0.7])
+def test_leases_last_word_before_it_died_does_not_cost_the_grace(last_word_at: float) -> None:
+    """Simulator S7: leases renewed us (0.0), published another node's changed set 0.2 s later, and died. Its
+    last word is not "alive" at our deadline (0.95 s): nothing for longer than cp_silence_ms (0.5 s) -- grace.
+    A message 0.25 s before the deadline is a leases that still speaks (to others, not to us): no grace."""
+    m = machine(leases_outage_grace_ms=2000)
+    m.feed(links(link()))
+    m.feed(assign(1, vips((V4, 5)), 0.0, ttl_ms=1000))
+    t = 0.0
+    while t < 0.9:
+        beat_ok(m, t)
+        if abs(t - last_word_at) < 1e-9:
+            m.feed(assign(2, vips(("198.51.100.99", 7)), t, node="n2"))  # another node's changed set
+        t = round(t + 0.1, 3)
+    cmds = beat_ok(m, 0.95)
+    kept = last_word_at < 0.5
+    assert (Gauge("leases_grace", 1) in cmds) is kept
+    m.feed(tick(1.05))
+    assert answered(m, V4, 1.05) is kept
+
+
 def test_grace_ends_when_leases_renews_us_again() -> None:
     m, t = _graced()
     m.feed(tick(t))

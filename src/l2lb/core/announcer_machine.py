@@ -807,7 +807,13 @@ class AnnouncerMachine:
         since = last + SAME_BURST_S if last is not None else None
         if since is not None and self._freeze_since is not None:
             since = max(since, self._freeze_since)
-        if since is None or self._last_any_assignments > since:
+        if since is None:
+            return False
+        # ... and is still speaking: a live leases sends every renew interval (250 ms), so a last message older than
+        # cp_silence_ms was its last word. Simulator S7: the leader published other nodes' changed sets 100 ms
+        # after a renewal round and died; the nodes renewed in that round took the burst for "alive" and went
+        # dark until the next leader (6.8 s). A message that gave one of our VIPs away already took it (rule 3).
+        if self._last_any_assignments > since and now - self._last_any_assignments < self.config.cp_silence_ms / 1000.0:
             return False
         started = self._grace_since if self._grace_since is not None else now
         return now - started < self._grace_s
