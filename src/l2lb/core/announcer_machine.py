@@ -439,7 +439,6 @@ class AnnouncerMachine:
         # every live claim heard (vip -> node, epoch, when): a peer's claims span several frames (pages of
         # peers.MAX_CLAIMS), PeerView keeps only its last frame
         self._peer_claims: dict[str, tuple[str, int, float]] = {}
-        self._entry_age_s = 0.0  # how long ago Redis stored the stream entry being handled (0: unknown)
         self._reads_ok = True  # Tick.reads_ok
         self._frame_clock: float | None = None  # our peer frames' clock - monotonic (see _peer_frames)
         self._why_logged: float | None = None
@@ -547,8 +546,7 @@ class AnnouncerMachine:
             timeout = self.config.peer_timeout_ms / 1000.0
             if any(now - at <= timeout for _, _, at in self._peer_claims.values()):
                 return "a peer's takeover claim is recent"
-            last_cp = self._last_leases_msg
-            cp_silent = last_cp is None or now - last_cp >= self.config.cp_silence_ms / 1000.0
+            cp_silent = self._cp_silent(now)
             missed = 1.5 * self.config.peer_interval_ms / 1000.0
             if self._standby and (cp_silent or not self._redis_ok(now)) and self._lan_ok(now):
                 # the control plane is silent for us and the LAN would let us take over: a holder we do not hear
@@ -576,8 +574,12 @@ class AnnouncerMachine:
 
     def control_plane_heard(self, now: float) -> bool:
         """A leases message (for any node) arrived within cp_silence_ms: the control plane is not silent for us."""
+        return not self._cp_silent(now)
+
+    def _cp_silent(self, now: float) -> bool:
+        """No leases message (for any node) within cp_silence_ms: the control plane is silent for us."""
         last = self._last_leases_msg
-        return last is not None and now - last < self.config.cp_silence_ms / 1000.0
+        return last is None or now - last >= self._cp_silence_s
 
     def next_decision_at(self, now: float) -> float | None:
         """When a decision of a settled machine changes by itself all the same (monotonic), or None: the end of
@@ -604,7 +606,7 @@ class AnnouncerMachine:
         assert self.peers is not None
         best: float | None = None
         last = self._last_leases_msg
-        cp_silent = last is None or now - last >= self._cp_silence_s
+        cp_silent = self._cp_silent(now)
         ok = self._last_publish_ok
         redis_ok = ok is not None and now - ok <= REDIS_OK_S
         if not cp_silent and redis_ok:
@@ -813,7 +815,7 @@ class AnnouncerMachine:
         # cp_silence_ms was its last word. Simulator S7: the leader published other nodes' changed sets 100 ms
         # after a renewal round and died; the nodes renewed in that round took the burst for "alive" and went
         # dark until the next leader (6.8 s). A message that gave one of our VIPs away already took it (rule 3).
-        if self._last_any_assignments > since and now - self._last_any_assignments < self.config.cp_silence_ms / 1000.0:
+        if self._last_any_assignments > since and self.control_plane_heard(now):
             return False
         started = self._grace_since if self._grace_since is not None else now
         return now - started < self._grace_s
@@ -831,19 +833,19 @@ class AnnouncerMachine:
             out.append(Gauge("leases_grace", 0))
 
     # -- assignments -------------------------------------------------------------------------------------
-    def _stale_entry(self, msg: NodeAssignments | NodeRenewal, ev: Assignments | Renewal,
-                     out: list[Command]) -> bool:
-        """Rule 4: backlog by Redis's clock (ttl) when we know it, else by the sender's clock (ttl + skew)."""
+    def _entry_age(self, msg: NodeAssignments | NodeRenewal, ev: Assignments | Renewal,
+                   out: list[Command]) -> float | None:
+        """Rule 4: None for a backlog entry (by Redis's clock (ttl) when we know it, else by the sender's clock
+        (ttl + skew)); else how long ago Redis stored it, in seconds (0 when Redis's clock is unknown)."""
         # An entry Redis stored longer ago than its own ttl (measured on Redis's clock, so exact whatever the
         # host clocks say) is a backlog replay -- after a link flap or reconnect we read what we missed, in
         # order. Applying it could re-add a VIP that has moved meanwhile and GARP for it.
         age = None if ev.entry_id is None else stream_entry_age_ms(ev.entry_id, self._redis_clock, ev.now)
-        self._entry_age_s = 0.0 if age is None else max(0.0, age / 1000.0)
         if age is not None:
             if age <= msg.ttl_ms:
-                return False
+                return max(0.0, age / 1000.0)
             out.append(Count("assignments", "backlog"))
-            return True
+            return None
         # Redis's clock unknown (before our first round trip): the sender's clock. Only then -- a leases leader
         # whose clock is behind ours by more than the skew would otherwise darken every node (simulator F3).
         if is_backlog(msg, ev.wall, self.config.max_clock_skew_ms / 1000.0):
@@ -854,22 +856,25 @@ class AnnouncerMachine:
                 out.append(Log("warning", "ignoring assignments older than their validity (backlog, or clocks out "
                                "of sync: check NTP or raise --max-clock-skew-ms)",
                                {"age_s": round(ev.wall - msg.sent_at, 3), "ttl_ms": msg.ttl_ms, "seq": msg.seq}))
-            return True
-        return False
+            return None
+        return 0.0
 
     def _on_assignments(self, ev: Assignments) -> list[Command]:
         out: list[Command] = []
         msg = ev.msg
+        age = 0.0
         if ev.source == "bus":
-            if self._stale_entry(msg, ev, out):
+            entry_age = self._entry_age(msg, ev, out)
+            if entry_age is None:
                 return out
+            age = entry_age
             # leases is alive (the outage grace relies on this): renewals count as much as full sets
             self._last_any_assignments = self._last_leases_msg = ev.now
             if msg.node != self.node:
                 self._superseded(msg, ev.now, out)
                 return out
             self._leases_alive(out, ev.now)
-        self._apply(msg, ev.source, ev.now, out, self._entry_age_s if ev.source == "bus" else 0.0)
+        self._apply(msg, ev.source, ev.now, out, age)
         return out
 
     def _apply(self, msg: NodeAssignments, source: str, now: float, out: list[Command], age_s: float = 0.0) -> None:
@@ -933,13 +938,14 @@ class AnnouncerMachine:
     def _on_renewal(self, ev: Renewal) -> list[Command]:
         out: list[Command] = []
         msg = ev.msg
-        if self._stale_entry(msg, ev, out):
+        age = self._entry_age(msg, ev, out)
+        if age is None:
             return out
         self._last_any_assignments = self._last_leases_msg = ev.now
         if msg.node != self.node:
             return out
         self._leases_alive(out, ev.now)
-        ch = self.state.renew(msg, ev.now, self._entry_age_s)
+        ch = self.state.renew(msg, ev.now, age)
         out.append(Count("assignments", ch.reason))
         if ch.accepted:
             self._renewal_fresh_until = ev.now + min(RENEWAL_FRESH_S, msg.ttl_ms / 2000.0)
@@ -1058,8 +1064,7 @@ class AnnouncerMachine:
         silent for us, and the LAN gives a quorum that nobody with a live control plane is in."""
         if not self._standby:
             return
-        last = self._last_leases_msg
-        cp_silent = (last is None or now - last >= self._cp_silence_s) or not self._redis_ok(now)
+        cp_silent = self._cp_silent(now) or not self._redis_ok(now)
         if not cp_silent or not self._lan_ok(now):  # (the cheap test first: at rest leases speaks)
             return
         assert self.peers is not None
@@ -1141,9 +1146,9 @@ class AnnouncerMachine:
             return self.held
         timeout = self.config.peer_timeout_ms / 1000.0
         claims = self.held
-        for ip, (node, epoch, at) in self._peer_claims.items():
+        for ip, (_node, epoch, at) in self._peer_claims.items():  # (never ours: PeerView drops our own frames)
             ours = serving.get(ip)
-            if ours is not None and ours > epoch and node != self.node and now - at <= timeout and ip not in claims:
+            if ours is not None and ours > epoch and now - at <= timeout and ip not in claims:
                 if claims is self.held:
                     claims = dict(self.held)
                 claims[ip] = ours
@@ -1157,10 +1162,8 @@ class AnnouncerMachine:
         if f is None:
             return [Count("peer_frames", pv.last_rejected)]
         out: list[Command] = [_PEER_FRAME_ACCEPTED]
-        if self._standby_waits and not self._check_soon:
-            last = self._last_leases_msg
-            if (last is None or ev.now - last >= self._cp_silence_s) or not self._redis_ok(ev.now):
-                self._check_soon = True  # the control plane is silent: this frame may complete a takeover's quorum
+        if self._standby_waits and not self._check_soon and (self._cp_silent(ev.now) or not self._redis_ok(ev.now)):
+            self._check_soon = True  # the control plane is silent: this frame may complete a takeover's quorum
         if f.stopping:
             self._gone.add(f.node)
         else:
