@@ -17,8 +17,7 @@ import argparse
 import sys
 
 from l2lb.sim.run import run_seed
-from l2lb.sim.scenarios import LAB_CHAOS as LAB
-from l2lb.sim.scenarios import chaos_loss_schedule as chaos_like
+from l2lb.sim.scenarios import LAB_CHAOS, chaos_loss_schedule
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     bad = 0
     print(f"{'seed':>5} {'faults':>6} {'worst outage':>13} {'worst dual':>11} violations")
     for seed in range(a.seeds):
-        faults = chaos_like(seed, a.duration, LAB.node_names())
-        out = run_seed(seed, LAB, faults, a.duration / 60.0)
+        faults = chaos_loss_schedule(seed, a.duration, LAB_CHAOS.node_names())
+        out = run_seed(seed, LAB_CHAOS, faults, a.duration / 60.0)
         rep = out.report
         worst = max((o[2] for o in rep.outages), default=0.0)
         dual = max((d[2] for d in rep.duals), default=0.0)

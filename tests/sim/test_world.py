@@ -10,7 +10,8 @@ import pytest
 
 from l2lb.core import announcer_machine as am
 from l2lb.sim.faults import KINDS_BEFORE_API_FAULTS, Fault, shrink
-from l2lb.sim.run import main, run_seed, schedule
+from l2lb.sim.run import Outcome, main, run_seed, schedule
+from l2lb.sim.scenarios import LAB_CHAOS, chaos_loss_schedule
 from l2lb.sim.world import World, WorldConfig
 
 CFG = WorldConfig(nodes=5)
@@ -252,16 +253,20 @@ def test_seed_1_a_fellow_successors_claim_does_not_cancel_our_succession() -> No
     assert out.report.ok and worst < 1.0, (worst, out.trace[-30:])
 
 
+def _loss_model_run(seed: int) -> Outcome:
+    """bench/sim/loss_model.py's fault loop (the lab's shape, 120 s), every ms simulated: the reproducers below do
+    not depend on how elision skips."""
+    cfg = replace(LAB_CHAOS, elide=False)
+    return run_seed(seed, cfg, chaos_loss_schedule(seed, 120.0, cfg.node_names()), 2.0)
+
+
 def test_loss_model_seed_19_an_epoch_is_published_only_once_stored() -> None:
     """Finding S4 (bench/sim/loss_model.py's fault loop, every ms simulated, seed 19: the lab's 3 nodes, fast
     leader election, 10/50 % loss on one node at a time): a leader behind 50 % loss published an epoch whose
     best-effort StoreEpochs had failed; the next leader started from the store and handed out a lower one.
     Now a failed store drops the publishes after it (SendFailed) and the epochs are stored first next tick.
     (Every ms: the reproducer does not depend on how elision skips.)"""
-    from l2lb.sim.scenarios import LAB_CHAOS, chaos_loss_schedule
-
-    cfg = replace(LAB_CHAOS, elide=False)
-    out = run_seed(19, cfg, chaos_loss_schedule(19, 120.0, cfg.node_names()), 2.0)
+    out = _loss_model_run(19)
     assert not [v for v in out.report.violations if v.invariant == "epoch_order"], out.report.violations[:3]
 
 
@@ -275,10 +280,7 @@ def test_loss_model_open_findings(seed: int) -> None:
     leases leader's node loses half its messages; S6 -- seed 24, a deposed leader's write delayed by TCP
     retransmissions lands after its successor loaded the epochs (overlapping leaders; fencing the store by term
     would close it)."""
-    from l2lb.sim.scenarios import LAB_CHAOS, chaos_loss_schedule
-
-    cfg = replace(LAB_CHAOS, elide=False)
-    out = run_seed(seed, cfg, chaos_loss_schedule(seed, 120.0, cfg.node_names()), 2.0)
+    out = _loss_model_run(seed)
     assert not [v for v in out.report.violations if v.invariant == LOSS_OPEN[seed]], out.report.violations[:3]
 
 

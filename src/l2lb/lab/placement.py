@@ -502,16 +502,7 @@ def partition(topo: netns.Topology, node: str, *, allow_macs: list[str]) -> None
     its frames only to ``allow_macs`` and the chaos prober's MACs, and to it only theirs (nftables,
     bridge family, in the switch namespace). It keeps its link, so it sees no link event and keeps
     hearing ARP requests: the hard partition, where only its own rules can make it stop answering."""
-    port = topo.hosts[node].peer
-    pfx, mask = PROBER_MAC_PREFIX
-    rules = []
-    for direction, addr in (("iifname", "daddr"), ("oifname", "saddr")):
-        rules += [f'{direction} "{port}" ether {addr} {m} accept' for m in allow_macs]
-        rules += [f'{direction} "{port}" ether {addr} & {mask} == {pfx} accept', f'{direction} "{port}" drop']
-    table = f"part_{node.replace('-', '_')}"
-    text = (f"table bridge {table} {{\n chain isolate {{\n  type filter hook forward priority 0; policy accept;\n  "
-            + "\n  ".join(rules) + "\n }\n}\n")
-    _nft(topo.switch, text)
+    _port_filter(topo, node, "part", "isolate", allow_macs=allow_macs, verdict="drop")
 
 
 def lossy(topo: netns.Topology, node: str, loss: float, *, allow_macs: list[str]) -> None:
@@ -520,23 +511,32 @@ def lossy(topo: netns.Topology, node: str, loss: float, *, allow_macs: list[str]
     from ``allow_macs`` and the chaos prober pass, so the LAN clients still see what the node answers."""
     if not 0.0 < loss <= 1.0:
         raise ValueError(f"loss must be in (0, 1], not {loss}")
-    port = topo.hosts[node].peer
-    pfx, mask = PROBER_MAC_PREFIX
     pct = max(1, min(100, round(loss * 100)))
-    rules = []
-    for direction, addr in (("iifname", "daddr"), ("oifname", "saddr")):
-        rules += [f'{direction} "{port}" ether {addr} {m} accept' for m in allow_macs]
-        rules += [f'{direction} "{port}" ether {addr} & {mask} == {pfx} accept',
-                  f'{direction} "{port}" numgen random mod 100 < {pct} drop']
-    table = f"loss_{node.replace('-', '_')}"
-    text = (f"table bridge {table} {{\n chain lose {{\n  type filter hook forward priority 0; policy accept;\n  "
-            + "\n  ".join(rules) + "\n }\n}\n")
-    _nft(topo.switch, text)
+    _port_filter(topo, node, "loss", "lose", allow_macs=allow_macs, verdict=f"numgen random mod 100 < {pct} drop")
 
 
 def heal_loss(topo: netns.Topology, node: str) -> None:
-    netns.run(["ip", "netns", "exec", topo.switch, "nft", "delete", "table", "bridge",
-               f"loss_{node.replace('-', '_')}"], check=False)
+    netns.run(["ip", "netns", "exec", topo.switch, "nft", "delete", "table", "bridge", _table("loss", node)],
+              check=False)
+
+
+def _table(kind: str, node: str) -> str:
+    return f"{kind}_{node.replace('-', '_')}"
+
+
+def _port_filter(topo: netns.Topology, node: str, kind: str, chain: str, *, allow_macs: list[str],
+                 verdict: str) -> None:
+    """A bridge table ``<kind>_<node>`` in the switch namespace: frames to and from ``node``'s port pass when they
+    come from or go to ``allow_macs`` or the chaos prober's MACs; the others get ``verdict``."""
+    port = topo.hosts[node].peer
+    pfx, mask = PROBER_MAC_PREFIX
+    rules = []
+    for direction, addr in (("iifname", "daddr"), ("oifname", "saddr")):
+        rules += [f'{direction} "{port}" ether {addr} {m} accept' for m in allow_macs]
+        rules += [f'{direction} "{port}" ether {addr} & {mask} == {pfx} accept', f'{direction} "{port}" {verdict}']
+    text = (f"table bridge {_table(kind, node)} {{\n chain {chain} {{\n  type filter hook forward priority 0; "
+            "policy accept;\n  " + "\n  ".join(rules) + "\n }\n}\n")
+    _nft(topo.switch, text)
 
 
 def _nft(ns: str, text: str) -> None:
@@ -552,7 +552,7 @@ def _nft(ns: str, text: str) -> None:
 
 def heal_partition(topo: netns.Topology, node: str) -> None:
     netns.run(["ip", "netns", "exec", topo.switch, "nft", "delete", "table", "bridge",
-               f"part_{node.replace('-', '_')}"], check=False)
+               _table("part", node)], check=False)
 
 
 def colocated_args(args: argparse.Namespace) -> Placement:
