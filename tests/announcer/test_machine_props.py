@@ -52,6 +52,7 @@ from .machine_helpers import (
 IPS = [V4, V4B, V6]
 GRACE_STEP = 0.1
 FRESH = 0.3  # max(300 ms, 3 heartbeat intervals of 100 ms)
+CP_SILENCE = 0.5  # cp_silence_ms: leases that said nothing for this long is silent, whatever it said last
 
 step = st.one_of(
     st.tuples(st.just("assign_me"), st.lists(st.tuples(st.sampled_from(IPS), st.integers(1, 4)), max_size=3,
@@ -147,7 +148,9 @@ class Oracle:
             return False
         if self.link_down_at is not None and self.link_down_at >= self.last_accept:
             return False
-        return self.last_any <= self.last_accept + 0.1
+        # leases is down: nothing for any node after our last accepted set's burst, or nothing at all for
+        # cp_silence_ms (its last word before it died does not keep it alive: simulator S7)
+        return self.last_any <= self.last_accept + 0.1 or ev.now - self.last_any >= CP_SILENCE
 
     def may_answer(self, t: float) -> bool:
         return t < self.valid_until or any(t - g < GRACE_STEP for g in self.grace_checks)
